@@ -1,0 +1,141 @@
+"""Immutable, self-validating description of a model's shape and preprocessing."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, SupportsIndex
+
+from models.errors import ModelError
+
+KINDS: tuple[str, ...] = ("linear", "logistic")
+
+_FIELDS = ("kind", "features", "n_classes", "center", "scale")
+_REQUIRED = ("kind", "features")
+
+
+def _as_int(value: object, name: str) -> int:
+    # bool is an int subclass; True as a class count is almost certainly a bug.
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise ModelError(f"{name} must be an integer, got {value!r}")
+    return operator.index(value)
+
+
+def _as_float_tuple(value: object, name: str, n: int) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ModelError(f"{name} must be a sequence of {n} numbers, got {value!r}")
+    out: list[float] = []
+    for item in value:
+        if isinstance(item, bool):
+            raise ModelError(f"{name} entries must be numbers, got {item!r}")
+        try:
+            number = float(item)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{name} entries must be numbers, got {item!r}") from exc
+        if not math.isfinite(number):
+            raise ModelError(f"{name} entries must be finite, got {number!r}")
+        out.append(number)
+    if len(out) != n:
+        raise ModelError(f"{name} must have one entry per feature ({n}), got {len(out)}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model looks like: task, input features, classes and standardization.
+
+    The spec is what edge devices and the aggregator must agree on for parameter
+    vectors to be interchangeable, so it is validated eagerly and is hashable.
+    Sequence fields are normalised to tuples (e.g. lists coming from JSON).
+    """
+
+    kind: str
+    features: tuple[str, ...]
+    n_classes: int = 0
+    center: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise ModelError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+        raw_features: object = self.features
+        if isinstance(raw_features, (str, bytes)) or not isinstance(raw_features, Iterable):
+            raise ModelError(f"features must be a sequence of names, got {raw_features!r}")
+        features = tuple(raw_features)
+        if not features:
+            raise ModelError("features must not be empty")
+        for name in features:
+            if not isinstance(name, str) or not name:
+                raise ModelError(f"feature names must be non-empty strings, got {name!r}")
+        if len(set(features)) != len(features):
+            dupes = sorted({f for f in features if features.count(f) > 1})
+            raise ModelError(f"feature names must be unique, duplicated: {dupes}")
+        # frozen=True forbids normal assignment; normalising here keeps the spec hashable.
+        object.__setattr__(self, "features", features)
+
+        n_classes = _as_int(self.n_classes, "n_classes")
+        if self.kind == "linear" and n_classes != 0:
+            raise ModelError(f"n_classes must be 0 for kind 'linear', got {n_classes}")
+        if self.kind == "logistic" and n_classes < 2:
+            raise ModelError(f"n_classes must be >= 2 for kind 'logistic', got {n_classes}")
+        object.__setattr__(self, "n_classes", n_classes)
+
+        d = len(features)
+        if self.center is not None:
+            object.__setattr__(self, "center", _as_float_tuple(self.center, "center", d))
+        if self.scale is not None:
+            scale = _as_float_tuple(self.scale, "scale", d)
+            if any(s <= 0.0 for s in scale):
+                raise ModelError(f"scale entries must be > 0, got {scale}")
+            object.__setattr__(self, "scale", scale)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_outputs(self) -> int:
+        """Rows of the parameter matrix: K for softmax, otherwise a single score."""
+        if self.kind == "logistic" and self.n_classes > 2:
+            return self.n_classes
+        return 1
+
+    @property
+    def n_params(self) -> int:
+        return self.n_outputs * (self.n_features + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "features": list(self.features),
+            "n_classes": self.n_classes,
+            "center": None if self.center is None else list(self.center),
+            "scale": None if self.scale is None else list(self.scale),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        if not isinstance(data, Mapping):
+            raise ModelError(f"spec must be a mapping, got {type(data).__name__}")
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ModelError(f"spec is missing required field(s): {missing}")
+        # Unknown keys are rejected so a typo ("scales") cannot silently drop preprocessing.
+        unknown = sorted(str(key) for key in data if key not in _FIELDS)
+        if unknown:
+            raise ModelError(f"spec has unknown field(s): {unknown}")
+        try:
+            return cls(
+                kind=data["kind"],
+                features=data["features"],
+                n_classes=data.get("n_classes", 0),
+                center=data.get("center"),
+                scale=data.get("scale"),
+            )
+        except ModelError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"invalid spec: {exc}") from exc

@@ -1,0 +1,30 @@
+"""The contract agents and aggregator share: topics, messages, codecs, Paillier helpers.
+
+Pure: no MQTT client, no files, no clocks beyond message timestamps.
+"""
+
+from protocol.codec import CodecParams, PerValueCodec, make_codec, weighted_mean, weighted_values
+from protocol.errors import (
+    CodecError,
+    CodecOverflowError,
+    ConfigError,
+    FedmqError,
+    KeyMismatchError,
+    ProtocolError,
+)
+from protocol.topics import Topics
+
+__all__ = [
+    "CodecError",
+    "CodecOverflowError",
+    "CodecParams",
+    "ConfigError",
+    "FedmqError",
+    "KeyMismatchError",
+    "PerValueCodec",
+    "ProtocolError",
+    "Topics",
+    "make_codec",
+    "weighted_mean",
+    "weighted_values",
+]

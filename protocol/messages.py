@@ -1,0 +1,259 @@
+"""Versioned messages of the fedmq wire contract, and their (de)serialization.
+
+Control messages (pubkey, round, status, metrics) are small JSON documents with
+a ``schema`` field. Updates are binary (see ``protocol.wire``) because they are
+mostly ciphertexts. Nothing is ever pickled: a payload from the broker is
+untrusted input and is parsed field by field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models import ModelError, ModelSpec
+from protocol.codec import CodecParams
+from protocol.errors import ProtocolError
+from protocol.topics import check_name
+
+MAX_CONTROL_BYTES = 4 * 1024 * 1024
+ROUND_STATES = ("training", "finished")
+AGENT_STATES = ("online", "offline")
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(payload: bytes, schema: str) -> dict[str, Any]:
+    """Parse a JSON control message and check its schema name and version."""
+    if len(payload) > MAX_CONTROL_BYTES:
+        raise ProtocolError(f"{schema} message of {len(payload)} bytes is too large")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not a JSON {schema} message: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"{schema} message is not a JSON object")
+    if doc.get("schema") != schema:
+        raise ProtocolError(f"expected schema {schema!r}, got {doc.get('schema')!r}")
+    return doc
+
+
+def _get(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = doc.get(key)
+    # bool is an int in Python; never accept it where a number is meant.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProtocolError(f"field {key!r} missing or not of type {kind}")
+    return value
+
+
+def _number(doc: dict[str, Any], key: str) -> float:
+    value = float(_get(doc, key, (int, float)))
+    if not math.isfinite(value):
+        raise ProtocolError(f"field {key!r} is not finite")
+    return value
+
+
+@dataclass(frozen=True)
+class PubKeyMessage:
+    """The aggregator's Paillier public key and the codec contract bound to it."""
+
+    fleet: str
+    n_hex: str
+    fingerprint: str
+    codec: CodecParams
+    issued_at: float = field(default_factory=time.time)
+
+    SCHEMA = "fedmq.pubkey/1"
+
+    def __post_init__(self) -> None:
+        check_name(self.fleet, "fleet name", ProtocolError)
+        if len(self.fingerprint) != 64:
+            raise ProtocolError("key fingerprint must be 64 hex characters")
+
+    def to_bytes(self) -> bytes:
+        return dumps({
+            "schema": self.SCHEMA, "fleet": self.fleet, "n": self.n_hex,
+            "fingerprint": self.fingerprint, "codec": self.codec.to_dict(),
+            "codec_digest": self.codec.digest(self.fingerprint), "issued_at": self.issued_at,
+        })
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> PubKeyMessage:
+        doc = loads(payload, cls.SCHEMA)
+        msg = cls(
+            fleet=_get(doc, "fleet", str), n_hex=_get(doc, "n", str),
+            fingerprint=_get(doc, "fingerprint", str),
+            codec=CodecParams.from_dict(doc.get("codec")), issued_at=_number(doc, "issued_at"),
+        )
+        if doc.get("codec_digest") != msg.codec.digest(msg.fingerprint):
+            raise ProtocolError("codec digest does not match the announced parameters")
+        return msg
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Hyperparameters of local training, chosen by the aggregator for each round."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    l2: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ProtocolError("epochs and batch_size must be at least 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ProtocolError("learning_rate must be positive")
+        if not (self.l2 >= 0 and math.isfinite(self.l2)):
+            raise ProtocolError("l2 must be non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "l2": self.l2}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> TrainingSettings:
+        if not isinstance(doc, dict):
+            raise ProtocolError("settings must be an object")
+        return cls(epochs=int(_number(doc, "epochs")), batch_size=int(_number(doc, "batch_size")),
+                   learning_rate=_number(doc, "learning_rate"), l2=_number(doc, "l2"))
+
+
+@dataclass(frozen=True)
+class RoundMessage:
+    """The current round (retained): global model, deadline and training settings.
+
+    ``state == "finished"`` announces the final model; agents stop training.
+    """
+
+    fleet: str
+    round_id: int
+    model_version: int
+    state: str
+    spec: ModelSpec
+    params: tuple[float, ...]
+    deadline: float
+    settings: TrainingSettings
+    key_fingerprint: str
+    codec_digest: str
+    issued_at: float = field(default_factory=time.time)
+
+    SCHEMA = "fedmq.round/1"
+
+    def __post_init__(self) -> None:
+        check_name(self.fleet, "fleet name", ProtocolError)
+        if self.round_id < 1 or self.model_version < 0:
+            raise ProtocolError("round_id must be >= 1 and model_version >= 0")
+        if self.state not in ROUND_STATES:
+            raise ProtocolError(f"round state must be one of {ROUND_STATES}")
+        if len(self.params) != self.spec.n_params:
+            raise ProtocolError(
+                f"model of kind {self.spec.kind} needs {self.spec.n_params} parameters, "
+                f"got {len(self.params)}"
+            )
+        if not all(math.isfinite(p) for p in self.params):
+            raise ProtocolError("model parameters must be finite")
+
+    @property
+    def params_array(self) -> np.ndarray:
+        return np.asarray(self.params, dtype=np.float64)
+
+    def to_bytes(self) -> bytes:
+        return dumps({
+            "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
+            "model_version": self.model_version, "state": self.state,
+            "model": self.spec.to_dict(), "params": list(self.params),
+            "deadline": self.deadline, "settings": self.settings.to_dict(),
+            "key_fingerprint": self.key_fingerprint, "codec_digest": self.codec_digest,
+            "issued_at": self.issued_at,
+        })
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> RoundMessage:
+        doc = loads(payload, cls.SCHEMA)
+        params = _get(doc, "params", list)
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in params):
+            raise ProtocolError("params must be a list of numbers")
+        try:
+            spec = ModelSpec.from_dict(_get(doc, "model", dict))
+        except ModelError as exc:
+            raise ProtocolError(f"bad model spec: {exc}") from exc
+        return cls(
+            fleet=_get(doc, "fleet", str), round_id=_get(doc, "round", int),
+            model_version=_get(doc, "model_version", int), state=_get(doc, "state", str),
+            spec=spec, params=tuple(float(p) for p in params), deadline=_number(doc, "deadline"),
+            settings=TrainingSettings.from_dict(doc.get("settings")),
+            key_fingerprint=_get(doc, "key_fingerprint", str),
+            codec_digest=_get(doc, "codec_digest", str), issued_at=_number(doc, "issued_at"),
+        )
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    """An agent's liveness (retained; the broker publishes "offline" as its Last Will)."""
+
+    agent_id: str
+    state: str
+    software: str = ""
+    codecs: tuple[str, ...] = ()
+    issued_at: float = field(default_factory=time.time)
+
+    SCHEMA = "fedmq.status/1"
+
+    def __post_init__(self) -> None:
+        check_name(self.agent_id, "agent id", ProtocolError)
+        if self.state not in AGENT_STATES:
+            raise ProtocolError(f"agent state must be one of {AGENT_STATES}")
+
+    def to_bytes(self) -> bytes:
+        return dumps({"schema": self.SCHEMA, "agent": self.agent_id, "state": self.state,
+                      "software": self.software, "codecs": list(self.codecs),
+                      "issued_at": self.issued_at})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> StatusMessage:
+        doc = loads(payload, cls.SCHEMA)
+        codecs = doc.get("codecs", [])
+        if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
+            raise ProtocolError("codecs must be a list of strings")
+        return cls(agent_id=_get(doc, "agent", str), state=_get(doc, "state", str),
+                   software=str(doc.get("software", "")), codecs=tuple(codecs),
+                   issued_at=_number(doc, "issued_at"))
+
+
+@dataclass(frozen=True)
+class MetricsMessage:
+    """Per-round numbers for dashboards; nothing in it depends on one agent's data."""
+
+    fleet: str
+    round_id: int
+    model_version: int
+    expected: int
+    reported: int
+    rejected: int
+    total_weight: float
+    seconds: float
+    update_norm: float
+    closed_by: str
+    issued_at: float = field(default_factory=time.time)
+
+    SCHEMA = "fedmq.metrics/1"
+
+    def to_bytes(self) -> bytes:
+        doc = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return dumps({"schema": self.SCHEMA, **doc})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> MetricsMessage:
+        doc = loads(payload, cls.SCHEMA)
+        try:
+            return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"bad metrics message: {exc}") from exc
