@@ -1,0 +1,97 @@
+"""The embedded amqtt broker, runnable in the foreground or on a background thread.
+
+amqtt is asyncio-only; the simulation and the tests want a broker beside
+synchronous code, so ``EmbeddedBroker`` owns one event loop on one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from typing import Any
+
+from broker.config import BrokerSettings
+from protocol.errors import FedmqError
+
+log = logging.getLogger(__name__)
+
+# amqtt logs every packet at INFO; a fleet of 50 agents drowns the console.
+for _name in ("amqtt", "transitions"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class BrokerStartError(FedmqError):
+    """The embedded broker could not start (port taken, bad TLS files, ...)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host`` (for tests and the simulation)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def serve(settings: BrokerSettings, stop: asyncio.Event,
+                started: threading.Event | None = None) -> None:
+    """Run the broker until ``stop`` is set."""
+    from amqtt.broker import Broker  # gateway-only dependency: import lazily
+
+    try:
+        broker = Broker(settings.amqtt_config())
+        await broker.start()
+    except Exception as exc:  # amqtt wraps bind and plugin errors in several types
+        raise BrokerStartError(
+            f"cannot start broker on {settings.host}:{settings.port}: {exc.__cause__ or exc}"
+        ) from exc
+    log.info("embedded broker listening on %s:%d", settings.host, settings.port)
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+    finally:
+        await broker.shutdown()
+
+
+class EmbeddedBroker:
+    """An amqtt broker on a background thread; ``with EmbeddedBroker(s):`` starts and stops it."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fedmq-broker", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await serve(self.settings, self._stop, self._started)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise BrokerStartError(f"broker did not start within {timeout:g} s")
+        if self._error is not None:
+            raise BrokerStartError(str(self._error)) from self._error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,188 @@
+"""The one module that talks to paho-mqtt, shared by agents and the aggregator.
+
+It converts paho's callbacks into plain ``(topic, payload)`` hand-offs and
+never runs application logic on paho's network thread: a slow or failing
+handler must not stall keepalives or kill the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from protocol.errors import ConfigError, FedmqError
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(FedmqError):
+    """The broker cannot be reached or refused the connection."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker; the same table in agent and aggregator configs."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("mqtt.host must not be empty")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"mqtt.port {self.port} is not a TCP port")
+        if self.keepalive < 5:
+            raise ConfigError("mqtt.keepalive must be at least 5 seconds")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("mqtt.cert_file and mqtt.key_file go together")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MqttSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown [mqtt] option(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"bad [mqtt] section: {exc}") from exc
+
+
+Handler = Callable[[str, bytes], None]
+
+
+class MqttLink:
+    """A connected paho client: subscribes on every (re)connect, reconnects with backoff."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        on_message: Handler,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        will: tuple[str, bytes] | None = None,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._on_message = on_message
+        self._subscriptions = list(subscriptions)
+        self._on_connect_hook = on_connect
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            client.tls_set(
+                ca_certs=settings.ca_file, certfile=settings.cert_file,
+                keyfile=settings.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        # Exponential backoff between reconnects so a fleet does not hammer a
+        # rebooting gateway all at once.
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        self._client = client
+
+    # paho callbacks: convert and hand off, nothing more
+    def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
+                        _props: Any) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.error("broker refused connection: %s", reason)
+            return
+        self._refused = None
+        for topic, qos in self._subscriptions:
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+        log.info("connected to %s:%d", self.settings.host, self.settings.port)
+        if self._on_connect_hook is not None:
+            self._on_connect_hook()
+
+    def _handle_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
+                           _props: Any) -> None:
+        self._connected.clear()
+        if reason.value != 0:
+            log.warning("lost connection to broker (%s); reconnecting with backoff", reason)
+
+    def _handle_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message(msg.topic, bytes(msg.payload))
+        except Exception:  # a handler bug must never kill paho's network thread
+            log.exception("message handler failed on %s", msg.topic)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def connect(self) -> None:
+        """Connect and wait for the broker's CONNACK; raise BrokerUnavailable otherwise."""
+        s = self.settings
+        try:
+            self._client.connect(s.host, s.port, keepalive=s.keepalive)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerUnavailable(
+                f"cannot reach MQTT broker at {s.host}:{s.port}: {exc}") from exc
+        self._client.loop_start()
+        deadline = time.monotonic() + s.connect_timeout
+        while not self._connected.wait(0.05):
+            if self._refused is not None or time.monotonic() > deadline:
+                self._client.loop_stop()
+                why = self._refused or f"no answer within {s.connect_timeout:g} s"
+                raise BrokerUnavailable(f"MQTT broker at {s.host}:{s.port} refused us: {why}")
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                timeout: float = 10.0, wait: bool = True) -> bool:
+        """Publish; True once the broker acknowledged (QoS 1) or the packet left (QoS 0).
+
+        While disconnected paho keeps QoS 1 messages and sends them after the
+        reconnect, so False means "not yet confirmed", not "lost". ``wait=False``
+        is for paho's own callbacks, which must never block on an acknowledgement.
+        """
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if not wait:
+            return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            log.warning("not connected: %s queued until the broker is back", topic)
+            return False
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("publish to %s failed: %s", topic, exc)
+            return False
+        return info.is_published()
+
+    def close(self, *, graceful: bool = True) -> None:
+        """Disconnect; ``graceful=False`` drops the socket so the broker fires the Last Will."""
+        if graceful:
+            self._client.disconnect()
+        else:
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
+        self._client.loop_stop()
