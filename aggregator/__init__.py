@@ -1,0 +1,1 @@
+"""Gateway side: round coordination, homomorphic sums, the Paillier private key."""

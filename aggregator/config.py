@@ -1,0 +1,80 @@
+"""aggregator.toml -> AggregatorConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmq.config import load_toml, reject_unknown, resolve, section
+from fedmq.transport import MqttSettings
+from models import ModelError, ModelSpec
+from protocol.codec import CodecParams
+from protocol.errors import ConfigError, ProtocolError
+from protocol.messages import TrainingSettings
+from protocol.topics import Topics
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    rounds: int = 10
+    round_timeout: float = 60.0
+    quorum: int = 1
+    min_agents: int = 1
+    start_timeout: float = 300.0
+    max_extensions: int = 5
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError("rounds.rounds must be at least 1")
+        if self.round_timeout <= 0 or self.start_timeout <= 0:
+            raise ConfigError("rounds.round_timeout and rounds.start_timeout must be positive")
+        if self.quorum < 1 or self.min_agents < 1 or self.max_extensions < 0:
+            raise ConfigError("rounds.quorum and rounds.min_agents must be at least 1")
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    topics: Topics
+    spec: ModelSpec
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    key_file: str = "state/aggregator/paillier.key"
+    key_bits: int = 2048
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    codec: CodecParams = field(default_factory=CodecParams)
+    state_dir: str = "state/aggregator"
+    client_id: str = "fedmq-aggregator"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AggregatorConfig:
+        return cls.from_dict(load_toml(path), base=Path(path).resolve().parent)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, base: Path = Path(".")) -> AggregatorConfig:
+        reject_unknown(doc, {"fleet", "mqtt", "keys", "rounds", "model", "training", "codec",
+                             "output"}, "top level")
+        fleet, keys, out = section(doc, "fleet"), section(doc, "keys"), section(doc, "output")
+        reject_unknown(fleet, {"name", "topic_prefix"}, "fleet")
+        reject_unknown(keys, {"private_key_file", "bits"}, "keys")
+        reject_unknown(out, {"state_dir"}, "output")
+        try:
+            model = section(doc, "model", required=True)
+            spec = ModelSpec.from_dict({"center": None, "scale": None, "n_classes": 0, **model})
+            codec = section(doc, "codec")
+            return cls(
+                topics=Topics(fleet.get("name", "demo"), fleet.get("topic_prefix", "fedmq")),
+                spec=spec,
+                mqtt=MqttSettings.from_dict(section(doc, "mqtt")),
+                key_file=resolve(base, keys.get("private_key_file",
+                                                "state/aggregator/paillier.key")) or "",
+                key_bits=int(keys.get("bits", 2048)),
+                policy=RoundPolicy(**section(doc, "rounds")),
+                training=TrainingSettings(**section(doc, "training")),
+                codec=CodecParams.from_dict({**CodecParams().to_dict(), **codec}),
+                state_dir=resolve(base, out.get("state_dir", "state/aggregator")) or "",
+            )
+        except (ModelError, ProtocolError) as exc:
+            raise ConfigError(f"aggregator config: {exc}") from exc
+        except TypeError as exc:
+            raise ConfigError(f"aggregator config: unknown or mistyped option: {exc}") from exc

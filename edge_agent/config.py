@@ -1,0 +1,74 @@
+"""agent.toml -> AgentConfig."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmq.config import load_toml, reject_unknown, resolve, section
+from fedmq.transport import MqttSettings
+from protocol.errors import ConfigError
+from protocol.topics import Topics, check_name
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent_id: str
+    topics: Topics
+    data_path: str
+    features: tuple[str, ...]
+    label: str
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    key_fingerprint: str | None = None
+    state_dir: str | None = None
+    delimiter: str = ","
+    seed: int | None = None
+    exit_when_finished: bool = True
+    straggle_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_name(self.agent_id, "agent id")
+        if not self.features:
+            raise ConfigError("[data] features must list at least one column")
+        if self.key_fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}",
+                                                                 self.key_fingerprint):
+            raise ConfigError("fleet.key_fingerprint must be 64 lowercase hex characters "
+                              "(SHA-256 of the aggregator's public key)")
+        if self.straggle_seconds < 0:
+            raise ConfigError("simulation.straggle_seconds must not be negative")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AgentConfig:
+        return cls.from_dict(load_toml(path), base=Path(path).resolve().parent)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, base: Path = Path(".")) -> AgentConfig:
+        reject_unknown(doc, {"agent", "fleet", "mqtt", "data", "simulation"}, "top level")
+        agent, fleet = section(doc, "agent", required=True), section(doc, "fleet")
+        data, sim = section(doc, "data", required=True), section(doc, "simulation")
+        reject_unknown(agent, {"id", "state_dir", "seed", "exit_when_finished"}, "agent")
+        reject_unknown(fleet, {"name", "topic_prefix", "key_fingerprint"}, "fleet")
+        reject_unknown(data, {"path", "features", "label", "delimiter"}, "data")
+        reject_unknown(sim, {"straggle_seconds"}, "simulation")
+        for key, table in (("id", agent), ("path", data), ("label", data)):
+            if not isinstance(table.get(key), str):
+                raise ConfigError(f"agent config needs a string '{key}'")
+        features = data.get("features")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise ConfigError("[data] features must be a list of column names")
+        return cls(
+            agent_id=agent["id"],
+            topics=Topics(fleet.get("name", "demo"), fleet.get("topic_prefix", "fedmq")),
+            data_path=resolve(base, data["path"]) or "",
+            features=tuple(features),
+            label=data["label"],
+            mqtt=MqttSettings.from_dict(section(doc, "mqtt")),
+            key_fingerprint=fleet.get("key_fingerprint") or None,
+            state_dir=resolve(base, agent.get("state_dir")),
+            delimiter=data.get("delimiter", ","),
+            seed=agent.get("seed"),
+            exit_when_finished=bool(agent.get("exit_when_finished", True)),
+            straggle_seconds=float(sim.get("straggle_seconds", 0.0)),
+        )

@@ -1,0 +1,46 @@
+"""Local training for one round: from the global parameters to the weighted delta. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.data import LocalData
+from models import make_model
+from protocol.errors import ConfigError
+from protocol.messages import RoundMessage
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """The plaintext update before encoding; it never leaves the device."""
+
+    round_id: int
+    delta: NDArray[np.float64]
+    weight: int
+    loss_before: float
+    loss_after: float
+
+
+def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
+                seed: int | None = None) -> LocalUpdate:
+    """Train E epochs from the global model on local data; delta = w_local - w_global."""
+    if tuple(msg.spec.features) != data.features:
+        raise ConfigError(
+            f"the fleet model uses features {list(msg.spec.features)}, this agent's data "
+            f"config has {list(data.features)}"
+        )
+    s = msg.settings
+    model = make_model(msg.spec, learning_rate=s.learning_rate, epochs=s.epochs,
+                       batch_size=s.batch_size, l2=s.l2, seed=seed)
+    start = msg.params_array
+    before = float(model.set_params_vector(start).loss(data.X, data.y))
+    model.fit(data.X, data.y, init_params=start)
+    after = float(model.loss(data.X, data.y))
+    # The sample count is the FedAvg weight; capping it at the declared max keeps
+    # the encoded sum inside the codec's bounds (and one device from dominating).
+    weight = min(data.n_samples, max_weight)
+    return LocalUpdate(round_id=msg.round_id, delta=model.params_ - start, weight=weight,
+                       loss_before=before, loss_after=after)

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real embedded broker on a free loopback port, small keys, small fleets."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import SPEC, agent_config, local_data
+
+from aggregator.config import AggregatorConfig, RoundPolicy
+from aggregator.service import Aggregator
+from broker.config import BrokerSettings
+from broker.embedded import EmbeddedBroker, free_port
+from edge_agent.agent import EdgeAgent
+from fedmq.transport import MqttSettings
+from protocol.messages import TrainingSettings
+from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
+from protocol.topics import Topics
+
+
+@pytest.fixture(scope="session")
+def keypair() -> tuple[PaillierPublicKey, PaillierPrivateKey]:
+    return generate_keypair(512)
+
+
+@pytest.fixture
+def broker_port() -> Iterator[int]:
+    port = free_port()
+    with EmbeddedBroker(BrokerSettings(port=port)):
+        yield port
+
+
+@pytest.fixture
+def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
+    def make(port: int, **policy: Any) -> Aggregator:
+        config = AggregatorConfig(
+            topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=port),
+            policy=RoundPolicy(**{"rounds": 2, "round_timeout": 10.0, "quorum": 1,
+                                  "min_agents": 1, "start_timeout": 20.0, **policy}),
+            training=TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
+            state_dir=str(tmp_path / "aggregator"),
+        )
+        return Aggregator(config, keypair=keypair)
+    return make
+
+
+@pytest.fixture
+def start_agents() -> Iterator[Callable[..., list[EdgeAgent]]]:
+    """Start in-process agents on threads; stop them all at teardown."""
+    started: list[tuple[EdgeAgent, threading.Thread]] = []
+
+    def start(port: int, n: int, *, first_seed: int = 0) -> list[EdgeAgent]:
+        agents = []
+        for i in range(n):
+            agent = EdgeAgent(agent_config(port, f"agent-{first_seed + i}"),
+                              data=local_data(first_seed + i, 40 + 15 * i))
+            thread = threading.Thread(target=agent.run, daemon=True)
+            thread.start()
+            started.append((agent, thread))
+            agents.append(agent)
+        return agents
+
+    yield start
+    for agent, thread in started:
+        agent.stop()
+        thread.join(5)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import local_data
+
+from edge_agent.trainer import train_round
+from models import ModelSpec
+from protocol.errors import ConfigError
+from protocol.messages import RoundMessage, TrainingSettings
+
+
+def round_for(spec, params=None):
+    return RoundMessage(fleet="f", round_id=1, model_version=0, state="training", spec=spec,
+                        params=tuple(params if params is not None else np.zeros(spec.n_params)),
+                        deadline=0.0, settings=TrainingSettings(epochs=3, learning_rate=0.1),
+                        key_fingerprint="k" * 64, codec_digest="d" * 32)
+
+
+def test_update_is_local_minus_global_and_lowers_local_loss():
+    data = local_data(0, 120)
+    spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
+    start = np.full(spec.n_params, 0.05)
+    upd = train_round(round_for(spec, start), data, max_weight=10_000, seed=3)
+    assert upd.weight == 120 and upd.delta.shape == (spec.n_params,)
+    assert upd.loss_after < upd.loss_before
+    assert np.linalg.norm(upd.delta) > 0
+
+
+def test_weight_is_capped_by_codec_max_weight():
+    data = local_data(0, 120)
+    spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
+    assert train_round(round_for(spec), data, max_weight=50).weight == 50
+
+
+def test_feature_mismatch_is_a_clear_error():
+    data = local_data(0, 30)
+    spec = ModelSpec(kind="logistic", features=("x1", "x2", "other"), n_classes=2)
+    with pytest.raises(ConfigError, match="features"):
+        train_round(round_for(spec), data, max_weight=100)

@@ -1,0 +1,195 @@
+"""Whole fleets over a real embedded amqtt broker on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from support import FEATURES, agent_config, local_data, run_in_thread
+
+from aggregator.fedavg import weighted_average
+from edge_agent.agent import EdgeAgent
+from fedmq.transport import MqttLink, MqttSettings
+from protocol.codec import CodecParams
+from protocol.messages import RoundMessage
+from protocol.paillier import encrypt_ints, generate_keypair
+from protocol.topics import Topics
+from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
+
+TOPICS = Topics("test")
+
+
+class Sniffer:
+    """A plain MQTT client watching the fleet, as anyone on the broker could."""
+
+    def __init__(self, port: int) -> None:
+        self.rounds: dict[int, RoundMessage] = {}
+        self.updates: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.link = MqttLink(MqttSettings(port=port), client_id="sniffer", on_message=self._on,
+                             subscriptions=[(TOPICS.round, 1), (TOPICS.updates_filter, 1)])
+        self.link.connect()
+
+    def _on(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            if topic == TOPICS.round:
+                msg = RoundMessage.from_bytes(payload)
+                self.rounds[msg.round_id] = msg
+            else:
+                self.updates.append((topic, payload))
+
+    def wait_round(self, round_id: int, timeout: float = 20.0) -> RoundMessage:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if round_id in self.rounds:
+                    return self.rounds[round_id]
+            time.sleep(0.02)
+        raise AssertionError(f"round {round_id} was never announced")
+
+
+def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggregator,
+                                                        start_agents):
+    sniffer = Sniffer(broker_port)
+    agents = start_agents(broker_port, 3)
+    aggregator = make_aggregator(broker_port, rounds=2, quorum=3, min_agents=3)
+    final = aggregator.run()
+
+    assert [r.closed_by for r in aggregator.results] == ["all", "all"]
+    finished = sniffer.wait_round(3)
+    assert finished.state == "finished"
+    np.testing.assert_array_equal(finished.params_array, final)
+    clip = aggregator.config.codec.clip
+    for r in (1, 2):
+        updates = [a.history[r] for a in agents]
+        expected = weighted_average([np.clip(u.delta, -clip, clip) for u in updates],
+                                    [u.weight for u in updates])
+        published = sniffer.wait_round(r + 1).params_array - sniffer.wait_round(r).params_array
+        np.testing.assert_allclose(published, expected, atol=1e-6)
+        assert np.linalg.norm(expected) > 1e-3  # the agents really learned something
+    assert aggregator.results[-1].total_weight == sum(a.data.n_samples for a in agents)
+
+    # What the broker carries is ciphertext: binary, fixed length, nothing readable.
+    assert len(sniffer.updates) == 6
+    for topic, payload in sniffer.updates:
+        assert payload.startswith(MAGIC)
+        msg = decode_update(payload, aggregator.public_key)
+        weight = agents[int(topic.rsplit("-", 1)[1])].history[msg.round_id].weight
+        assert all(c > aggregator.public_key.n for c in msg.ciphertexts)
+        assert str(weight).encode() not in payload[-len(msg.ciphertexts) * 128:]
+
+
+def test_malformed_and_foreign_payloads_do_not_stop_the_round(broker_port, make_aggregator,
+                                                              start_agents):
+    start_agents(broker_port, 2)
+    aggregator = make_aggregator(broker_port, rounds=2, quorum=2, min_agents=2)
+    thread, out = run_in_thread(aggregator.run)
+    attacker = MqttLink(MqttSettings(port=broker_port), client_id="attacker",
+                        on_message=lambda *_: None)
+    attacker.connect()
+    other_pub, _ = generate_keypair(512)
+    foreign = encode_update(UpdateMessage(
+        fleet="test", round_id=1, agent_id="agent-0", key_fingerprint="0" * 64,
+        codec_digest=CodecParams().digest("0" * 64), n_values=5,
+        ciphertexts=tuple(encrypt_ints(other_pub, [1] * 5))), other_pub)
+    garbage = [b"", b"hello", b"FMQU\x01\xff\xff", MAGIC + bytes(500), foreign]
+    while thread.is_alive():
+        for payload in garbage:
+            attacker.publish(TOPICS.update("agent-0"), payload, wait=False)
+            attacker.publish(TOPICS.update("mallory"), payload, wait=False)
+        time.sleep(0.02)
+    attacker.close()
+    thread.join()
+    assert "error" not in out, out.get("error")
+    assert [len(r.reported) for r in aggregator.results] == [2, 2]
+    assert sum(r.rejected for r in aggregator.results) > 0
+
+
+def _agent_process(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    data = local_data(9, 80)
+    csv_path = tmp_path / "dev-9.csv"
+    np.savetxt(csv_path, np.column_stack([data.X, data.y]), delimiter=",",
+               header=",".join((*FEATURES, "y")), comments="")
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+id = "agent-9"
+[fleet]
+name = "test"
+[mqtt]
+port = {port}
+[data]
+path = "{csv_path}"
+features = {list(FEATURES)!r}
+label = "y"
+[simulation]
+straggle_seconds = 60
+""".replace("'", '"'))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-m", "fedmq", "agent", "--config", str(config)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_agent_killed_mid_round_does_not_stall_the_fleet(tmp_path, broker_port,
+                                                         make_aggregator, start_agents):
+    sniffer = Sniffer(broker_port)
+    start_agents(broker_port, 2)
+    proc = _agent_process(tmp_path, broker_port)
+    try:
+        aggregator = make_aggregator(broker_port, rounds=2, quorum=2, min_agents=3,
+                                     round_timeout=3.0)
+        thread, out = run_in_thread(aggregator.run)
+        sniffer.wait_round(1)
+        time.sleep(0.5)  # the process agent is now training (slowly) inside round 1
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        thread.join(40)
+        assert not thread.is_alive(), "the fleet stalled"
+        assert "error" not in out, out.get("error")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first, second = aggregator.results
+    assert first.expected == 3 and len(first.reported) == 2 and first.closed_by == "deadline"
+    assert first.seconds >= 3.0
+    # The broker published the killed agent's Last Will; round 2 no longer waits for it.
+    assert second.expected == 2 and second.closed_by == "all"
+    assert "agent-9" not in first.reported
+    assert aggregator.online.get("agent-9") is False
+
+
+def test_late_update_for_closed_round_is_dropped(broker_port, make_aggregator):
+    """A round-1 update replayed during round 2 is logged and dropped, not summed."""
+    sniffer = Sniffer(broker_port)
+    agents = [EdgeAgent(agent_config(broker_port, "agent-0"), data=local_data(0, 50)),
+              EdgeAgent(agent_config(broker_port, "agent-1", straggle_seconds=1.5),
+                        data=local_data(1, 60))]
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    try:
+        aggregator = make_aggregator(broker_port, rounds=2, quorum=2, min_agents=2)
+        thread, out = run_in_thread(aggregator.run)
+        sniffer.wait_round(2)
+        with sniffer.lock:
+            round1 = next(p for t, p in sniffer.updates if t == TOPICS.update("agent-0"))
+        replayer = MqttLink(MqttSettings(port=broker_port), client_id="replayer",
+                            on_message=lambda *_: None)
+        replayer.connect()
+        replayer.publish(TOPICS.update("agent-0"), round1)
+        replayer.close()
+        thread.join(30)
+        assert "error" not in out, out.get("error")
+    finally:
+        for a in agents:
+            a.stop()
+    first, second = aggregator.results
+    assert first.rejected == 0 and second.rejected == 1 and len(second.reported) == 2
+    assert second.total_weight == 110
