@@ -1,0 +1,200 @@
+"""``fedmq`` command line: broker, aggregator, agent, simulate.
+
+Every expected failure (bad config, missing file, unreachable broker) ends in
+one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmq import __version__
+from protocol.errors import ConfigError, FedmqError
+
+EXIT_ERROR = 2
+
+log = logging.getLogger("fedmq")
+
+
+def _setup_logging(verbosity: int, *, quiet_default: bool = False) -> None:
+    level = logging.INFO if verbosity == 0 else logging.DEBUG
+    if quiet_default and verbosity == 0:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+
+
+def _stop_on_sigterm(stop: Any) -> None:
+    def handler(_sig: int, _frame: Any) -> None:
+        stop()
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from broker.cli import add_user, run_broker
+
+    if args.action == "add-user":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
+            f"password for {args.username}: ")
+        add_user(Path(args.password_file), args.username, password)
+        print(f"user {args.username!r} written to {args.password_file}")
+        return 0
+    return run_broker(args.config)
+
+
+def cmd_aggregator(args: argparse.Namespace) -> int:
+    from aggregator.config import AggregatorConfig
+    from aggregator.service import Aggregator
+
+    config = AggregatorConfig.from_file(args.config)
+    aggregator = Aggregator(config)
+    if args.show_fingerprint:
+        print(aggregator.fingerprint)
+        return 0
+    log.info("key fingerprint %s: pin it in every agent config as [fleet] key_fingerprint",
+             aggregator.fingerprint)
+    _stop_on_sigterm(aggregator.stop)
+    aggregator.run()
+    log.info("all %d rounds done; final model in %s", config.policy.rounds,
+             aggregator.store.model_path)
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.config import AgentConfig
+
+    agent = EdgeAgent(AgentConfig.from_file(args.config))
+    _stop_on_sigterm(agent.stop)
+    agent.run()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fedmq.simulate import Simulation, options_from
+
+    overrides = {
+        "agents": args.agents, "rounds": args.rounds, "iid": args.iid or None,
+        "task": args.task, "samples_per_device": args.samples, "key_bits": args.key_bits,
+        "epochs": args.epochs, "learning_rate": args.lr, "round_timeout": args.round_timeout,
+        "quorum_fraction": args.quorum, "kill": args.kill,
+        "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
+        "plot": False if args.no_plot else None,
+    }
+    opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
+    report = Simulation(opts).run()
+    gap = (f"{100 * report.gap:+.2f} pp" if report.metric == "accuracy"
+           else f"{report.gap:+.4f}")
+    print(f"final {report.metric}: federated {report.federated_score:.4f} | centralized "
+          f"sklearn {report.central_score:.4f} | gap {gap}")
+    print(f"metrics: {report.out_dir / 'metrics.csv'}"
+          + (f", plot: {report.out_dir / 'metrics.png'}" if opts.plot else ""))
+    return 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from fedmq import synthetic
+
+    try:
+        spec = synthetic.FleetSpec(n_devices=args.devices, samples_per_device=args.samples,
+                                   iid=args.iid, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    for path in synthetic.write_fleet(spec, args.out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedmq", description="Federated learning for IoT fleets over MQTT, with "
+        "Paillier-encrypted model updates.")
+    parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="run the embedded MQTT broker (gateway)",
+                       description="Run the embedded amqtt broker, or manage its password file.")
+    p.add_argument("action", nargs="?", choices=["run", "add-user"], default="run")
+    p.add_argument("--config", default="configs/broker.toml", help="broker TOML config")
+    p.add_argument("--password-file", help="password file for add-user")
+    p.add_argument("--username", help="user name for add-user")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("aggregator", help="run the aggregator (gateway, holds the private key)",
+                       description="Publish the public key, run rounds, add encrypted updates "
+                       "and publish each new global model.")
+    p.add_argument("--config", default="configs/aggregator.toml", help="aggregator TOML config")
+    p.add_argument("--show-fingerprint", action="store_true",
+                   help="create or load the key, print its fingerprint and exit")
+    p.set_defaults(func=cmd_aggregator)
+
+    p = sub.add_parser("agent", help="run an edge agent (device)",
+                       description="Train on local CSV data each round and publish encrypted "
+                       "updates. Raw data never leaves the device.")
+    p.add_argument("--config", default="configs/agent.toml", help="agent TOML config")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("simulate", help="simulate a whole fleet on this machine",
+                       description="Start the embedded broker on a free port, the aggregator "
+                       "and N agents with synthetic sensor data; print progress per round and "
+                       "compare with a centralized scikit-learn baseline. Flags override "
+                       "--config.")
+    p.add_argument("--config", help="simulate TOML config ([simulate] table)")
+    p.add_argument("--agents", type=int, help="number of agents (default 20)")
+    p.add_argument("--rounds", type=int, help="number of rounds (default 10)")
+    p.add_argument("--iid", action="store_true", help="IID data instead of non-IID devices")
+    p.add_argument("--task", choices=["fault", "fault_type", "next_temperature"],
+                   help="what to learn (default: binary fault detection)")
+    p.add_argument("--samples", type=int, help="mean samples per device (default 400)")
+    p.add_argument("--key-bits", type=int, help="Paillier key size (default 2048)")
+    p.add_argument("--epochs", type=int, help="local epochs per round (default 2)")
+    p.add_argument("--lr", type=float, help="local learning rate (default 0.1)")
+    p.add_argument("--round-timeout", type=float, help="round deadline in seconds (default 20)")
+    p.add_argument("--quorum", type=float, help="fraction of agents for quorum (default 0.5)")
+    p.add_argument("--kill", type=int, help="agents to kill abruptly during the run")
+    p.add_argument("--kill-after-round", type=int, help="kill them after this round (1)")
+    p.add_argument("--seed", type=int, help="data and training seed (default 0)")
+    p.add_argument("--out", help="output directory: data, metrics, plot (runs/latest)")
+    p.add_argument("--no-plot", action="store_true", help="do not write metrics.png")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("sample-data", help="write synthetic sensor CSV files for devices",
+                       description="Write one CSV of synthetic machine sensor readings per "
+                       "device, as an agent's [data] path expects.")
+    p.add_argument("--devices", type=int, default=3)
+    p.add_argument("--samples", type=int, default=400, help="mean readings per device")
+    p.add_argument("--iid", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="data", help="output directory (default: data)")
+    p.set_defaults(func=cmd_sample_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, quiet_default=args.command == "simulate")
+    if args.command == "broker" and args.action == "add-user" and not (
+            args.password_file and args.username):
+        print("fedmq: error: add-user needs --password-file and --username", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return int(args.func(args))
+    except FedmqError as exc:
+        print(f"fedmq: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fedmq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
