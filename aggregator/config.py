@@ -62,6 +62,7 @@ class AggregatorConfig:
             model = section(doc, "model", required=True)
             spec = ModelSpec.from_dict({"center": None, "scale": None, "n_classes": 0, **model})
             codec = section(doc, "codec")
+            reject_unknown(codec, set(CodecParams.__dataclass_fields__), "codec")
             return cls(
                 topics=Topics(fleet.get("name", "demo"), fleet.get("topic_prefix", "fedmq")),
                 spec=spec,

@@ -23,6 +23,7 @@ def test_example_config_loads_with_paths_relative_to_it():
     ("[model]\nkind='linear'\nfeatures=['a']\n[codec]\nclip=-1\n", "clip"),
     ("[model]\nkind='linear'\nfeatures=['a']\n[rounds]\nspeed=3\n", "unknown"),
     ("[bogus]\n", "unknown"),
+    ("[model]\nkind='linear'\nfeatures=['a']\n[codec]\nclipp=1\n", "clipp"),
     ("[model\n", "not valid TOML"),
     ("", "model"),
 ])
