@@ -18,8 +18,10 @@ from protocol.errors import FedmqError
 log = logging.getLogger(__name__)
 
 # amqtt logs every packet at INFO; a fleet of 50 agents drowns the console.
+# A level the application already chose (the CLI does) is left alone.
 for _name in ("amqtt", "transitions"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class BrokerStartError(FedmqError):

@@ -166,6 +166,12 @@ class EdgeAgent:
             self._pending_round = msg
             return False
         if msg.state == "finished":
+            if not self.history:
+                # A retained announcement from an earlier run (brokers with persistence
+                # keep it): this agent took no part in it, so wait for the next run.
+                log.info("fleet already finished (model version %d) before this agent joined; "
+                         "waiting for a new run", msg.model_version)
+                return False
             self._finish(msg)
             return True
         if msg.round_id in self.history:

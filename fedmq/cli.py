@@ -28,7 +28,8 @@ def _setup_logging(verbosity: int, *, quiet_default: bool = False) -> None:
     if quiet_default and verbosity == 0:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    # The simulation prints its own progress; amqtt's shutdown chatter is noise there.
+    logging.getLogger("amqtt").setLevel(logging.ERROR if quiet_default else logging.WARNING)
 
 
 def _stop_on_sigterm(stop: Any) -> None:

@@ -85,6 +85,7 @@ class MqttLink:
         self._subscriptions = list(subscriptions)
         self._on_connect_hook = on_connect
         self._connected = threading.Event()
+        self._closing = False
         self._refused: str | None = None
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -127,7 +128,7 @@ class MqttLink:
     def _handle_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
                            _props: Any) -> None:
         self._connected.clear()
-        if reason.value != 0:
+        if reason.value != 0 and not self._closing:
             log.warning("lost connection to broker (%s); reconnecting with backoff", reason)
 
     def _handle_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
@@ -179,6 +180,7 @@ class MqttLink:
 
     def close(self, *, graceful: bool = True) -> None:
         """Disconnect; ``graceful=False`` drops the socket so the broker fires the Last Will."""
+        self._closing = True
         if graceful:
             self._client.disconnect()
         else:

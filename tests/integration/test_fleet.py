@@ -193,3 +193,36 @@ def test_late_update_for_closed_round_is_dropped(broker_port, make_aggregator):
     first, second = aggregator.results
     assert first.rejected == 0 and second.rejected == 1 and len(second.reported) == 2
     assert second.total_weight == 110
+
+
+def test_agent_with_other_pinned_key_never_sends(broker_port, make_aggregator, start_agents):
+    sniffer = Sniffer(broker_port)
+    start_agents(broker_port, 1)
+    pinned = EdgeAgent(agent_config(broker_port, "pinned", key_fingerprint="ab" * 32),
+                       data=local_data(5, 50))
+    thread = threading.Thread(target=pinned.run, daemon=True)
+    thread.start()
+    try:
+        aggregator = make_aggregator(broker_port, rounds=2, quorum=1, min_agents=2,
+                                     round_timeout=1.0)
+        aggregator.run()
+    finally:
+        pinned.stop()
+        thread.join(5)
+    assert not pinned.history and pinned.final_params is None
+    assert all(t != TOPICS.update("pinned") for t, _ in sniffer.updates)
+    assert [r.reported for r in aggregator.results] == [("agent-0",), ("agent-0",)]
+
+
+def test_agent_joining_after_the_fleet_finished_waits_for_a_new_run(broker_port,
+                                                                     make_aggregator,
+                                                                     start_agents):
+    start_agents(broker_port, 1)
+    make_aggregator(broker_port, rounds=1).run()  # leaves "finished" retained
+    late = EdgeAgent(agent_config(broker_port, "late"), data=local_data(3, 40))
+    thread = threading.Thread(target=late.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive() and late.final_params is None
+    late.stop()
+    thread.join(5)

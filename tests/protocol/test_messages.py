@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models import ModelSpec
 from protocol.codec import CodecParams
@@ -21,7 +24,7 @@ SPEC = ModelSpec(kind="logistic", features=("a", "b"), n_classes=2)
 def round_msg(**kw):
     base = dict(fleet="f", round_id=3, model_version=2, state="training", spec=SPEC,
                 params=(0.1, -0.2, 0.3), deadline=1e9, settings=TrainingSettings(),
-                key_fingerprint="k" * 64, codec_digest="d" * 32)
+                key_fingerprint="k" * 64, codec_digest="d" * 32, issued_at=1.7e9)
     return RoundMessage(**{**base, **kw})
 
 
@@ -75,3 +78,33 @@ def test_non_finite_numbers_are_refused():
         RoundMessage.from_bytes(text.encode())
     with pytest.raises(ProtocolError):
         round_msg(params=(0.1, float("inf"), 0.0))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["schema", "fleet", "round", "model_version", "state",
+                                        "model", "params", "deadline", "settings", "agent",
+                                        "key_fingerprint", "codec_digest", "issued_at", "n",
+                                        "fingerprint", "codec", "codec_digest", "codecs"]),
+                       json_values, max_size=12),
+       st.sampled_from([RoundMessage, PubKeyMessage, StatusMessage]))
+def test_random_json_documents_only_raise_protocol_error(doc, kind):
+    doc = {**doc, "schema": kind.SCHEMA} if doc.get("schema") is None else doc
+    with contextlib.suppress(ProtocolError):  # anything else fails the test
+        kind.from_bytes(json.dumps(doc).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_round_messages_only_raise_protocol_error(data):
+    payload = bytearray(round_msg().to_bytes())
+    for _ in range(data.draw(st.integers(1, 5))):
+        payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(ProtocolError):  # anything else fails the test
+        RoundMessage.from_bytes(bytes(payload))
