@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import load_toml, reject_unknown, resolve, section
+from fedmq.config import from_table, load_toml, reject_unknown, resolve, section
 from fedmq.transport import MqttSettings
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams
@@ -70,8 +70,8 @@ class AggregatorConfig:
                 key_file=resolve(base, keys.get("private_key_file",
                                                 "state/aggregator/paillier.key")) or "",
                 key_bits=int(keys.get("bits", 2048)),
-                policy=RoundPolicy(**section(doc, "rounds")),
-                training=TrainingSettings(**section(doc, "training")),
+                policy=from_table(RoundPolicy, section(doc, "rounds"), "rounds"),
+                training=from_table(TrainingSettings, section(doc, "training"), "training"),
                 codec=CodecParams.from_dict({**CodecParams().to_dict(), **codec}),
                 state_dir=resolve(base, out.get("state_dir", "state/aggregator")) or "",
             )

@@ -7,7 +7,6 @@ Sequencing only: the maths lives in ``protocol`` (codec, Paillier) and
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.keys import load_or_create_keypair
 from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
-from fedmq.transport import MqttLink
+from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, weighted_mean
 from protocol.errors import CodecError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage, StatusMessage
@@ -67,23 +66,16 @@ class Aggregator:
         self.codec = make_codec(config.codec, self.public_key.n)
         self.codec_digest = config.codec.digest(self.fingerprint)
         self._on_round = on_round
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100_000)
+        self._inbox = Inbox(maxsize=100_000)
         self._stop = threading.Event()
         self.online: dict[str, bool] = {}
         self.store = RunStore(Path(config.state_dir))
         topics = config.topics
         self._link = MqttLink(
-            config.mqtt, client_id=config.client_id, on_message=self._enqueue,
+            config.mqtt, client_id=config.client_id, on_message=self._inbox.put,
             subscriptions=[(topics.updates_filter, 1), (topics.status_filter, 1)],
         )
         self.results: list[RoundResult] = []
-
-    # --- MQTT side: convert and hand off ------------------------------------
-    def _enqueue(self, topic: str, payload: bytes) -> None:
-        try:
-            self._inbox.put_nowait((topic, payload))
-        except queue.Full:
-            log.error("inbox full, dropping message on %s", topic)
 
     def stop(self) -> None:
         self._stop.set()
@@ -220,17 +212,16 @@ class Aggregator:
 
     # --- inbound -------------------------------------------------------------
     def _drain(self, state: RoundState | None, timeout: float) -> None:
-        """Handle queued messages for up to ``timeout`` seconds."""
-        try:
-            topic, payload = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return
-        while True:
-            self._handle(state, topic, payload)
-            try:
-                topic, payload = self._inbox.get_nowait()
-            except queue.Empty:
+        """Handle queued messages, waiting up to ``timeout`` seconds for the first.
+
+        At most a batch per call, so a flood of junk cannot starve the deadline check.
+        """
+        item = self._inbox.get(timeout)
+        for _ in range(1000):
+            if item is None:
                 return
+            self._handle(state, *item)
+            item = self._inbox.get(0)
 
     def _handle(self, state: RoundState | None, topic: str, payload: bytes) -> None:
         topics = self.config.topics

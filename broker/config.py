@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmq.config import from_table
 from protocol.errors import ConfigError
 
 
@@ -40,13 +41,7 @@ class BrokerSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrokerSettings:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown [broker] option(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"bad [broker] section: {exc}") from exc
+        return from_table(cls, data, "broker")
 
     def amqtt_config(self) -> dict[str, Any]:
         """The configuration dictionary amqtt's Broker expects."""

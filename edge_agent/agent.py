@@ -7,7 +7,6 @@ publishing run on the agent's own thread so keepalives never stall.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData, load_csv
 from edge_agent.trainer import LocalUpdate, train_round
 from fedmq import __version__
-from fedmq.transport import MqttLink
+from fedmq.transport import Inbox, MqttLink
 from models import save_model
 from protocol.codec import Codec, make_codec, weighted_values
 from protocol.errors import ConfigError, FedmqError, ProtocolError
@@ -42,7 +41,7 @@ class EdgeAgent:
             config.data_path, config.features, config.label, delimiter=config.delimiter)
         self.history: dict[int, LocalUpdate] = {}
         self.final_params: NDArray[np.float64] | None = None
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self._inbox = Inbox(maxsize=1000)
         self._stop = threading.Event()
         self._killed = False
         self._key: PaillierPublicKey | None = None
@@ -52,7 +51,7 @@ class EdgeAgent:
         topics = config.topics
         self._status_topic = topics.status(config.agent_id)
         self._link = MqttLink(
-            config.mqtt, client_id=f"fedmq-agent-{config.agent_id}", on_message=self._enqueue,
+            config.mqtt, client_id=f"fedmq-agent-{config.agent_id}", on_message=self._inbox.put,
             subscriptions=[(topics.pubkey, 1), (topics.round, 1)],
             will=(self._status_topic, self._status("offline")),
             on_connect=self._announce_online,
@@ -65,12 +64,6 @@ class EdgeAgent:
     def _announce_online(self) -> None:
         # Runs on paho's thread after every (re)connect: queue it, never wait.
         self._link.publish(self._status_topic, self._status("online"), retain=True, wait=False)
-
-    def _enqueue(self, topic: str, payload: bytes) -> None:
-        try:
-            self._inbox.put_nowait((topic, payload))
-        except queue.Full:
-            log.error("inbox full, dropping message on %s", topic)
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,11 +81,10 @@ class EdgeAgent:
         self._link.connect()
         try:
             while not self._stop.is_set():
-                try:
-                    topic, payload = self._inbox.get(timeout=0.2)
-                except queue.Empty:
+                item = self._inbox.get(timeout=0.2)
+                if item is None:
                     continue
-                if self._handle(topic, payload) and self.config.exit_when_finished:
+                if self._handle(*item) and self.config.exit_when_finished:
                     break
         finally:
             if not self._killed:

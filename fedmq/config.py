@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol.errors import ConfigError
 
@@ -13,6 +14,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
     import tomli as tomllib
+
+T = TypeVar("T")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -43,6 +46,15 @@ def reject_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"unknown option(s) in [{where}]: {', '.join(sorted(unknown))}")
+
+
+def from_table(cls: type[T], table: dict[str, Any], where: str) -> T:
+    """Build a settings dataclass from a TOML table; unknown or mistyped keys are errors."""
+    reject_unknown(table, {f.name for f in dataclasses.fields(cls)}, where)  # type: ignore[arg-type]
+    try:
+        return cls(**table)
+    except TypeError as exc:
+        raise ConfigError(f"bad [{where}] section: {exc}") from exc
 
 
 def resolve(base: Path, value: str | None) -> str | None:

@@ -8,6 +8,7 @@ handler must not stall keepalives or kill the loop.
 from __future__ import annotations
 
 import logging
+import queue
 import ssl
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from fedmq.config import from_table
 from protocol.errors import ConfigError, FedmqError
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,37 @@ class MqttSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MqttSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown [mqtt] option(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"bad [mqtt] section: {exc}") from exc
+        return from_table(cls, data, "mqtt")
 
 
 Handler = Callable[[str, bytes], None]
+
+
+class Inbox:
+    """Bounded hand-off from paho's network thread to a role's own thread.
+
+    ``put`` is the MQTT message handler; it never blocks paho. When the role
+    falls this far behind, dropping (with a log line) beats unbounded memory on
+    a 1 GB device.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=maxsize)
+
+    def put(self, topic: str, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait((topic, payload))
+        except queue.Full:
+            log.error("inbox full, dropping message on %s", topic)
+
+    def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
+        """The next message, or None after ``timeout`` seconds (0: do not wait)."""
+        try:
+            if timeout == 0:
+                return self._queue.get_nowait()
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
 
 class MqttLink:
