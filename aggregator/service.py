@@ -98,8 +98,8 @@ class Aggregator:
                     break
                 result = self._run_round(round_id, version, params)
                 params, version = result.params, result.model_version
+            # _finish already saved this model after the last round.
             self._announce(cfg.policy.rounds + 1, version, params, state="finished")
-            self.store.save_model(cfg.spec, params, round_id=cfg.policy.rounds, version=version)
             return params
         finally:
             self._link.close()
