@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.data import LocalData
-from models import make_model
+from edge_agent.data import DataError, LocalData
+from models import ModelError, make_model
 from protocol.errors import ConfigError
 from protocol.messages import RoundMessage
 
@@ -33,12 +33,17 @@ def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
             f"config has {list(data.features)}"
         )
     s = msg.settings
-    model = make_model(msg.spec, learning_rate=s.learning_rate, epochs=s.epochs,
-                       batch_size=s.batch_size, l2=s.l2, seed=seed)
     start = msg.params_array
-    before = float(model.set_params_vector(start).loss(data.X, data.y))
-    model.fit(data.X, data.y, init_params=start)
-    after = float(model.loss(data.X, data.y))
+    try:
+        model = make_model(msg.spec, learning_rate=s.learning_rate, epochs=s.epochs,
+                           batch_size=s.batch_size, l2=s.l2, seed=seed)
+        before = float(model.set_params_vector(start).loss(data.X, data.y))
+        model.fit(data.X, data.y, init_params=start)
+        after = float(model.loss(data.X, data.y))
+    except ModelError as exc:
+        # Bad local labels or a diverging step skip this round; they must not
+        # kill an agent that will serve the next one.
+        raise DataError(f"local training failed on {data.label!r}: {exc}") from exc
     # The sample count is the FedAvg weight; capping it at the declared max keeps
     # the encoded sum inside the codec's bounds (and one device from dominating).
     weight = min(data.n_samples, max_weight)

@@ -38,3 +38,11 @@ def test_feature_mismatch_is_a_clear_error():
     spec = ModelSpec(kind="logistic", features=("x1", "x2", "other"), n_classes=2)
     with pytest.raises(ConfigError, match="features"):
         train_round(round_for(spec), data, max_weight=100)
+
+
+def test_labels_outside_the_model_classes_are_a_data_error():
+    data = local_data(0, 30)
+    bad = type(data)(X=data.X, y=data.y + 2, features=data.features, label="y")
+    spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
+    with pytest.raises(ConfigError, match="local training failed"):
+        train_round(round_for(spec), bad, max_weight=100)
