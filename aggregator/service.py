@@ -21,7 +21,7 @@ from aggregator.keys import load_or_create_keypair
 from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
 from fedmq.transport import Inbox, MqttLink
-from protocol.codec import make_codec, weighted_mean
+from protocol.codec import make_codec, mean_from_sums
 from protocol.errors import CodecError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage, StatusMessage
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, decrypt_ints, fingerprint
@@ -162,16 +162,16 @@ class Aggregator:
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
         try:
-            summed = self.codec.decode(decrypt_ints(self._private_key, state.ciphertext_sum),
-                                       state.n_values, len(state.accepted))
-            avg_delta, total_weight = weighted_mean(summed)
+            sums = self.codec.decode(decrypt_ints(self._private_key, state.ciphertext_sum),
+                                     state.n_values, len(state.accepted))
+            avg_delta, total_weight = mean_from_sums(sums, self.codec.params)
             new_params, new_version = params + avg_delta, version + 1
         except CodecError as exc:
             # Only a forged or broken update can do this; we cannot tell which
             # one from the sum, so the round is dropped and the model kept.
             log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                       exc)
-            avg_delta, total_weight = np.zeros_like(params), 0.0
+            avg_delta, total_weight = np.zeros_like(params), 0
             new_params, new_version, reason = params, version, "rejected-sum"
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,

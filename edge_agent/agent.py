@@ -16,13 +16,15 @@ from numpy.typing import NDArray
 
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData, load_csv
+from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, train_round
 from fedmq import __version__
 from fedmq.transport import Inbox, MqttLink
 from models import save_model
-from protocol.codec import Codec, make_codec, weighted_values
+from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
 from protocol.errors import ConfigError, FedmqError, ProtocolError
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
+from protocol.obfuscation import make_obfuscators
 from protocol.paillier import PaillierPublicKey, encrypt_ints, public_key_from_hex
 from protocol.paillier import fingerprint as key_fingerprint
 from protocol.wire import UpdateMessage, encode_update
@@ -47,6 +49,7 @@ class EdgeAgent:
         self._key: PaillierPublicKey | None = None
         self._announced: PubKeyMessage | None = None
         self._codec: Codec | None = None
+        self._pool: ObfuscatorPool | None = None
         self._pending_round: RoundMessage | None = None
         topics = config.topics
         self._status_topic = topics.status(config.agent_id)
@@ -59,7 +62,7 @@ class EdgeAgent:
 
     def _status(self, state: str) -> bytes:
         return StatusMessage(agent_id=self.config.agent_id, state=state,
-                             software=f"fedmq/{__version__}", codecs=("per-value/1",)).to_bytes()
+                             software=f"fedmq/{__version__}", codecs=CODEC_NAMES).to_bytes()
 
     def _announce_online(self) -> None:
         # Runs on paho's thread after every (re)connect: queue it, never wait.
@@ -73,6 +76,12 @@ class EdgeAgent:
         self._killed = True
         self._stop.set()
         self._link.close(graceful=False)
+        self._drop_pool()
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def run(self) -> None:
         """Serve rounds until the fleet finishes (or ``stop()``)."""
@@ -87,6 +96,7 @@ class EdgeAgent:
                 if self._handle(*item) and self.config.exit_when_finished:
                     break
         finally:
+            self._drop_pool()
             if not self._killed:
                 self._link.publish(self._status_topic, self._status("offline"), retain=True,
                                    timeout=2)
@@ -127,6 +137,11 @@ class EdgeAgent:
             raise UntrustedKey(
                 f"REFUSING aggregator key {fp[:16]}...: this agent trusts {trusted[:16]}... "
                 "(pinned or first seen). Nothing will be sent under the new key.")
+        if self._key is None or self._key.n != key.n:
+            # Obfuscators belong to one key: a new key starts a new pool.
+            self._drop_pool()
+            self._pool = ObfuscatorPool(make_obfuscators(self.config.obfuscators, key),
+                                        target=self.config.obfuscator_pool)
         self._key, self._announced = key, msg
         self._codec = make_codec(msg.codec, key.n)
 
@@ -178,24 +193,30 @@ class EdgeAgent:
         started = time.perf_counter()
         update = train_round(msg, self.data, max_weight=codec.params.max_weight,
                              seed=self.config.seed)
-        values, n_clipped = weighted_values(update.delta, update.weight, codec.params)
+        values, n_clipped = quantize_update(update.delta, update.weight, codec.params)
         if n_clipped:
             log.warning("round %d: clipped %d of %d delta values to +-%g", msg.round_id,
                         n_clipped, update.delta.size, codec.params.clip)
         trained = time.perf_counter()
-        ciphertexts = encrypt_ints(key, codec.encode(values))
+        plaintexts = codec.encode(values)
+        pool = self._pool
+        assert pool is not None  # created with the key
+        ciphertexts = encrypt_ints(key, plaintexts, pool.take(len(plaintexts)))
         payload = encode_update(UpdateMessage(
             fleet=msg.fleet, round_id=msg.round_id, agent_id=self.config.agent_id,
             key_fingerprint=msg.key_fingerprint, codec_digest=msg.codec_digest,
-            n_values=values.size, ciphertexts=tuple(ciphertexts)), key)
+            n_values=len(values), ciphertexts=tuple(ciphertexts)), key)
         encrypted = time.perf_counter()
+        if self.config.obfuscator_pool == 0:
+            pool.set_target(len(plaintexts))  # refill one round's worth while idle
         self.history[msg.round_id] = update
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
             return
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
-        log.info("round %d: loss %.4f -> %.4f on %d samples; train %.0f ms, encrypt %.0f ms, "
-                 "%d bytes", msg.round_id, update.loss_before, update.loss_after, update.weight,
-                 1000 * (trained - started), 1000 * (encrypted - trained), len(payload))
+        log.info("round %d: loss %.4f -> %.4f on %d samples; train %.0f ms, encrypt %.1f ms "
+                 "(%d ciphertexts), %d bytes", msg.round_id, update.loss_before,
+                 update.loss_after, update.weight, 1000 * (trained - started),
+                 1000 * (encrypted - trained), len(ciphertexts), len(payload))
 
     def _finish(self, msg: RoundMessage) -> None:
         self.final_params = msg.params_array

@@ -10,6 +10,7 @@ from typing import Any
 from fedmq.config import load_toml, reject_unknown, resolve, section
 from fedmq.transport import MqttSettings
 from protocol.errors import ConfigError
+from protocol.obfuscation import OBFUSCATOR_KINDS
 from protocol.topics import Topics, check_name
 
 
@@ -27,6 +28,8 @@ class AgentConfig:
     seed: int | None = None
     exit_when_finished: bool = True
     straggle_seconds: float = 0.0
+    obfuscators: str = "djn"
+    obfuscator_pool: int = 0  # 0: one round's worth, learned from the model size
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
@@ -38,6 +41,10 @@ class AgentConfig:
                               "(SHA-256 of the aggregator's public key)")
         if self.straggle_seconds < 0:
             raise ConfigError("simulation.straggle_seconds must not be negative")
+        if self.obfuscators not in OBFUSCATOR_KINDS:
+            raise ConfigError(f"crypto.obfuscators must be one of {list(OBFUSCATOR_KINDS)}")
+        if not 0 <= self.obfuscator_pool <= 100_000:
+            raise ConfigError("crypto.obfuscator_pool must be between 0 (auto) and 100000")
 
     @classmethod
     def from_file(cls, path: str | Path) -> AgentConfig:
@@ -45,13 +52,16 @@ class AgentConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, base: Path = Path(".")) -> AgentConfig:
-        reject_unknown(doc, {"agent", "fleet", "mqtt", "data", "simulation"}, "top level")
+        reject_unknown(doc, {"agent", "fleet", "mqtt", "data", "simulation", "crypto"},
+                       "top level")
         agent, fleet = section(doc, "agent", required=True), section(doc, "fleet")
         data, sim = section(doc, "data", required=True), section(doc, "simulation")
         reject_unknown(agent, {"id", "state_dir", "seed", "exit_when_finished"}, "agent")
         reject_unknown(fleet, {"name", "topic_prefix", "key_fingerprint"}, "fleet")
         reject_unknown(data, {"path", "features", "label", "delimiter"}, "data")
         reject_unknown(sim, {"straggle_seconds"}, "simulation")
+        crypto = section(doc, "crypto")
+        reject_unknown(crypto, {"obfuscators", "obfuscator_pool"}, "crypto")
         for key, table in (("id", agent), ("path", data), ("label", data)):
             if not isinstance(table.get(key), str):
                 raise ConfigError(f"agent config needs a string '{key}'")
@@ -71,4 +81,6 @@ class AgentConfig:
             seed=agent.get("seed"),
             exit_when_finished=bool(agent.get("exit_when_finished", True)),
             straggle_seconds=float(sim.get("straggle_seconds", 0.0)),
+            obfuscators=str(crypto.get("obfuscators", "djn")),
+            obfuscator_pool=int(crypto.get("obfuscator_pool", 0)),
         )

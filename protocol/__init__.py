@@ -3,7 +3,14 @@
 Pure: no MQTT client, no files, no clocks beyond message timestamps.
 """
 
-from protocol.codec import CodecParams, PerValueCodec, make_codec, weighted_mean, weighted_values
+from protocol.codec import (
+    CodecParams,
+    PackedCodec,
+    PerValueCodec,
+    make_codec,
+    mean_from_sums,
+    quantize_update,
+)
 from protocol.errors import (
     CodecError,
     CodecOverflowError,
@@ -21,10 +28,11 @@ __all__ = [
     "ConfigError",
     "FedmqError",
     "KeyMismatchError",
+    "PackedCodec",
     "PerValueCodec",
     "ProtocolError",
     "Topics",
     "make_codec",
-    "weighted_mean",
-    "weighted_values",
+    "mean_from_sums",
+    "quantize_update",
 ]

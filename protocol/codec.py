@@ -1,18 +1,28 @@
-"""Fixed-point codecs: floats <-> plaintext integers in Z_n, with declared bounds.
+"""Fixed-point codecs: model updates <-> plaintext integers in Z_n, with declared bounds.
 
-Every agent of a fleet encodes with the SAME scale 2^-precision_bits, announced
-with the public key; a per-value exponent (phe's default) would leak magnitude
-and make sums of mixed exponents impossible without decryption.
+Every agent quantizes with the SAME scale, announced with the public key: a
+delta is clipped to [-clip, clip] and rounded to a multiple of
+clip * 2^-precision_bits, giving an integer q with |q| <= 2^precision_bits.
+The agent then multiplies q by its integer sample count w (the FedAvg weight)
+and appends w itself, so the aggregator's decrypted sum is exactly
+(sum_k w_k q_k, sum_k w_k) in integers and the weighted mean needs one division.
+A per-value float exponent (phe's default) would leak magnitude and make sums
+of mixed exponents impossible without decryption.
 
-The bounds are part of the contract: each weighted value lies in
-[-value_bound, value_bound] and at most ``max_agents`` of them are summed, so a
-decrypted sum outside n_summed * value_bound can only mean overflow or a
-forged update; decode raises instead of returning a wrapped number.
+The bounds are the contract: every integer an agent sends lies in
+[-B, B] with B = max_weight * 2^precision_bits, and at most ``max_agents`` are
+summed. A decrypted sum outside n_summed * B can only mean overflow or a
+forged update, so decode raises instead of returning a wrapped number.
 
-A codec turns a vector of floats into a list of plaintext integers and back.
-``PerValueCodec`` spends one plaintext (so one ciphertext) on each value: the
-simple baseline. A packed codec can put many values in one plaintext behind the
-same interface.
+Two codecs share that integer mapping:
+
+- ``PerValueCodec`` spends one plaintext (so one ciphertext) on each value;
+  negatives as n - |x|. The baseline.
+- ``PackedCodec`` (default) shifts every integer by +B so it is non-negative,
+  and packs ``slots`` of them into one plaintext, each slot wide enough for
+  the sum of max_agents shifted values (2 * max_agents * B). Decoding
+  subtracts n_summed * B per slot. One ciphertext then carries ~46 values at
+  2048 bits instead of one.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -28,47 +39,42 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protocol.errors import CodecError, CodecOverflowError, ProtocolError
+from protocol.packing import SlotLayout
 
 FloatArray = NDArray[np.float64]
 
-# float64 represents integers exactly up to 2^53; past that, quantization
-# itself would round and the "exact integer sum" guarantee would be gone.
-_FLOAT_EXACT_BITS = 53
+CODEC_NAMES = ("packed/1", "per-value/1")
 
 
 @dataclass(frozen=True)
 class CodecParams:
     """Fleet-wide encoding contract, announced next to the public key."""
 
-    name: str = "per-value/1"
-    precision_bits: int = 24
+    name: str = "packed/1"
+    precision_bits: int = 20
     clip: float = 10.0
-    max_weight: int = 10_000
-    max_agents: int = 10_000
+    max_weight: int = 8_000
+    max_agents: int = 1_000
 
     def __post_init__(self) -> None:
-        if self.name not in CODECS:
-            raise CodecError(f"unknown codec {self.name!r}; known: {sorted(CODECS)}")
-        if not 8 <= self.precision_bits <= 48:
-            raise CodecError("precision_bits must be between 8 and 48")
+        if self.name not in CODEC_NAMES:
+            raise CodecError(f"unknown codec {self.name!r}; known: {list(CODEC_NAMES)}")
+        if not 8 <= self.precision_bits <= 40:
+            raise CodecError("precision_bits must be between 8 and 40")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise CodecError("clip must be a positive finite number")
-        if self.max_weight < 1 or self.max_agents < 1:
-            raise CodecError("max_weight and max_agents must be at least 1")
-        if self.bound_int.bit_length() > _FLOAT_EXACT_BITS:
-            raise CodecError(
-                "clip * max_weight * 2^precision_bits exceeds 2^53: "
-                "lower precision_bits, clip or max_weight"
-            )
-
-    @property
-    def value_bound(self) -> float:
-        """Largest |value| one agent may send: a weighted delta or the weight itself."""
-        return float(self.max_weight) * max(self.clip, 1.0)
+        if not 1 <= self.max_weight <= 2**24 or not 1 <= self.max_agents <= 2**24:
+            raise CodecError("max_weight and max_agents must be between 1 and 2^24")
 
     @property
     def bound_int(self) -> int:
-        return math.ceil(self.value_bound * 2**self.precision_bits)
+        """B: the largest |integer| one agent may send (a weighted delta or the weight)."""
+        return self.max_weight << self.precision_bits
+
+    @property
+    def resolution(self) -> float:
+        """Worst-case error of a decoded mean: half a quantization step."""
+        return self.clip * 2.0 ** -(self.precision_bits + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,13 +91,43 @@ class CodecParams:
                 max_weight=int(data["max_weight"]),
                 max_agents=int(data["max_agents"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"bad codec parameters: {exc}") from exc
 
     def digest(self, key_fingerprint: str) -> str:
         """Names this exact contract (params + key): updates must carry the same digest."""
         canon = json.dumps({"codec": self.to_dict(), "key": key_fingerprint}, sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def quantize_update(delta: FloatArray, weight: int,
+                    params: CodecParams) -> tuple[list[int], int]:
+    """The integers an agent encrypts: w * q(clip(delta)), then w itself.
+
+    Returns them and how many coordinates clipping changed (worth a log line:
+    many clipped values mean ``clip`` is too small for the learning rate).
+    """
+    if not 1 <= weight <= params.max_weight:
+        raise CodecError(f"weight {weight} outside [1, {params.max_weight}]")
+    delta = np.asarray(delta, dtype=np.float64)
+    if delta.ndim != 1 or not np.all(np.isfinite(delta)):
+        raise CodecError("the update must be a finite 1-D vector")
+    clipped = np.clip(delta, -params.clip, params.clip)
+    n_clipped = int(np.count_nonzero(clipped != delta))
+    # |q| <= 2^40 and w <= 2^24: the products fit int64 exactly.
+    q = np.rint(clipped * (2.0**params.precision_bits / params.clip)).astype(np.int64)
+    return [*(q * weight).tolist(), weight], n_clipped
+
+
+def mean_from_sums(sums: Sequence[int], params: CodecParams) -> tuple[FloatArray, int]:
+    """(sum_k w_k q_k / sum_k w_k scaled back to floats, sum_k w_k) from exact sums."""
+    total_weight = int(sums[-1])
+    if total_weight < 1:
+        raise CodecError(f"decoded total weight {total_weight} is not positive")
+    denom = total_weight << params.precision_bits
+    # int / int is correctly rounded in Python, so no precision is lost before the scale.
+    mean = np.array([s / denom for s in sums[:-1]], dtype=np.float64) * params.clip
+    return mean, total_weight
 
 
 class Codec(Protocol):
@@ -101,20 +137,42 @@ class Codec(Protocol):
     modulus: int
 
     def plaintext_count(self, n_values: int) -> int:
-        """How many plaintexts (so ciphertexts) ``n_values`` values need."""
+        """How many plaintexts (so ciphertexts) ``n_values`` integers need."""
         ...
 
-    def encode(self, values: FloatArray) -> list[int]:
-        """Quantize values inside the declared bounds into plaintexts in [0, n)."""
+    def encode(self, values: Sequence[int]) -> list[int]:
+        """Map integers in [-B, B] to plaintexts in [0, n); raise beyond the bound."""
         ...
 
-    def decode(self, plaintexts: Sequence[int], n_values: int, n_summed: int) -> FloatArray:
-        """Decode a decrypted sum of ``n_summed`` encodings; raise on overflow."""
+    def decode(self, plaintexts: Sequence[int], n_values: int, n_summed: int) -> list[int]:
+        """Exact signed sums of ``n_summed`` encodings; raise on any overflow."""
         ...
+
+    def describe(self) -> dict[str, int]:
+        """Layout facts derived from params and key, announced for cross-checking."""
+        ...
+
+
+def _checked(values: Sequence[int], bound: int) -> list[int]:
+    """Exact Python ints within [-bound, bound]; a float here would be a caller bug."""
+    try:
+        ints = [operator.index(v) for v in values]
+    except TypeError as exc:
+        raise CodecError(f"codecs take integers from quantize_update: {exc}") from exc
+    for v in ints:
+        if not -bound <= v <= bound:
+            raise CodecOverflowError(f"value {v} beyond the declared bound {bound}")
+    return ints
+
+
+def _check_summands(n_summed: int, params: CodecParams) -> None:
+    if not 1 <= n_summed <= params.max_agents:
+        raise CodecOverflowError(
+            f"{n_summed} summed updates, the contract allows 1..{params.max_agents}")
 
 
 class PerValueCodec:
-    """One fixed-point value per Paillier plaintext; negatives as n - |x| (mod n)."""
+    """One integer per Paillier plaintext; negatives as n - |x| (mod n)."""
 
     def __init__(self, params: CodecParams, modulus: int) -> None:
         # A sum of max_agents values must stay in (-n/2, n/2) to decode unambiguously.
@@ -122,64 +180,71 @@ class PerValueCodec:
             raise CodecError("key too small for max_agents * value bound; use a larger key")
         self.params = params
         self.modulus = modulus
-        self._scale = float(2**params.precision_bits)
 
     def plaintext_count(self, n_values: int) -> int:
         return n_values
 
-    def encode(self, values: FloatArray) -> list[int]:
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-            raise CodecError("values must be a finite 1-D vector")
-        quantized = np.rint(arr * self._scale)
-        if np.any(np.abs(quantized) > self.params.bound_int):
-            raise CodecOverflowError(
-                f"value beyond the declared bound {self.params.value_bound:g}"
-            )
-        n = self.modulus
-        return [int(q) % n for q in quantized]
+    def encode(self, values: Sequence[int]) -> list[int]:
+        return [v % self.modulus for v in _checked(values, self.params.bound_int)]
 
-    def decode(self, plaintexts: Sequence[int], n_values: int, n_summed: int) -> FloatArray:
-        if len(plaintexts) != self.plaintext_count(n_values):
+    def decode(self, plaintexts: Sequence[int], n_values: int, n_summed: int) -> list[int]:
+        if len(plaintexts) != n_values:
             raise CodecError(f"expected {n_values} plaintexts, got {len(plaintexts)}")
-        if not 1 <= n_summed <= self.params.max_agents:
-            raise CodecOverflowError(
-                f"{n_summed} summed updates exceed max_agents={self.params.max_agents}"
-            )
+        _check_summands(n_summed, self.params)
         n, limit = self.modulus, n_summed * self.params.bound_int
-        out = np.empty(n_values, dtype=np.float64)
+        out = []
         for i, m in enumerate(plaintexts):
             signed = m - n if m > n // 2 else m
             if abs(signed) > limit:
                 raise CodecOverflowError(f"decoded value {i} lies outside the bounds of the sum")
-            out[i] = signed / self._scale
+            out.append(signed)
         return out
 
+    def describe(self) -> dict[str, int]:
+        return {"slot_bits": self.modulus.bit_length() - 1, "slots": 1}
 
-CODECS: dict[str, type[PerValueCodec]] = {"per-value/1": PerValueCodec}
+
+class PackedCodec:
+    """Many offset integers per plaintext, each slot with headroom for max_agents summands."""
+
+    def __init__(self, params: CodecParams, modulus: int) -> None:
+        # Largest legal slot sum: max_agents values shifted into [0, 2B].
+        slot_bits = (2 * params.max_agents * params.bound_int).bit_length()
+        # Keep every packed plaintext below 2^(bits(n)-1) < n, so no sum wraps mod n.
+        slots = (modulus.bit_length() - 1) // slot_bits
+        if slots < 1:
+            raise CodecError(f"key too small for {slot_bits}-bit slots; use a larger key")
+        self.params = params
+        self.modulus = modulus
+        self.layout = SlotLayout(slot_bits=slot_bits, slots=slots)
+
+    def plaintext_count(self, n_values: int) -> int:
+        return self.layout.plaintext_count(n_values)
+
+    def encode(self, values: Sequence[int]) -> list[int]:
+        bound = self.params.bound_int
+        return self.layout.pack([v + bound for v in _checked(values, bound)])
+
+    def decode(self, plaintexts: Sequence[int], n_values: int, n_summed: int) -> list[int]:
+        _check_summands(n_summed, self.params)
+        if any(not 0 <= m < self.modulus for m in plaintexts):
+            raise CodecError("plaintext outside [0, n)")
+        offset = n_summed * self.params.bound_int
+        out = []
+        for i, field in enumerate(self.layout.unpack(plaintexts, n_values)):
+            # Legal sums lie in [0, 2 * offset]; anything else is a carry or a forgery.
+            if field > 2 * offset:
+                raise CodecOverflowError(f"decoded value {i} lies outside the bounds of the sum")
+            out.append(field - offset)
+        return out
+
+    def describe(self) -> dict[str, int]:
+        return {"slot_bits": self.layout.slot_bits, "slots": self.layout.slots}
+
+
+CODECS: dict[str, type[PerValueCodec] | type[PackedCodec]] = {
+    "packed/1": PackedCodec, "per-value/1": PerValueCodec}
 
 
 def make_codec(params: CodecParams, modulus: int) -> Codec:
     return CODECS[params.name](params, modulus)
-
-
-def weighted_values(delta: FloatArray, weight: int, params: CodecParams) -> tuple[FloatArray, int]:
-    """The vector an agent encrypts: clip(delta) * weight, then the weight itself.
-
-    Returns the vector and how many coordinates clipping changed (worth a log line:
-    many clipped values mean ``clip`` is too small for the learning rate).
-    """
-    if not 1 <= weight <= params.max_weight:
-        raise CodecError(f"weight {weight} outside [1, {params.max_weight}]")
-    delta = np.asarray(delta, dtype=np.float64)
-    clipped = np.clip(delta, -params.clip, params.clip)
-    n_clipped = int(np.count_nonzero(clipped != delta))
-    return np.append(clipped * weight, float(weight)), n_clipped
-
-
-def weighted_mean(summed: FloatArray) -> tuple[FloatArray, float]:
-    """Split a decoded sum into (sum_k n_k delta_k / sum_k n_k, sum_k n_k)."""
-    total_weight = float(summed[-1])
-    if total_weight < 1:
-        raise CodecError(f"decoded total weight {total_weight} is not positive")
-    return summed[:-1] / total_weight, total_weight

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from models import ModelError, ModelSpec
-from protocol.codec import CodecParams
+from protocol.codec import CodecParams, make_codec
 from protocol.errors import ProtocolError
 from protocol.topics import check_name
 
@@ -77,11 +77,24 @@ class PubKeyMessage:
         if len(self.fingerprint) != 64:
             raise ProtocolError("key fingerprint must be 64 hex characters")
 
+    def layout(self) -> dict[str, int]:
+        """Slot width and slots per ciphertext, derived from codec and key.
+
+        Announced so an agent (or an operator reading the retained message) can
+        check it derives the same layout before it encrypts anything.
+        """
+        try:
+            n = int(self.n_hex, 16)
+        except ValueError as exc:
+            raise ProtocolError("public key modulus is not a hex string") from exc
+        return make_codec(self.codec, n).describe()
+
     def to_bytes(self) -> bytes:
         return dumps({
             "schema": self.SCHEMA, "fleet": self.fleet, "n": self.n_hex,
             "fingerprint": self.fingerprint, "codec": self.codec.to_dict(),
-            "codec_digest": self.codec.digest(self.fingerprint), "issued_at": self.issued_at,
+            "codec_digest": self.codec.digest(self.fingerprint), "layout": self.layout(),
+            "issued_at": self.issued_at,
         })
 
     @classmethod
@@ -94,6 +107,8 @@ class PubKeyMessage:
         )
         if doc.get("codec_digest") != msg.codec.digest(msg.fingerprint):
             raise ProtocolError("codec digest does not match the announced parameters")
+        if doc.get("layout") != msg.layout():
+            raise ProtocolError("announced slot layout does not follow from codec and key")
         return msg
 
 

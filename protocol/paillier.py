@@ -91,27 +91,50 @@ def ciphertext_size(public_key: PaillierPublicKey) -> int:
     return (public_key.nsquare.bit_length() + 7) // 8
 
 
-def encrypt_ints(public_key: PaillierPublicKey, plaintexts: Iterable[int]) -> list[int]:
-    """Encrypt integers already reduced into [0, n) by a codec."""
-    out = []
-    for m in plaintexts:
-        if not 0 <= m < public_key.n:
-            raise ValueError("plaintext outside [0, n): encode it with a codec first")
-        out.append(public_key.raw_encrypt(m))
-    return out
+def encrypt_ints(public_key: PaillierPublicKey, plaintexts: Iterable[int],
+                 obfuscators: Iterable[int] | None = None) -> list[int]:
+    """Encrypt integers already reduced into [0, n) by a codec.
+
+    With ``obfuscators`` (precomputed r^n mod n^2, one per plaintext, each used
+    once) encryption is (1 + m*n) * r^n mod n^2: one multiplication, because
+    (n + 1)^m = 1 + m*n mod n^2. Without, phe computes r^n on the spot.
+    """
+    n = public_key.n
+    if obfuscators is None:
+        out = []
+        for m in plaintexts:
+            _check_plaintext(n, m)
+            out.append(public_key.raw_encrypt(m))
+        return out
+    nsq = gmpy2.mpz(public_key.nsquare)
+    ms, rs = list(plaintexts), list(obfuscators)
+    if len(ms) != len(rs):
+        raise ValueError(f"{len(ms)} plaintexts but {len(rs)} obfuscators")
+    for m in ms:
+        _check_plaintext(n, m)
+    return [int(gmpy2.f_mod((1 + m * n) * r, nsq)) for m, r in zip(ms, rs, strict=True)]
+
+
+def _check_plaintext(n: int, m: int) -> None:
+    if not 0 <= m < n:
+        raise ValueError("plaintext outside [0, n): encode it with a codec first")
 
 
 def add_ciphertexts(public_key: PaillierPublicKey, a: Sequence[int], b: Sequence[int]) -> list[int]:
-    """Homomorphic element-wise sum: one multiplication mod n^2 per position."""
+    """Homomorphic element-wise sum: one multiplication mod n^2 per position.
+
+    Returns gmpy2 integers (an ``int`` subtype for arithmetic) so a running sum
+    over many agents never converts back and forth.
+    """
     if len(a) != len(b):
         raise ValueError(f"cannot add {len(a)} ciphertexts to {len(b)}")
     nsq = gmpy2.mpz(public_key.nsquare)
-    return [int(gmpy2.f_mod(gmpy2.mpz(x) * y, nsq)) for x, y in zip(a, b, strict=True)]
+    return [gmpy2.f_mod(gmpy2.mpz(x) * y, nsq) for x, y in zip(a, b, strict=True)]
 
 
 def decrypt_ints(private_key: PaillierPrivateKey, ciphertexts: Iterable[int]) -> list[int]:
-    """Plaintexts in [0, n); phe decrypts with CRT over p and q."""
-    return [private_key.raw_decrypt(c) for c in ciphertexts]
+    """Plaintexts in [0, n); phe decrypts with CRT over p and q (gmpy2 powmod)."""
+    return [int(private_key.raw_decrypt(int(c))) for c in ciphertexts]
 
 
 def validate_ciphertext(public_key: PaillierPublicKey, c: int) -> None:

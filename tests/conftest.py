@@ -16,6 +16,7 @@ from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
 from fedmq.transport import MqttSettings
+from protocol.codec import CodecParams
 from protocol.messages import TrainingSettings
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from protocol.topics import Topics
@@ -35,8 +36,9 @@ def broker_port() -> Iterator[int]:
 
 @pytest.fixture
 def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
-    def make(port: int, **policy: Any) -> Aggregator:
+    def make(port: int, codec: CodecParams | None = None, **policy: Any) -> Aggregator:
         config = AggregatorConfig(
+            codec=codec or CodecParams(),
             topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=port),
             policy=RoundPolicy(**{"rounds": 2, "round_timeout": 10.0, "quorum": 1,
                                   "min_agents": 1, "start_timeout": 20.0, **policy}),

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from aggregator.rounds import Rejected, RoundState
@@ -19,8 +18,8 @@ def state(keypair):
         codec=make_codec(params, pub.n), public_key=pub, opened_at=0.0)
 
 
-def update(state, agent, values=(1.0, 2.0), **kw):
-    cts = encrypt_ints(state.public_key, state.codec.encode(np.array(values)))
+def update(state, agent, values=(10, 20), **kw):
+    cts = encrypt_ints(state.public_key, state.codec.encode(values))
     base = dict(fleet="f", round_id=4, agent_id=agent, key_fingerprint=state.key_fingerprint,
                 codec_digest=state.codec_digest, n_values=2, ciphertexts=tuple(cts))
     return UpdateMessage(**{**base, **kw})
@@ -28,10 +27,10 @@ def update(state, agent, values=(1.0, 2.0), **kw):
 
 def test_accepts_and_sums(state, keypair):
     _, priv = keypair
-    state.offer(update(state, "a", (1.0, 2.0)), "a")
-    state.offer(update(state, "b", (0.5, -4.0)), "b")
+    state.offer(update(state, "a", (10, 20)), "a")
+    state.offer(update(state, "b", (5, -40)), "b")
     sums = state.codec.decode(decrypt_ints(priv, state.ciphertext_sum), 2, 2)
-    np.testing.assert_allclose(sums, [1.5, -2.0])
+    assert sums == [15, -20]
     assert state.accepted == ["a", "b"]
 
 

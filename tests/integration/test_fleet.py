@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from support import FEATURES, agent_config, local_data, run_in_thread
 
 from aggregator.fedavg import weighted_average
@@ -54,11 +55,13 @@ class Sniffer:
         raise AssertionError(f"round {round_id} was never announced")
 
 
+@pytest.mark.parametrize("codec", ["packed/1", "per-value/1"])
 def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggregator,
-                                                        start_agents):
+                                                        start_agents, codec):
     sniffer = Sniffer(broker_port)
     agents = start_agents(broker_port, 3)
-    aggregator = make_aggregator(broker_port, rounds=2, quorum=3, min_agents=3)
+    params = CodecParams(name=codec, clip=2.0)
+    aggregator = make_aggregator(broker_port, codec=params, rounds=2, quorum=3, min_agents=3)
     final = aggregator.run()
 
     assert [r.closed_by for r in aggregator.results] == ["all", "all"]
@@ -71,16 +74,19 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
         expected = weighted_average([np.clip(u.delta, -clip, clip) for u in updates],
                                     [u.weight for u in updates])
         published = sniffer.wait_round(r + 1).params_array - sniffer.wait_round(r).params_array
-        np.testing.assert_allclose(published, expected, atol=1e-6)
+        # Encrypted FedAvg equals numpy's up to the codec's declared resolution.
+        np.testing.assert_allclose(published, expected, rtol=0, atol=params.resolution)
         assert np.linalg.norm(expected) > 1e-3  # the agents really learned something
     assert aggregator.results[-1].total_weight == sum(a.data.n_samples for a in agents)
 
     # What the broker carries is ciphertext: binary, fixed length, nothing readable.
     assert len(sniffer.updates) == 6
+    per_update = 1 if codec == "packed/1" else 5  # 4 parameters + the weight
     for topic, payload in sniffer.updates:
         assert payload.startswith(MAGIC)
         msg = decode_update(payload, aggregator.public_key)
         weight = agents[int(topic.rsplit("-", 1)[1])].history[msg.round_id].weight
+        assert len(msg.ciphertexts) == per_update
         assert all(c > aggregator.public_key.n for c in msg.ciphertexts)
         assert str(weight).encode() not in payload[-len(msg.ciphertexts) * 128:]
 

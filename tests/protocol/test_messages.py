@@ -33,12 +33,25 @@ def test_round_message_round_trip_is_exact():
     assert RoundMessage.from_bytes(msg.to_bytes()) == msg
 
 
-def test_pubkey_message_round_trip_and_digest_check():
-    msg = PubKeyMessage(fleet="f", n_hex="abcd", fingerprint="0" * 64, codec=CodecParams())
+def test_pubkey_message_round_trip_and_digest_check(keypair):
+    pub, _ = keypair
+    msg = PubKeyMessage(fleet="f", n_hex=format(pub.n, "x"), fingerprint="0" * 64,
+                        codec=CodecParams())
     assert PubKeyMessage.from_bytes(msg.to_bytes()) == msg
     doc = json.loads(msg.to_bytes())
+    assert doc["layout"] == {"slot_bits": 44, "slots": 11}  # 511 usable bits / 44
     doc["codec"]["clip"] = 99.0  # a broker tampering with the contract
     with pytest.raises(ProtocolError, match="digest"):
+        PubKeyMessage.from_bytes(json.dumps(doc).encode())
+
+
+def test_pubkey_message_with_a_layout_that_does_not_follow_is_refused(keypair):
+    pub, _ = keypair
+    msg = PubKeyMessage(fleet="f", n_hex=format(pub.n, "x"), fingerprint="0" * 64,
+                        codec=CodecParams())
+    doc = json.loads(msg.to_bytes())
+    doc["layout"]["slots"] = 12  # would make agents pack past the headroom
+    with pytest.raises(ProtocolError, match="layout"):
         PubKeyMessage.from_bytes(json.dumps(doc).encode())
 
 

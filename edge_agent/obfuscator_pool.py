@@ -1,0 +1,86 @@
+"""A pool of precomputed Paillier obfuscators, filled by a background thread.
+
+The agent spends idle time between rounds computing r^n mod n^2, so that when
+a round's update is ready, encryption is one multiplication per ciphertext.
+Each obfuscator is handed out exactly once (popped, never copied) and lives
+only in memory: a restarted agent starts with an empty pool, so nothing can be
+reused across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+import gmpy2
+
+from protocol.obfuscation import ObfuscatorSource
+
+log = logging.getLogger(__name__)
+
+
+class ObfuscatorPool:
+    def __init__(self, source: ObfuscatorSource, *, target: int) -> None:
+        self._source = source
+        self._ready: deque[gmpy2.mpz] = deque()
+        self._target = max(0, target)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.produced = 0
+        self.inline = 0  # computed on demand because the pool ran dry
+        self._thread = threading.Thread(target=self._fill, name="fedmq-obfuscators", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    @property
+    def target(self) -> int:
+        return self._target
+
+    def set_target(self, target: int) -> None:
+        with self._cond:
+            self._target = max(0, target)
+            self._cond.notify_all()
+
+    def take(self, k: int) -> list[gmpy2.mpz]:
+        """k distinct obfuscators; the shortfall (if the pool is low) is computed now."""
+        with self._cond:
+            got = [self._ready.popleft() for _ in range(min(k, len(self._ready)))]
+            self._cond.notify_all()
+        missing = k - len(got)
+        if missing:
+            self.inline += missing
+            got.extend(self._source.next() for _ in range(missing))
+        return got
+
+    def wait_full(self, timeout: float | None = None) -> bool:
+        """Block until the pool reaches its target (benchmarks and tests)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._closed or len(self._ready) >= self._target, timeout)
+
+    def close(self) -> None:
+        """Stop the filler and drop every precomputed value."""
+        with self._cond:
+            self._closed = True
+            self._ready.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _fill(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._closed or len(self._ready) < self._target)
+                if self._closed:
+                    return
+            value = self._source.next()  # outside the lock: take() never waits for it
+            with self._cond:
+                if self._closed:
+                    return
+                self._ready.append(value)
+                self.produced += 1
+                self._cond.notify_all()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from edge_agent.obfuscator_pool import ObfuscatorPool
+
+
+class Counting:
+    """A stand-in source yielding distinct integers, so reuse would be visible."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            return next(self._next)
+
+
+@pytest.fixture
+def pool():
+    p = ObfuscatorPool(Counting(), target=10)
+    yield p
+    p.close()
+
+
+def test_pool_fills_to_its_target_in_the_background(pool):
+    assert pool.wait_full(timeout=5)
+    assert pool.ready == 10 and pool.produced == 10
+
+
+def test_values_are_handed_out_once_and_never_again(pool):
+    pool.wait_full(timeout=5)
+    seen: list[int] = []
+    for k in (4, 6, 7, 3):
+        seen.extend(pool.take(k))
+    assert len(seen) == len(set(seen)) == 20
+
+
+def test_shortfall_is_computed_inline_and_counted():
+    p = ObfuscatorPool(Counting(), target=0)
+    try:
+        got = p.take(5)
+        assert len(set(got)) == 5 and p.inline == 5 and p.ready == 0
+    finally:
+        p.close()
+
+
+def test_raising_the_target_refills(pool):
+    pool.wait_full(timeout=5)
+    pool.set_target(25)
+    assert pool.wait_full(timeout=5) and pool.ready == 25
+
+
+def test_close_drops_every_precomputed_value(pool):
+    pool.wait_full(timeout=5)
+    pool.close()
+    assert pool.ready == 0
