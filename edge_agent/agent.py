@@ -211,8 +211,10 @@ class EdgeAgent:
             pool.set_target(len(plaintexts))  # refill one round's worth while idle
         self.history[msg.round_id] = update
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
+            pool.refill()
             return
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
+        pool.refill()
         log.info("round %d: loss %.4f -> %.4f on %d samples; train %.0f ms, encrypt %.1f ms "
                  "(%d ciphertexts), %d bytes", msg.round_id, update.loss_before,
                  update.loss_after, update.weight, 1000 * (trained - started),

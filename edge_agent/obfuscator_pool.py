@@ -2,6 +2,10 @@
 
 The agent spends idle time between rounds computing r^n mod n^2, so that when
 a round's update is ready, encryption is one multiplication per ciphertext.
+Filling pauses at every ``take()`` and resumes on ``refill()``: the filler and
+the encrypting thread share the GIL, so a refill running during encryption
+would add up to a switch interval (5 ms) of latency per ciphertext batch.
+
 Each obfuscator is handed out exactly once (popped, never copied) and lives
 only in memory: a restarted agent starts with an empty pool, so nothing can be
 reused across restarts.
@@ -27,6 +31,7 @@ class ObfuscatorPool:
         self._target = max(0, target)
         self._cond = threading.Condition()
         self._closed = False
+        self._paused = False
         self.produced = 0
         self.inline = 0  # computed on demand because the pool ran dry
         self._thread = threading.Thread(target=self._fill, name="fedmq-obfuscators", daemon=True)
@@ -46,15 +51,24 @@ class ObfuscatorPool:
             self._cond.notify_all()
 
     def take(self, k: int) -> list[gmpy2.mpz]:
-        """k distinct obfuscators; the shortfall (if the pool is low) is computed now."""
+        """k distinct obfuscators; the shortfall (if the pool is low) is computed now.
+
+        Pauses the filler until ``refill()``, so the caller's encryption runs alone.
+        """
         with self._cond:
+            self._paused = True
             got = [self._ready.popleft() for _ in range(min(k, len(self._ready)))]
-            self._cond.notify_all()
         missing = k - len(got)
         if missing:
             self.inline += missing
             got.extend(self._source.next() for _ in range(missing))
         return got
+
+    def refill(self) -> None:
+        """Resume filling (call once the update is out: the agent is idle again)."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
 
     def wait_full(self, timeout: float | None = None) -> bool:
         """Block until the pool reaches its target (benchmarks and tests)."""
@@ -73,8 +87,8 @@ class ObfuscatorPool:
     def _fill(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(
-                    lambda: self._closed or len(self._ready) < self._target)
+                self._cond.wait_for(lambda: self._closed or (
+                    not self._paused and len(self._ready) < self._target))
                 if self._closed:
                     return
             value = self._source.next()  # outside the lock: take() never waits for it

@@ -55,6 +55,15 @@ def test_raising_the_target_refills(pool):
     assert pool.wait_full(timeout=5) and pool.ready == 25
 
 
+def test_filling_pauses_after_take_until_refill(pool):
+    """Encryption right after take() must not share the CPU with the filler."""
+    pool.wait_full(timeout=5)
+    pool.take(4)
+    assert not pool.wait_full(timeout=0.2) and pool.ready == 6
+    pool.refill()
+    assert pool.wait_full(timeout=5) and pool.ready == 10
+
+
 def test_close_drops_every_precomputed_value(pool):
     pool.wait_full(timeout=5)
     pool.close()

@@ -1,0 +1,7 @@
+"""``python -m benchmarks [options]``: the same as ``fedmq bench``."""
+
+import sys
+
+from fedmq.cli import main
+
+sys.exit(main(["bench", *sys.argv[1:]]))
