@@ -14,6 +14,7 @@ def test_example_config_loads():
     cfg = AgentConfig.from_file(CONFIGS / "agent.toml")
     assert cfg.agent_id == "dev-000" and cfg.label == "fault" and len(cfg.features) == 4
     assert Path(cfg.data_path).is_absolute() and cfg.key_fingerprint is None
+    assert cfg.obfuscators == "djn" and cfg.obfuscator_pool == 0
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -21,6 +22,8 @@ def test_example_config_loads():
     ("[simulation]\nstraggle_seconds=-1\n", "straggle"),
     ("[mqtt]\nport=70000\n", "TCP port"),
     ("[mqtt]\nhostname='x'\n", "unknown"),
+    ("[crypto]\nobfuscators='fast'\n", "crypto.obfuscators"),
+    ("[crypto]\nobfuscator_pool=-1\n", "obfuscator_pool"),
 ])
 def test_bad_options(tmp_path, extra, match):
     path = tmp_path / "a.toml"
