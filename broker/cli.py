@@ -22,7 +22,7 @@ def load_settings(path: str | Path) -> BrokerSettings:
     reject_unknown(doc, {"broker"}, "top level")
     table = dict(section(doc, "broker"))
     base = Path(path).resolve().parent
-    for key in ("password_file", "tls_cert_file", "tls_key_file"):
+    for key in ("password_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
         table[key] = resolve(base, table.get(key))
     return BrokerSettings.from_dict(table)
 

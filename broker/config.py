@@ -6,16 +6,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.acl import FleetAcl, password_file_users
 from fedmq.config import from_table
 from protocol.errors import ConfigError
+from protocol.messages import MAX_CONTROL_BYTES
+from protocol.topics import Topics
+
+# amqtt reads every non-payload field with a 2-byte length, so a cap below 64 KiB
+# could not be told apart from a long topic or password (see broker.amqtt_ext).
+MIN_PAYLOAD_CAP = 65536
+MQTT_MAX_PAYLOAD = 268_435_455  # the largest remaining length MQTT can encode
+
+# Dotted paths of fedmq's amqtt plugins; a string, so that reading a config does
+# not import amqtt (a gateway-only dependency).
+_ACL_PLUGIN = "broker.amqtt_ext.FleetAclPlugin"
+_WILL_PLUGIN = "broker.amqtt_ext.WillAclPlugin"
+
+
+def _names(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) for v in value):
+        raise ConfigError(f"broker.{key} must be a list of user names")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    """Where the embedded broker listens and whom it lets in.
+    """Where the embedded broker listens, whom it lets in and what each user may do.
 
-    Defaults are for a laptop: loopback only, anonymous clients allowed. A
-    gateway sets ``host`` to its LAN address and a ``password_file``.
+    Defaults are for a laptop: loopback only, anonymous clients allowed, no
+    ACL. A gateway sets ``host`` to its LAN address, a ``password_file`` and
+    ``acl = true`` with its ``fleet``.
     """
 
     host: str = "127.0.0.1"
@@ -25,6 +46,17 @@ class BrokerSettings:
     max_connections: int = 0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # Clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca_file: str | None = None
+    # The largest PUBLISH payload; a client that sends more is disconnected. The
+    # default is the largest control message agents accept.
+    max_payload_bytes: int = MAX_CONTROL_BYTES
+    acl: bool = False
+    fleet: str | None = None
+    topic_prefix: str = "fedmq"
+    aggregator_users: tuple[str, ...] = ("aggregator",)
+    # None: every user of the password file that is not an aggregator user.
+    agents: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -35,13 +67,50 @@ class BrokerSettings:
             raise ConfigError("broker.allow_anonymous = false needs a broker.password_file")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("broker.tls_cert_file and broker.tls_key_file go together")
-        for path in (self.tls_cert_file, self.tls_key_file):
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("broker.tls_client_ca_file needs broker.tls_cert_file and "
+                              "broker.tls_key_file (client certificates are a TLS feature)")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"TLS file {path!r} does not exist")
+        if not isinstance(self.acl, bool):
+            raise ConfigError("broker.acl must be true or false")
+        if not isinstance(self.max_payload_bytes, int) or not (
+                MIN_PAYLOAD_CAP <= self.max_payload_bytes <= MQTT_MAX_PAYLOAD):
+            raise ConfigError(f"broker.max_payload_bytes must be between {MIN_PAYLOAD_CAP} "
+                              f"and {MQTT_MAX_PAYLOAD}")
+        object.__setattr__(self, "aggregator_users",
+                           _names(self.aggregator_users, "aggregator_users"))
+        if self.agents is not None:
+            object.__setattr__(self, "agents", _names(self.agents, "agents"))
+        self.fleet_acl()  # validate the ACL settings now, not on the first CONNECT
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrokerSettings:
         return from_table(cls, data, "broker")
+
+    def fleet_acl(self) -> FleetAcl | None:
+        """The topic ACL (None when ``acl`` is off), checked against the password file."""
+        if not self.acl:
+            if self.fleet is not None or self.agents is not None:
+                raise ConfigError("broker.fleet and broker.agents only apply with "
+                                  "broker.acl = true: turn it on or remove them")
+            return None
+        if self.password_file is None:
+            raise ConfigError("broker.acl = true needs a broker.password_file: "
+                              "ACL rules are per user name")
+        if self.fleet is None:
+            raise ConfigError("broker.acl = true needs broker.fleet (the [fleet] name in "
+                              "the agent and aggregator configs)")
+        topics = Topics(self.fleet, self.topic_prefix)
+        users = password_file_users(self.password_file)
+        missing = [u for u in (*self.aggregator_users, *(self.agents or ())) if u not in users]
+        if missing:
+            raise ConfigError(f"user(s) {', '.join(missing)} of the broker ACL are not in "
+                              f"{self.password_file}: add them with `fedmq broker add-user`")
+        if self.agents is None:
+            return FleetAcl.from_users(topics, self.aggregator_users, users)
+        return FleetAcl(topics, self.aggregator_users, self.agents)
 
     def amqtt_config(self) -> dict[str, Any]:
         """The configuration dictionary amqtt's Broker expects."""
@@ -52,6 +121,8 @@ class BrokerSettings:
         }
         if self.tls_cert_file:
             listener.update(ssl=True, certfile=self.tls_cert_file, keyfile=self.tls_key_file)
+        if self.tls_client_ca_file:
+            listener["cafile"] = self.tls_client_ca_file
         plugins: dict[str, Any] = {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {
                 "allow_anonymous": self.allow_anonymous,
@@ -61,4 +132,10 @@ class BrokerSettings:
             plugins["amqtt.plugins.authentication.FileAuthPlugin"] = {
                 "password_file": self.password_file,
             }
+        acl = self.fleet_acl()
+        if acl is not None:
+            publish, subscribe = acl.publish_lists(), acl.subscribe_lists()
+            plugins[_ACL_PLUGIN] = {"publish_acl": publish, "subscribe_acl": subscribe,
+                                    "receive_acl": subscribe}
+            plugins[_WILL_PLUGIN] = {"publish_acl": publish}
         return {"listeners": {"default": listener}, "plugins": plugins}

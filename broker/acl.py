@@ -1,0 +1,95 @@
+"""Who may publish and subscribe where: the fleet's topic ACL as per-user topic lists.
+
+amqtt's ACL plugin matches ``+`` and ``#`` in the *allowed* topics but has no
+per-user substitution (no ``%u``), so every agent gets its own entries here.
+The same rules, written as Mosquitto ``pattern`` lines, are in
+``broker.mosquitto``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import ConfigError
+from protocol.topics import Topics, check_name
+
+# amqtt files clients without a user name under this name; nobody may own it.
+ANONYMOUS = "anonymous"
+
+
+def password_file_users(path: str | Path) -> list[str]:
+    """User names in a ``user:hash`` password file (amqtt's or Mosquitto's), in file order."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read password file {path}: {exc}") from exc
+    users = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            users.append(line.split(":", 1)[0])
+    return users
+
+
+@dataclass(frozen=True)
+class FleetAcl:
+    """Aggregator users run the rounds; each agent writes only its own topics.
+
+    | user       | publish                          | subscribe / receive        |
+    |------------|----------------------------------|----------------------------|
+    | aggregator | pubkey, round, metrics           | update/+, status/+         |
+    | agent id   | update/<own id>, status/<own id> | pubkey, round, metrics     |
+
+    Anyone else, including clients without a user name, may do nothing.
+    """
+
+    topics: Topics
+    aggregator_users: tuple[str, ...]
+    agents: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.aggregator_users:
+            raise ConfigError("the topic ACL needs at least one aggregator user")
+        for name in (*self.aggregator_users, *self.agents):
+            check_name(name, "user name")
+            if name == ANONYMOUS:
+                raise ConfigError(f"{ANONYMOUS!r} cannot be a fleet user: amqtt files clients "
+                                  "without a user name under it")
+        both = sorted(set(self.aggregator_users) & set(self.agents))
+        if both:
+            raise ConfigError(f"user(s) {', '.join(both)} cannot be both aggregator and agent")
+        for group in (self.aggregator_users, self.agents):
+            if len(set(group)) != len(group):
+                raise ConfigError("a user name is listed twice in the topic ACL")
+
+    @classmethod
+    def from_users(cls, topics: Topics, aggregator_users: Iterable[str],
+                   users: Iterable[str]) -> FleetAcl:
+        """Every user that is not an aggregator is an agent (e.g. all of a password file)."""
+        aggregators = tuple(aggregator_users)
+        return cls(topics, aggregators, tuple(u for u in users if u not in aggregators))
+
+    def aggregator_publish(self) -> list[str]:
+        t = self.topics
+        return [t.pubkey, t.round, t.metrics]
+
+    def aggregator_subscribe(self) -> list[str]:
+        return [self.topics.updates_filter, self.topics.status_filter]
+
+    def agent_publish(self, agent_id: str) -> list[str]:
+        return [self.topics.update(agent_id), self.topics.status(agent_id)]
+
+    def agent_subscribe(self) -> list[str]:
+        return self.aggregator_publish()
+
+    def publish_lists(self) -> dict[str, list[str]]:
+        lists = {user: self.aggregator_publish() for user in self.aggregator_users}
+        lists.update({agent: self.agent_publish(agent) for agent in self.agents})
+        return lists
+
+    def subscribe_lists(self) -> dict[str, list[str]]:
+        lists = {user: self.aggregator_subscribe() for user in self.aggregator_users}
+        lists.update({agent: self.agent_subscribe() for agent in self.agents})
+        return lists
