@@ -1,4 +1,5 @@
-"""``fedmq broker``: run the embedded broker in the foreground; manage its password file."""
+"""``fedmq broker``: run the embedded broker in the foreground, manage its password file,
+or write a Mosquitto configuration for a fleet."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
+from broker.acl import FleetAcl
 from broker.config import BrokerSettings
 from broker.embedded import serve
+from broker.mosquitto import MosquittoSetup, write_files
 from fedmq.config import load_toml, reject_unknown, resolve, section
 from protocol.errors import ConfigError
-from protocol.topics import check_name
+from protocol.topics import Topics, check_name
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +67,40 @@ def add_user(password_file: Path, username: str, password: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     os.replace(tmp, password_file)
+
+
+def read_agents_file(path: str) -> list[str]:
+    """Agent ids, one a line; blank lines and ``#`` comments are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read agents file {path}: {exc}") from exc
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def mosquitto_config(out_dir: str | None, fleet: str | None, *, prefix: str = "fedmq",
+                     aggregator_users: Sequence[str] = ("aggregator",),
+                     agents: Sequence[str] = (), agents_file: str | None = None,
+                     host: str = "0.0.0.0", port: int | None = None,
+                     max_payload_bytes: int | None = None, tls_cert: str | None = None,
+                     tls_key: str | None = None, tls_client_ca: str | None = None) -> str:
+    """Write a Mosquitto configuration for one fleet; return what to tell the operator."""
+    if not out_dir or not fleet:
+        raise ConfigError("mosquitto-config needs --out DIR and --fleet NAME")
+    ids = [*agents, *(read_agents_file(agents_file) if agents_file else [])]
+    acl = FleetAcl(Topics(fleet, prefix), tuple(aggregator_users), tuple(ids))
+    extra = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
+    setup = MosquittoSetup(acl=acl, host=host, port=port, tls_cert_file=tls_cert,
+                           tls_key_file=tls_key, tls_client_ca_file=tls_client_ca, **extra)
+    written = write_files(Path(out_dir), setup)
+    lines = [f"wrote {written.conf} with its password and ACL files "
+             f"({len(setup.users())} users, listener {setup.host}:{setup.listen_port})",
+             f"passwords: {written.credentials} (mode 0600); put each into its device's "
+             f"[mqtt] password"]
+    if written.new_users:
+        lines.append(f"new users: {', '.join(written.new_users)}")
+    if written.dropped_users:
+        lines.append(f"removed users: {', '.join(written.dropped_users)}")
+    lines.append(f"run: mosquitto -c {written.conf}  (started as root, Mosquitto reads the "
+                 f"password file as user 'mosquitto': chown it to that user)")
+    return "\n".join(lines)

@@ -39,13 +39,21 @@ def _stop_on_sigterm(stop: Any) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from broker.cli import add_user, run_broker
+    from broker.cli import add_user, mosquitto_config, run_broker
 
     if args.action == "add-user":
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
             f"password for {args.username}: ")
         add_user(Path(args.password_file), args.username, password)
         print(f"user {args.username!r} written to {args.password_file}")
+        return 0
+    if args.action == "mosquitto-config":
+        print(mosquitto_config(
+            args.out, args.fleet, prefix=args.prefix,
+            aggregator_users=args.aggregator_user or ["aggregator"], agents=args.agent,
+            agents_file=args.agents_file, host=args.host, port=args.port,
+            max_payload_bytes=args.max_payload_bytes, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca))
         return 0
     return run_broker(args.config)
 
@@ -144,12 +152,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("broker", help="run the embedded MQTT broker (gateway)",
-                       description="Run the embedded amqtt broker, or manage its password file.")
-    p.add_argument("action", nargs="?", choices=["run", "add-user"], default="run")
+                       description="Run the embedded amqtt broker, manage its password file, "
+                       "or write the configuration of a Mosquitto 2.x broker for a fleet.")
+    p.add_argument("action", nargs="?", choices=["run", "add-user", "mosquitto-config"],
+                   default="run")
     p.add_argument("--config", default="configs/broker.toml", help="broker TOML config")
     p.add_argument("--password-file", help="password file for add-user")
     p.add_argument("--username", help="user name for add-user")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    g = p.add_argument_group(
+        "mosquitto-config", "write mosquitto.conf, passwords, acl and credentials.txt "
+        "(generated passwords, mode 0600; kept on re-runs) into --out")
+    g.add_argument("--out", metavar="DIR", help="output directory")
+    g.add_argument("--fleet", metavar="NAME", help="the fleet's [fleet] name")
+    g.add_argument("--prefix", default="fedmq", help="topic prefix (default: fedmq)")
+    g.add_argument("--aggregator-user", action="append", metavar="USER",
+                   help="aggregator user name, repeatable (default: aggregator)")
+    g.add_argument("--agent", action="append", default=[], metavar="ID",
+                   help="agent id = its MQTT user name, repeatable")
+    g.add_argument("--agents-file", metavar="FILE", help="agent ids, one a line")
+    g.add_argument("--host", default="0.0.0.0", help="listen address (default: 0.0.0.0)")
+    g.add_argument("--port", type=int, help="listen port (default: 1883, 8883 with TLS)")
+    g.add_argument("--max-payload-bytes", type=int, metavar="N",
+                   help="largest PUBLISH payload (default: 4194304)")
+    g.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
+    g.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
+    g.add_argument("--tls-client-ca", metavar="FILE",
+                   help="require client certificates signed by this CA")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("aggregator", help="run the aggregator (gateway, holds the private key)",

@@ -1,0 +1,203 @@
+"""Configuration for a Mosquitto 2.x broker with the fleet's users, topic ACL and payload cap.
+
+Pure text generation plus one function that writes the files. The ACL uses
+``pattern`` lines with ``%u`` (the MQTT user name, which is the agent id), so
+one file serves every agent and adding a device only touches the password
+file. ``%c`` (the client id) is not used to grant anything: a client picks its
+own id, and the listener sets ``use_username_as_clientid`` so that one user
+cannot take over another user's session either.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.acl import FleetAcl
+from broker.config import MIN_PAYLOAD_CAP, MQTT_MAX_PAYLOAD
+from protocol.errors import ConfigError
+from protocol.messages import MAX_CONTROL_BYTES
+from protocol.topics import check_name
+
+# What mosquitto_passwd 2.0 writes: PBKDF2-HMAC-SHA512, 101 iterations, 12-byte
+# salt. The passwords we generate are random 144-bit tokens, so more iterations
+# would add connect latency on a small gateway and no real protection.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+# Bytes of a PUBLISH packet besides topic and payload: fixed header (at most 5),
+# topic length (2) and packet id (2).
+_PUBLISH_HEADERS = 9
+
+CONF_FILE, PASSWORD_FILE, ACL_FILE, CREDENTIALS_FILE = (
+    "mosquitto.conf", "passwords", "acl", "credentials.txt")
+
+
+def hash_password(password: str, *, salt: bytes | None = None,
+                  iterations: int = PBKDF2_ITERATIONS) -> str:
+    """A Mosquitto 2.x password hash: ``$7$<iterations>$<base64 salt>$<base64 hash>``."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
+    b64 = base64.b64encode
+    return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+@dataclass(frozen=True)
+class MosquittoSetup:
+    """One listener for one fleet; ``port`` defaults to 8883 with TLS, else 1883."""
+
+    acl: FleetAcl
+    host: str = "0.0.0.0"
+    port: int | None = None
+    max_payload_bytes: int = MAX_CONTROL_BYTES
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.acl.agents:
+            raise ConfigError("no agents: pass --agent ID (repeatable) or --agents-file FILE")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is not a TCP port")
+        if not self.host or any(c.isspace() for c in self.host):
+            raise ConfigError(f"invalid listen address {self.host!r}")
+        if not MIN_PAYLOAD_CAP <= self.max_payload_bytes <= MQTT_MAX_PAYLOAD:
+            raise ConfigError(f"the payload cap must be between {MIN_PAYLOAD_CAP} and "
+                              f"{MQTT_MAX_PAYLOAD} bytes")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path!r} does not exist")
+
+    @property
+    def listen_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls_cert_file else 1883
+
+    @property
+    def max_packet_size(self) -> int:
+        """Room for the cap plus the longest fleet topic: an agent id has at most 64 chars."""
+        longest_topic = len(self.acl.topics.update("x" * 64).encode())
+        return self.max_payload_bytes + longest_topic + _PUBLISH_HEADERS
+
+    def users(self) -> tuple[str, ...]:
+        return (*self.acl.aggregator_users, *self.acl.agents)
+
+
+def acl_text(acl: FleetAcl) -> str:
+    t = acl.topics
+    lines = [
+        f"# Topic ACL of fedmq fleet {t.fleet!r}, written by `fedmq broker mosquitto-config`.",
+        "# Every user may write only the update and status topics named after its user",
+        "# name (%u: the agent id) and read the aggregator's topics.",
+        f"pattern write {t.base}/update/%u",
+        f"pattern write {t.base}/status/%u",
+        *(f"pattern read {topic}" for topic in acl.agent_subscribe()),
+    ]
+    for user in acl.aggregator_users:
+        lines += ["", f"user {user}"]
+        lines += [f"topic write {topic}" for topic in acl.aggregator_publish()]
+        lines += [f"topic read {topic}" for topic in acl.aggregator_subscribe()]
+    return "\n".join(lines) + "\n"
+
+
+def password_file_text(credentials: Mapping[str, str]) -> str:
+    return "".join(f"{user}:{hash_password(pw)}\n" for user, pw in credentials.items())
+
+
+def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -> str:
+    lines = [
+        f"# Mosquitto 2.x for fedmq fleet {setup.acl.topics.fleet!r}, written by "
+        "`fedmq broker mosquitto-config`;",
+        "# regenerate rather than edit. Run: mosquitto -c <this file>",
+        "",
+        f"listener {setup.listen_port} {setup.host}",
+        "use_username_as_clientid true",
+    ]
+    if setup.tls_cert_file:
+        lines += [f"certfile {Path(setup.tls_cert_file).resolve()}",
+                  f"keyfile {Path(setup.tls_key_file or '').resolve()}"]
+    if setup.tls_client_ca_file:
+        lines += [f"cafile {Path(setup.tls_client_ca_file).resolve()}",
+                  "require_certificate true"]
+    lines += [
+        "",
+        "allow_anonymous false",
+        f"password_file {password_file.resolve()}",
+        f"acl_file {acl_file.resolve()}",
+        "",
+        "# Payload cap: a larger PUBLISH payload is dropped (its QoS flow completes), and a",
+        "# packet too large to be a fleet message disconnects its client before it is read.",
+        "# Mosquitto suggests max_packet_size alone, but that counts the topic too; together",
+        "# the two cap the payload exactly and bound the memory one packet can take.",
+        f"message_size_limit {setup.max_payload_bytes}",
+        f"max_packet_size {setup.max_packet_size}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """``user:password`` lines, as written by ``write_files``."""
+    creds: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or len(password) < 8:
+            raise ConfigError(f"{path}:{n}: expected user:password (8 characters or more)")
+        creds[check_name(user, "user name")] = password
+    return creds
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    # Write next to the target and rename, so a reader never sees half a file and
+    # a secret file never exists with looser permissions than ``mode``.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Written:
+    conf: Path
+    credentials: Path
+    new_users: tuple[str, ...]
+    dropped_users: tuple[str, ...]
+
+
+def write_files(out_dir: Path, setup: MosquittoSetup) -> Written:
+    """Write mosquitto.conf, acl, passwords and credentials.txt into ``out_dir``.
+
+    Users already in credentials.txt keep their passwords, so re-running with
+    one more ``--agent`` does not lock the rest of the fleet out.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cred_path = out_dir / CREDENTIALS_FILE
+    old = read_credentials(cred_path) if cred_path.exists() else {}
+    creds = {user: old.get(user) or new_password() for user in setup.users()}
+    _write(cred_path, "# user:password of each MQTT user; copy each into its device's "
+           "[mqtt] password\n" + "".join(f"{u}:{p}\n" for u, p in creds.items()), 0o600)
+    _write(out_dir / PASSWORD_FILE, password_file_text(creds), 0o600)
+    _write(out_dir / ACL_FILE, acl_text(setup.acl), 0o644)
+    conf = out_dir / CONF_FILE
+    _write(conf, config_text(setup, password_file=out_dir / PASSWORD_FILE,
+                             acl_file=out_dir / ACL_FILE), 0o644)
+    return Written(conf=conf, credentials=cred_path,
+                   new_users=tuple(u for u in creds if u not in old),
+                   dropped_users=tuple(u for u in old if u not in creds))
+

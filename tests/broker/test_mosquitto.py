@@ -1,0 +1,224 @@
+"""Mosquitto configuration: generated text, and a real ``mosquitto -c`` enforcing it.
+
+Tests that need the Mosquitto binaries skip without them, unless
+FEDMQ_REQUIRE_MOSQUITTO=1 (set by .ci/run) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.acl import FleetAcl
+from broker.config import MIN_PAYLOAD_CAP
+from broker.embedded import free_port
+from broker.mosquitto import (
+    CREDENTIALS_FILE,
+    PASSWORD_FILE,
+    MosquittoSetup,
+    acl_text,
+    hash_password,
+    read_credentials,
+    write_files,
+)
+from fedmq.cli import main
+from protocol.errors import ConfigError
+from protocol.topics import Topics
+
+T = Topics("plant")
+ACL = FleetAcl(T, ("aggregator",), ("dev-a", "dev-b"))
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None)
+    if found is None:
+        message = f"{name} is not installed (Debian: apt-get install mosquitto)"
+        if os.environ.get("FEDMQ_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail(message + "; FEDMQ_REQUIRE_MOSQUITTO=1 requires it")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def start_mosquitto(tmp_path: Path) -> Iterator[Callable[..., tuple[int, dict[str, str]]]]:
+    """Generate a config for ACL into a directory, run ``mosquitto -c`` on a free port."""
+    exe = binary("mosquitto")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(**setup_kw: object) -> tuple[int, dict[str, str]]:
+        port = free_port()
+        out = tmp_path / f"mosquitto-{port}"
+        written = write_files(out, MosquittoSetup(acl=ACL, host="127.0.0.1", port=port,
+                                                  **setup_kw))  # type: ignore[arg-type]
+        if os.geteuid() == 0:
+            # As root Mosquitto switches to user 'mosquitto', which cannot read a
+            # root-owned 0600 password file; on a gateway the operator chowns it.
+            with written.conf.open("a") as fh:
+                fh.write("user root\n")
+        proc = subprocess.Popen([exe, "-c", str(written.conf)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        procs.append(proc)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return port, read_credentials(written.credentials)
+            except OSError:
+                time.sleep(0.05)
+        proc.kill()
+        out_text = proc.communicate()[0].decode(errors="replace")
+        raise AssertionError(f"mosquitto did not start:\n{out_text}")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def login(probe, port: int, creds: dict[str, str], user: str):
+    p = probe(port, f"c-{user}", username=user, password=creds[user])
+    assert p.connect(), f"mosquitto refused {user}"
+    return p
+
+
+# --- with a real Mosquitto ---------------------------------------------------------------
+
+def test_password_hash_matches_mosquitto_passwd(tmp_path):
+    exe = binary("mosquitto_passwd")
+    pw_file = tmp_path / "pw"
+    subprocess.run([exe, "-c", "-b", str(pw_file), "pi", "correct horse"], check=True)
+    theirs = pw_file.read_text().strip().split(":", 1)[1]
+    salt = base64.b64decode(theirs.split("$")[3])
+    assert hash_password("correct horse", salt=salt) == theirs
+
+
+def test_mosquitto_enforces_passwords_and_the_acl(start_mosquitto, probe):
+    port, creds = start_mosquitto()
+    assert not probe(port, "anon").connect()
+    assert not probe(port, "liar", username="dev-a", password="not the password").connect()
+
+    agg = login(probe, port, creds, "aggregator")
+    assert agg.subscribe(T.updates_filter) and agg.subscribe(T.status_filter)
+    agg.publish(T.round, b"real round", retain=True)
+    dev_b = login(probe, port, creds, "dev-b")
+    dev_b.subscribe(T.round)
+    dev_b.subscribe(T.updates_filter)  # granted or not, it must deliver nothing
+    assert dev_b.wait_for(T.round, b"real round")
+
+    dev_a = login(probe, port, creds, "dev-a")
+    dev_a.publish(T.update("dev-b"), b"forged update")
+    dev_a.publish(T.status("dev-b"), b"offline", retain=True)
+    dev_a.publish(T.round, b"forged round", retain=True)
+    dev_a.publish(T.status("dev-a"), b"online", retain=True)
+    dev_a.publish(T.update("dev-a"), b"own update")  # positive control, sent last
+    assert agg.wait_for(T.update("dev-a"), b"own update")
+    assert agg.wait_for(T.status("dev-a"), b"online")
+    assert agg.got(T.update("dev-b")) == [] and agg.got(T.status("dev-b")) == []
+    agg.publish(T.round, b"round 2", retain=True)  # dev-b's positive control
+    assert dev_b.wait_for(T.round, b"round 2")
+    assert dev_b.got(T.round) == [b"real round", b"round 2"]
+    assert dev_b.got(T.update("dev-a")) == []  # agents never read each other's updates
+
+
+def test_mosquitto_caps_the_payload(start_mosquitto, probe):
+    port, creds = start_mosquitto(max_payload_bytes=MIN_PAYLOAD_CAP)
+    agg = login(probe, port, creds, "aggregator")
+    assert agg.subscribe(T.updates_filter)
+    dev = login(probe, port, creds, "dev-a")
+    dev.publish(T.update("dev-a"), b"x" * (MIN_PAYLOAD_CAP + 1))  # dropped, still connected
+    dev.publish(T.update("dev-a"), b"y" * MIN_PAYLOAD_CAP)
+    assert agg.wait_for(T.update("dev-a"), b"y" * MIN_PAYLOAD_CAP)
+    assert agg.got(T.update("dev-a")) == [b"y" * MIN_PAYLOAD_CAP]
+    huge = login(probe, port, creds, "dev-b")
+    huge.publish(T.update("dev-b"), b"z" * (2 * MIN_PAYLOAD_CAP), qos=0)
+    assert huge.disconnected.wait(5)  # max_packet_size: refused before it is buffered
+    assert agg.got(T.update("dev-b")) == []
+
+
+def test_mosquitto_requires_client_certificates(start_mosquitto, probe, tls_files):
+    port, creds = start_mosquitto(tls_cert_file=tls_files["server_cert"],
+                                  tls_key_file=tls_files["server_key"],
+                                  tls_client_ca_file=tls_files["ca"])
+    with_cert = {"ca_certs": tls_files["ca"], "certfile": tls_files["client_cert"],
+                 "keyfile": tls_files["client_key"]}
+    ok = probe(port, "tls", username="dev-a", password=creds["dev-a"], tls=with_cert)
+    assert ok.connect()
+    assert not probe(port, "no-cert", username="dev-a", password=creds["dev-a"],
+                     tls={"ca_certs": tls_files["ca"]}).connect(timeout=2)
+    assert not probe(port, "plain", username="dev-a", password=creds["dev-a"]).connect(timeout=2)
+
+
+# --- generated text and files (no Mosquitto needed) --------------------------------------
+
+def test_one_acl_serves_every_agent():
+    text = acl_text(FleetAcl(T, ("aggregator", "backup-agg"), ("dev-a",)))
+    lines = text.splitlines()
+    assert "pattern write fedmq/plant/update/%u" in lines
+    assert "pattern write fedmq/plant/status/%u" in lines
+    assert "dev-a" not in text  # agents come from the password file alone
+    for user in ("aggregator", "backup-agg"):
+        section = text.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
+        assert section == ["topic write fedmq/plant/pubkey", "topic write fedmq/plant/round",
+                           "topic write fedmq/plant/metrics", "topic read fedmq/plant/update/+",
+                           "topic read fedmq/plant/status/+"]
+
+
+def test_files_secrets_and_reruns(tmp_path, tls_files):
+    setup = MosquittoSetup(acl=ACL, tls_cert_file=tls_files["server_cert"],
+                           tls_key_file=tls_files["server_key"])
+    first = write_files(tmp_path, setup)
+    assert first.new_users == ("aggregator", "dev-a", "dev-b")
+    for name in (PASSWORD_FILE, CREDENTIALS_FILE):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    conf = first.conf.read_text()
+    assert "listener 8883 0.0.0.0" in conf and "allow_anonymous false" in conf
+    assert f"certfile {Path(tls_files['server_cert']).resolve()}" in conf
+    assert "require_certificate" not in conf
+    creds = read_credentials(first.credentials)
+    bigger = MosquittoSetup(acl=FleetAcl(T, ("aggregator",), ("dev-a", "dev-c")))
+    second = write_files(tmp_path, bigger)
+    assert second.new_users == ("dev-c",) and second.dropped_users == ("dev-b",)
+    again = read_credentials(second.credentials)
+    assert again["dev-a"] == creds["dev-a"] and again["aggregator"] == creds["aggregator"]
+    assert "listener 1883 0.0.0.0" in second.conf.read_text()
+
+
+def test_cli_writes_the_files_and_reports_errors_in_one_line(tmp_path, capsys):
+    (tmp_path / "agents.txt").write_text("# line comment\ndev-a\n\ndev-b\n")
+    assert main(["broker", "mosquitto-config", "--out", str(tmp_path / "m"), "--fleet",
+                 "plant", "--agents-file", str(tmp_path / "agents.txt"), "--agent",
+                 "dev-c"]) == 0
+    assert "run: mosquitto -c" in capsys.readouterr().out
+    assert set(read_credentials(tmp_path / "m" / CREDENTIALS_FILE)) == {
+        "aggregator", "dev-a", "dev-b", "dev-c"}
+    for argv, message in [
+        (["--out", str(tmp_path)], "needs --out DIR and --fleet NAME"),
+        (["--out", str(tmp_path), "--fleet", "plant"], "no agents"),
+        (["--out", str(tmp_path), "--fleet", "plant", "--agent", "a b"], "invalid user name"),
+        (["--out", str(tmp_path), "--fleet", "plant", "--agent", "x", "--tls-key", "k"],
+         "go together"),
+    ]:
+        assert main(["broker", "mosquitto-config", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_setup_checks():
+    with pytest.raises(ConfigError, match="payload cap"):
+        MosquittoSetup(acl=ACL, max_payload_bytes=10)
+    with pytest.raises(ConfigError, match="needs --tls-cert"):
+        MosquittoSetup(acl=ACL, tls_client_ca_file="ca.crt")
+    assert MosquittoSetup(acl=ACL).max_packet_size > MosquittoSetup(acl=ACL).max_payload_bytes
