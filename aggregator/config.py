@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ class RoundPolicy:
     min_agents: int = 1
     start_timeout: float = 300.0
     max_extensions: int = 5
+    sample_fraction: float = 1.0  # share of online agents selected each round
+    sample_count: int = 0  # fixed number selected each round (0: use sample_fraction)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -31,6 +34,21 @@ class RoundPolicy:
             raise ConfigError("rounds.round_timeout and rounds.start_timeout must be positive")
         if self.quorum < 1 or self.min_agents < 1 or self.max_extensions < 0:
             raise ConfigError("rounds.quorum and rounds.min_agents must be at least 1")
+        if not 0 < self.sample_fraction <= 1:
+            raise ConfigError("rounds.sample_fraction must be in (0, 1]")
+        if self.sample_count and self.sample_count < self.quorum:
+            raise ConfigError("rounds.sample_count must be at least rounds.quorum")
+        if self.sample_count < 0:
+            raise ConfigError("rounds.sample_count must not be negative")
+
+    @property
+    def samples(self) -> bool:
+        return self.sample_count > 0 or self.sample_fraction < 1
+
+    def sample_size(self, online: int) -> int:
+        """How many of ``online`` agents one round selects (never below the quorum)."""
+        wanted = self.sample_count or math.ceil(self.sample_fraction * online)
+        return min(online, max(wanted, self.quorum))
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,9 @@ class AggregatorConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     key_file: str = "state/aggregator/paillier.key"
     key_bits: int = 2048
+    signing_key_file: str = "state/aggregator/signing.key"
+    allow_list_file: str = "state/aggregator/allow_list.json"
+    resume: bool = True
     policy: RoundPolicy = field(default_factory=RoundPolicy)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     codec: CodecParams = field(default_factory=CodecParams)
@@ -56,8 +77,9 @@ class AggregatorConfig:
                              "output"}, "top level")
         fleet, keys, out = section(doc, "fleet"), section(doc, "keys"), section(doc, "output")
         reject_unknown(fleet, {"name", "topic_prefix"}, "fleet")
-        reject_unknown(keys, {"private_key_file", "bits"}, "keys")
-        reject_unknown(out, {"state_dir"}, "output")
+        reject_unknown(keys, {"private_key_file", "bits", "signing_key_file", "allow_list_file"},
+                       "keys")
+        reject_unknown(out, {"state_dir", "resume"}, "output")
         try:
             model = section(doc, "model", required=True)
             spec = ModelSpec.from_dict({"center": None, "scale": None, "n_classes": 0, **model})
@@ -70,6 +92,11 @@ class AggregatorConfig:
                 key_file=resolve(base, keys.get("private_key_file",
                                                 "state/aggregator/paillier.key")) or "",
                 key_bits=int(keys.get("bits", 2048)),
+                signing_key_file=resolve(base, keys.get("signing_key_file",
+                                                        "state/aggregator/signing.key")) or "",
+                allow_list_file=resolve(base, keys.get("allow_list_file",
+                                                       "state/aggregator/allow_list.json")) or "",
+                resume=bool(out.get("resume", True)),
                 policy=from_table(RoundPolicy, section(doc, "rounds"), "rounds"),
                 training=from_table(TrainingSettings, section(doc, "training"), "training"),
                 codec=CodecParams.from_dict({**CodecParams().to_dict(), **codec}),

@@ -7,10 +7,13 @@ the state exactly as it was, so a bad payload can never cost accepted data.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from protocol.codec import Codec
+from protocol.errors import ProtocolError
 from protocol.paillier import PaillierPublicKey, add_ciphertexts
+from protocol.signing import Ed25519PublicKey
 from protocol.wire import UpdateMessage
 
 
@@ -18,11 +21,16 @@ class Rejected(Exception):
     """An update that is not counted, with the reason for the log."""
 
 
+class Redelivered(Rejected):
+    """The very same signed payload again (QoS 1 redelivery): already counted, not an attack."""
+
+
 @dataclass
 class RoundState:
     """The open round: closes once all expected agents reported, or at the deadline with quorum."""
 
     fleet: str
+    run_id: str
     round_id: int
     expected: frozenset[str]
     deadline: float
@@ -32,15 +40,30 @@ class RoundState:
     codec_digest: str
     codec: Codec
     public_key: PaillierPublicKey
+    allow_list: Mapping[str, Ed25519PublicKey]
     opened_at: float
+    sampled: bool = False  # only the expected (selected) agents may contribute
     accepted: list[str] = field(default_factory=list)
     rejected: int = 0
     ciphertext_sum: list[int] | None = None
+    _hashes: dict[str, bytes] = field(default_factory=dict)
 
-    def offer(self, update: UpdateMessage, topic_agent: str) -> None:
-        """Add ``update`` to the sum or raise Rejected; never half-applies."""
+    def offer(self, update: UpdateMessage, topic_agent: str,
+              commit: Callable[[UpdateMessage], None] | None = None) -> None:
+        """Add ``update`` to the sum or raise Rejected; never half-applies.
+
+        ``commit`` (persisting the payload) runs after every check and before
+        the update counts: if it raises, the update is rejected, not half-kept.
+        """
         try:
             self._check(update, topic_agent)
+            if commit is not None:
+                try:
+                    commit(update)
+                except OSError as exc:
+                    raise Rejected(f"cannot persist the update: {exc}") from exc
+        except Redelivered:
+            raise
         except Rejected:
             self.rejected += 1
             raise
@@ -50,14 +73,22 @@ class RoundState:
             self.ciphertext_sum = add_ciphertexts(self.public_key, self.ciphertext_sum,
                                                   update.ciphertexts)
         self.accepted.append(update.agent_id)
+        self._hashes[update.agent_id] = update.signed_hash
 
     def _check(self, u: UpdateMessage, topic_agent: str) -> None:
         if u.agent_id != topic_agent:
             raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic")
-        if u.fleet != self.fleet:
-            raise Rejected(f"update is for fleet {u.fleet!r}")
+        key = self.allow_list.get(u.agent_id)
+        if key is None:
+            raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)")
+        try:
+            u.verify(key)
+        except ProtocolError as exc:
+            raise Rejected(f"{exc} from {u.agent_id!r}: forged or tampered update") from exc
+        if u.fleet != self.fleet or u.run_id != self.run_id:
+            raise Rejected(f"update is for fleet {u.fleet!r} run {u.run_id!r}, not this run")
         if u.round_id < self.round_id:
-            raise Rejected(f"late update for closed round {u.round_id}")
+            raise Rejected(f"late or replayed update for closed round {u.round_id}")
         if u.round_id > self.round_id:
             raise Rejected(f"update for round {u.round_id}, which is not open")
         if u.key_fingerprint != self.key_fingerprint or u.codec_digest != self.codec_digest:
@@ -66,9 +97,12 @@ class RoundState:
             raise Rejected(f"update carries {u.n_values} values, the model needs {self.n_values}")
         if len(u.ciphertexts) != self.codec.plaintext_count(self.n_values):
             raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts")
-        if u.agent_id in self.accepted:
-            # A QoS 1 redelivery or a second try: the first one counts, once.
-            raise Rejected("duplicate update in this round")
+        if u.agent_id in self._hashes:
+            if self._hashes[u.agent_id] == u.signed_hash:
+                raise Redelivered("duplicate delivery of an accepted update, counted once")
+            raise Rejected("second, different update from this agent in this round")
+        if self.sampled and u.agent_id not in self.expected:
+            raise Rejected("agent was not selected for this round")
         if len(self.accepted) >= self.codec.params.max_agents:
             raise Rejected(f"round already holds max_agents={self.codec.params.max_agents} updates")
 

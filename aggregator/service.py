@@ -2,29 +2,36 @@
 
 Sequencing only: the maths lives in ``protocol`` (codec, Paillier) and
 ``aggregator.rounds``; the MQTT callback only queues ``(topic, payload)``.
+Every step that matters is checkpointed (``aggregator.checkpoint``), so a
+restarted aggregator resumes the open round with the updates it had accepted.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from aggregator.allowlist import load_allow_list
+from aggregator.checkpoint import Checkpoints, RunCheckpoint
 from aggregator.config import AggregatorConfig
 from aggregator.keys import load_or_create_keypair
-from aggregator.rounds import Rejected, RoundState
+from aggregator.rounds import Redelivered, Rejected, RoundState
 from aggregator.store import RunStore
+from fedmq.files import load_or_create_signer
 from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, mean_from_sums
-from protocol.errors import CodecError, FedmqError, ProtocolError
+from protocol.errors import CodecError, ConfigError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage, StatusMessage
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, decrypt_ints, fingerprint
+from protocol.signing import Ed25519PublicKey, Signer
 from protocol.wire import decode_update
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,6 @@ class RoundFailed(FedmqError):
 
 @dataclass(frozen=True)
 class RoundResult:
-    """What one closed round produced; ``announced`` is the round message published next."""
-
     round_id: int
     model_version: int
     params: FloatArray
@@ -51,58 +56,118 @@ class RoundResult:
     update_norm: float
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a run (re)starts: a fresh run, the next round, or an open round to resume."""
+
+    run_id: str
+    round_id: int
+    version: int
+    params: FloatArray
+    open_round: RunCheckpoint | None = None
+
+
 class Aggregator:
     def __init__(
         self,
         config: AggregatorConfig,
         *,
         keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
+        signer: Signer | None = None,
+        allow_list: Mapping[str, Ed25519PublicKey] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
     ) -> None:
         self.config = config
         self.public_key, self._private_key = keypair or load_or_create_keypair(
             config.key_file, config.key_bits)
+        self.signer = signer or load_or_create_signer(config.signing_key_file)
         self.fingerprint = fingerprint(self.public_key)
         self.codec = make_codec(config.codec, self.public_key.n)
         self.codec_digest = config.codec.digest(self.fingerprint)
+        self._fixed_allow_list = allow_list
         self._on_round = on_round
         self._inbox = Inbox(maxsize=100_000)
         self._stop = threading.Event()
         self.online: dict[str, bool] = {}
         self.store = RunStore(Path(config.state_dir))
+        self.checkpoints = Checkpoints(Path(config.state_dir))
+        self._retained: dict[str, bytes] = {}
+        self._rng = secrets.SystemRandom()
         topics = config.topics
         self._link = MqttLink(
             config.mqtt, client_id=config.client_id, on_message=self._inbox.put,
             subscriptions=[(topics.updates_filter, 1), (topics.status_filter, 1)],
+            on_connect=self._republish, clean_session=False,
         )
         self.results: list[RoundResult] = []
 
     def stop(self) -> None:
         self._stop.set()
 
+    def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
+        """Re-read every round: enrolling or revoking a device needs no restart."""
+        if self._fixed_allow_list is not None:
+            return self._fixed_allow_list
+        return load_allow_list(self.config.allow_list_file)
+
     # --- orchestration -------------------------------------------------------
     def run(self) -> FloatArray:
-        """Run all configured rounds; return the final global parameters."""
+        """Run (or resume) all configured rounds; return the final global parameters."""
         cfg = self.config
+        start = self._start_point()
         self._link.connect()
         try:
-            self._publish(cfg.topics.pubkey, PubKeyMessage(
+            self._retain(cfg.topics.pubkey, PubKeyMessage(
                 fleet=cfg.topics.fleet, n_hex=format(self.public_key.n, "x"),
-                fingerprint=self.fingerprint, codec=cfg.codec).to_bytes(), retain=True)
+                fingerprint=self.fingerprint, codec=cfg.codec,
+                signing_key=self.signer.public_hex).to_bytes(self.signer))
             log.info("public key %s published on %s", self.fingerprint[:16], cfg.topics.pubkey)
-            self._wait_for_agents()
-            params = np.zeros(cfg.spec.n_params)
-            version = 0
-            for round_id in range(1, cfg.policy.rounds + 1):
-                if self._stop.is_set():
-                    break
-                result = self._run_round(round_id, version, params)
-                params, version = result.params, result.model_version
-            # _finish already saved this model after the last round.
-            self._announce(cfg.policy.rounds + 1, version, params, state="finished")
+            params, version, round_id = start.params, start.version, start.round_id
+            if start.open_round is None and round_id == 1:
+                self._wait_for_agents()
+            while round_id <= cfg.policy.rounds and not self._stop.is_set():
+                result = self._run_round(start.run_id, round_id, version, params,
+                                         resume=start.open_round)
+                start = _Start(start.run_id, round_id + 1, result.model_version, result.params)
+                params, version, round_id = result.params, result.model_version, round_id + 1
+            self._announce(start.run_id, cfg.policy.rounds + 1, version, params,
+                           state="finished")
+            self.checkpoints.save(self._checkpoint(start.run_id, cfg.policy.rounds, version,
+                                                   "finished"))
             return params
         finally:
             self._link.close()
+
+    def _checkpoint(self, run_id: str, round_id: int, version: int, status: str,
+                    **open_round: object) -> RunCheckpoint:
+        return RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
+                             key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
+                             round_id=round_id, model_version=version, status=status,
+                             **open_round)  # type: ignore[arg-type]
+
+    def _start_point(self) -> _Start:
+        cfg = self.config
+        fresh = _Start(secrets.token_hex(8), 1, 0, np.zeros(cfg.spec.n_params))
+        cp = self.checkpoints.load() if cfg.resume else None
+        if cp is None or cp.status == "finished":
+            self.checkpoints.clear_updates()
+            log.info("starting run %s", fresh.run_id)
+            return fresh
+        if (cp.fleet, cp.key_fingerprint, cp.codec_digest) != (
+                cfg.topics.fleet, self.fingerprint, self.codec_digest):
+            raise ConfigError(f"{self.checkpoints.path} belongs to another fleet, key or codec; "
+                              "move it away or set [output] resume = false")
+        params, saved_version = self.store.load_params(cfg.spec)
+        if saved_version is None:
+            params, saved_version = fresh.params, 0
+        if cp.status == "open" and saved_version == cp.model_version:
+            log.warning("resuming run %s in open round %d (model version %d)", cp.run_id,
+                        cp.round_id, cp.model_version)
+            return _Start(cp.run_id, cp.round_id, cp.model_version, params, open_round=cp)
+        # Closed, or closed-and-saved just before a crash recorded it: never reopen it.
+        log.warning("resuming run %s after round %d (model version %d)", cp.run_id,
+                    cp.round_id, saved_version)
+        return _Start(cp.run_id, cp.round_id + 1, saved_version, params)
 
     def _wait_for_agents(self) -> None:
         policy = self.config.policy
@@ -125,20 +190,58 @@ class Aggregator:
     def _online_agents(self) -> frozenset[str]:
         return frozenset(a for a, up in self.online.items() if up)
 
-    def _run_round(self, round_id: int, version: int, params: FloatArray) -> RoundResult:
-        cfg = self.config
-        started = time.time()
+    def _select(self) -> tuple[frozenset[str], bool]:
+        online, policy = sorted(self._online_agents()), self.config.policy
+        if not policy.samples:
+            return frozenset(online), False
+        return frozenset(self._rng.sample(online, policy.sample_size(len(online)))), True
+
+    def _open(self, run_id: str, round_id: int, version: int,
+              resume: RunCheckpoint | None) -> RoundState:
+        cfg, now = self.config, time.time()
+        if resume is not None and resume.round_id == round_id:
+            # Give agents (and the broker's queued messages) time to come back.
+            expected, sampled = frozenset(resume.expected), resume.sampled
+            opened_at, deadline = resume.opened_at, max(resume.deadline, now + min(
+                10.0, cfg.policy.round_timeout))
+        else:
+            (expected, sampled), opened_at = self._select(), now
+            deadline = now + cfg.policy.round_timeout
+            self.checkpoints.clear_updates()
         state = RoundState(
-            fleet=cfg.topics.fleet, round_id=round_id, expected=self._online_agents(),
-            deadline=started + cfg.policy.round_timeout, quorum=cfg.policy.quorum,
-            n_values=cfg.spec.n_params + 1, key_fingerprint=self.fingerprint,
-            codec_digest=self.codec_digest, codec=self.codec, public_key=self.public_key,
-            opened_at=started,
+            fleet=cfg.topics.fleet, run_id=run_id, round_id=round_id, expected=expected,
+            deadline=deadline, quorum=cfg.policy.quorum, n_values=cfg.spec.n_params + 1,
+            key_fingerprint=self.fingerprint, codec_digest=self.codec_digest, codec=self.codec,
+            public_key=self.public_key, allow_list=self.allow_list(), opened_at=opened_at,
+            sampled=sampled,
         )
-        self._announce(round_id, version, params, state="training", deadline=state.deadline)
+        if resume is not None and resume.round_id == round_id:
+            for agent, payload in self.checkpoints.load_updates():
+                try:
+                    state.offer(decode_update(payload, self.public_key), agent)
+                except (ProtocolError, Rejected) as exc:
+                    log.error("persisted update of %s no longer valid: %s", agent, exc)
+            log.warning("round %d: %d accepted updates restored", round_id, len(state.accepted))
+        self._save_open(state, version)
+        return state
+
+    def _save_open(self, state: RoundState, version: int, extensions: int = 0) -> None:
+        self.checkpoints.save(self._checkpoint(
+            state.run_id, state.round_id, version, "open", expected=tuple(sorted(state.expected)),
+            sampled=state.sampled, opened_at=state.opened_at, deadline=state.deadline,
+            extensions=extensions))
+
+    def _run_round(self, run_id: str, round_id: int, version: int, params: FloatArray, *,
+                   resume: RunCheckpoint | None) -> RoundResult:
+        cfg = self.config
+        state = self._open(run_id, round_id, version, resume)
+        extensions = resume.extensions if resume is not None and resume.round_id == round_id \
+            else 0
+        self._announce(run_id, round_id, version, params, state="training",
+                       deadline=state.deadline,
+                       participants=tuple(sorted(state.expected)) if state.sampled else ())
         log.info("round %d open: expecting %d agents, quorum %d, deadline in %.0f s", round_id,
-                 len(state.expected), state.quorum, cfg.policy.round_timeout)
-        extensions = 0
+                 len(state.expected), state.quorum, state.deadline - time.time())
         while (reason := state.close_reason(time.time())) is None:
             if self._stop.is_set():
                 raise RoundFailed(f"stopped during round {round_id}")
@@ -149,6 +252,7 @@ class Aggregator:
                         f"round {round_id}: {len(state.accepted)} updates, quorum "
                         f"{state.quorum} not reached after {extensions - 1} extensions")
                 state.deadline += cfg.policy.round_timeout
+                self._save_open(state, version, extensions)
                 log.warning("round %d: %d of quorum %d at the deadline; extending by %.0f s",
                             round_id, len(state.accepted), state.quorum,
                             cfg.policy.round_timeout)
@@ -161,6 +265,7 @@ class Aggregator:
     def _finish(self, state: RoundState, reason: str, version: int,
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
+        total_weight = 0
         try:
             sums = self.codec.decode(decrypt_ints(self._private_key, state.ciphertext_sum),
                                      state.n_values, len(state.accepted))
@@ -171,44 +276,58 @@ class Aggregator:
             # one from the sum, so the round is dropped and the model kept.
             log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                       exc)
-            avg_delta, total_weight = np.zeros_like(params), 0
-            new_params, new_version, reason = params, version, "rejected-sum"
+            avg_delta, new_params, new_version = np.zeros_like(params), params, version
+            reason = "rejected-sum"
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
             rejected=state.rejected, total_weight=total_weight,
             seconds=time.time() - state.opened_at, update_norm=float(np.linalg.norm(avg_delta)),
         )
-        self.results.append(result)
-        self.store.record(result)
+        # Model first, then the checkpoint: a crash in between is recognised on
+        # resume (saved version = open version + 1) and the round is not reopened.
         self.store.save_model(self.config.spec, new_params, round_id=state.round_id,
                               version=new_version)
-        self._publish(self.config.topics.metrics, MetricsMessage(
+        self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, new_version,
+                                               "closed"))
+        self.checkpoints.clear_updates()
+        self.store.record(result)
+        self.results.append(result)
+        self._link.publish(self.config.topics.metrics, MetricsMessage(
             fleet=self.config.topics.fleet, round_id=result.round_id,
             model_version=result.model_version, expected=result.expected,
             reported=len(result.reported), rejected=result.rejected,
             total_weight=result.total_weight, seconds=result.seconds,
-            update_norm=result.update_norm, closed_by=result.closed_by).to_bytes(), qos=0)
+            update_norm=result.update_norm, closed_by=result.closed_by).to_bytes(self.signer),
+            qos=0, wait=False)
         log.info("round %d closed (%s): %d/%d agents, weight %.0f, %.2f s", state.round_id,
                  reason, len(state.accepted), len(state.expected), total_weight, result.seconds)
         if self._on_round is not None:
             self._on_round(result)
         return result
 
-    def _announce(self, round_id: int, version: int, params: FloatArray, *, state: str,
-                  deadline: float | None = None) -> None:
+    def _announce(self, run_id: str, round_id: int, version: int, params: FloatArray, *,
+                  state: str, deadline: float | None = None,
+                  participants: tuple[str, ...] = ()) -> None:
         msg = RoundMessage(
             fleet=self.config.topics.fleet, round_id=round_id, model_version=version,
             state=state, spec=self.config.spec, params=tuple(float(p) for p in params),
             deadline=deadline if deadline is not None else time.time(),
             settings=self.config.training, key_fingerprint=self.fingerprint,
-            codec_digest=self.codec_digest,
+            codec_digest=self.codec_digest, run_id=run_id, participants=participants,
         )
-        self._publish(self.config.topics.round, msg.to_bytes(), retain=True)
+        self._retain(self.config.topics.round, msg.to_bytes(self.signer))
 
-    def _publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
-        if not self._link.publish(topic, payload, qos=qos, retain=retain):
-            log.warning("publish on %s not confirmed yet; paho retries after reconnect", topic)
+    def _retain(self, topic: str, payload: bytes) -> None:
+        self._retained[topic] = payload
+        if not self._link.publish(topic, payload, retain=True):
+            log.warning("publish on %s not confirmed yet; it is re-sent on reconnect", topic)
+
+    def _republish(self) -> None:
+        # On paho's thread after every (re)connect: a restarted broker may have
+        # lost its retained messages, and agents need key and round to go on.
+        for topic, payload in list(self._retained.items()):
+            self._link.publish(topic, payload, retain=True, wait=False)
 
     # --- inbound -------------------------------------------------------------
     def _drain(self, state: RoundState | None, timeout: float) -> None:
@@ -226,15 +345,7 @@ class Aggregator:
     def _handle(self, state: RoundState | None, topic: str, payload: bytes) -> None:
         topics = self.config.topics
         if (agent := topics.agent_of(topic, "status")) is not None:
-            try:
-                status = StatusMessage.from_bytes(payload)
-            except ProtocolError as exc:
-                log.warning("ignoring bad status on %s: %s", topic, exc)
-                return
-            if status.agent_id == agent:
-                if self.online.get(agent) != (status.state == "online"):
-                    log.info("agent %s is %s", agent, status.state)
-                self.online[agent] = status.state == "online"
+            self._on_status(agent, topic, payload)
             return
         if (agent := topics.agent_of(topic, "update")) is None:
             log.warning("ignoring message on unexpected topic %s", topic)
@@ -251,9 +362,24 @@ class Aggregator:
                      update.round_id)
             return
         try:
-            state.offer(update, agent)
+            state.offer(update, agent,
+                        commit=lambda _u: self.checkpoints.save_update(agent, payload))
+        except Redelivered:
+            log.debug("redelivery of %s's update ignored", agent)
+            return
         except Rejected as exc:
             log.warning("rejected update from %s: %s", agent, exc)
             return
         log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
                   len(state.expected))
+
+    def _on_status(self, agent: str, topic: str, payload: bytes) -> None:
+        try:
+            status = StatusMessage.from_bytes(payload)
+        except ProtocolError as exc:
+            log.warning("ignoring bad status on %s: %s", topic, exc)
+            return
+        if status.agent_id == agent:
+            if self.online.get(agent) != (status.state == "online"):
+                log.info("agent %s is %s", agent, status.state)
+            self.online[agent] = status.state == "online"

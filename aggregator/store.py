@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from models import ModelSpec, save_model
+from models import ModelError, ModelSpec, load_model, save_model
+from protocol.errors import ConfigError
 
 if TYPE_CHECKING:
     from aggregator.service import RoundResult
@@ -29,6 +30,19 @@ class RunStore:
                    version: int) -> None:
         save_model(self.model_path, spec, params,
                    metadata={"round": round_id, "model_version": version})
+
+    def load_params(self, spec: ModelSpec) -> tuple[NDArray[np.float64], int | None]:
+        """The saved global model and its version; (zeros, None) if there is none yet."""
+        if not self.model_path.exists():
+            return np.zeros(spec.n_params), None
+        try:
+            saved_spec, params, meta = load_model(self.model_path)
+        except ModelError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from exc
+        if saved_spec != spec:
+            raise ConfigError(f"{self.model_path} holds another model than the config; "
+                              "move it away to start a new run")
+        return params, int(meta.get("model_version", 0))
 
     def record(self, result: RoundResult) -> None:
         new = not self.log_path.exists()

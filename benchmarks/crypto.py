@@ -3,7 +3,7 @@
 Measures, per key size and parameter count d, in one run on this machine:
 
 - agent online time: from a finished local delta to the bytes ready to publish
-  (quantize, pack, encrypt with pooled obfuscators, serialize);
+  (quantize, pack, encrypt with pooled obfuscators, serialize, sign);
 - agent crypto CPU per round including precomputing that round's obfuscators
   (standard r^n and the DJN fixed-base variant), against the per-value codec
   encrypting every value with phe;
@@ -38,8 +38,10 @@ from protocol.paillier import (
     fingerprint,
     generate_keypair,
 )
+from protocol.signing import Signer
 from protocol.wire import UpdateMessage, encode_update
 
+_SIGNER = Signer.generate()  # the online time includes the update's Ed25519 signature
 DISTINCT_AGENTS = 8  # distinct encrypted updates; larger fleets cycle through them
 
 
@@ -70,8 +72,9 @@ def _payload(pub: PaillierPublicKey, params: CodecParams, cts: Sequence[int],
              n_values: int) -> bytes:
     fp = fingerprint(pub)
     return encode_update(UpdateMessage(
-        fleet="bench", round_id=1, agent_id="agent-0001", key_fingerprint=fp,
-        codec_digest=params.digest(fp), n_values=n_values, ciphertexts=tuple(cts)), pub)
+        fleet="bench", run_id="0123456789abcdef", round_id=1, agent_id="agent-0001",
+        key_fingerprint=fp, codec_digest=params.digest(fp), n_values=n_values,
+        ciphertexts=tuple(cts)), pub, _SIGNER)
 
 
 def _fleet(d: int, params: CodecParams, rng: np.random.Generator

@@ -19,6 +19,7 @@ from edge_agent.data import LocalData, load_csv
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, train_round
 from fedmq import __version__
+from fedmq.files import load_or_create_signer
 from fedmq.transport import Inbox, MqttLink
 from models import save_model
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
@@ -27,6 +28,8 @@ from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from protocol.obfuscation import make_obfuscators
 from protocol.paillier import PaillierPublicKey, encrypt_ints, public_key_from_hex
 from protocol.paillier import fingerprint as key_fingerprint
+from protocol.signing import Ed25519PublicKey, Signer
+from protocol.signing import public_key_from_hex as signing_key_from_hex
 from protocol.wire import UpdateMessage, encode_update
 
 log = logging.getLogger(__name__)
@@ -37,10 +40,12 @@ class UntrustedKey(FedmqError):
 
 
 class EdgeAgent:
-    def __init__(self, config: AgentConfig, *, data: LocalData | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, data: LocalData | None = None,
+                 signer: Signer | None = None) -> None:
         self.config = config
         self.data = data if data is not None else load_csv(
             config.data_path, config.features, config.label, delimiter=config.delimiter)
+        self.signer = signer or load_or_create_signer(config.signing_key_path)
         self.history: dict[int, LocalUpdate] = {}
         self.final_params: NDArray[np.float64] | None = None
         self._inbox = Inbox(maxsize=1000)
@@ -48,9 +53,12 @@ class EdgeAgent:
         self._killed = False
         self._key: PaillierPublicKey | None = None
         self._announced: PubKeyMessage | None = None
+        self._aggregator_key: Ed25519PublicKey | None = None
         self._codec: Codec | None = None
         self._pool: ObfuscatorPool | None = None
-        self._pending_round: RoundMessage | None = None
+        self._pending_round: bytes | None = None
+        self._not_selected: set[tuple[str, int]] = set()
+        self._run_id: str | None = None
         topics = config.topics
         self._status_topic = topics.status(config.agent_id)
         self._link = MqttLink(
@@ -85,8 +93,10 @@ class EdgeAgent:
 
     def run(self) -> None:
         """Serve rounds until the fleet finishes (or ``stop()``)."""
-        log.info("agent %s: %d local samples, features %s", self.config.agent_id,
-                 self.data.n_samples, ", ".join(self.data.features))
+        log.info("agent %s: %d local samples, features %s; signing key %s (enroll it on the "
+                 "gateway: fedmq enroll --agent %s --public-key %s)", self.config.agent_id,
+                 self.data.n_samples, ", ".join(self.data.features), self.signer.public_hex[:16],
+                 self.config.agent_id, self.signer.public_hex)
         self._link.connect()
         try:
             while not self._stop.is_set():
@@ -108,72 +118,77 @@ class EdgeAgent:
         try:
             if topic == topics.pubkey:
                 self._accept_key(PubKeyMessage.from_bytes(payload))
-                msg = self._pending_round
-            elif topic == topics.round:
-                msg = RoundMessage.from_bytes(payload)
-            else:
+                payload, self._pending_round = self._pending_round or b"", None
+                if not payload:
+                    return False
+            elif topic != topics.round:
                 return False
+            if self._aggregator_key is None:
+                self._pending_round = payload  # the retained key may arrive after the round
+                return False
+            msg = RoundMessage.from_bytes(payload, verify_with=self._aggregator_key)
         except ProtocolError as exc:
             log.warning("ignoring bad message on %s: %s", topic, exc)
             return False
         except UntrustedKey as exc:
             log.error("%s", exc)
             return False
-        return msg is not None and self._on_round(msg)
+        return self._on_round(msg)
 
     def _accept_key(self, msg: PubKeyMessage) -> None:
         key = public_key_from_hex(msg.n_hex)
         fp = key_fingerprint(key)
         if fp != msg.fingerprint:
             raise ProtocolError("announced fingerprint does not match the announced key")
-        trusted = self.config.key_fingerprint or self._remembered_key()
-        if trusted is None:
-            log.warning(
-                "TRUST ON FIRST USE: no key_fingerprint pinned in the agent config; trusting "
-                "aggregator key %s. Pin it under [fleet] key_fingerprint so a rogue broker "
-                "cannot substitute its own key.", fp)
-            self._remember_key(fp)
-        elif fp != trusted:
-            raise UntrustedKey(
-                f"REFUSING aggregator key {fp[:16]}...: this agent trusts {trusted[:16]}... "
-                "(pinned or first seen). Nothing will be sent under the new key.")
+        # Both keys are pinned (config) or trusted on first use and remembered:
+        # the Paillier key protects updates, the signing key protects the model.
+        self._trust("key_fingerprint", fp, self.config.key_fingerprint,
+                    self._announced.fingerprint if self._announced else None)
+        self._trust("aggregator_signing_key", msg.signing_key,
+                    self.config.aggregator_signing_key,
+                    self._announced.signing_key if self._announced else None)
         if self._key is None or self._key.n != key.n:
             # Obfuscators belong to one key: a new key starts a new pool.
             self._drop_pool()
             self._pool = ObfuscatorPool(make_obfuscators(self.config.obfuscators, key),
                                         target=self.config.obfuscator_pool)
         self._key, self._announced = key, msg
+        self._aggregator_key = signing_key_from_hex(msg.signing_key)
         self._codec = make_codec(msg.codec, key.n)
 
-    def _remembered_key(self) -> str | None:
-        if self._announced is not None:
-            return self._announced.fingerprint
-        if self.config.state_dir is None:
-            return None
-        path = Path(self.config.state_dir) / "trusted_key_fingerprint"
-        return path.read_text().strip() if path.exists() else None
+    def _trust(self, name: str, announced: str, pinned: str | None,
+               in_use: str | None) -> None:
+        remembered = self._state_file(f"trusted_{name}")
+        trusted = pinned or in_use or (
+            remembered.read_text().strip() if remembered and remembered.exists() else None)
+        if trusted is None:
+            log.warning(
+                "TRUST ON FIRST USE: no %s pinned in the agent config; trusting the "
+                "aggregator's %s... Pin it under [fleet] %s so a rogue broker cannot "
+                "substitute its own.", name, announced[:16], name)
+            if remembered is not None:
+                remembered.parent.mkdir(parents=True, exist_ok=True)
+                remembered.write_text(announced + "\n")
+        elif announced != trusted:
+            raise UntrustedKey(
+                f"REFUSING aggregator {name} {announced[:16]}...: this agent trusts "
+                f"{trusted[:16]}... (pinned or first seen). Nothing will be sent under it.")
 
-    def _remember_key(self, fp: str) -> None:
-        if self.config.state_dir is not None:
-            path = Path(self.config.state_dir)
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "trusted_key_fingerprint").write_text(fp + "\n")
+    def _state_file(self, name: str) -> Path | None:
+        return Path(self.config.state_dir) / name if self.config.state_dir else None
 
     def _on_round(self, msg: RoundMessage) -> bool:
         if msg.fleet != self.config.topics.fleet:
             log.warning("ignoring round for fleet %s", msg.fleet)
             return False
         if self._key is None or self._announced is None or self._codec is None:
-            self._pending_round = msg  # the retained key may arrive after the round
-            return False
-        self._pending_round = None
+            return False  # unreachable: rounds are parsed only once a key is trusted
         fp = self._announced.fingerprint
         if msg.key_fingerprint != fp or msg.codec_digest != self._announced.codec.digest(fp):
-            log.warning("round %d names another key or codec; waiting for its key", msg.round_id)
-            self._pending_round = msg
+            log.warning("round %d names another key or codec; ignoring it", msg.round_id)
             return False
         if msg.state == "finished":
-            if not self.history:
+            if msg.run_id != self._run_id:
                 # A retained announcement from an earlier run (brokers with persistence
                 # keep it): this agent took no part in it, so wait for the next run.
                 log.info("fleet already finished (model version %d) before this agent joined; "
@@ -181,8 +196,18 @@ class EdgeAgent:
                 return False
             self._finish(msg)
             return True
-        if msg.round_id in self.history:
-            return False  # retained copy or redelivery of a round already served
+        if msg.run_id != self._run_id:
+            if self._run_id is not None:
+                log.info("a new run %s started; joining it", msg.run_id)
+            self._run_id = msg.run_id
+            self.history.clear()
+        if msg.round_id in self.history or (msg.run_id, msg.round_id) in self._not_selected:
+            return False  # retained copy or redelivery of a round already handled
+        if not msg.selects(self.config.agent_id):
+            self._not_selected.add((msg.run_id, msg.round_id))
+            log.info("round %d: not selected (%d of the fleet are); idle", msg.round_id,
+                     len(msg.participants))
+            return False
         try:
             self._serve(msg, self._key, self._codec)
         except (ConfigError, ProtocolError) as exc:
@@ -203,9 +228,10 @@ class EdgeAgent:
         assert pool is not None  # created with the key
         ciphertexts = encrypt_ints(key, plaintexts, pool.take(len(plaintexts)))
         payload = encode_update(UpdateMessage(
-            fleet=msg.fleet, round_id=msg.round_id, agent_id=self.config.agent_id,
-            key_fingerprint=msg.key_fingerprint, codec_digest=msg.codec_digest,
-            n_values=len(values), ciphertexts=tuple(ciphertexts)), key)
+            fleet=msg.fleet, run_id=msg.run_id, round_id=msg.round_id,
+            agent_id=self.config.agent_id, key_fingerprint=msg.key_fingerprint,
+            codec_digest=msg.codec_digest, n_values=len(values),
+            ciphertexts=tuple(ciphertexts)), key, self.signer)
         encrypted = time.perf_counter()
         if self.config.obfuscator_pool == 0:
             pool.set_target(len(plaintexts))  # refill one round's worth while idle

@@ -58,6 +58,33 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return run_broker(args.config)
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from aggregator.allowlist import enroll, revoke
+    from aggregator.config import AggregatorConfig
+    from aggregator.keys import load_or_create_keypair
+    from fedmq.files import load_or_create_signer
+    from protocol.paillier import fingerprint
+
+    config = AggregatorConfig.from_file(args.config)
+    if args.revoke:
+        changed = revoke(config.allow_list_file, args.agent)
+        print(f"{args.agent} {'revoked' if changed else 'was not enrolled'} "
+              f"({config.allow_list_file})")
+        return 0
+    if not args.public_key:
+        raise ConfigError("enroll needs --public-key (on the device: fedmq agent --config "
+                          "agent.toml --show-public-key)")
+    changed = enroll(config.allow_list_file, args.agent, args.public_key)
+    public, _ = load_or_create_keypair(config.key_file, config.key_bits)
+    signer = load_or_create_signer(config.signing_key_file)
+    print(f"{args.agent} {'enrolled' if changed else 'already enrolled'} in "
+          f"{config.allow_list_file}")
+    print("pin these in the agent's config:\n[fleet]\n"
+          f'key_fingerprint = "{fingerprint(public)}"\n'
+          f'aggregator_signing_key = "{signer.public_hex}"')
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.crypto import BenchOptions, run
     from benchmarks.report import check_targets, tables, write_json
@@ -89,8 +116,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     if args.show_fingerprint:
         print(aggregator.fingerprint)
         return 0
-    log.info("key fingerprint %s: pin it in every agent config as [fleet] key_fingerprint",
-             aggregator.fingerprint)
+    log.info("pin in every agent config: [fleet] key_fingerprint = %s, aggregator_signing_key "
+             "= %s", aggregator.fingerprint, aggregator.signer.public_hex)
     _stop_on_sigterm(aggregator.stop)
     aggregator.run()
     log.info("all %d rounds done; final model in %s", config.policy.rounds,
@@ -102,7 +129,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import AgentConfig
 
-    agent = EdgeAgent(AgentConfig.from_file(args.config))
+    config = AgentConfig.from_file(args.config)
+    if args.show_public_key:
+        from fedmq.files import load_or_create_signer
+
+        print(load_or_create_signer(config.signing_key_path).public_hex)
+        return 0
+    agent = EdgeAgent(config)
     _stop_on_sigterm(agent.stop)
     agent.run()
     return 0
@@ -193,7 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on local CSV data each round and publish encrypted "
                        "updates. Raw data never leaves the device.")
     p.add_argument("--config", default="configs/agent.toml", help="agent TOML config")
+    p.add_argument("--show-public-key", action="store_true",
+                   help="print this agent's Ed25519 public key (created if missing) and exit; "
+                   "enroll it on the gateway")
     p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("enroll", help="allow an agent's signing key (gateway)",
+                       description="Add an agent's Ed25519 public key to the aggregator's "
+                       "allow-list (or --revoke it) and print the keys the agent must pin.")
+    p.add_argument("--config", default="configs/aggregator.toml", help="aggregator TOML config")
+    p.add_argument("--agent", required=True, help="agent id")
+    p.add_argument("--public-key", help="the agent's key: fedmq agent --show-public-key")
+    p.add_argument("--revoke", action="store_true", help="remove the agent from the allow-list")
+    p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("simulate", help="simulate a whole fleet on this machine",
                        description="Start the embedded broker on a free port, the aggregator "

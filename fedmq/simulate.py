@@ -34,6 +34,7 @@ from models import ModelSpec, make_model
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
+from protocol.signing import Ed25519PublicKey
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -222,13 +223,16 @@ class Simulation:
             training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
                                       learning_rate=opts.learning_rate, l2=opts.l2),
             codec=CodecParams(), state_dir=str(self.out_dir / "aggregator"),
+            signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
+            resume=False,  # every simulation is a new run on new data
         )
         label = TASKS[opts.task][0]
         self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
                       f"task {opts.task!r}, {opts.rounds} rounds, {opts.key_bits}-bit Paillier, "
                       f"broker on 127.0.0.1:{port}")
         t0 = time.perf_counter()
-        aggregator = Aggregator(agg_config, on_round=self._on_round)
+        enrolled: dict[str, Ed25519PublicKey] = {}  # filled as agents are created below
+        aggregator = Aggregator(agg_config, on_round=self._on_round, allow_list=enrolled)
         self.progress(f"aggregator key ready in {time.perf_counter() - t0:.1f} s "
                       f"(fingerprint {aggregator.fingerprint[:16]}...)")
         with EmbeddedBroker(BrokerSettings(port=port)):
@@ -237,8 +241,11 @@ class Simulation:
                     agent_id=dev.device_id, topics=topics, data_path=str(path),
                     features=synthetic.FEATURES, label=label, mqtt=mqtt,
                     key_fingerprint=aggregator.fingerprint,
+                    aggregator_signing_key=aggregator.signer.public_hex,
                     state_dir=str(self.out_dir / "agents" / dev.device_id), seed=opts.seed)
-                self.agents.append(EdgeAgent(cfg))
+                agent = EdgeAgent(cfg)
+                enrolled[agent.config.agent_id] = agent.signer.public_key  # fedmq enroll
+                self.agents.append(agent)
             threads = [threading.Thread(target=a.run, name=a.config.agent_id, daemon=True)
                        for a in self.agents]
             for t in threads:

@@ -101,6 +101,7 @@ class MqttLink:
         subscriptions: Sequence[tuple[str, int]] = (),
         will: tuple[str, bytes] | None = None,
         on_connect: Callable[[], None] | None = None,
+        clean_session: bool = True,
     ) -> None:
         self.settings = settings
         self._on_message = on_message
@@ -113,7 +114,9 @@ class MqttLink:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            # False: the broker queues QoS 1 messages for us while we are away
+            # (a restarting aggregator must not miss updates sent meanwhile).
+            clean_session=clean_session,
         )
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)

@@ -1,9 +1,10 @@
 """Versioned messages of the fedmq wire contract, and their (de)serialization.
 
 Control messages (pubkey, round, status, metrics) are small JSON documents with
-a ``schema`` field. Updates are binary (see ``protocol.wire``) because they are
-mostly ciphertexts. Nothing is ever pickled: a payload from the broker is
-untrusted input and is parsed field by field.
+a ``schema`` field. The aggregator's (pubkey, round, metrics) carry an Ed25519
+signature in ``sig``; agents verify it against the key they pinned. Updates are
+binary (see ``protocol.wire``) because they are mostly ciphertexts. Nothing is
+ever pickled: a payload from the broker is untrusted input, parsed field by field.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import numpy as np
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams, make_codec
 from protocol.errors import ProtocolError
+from protocol.signing import (
+    Ed25519PublicKey,
+    Signer,
+    public_key_from_hex,
+    sign_document,
+    verify_document,
+)
 from protocol.topics import check_name
 
 MAX_CONTROL_BYTES = 4 * 1024 * 1024
@@ -68,14 +76,16 @@ class PubKeyMessage:
     n_hex: str
     fingerprint: str
     codec: CodecParams
+    signing_key: str
     issued_at: float = field(default_factory=time.time)
 
-    SCHEMA = "fedmq.pubkey/1"
+    SCHEMA = "fedmq.pubkey/2"
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
         if len(self.fingerprint) != 64:
             raise ProtocolError("key fingerprint must be 64 hex characters")
+        public_key_from_hex(self.signing_key)
 
     def layout(self) -> dict[str, int]:
         """Slot width and slots per ciphertext, derived from codec and key.
@@ -89,22 +99,27 @@ class PubKeyMessage:
             raise ProtocolError("public key modulus is not a hex string") from exc
         return make_codec(self.codec, n).describe()
 
-    def to_bytes(self) -> bytes:
-        return dumps({
+    def to_bytes(self, signer: Signer) -> bytes:
+        if signer.public_hex != self.signing_key:
+            raise ProtocolError("pubkey message must be signed by the key it announces")
+        return sign_document({
             "schema": self.SCHEMA, "fleet": self.fleet, "n": self.n_hex,
             "fingerprint": self.fingerprint, "codec": self.codec.to_dict(),
             "codec_digest": self.codec.digest(self.fingerprint), "layout": self.layout(),
-            "issued_at": self.issued_at,
-        })
+            "signing_key": self.signing_key, "issued_at": self.issued_at,
+        }, signer)
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> PubKeyMessage:
+        """Parse and check the self-signature; the caller compares keys with its pins."""
         doc = loads(payload, cls.SCHEMA)
         msg = cls(
             fleet=_get(doc, "fleet", str), n_hex=_get(doc, "n", str),
             fingerprint=_get(doc, "fingerprint", str),
-            codec=CodecParams.from_dict(doc.get("codec")), issued_at=_number(doc, "issued_at"),
+            codec=CodecParams.from_dict(doc.get("codec")),
+            signing_key=_get(doc, "signing_key", str), issued_at=_number(doc, "issued_at"),
         )
+        verify_document(doc, public_key_from_hex(msg.signing_key))
         if doc.get("codec_digest") != msg.codec.digest(msg.fingerprint):
             raise ProtocolError("codec digest does not match the announced parameters")
         if doc.get("layout") != msg.layout():
@@ -158,12 +173,17 @@ class RoundMessage:
     settings: TrainingSettings
     key_fingerprint: str
     codec_digest: str
+    run_id: str
+    participants: tuple[str, ...] = ()  # sampled agents; empty: every online agent
     issued_at: float = field(default_factory=time.time)
 
-    SCHEMA = "fedmq.round/1"
+    SCHEMA = "fedmq.round/2"
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
+        check_name(self.run_id, "run id", ProtocolError)
+        for agent in self.participants:
+            check_name(agent, "participant", ProtocolError)
         if self.round_id < 1 or self.model_version < 0:
             raise ProtocolError("round_id must be >= 1 and model_version >= 0")
         if self.state not in ROUND_STATES:
@@ -180,20 +200,31 @@ class RoundMessage:
     def params_array(self) -> np.ndarray:
         return np.asarray(self.params, dtype=np.float64)
 
-    def to_bytes(self) -> bytes:
-        return dumps({
+    def selects(self, agent_id: str) -> bool:
+        return not self.participants or agent_id in self.participants
+
+    def to_bytes(self, signer: Signer) -> bytes:
+        return sign_document({
             "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
             "model_version": self.model_version, "state": self.state,
             "model": self.spec.to_dict(), "params": list(self.params),
             "deadline": self.deadline, "settings": self.settings.to_dict(),
             "key_fingerprint": self.key_fingerprint, "codec_digest": self.codec_digest,
+            "run": self.run_id, "participants": list(self.participants),
             "issued_at": self.issued_at,
-        })
+        }, signer)
 
     @classmethod
-    def from_bytes(cls, payload: bytes) -> RoundMessage:
+    def from_bytes(cls, payload: bytes, *,
+                   verify_with: Ed25519PublicKey | None = None) -> RoundMessage:
+        """Parse; with ``verify_with``, also require the aggregator's signature."""
         doc = loads(payload, cls.SCHEMA)
+        if verify_with is not None:
+            verify_document(doc, verify_with)
         params = _get(doc, "params", list)
+        participants = _get(doc, "participants", list)
+        if not all(isinstance(p, str) for p in participants):
+            raise ProtocolError("participants must be a list of agent ids")
         if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in params):
             raise ProtocolError("params must be a list of numbers")
         try:
@@ -206,7 +237,8 @@ class RoundMessage:
             spec=spec, params=tuple(float(p) for p in params), deadline=_number(doc, "deadline"),
             settings=TrainingSettings.from_dict(doc.get("settings")),
             key_fingerprint=_get(doc, "key_fingerprint", str),
-            codec_digest=_get(doc, "codec_digest", str), issued_at=_number(doc, "issued_at"),
+            codec_digest=_get(doc, "codec_digest", str), run_id=_get(doc, "run", str),
+            participants=tuple(participants), issued_at=_number(doc, "issued_at"),
         )
 
 
@@ -259,15 +291,18 @@ class MetricsMessage:
     closed_by: str
     issued_at: float = field(default_factory=time.time)
 
-    SCHEMA = "fedmq.metrics/1"
+    SCHEMA = "fedmq.metrics/2"
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, signer: Signer) -> bytes:
         doc = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return dumps({"schema": self.SCHEMA, **doc})
+        return sign_document({"schema": self.SCHEMA, **doc}, signer)
 
     @classmethod
-    def from_bytes(cls, payload: bytes) -> MetricsMessage:
+    def from_bytes(cls, payload: bytes, *,
+                   verify_with: Ed25519PublicKey | None = None) -> MetricsMessage:
         doc = loads(payload, cls.SCHEMA)
+        if verify_with is not None:
+            verify_document(doc, verify_with)
         try:
             return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as exc:

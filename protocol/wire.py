@@ -1,17 +1,20 @@
-"""Binary update messages: a small versioned header, then fixed-length ciphertexts.
+"""Binary update messages: a small versioned header, ciphertexts, an Ed25519 signature.
 
 Layout (all integers big-endian)::
 
-    b"FMQU" | version u8 | header length u16 | header (UTF-8 JSON) | ciphertexts
+    b"FMQU" | version u8 | header length u16 | header (UTF-8 JSON) | ciphertexts | signature
 
-The header names fleet, round, agent, key fingerprint and codec digest so a
-receiver can reject a payload meant for another key or contract before it
-touches a single ciphertext. Ciphertexts are ``count`` blocks of exactly
-``size`` bytes (the byte length of n^2): no decimal strings, no base64.
+The header names fleet, run, round, agent, key fingerprint and codec digest so
+a receiver can reject a payload meant for another key, contract or run before
+it touches a single ciphertext. Ciphertexts are ``count`` blocks of exactly
+``size`` bytes (the byte length of n^2): no decimal strings, no base64. The
+64-byte signature covers everything before it, so neither a header field nor a
+re-randomised ciphertext can be changed without the agent's key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -24,67 +27,89 @@ from protocol.paillier import (
     ciphertexts_to_bytes,
     fingerprint,
 )
+from protocol.signing import SIGNATURE_BYTES, UPDATE_DOMAIN, Ed25519PublicKey, Signer, verify
 from protocol.topics import check_name
 
 MAGIC = b"FMQU"
-VERSION = 1
+VERSION = 2
+SCHEMA = "fedmq.update/2"
 MAX_HEADER = 4096
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 _PREFIX = struct.Struct(">4sBH")
+_FIELDS = {"fleet": str, "run": str, "round": int, "agent": str, "key": str, "codec": str,
+           "values": int, "count": int, "size": int}
 
 
 @dataclass(frozen=True)
 class UpdateMessage:
-    """One agent's encrypted, weighted model update for one round."""
+    """One agent's encrypted, weighted model update for one round.
+
+    ``signed_hash`` (SHA-256 of the signed bytes) and ``signature`` are filled by
+    decode_update; they tell a redelivery (same hash) from a second update.
+    """
 
     fleet: str
+    run_id: str
     round_id: int
     agent_id: str
     key_fingerprint: str
     codec_digest: str
     n_values: int
     ciphertexts: tuple[int, ...]
+    signed_hash: bytes = b""
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
         check_name(self.agent_id, "agent id", ProtocolError)
+        check_name(self.run_id, "run id", ProtocolError)
         if self.round_id < 1 or self.n_values < 1 or not self.ciphertexts:
             raise ProtocolError("update needs round >= 1, n_values >= 1 and ciphertexts")
 
+    def verify(self, key: Ed25519PublicKey) -> None:
+        """Raise ProtocolError unless the agent's key signed exactly this payload."""
+        if len(self.signature) != SIGNATURE_BYTES or len(self.signed_hash) != 32:
+            raise ProtocolError("update is not signed")
+        # The signature is over the payload's hash; verify() hashes its input again.
+        verify(key, UPDATE_DOMAIN, self.signed_hash, self.signature)
 
-def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey) -> bytes:
+
+def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey, signer: Signer) -> bytes:
     header = json.dumps({
-        "schema": "fedmq.update/1", "fleet": msg.fleet, "round": msg.round_id,
+        "schema": SCHEMA, "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id,
         "agent": msg.agent_id, "key": msg.key_fingerprint, "codec": msg.codec_digest,
         "values": msg.n_values, "count": len(msg.ciphertexts),
         "size": ciphertext_size(public_key),
     }, separators=(",", ":")).encode()
-    body = ciphertexts_to_bytes(public_key, msg.ciphertexts)
-    return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + body
+    body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
+        ciphertexts_to_bytes(public_key, msg.ciphertexts)
+    return body + signer.sign(UPDATE_DOMAIN, hashlib.sha256(body).digest())
 
 
 def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessage:
-    """Parse and validate an update made for ``public_key``; raise ProtocolError otherwise."""
+    """Parse and validate an update made for ``public_key``; raise ProtocolError otherwise.
+
+    Checks structure and every ciphertext; the signature is checked by the
+    receiver with the sender's key (``UpdateMessage.verify``).
+    """
     if len(payload) > MAX_UPDATE_BYTES:
         raise ProtocolError(f"update of {len(payload)} bytes exceeds {MAX_UPDATE_BYTES}")
-    if len(payload) < _PREFIX.size:
-        raise ProtocolError("update shorter than its fixed prefix")
+    if len(payload) < _PREFIX.size + SIGNATURE_BYTES:
+        raise ProtocolError("update shorter than its fixed prefix and signature")
     magic, version, header_len = _PREFIX.unpack_from(payload)
     if magic != MAGIC:
         raise ProtocolError("not a fedmq update (bad magic)")
     if version != VERSION:
-        raise ProtocolError(f"unsupported update version {version}")
-    if header_len > MAX_HEADER or _PREFIX.size + header_len > len(payload):
+        raise ProtocolError(f"unsupported update version {version} (this is {VERSION})")
+    if header_len > MAX_HEADER or _PREFIX.size + header_len + SIGNATURE_BYTES > len(payload):
         raise ProtocolError("update header length is out of range")
     try:
         header = json.loads(payload[_PREFIX.size:_PREFIX.size + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"update header is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or header.get("schema") != "fedmq.update/1":
+    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
         raise ProtocolError("update header has the wrong schema")
-    fields = {"fleet": str, "round": int, "agent": str, "key": str, "codec": str,
-              "values": int, "count": int, "size": int}
-    for name, kind in fields.items():
+    for name, kind in _FIELDS.items():
         value = header.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ProtocolError(f"update header field {name!r} missing or mistyped")
@@ -92,10 +117,12 @@ def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessag
         raise KeyMismatchError("update was encrypted for another public key")
     if header["size"] != ciphertext_size(public_key) or not 0 < header["count"] <= 1 << 20:
         raise KeyMismatchError("update ciphertext size or count does not fit this key")
-    body = payload[_PREFIX.size + header_len:]
-    ciphertexts = ciphertexts_from_bytes(public_key, body, header["count"])
+    signed, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
+    ciphertexts = ciphertexts_from_bytes(public_key, signed[_PREFIX.size + header_len:],
+                                         header["count"])
     return UpdateMessage(
-        fleet=header["fleet"], round_id=header["round"], agent_id=header["agent"],
-        key_fingerprint=header["key"], codec_digest=header["codec"],
+        fleet=header["fleet"], run_id=header["run"], round_id=header["round"],
+        agent_id=header["agent"], key_fingerprint=header["key"], codec_digest=header["codec"],
         n_values=header["values"], ciphertexts=tuple(ciphertexts),
+        signed_hash=hashlib.sha256(signed).digest(), signature=signature,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SPEC, agent_config, local_data
+from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
 
 from aggregator.config import AggregatorConfig, RoundPolicy
 from aggregator.service import Aggregator
@@ -45,7 +45,8 @@ def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
             training=TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
             state_dir=str(tmp_path / "aggregator"),
         )
-        return Aggregator(config, keypair=keypair)
+        return Aggregator(config, keypair=keypair, signer=AGGREGATOR_SIGNER,
+                          allow_list=EnrolledFleet())
     return make
 
 

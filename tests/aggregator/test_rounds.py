@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import gmpy2
 import pytest
+from support import EnrolledFleet, signer_for
 
-from aggregator.rounds import Rejected, RoundState
+from aggregator.rounds import Redelivered, Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
-from protocol.paillier import decrypt_ints, encrypt_ints, fingerprint
-from protocol.wire import UpdateMessage
+from protocol.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
+from protocol.signing import Signer
+from protocol.wire import UpdateMessage, decode_update, encode_update
 
 
 @pytest.fixture
@@ -13,16 +16,21 @@ def state(keypair):
     pub, _ = keypair
     params = CodecParams(max_agents=5)
     return RoundState(
-        fleet="f", round_id=4, expected=frozenset({"a", "b", "c"}), deadline=100.0, quorum=2,
-        n_values=2, key_fingerprint=fingerprint(pub), codec_digest=params.digest(fingerprint(pub)),
-        codec=make_codec(params, pub.n), public_key=pub, opened_at=0.0)
+        fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b", "c"}),
+        deadline=100.0, quorum=2, n_values=2, key_fingerprint=fingerprint(pub),
+        codec_digest=params.digest(fingerprint(pub)), codec=make_codec(params, pub.n),
+        public_key=pub, allow_list=EnrolledFleet(), opened_at=0.0)
 
 
-def update(state, agent, values=(10, 20), **kw):
+def update(state, agent, values=(10, 20), signer: Signer | None = None, **kw):
+    """A signed update as it arrives off the wire (encoded, then decoded)."""
     cts = encrypt_ints(state.public_key, state.codec.encode(values))
-    base = dict(fleet="f", round_id=4, agent_id=agent, key_fingerprint=state.key_fingerprint,
-                codec_digest=state.codec_digest, n_values=2, ciphertexts=tuple(cts))
-    return UpdateMessage(**{**base, **kw})
+    base = dict(fleet="f", run_id="run1", round_id=4, agent_id=agent,
+                key_fingerprint=state.key_fingerprint, codec_digest=state.codec_digest,
+                n_values=2, ciphertexts=tuple(cts))
+    msg = UpdateMessage(**{**base, **kw})
+    payload = encode_update(msg, state.public_key, signer or signer_for(agent))
+    return decode_update(payload, state.public_key)
 
 
 def test_accepts_and_sums(state, keypair):
@@ -35,11 +43,11 @@ def test_accepts_and_sums(state, keypair):
 
 
 @pytest.mark.parametrize("change,reason", [
-    ({"round_id": 3}, "late update for closed round"),
+    ({"round_id": 3}, "late or replayed update for closed round"),
     ({"round_id": 5}, "not open"),
     ({"fleet": "g"}, "fleet"),
+    ({"run_id": "run0"}, "not this run"),
     ({"codec_digest": "x" * 32}, "another key or codec"),
-    ({"key_fingerprint": "0" * 64}, "another key or codec"),
     ({"n_values": 3}, "carries 3 values"),
 ])
 def test_rejects_without_touching_the_sum(state, change, reason):
@@ -55,13 +63,61 @@ def test_agent_id_must_match_topic(state):
         state.offer(update(state, "a"), "b")
 
 
-def test_duplicate_counts_once(state):
+def test_unenrolled_agent_is_rejected(state):
+    with pytest.raises(Rejected, match="not enrolled"):
+        state.offer(update(state, "unenrolled-x"), "unenrolled-x")
+
+
+def test_update_signed_with_another_key_is_rejected(state):
+    with pytest.raises(Rejected, match="bad signature"):
+        state.offer(update(state, "a", signer=Signer.generate()), "a")
+    assert state.accepted == []
+
+
+def test_rerandomised_replay_breaks_the_signature(state):
+    """A broker multiplying each ciphertext by an encryption of 0 keeps the plaintexts
+    and changes every byte: the agent's signature no longer matches."""
+    pub = state.public_key
+    cts = encrypt_ints(pub, state.codec.encode((10, 20)))
+    payload = encode_update(UpdateMessage(
+        fleet="f", run_id="run1", round_id=4, agent_id="a", key_fingerprint=state.key_fingerprint,
+        codec_digest=state.codec_digest, n_values=2, ciphertexts=tuple(cts)), pub,
+        signer_for("a"))
+    zero = encrypt_ints(pub, [0])[0]
+    size = ciphertext_size(pub)
+    body_end = len(payload) - 64
+    fresh = b"".join(int(gmpy2.f_mod(c * zero, pub.nsquare)).to_bytes(size, "big") for c in cts)
+    replayed = payload[:body_end - len(fresh)] + fresh + payload[body_end:]
+    with pytest.raises(Rejected, match="bad signature"):
+        state.offer(decode_update(replayed, pub), "a")
+    state.offer(decode_update(payload, pub), "a")  # the genuine one still counts
+
+
+def test_redelivery_counts_once_and_second_update_is_rejected(state):
     first = update(state, "a")
     state.offer(first, "a")
     snapshot = list(state.ciphertext_sum)
-    with pytest.raises(Rejected, match="duplicate"):
+    with pytest.raises(Redelivered):
         state.offer(first, "a")
-    assert state.ciphertext_sum == snapshot and state.accepted == ["a"]
+    assert state.rejected == 0  # a QoS 1 duplicate is not an attack
+    with pytest.raises(Rejected, match="second, different update"):
+        state.offer(update(state, "a", (1, 1)), "a")
+    assert state.ciphertext_sum == snapshot and state.accepted == ["a"] and state.rejected == 1
+
+
+def test_sampled_round_accepts_only_selected_agents(state):
+    state.sampled = True
+    with pytest.raises(Rejected, match="not selected"):
+        state.offer(update(state, "d"), "d")
+    state.offer(update(state, "a"), "a")
+
+
+def test_commit_failure_rejects_without_counting(state):
+    def fail(_u):
+        raise OSError("disk full")
+    with pytest.raises(Rejected, match="persist"):
+        state.offer(update(state, "a"), "a", commit=fail)
+    assert state.accepted == [] and state.ciphertext_sum is None
 
 
 def test_max_agents_is_enforced(state):

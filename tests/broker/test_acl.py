@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support import agent_config, local_data
+from support import AGGREGATOR_SIGNER, EnrolledFleet, agent_config, local_data
 
 from aggregator.service import Aggregator
 from broker.acl import FleetAcl, password_file_users
@@ -175,7 +175,8 @@ def test_a_fleet_round_runs_under_the_acl(password_file, make_aggregator, keypai
         for t in threads:
             t.start()
         config = make_aggregator(port, rounds=1, quorum=2, min_agents=2).config
-        aggregator = Aggregator(replace(config, mqtt=mqtt("aggregator")), keypair=keypair)
+        aggregator = Aggregator(replace(config, mqtt=mqtt("aggregator")), keypair=keypair,
+                                signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet())
         try:
             aggregator.run()
         finally:

@@ -14,7 +14,7 @@ def round_for(spec, params=None):
     return RoundMessage(fleet="f", round_id=1, model_version=0, state="training", spec=spec,
                         params=tuple(params if params is not None else np.zeros(spec.n_params)),
                         deadline=0.0, settings=TrainingSettings(epochs=3, learning_rate=0.1),
-                        key_fingerprint="k" * 64, codec_digest="d" * 32)
+                        key_fingerprint="k" * 64, codec_digest="d" * 32, run_id="r1")
 
 
 def test_update_is_local_minus_global_and_lowers_local_loss():

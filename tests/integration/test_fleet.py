@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import FEATURES, agent_config, local_data, run_in_thread
+from support import FEATURES, agent_config, local_data, run_in_thread, signer_for
 
 from aggregator.fedavg import weighted_average
 from edge_agent.agent import EdgeAgent
@@ -83,7 +83,7 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
     # What the broker carries is ciphertext: binary, fixed length, nothing readable.
     assert len(sniffer.updates) == 6
     per_update = 1 if codec == "packed/1" else 5  # 4 parameters + the weight
-    for topic, payload in sniffer.updates:
+    for _topic, payload in sniffer.updates:
         assert payload.startswith(MAGIC)
         msg = decode_update(payload, aggregator.public_key)
         assert len(msg.ciphertexts) == per_update
@@ -91,9 +91,9 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
         # The only plaintext is the routing header: no weight, no values, no loss.
         header_len = int.from_bytes(payload[5:7], "big")
         header = json.loads(payload[7:7 + header_len])
-        assert set(header) == {"schema", "fleet", "round", "agent", "key", "codec", "values",
-                               "count", "size"}
-        assert len(payload) == 7 + header_len + per_update * 128
+        assert set(header) == {"schema", "fleet", "run", "round", "agent", "key", "codec",
+                               "values", "count", "size"}
+        assert len(payload) == 7 + header_len + per_update * 128 + 64  # + Ed25519 signature
 
 
 def test_malformed_and_foreign_payloads_do_not_stop_the_round(broker_port, make_aggregator,
@@ -106,9 +106,9 @@ def test_malformed_and_foreign_payloads_do_not_stop_the_round(broker_port, make_
     attacker.connect()
     other_pub, _ = generate_keypair(512)
     foreign = encode_update(UpdateMessage(
-        fleet="test", round_id=1, agent_id="agent-0", key_fingerprint="0" * 64,
+        fleet="test", run_id="r", round_id=1, agent_id="agent-0", key_fingerprint="0" * 64,
         codec_digest=CodecParams().digest("0" * 64), n_values=5,
-        ciphertexts=tuple(encrypt_ints(other_pub, [1] * 5))), other_pub)
+        ciphertexts=tuple(encrypt_ints(other_pub, [1] * 5))), other_pub, signer_for("agent-0"))
     garbage = [b"", b"hello", b"FMQU\x01\xff\xff", MAGIC + bytes(500), foreign]
     while thread.is_alive():
         for payload in garbage:
@@ -127,10 +127,13 @@ def _agent_process(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     csv_path = tmp_path / "dev-9.csv"
     np.savetxt(csv_path, np.column_stack([data.X, data.y]), delimiter=",",
                header=",".join((*FEATURES, "y")), comments="")
+    key_file = tmp_path / "agent-9.key"
+    key_file.write_bytes(signer_for("agent-9").to_pem())
     config = tmp_path / "agent.toml"
     config.write_text(f"""
 [agent]
 id = "agent-9"
+signing_key_file = "{key_file}"
 [fleet]
 name = "test"
 [mqtt]

@@ -17,42 +17,78 @@ from protocol.messages import (
     StatusMessage,
     TrainingSettings,
 )
+from protocol.signing import Signer, sign_document
 
 SPEC = ModelSpec(kind="logistic", features=("a", "b"), n_classes=2)
+SIGNER = Signer.from_seed(b"messages-test")
 
 
 def round_msg(**kw):
     base = dict(fleet="f", round_id=3, model_version=2, state="training", spec=SPEC,
                 params=(0.1, -0.2, 0.3), deadline=1e9, settings=TrainingSettings(),
-                key_fingerprint="k" * 64, codec_digest="d" * 32, issued_at=1.7e9)
+                key_fingerprint="k" * 64, codec_digest="d" * 32, run_id="run1",
+                issued_at=1.7e9)
     return RoundMessage(**{**base, **kw})
 
 
-def test_round_message_round_trip_is_exact():
-    msg = round_msg(params=(0.1, -1 / 3, 1e-300))
-    assert RoundMessage.from_bytes(msg.to_bytes()) == msg
+def pubkey_msg(pub):
+    return PubKeyMessage(fleet="f", n_hex=format(pub.n, "x"), fingerprint="0" * 64,
+                         codec=CodecParams(), signing_key=SIGNER.public_hex)
 
 
-def test_pubkey_message_round_trip_and_digest_check(keypair):
+def test_round_message_round_trip_is_exact_and_signed():
+    msg = round_msg(params=(0.1, -1 / 3, 1e-300), participants=("pi-1", "pi-2"))
+    payload = msg.to_bytes(SIGNER)
+    assert RoundMessage.from_bytes(payload, verify_with=SIGNER.public_key) == msg
+    assert msg.selects("pi-1") and not msg.selects("pi-3") and round_msg().selects("any")
+    with pytest.raises(ProtocolError, match="bad signature"):
+        RoundMessage.from_bytes(payload, verify_with=Signer.generate().public_key)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("params", [9.0, 9.0, 9.0]), ("round", 4), ("run", "run2"), ("participants", ["evil"]),
+    ("state", "finished"),
+])
+def test_any_change_to_a_signed_round_breaks_the_signature(field, value):
+    doc = json.loads(round_msg().to_bytes(SIGNER))
+    doc[field] = value
+    with pytest.raises(ProtocolError, match="bad signature"):
+        RoundMessage.from_bytes(json.dumps(doc).encode(), verify_with=SIGNER.public_key)
+
+
+def test_unsigned_round_is_refused_when_a_key_is_pinned():
+    doc = json.loads(round_msg().to_bytes(SIGNER))
+    del doc["sig"]
+    with pytest.raises(ProtocolError, match="not signed"):
+        RoundMessage.from_bytes(json.dumps(doc).encode(), verify_with=SIGNER.public_key)
+
+
+def test_pubkey_message_round_trip_is_self_signed(keypair):
     pub, _ = keypair
-    msg = PubKeyMessage(fleet="f", n_hex=format(pub.n, "x"), fingerprint="0" * 64,
-                        codec=CodecParams())
-    assert PubKeyMessage.from_bytes(msg.to_bytes()) == msg
-    doc = json.loads(msg.to_bytes())
+    msg = pubkey_msg(pub)
+    assert PubKeyMessage.from_bytes(msg.to_bytes(SIGNER)) == msg
+    doc = json.loads(msg.to_bytes(SIGNER))
     assert doc["layout"] == {"slot_bits": 44, "slots": 11}  # 511 usable bits / 44
     doc["codec"]["clip"] = 99.0  # a broker tampering with the contract
-    with pytest.raises(ProtocolError, match="digest"):
+    with pytest.raises(ProtocolError, match="bad signature"):
         PubKeyMessage.from_bytes(json.dumps(doc).encode())
+    with pytest.raises(ProtocolError, match="signed by the key it announces"):
+        msg.to_bytes(Signer.generate())
 
 
-def test_pubkey_message_with_a_layout_that_does_not_follow_is_refused(keypair):
+def test_pubkey_message_checks_digest_and_layout_before_trusting_them(keypair):
     pub, _ = keypair
+    signer = Signer.generate()
     msg = PubKeyMessage(fleet="f", n_hex=format(pub.n, "x"), fingerprint="0" * 64,
-                        codec=CodecParams())
-    doc = json.loads(msg.to_bytes())
+                        codec=CodecParams(), signing_key=signer.public_hex)
+    doc = json.loads(msg.to_bytes(signer))
     doc["layout"]["slots"] = 12  # would make agents pack past the headroom
     with pytest.raises(ProtocolError, match="layout"):
-        PubKeyMessage.from_bytes(json.dumps(doc).encode())
+        PubKeyMessage.from_bytes(sign_document(doc, signer))
+    doc = json.loads(msg.to_bytes(signer))
+    doc["codec_digest"] = "0" * 32
+    with pytest.raises(ProtocolError, match="digest"):
+        PubKeyMessage.from_bytes(sign_document(doc, signer))
 
 
 def test_status_and_metrics_round_trip():
@@ -61,11 +97,11 @@ def test_status_and_metrics_round_trip():
     m = MetricsMessage(fleet="f", round_id=1, model_version=1, expected=3, reported=2,
                        rejected=1, total_weight=10.0, seconds=0.5, update_norm=0.1,
                        closed_by="deadline")
-    assert MetricsMessage.from_bytes(m.to_bytes()) == m
+    assert MetricsMessage.from_bytes(m.to_bytes(SIGNER), verify_with=SIGNER.public_key) == m
 
 
 @pytest.mark.parametrize("payload", [
-    b"", b"\xff\xfe", b"[]", b"null", b'{"schema": "fedmq.round/2"}',
+    b"", b"\xff\xfe", b"[]", b"null", b'{"schema": "fedmq.round/1"}',
     b'{"schema": "fedmq.status/1"}', b"{" * 100_000,
 ])
 def test_malformed_payloads_raise_protocol_error(payload):
@@ -78,14 +114,14 @@ def test_malformed_payloads_raise_protocol_error(payload):
     ("state", "paused"), ("model", {"kind": "tree"}), ("settings", {"epochs": 0}),
 ])
 def test_round_message_field_validation(field, value):
-    doc = json.loads(round_msg().to_bytes())
+    doc = json.loads(round_msg().to_bytes(SIGNER))
     doc[field] = value
     with pytest.raises(ProtocolError):
         RoundMessage.from_bytes(json.dumps(doc).encode())
 
 
 def test_non_finite_numbers_are_refused():
-    doc = json.loads(round_msg().to_bytes())
+    doc = json.loads(round_msg().to_bytes(SIGNER))
     text = json.dumps(doc).replace('"deadline": 1000000000.0', '"deadline": NaN')
     with pytest.raises(ProtocolError):
         RoundMessage.from_bytes(text.encode())
@@ -104,7 +140,9 @@ json_values = st.recursive(
 @given(st.dictionaries(st.sampled_from(["schema", "fleet", "round", "model_version", "state",
                                         "model", "params", "deadline", "settings", "agent",
                                         "key_fingerprint", "codec_digest", "issued_at", "n",
-                                        "fingerprint", "codec", "codec_digest", "codecs"]),
+                                        "fingerprint", "codec", "codec_digest", "codecs",
+                                        "run", "participants", "signing_key", "sig",
+                                        "layout"]),
                        json_values, max_size=12),
        st.sampled_from([RoundMessage, PubKeyMessage, StatusMessage]))
 def test_random_json_documents_only_raise_protocol_error(doc, kind):
@@ -116,8 +154,11 @@ def test_random_json_documents_only_raise_protocol_error(doc, kind):
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_mutated_round_messages_only_raise_protocol_error(data):
-    payload = bytearray(round_msg().to_bytes())
+    original = round_msg().to_bytes(SIGNER)
+    payload = bytearray(original)
     for _ in range(data.draw(st.integers(1, 5))):
         payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
     with contextlib.suppress(ProtocolError):  # anything else fails the test
-        RoundMessage.from_bytes(bytes(payload))
+        msg = RoundMessage.from_bytes(bytes(payload), verify_with=SIGNER.public_key)
+        # Only mutations that change nothing the signature covers may pass.
+        assert msg == RoundMessage.from_bytes(original)
