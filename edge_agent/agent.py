@@ -59,6 +59,7 @@ class EdgeAgent:
         self._pending_round: bytes | None = None
         self._not_selected: set[tuple[str, int]] = set()
         self._run_id: str | None = None
+        self._sent: tuple[str, int, bytes, float] | None = None
         topics = config.topics
         self._status_topic = topics.status(config.agent_id)
         self._link = MqttLink(
@@ -201,7 +202,10 @@ class EdgeAgent:
                 log.info("a new run %s started; joining it", msg.run_id)
             self._run_id = msg.run_id
             self.history.clear()
-        if msg.round_id in self.history or (msg.run_id, msg.round_id) in self._not_selected:
+        if msg.round_id in self.history:
+            self._resend(msg)
+            return False
+        if (msg.run_id, msg.round_id) in self._not_selected:
             return False  # retained copy or redelivery of a round already handled
         if not msg.selects(self.config.agent_id):
             self._not_selected.add((msg.run_id, msg.round_id))
@@ -239,12 +243,28 @@ class EdgeAgent:
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
             pool.refill()
             return
+        self._sent = (msg.run_id, msg.round_id, payload, time.monotonic())
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
         pool.refill()
         log.info("round %d: loss %.4f -> %.4f on %d samples; train %.0f ms, encrypt %.1f ms "
                  "(%d ciphertexts), %d bytes", msg.round_id, update.loss_before,
                  update.loss_after, update.weight, 1000 * (trained - started),
                  1000 * (encrypted - trained), len(ciphertexts), len(payload))
+
+    def _resend(self, msg: RoundMessage) -> None:
+        """The open round was announced again (the aggregator or the broker restarted):
+        send the same signed bytes again. The aggregator counts an identical payload
+        once, and one it missed (lost in flight, or sent to a broker that went down)
+        now arrives."""
+        if self._sent is None or msg.state != "training":
+            return
+        run_id, round_id, payload, sent_at = self._sent
+        # Brokers may deliver a retained message twice; one resend per second is plenty.
+        if (run_id, round_id) == (msg.run_id, msg.round_id) and time.monotonic() - sent_at > 1:
+            log.info("round %d announced again; re-sending this agent's update", round_id)
+            self._sent = (run_id, round_id, payload, time.monotonic())
+            self._link.publish(self.config.topics.update(self.config.agent_id), payload,
+                               wait=False)
 
     def _finish(self, msg: RoundMessage) -> None:
         self.final_params = msg.params_array

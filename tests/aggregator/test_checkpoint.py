@@ -1,0 +1,148 @@
+"""Restart state of the aggregator: checkpoint files and where a restarted run resumes."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
+
+from aggregator.checkpoint import Checkpoints, RunCheckpoint
+from aggregator.service import Aggregator, RoundFailed
+from edge_agent.agent import EdgeAgent
+from protocol.errors import ConfigError
+
+
+def checkpoint(**kw):
+    base = dict(run_id="r1", fleet="test", key_fingerprint="k" * 64, codec_digest="c" * 32,
+                round_id=3, model_version=2, status="open", expected=("a", "b"),
+                sampled=True, opened_at=1.0, deadline=2.0, extensions=1)
+    return RunCheckpoint(**{**base, **kw})
+
+
+def test_checkpoint_round_trip_and_accepted_payloads(tmp_path):
+    cps = Checkpoints(tmp_path)
+    assert cps.load() is None
+    cps.save(checkpoint())
+    assert cps.load() == checkpoint()
+    cps.save_update("a", b"payload-a")
+    cps.save_update("b", b"payload-b")
+    assert cps.load_updates() == [("a", b"payload-a"), ("b", b"payload-b")]
+    cps.clear_updates()
+    assert cps.load_updates() == []
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+@pytest.mark.parametrize("content", ["{", '{"schema": "other"}', '{"schema": '
+                                     '"fedmq.aggregator-state/1", "status": "weird"}'])
+def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
+    (tmp_path / "run.json").write_text(content)
+    with pytest.raises(ConfigError, match="cannot resume"):
+        Checkpoints(tmp_path).load()
+
+
+def test_agent_ids_cannot_escape_the_state_dir(tmp_path):
+    with pytest.raises(ConfigError):
+        Checkpoints(tmp_path).save_update("../evil", b"x")
+
+
+def make(port, tmp_path, keypair, **policy):
+    from aggregator.config import AggregatorConfig, RoundPolicy
+    from fedmq.transport import MqttSettings
+    from protocol.messages import TrainingSettings
+    from protocol.topics import Topics
+
+    config = AggregatorConfig(
+        topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=port),
+        policy=RoundPolicy(**{"rounds": 2, "round_timeout": 10.0, "quorum": 2,
+                              "min_agents": 2, "start_timeout": 20.0, **policy}),
+        training=TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
+        state_dir=str(tmp_path / "aggregator"))
+    return Aggregator(config, keypair=keypair, signer=AGGREGATOR_SIGNER,
+                      allow_list=EnrolledFleet())
+
+
+def test_a_closed_round_is_never_reopened(tmp_path, keypair, broker_port):
+    """Crash after the new model was saved but before the checkpoint said so."""
+    agg = make(broker_port, tmp_path, keypair)
+    agg.checkpoints.save(checkpoint(fleet="test", key_fingerprint=agg.fingerprint,
+                                    codec_digest=agg.codec_digest, round_id=1,
+                                    model_version=0))
+    agg.store.save_model(SPEC, np.ones(SPEC.n_params), round_id=1, version=1)
+    start = agg._start_point()
+    assert (start.run_id, start.round_id, start.version, start.open_round) == ("r1", 2, 1, None)
+    np.testing.assert_array_equal(start.params, np.ones(SPEC.n_params))
+
+
+def test_state_of_another_key_is_refused(tmp_path, keypair, broker_port):
+    agg = make(broker_port, tmp_path, keypair)
+    agg.checkpoints.save(checkpoint(fleet="test"))
+    with pytest.raises(ConfigError, match="another fleet, key or codec"):
+        agg._start_point()
+    resumed_off = make(broker_port, tmp_path, keypair)
+    object.__setattr__(resumed_off.config, "resume", False)
+    assert resumed_off._start_point().round_id == 1
+
+
+def test_restarted_aggregator_resumes_the_open_round_with_its_accepted_updates(
+        tmp_path, keypair, broker_port):
+    fast = EdgeAgent(agent_config(broker_port, "agent-0"), data=local_data(0, 50))
+    slow = EdgeAgent(agent_config(broker_port, "agent-1", straggle_seconds=2.5),
+                     data=local_data(1, 60))
+    threads = [threading.Thread(target=a.run, daemon=True) for a in (fast, slow)]
+    for t in threads:
+        t.start()
+    try:
+        first = make(broker_port, tmp_path, keypair)
+        done = threading.Event()
+
+        def run_first() -> None:
+            with pytest.raises(RoundFailed, match="stopped"):
+                first.run()
+            done.set()
+
+        threading.Thread(target=run_first, daemon=True).start()
+        deadline = time.monotonic() + 15
+        while not first.checkpoints.load_updates() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [a for a, _ in first.checkpoints.load_updates()] == ["agent-0"]
+        first.stop()  # the gateway goes down inside round 1, agent-1 still training
+        assert done.wait(10)
+
+        second = make(broker_port, tmp_path, keypair)
+        final = second.run()
+    finally:
+        for a in (fast, slow):
+            a.stop()
+        for t in threads:
+            t.join(5)
+    r1, r2 = second.results
+    assert r1.round_id == 1 and sorted(r1.reported) == ["agent-0", "agent-1"]
+    assert r1.total_weight == 110 and r1.model_version == 1
+    assert r2.round_id == 2 and r2.model_version == 2
+    with (tmp_path / "aggregator" / "rounds.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["round"], r["model_version"]) for r in rows] == [("1", "1"), ("2", "2")]
+    assert rows[0]["agents"].split() == list(r1.reported)
+    assert second.checkpoints.load().status == "finished"
+    np.testing.assert_array_equal(final, fast.final_params)
+
+
+def test_sampling_selects_a_subset_each_round(tmp_path, keypair, broker_port,
+                                              start_agents):
+    agents = start_agents(broker_port, 4)
+    agg = make(broker_port, tmp_path, keypair, rounds=3, quorum=2, min_agents=4,
+               sample_count=2)
+    agg.run()
+    for result in agg.results:
+        assert result.expected == 2 and len(result.reported) == 2
+    for result in agg.results:
+        # Agents not selected stay idle: exactly the selected ones trained and sent.
+        trained = {a.config.agent_id for a in agents if result.round_id in a.history}
+        assert trained == set(result.reported)
+    unused = replace(agg.config.policy, sample_fraction=0.5, sample_count=0)
+    assert unused.sample_size(10) == 5 and unused.sample_size(3) == 2  # never below quorum
