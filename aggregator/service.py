@@ -348,7 +348,10 @@ class Aggregator:
             self._on_status(agent, topic, payload)
             return
         if (agent := topics.agent_of(topic, "update")) is None:
-            log.warning("ignoring message on unexpected topic %s", topic)
+            # Some brokers echo our own retained announcements to a resumed session.
+            own = topic in (topics.pubkey, topics.round, topics.metrics)
+            log.log(logging.DEBUG if own else logging.WARNING,
+                    "ignoring message on unexpected topic %s", topic)
             return
         try:
             update = decode_update(payload, self.public_key)

@@ -59,7 +59,7 @@ class EdgeAgent:
         self._pending_round: bytes | None = None
         self._not_selected: set[tuple[str, int]] = set()
         self._run_id: str | None = None
-        self._sent: tuple[str, int, bytes, float] | None = None
+        self._sent: tuple[str, int, bytes, frozenset[float]] | None = None
         topics = config.topics
         self._status_topic = topics.status(config.agent_id)
         self._link = MqttLink(
@@ -243,7 +243,7 @@ class EdgeAgent:
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
             pool.refill()
             return
-        self._sent = (msg.run_id, msg.round_id, payload, time.monotonic())
+        self._sent = (msg.run_id, msg.round_id, payload, frozenset({msg.issued_at}))
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
         pool.refill()
         log.info("round %d: loss %.4f -> %.4f on %d samples; train %.0f ms, encrypt %.1f ms "
@@ -258,11 +258,12 @@ class EdgeAgent:
         now arrives."""
         if self._sent is None or msg.state != "training":
             return
-        run_id, round_id, payload, sent_at = self._sent
-        # Brokers may deliver a retained message twice; one resend per second is plenty.
-        if (run_id, round_id) == (msg.run_id, msg.round_id) and time.monotonic() - sent_at > 1:
+        run_id, round_id, payload, answered = self._sent
+        # A new announcement has a new issue time; a broker delivering the same
+        # retained message twice does not make us send twice.
+        if (run_id, round_id) == (msg.run_id, msg.round_id) and msg.issued_at not in answered:
             log.info("round %d announced again; re-sending this agent's update", round_id)
-            self._sent = (run_id, round_id, payload, time.monotonic())
+            self._sent = (run_id, round_id, payload, answered | {msg.issued_at})
             self._link.publish(self.config.topics.update(self.config.agent_id), payload,
                                wait=False)
 
