@@ -17,6 +17,9 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+from numpy.typing import NDArray
+
 from fedmq.files import write_atomic
 from protocol.errors import ConfigError
 from protocol.topics import check_name
@@ -81,3 +84,36 @@ class Checkpoints:
         if self.updates_dir.is_dir():
             for p in self.updates_dir.glob("*.fmqu"):
                 p.unlink()
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a run (re)starts: a fresh run, the next round, or an open round to resume."""
+
+    run_id: str
+    round_id: int
+    version: int
+    params: NDArray[np.float64]
+    open_round: RunCheckpoint | None = None
+
+
+def start_point(cp: RunCheckpoint | None, *, identity: tuple[str, str, str],
+                saved_params: NDArray[np.float64], saved_version: int | None,
+                fresh_run_id: str) -> StartPoint:
+    """Decide how to start from the last checkpoint and the last saved model.
+
+    ``identity`` is (fleet, key fingerprint, codec digest) of this aggregator: a
+    checkpoint of another one is refused rather than silently mixed in.
+    """
+    if cp is None or cp.status == "finished":
+        return StartPoint(fresh_run_id, 1, 0, np.zeros_like(saved_params))
+    if (cp.fleet, cp.key_fingerprint, cp.codec_digest) != identity:
+        raise ConfigError("the saved run belongs to another fleet, key or codec; move "
+                          "state_dir away or set [output] resume = false")
+    version = 0 if saved_version is None else saved_version
+    params = saved_params if saved_version is not None else np.zeros_like(saved_params)
+    if cp.status == "open" and version == cp.model_version:
+        return StartPoint(cp.run_id, cp.round_id, cp.model_version, params, open_round=cp)
+    # Closed, or closed and saved just before a crash could record it: the model
+    # file is one version ahead. Either way the round is done; never reopen it.
+    return StartPoint(cp.run_id, cp.round_id + 1, version, params)

@@ -13,14 +13,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from aggregator.allowlist import load_allow_list
-from aggregator.checkpoint import Checkpoints, RunCheckpoint
+from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
 from aggregator.keys import load_or_create_keypair
 from aggregator.rounds import Redelivered, Rejected, RoundState
@@ -28,7 +28,7 @@ from aggregator.store import RunStore
 from fedmq.files import load_or_create_signer
 from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, mean_from_sums
-from protocol.errors import CodecError, ConfigError, FedmqError, ProtocolError
+from protocol.errors import CodecError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage, StatusMessage
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, decrypt_ints, fingerprint
 from protocol.signing import Ed25519PublicKey, Signer
@@ -54,17 +54,6 @@ class RoundResult:
     total_weight: float
     seconds: float
     update_norm: float
-
-
-@dataclass(frozen=True)
-class _Start:
-    """Where a run (re)starts: a fresh run, the next round, or an open round to resume."""
-
-    run_id: str
-    round_id: int
-    version: int
-    params: FloatArray
-    open_round: RunCheckpoint | None = None
 
 
 class Aggregator:
@@ -128,7 +117,8 @@ class Aggregator:
             while round_id <= cfg.policy.rounds and not self._stop.is_set():
                 result = self._run_round(start.run_id, round_id, version, params,
                                          resume=start.open_round)
-                start = _Start(start.run_id, round_id + 1, result.model_version, result.params)
+                start = StartPoint(start.run_id, round_id + 1, result.model_version,
+                                   result.params)
                 params, version, round_id = result.params, result.model_version, round_id + 1
             self._announce(start.run_id, cfg.policy.rounds + 1, version, params,
                            state="finished")
@@ -139,35 +129,30 @@ class Aggregator:
             self._link.close()
 
     def _checkpoint(self, run_id: str, round_id: int, version: int, status: str,
-                    **open_round: object) -> RunCheckpoint:
-        return RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
-                             key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
-                             round_id=round_id, model_version=version, status=status,
-                             **open_round)  # type: ignore[arg-type]
+                    state: RoundState | None = None, extensions: int = 0) -> RunCheckpoint:
+        cp = RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
+                           key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
+                           round_id=round_id, model_version=version, status=status)
+        if state is None:
+            return cp
+        return replace(cp, expected=tuple(sorted(state.expected)), sampled=state.sampled,
+                       opened_at=state.opened_at, deadline=state.deadline, extensions=extensions)
 
-    def _start_point(self) -> _Start:
+    def _start_point(self) -> StartPoint:
         cfg = self.config
-        fresh = _Start(secrets.token_hex(8), 1, 0, np.zeros(cfg.spec.n_params))
-        cp = self.checkpoints.load() if cfg.resume else None
-        if cp is None or cp.status == "finished":
-            self.checkpoints.clear_updates()
-            log.info("starting run %s", fresh.run_id)
-            return fresh
-        if (cp.fleet, cp.key_fingerprint, cp.codec_digest) != (
-                cfg.topics.fleet, self.fingerprint, self.codec_digest):
-            raise ConfigError(f"{self.checkpoints.path} belongs to another fleet, key or codec; "
-                              "move it away or set [output] resume = false")
         params, saved_version = self.store.load_params(cfg.spec)
-        if saved_version is None:
-            params, saved_version = fresh.params, 0
-        if cp.status == "open" and saved_version == cp.model_version:
-            log.warning("resuming run %s in open round %d (model version %d)", cp.run_id,
-                        cp.round_id, cp.model_version)
-            return _Start(cp.run_id, cp.round_id, cp.model_version, params, open_round=cp)
-        # Closed, or closed-and-saved just before a crash recorded it: never reopen it.
-        log.warning("resuming run %s after round %d (model version %d)", cp.run_id,
-                    cp.round_id, saved_version)
-        return _Start(cp.run_id, cp.round_id + 1, saved_version, params)
+        start = start_point(
+            self.checkpoints.load() if cfg.resume else None,
+            identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
+            saved_params=params, saved_version=saved_version, fresh_run_id=secrets.token_hex(8))
+        if start.round_id == 1 and start.open_round is None:
+            self.checkpoints.clear_updates()
+            log.info("starting run %s", start.run_id)
+        else:
+            log.warning("resuming run %s at round %d (model version %d%s)", start.run_id,
+                        start.round_id, start.version,
+                        ", open round with its accepted updates" if start.open_round else "")
+        return start
 
     def _wait_for_agents(self) -> None:
         policy = self.config.policy
@@ -226,10 +211,8 @@ class Aggregator:
         return state
 
     def _save_open(self, state: RoundState, version: int, extensions: int = 0) -> None:
-        self.checkpoints.save(self._checkpoint(
-            state.run_id, state.round_id, version, "open", expected=tuple(sorted(state.expected)),
-            sampled=state.sampled, opened_at=state.opened_at, deadline=state.deadline,
-            extensions=extensions))
+        self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, version, "open",
+                                               state, extensions))
 
     def _run_round(self, run_id: str, round_id: int, version: int, params: FloatArray, *,
                    resume: RunCheckpoint | None) -> RoundResult:

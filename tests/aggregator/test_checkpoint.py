@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
 
-from aggregator.checkpoint import Checkpoints, RunCheckpoint
+from aggregator.checkpoint import Checkpoints, RunCheckpoint, start_point
 from aggregator.service import Aggregator, RoundFailed
 from edge_agent.agent import EdgeAgent
 from protocol.errors import ConfigError
@@ -146,3 +146,18 @@ def test_sampling_selects_a_subset_each_round(tmp_path, keypair, broker_port,
         assert trained == set(result.reported)
     unused = replace(agg.config.policy, sample_fraction=0.5, sample_count=0)
     assert unused.sample_size(10) == 5 and unused.sample_size(3) == 2  # never below quorum
+
+
+@pytest.mark.parametrize("cp,saved,expect", [
+    (None, None, (1, 0, False)),
+    (checkpoint(status="finished"), 5, (1, 0, False)),     # a finished run: start anew
+    (checkpoint(status="open"), 2, (3, 2, True)),          # resume the open round
+    (checkpoint(status="open"), 3, (4, 3, False)),         # closed + saved, not recorded
+    (checkpoint(status="closed", model_version=3), 3, (4, 3, False)),
+])
+def test_start_point_decisions(cp, saved, expect):
+    params = np.ones(3)
+    start = start_point(cp, identity=("test", "k" * 64, "c" * 32), saved_params=params,
+                        saved_version=saved, fresh_run_id="fresh")
+    assert (start.round_id, start.version, start.open_round is not None) == expect
+    assert start.run_id == ("fresh" if expect[0] == 1 else "r1")
