@@ -247,3 +247,29 @@ def _listening(port: int) -> bool:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
+
+
+def test_agent_process_restarted_mid_round_resumes_in_the_current_round(
+        tmp_path, broker_port, make_aggregator, agents_on_threads):
+    agents_on_threads(broker_port, ["agent-0", "agent-1"])
+    first = agent_process(tmp_path, broker_port, "agent-9", 9, straggle=60)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        aggregator = make_aggregator(broker_port, rounds=2, quorum=3, min_agents=3,
+                                     round_timeout=30.0, start_timeout=60.0)
+        thread, out = run_in_thread(aggregator.run)
+        wait_for(lambda: len(aggregator.checkpoints.load_updates()) == 2, 60,
+                 "the two thread agents' updates")
+        first.send_signal(signal.SIGKILL)  # power cut while it trains
+        first.wait(10)
+        second = agent_process(tmp_path, broker_port, "agent-9", 9, straggle=0)
+        thread.join(60)
+        assert not thread.is_alive() and "error" not in out, out.get("error")
+        assert second.wait(20) == 0  # it served round 2 and exited on "finished"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    for result in aggregator.results:
+        assert sorted(result.reported) == ["agent-0", "agent-1", "agent-9"]
+        assert result.closed_by == "all"
