@@ -1,0 +1,286 @@
+"""A whole federated run on a real Mosquitto, configured by ``fedmq broker mosquitto-config``.
+
+The broker's mosquitto.conf, password file (PBKDF2 hashes) and ``%u`` pattern ACL
+are written by the CLI command an operator runs; the aggregator and in-process
+edge agents log in with the passwords it generated, exactly as they would on a
+gateway. Skips without Mosquitto, unless FEDMQ_REQUIRE_MOSQUITTO=1 (set by
+.ci/run) turns the skip into a failure, as in tests/broker/test_mosquitto.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import (
+    AGGREGATOR_SIGNER,
+    SPEC,
+    EnrolledFleet,
+    agent_config,
+    local_data,
+    run_in_thread,
+    signer_for,
+)
+
+from aggregator.fedavg import weighted_average
+from aggregator.service import Aggregator
+from broker.embedded import free_port
+from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
+from edge_agent.agent import EdgeAgent
+from fedmq.cli import main
+from fedmq.transport import MqttSettings
+from protocol.codec import CodecParams, make_codec, quantize_update
+from protocol.messages import RoundMessage, StatusMessage
+from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, encrypt_ints, fingerprint
+from protocol.topics import Topics
+from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
+
+FleetClient = Any  # tests/integration/conftest.py (conftest modules are not importable)
+
+TOPICS = Topics("test")
+AGENTS = ("dev-a", "dev-b", "dev-c")
+CODEC = CodecParams(clip=2.0)
+ROUNDS = 2
+
+
+def mosquitto_binary() -> str:
+    """The mosquitto executable; skip without it, or fail if FEDMQ_REQUIRE_MOSQUITTO=1."""
+    found = shutil.which("mosquitto") or next(
+        (str(p) for p in (Path("/usr/sbin/mosquitto"), Path("/usr/bin/mosquitto"))
+         if p.exists()), None)
+    if found is None:
+        message = "mosquitto is not installed (Debian: apt-get install mosquitto)"
+        if os.environ.get("FEDMQ_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail(message + "; FEDMQ_REQUIRE_MOSQUITTO=1 requires it")
+        pytest.skip(message)
+    return found
+
+
+@dataclass(frozen=True)
+class Mosquitto:
+    port: int
+    credentials: dict[str, str]  # user -> password, as credentials.txt hands them out
+
+    def login(self, user: str) -> MqttSettings:
+        return MqttSettings(port=self.port, username=user, password=self.credentials[user],
+                            connect_timeout=5)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """``fedmq broker mosquitto-config`` for the fleet, then ``mosquitto -c`` on a free port.
+
+    Users: the aggregator, an ``auditor`` with the aggregator's rights (a witness:
+    Mosquitto sets each client id to its user name, so a second client of the
+    same user would take the aggregator's session over), the agents and mallory,
+    an authenticated agent that takes no part in training.
+    """
+    exe = mosquitto_binary()
+    port, out = free_port(), tmp_path / "mosquitto"
+    argv = ["broker", "mosquitto-config", "--out", str(out), "--fleet", TOPICS.fleet,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--aggregator-user", "aggregator", "--aggregator-user", "auditor"]
+    for agent in (*AGENTS, "mallory"):
+        argv += ["--agent", agent]
+    assert main(argv) == 0
+    conf = out / CONF_FILE
+    if os.geteuid() == 0:
+        # As root Mosquitto switches to user 'mosquitto', which cannot read the
+        # root-owned 0600 password file; on a gateway the operator chowns it.
+        with conf.open("a") as fh:
+            fh.write("user root\n")
+    log_path = tmp_path / "mosquitto.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > end:
+                    raise AssertionError(
+                        f"mosquitto did not start:\n{log_path.read_text()}") from None
+                time.sleep(0.05)
+        yield Mosquitto(port, read_credentials(out / CREDENTIALS_FILE))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(ready: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    end = time.monotonic() + timeout
+    while not (value := ready()):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def round_message(client: FleetClient, round_id: int) -> RoundMessage:
+    """Round ``round_id`` as announced (and signed by the aggregator) on the broker."""
+    def find() -> RoundMessage | None:
+        for payload in client.got(TOPICS.round):
+            msg = RoundMessage.from_bytes(payload, verify_with=AGGREGATOR_SIGNER.public_key)
+            if msg.round_id == round_id:
+                return msg
+        return None
+    found: RoundMessage = wait_until(find, f"round {round_id}")
+    return found
+
+
+@dataclass
+class Run:
+    aggregator: Aggregator
+    agents: list[EdgeAgent]
+    rounds: dict[int, RoundMessage]  # as published, 1..ROUNDS + the final announcement
+
+
+def run_fleet(broker: Mosquitto, make_aggregator: Callable[..., Aggregator],
+              keypair: tuple[PaillierPublicKey, PaillierPrivateKey], watcher: FleetClient,
+              *, during_round_1: Callable[[RoundMessage], None] | None = None,
+              straggle: float = 0.0) -> Run:
+    """Agents and aggregator logged in with their generated passwords, ``ROUNDS`` rounds.
+
+    ``watcher`` (an agent's user, subscribed to the round topic) sees the
+    announcements; ``during_round_1`` runs once round 1 is announced.
+    """
+    public = keypair[0]
+    pins = {"key_fingerprint": fingerprint(public),
+            "aggregator_signing_key": AGGREGATOR_SIGNER.public_hex}
+    agents = [EdgeAgent(replace(agent_config(broker.port, name, **pins,
+                                             straggle_seconds=straggle if i == 2 else 0.0),
+                                mqtt=broker.login(name)), data=local_data(i, 40 + 15 * i))
+              for i, name in enumerate(AGENTS)]
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    config = make_aggregator(broker.port, codec=CODEC, rounds=ROUNDS, quorum=len(AGENTS),
+                             min_agents=len(AGENTS)).config
+    aggregator = Aggregator(replace(config, mqtt=broker.login("aggregator")), keypair=keypair,
+                            signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet())
+    thread, out = run_in_thread(aggregator.run)
+    try:
+        if during_round_1 is not None:
+            during_round_1(round_message(watcher, 1))
+        thread.join(30)
+        assert not thread.is_alive(), "the aggregator did not finish"
+        assert "error" not in out, out.get("error")
+        rounds = {r: round_message(watcher, r) for r in range(1, ROUNDS + 2)}
+    finally:
+        aggregator.stop()
+        for a in agents:
+            a.stop()
+        for t in (*threads, thread):
+            t.join(5)
+    return Run(aggregator, agents, rounds)
+
+
+def assert_plaintext_fedavg(run: Run) -> None:
+    """Each published step equals numpy FedAvg of the agents' clipped updates."""
+    results, clip = run.aggregator.results, CODEC.clip
+    assert [r.closed_by for r in results] == ["all"] * ROUNDS
+    for r in range(1, ROUNDS + 1):
+        updates = [a.history[r] for a in run.agents]
+        expected = weighted_average([np.clip(u.delta, -clip, clip) for u in updates],
+                                    [u.weight for u in updates])
+        before, after = run.rounds[r].params_array, run.rounds[r + 1].params_array
+        np.testing.assert_array_equal(after, results[r - 1].params)
+        np.testing.assert_allclose(after - before, expected, rtol=0, atol=CODEC.resolution)
+        assert np.linalg.norm(expected) > 1e-3  # the agents really learned something
+        assert sorted(results[r - 1].reported) == sorted(AGENTS)
+        assert results[r - 1].total_weight == sum(u.weight for u in updates)
+    finished = run.rounds[ROUNDS + 1]
+    assert finished.state == "finished"
+    for agent in run.agents:
+        assert agent.final_params is not None
+        np.testing.assert_array_equal(agent.final_params, finished.params_array)
+
+
+def test_two_rounds_over_mosquitto_match_plaintext_fedavg(mosquitto, fleet_client,
+                                                          make_aggregator, keypair):
+    auditor = fleet_client(mosquitto.port, "auditor", mosquitto.credentials["auditor"])
+    assert auditor.subscribe(TOPICS.updates_filter) and auditor.subscribe(TOPICS.status_filter)
+    watcher = fleet_client(mosquitto.port, "mallory", mosquitto.credentials["mallory"])
+    assert watcher.subscribe(TOPICS.round)
+
+    run = run_fleet(mosquitto, make_aggregator, keypair, watcher)
+
+    assert_plaintext_fedavg(run)
+    assert [r.rejected for r in run.aggregator.results] == [0] * ROUNDS
+    # Every update crossed Mosquitto on its agent's own topic, signed by that agent.
+    public = keypair[0]
+    for agent in AGENTS:
+        assert auditor.wait(lambda a=agent: len(auditor.got(TOPICS.update(a))) == ROUNDS)
+        payloads = auditor.got(TOPICS.update(agent))
+        for r, payload in enumerate(payloads, 1):
+            assert payload.startswith(MAGIC)
+            msg = decode_update(payload, public)
+            assert (msg.agent_id, msg.round_id) == (agent, r)
+            msg.verify(signer_for(agent).public_key)
+        def states(a: str = agent) -> list[str]:
+            return [StatusMessage.from_bytes(p).state for p in auditor.got(TOPICS.status(a))]
+        assert auditor.wait(lambda: states()[-1:] == ["offline"])  # said goodbye when done
+        assert states()[0] == "online"
+
+
+def test_agent_publishing_on_another_agents_topic_is_dropped_by_mosquitto(
+        mosquitto, fleet_client, make_aggregator, keypair):
+    """mallory, an authenticated agent that even holds dev-b's signing key, tries to
+    stand in for dev-b during round 1. Only Mosquitto's ``%u`` ACL stands in the way:
+    delivered, the forged update would replace dev-b's genuine one (or be rejected as
+    a second update), and the forged "offline" status would drop dev-b from round 2.
+    """
+    public = keypair[0]
+    auditor = fleet_client(mosquitto.port, "auditor", mosquitto.credentials["auditor"])
+    assert auditor.subscribe(TOPICS.updates_filter) and auditor.subscribe(TOPICS.status_filter)
+    mallory = fleet_client(mosquitto.port, "mallory", mosquitto.credentials["mallory"])
+    assert mallory.subscribe(TOPICS.round)
+    forged: dict[str, bytes] = {}
+
+    def attack(rnd: RoundMessage) -> None:
+        fp = fingerprint(public)
+        values, _ = quantize_update(np.full(SPEC.n_params, CODEC.clip), CODEC.max_weight, CODEC)
+        forged["update"] = encode_update(UpdateMessage(
+            fleet=rnd.fleet, run_id=rnd.run_id, round_id=rnd.round_id, agent_id="dev-b",
+            key_fingerprint=fp, codec_digest=CODEC.digest(fp), n_values=len(values),
+            ciphertexts=tuple(encrypt_ints(public, make_codec(CODEC, public.n).encode(values)))),
+            public, signer_for("dev-b"))
+        forged["status"] = StatusMessage(agent_id="dev-b", state="offline").to_bytes()
+        mallory.publish(TOPICS.update("dev-b"), forged["update"])
+        mallory.publish(TOPICS.status("dev-b"), forged["status"], retain=True)
+        # Positive control on mallory's own topic, sent last on the same connection:
+        # once the auditor has it, Mosquitto has decided on both forgeries.
+        control = StatusMessage(agent_id="mallory", state="offline").to_bytes()
+        mallory.publish(TOPICS.status("mallory"), control)
+        assert auditor.wait(lambda: control in auditor.got(TOPICS.status("mallory")))
+
+    # dev-c straggles a little so that round 1 is still open when mallory strikes
+    # (what is asserted holds either way: a forgery delivered later is seen too).
+    run = run_fleet(mosquitto, make_aggregator, keypair, mallory, during_round_1=attack,
+                    straggle=0.3)
+
+    assert forged["update"] not in auditor.got(TOPICS.update("dev-b"))
+    assert forged["status"] not in auditor.got(TOPICS.status("dev-b"))
+    results = run.aggregator.results
+    assert [r.rejected for r in results] == [0] * ROUNDS  # the aggregator never saw it
+    assert [r.expected for r in results] == [len(AGENTS)] * ROUNDS  # dev-b stayed in
+    assert_plaintext_fedavg(run)  # the round result is unchanged
+    # Nor did mallory read anything beyond its own rights.
+    assert {topic for topic, _ in mallory.received} == {TOPICS.round}
