@@ -29,6 +29,7 @@ from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from amqtt.errors import PluginInitError
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.plugins.topic_checking import TopicAccessControlListPlugin
@@ -110,12 +111,48 @@ class _CappedReader(ReaderAdapter):
         self._inner.feed_eof()
 
 
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration walks a snapshot of its keys.
+
+    amqtt 0.12 iterates its subscription table across ``await``s when a client
+    connects; another client subscribing meanwhile raised "dictionary changed
+    size during iteration" and dropped the connecting client.
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+
 class FedmqBroker(Broker):
-    """amqtt's broker with a payload cap on TCP listeners and required client certificates."""
+    """amqtt's broker with a payload cap on TCP listeners, required client certificates,
+    and retained messages delivered only to their own subscribers and within the ACL."""
 
     def __init__(self, config: dict[str, Any], *, max_payload_bytes: int) -> None:
         super().__init__(config)
         self._max_payload_bytes = max_payload_bytes
+        table: dict[str, Any] = self.__dict__["_subscriptions"]
+        self._subscriptions = _SnapshotDict(table)
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Session) -> None:
+        # amqtt calls this on every CONNECT for the filters of ALL clients and never
+        # checks the receive ACL: an agent would read every retained status (or a
+        # retained update) just by connecting. Deliver only for the session's own
+        # filters, and only topics the ACL lets it receive.
+        topic_filter, qos = subscription
+        own = any(s.client_id == session.client_id
+                  for s, _ in self._subscriptions.get(topic_filter, []))
+        handler = self._get_handler(session)
+        if not own or handler is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if self._matches(topic, topic_filter) and await self._topic_filtering(
+                    session, topic, Action.RECEIVE):
+                tasks.append(asyncio.ensure_future(handler.mqtt_publish(
+                    retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)))
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                listener_name: str) -> None:

@@ -72,3 +72,13 @@ def test_example_configs_load():
 def test_short_passwords_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="8 characters"):
         add_user(tmp_path / "p", "pi", "short")
+
+
+def test_subscription_table_survives_subscribes_during_a_connect():
+    """amqtt walks this table across awaits on CONNECT while others subscribe."""
+    from broker.amqtt_ext import _SnapshotDict
+
+    table = _SnapshotDict({"fedmq/demo/round": []})
+    for topic in table:
+        table[topic + "/new"] = []  # a plain dict raises "changed size during iteration"
+    assert len(table) == 2

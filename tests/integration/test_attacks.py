@@ -17,8 +17,8 @@ targets. Each test then asserts
     ``history[r].delta`` with their weights, dev-c's clipped delta), within the
     codec's resolution, with every honest update counted.
 
-Attacks tried: 17 cases. 15 are rejected with the round unchanged, 1 is a known
-limitation, and 1 exposes a bug in the embedded broker (strict xfail).
+Attacks tried: 17 cases. 16 are rejected with the round unchanged, 1 is a known
+limitation.
 
 Forged updates:
    1. ``forged-signature``: enrolled id dev-b (attacker holds dev-b's broker password),
@@ -48,10 +48,10 @@ Known limitation (see the test's docstring):
       with dev-c's genuine signature. Undetectable before decryption: the sum fails its
       bounds, the round is dropped and the model kept (not poisoned, but the honest
       updates of that round are lost).
-Broker bug (strict xfail until the embedded broker is fixed):
-  17. an authenticated agent receives other agents' retained status messages just
-      by connecting: amqtt 0.12 hands a new client every retained message that matches
-      any client's subscription, without the receive ACL.
+Broker bug found by case 17, fixed in broker/amqtt_ext.py:
+  17. an authenticated agent must not receive other agents' retained status messages
+      just by connecting (amqtt 0.12 hands a new client every retained message that
+      matches any client's subscription, without the receive ACL).
 """
 
 from __future__ import annotations
@@ -545,12 +545,8 @@ def test_compromised_enrolled_device_can_get_its_round_dropped_but_not_poison_it
     assert_fedavg_of_honest(out, 2)  # the next round is whole again
 
 
-# --- a broker bug --------------------------------------------------------------------------
+# --- a broker bug, fixed in broker/amqtt_ext.py -----------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "embedded-broker bug: on every CONNECT, amqtt 0.12 (Broker._handle_client_session) "
-    "sends the new client each retained message that matches ANY client's subscription, "
-    "with no receive-ACL check; broker/amqtt_ext.py does not close that path"))
 def test_agent_cannot_read_other_agents_retained_topics_by_connecting(acl_broker,
                                                                       fleet_client):
     """17. An agent may read pubkey, round and metrics only; connecting must not change that."""
