@@ -227,7 +227,9 @@ def test_broker_stopped_and_restarted_mid_run(tmp_path, make_aggregator, agents_
         broker.wait(10)
         time.sleep(2.5)  # agent-2 publishes into the void; paho keeps it queued
         restarted = fedmq("broker", "--config", str(broker_cfg), log=log)
-        thread.join(90)
+        wait_for(lambda: _listening(port), 30, "the restarted broker")
+        # Clients retry with exponential backoff (1, 2, 4, ... 30 s): allow for it.
+        thread.join(150)
         assert not thread.is_alive() and "error" not in out, out.get("error")
     finally:
         for proc in (broker, restarted):
