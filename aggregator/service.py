@@ -22,14 +22,15 @@ from numpy.typing import NDArray
 from aggregator.allowlist import load_allow_list
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
+from aggregator.inbound import Inbound
 from aggregator.keys import load_or_create_keypair
-from aggregator.rounds import Redelivered, Rejected, RoundState
+from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
 from fedmq.files import load_or_create_signer
 from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, mean_from_sums
 from protocol.errors import CodecError, FedmqError, ProtocolError
-from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage, StatusMessage
+from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, decrypt_ints, fingerprint
 from protocol.signing import Ed25519PublicKey, Signer
 from protocol.wire import decode_update
@@ -77,9 +78,9 @@ class Aggregator:
         self._on_round = on_round
         self._inbox = Inbox(maxsize=100_000)
         self._stop = threading.Event()
-        self.online: dict[str, bool] = {}
         self.store = RunStore(Path(config.state_dir))
         self.checkpoints = Checkpoints(Path(config.state_dir))
+        self._inbound = Inbound(config.topics, self.public_key, self.checkpoints)
         self._retained: dict[str, bytes] = {}
         self._rng = secrets.SystemRandom()
         topics = config.topics
@@ -89,6 +90,11 @@ class Aggregator:
             on_connect=self._republish, clean_session=False,
         )
         self.results: list[RoundResult] = []
+
+    @property
+    def online(self) -> dict[str, bool]:
+        """Agent id -> online, from their retained status and Last Will."""
+        return self._inbound.online
 
     def stop(self) -> None:
         self._stop.set()
@@ -322,50 +328,5 @@ class Aggregator:
         for _ in range(1000):
             if item is None:
                 return
-            self._handle(state, *item)
+            self._inbound.handle(state, *item)
             item = self._inbox.get(0)
-
-    def _handle(self, state: RoundState | None, topic: str, payload: bytes) -> None:
-        topics = self.config.topics
-        if (agent := topics.agent_of(topic, "status")) is not None:
-            self._on_status(agent, topic, payload)
-            return
-        if (agent := topics.agent_of(topic, "update")) is None:
-            # Some brokers echo our own retained announcements to a resumed session.
-            own = topic in (topics.pubkey, topics.round, topics.metrics)
-            log.log(logging.DEBUG if own else logging.WARNING,
-                    "ignoring message on unexpected topic %s", topic)
-            return
-        try:
-            update = decode_update(payload, self.public_key)
-        except ProtocolError as exc:
-            log.warning("rejected payload on %s: %s", topic, exc)
-            if state is not None:
-                state.rejected += 1
-            return
-        if state is None:
-            log.info("dropping update from %s for round %d: no round is open", agent,
-                     update.round_id)
-            return
-        try:
-            state.offer(update, agent,
-                        commit=lambda _u: self.checkpoints.save_update(agent, payload))
-        except Redelivered:
-            log.debug("redelivery of %s's update ignored", agent)
-            return
-        except Rejected as exc:
-            log.warning("rejected update from %s: %s", agent, exc)
-            return
-        log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
-                  len(state.expected))
-
-    def _on_status(self, agent: str, topic: str, payload: bytes) -> None:
-        try:
-            status = StatusMessage.from_bytes(payload)
-        except ProtocolError as exc:
-            log.warning("ignoring bad status on %s: %s", topic, exc)
-            return
-        if status.agent_id == agent:
-            if self.online.get(agent) != (status.state == "online"):
-                log.info("agent %s is %s", agent, status.state)
-            self.online[agent] = status.state == "online"

@@ -1,0 +1,73 @@
+"""Inbound messages of the aggregator: agent status, and updates offered to the open round.
+
+Every payload from the broker is untrusted: it is parsed, checked and either
+counted or logged with its reason; nothing here can raise into the round loop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aggregator.checkpoint import Checkpoints
+from aggregator.rounds import Redelivered, Rejected, RoundState
+from protocol.errors import ProtocolError
+from protocol.messages import StatusMessage
+from protocol.paillier import PaillierPublicKey
+from protocol.topics import Topics
+from protocol.wire import decode_update
+
+log = logging.getLogger("aggregator.service")
+
+
+class Inbound:
+    def __init__(self, topics: Topics, public_key: PaillierPublicKey,
+                 checkpoints: Checkpoints) -> None:
+        self.topics = topics
+        self.public_key = public_key
+        self.checkpoints = checkpoints
+        self.online: dict[str, bool] = {}
+
+    def handle(self, state: RoundState | None, topic: str, payload: bytes) -> None:
+        topics = self.topics
+        if (agent := topics.agent_of(topic, "status")) is not None:
+            self._on_status(agent, topic, payload)
+            return
+        if (agent := topics.agent_of(topic, "update")) is None:
+            # Some brokers echo our own retained announcements to a resumed session.
+            own = topic in (topics.pubkey, topics.round, topics.metrics)
+            log.log(logging.DEBUG if own else logging.WARNING,
+                    "ignoring message on unexpected topic %s", topic)
+            return
+        try:
+            update = decode_update(payload, self.public_key)
+        except ProtocolError as exc:
+            log.warning("rejected payload on %s: %s", topic, exc)
+            if state is not None:
+                state.rejected += 1
+            return
+        if state is None:
+            log.info("dropping update from %s for round %d: no round is open", agent,
+                     update.round_id)
+            return
+        try:
+            state.offer(update, agent,
+                        commit=lambda _u: self.checkpoints.save_update(agent, payload))
+        except Redelivered:
+            log.debug("redelivery of %s's update ignored", agent)
+            return
+        except Rejected as exc:
+            log.warning("rejected update from %s: %s", agent, exc)
+            return
+        log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
+                  len(state.expected))
+
+    def _on_status(self, agent: str, topic: str, payload: bytes) -> None:
+        try:
+            status = StatusMessage.from_bytes(payload)
+        except ProtocolError as exc:
+            log.warning("ignoring bad status on %s: %s", topic, exc)
+            return
+        if status.agent_id == agent:
+            if self.online.get(agent) != (status.state == "online"):
+                log.info("agent %s is %s", agent, status.state)
+            self.online[agent] = status.state == "online"
