@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import stat
 from pathlib import Path
 
-from fedmq.files import write_atomic
+from fedmq.files import warn_if_readable, write_atomic
 from protocol.errors import ConfigError, ProtocolError
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -26,7 +25,7 @@ def load_or_create_keypair(
 ) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
     p = Path(path)
     if p.exists():
-        _warn_if_readable(p)
+        warn_if_readable(p)
         try:
             private = private_key_from_dict(json.loads(p.read_text()))
         except (OSError, json.JSONDecodeError, ProtocolError) as exc:
@@ -42,8 +41,3 @@ def load_or_create_keypair(
     log.info("generated %d-bit Paillier key %s (fingerprint %s)", bits, p, fingerprint(public))
     return public, private
 
-
-def _warn_if_readable(p: Path) -> None:
-    mode = stat.S_IMODE(p.stat().st_mode)
-    if mode & 0o077:
-        log.warning("private key %s is readable by others (mode %o); chmod 600 it", p, mode)

@@ -117,18 +117,17 @@ class Aggregator:
                 fingerprint=self.fingerprint, codec=cfg.codec,
                 signing_key=self.signer.public_hex).to_bytes(self.signer))
             log.info("public key %s published on %s", self.fingerprint[:16], cfg.topics.pubkey)
+            run_id, resume = start.run_id, start.open_round
             params, version, round_id = start.params, start.version, start.round_id
-            if start.open_round is None and round_id == 1:
+            if resume is None and round_id == 1:
                 self._wait_for_agents()
             while round_id <= cfg.policy.rounds and not self._stop.is_set():
-                result = self._run_round(start.run_id, round_id, version, params,
-                                         resume=start.open_round)
-                start = StartPoint(start.run_id, round_id + 1, result.model_version,
-                                   result.params)
+                # Only the first round of a restarted run can be a resumed one.
+                result = self._run_round(run_id, round_id, version, params, resume=resume)
                 params, version, round_id = result.params, result.model_version, round_id + 1
-            self._announce(start.run_id, cfg.policy.rounds + 1, version, params,
-                           state="finished")
-            self.checkpoints.save(self._checkpoint(start.run_id, cfg.policy.rounds, version,
+                resume = None
+            self._announce(run_id, cfg.policy.rounds + 1, version, params, state="finished")
+            self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
                                                    "finished"))
             return params
         finally:
@@ -189,8 +188,9 @@ class Aggregator:
 
     def _open(self, run_id: str, round_id: int, version: int,
               resume: RunCheckpoint | None) -> RoundState:
+        """A new round, or round ``resume.round_id`` reopened with its accepted updates."""
         cfg, now = self.config, time.time()
-        if resume is not None and resume.round_id == round_id:
+        if resume is not None:
             # Give agents (and the broker's queued messages) time to come back.
             expected, sampled = frozenset(resume.expected), resume.sampled
             opened_at, deadline = resume.opened_at, max(resume.deadline, now + min(
@@ -206,7 +206,7 @@ class Aggregator:
             public_key=self.public_key, allow_list=self.allow_list(), opened_at=opened_at,
             sampled=sampled,
         )
-        if resume is not None and resume.round_id == round_id:
+        if resume is not None:
             for agent, payload in self.checkpoints.load_updates():
                 try:
                     state.offer(decode_update(payload, self.public_key), agent)
@@ -224,8 +224,7 @@ class Aggregator:
                    resume: RunCheckpoint | None) -> RoundResult:
         cfg = self.config
         state = self._open(run_id, round_id, version, resume)
-        extensions = resume.extensions if resume is not None and resume.round_id == round_id \
-            else 0
+        extensions = resume.extensions if resume is not None else 0
         self._announce(run_id, round_id, version, params, state="training",
                        deadline=state.deadline,
                        participants=tuple(sorted(state.expected)) if state.sampled else ())

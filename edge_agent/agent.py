@@ -19,7 +19,7 @@ from edge_agent.data import LocalData, load_csv
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, train_round
 from fedmq import __version__
-from fedmq.files import load_or_create_signer
+from fedmq.files import load_or_create_signer, write_atomic
 from fedmq.transport import Inbox, MqttLink
 from models import save_model
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
@@ -168,8 +168,7 @@ class EdgeAgent:
                 "aggregator's %s... Pin it under [fleet] %s so a rogue broker cannot "
                 "substitute its own.", name, announced[:16], name)
             if remembered is not None:
-                remembered.parent.mkdir(parents=True, exist_ok=True)
-                remembered.write_text(announced + "\n")
+                write_atomic(remembered, (announced + "\n").encode())
         elif announced != trusted:
             raise UntrustedKey(
                 f"REFUSING aggregator {name} {announced[:16]}...: this agent trusts "

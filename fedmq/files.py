@@ -40,13 +40,18 @@ def write_atomic(path: str | Path, data: bytes, *, private: bool = False) -> Non
         os.close(dir_fd)
 
 
+def warn_if_readable(path: Path) -> None:
+    """Log a warning when a private key file can be read by group or others."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("private key %s is readable by others (mode %o); chmod 600 it", path, mode)
+
+
 def load_or_create_signer(path: str | Path) -> Signer:
     """An Ed25519 signing key: loaded if present, else generated and written 0600."""
     p = Path(path)
     if p.exists():
-        mode = stat.S_IMODE(p.stat().st_mode)
-        if mode & 0o077:
-            log.warning("signing key %s is readable by others (mode %o); chmod 600 it", p, mode)
+        warn_if_readable(p)
         try:
             return Signer.from_pem(p.read_bytes())
         except (OSError, ProtocolError) as exc:
