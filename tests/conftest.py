@@ -55,10 +55,13 @@ def start_agents() -> Iterator[Callable[..., list[EdgeAgent]]]:
     """Start in-process agents on threads; stop them all at teardown."""
     started: list[tuple[EdgeAgent, threading.Thread]] = []
 
-    def start(port: int, n: int, *, first_seed: int = 0) -> list[EdgeAgent]:
+    def start(port: int, n: int, *, first_seed: int = 0,
+              options: dict[str, dict[str, Any]] | None = None) -> list[EdgeAgent]:
+        """Agents agent-<first_seed>..; ``options`` adds config options per agent id."""
         agents = []
         for i in range(n):
-            agent = EdgeAgent(agent_config(port, f"agent-{first_seed + i}"),
+            agent_id = f"agent-{first_seed + i}"
+            agent = EdgeAgent(agent_config(port, agent_id, **(options or {}).get(agent_id, {})),
                               data=local_data(first_seed + i, 40 + 15 * i))
             thread = threading.Thread(target=agent.run, daemon=True)
             thread.start()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,3 +82,50 @@ def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str
     thread = threading.Thread(target=wrapper, daemon=True)
     thread.start()
     return thread, out
+
+
+def wait_until(ready: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll ``ready`` until it returns something truthy (returned); fail after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not (value := ready()):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def fedmq_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m fedmq ARGS`` as a real process, output appended to ``log``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "fedmq", *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def agent_process(tmp_path: Path, port: int, agent_id: str, seed: int, *, straggle: float,
+                  n_samples: int = 60) -> subprocess.Popen[bytes]:
+    """An enrolled agent as a real process: its CSV, key and TOML written to ``tmp_path``;
+    its output goes to ``tmp_path/<agent_id>.log``."""
+    data = local_data(seed, n_samples)
+    csv_path = tmp_path / f"{agent_id}.csv"
+    np.savetxt(csv_path, np.column_stack([data.X, data.y]), delimiter=",",
+               header=",".join((*FEATURES, "y")), comments="")
+    key_file = tmp_path / f"{agent_id}.key"
+    key_file.write_bytes(signer_for(agent_id).to_pem())
+    config = tmp_path / f"{agent_id}.toml"
+    config.write_text(f"""
+[agent]
+id = "{agent_id}"
+signing_key_file = "{key_file}"
+[fleet]
+name = "test"
+[mqtt]
+port = {port}
+[data]
+path = "{csv_path}"
+features = {list(FEATURES)!r}
+label = "y"
+[simulation]
+straggle_seconds = {straggle}
+""".replace("'", '"'))
+    return fedmq_process("agent", "--config", str(config), log=tmp_path / f"{agent_id}.log")

@@ -61,7 +61,6 @@ import hashlib
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,6 +78,7 @@ from support import (
     local_data,
     run_in_thread,
     signer_for,
+    wait_until,
 )
 
 from aggregator.fedavg import weighted_average
@@ -146,16 +146,6 @@ def acl_broker(password_file: Path) -> Iterator[int]:
 def other_key() -> PaillierPublicKey:
     """A second 512-bit Paillier key, the aggregator's size: not the fleet's."""
     return generate_keypair(512)[0]
-
-
-def wait_until(ready: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll ``ready`` until it returns something truthy; fail after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not (value := ready()):
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def make_update(rnd: RoundMessage, agent_id: str, signer: Signer, key: PaillierPublicKey, *,

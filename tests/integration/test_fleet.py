@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from support import FEATURES, agent_config, local_data, run_in_thread, signer_for
+from support import agent_config, agent_process, local_data, run_in_thread, signer_for
 
 from aggregator.fedavg import weighted_average
 from edge_agent.agent import EdgeAgent
@@ -122,46 +118,18 @@ def test_malformed_and_foreign_payloads_do_not_stop_the_round(broker_port, make_
     assert sum(r.rejected for r in aggregator.results) > 0
 
 
-def _agent_process(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    data = local_data(9, 80)
-    csv_path = tmp_path / "dev-9.csv"
-    np.savetxt(csv_path, np.column_stack([data.X, data.y]), delimiter=",",
-               header=",".join((*FEATURES, "y")), comments="")
-    key_file = tmp_path / "agent-9.key"
-    key_file.write_bytes(signer_for("agent-9").to_pem())
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[agent]
-id = "agent-9"
-signing_key_file = "{key_file}"
-[fleet]
-name = "test"
-[mqtt]
-port = {port}
-[data]
-path = "{csv_path}"
-features = {list(FEATURES)!r}
-label = "y"
-[simulation]
-straggle_seconds = 60
-""".replace("'", '"'))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-m", "fedmq", "agent", "--config", str(config)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_agent_killed_mid_round_does_not_stall_the_fleet(tmp_path, broker_port,
                                                          make_aggregator, start_agents):
     sniffer = Sniffer(broker_port)
     start_agents(broker_port, 2)
-    proc = _agent_process(tmp_path, broker_port)
+    proc = agent_process(tmp_path, broker_port, "agent-9", 9, straggle=60, n_samples=80)
     try:
         aggregator = make_aggregator(broker_port, rounds=2, quorum=2, min_agents=3,
                                      round_timeout=3.0)
         thread, out = run_in_thread(aggregator.run)
         sniffer.wait_round(1)
         time.sleep(0.5)  # the process agent is now training (slowly) inside round 1
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.poll() is None, (tmp_path / "agent-9.log").read_text()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         thread.join(40)

@@ -30,6 +30,7 @@ from support import (
     local_data,
     run_in_thread,
     signer_for,
+    wait_until,
 )
 
 from aggregator.fedavg import weighted_average
@@ -122,15 +123,6 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def wait_until(ready: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    end = time.monotonic() + timeout
-    while not (value := ready()):
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def round_message(client: FleetClient, round_id: int) -> RoundMessage:
