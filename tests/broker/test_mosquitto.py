@@ -7,16 +7,14 @@ FEDMQ_REQUIRE_MOSQUITTO=1 (set by .ci/run) turns the skip into a failure.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
-import socket
+import contextlib
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mqtt_support import mosquitto_binary, running_mosquitto
 
 from broker.acl import FleetAcl
 from broker.config import MIN_PAYLOAD_CAP
@@ -38,55 +36,21 @@ T = Topics("plant")
 ACL = FleetAcl(T, ("aggregator",), ("dev-a", "dev-b"))
 
 
-def binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None)
-    if found is None:
-        message = f"{name} is not installed (Debian: apt-get install mosquitto)"
-        if os.environ.get("FEDMQ_REQUIRE_MOSQUITTO") == "1":
-            pytest.fail(message + "; FEDMQ_REQUIRE_MOSQUITTO=1 requires it")
-        pytest.skip(message)
-    return found
-
-
 @pytest.fixture
 def start_mosquitto(tmp_path: Path) -> Iterator[Callable[..., tuple[int, dict[str, str]]]]:
     """Generate a config for ACL into a directory, run ``mosquitto -c`` on a free port."""
-    exe = binary("mosquitto")
-    procs: list[subprocess.Popen[bytes]] = []
+    mosquitto_binary()  # skip (or fail in CI) before writing anything
+    with contextlib.ExitStack() as running:
 
-    def start(**setup_kw: object) -> tuple[int, dict[str, str]]:
-        port = free_port()
-        out = tmp_path / f"mosquitto-{port}"
-        written = write_files(out, MosquittoSetup(acl=ACL, host="127.0.0.1", port=port,
-                                                  **setup_kw))  # type: ignore[arg-type]
-        if os.geteuid() == 0:
-            # As root Mosquitto switches to user 'mosquitto', which cannot read a
-            # root-owned 0600 password file; on a gateway the operator chowns it.
-            with written.conf.open("a") as fh:
-                fh.write("user root\n")
-        proc = subprocess.Popen([exe, "-c", str(written.conf)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        procs.append(proc)
-        end = time.monotonic() + 10
-        while time.monotonic() < end and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return port, read_credentials(written.credentials)
-            except OSError:
-                time.sleep(0.05)
-        proc.kill()
-        out_text = proc.communicate()[0].decode(errors="replace")
-        raise AssertionError(f"mosquitto did not start:\n{out_text}")
+        def start(**setup_kw: object) -> tuple[int, dict[str, str]]:
+            port = free_port()
+            out = tmp_path / f"mosquitto-{port}"
+            written = write_files(out, MosquittoSetup(acl=ACL, host="127.0.0.1", port=port,
+                                                      **setup_kw))  # type: ignore[arg-type]
+            running.enter_context(running_mosquitto(written.conf, port, out / "mosquitto.log"))
+            return port, read_credentials(written.credentials)
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield start
 
 
 def login(probe, port: int, creds: dict[str, str], user: str):
@@ -98,7 +62,7 @@ def login(probe, port: int, creds: dict[str, str], user: str):
 # --- with a real Mosquitto ---------------------------------------------------------------
 
 def test_password_hash_matches_mosquitto_passwd(tmp_path):
-    exe = binary("mosquitto_passwd")
+    exe = mosquitto_binary("mosquitto_passwd")
     pw_file = tmp_path / "pw"
     subprocess.run([exe, "-c", "-b", str(pw_file), "pi", "correct horse"], check=True)
     theirs = pw_file.read_text().strip().split(":", 1)[1]

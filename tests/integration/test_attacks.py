@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mqtt_support import FleetClient, signed_round
 from numpy.typing import NDArray
 from pwdlib.hashers.argon2 import Argon2Hasher
 from support import (
@@ -104,7 +105,6 @@ from protocol.topics import Topics
 from protocol.wire import UpdateMessage, decode_update, encode_update
 
 FloatArray = NDArray[np.float64]
-FleetClient = Any  # tests/integration/conftest.py (conftest modules are not importable)
 
 TOPICS = Topics("test")
 USERS = ("aggregator", "dev-a", "dev-b", "dev-c", "mallory", "unenrolled-eve")
@@ -184,18 +184,6 @@ def truncate(payload: bytes, signer: Signer) -> bytes:
     """Drop the last ciphertext byte and sign again, as ``encode_update`` signs."""
     body = payload[:-SIGNATURE_BYTES][:-1]
     return body + signer.sign(UPDATE_DOMAIN, hashlib.sha256(body).digest())
-
-
-def round_message(client: FleetClient, round_id: int, timeout: float = 20.0) -> RoundMessage:
-    """Round ``round_id`` as announced (and signed by the aggregator) on the broker."""
-    def find() -> RoundMessage | None:
-        for payload in client.got(TOPICS.round):
-            msg = RoundMessage.from_bytes(payload, verify_with=AGGREGATOR_SIGNER.public_key)
-            if msg.round_id == round_id:
-                return msg
-        return None
-    found: RoundMessage = wait_until(find, f"round {round_id}", timeout)
-    return found
 
 
 def rejections(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -291,7 +279,7 @@ def attacked_fleet(acl_broker: int, fleet_client: Callable[..., FleetClient],
         expected: list[str] = []
         try:
             for r in range(1, ROUNDS + 1):
-                rnd = round_message(gate, r)
+                rnd = signed_round(gate, TOPICS, r, timeout=20.0)
                 assert rnd.key_fingerprint == fingerprint(public)
                 payload = make_update(rnd, GATE, signer_for(GATE), public,
                                       delta=GATE_DELTA * r, weight=GATE_WEIGHT)
@@ -301,7 +289,7 @@ def attacked_fleet(acl_broker: int, fleet_client: Callable[..., FleetClient],
                     if gate_update is not None:
                         payload = gate_update(fleet, rnd)
                 gate.publish(TOPICS.update(GATE), payload)  # now the round may close
-            rounds = {r: round_message(gate, r) for r in range(1, ROUNDS + 2)}
+            rounds = {r: signed_round(gate, TOPICS, r, timeout=20.0) for r in range(1, ROUNDS + 2)}
             thread.join(20)
             assert not thread.is_alive(), "the aggregator did not finish"
             assert "error" not in out, out.get("error")

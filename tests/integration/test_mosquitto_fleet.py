@@ -9,19 +9,14 @@ gateway. Skips without Mosquitto, unless FEDMQ_REQUIRE_MOSQUITTO=1 (set by
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from mqtt_support import FleetClient, mosquitto_binary, running_mosquitto, signed_round
 from support import (
     AGGREGATOR_SIGNER,
     SPEC,
@@ -30,7 +25,6 @@ from support import (
     local_data,
     run_in_thread,
     signer_for,
-    wait_until,
 )
 
 from aggregator.fedavg import weighted_average
@@ -46,25 +40,10 @@ from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, encrypt_int
 from protocol.topics import Topics
 from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
 
-FleetClient = Any  # tests/integration/conftest.py (conftest modules are not importable)
-
 TOPICS = Topics("test")
 AGENTS = ("dev-a", "dev-b", "dev-c")
 CODEC = CodecParams(clip=2.0)
 ROUNDS = 2
-
-
-def mosquitto_binary() -> str:
-    """The mosquitto executable; skip without it, or fail if FEDMQ_REQUIRE_MOSQUITTO=1."""
-    found = shutil.which("mosquitto") or next(
-        (str(p) for p in (Path("/usr/sbin/mosquitto"), Path("/usr/bin/mosquitto"))
-         if p.exists()), None)
-    if found is None:
-        message = "mosquitto is not installed (Debian: apt-get install mosquitto)"
-        if os.environ.get("FEDMQ_REQUIRE_MOSQUITTO") == "1":
-            pytest.fail(message + "; FEDMQ_REQUIRE_MOSQUITTO=1 requires it")
-        pytest.skip(message)
-    return found
 
 
 @dataclass(frozen=True)
@@ -86,7 +65,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     same user would take the aggregator's session over), the agents and mallory,
     an authenticated agent that takes no part in training.
     """
-    exe = mosquitto_binary()
+    mosquitto_binary()  # skip (or fail in CI) before writing anything
     port, out = free_port(), tmp_path / "mosquitto"
     argv = ["broker", "mosquitto-config", "--out", str(out), "--fleet", TOPICS.fleet,
             "--host", "127.0.0.1", "--port", str(port),
@@ -94,47 +73,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     for agent in (*AGENTS, "mallory"):
         argv += ["--agent", agent]
     assert main(argv) == 0
-    conf = out / CONF_FILE
-    if os.geteuid() == 0:
-        # As root Mosquitto switches to user 'mosquitto', which cannot read the
-        # root-owned 0600 password file; on a gateway the operator chowns it.
-        with conf.open("a") as fh:
-            fh.write("user root\n")
-    log_path = tmp_path / "mosquitto.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log_file,
-                                stderr=subprocess.STDOUT)
-    try:
-        end = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > end:
-                    raise AssertionError(
-                        f"mosquitto did not start:\n{log_path.read_text()}") from None
-                time.sleep(0.05)
+    with running_mosquitto(out / CONF_FILE, port, tmp_path / "mosquitto.log"):
         yield Mosquitto(port, read_credentials(out / CREDENTIALS_FILE))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def round_message(client: FleetClient, round_id: int) -> RoundMessage:
-    """Round ``round_id`` as announced (and signed by the aggregator) on the broker."""
-    def find() -> RoundMessage | None:
-        for payload in client.got(TOPICS.round):
-            msg = RoundMessage.from_bytes(payload, verify_with=AGGREGATOR_SIGNER.public_key)
-            if msg.round_id == round_id:
-                return msg
-        return None
-    found: RoundMessage = wait_until(find, f"round {round_id}")
-    return found
 
 
 @dataclass
@@ -170,11 +110,11 @@ def run_fleet(broker: Mosquitto, make_aggregator: Callable[..., Aggregator],
     thread, out = run_in_thread(aggregator.run)
     try:
         if during_round_1 is not None:
-            during_round_1(round_message(watcher, 1))
+            during_round_1(signed_round(watcher, TOPICS, 1))
         thread.join(30)
         assert not thread.is_alive(), "the aggregator did not finish"
         assert "error" not in out, out.get("error")
-        rounds = {r: round_message(watcher, r) for r in range(1, ROUNDS + 2)}
+        rounds = {r: signed_round(watcher, TOPICS, r) for r in range(1, ROUNDS + 2)}
     finally:
         aggregator.stop()
         for a in agents:
