@@ -57,7 +57,7 @@ class EdgeAgent:
         self._codec: Codec | None = None
         self._pool: ObfuscatorPool | None = None
         self._pending_round: bytes | None = None
-        self._not_selected: set[tuple[str, int]] = set()
+        self._not_selected: set[int] = set()  # rounds of the current run, like history
         self._run_id: str | None = None
         self._sent: tuple[str, int, bytes, frozenset[float]] | None = None
         topics = config.topics
@@ -201,13 +201,14 @@ class EdgeAgent:
                 log.info("a new run %s started; joining it", msg.run_id)
             self._run_id = msg.run_id
             self.history.clear()
+            self._not_selected.clear()
         if msg.round_id in self.history:
             self._resend(msg)
             return False
-        if (msg.run_id, msg.round_id) in self._not_selected:
+        if msg.round_id in self._not_selected:
             return False  # retained copy or redelivery of a round already handled
         if not msg.selects(self.config.agent_id):
-            self._not_selected.add((msg.run_id, msg.round_id))
+            self._not_selected.add(msg.round_id)
             log.info("round %d: not selected (%d of the fleet are); idle", msg.round_id,
                      len(msg.participants))
             return False
