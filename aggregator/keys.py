@@ -41,8 +41,10 @@ def load_aggregator_keys(config: AggregatorConfig, *,
     paillier, signing = Path(config.key_file), Path(config.signing_key_file)
     missing = [p for p in (paillier, signing) if not p.exists()]
     if missing and not new_keys:
-        evidence = [p for p in (paillier, signing) if p.exists()] + [
-            p for p in (Path(config.state_dir) / f for f in RUN_STATE_FILES) if p.exists()]
+        # An allow-list means `fedmq enroll` already printed keys for agents to pin.
+        evidence = [p for p in (paillier, signing, Path(config.allow_list_file)) if p.exists()]
+        evidence += [p for p in (Path(config.state_dir) / f for f in RUN_STATE_FILES)
+                     if p.exists()]
         if evidence:
             raise ConfigError(
                 f"{missing[0]} is missing but {evidence[0]} exists, so this is not a first "

@@ -46,6 +46,7 @@ class RunStore:
 
     def check_writable(self) -> None:
         """Fail at start, not after the first round's work, when state cannot be saved."""
+        self._rows()  # and when the round log cannot be appended to
         probe = self.state_dir / f".write-test.{os.getpid()}"
         try:
             write_atomic(probe, b"")

@@ -33,6 +33,7 @@ def _config(tmp_path):
     state = tmp_path / "gw"
     return AggregatorConfig(topics=Topics("test"), spec=SPEC, key_bits=512,
                             key_file=str(state / "paillier.key"),
+                            allow_list_file=str(state / "allow_list.json"),
                             signing_key_file=str(state / "signing.key"), state_dir=str(state))
 
 
@@ -60,7 +61,8 @@ def test_a_lost_key_is_never_replaced_silently(tmp_path, lost):
     assert (new_signer.public_hex != signer.public_hex) == (lost == "signing.key")
 
 
-@pytest.mark.parametrize("state_file", ["run.json", "global_model.npz", "rounds.csv"])
+@pytest.mark.parametrize("state_file", ["run.json", "global_model.npz", "rounds.csv",
+                                        "allow_list.json"])
 def test_no_keys_beside_run_state_is_not_a_first_use(tmp_path, state_file):
     from aggregator.keys import load_aggregator_keys
 

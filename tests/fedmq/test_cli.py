@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from support import AGGREGATOR_SIGNER, SPEC, signer_for
 
 from broker.embedded import free_port
 from fedmq.cli import main
@@ -127,8 +128,6 @@ def run_without_root_override(*args: str) -> subprocess.CompletedProcess[str]:
 
 def gateway(tmp_path, keypair):
     """An aggregator config with its keys in place, pointing at a port nobody listens on."""
-    from support import AGGREGATOR_SIGNER, SPEC
-
     from protocol.paillier import private_key_to_dict
 
     state = tmp_path / "gw"
@@ -222,6 +221,10 @@ MALFORMED_STATE = {
                             "cannot read"),
     "an unreadable open_round": (_unreadable_dir, "open_round", "cannot read"),
     "a read-only state dir": (lambda s: s.chmod(0o555), "gw", "cannot write"),
+    "binary rounds.csv": (lambda s: (s / "rounds.csv").write_bytes(b"round\x00\xff\n"),
+                          "rounds.csv", "cannot read round log"),
+    "foreign rounds.csv": (lambda s: (s / "rounds.csv").write_text("a,b\n1,2\n"),
+                           "rounds.csv", "not a fedmq round log"),
     "paillier.key missing, signing.key kept": (lambda s: (s / "paillier.key").unlink(),
                                                "paillier.key", "--new-keys"),
     "signing.key missing, paillier.key kept": (lambda s: (s / "signing.key").unlink(),
@@ -260,8 +263,6 @@ def test_binary_data_file_is_one_line(tmp_path, content, says):
 def test_enroll_does_not_replace_a_lost_signing_key(tmp_path, keypair):
     cfg, state = gateway(tmp_path, keypair)
     (state / "signing.key").unlink()
-    from support import signer_for
-
     proc = run("enroll", "--config", str(cfg), "--agent", "pi-1", "--public-key",
                signer_for("pi-1").public_hex)
     one_line_error(proc, "signing.key")
@@ -270,3 +271,16 @@ def test_enroll_does_not_replace_a_lost_signing_key(tmp_path, keypair):
                signer_for("pi-1").public_hex, "--new-keys")
     assert made.returncode == 0, made.stderr
     assert "re-pin" in made.stderr + made.stdout and (state / "signing.key").exists()
+
+
+def test_aggregator_new_keys_replaces_only_a_lost_key_and_says_to_re_pin(tmp_path, keypair):
+    cfg, state = gateway(tmp_path, keypair)
+    old = run("aggregator", "--config", str(cfg), "--show-fingerprint")
+    assert old.returncode == 0, old.stderr
+    (state / "paillier.key").unlink()
+    one_line_error(run("aggregator", "--config", str(cfg), "--show-fingerprint"),
+                   "paillier.key is missing")
+    new = run("aggregator", "--config", str(cfg), "--show-fingerprint", "--new-keys")
+    assert new.returncode == 0, new.stderr
+    assert new.stdout.strip() != old.stdout.strip() and "re-pin" in new.stderr
+    assert (state / "signing.key").read_bytes() == AGGREGATOR_SIGNER.to_pem()  # kept
