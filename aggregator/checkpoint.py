@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +47,34 @@ class RunCheckpoint:
     extensions: int = 0
 
     def __post_init__(self) -> None:
+        # Strict: a hand-edited "25" or "soon" must stop here, not deep in the round loop.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "expected":
+                if not (isinstance(value, tuple) and all(isinstance(a, str) for a in value)):
+                    raise ConfigError("expected must be a list of agent ids")
+            elif not _has_type(value, f.type):
+                raise ConfigError(f"{f.name} must be {_TYPE_NAMES[str(f.type)]}, "
+                                  f"not {json.dumps(value, default=str)}")
         if self.status not in STATUSES:
-            raise ConfigError(f"checkpoint status must be one of {STATUSES}")
+            raise ConfigError(f"status must be one of {STATUSES}, not {self.status!r}")
+        if self.round_id < 1 or self.model_version < 0 or self.extensions < 0:
+            raise ConfigError("round_id must be >= 1, model_version and extensions >= 0")
+
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "bool": "true or false",
+               "float": "a number"}
+
+
+def _has_type(value: object, type_name: object) -> bool:
+    # bool is an int subclass in Python, but true is no round number.
+    if type_name == "str":
+        return isinstance(value, str)
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Checkpoints:
@@ -58,32 +86,63 @@ class Checkpoints:
         if not self.path.exists():
             return None
         try:
-            doc = json.loads(self.path.read_text())
-            if doc.pop("schema", None) != SCHEMA:
+            doc = json.loads(self.path.read_bytes().decode())
+            if not isinstance(doc, dict) or doc.pop("schema", None) != SCHEMA:
                 raise ValueError(f"not a {SCHEMA} file")
-            doc["expected"] = tuple(doc.get("expected", ()))
+            names = {f.name for f in fields(RunCheckpoint)}
+            if unknown := sorted(set(doc) - names):
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+            if isinstance(doc.get("expected"), list):
+                doc["expected"] = tuple(doc["expected"])
             return RunCheckpoint(**doc)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"cannot resume from {self.path}: {exc}; move it away to "
-                              "start a new run") from exc
+        except (OSError, ValueError, TypeError, ConfigError) as exc:
+            raise ConfigError(f"cannot resume from {self.path}: {exc}; restore it, or move "
+                              "state_dir away (or set [output] resume = false) to start a "
+                              "new run") from exc
 
     def save(self, cp: RunCheckpoint) -> None:
         doc = {"schema": SCHEMA, **asdict(cp), "expected": list(cp.expected)}
-        write_atomic(self.path, json.dumps(doc, indent=1).encode())
+        try:
+            write_atomic(self.path, json.dumps(doc, indent=1).encode())
+        except OSError as exc:
+            raise ConfigError(f"cannot write checkpoint {self.path}: {exc.strerror}") from exc
 
     def save_update(self, agent_id: str, payload: bytes) -> None:
         check_name(agent_id, "agent id")  # it becomes a file name
         write_atomic(self.updates_dir / f"{agent_id}.fmqu", payload)
 
     def load_updates(self) -> list[tuple[str, bytes]]:
-        if not self.updates_dir.is_dir():
-            return []
-        return [(p.stem, p.read_bytes()) for p in sorted(self.updates_dir.glob("*.fmqu"))]
+        """The accepted payloads of the open round; unreadable ones are an error, never
+        silently "0 updates restored" (each was acknowledged to its agent)."""
+        out = []
+        for p in self._update_files():
+            try:
+                out.append((p.stem, p.read_bytes()))
+            except OSError as exc:
+                raise ConfigError(f"cannot read accepted update {p}: {exc.strerror}; restore "
+                                  "it or move it away (that agent's update is then lost)") from exc
+        return out
 
     def clear_updates(self) -> None:
-        if self.updates_dir.is_dir():
-            for p in self.updates_dir.glob("*.fmqu"):
+        for p in self._update_files():
+            try:
                 p.unlink()
+            except OSError as exc:
+                raise ConfigError(f"cannot remove {p}: {exc.strerror}") from exc
+
+    def _update_files(self) -> Iterator[Path]:
+        # Not Path.glob: it swallows a permission error and reports an empty directory.
+        d = self.updates_dir
+        if not d.exists() and not d.is_symlink():
+            return iter(())
+        if not d.is_dir():
+            raise ConfigError(f"{d} is not a directory; it should hold the open round's "
+                              "accepted updates (move it away)")
+        try:
+            names = sorted(e.name for e in os.scandir(d))
+        except OSError as exc:
+            raise ConfigError(f"cannot read directory {d}: {exc.strerror}") from exc
+        return (d / n for n in names if n.endswith(".fmqu"))
 
 
 @dataclass(frozen=True)
@@ -99,7 +158,7 @@ class StartPoint:
 
 def start_point(cp: RunCheckpoint | None, *, identity: tuple[str, str, str],
                 saved_params: NDArray[np.float64], saved_version: int | None,
-                fresh_run_id: str) -> StartPoint:
+                fresh_run_id: str, model_file: str = "global_model.npz") -> StartPoint:
     """Decide how to start from the last checkpoint and the last saved model.
 
     ``identity`` is (fleet, key fingerprint, codec digest) of this aggregator: a
@@ -110,6 +169,19 @@ def start_point(cp: RunCheckpoint | None, *, identity: tuple[str, str, str],
     if (cp.fleet, cp.key_fingerprint, cp.codec_digest) != identity:
         raise ConfigError("the saved run belongs to another fleet, key or codec; move "
                           "state_dir away or set [output] resume = false")
+    # The model must be the checkpoint's version, or one ahead (saved just before a crash
+    # could checkpoint it). Anything else would restart training from zero, or announce
+    # the run finished with a zero model.
+    allowed = (cp.model_version,) if cp.status == "closed" else (
+        cp.model_version, cp.model_version + 1)
+    never_saved = cp.status == "open" and cp.model_version == 0  # round 1 still open
+    if saved_version not in allowed and not (saved_version is None and never_saved):
+        what = ("is missing" if saved_version is None
+                else f"holds model version {saved_version}")
+        raise ConfigError(
+            f"{model_file} {what} but run.json is at model version {cp.model_version} (round "
+            f"{cp.round_id}, {cp.status}); restore it, or move state_dir away (or set "
+            "[output] resume = false) to start a new run")
     version = 0 if saved_version is None else saved_version
     params = saved_params if saved_version is not None else np.zeros_like(saved_params)
     if cp.status == "open" and version == cp.model_version:

@@ -1,12 +1,19 @@
-"""Keys on disk: the aggregator's Paillier keypair and Ed25519 signing keys (mode 0600)."""
+"""Keys on disk: the aggregator's Paillier keypair and Ed25519 signing key (mode 0600).
+
+Agents pin both (key fingerprint, signing key), so a key is created only on true
+first use (neither key nor any run state exists yet) or when the operator asks
+for new keys: silently replacing a lost key would make every pinned agent refuse
+the aggregator, and a new Paillier key cannot decrypt the open round.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedmq.files import warn_if_readable, write_atomic
+from fedmq.files import create_signer, load_signer, warn_if_readable, write_atomic
 from protocol.errors import ConfigError, ProtocolError
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -16,28 +23,75 @@ from protocol.paillier import (
     private_key_from_dict,
     private_key_to_dict,
 )
+from protocol.signing import Signer
+
+if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
 
 log = logging.getLogger(__name__)
+Keypair = tuple[PaillierPublicKey, PaillierPrivateKey]
+RUN_STATE_FILES = ("run.json", "global_model.npz", "rounds.csv", "open_round")
+REPIN = ("every agent must then re-pin [fleet] key_fingerprint and aggregator_signing_key "
+         "(fedmq enroll prints them)")
 
 
-def load_or_create_keypair(
-    path: str | Path, bits: int
-) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
-    p = Path(path)
-    if p.exists():
-        warn_if_readable(p)
-        try:
-            private = private_key_from_dict(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError, ProtocolError) as exc:
-            raise ConfigError(f"cannot load private key {p}: {exc}") from exc
-        bits_found = private.public_key.n.bit_length()
-        if abs(bits_found - bits) > 8:
-            log.warning("key %s has %d bits, config asks %d: keeping the existing key", p,
-                        bits_found, bits)
-        log.info("loaded Paillier key %s (fingerprint %s)", p, fingerprint(private.public_key)[:16])
-        return private.public_key, private
+def load_aggregator_keys(config: AggregatorConfig, *,
+                         new_keys: bool = False) -> tuple[Keypair, Signer]:
+    """Both keys of the aggregator; a missing one is created only on first use or on request."""
+    paillier, signing = Path(config.key_file), Path(config.signing_key_file)
+    missing = [p for p in (paillier, signing) if not p.exists()]
+    if missing and not new_keys:
+        # An allow-list means `fedmq enroll` already printed keys for agents to pin.
+        evidence = [p for p in (paillier, signing, Path(config.allow_list_file)) if p.exists()]
+        evidence += [p for p in (Path(config.state_dir) / f for f in RUN_STATE_FILES)
+                     if p.exists()]
+        if evidence:
+            raise ConfigError(
+                f"{missing[0]} is missing but {evidence[0]} exists, so this is not a first "
+                "start: restore the key, or pass --new-keys to create a new one (" + REPIN + ")")
+    keypair = load_keypair(paillier, config.key_bits) if paillier.exists() else create_keypair(
+        paillier, config.key_bits)
+    signer = load_signer(signing) if signing.exists() else create_signer(signing)
+    if new_keys and missing:
+        log.warning("created new key(s) %s: %s", ", ".join(map(str, missing)), REPIN)
+    return keypair, signer
+
+
+def load_keypair(path: Path, bits: int | None = None) -> Keypair:
+    try:
+        warn_if_readable(path)
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise ConfigError(f"cannot load private key {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot load private key {path}: not a UTF-8 JSON file") from exc
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ProtocolError("not a fedmq Paillier private key file")
+        private = private_key_from_dict(doc)
+    except (ValueError, ProtocolError) as exc:
+        raise ConfigError(f"cannot load private key {path}: {exc}") from exc
+    bits_found = private.public_key.n.bit_length()
+    if bits is not None and abs(bits_found - bits) > 8:
+        log.warning("key %s has %d bits, config asks %d: keeping the existing key", path,
+                    bits_found, bits)
+    log.info("loaded Paillier key %s (fingerprint %s)", path,
+             fingerprint(private.public_key)[:16])
+    return private.public_key, private
+
+
+def create_keypair(path: Path, bits: int) -> Keypair:
     public, private = generate_keypair(bits)
-    write_atomic(p, json.dumps(private_key_to_dict(private)).encode(), private=True)
-    log.info("generated %d-bit Paillier key %s (fingerprint %s)", bits, p, fingerprint(public))
+    try:
+        write_atomic(path, json.dumps(private_key_to_dict(private)).encode(), private=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write private key {path}: {exc.strerror}") from exc
+    log.info("generated %d-bit Paillier key %s (fingerprint %s)", bits, path, fingerprint(public))
     return public, private
 
+
+def load_or_create_keypair(path: str | Path, bits: int) -> Keypair:
+    """Load the keypair at ``path``, or create it there (no first-use check: tools, tests)."""
+    p = Path(path)
+    return load_keypair(p, bits) if p.exists() else create_keypair(p, bits)

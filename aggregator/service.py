@@ -23,10 +23,9 @@ from aggregator.allowlist import load_allow_list
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
 from aggregator.inbound import Inbound
-from aggregator.keys import load_or_create_keypair
+from aggregator.keys import load_aggregator_keys
 from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
-from fedmq.files import load_or_create_signer
 from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, mean_from_sums
 from protocol.errors import CodecError, FedmqError, ProtocolError
@@ -68,9 +67,9 @@ class Aggregator:
         on_round: Callable[[RoundResult], None] | None = None,
     ) -> None:
         self.config = config
-        self.public_key, self._private_key = keypair or load_or_create_keypair(
-            config.key_file, config.key_bits)
-        self.signer = signer or load_or_create_signer(config.signing_key_file)
+        if keypair is None or signer is None:  # never replaces a lost key silently
+            keypair, signer = load_aggregator_keys(config)
+        (self.public_key, self._private_key), self.signer = keypair, signer
         self.fingerprint = fingerprint(self.public_key)
         self.codec = make_codec(config.codec, self.public_key.n)
         self.codec_digest = config.codec.digest(self.fingerprint)
@@ -119,7 +118,9 @@ class Aggregator:
             log.info("public key %s published on %s", self.fingerprint[:16], cfg.topics.pubkey)
             run_id, resume = start.run_id, start.open_round
             params, version, round_id = start.params, start.version, start.round_id
-            if resume is None and round_id == 1:
+            if resume is None:
+                # Also after a restart at a round boundary: the agents' retained statuses
+                # arrive only now, and a round opened before them would expect nobody.
                 self._wait_for_agents()
             while round_id <= cfg.policy.rounds and not self._stop.is_set():
                 # Only the first round of a restarted run can be a resumed one.
@@ -145,15 +146,22 @@ class Aggregator:
 
     def _start_point(self) -> StartPoint:
         cfg = self.config
+        self.store.check_writable()
         params, saved_version = self.store.load_params(cfg.spec)
         start = start_point(
             self.checkpoints.load() if cfg.resume else None,
             identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
-            saved_params=params, saved_version=saved_version, fresh_run_id=secrets.token_hex(8))
+            saved_params=params, saved_version=saved_version, fresh_run_id=secrets.token_hex(8),
+            model_file=str(self.store.model_path))
         if start.round_id == 1 and start.open_round is None:
             self.checkpoints.clear_updates()
             log.info("starting run %s", start.run_id)
         else:
+            if start.open_round is not None:
+                self.checkpoints.load_updates()  # unreadable ones stop us here, before MQTT
+            elif self.store.recover_record():
+                log.warning("round %d: audit row recovered into %s", start.round_id - 1,
+                            self.store.log_path)
             log.warning("resuming run %s at round %d (model version %d%s)", start.run_id,
                         start.round_id, start.version,
                         ", open round with its accepted updates" if start.open_round else "")
@@ -275,7 +283,7 @@ class Aggregator:
         # Model first, then the checkpoint: a crash in between is recognised on
         # resume (saved version = open version + 1) and the round is not reopened.
         self.store.save_model(self.config.spec, new_params, round_id=state.round_id,
-                              version=new_version)
+                              version=new_version, record=result)
         self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, new_version,
                                                "closed"))
         self.checkpoints.clear_updates()

@@ -1,14 +1,22 @@
-"""What the aggregator keeps on disk: the latest global model and a per-round log."""
+"""What the aggregator keeps on disk: the latest global model and a per-round log.
+
+The round's audit row travels inside the model file's metadata, written before
+the round is checkpointed as closed: a crash before the ``rounds.csv`` append
+is repaired on resume (``recover_record``), never a lost or duplicated row.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fedmq.files import write_atomic
 from models import ModelError, ModelSpec, load_model, save_model
 from protocol.errors import ConfigError
 
@@ -19,38 +27,107 @@ ROUND_LOG_FIELDS = ("round", "model_version", "closed_by", "reported", "expected
                     "total_weight", "seconds", "update_norm", "agents")
 
 
+def audit_row(result: RoundResult) -> list[str]:
+    return [str(result.round_id), str(result.model_version), result.closed_by,
+            str(len(result.reported)), str(result.expected), str(result.rejected),
+            f"{result.total_weight:.0f}", f"{result.seconds:.3f}", f"{result.update_norm:.6g}",
+            " ".join(result.reported)]
+
+
 class RunStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create state_dir {state_dir}: {exc.strerror}") from exc
         self.model_path = state_dir / "global_model.npz"
         self.log_path = state_dir / "rounds.csv"
 
+    def check_writable(self) -> None:
+        """Fail at start, not after the first round's work, when state cannot be saved."""
+        self._rows()  # and when the round log cannot be appended to
+        probe = self.state_dir / f".write-test.{os.getpid()}"
+        try:
+            write_atomic(probe, b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"cannot write in state_dir {self.state_dir}: "
+                              f"{exc.strerror}") from exc
+
     def save_model(self, spec: ModelSpec, params: NDArray[np.float64], *, round_id: int,
-                   version: int) -> None:
-        save_model(self.model_path, spec, params,
-                   metadata={"round": round_id, "model_version": version})
+                   version: int, record: RoundResult | None = None) -> None:
+        meta: dict[str, object] = {"round": round_id, "model_version": version}
+        if record is not None:
+            meta["record"] = audit_row(record)
+        try:
+            save_model(self.model_path, spec, params, metadata=meta)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self.model_path}: {exc.strerror}") from exc
 
     def load_params(self, spec: ModelSpec) -> tuple[NDArray[np.float64], int | None]:
         """The saved global model and its version; (zeros, None) if there is none yet."""
         if not self.model_path.exists():
             return np.zeros(spec.n_params), None
-        try:
-            saved_spec, params, meta = load_model(self.model_path)
-        except ModelError as exc:
-            raise ConfigError(f"cannot resume: {exc}") from exc
+        saved_spec, params, meta = self._load()
         if saved_spec != spec:
             raise ConfigError(f"{self.model_path} holds another model than the config; "
                               "move it away to start a new run")
-        return params, int(meta.get("model_version", 0))
+        version = meta.get("model_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ConfigError(f"{self.model_path}: model_version {version!r} is not a "
+                              "non-negative integer")
+        return params, version
+
+    def _load(self) -> tuple[ModelSpec, NDArray[np.float64], dict[str, object]]:
+        try:
+            return load_model(self.model_path)
+        except ModelError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from exc
 
     def record(self, result: RoundResult) -> None:
-        new = not self.log_path.exists()
-        with self.log_path.open("a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(ROUND_LOG_FIELDS)
-            writer.writerow([result.round_id, result.model_version, result.closed_by,
-                             len(result.reported), result.expected, result.rejected,
-                             f"{result.total_weight:.0f}", f"{result.seconds:.3f}",
-                             f"{result.update_norm:.6g}", " ".join(result.reported)])
+        self._append(audit_row(result))
+
+    def recover_record(self) -> bool:
+        """Append the saved model's audit row unless ``rounds.csv`` already ends with it."""
+        if not self.model_path.exists():
+            return False
+        row = self._load()[2].get("record")
+        if row is None:
+            return False  # a model written before audit rows travelled with it
+        if not (isinstance(row, list) and len(row) == len(ROUND_LOG_FIELDS)
+                and all(isinstance(c, str) for c in row)):
+            raise ConfigError(f"{self.model_path}: its audit record is malformed")
+        rows = self._rows()
+        if rows and rows[-1] == row:
+            return False
+        self._append(row, rows)
+        return True
+
+    def _rows(self) -> list[list[str]]:
+        if not self.log_path.exists():
+            return []
+        try:
+            text = self.log_path.read_bytes().decode()
+            if "\0" in text:
+                raise ValueError("it holds NUL bytes")
+            rows = [r for r in csv.reader(io.StringIO(text)) if r]
+        except (OSError, ValueError, csv.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc
+            raise ConfigError(f"cannot read round log {self.log_path}: {reason}; move it "
+                              "away") from exc
+        if rows and tuple(rows[0]) != ROUND_LOG_FIELDS:
+            raise ConfigError(f"{self.log_path} is not a fedmq round log (header "
+                              f"{','.join(rows[0])[:60]!r}); move it away")
+        return rows[1:]
+
+    def _append(self, row: list[str], rows: list[list[str]] | None = None) -> None:
+        # Rewritten whole and atomically: an append cut by a crash would leave half a row.
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerows([list(ROUND_LOG_FIELDS), *(self._rows() if rows is None else rows),
+                          row])
+        try:
+            write_atomic(self.log_path, buf.getvalue().encode())
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self.log_path}: {exc.strerror}") from exc

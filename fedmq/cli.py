@@ -61,8 +61,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from aggregator.allowlist import enroll, revoke
     from aggregator.config import AggregatorConfig
-    from aggregator.keys import load_or_create_keypair
-    from fedmq.files import load_or_create_signer
+    from aggregator.keys import load_aggregator_keys
     from protocol.paillier import fingerprint
 
     config = AggregatorConfig.from_file(args.config)
@@ -74,9 +73,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not args.public_key:
         raise ConfigError("enroll needs --public-key (on the device: fedmq agent --config "
                           "agent.toml --show-public-key)")
+    # Keys first: a lost key must stop us before the allow-list changes.
+    (public, _), signer = load_aggregator_keys(config, new_keys=args.new_keys)
     changed = enroll(config.allow_list_file, args.agent, args.public_key)
-    public, _ = load_or_create_keypair(config.key_file, config.key_bits)
-    signer = load_or_create_signer(config.signing_key_file)
     print(f"{args.agent} {'enrolled' if changed else 'already enrolled'} in "
           f"{config.allow_list_file}")
     print("pin these in the agent's config:\n[fleet]\n"
@@ -109,10 +108,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_aggregator(args: argparse.Namespace) -> int:
     from aggregator.config import AggregatorConfig
+    from aggregator.keys import load_aggregator_keys
     from aggregator.service import Aggregator
 
     config = AggregatorConfig.from_file(args.config)
-    aggregator = Aggregator(config)
+    keypair, signer = load_aggregator_keys(config, new_keys=args.new_keys)
+    aggregator = Aggregator(config, keypair=keypair, signer=signer)
     if args.show_fingerprint:
         print(aggregator.fingerprint)
         return 0
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/aggregator.toml", help="aggregator TOML config")
     p.add_argument("--show-fingerprint", action="store_true",
                    help="create or load the key, print its fingerprint and exit")
+    p.add_argument("--new-keys", action="store_true",
+                   help="create a missing Paillier or signing key even though run state or "
+                   "the other key exists (never needed on first use); every agent must then "
+                   "re-pin key_fingerprint and aggregator_signing_key")
     p.set_defaults(func=cmd_aggregator)
 
     p = sub.add_parser("agent", help="run an edge agent (device)",
@@ -238,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", required=True, help="agent id")
     p.add_argument("--public-key", help="the agent's key: fedmq agent --show-public-key")
     p.add_argument("--revoke", action="store_true", help="remove the agent from the allow-list")
+    p.add_argument("--new-keys", action="store_true",
+                   help="create a missing Paillier or signing key even though run state or "
+                   "the other key exists (never needed on first use); every agent must then "
+                   "re-pin key_fingerprint and aggregator_signing_key")
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("simulate", help="simulate a whole fleet on this machine",

@@ -47,16 +47,30 @@ def warn_if_readable(path: Path) -> None:
         log.warning("private key %s is readable by others (mode %o); chmod 600 it", path, mode)
 
 
-def load_or_create_signer(path: str | Path) -> Signer:
-    """An Ed25519 signing key: loaded if present, else generated and written 0600."""
+def load_signer(path: str | Path) -> Signer:
+    """An existing Ed25519 signing key (ConfigError naming the file if it is unusable)."""
     p = Path(path)
-    if p.exists():
+    try:
         warn_if_readable(p)
-        try:
-            return Signer.from_pem(p.read_bytes())
-        except (OSError, ProtocolError) as exc:
-            raise ConfigError(f"cannot load signing key {p}: {exc}") from exc
+        return Signer.from_pem(p.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot load signing key {p}: {exc.strerror}") from exc
+    except ProtocolError as exc:
+        raise ConfigError(f"cannot load signing key {p}: {exc}") from exc
+
+
+def create_signer(path: str | Path) -> Signer:
+    """A new Ed25519 signing key, written 0600."""
+    p = Path(path)
     signer = Signer.generate()
-    write_atomic(p, signer.to_pem(), private=True)
+    try:
+        write_atomic(p, signer.to_pem(), private=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write signing key {p}: {exc.strerror}") from exc
     log.info("generated Ed25519 signing key %s (public %s)", p, signer.public_hex)
     return signer
+
+
+def load_or_create_signer(path: str | Path) -> Signer:
+    """An Ed25519 signing key: loaded if present, else generated and written 0600."""
+    return load_signer(path) if Path(path).exists() else create_signer(path)

@@ -161,3 +161,91 @@ def test_start_point_decisions(cp, saved, expect):
                         saved_version=saved, fresh_run_id="fresh")
     assert (start.round_id, start.version, start.open_round is not None) == expect
     assert start.run_id == ("fresh" if expect[0] == 1 else "r1")
+
+
+def test_a_missing_model_beside_a_run_is_refused(tmp_path, keypair, broker_port):
+    """Without global_model.npz a resumed run would restart from (or finish with) zeros."""
+    agg = make(broker_port, tmp_path, keypair)
+    ident = dict(fleet="test", key_fingerprint=agg.fingerprint, codec_digest=agg.codec_digest)
+    for cp in (checkpoint(**ident, status="closed", model_version=2),
+               checkpoint(**ident, status="open", model_version=2)):
+        agg.checkpoints.save(cp)
+        with pytest.raises(ConfigError, match=r"global_model.npz .*missing.*restore it"):
+            agg._start_point()
+    # A saved model older than the checkpoint is as wrong as none at all.
+    agg.store.save_model(SPEC, np.ones(SPEC.n_params), round_id=1, version=1)
+    with pytest.raises(ConfigError, match=r"global_model\.npz holds model version 1"):
+        agg._start_point()
+    # Round 1 still open: no model was ever saved, and none is needed.
+    agg.store.model_path.unlink()
+    agg.checkpoints.save(checkpoint(**ident, status="open", round_id=1, model_version=0))
+    assert agg._start_point().open_round is not None
+
+
+def test_unreadable_open_round_is_an_error_not_zero_updates(tmp_path):
+    cps = Checkpoints(tmp_path)
+    cps.updates_dir.write_bytes(b"not a directory")
+    with pytest.raises(ConfigError, match=r"open_round.*not a directory"):
+        cps.load_updates()
+    with pytest.raises(ConfigError, match=r"open_round.*not a directory"):
+        cps.clear_updates()
+    cps.updates_dir.unlink()
+    (cps.updates_dir / "agent-0.fmqu").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"cannot read .*agent-0\.fmqu"):
+        cps.load_updates()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("round_id", "25"), ("round_id", True), ("round_id", 2.0), ("model_version", None),
+    ("deadline", "soon"), ("opened_at", False), ("expected", "ab"), ("expected", [1]),
+    ("sampled", 1), ("run_id", 5), ("extensions", -1), ("round_id", 0),
+])
+def test_checkpoint_fields_are_typed_strictly(tmp_path, field, value):
+    import json
+
+    doc = {"schema": "fedmq.aggregator-state/1", **checkpoint().__dict__,
+           "expected": ["a", "b"], field: value}
+    (tmp_path / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=f"run.json.*{field}"):
+        Checkpoints(tmp_path).load()
+
+
+class _Crash(BaseException):
+    """The gateway losing power: nothing after this point of the code runs."""
+
+
+def _crash_in_window(agg, window):
+    if window == "before the closed checkpoint":
+        save = agg.checkpoints.save
+
+        def save_unless_closed(cp):
+            if cp.status == "closed":
+                raise _Crash
+            save(cp)
+        agg.checkpoints.save = save_unless_closed
+    else:  # after the closed checkpoint, before the rounds.csv append
+        def record(_result):
+            raise _Crash
+        agg.store.record = record
+
+
+@pytest.mark.parametrize("window", ["before the closed checkpoint", "before the csv append"])
+def test_the_audit_row_of_a_round_survives_a_crash_in_any_window(
+        tmp_path, keypair, broker_port, start_agents, window):
+    start_agents(broker_port, 2)
+    first = make(broker_port, tmp_path, keypair)
+    _crash_in_window(first, window)
+    with pytest.raises(_Crash):
+        first.run()
+    first._link.close()
+    log = tmp_path / "aggregator" / "rounds.csv"
+    assert not log.exists()  # the crash hit before the row was written
+    second = make(broker_port, tmp_path, keypair)
+    second._start_point()
+    second._start_point()  # recovery is idempotent: never a duplicate row
+    second.run()
+    with log.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["round"], r["model_version"]) for r in rows] == [("1", "1"), ("2", "2")]
+    assert sorted(rows[0]["agents"].split()) == ["agent-0", "agent-1"]
+    assert rows[0]["closed_by"] == "all"

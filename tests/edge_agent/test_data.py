@@ -35,3 +35,20 @@ def test_bad_files_give_clear_errors(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_csv(tmp_path / "nope.csv", ("a",), "label")
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"a,label\n\x80\x81,0\n", "not a UTF-8 text file"),
+    (b"a,label\n1\x00,0\n", r"d.csv:2 holds a NUL byte"),
+    (bytes(range(256)) * 4, "NUL byte|not a UTF-8"),
+])
+def test_binary_files_give_clear_errors(tmp_path, content, match):
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        load_csv(path, ("a",), "label")
+
+
+def test_a_directory_is_not_a_data_file(tmp_path):
+    with pytest.raises(DataError, match="cannot read data file"):
+        load_csv(tmp_path, ("a",), "label")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from support import AGGREGATOR_SIGNER, SPEC, signer_for
 
 from broker.embedded import free_port
 from fedmq.cli import main
@@ -111,3 +112,175 @@ def test_sample_data(tmp_path):
 
 def test_simulate_bad_option():
     one_line_error(run("simulate", "--agents", "2", "--kill", "2"), "kill")
+
+
+# --- malformed state and data files: one line naming the file, never a traceback ---------
+
+AS_ROOT = os.geteuid() == 0
+
+
+def run_without_root_override(*args: str) -> subprocess.CompletedProcess[str]:
+    """Like ``run``, but permission bits bind even for root (CAP_DAC_* dropped via setpriv)."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if AS_ROOT else []
+    return subprocess.run([*prefix, sys.executable, "-m", "fedmq", *args], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+
+
+def gateway(tmp_path, keypair):
+    """An aggregator config with its keys in place, pointing at a port nobody listens on."""
+    from protocol.paillier import private_key_to_dict
+
+    state = tmp_path / "gw"
+    state.mkdir()
+    (state / "paillier.key").write_text(json.dumps(private_key_to_dict(keypair[1])))
+    (state / "signing.key").write_bytes(AGGREGATOR_SIGNER.to_pem())
+    for key in ("paillier.key", "signing.key"):
+        (state / key).chmod(0o600)
+    spec = SPEC.to_dict()
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f"""
+[fleet]
+name = "test"
+[mqtt]
+port = {free_port()}
+[keys]
+bits = 512
+private_key_file = "{state / 'paillier.key'}"
+signing_key_file = "{state / 'signing.key'}"
+allow_list_file = "{state / 'allow.json'}"
+[model]
+kind = "{spec['kind']}"
+features = {list(spec['features'])!r}
+n_classes = {spec['n_classes']}
+center = {list(spec['center'])!r}
+scale = {list(spec['scale'])!r}
+[output]
+state_dir = "{state}"
+""".replace("'", '"'))
+    return cfg, state
+
+
+def identity(state):
+    """(key fingerprint, codec digest) of the gateway's key: its run state must match them."""
+    from protocol.codec import CodecParams
+    from protocol.paillier import fingerprint, private_key_from_dict
+
+    fp = fingerprint(private_key_from_dict(
+        json.loads((state / "paillier.key").read_text())).public_key)
+    return fp, CodecParams().digest(fp)
+
+
+def run_json(state, **fields):
+    fp, digest = identity(state)
+    doc = {"schema": "fedmq.aggregator-state/1", "run_id": "r1", "fleet": "test",
+           "key_fingerprint": fp, "codec_digest": digest, "round_id": 3,
+           "model_version": 3, "status": "closed", "expected": [], "sampled": False,
+           "opened_at": 1.0, "deadline": 2.0, "extensions": 0}
+    return json.dumps({**doc, **fields})
+
+
+def _open_round_with(state, make_entry):
+    (state / "run.json").write_text(run_json(state, status="open", model_version=0, round_id=1))
+    (state / "open_round").mkdir()
+    make_entry(state / "open_round" / "agent-0.fmqu")
+
+
+def _unreadable_fmqu(path):
+    path.write_bytes(b"FMQU")
+    path.chmod(0)
+
+
+def _unreadable_dir(state):
+    _open_round_with(state, lambda p: p.write_bytes(b"FMQU"))
+    (state / "open_round").chmod(0)
+
+
+MALFORMED_STATE = {
+    # case: (prepare(state), what stderr's one line must name, what it must say)
+    "binary paillier.key": (lambda s: (s / "paillier.key").write_bytes(b"\x80\xff\x00\x13"),
+                            "paillier.key", "not"),
+    "paillier.key holding []": (lambda s: (s / "paillier.key").write_text("[]"),
+                                "paillier.key", "not a fedmq Paillier private key"),
+    "run.json holding null": (lambda s: (s / "run.json").write_text("null"), "run.json",
+                              "not a"),
+    "run.json round_id string": (lambda s: (s / "run.json").write_text(run_json(s, round_id="25")),
+                                 "run.json", "round_id"),
+    "run.json deadline string": (lambda s: (s / "run.json").write_text(
+        run_json(s, deadline="soon")), "run.json", "deadline"),
+    "run.json round_id bool": (lambda s: (s / "run.json").write_text(run_json(s, round_id=True)),
+                               "run.json", "round_id"),
+    "binary run.json": (lambda s: (s / "run.json").write_bytes(b"\xff\xfe\x00"), "run.json",
+                        "cannot resume"),
+    "model missing beside run.json": (lambda s: (s / "run.json").write_text(run_json(s)),
+                                      "global_model.npz", "missing"),
+    "open_round is a file": (lambda s: (s / "open_round").write_bytes(b"x"), "open_round",
+                             "not a directory"),
+    "a .fmqu that is a directory": (lambda s: _open_round_with(s, lambda p: p.mkdir()),
+                                    "agent-0.fmqu", "cannot read"),
+    "an unreadable .fmqu": (lambda s: _open_round_with(s, _unreadable_fmqu), "agent-0.fmqu",
+                            "cannot read"),
+    "an unreadable open_round": (_unreadable_dir, "open_round", "cannot read"),
+    "a read-only state dir": (lambda s: s.chmod(0o555), "gw", "cannot write"),
+    "binary rounds.csv": (lambda s: (s / "rounds.csv").write_bytes(b"round\x00\xff\n"),
+                          "rounds.csv", "cannot read round log"),
+    "foreign rounds.csv": (lambda s: (s / "rounds.csv").write_text("a,b\n1,2\n"),
+                           "rounds.csv", "not a fedmq round log"),
+    "paillier.key missing, signing.key kept": (lambda s: (s / "paillier.key").unlink(),
+                                               "paillier.key", "--new-keys"),
+    "signing.key missing, paillier.key kept": (lambda s: (s / "signing.key").unlink(),
+                                               "signing.key", "--new-keys"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_STATE))
+def test_malformed_state_files_end_in_one_line(tmp_path, keypair, case):
+    prepare, names, says = MALFORMED_STATE[case]
+    cfg, state = gateway(tmp_path, keypair)
+    prepare(state)
+    keys_before = sorted(p.name for p in state.iterdir())
+    proc = run_without_root_override("aggregator", "--config", str(cfg))
+    one_line_error(proc, names)
+    assert says in proc.stderr, proc.stderr
+    state.chmod(0o755)
+    assert sorted(p.name for p in state.iterdir()) == keys_before  # no key made behind our back
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"a,l\n\x80\x81\xfe,0\n", "not a UTF-8 text file"),
+    (b"a,l\n1\x00,0\n", "NUL"),
+    (bytes(range(256)) * 4, "not a UTF-8 text file"),
+])
+def test_binary_data_file_is_one_line(tmp_path, content, says):
+    (tmp_path / "d.csv").write_bytes(content)
+    cfg = tmp_path / "a.toml"
+    cfg.write_text("[agent]\nid = 'pi'\nstate_dir = 'st'\n[mqtt]\nport = 1\n"
+                   "[data]\npath='d.csv'\nfeatures=['a']\nlabel='l'\n")
+    proc = run("agent", "--config", str(cfg))
+    one_line_error(proc, "d.csv")
+    assert says in proc.stderr
+
+
+def test_enroll_does_not_replace_a_lost_signing_key(tmp_path, keypair):
+    cfg, state = gateway(tmp_path, keypair)
+    (state / "signing.key").unlink()
+    proc = run("enroll", "--config", str(cfg), "--agent", "pi-1", "--public-key",
+               signer_for("pi-1").public_hex)
+    one_line_error(proc, "signing.key")
+    assert not (state / "signing.key").exists()
+    made = run("enroll", "--config", str(cfg), "--agent", "pi-1", "--public-key",
+               signer_for("pi-1").public_hex, "--new-keys")
+    assert made.returncode == 0, made.stderr
+    assert "re-pin" in made.stderr + made.stdout and (state / "signing.key").exists()
+
+
+def test_aggregator_new_keys_replaces_only_a_lost_key_and_says_to_re_pin(tmp_path, keypair):
+    cfg, state = gateway(tmp_path, keypair)
+    old = run("aggregator", "--config", str(cfg), "--show-fingerprint")
+    assert old.returncode == 0, old.stderr
+    (state / "paillier.key").unlink()
+    one_line_error(run("aggregator", "--config", str(cfg), "--show-fingerprint"),
+                   "paillier.key is missing")
+    new = run("aggregator", "--config", str(cfg), "--show-fingerprint", "--new-keys")
+    assert new.returncode == 0, new.stderr
+    assert new.stdout.strip() != old.stdout.strip() and "re-pin" in new.stderr
+    assert (state / "signing.key").read_bytes() == AGGREGATOR_SIGNER.to_pem()  # kept

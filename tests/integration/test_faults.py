@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support import (
+    AGGREGATOR_SIGNER,
     SPEC,
     agent_process,
     fedmq_process,
@@ -69,6 +70,8 @@ def _aggregator_config(tmp_path: Path, port: int, keypair, ids: list[str]) -> Pa
 
     (state / "paillier.key").write_text(json.dumps(private_key_to_dict(priv)))
     (state / "paillier.key").chmod(0o600)
+    (state / "signing.key").write_bytes(AGGREGATOR_SIGNER.to_pem())  # as enroll left it
+    (state / "signing.key").chmod(0o600)
     for agent_id in ids:
         enroll(state / "allow.json", agent_id, signer_for(agent_id).public_hex)
     spec = SPEC.to_dict()
@@ -213,3 +216,41 @@ def test_agent_process_restarted_mid_round_resumes_in_the_current_round(
     for result in aggregator.results:
         assert sorted(result.reported) == ["agent-0", "agent-1", "agent-9"]
         assert result.closed_by == "all"
+
+
+class _PowerCut(BaseException):
+    """The gateway dies: nothing after the point where this is raised runs."""
+
+
+def test_aggregator_restarted_at_a_round_boundary_waits_for_the_agents(
+        tmp_path, broker_port, keypair, start_agents):
+    """Killed right after round 1 closed (before round 2 opened): the restarted aggregator
+    must not open round 2 "expecting 0 agents" and sit out its deadline."""
+    from aggregator.config import AggregatorConfig
+    from aggregator.service import Aggregator
+
+    ids = ["agent-0", "agent-1", "agent-2"]
+    config = _aggregator_config(tmp_path, broker_port, keypair, ids)
+    start_agents(broker_port, 3)
+
+    def power_cut(_result: object) -> None:
+        raise _PowerCut  # after round 1's model, checkpoint and audit row, before round 2
+
+    first = Aggregator(AggregatorConfig.from_file(config), on_round=power_cut)
+    thread, out = run_in_thread(first.run)
+    thread.join(60)
+    assert isinstance(out.get("error"), _PowerCut), out
+    assert first.checkpoints.load().status == "closed"
+    log = tmp_path / "aggregator.log"
+    second = fedmq_process("aggregator", "--config", str(config), log=log)
+    try:
+        assert second.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
+    rows = _rounds_log(tmp_path)
+    assert [r["round"] for r in rows] == ["1", "2", "3"]
+    assert "expecting 0 agents" not in log.read_text()
+    for row in rows[1:]:  # round_timeout is 15 s: "all" well before it
+        assert row["closed_by"] == "all" and int(row["expected"]) == 3, row
+        assert float(row["seconds"]) < 7.5, row
