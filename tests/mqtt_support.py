@@ -249,7 +249,7 @@ def mosquitto_binary(name: str = "mosquitto") -> str:
 def _allow_root(conf: Path) -> None:
     """As root Mosquitto switches to user 'mosquitto', which cannot read a root-owned
     0600 password file; on a gateway the operator chowns it, a test runs as root."""
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and "user root\n" not in conf.read_text():
         with conf.open("a") as fh:
             fh.write("user root\n")
 
@@ -285,6 +285,8 @@ def running_mosquitto(conf: Path, port: int, log: Path) -> Iterator[subprocess.P
 class Mosquitto:
     port: int
     credentials: dict[str, str]  # user -> password, as credentials.txt hands them out
+    conf: Path | None = None  # to start it again after a test stopped ``process``
+    process: subprocess.Popen[bytes] | None = None
 
     def login(self, user: str, *, port: int | None = None) -> MqttSettings:
         """``user``'s MQTT settings; ``port`` to go through e.g. a TcpProxy."""
@@ -305,5 +307,5 @@ def generated_mosquitto(tmp_path: Path, fleet: str, agents: tuple[str, ...],
     for agent in agents:
         argv += ["--agent", agent]
     assert main(argv) == 0
-    with running_mosquitto(out / CONF_FILE, port, tmp_path / "mosquitto.log"):
-        yield Mosquitto(port, read_credentials(out / CREDENTIALS_FILE))
+    with running_mosquitto(out / CONF_FILE, port, tmp_path / "mosquitto.log") as proc:
+        yield Mosquitto(port, read_credentials(out / CREDENTIALS_FILE), out / CONF_FILE, proc)
