@@ -14,12 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from aggregator.allowlist import load_allow_list
+from aggregator.announcer import Announcer
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
 from aggregator.inbound import Inbound
@@ -80,14 +82,20 @@ class Aggregator:
         self.store = RunStore(Path(config.state_dir))
         self.checkpoints = Checkpoints(Path(config.state_dir))
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints)
-        self._retained: dict[str, bytes] = {}
         self._rng = secrets.SystemRandom()
         topics = config.topics
+        self._announcer = Announcer((topics.pubkey, topics.round))
+        # A clean session: a persistent one is what lets Mosquitto 2.0.11 deafen
+        # us for good after one unauthenticated CONNECT with our user name as
+        # client id (see aggregator.announcer). Whatever agents sent while we
+        # were away comes back as their re-send of the re-announced round.
         self._link = MqttLink(
-            config.mqtt, client_id=config.client_id, on_message=self._inbox.put,
-            subscriptions=[(topics.updates_filter, 1), (topics.status_filter, 1)],
-            on_connect=self._republish, clean_session=False,
+            config.mqtt, client_id=config.client_id, on_message=self._on_message,
+            subscriptions=[(topics.updates_filter, 1), (topics.status_filter, 1),
+                           (topics.pubkey, 1), (topics.round, 1)],
+            on_connect=self._announcer.connected, clean_session=True,
         )
+        self._reannounce: Callable[[], None] | None = None  # the last round announcement
         self.results: list[RoundResult] = []
 
     @property
@@ -305,6 +313,8 @@ class Aggregator:
     def _announce(self, run_id: str, round_id: int, version: int, params: FloatArray, *,
                   state: str, deadline: float | None = None,
                   participants: tuple[str, ...] = ()) -> None:
+        self._reannounce = partial(self._announce, run_id, round_id, version, params,
+                                   state=state, deadline=deadline, participants=participants)
         msg = RoundMessage(
             fleet=self.config.topics.fleet, round_id=round_id, model_version=version,
             state=state, spec=self.config.spec, params=tuple(float(p) for p in params),
@@ -315,15 +325,33 @@ class Aggregator:
         self._retain(self.config.topics.round, msg.to_bytes(self.signer))
 
     def _retain(self, topic: str, payload: bytes) -> None:
-        self._retained[topic] = payload
+        self._announcer.published(topic, payload)
         if not self._link.publish(topic, payload, retain=True):
             log.warning("publish on %s not confirmed yet; it is re-sent on reconnect", topic)
 
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        # paho's thread: our own retained topics go to the announcer, the rest
+        # to the inbox; both only store, the aggregator's thread acts.
+        if not self._announcer.observe(topic, payload):
+            self._inbox.put(topic, payload)
+
     def _republish(self) -> None:
-        # On paho's thread after every (re)connect: a restarted broker may have
-        # lost its retained messages, and agents need key and round to go on.
-        for topic, payload in list(self._retained.items()):
-            self._link.publish(topic, payload, retain=True, wait=False)
+        """On the aggregator's thread: after a (re)connect, announce key and round again.
+
+        The broker may have lost its retained messages (restart) and agents may
+        have sent updates while we were away (a clean session queues nothing):
+        a new ``issued_at`` makes every agent re-send its signed update, which
+        the round counts once. A retained copy that is not ours is replaced.
+        """
+        reconnected, stale = self._announcer.due()
+        round_topic = self.config.topics.round
+        if reconnected:
+            stale = sorted({*stale, self.config.topics.pubkey} - {round_topic})
+            if self._reannounce is not None:
+                self._reannounce()
+        for topic in stale:
+            if (payload := self._announcer.latest(topic)) is not None:
+                self._retain(topic, payload)
 
     # --- inbound -------------------------------------------------------------
     def _drain(self, state: RoundState | None, timeout: float) -> None:
@@ -331,6 +359,7 @@ class Aggregator:
 
         At most a batch per call, so a flood of junk cannot starve the deadline check.
         """
+        self._republish()
         item = self._inbox.get(timeout)
         for _ in range(1000):
             if item is None:

@@ -39,10 +39,13 @@ class FleetAcl:
 
     | user       | publish                          | subscribe / receive        |
     |------------|----------------------------------|----------------------------|
-    | aggregator | pubkey, round, metrics           | update/+, status/+         |
+    | aggregator | pubkey, round, metrics           | update/+, status/+,        |
+    |            |                                  | pubkey, round              |
     | agent id   | update/<own id>, status/<own id> | pubkey, round, metrics     |
 
-    Anyone else, including clients without a user name, may do nothing.
+    Anyone else, including clients without a user name, may do nothing. The
+    aggregator reads its own pubkey and round back to notice (and replace) a
+    retained copy it did not publish.
     """
 
     topics: Topics
@@ -76,7 +79,8 @@ class FleetAcl:
         return [t.pubkey, t.round, t.metrics]
 
     def aggregator_subscribe(self) -> list[str]:
-        return [self.topics.updates_filter, self.topics.status_filter]
+        t = self.topics
+        return [t.updates_filter, t.status_filter, t.pubkey, t.round]
 
     def agent_publish(self, agent_id: str) -> list[str]:
         return [self.topics.update(agent_id), self.topics.status(agent_id)]

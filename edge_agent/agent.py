@@ -141,13 +141,12 @@ class EdgeAgent:
         fp = key_fingerprint(key)
         if fp != msg.fingerprint:
             raise ProtocolError("announced fingerprint does not match the announced key")
-        # Both keys are pinned (config) or trusted on first use and remembered:
-        # the Paillier key protects updates, the signing key protects the model.
-        self._trust("key_fingerprint", fp, self.config.key_fingerprint,
-                    self._announced.fingerprint if self._announced else None)
-        self._trust("aggregator_signing_key", msg.signing_key,
-                    self.config.aggregator_signing_key,
-                    self._announced.signing_key if self._announced else None)
+        # Decide on both keys before remembering either: a refused announcement
+        # leaves no trace, so the genuine key is accepted when it comes back.
+        remember = self._trust(fp, msg.signing_key)
+        for name, value in remember.items():
+            if (path := self._state_file(f"trusted_{name}")) is not None:
+                write_atomic(path, (value + "\n").encode())
         if self._key is None or self._key.n != key.n:
             # Obfuscators belong to one key: a new key starts a new pool.
             self._drop_pool()
@@ -157,22 +156,52 @@ class EdgeAgent:
         self._aggregator_key = signing_key_from_hex(msg.signing_key)
         self._codec = make_codec(msg.codec, key.n)
 
-    def _trust(self, name: str, announced: str, pinned: str | None,
-               in_use: str | None) -> None:
-        remembered = self._state_file(f"trusted_{name}")
-        trusted = pinned or in_use or (
-            remembered.read_text().strip() if remembered and remembered.exists() else None)
-        if trusted is None:
+    def _trust(self, fp: str, signing_key: str) -> dict[str, str]:
+        """Check an announcement against pinned, in-use and remembered keys.
+
+        Raise UntrustedKey if it contradicts any of them; otherwise return the
+        keys to remember (trust on first use). The Paillier key protects
+        updates, the signing key the model and rounds; the announcement is
+        signed by the signing key it names. So a pinned signing key vouches for
+        the fingerprint, but a pinned fingerprint vouches for nothing: anyone
+        can copy the modulus and sign it with a key of their own. That signing
+        key is trusted for this process only and never remembered, and a later
+        announcement of the pinned fingerprint under another signing key
+        replaces it (the aggregator puts its genuine announcement back).
+        """
+        cfg, announced = self.config, self._announced
+        unauthenticated = (cfg.key_fingerprint is not None and cfg.aggregator_signing_key is None
+                           and not self._remembered("aggregator_signing_key"))
+        checks = {
+            "key_fingerprint": (fp, cfg.key_fingerprint or (
+                announced.fingerprint if announced else None)
+                or self._remembered("key_fingerprint")),
+            "aggregator_signing_key": (signing_key, cfg.aggregator_signing_key or (
+                announced.signing_key if announced and not unauthenticated else None)
+                or self._remembered("aggregator_signing_key")),
+        }
+        for name, (value, trusted) in checks.items():
+            if trusted is not None and value != trusted:
+                raise UntrustedKey(
+                    f"REFUSING aggregator {name} {value[:16]}...: this agent trusts "
+                    f"{trusted[:16]}... (pinned or first seen). Nothing will be sent under it.")
+        remember = {}
+        for name, (value, trusted) in checks.items():
+            if trusted is not None:
+                continue
             log.warning(
                 "TRUST ON FIRST USE: no %s pinned in the agent config; trusting the "
                 "aggregator's %s... Pin it under [fleet] %s so a rogue broker cannot "
-                "substitute its own.", name, announced[:16], name)
-            if remembered is not None:
-                write_atomic(remembered, (announced + "\n").encode())
-        elif announced != trusted:
-            raise UntrustedKey(
-                f"REFUSING aggregator {name} {announced[:16]}...: this agent trusts "
-                f"{trusted[:16]}... (pinned or first seen). Nothing will be sent under it.")
+                "substitute its own.", name, value[:16], name)
+            if not (unauthenticated and name == "aggregator_signing_key"):
+                remember[name] = value
+        return remember
+
+    def _remembered(self, name: str) -> str | None:
+        path = self._state_file(f"trusted_{name}")
+        if path is None or not path.exists():
+            return None
+        return path.read_text().strip() or None
 
     def _state_file(self, name: str) -> Path | None:
         return Path(self.config.state_dir) / name if self.config.state_dir else None

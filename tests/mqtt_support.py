@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from support import AGGREGATOR_SIGNER, wait_until
 
+from broker.embedded import free_port
+from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
+from fedmq.cli import main
+from fedmq.transport import MqttSettings
 from protocol.messages import RoundMessage
 from protocol.topics import Topics
 
@@ -161,6 +166,74 @@ def signed_round(client: Probe, topics: Topics, round_id: int,
     return found
 
 
+class TcpProxy:
+    """A loopback TCP relay to ``target_port`` that a test can cut like a network link.
+
+    ``cut()`` closes every relayed connection and refuses new ones (the client
+    sees a dropped link, the broker a vanished peer); ``restore()`` lets
+    connections through again. ``connections`` counts the ones relayed.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            if not self._open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+                self.connections += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def cut(self) -> None:
+        self._open.clear()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._server.close()
+
+
 def mosquitto_binary(name: str = "mosquitto") -> str:
     """A Mosquitto executable; skip without it, or fail if FEDMQ_REQUIRE_MOSQUITTO=1."""
     found = shutil.which(name) or next(
@@ -176,7 +249,7 @@ def mosquitto_binary(name: str = "mosquitto") -> str:
 def _allow_root(conf: Path) -> None:
     """As root Mosquitto switches to user 'mosquitto', which cannot read a root-owned
     0600 password file; on a gateway the operator chowns it, a test runs as root."""
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and "user root\n" not in conf.read_text():
         with conf.open("a") as fh:
             fh.write("user root\n")
 
@@ -206,3 +279,33 @@ def running_mosquitto(conf: Path, port: int, log: Path) -> Iterator[subprocess.P
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass(frozen=True)
+class Mosquitto:
+    port: int
+    credentials: dict[str, str]  # user -> password, as credentials.txt hands them out
+    conf: Path | None = None  # to start it again after a test stopped ``process``
+    process: subprocess.Popen[bytes] | None = None
+
+    def login(self, user: str, *, port: int | None = None) -> MqttSettings:
+        """``user``'s MQTT settings; ``port`` to go through e.g. a TcpProxy."""
+        return MqttSettings(port=port or self.port, username=user,
+                            password=self.credentials[user], connect_timeout=5)
+
+
+@contextlib.contextmanager
+def generated_mosquitto(tmp_path: Path, fleet: str, agents: tuple[str, ...],
+                        aggregator_users: tuple[str, ...]) -> Iterator[Mosquitto]:
+    """``fedmq broker mosquitto-config`` for the fleet, then ``mosquitto -c`` on a free port."""
+    mosquitto_binary()  # skip (or fail in CI) before writing anything
+    port, out = free_port(), tmp_path / "mosquitto"
+    argv = ["broker", "mosquitto-config", "--out", str(out), "--fleet", fleet,
+            "--host", "127.0.0.1", "--port", str(port)]
+    for user in aggregator_users:
+        argv += ["--aggregator-user", user]
+    for agent in agents:
+        argv += ["--agent", agent]
+    assert main(argv) == 0
+    with running_mosquitto(out / CONF_FILE, port, tmp_path / "mosquitto.log") as proc:
+        yield Mosquitto(port, read_credentials(out / CREDENTIALS_FILE), out / CONF_FILE, proc)

@@ -138,7 +138,9 @@ def test_one_acl_serves_every_agent():
         section = text.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
         assert section == ["topic write fedmq/plant/pubkey", "topic write fedmq/plant/round",
                            "topic write fedmq/plant/metrics", "topic read fedmq/plant/update/+",
-                           "topic read fedmq/plant/status/+"]
+                           "topic read fedmq/plant/status/+",
+                           # read back to notice a retained copy it did not publish
+                           "topic read fedmq/plant/pubkey", "topic read fedmq/plant/round"]
 
 
 def test_files_secrets_and_reruns(tmp_path, tls_files):

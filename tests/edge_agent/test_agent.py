@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
-from support import agent_config, local_data
+import pytest
+from mqtt_support import Probe
+from support import AGGREGATOR_SIGNER, agent_config, local_data, wait_until
 
 from edge_agent.agent import EdgeAgent
+from protocol.codec import CodecParams
+from protocol.messages import PubKeyMessage
+from protocol.paillier import PaillierPublicKey, fingerprint, generate_keypair
+from protocol.signing import Signer
+from protocol.topics import Topics
 
 
 def test_agent_persists_only_trusted_key_and_final_model(tmp_path, broker_port,
@@ -27,3 +35,59 @@ def test_agent_persists_only_trusted_key_and_final_model(tmp_path, broker_port,
         "final_model.npz", "trusted_aggregator_signing_key", "trusted_key_fingerprint"]
     assert sorted(agent.history) == [1, 2, 3]
     assert agent._pool is None  # closed with the run: every precomputed value dropped
+
+
+FORGER = Signer.from_seed(b"forger")
+
+
+def _pubkey(key: PaillierPublicKey, signer: Signer) -> bytes:
+    return PubKeyMessage(fleet="test", n_hex=format(key.n, "x"), fingerprint=fingerprint(key),
+                         codec=CodecParams(), signing_key=signer.public_hex).to_bytes(signer)
+
+
+@pytest.mark.parametrize("pinned, copies_modulus", [
+    (("key_fingerprint", "aggregator_signing_key"), False),
+    # The forger copies the genuine modulus: the pinned fingerprint matches,
+    # only its own signing key differs (used to be remembered for good).
+    (("key_fingerprint",), True),
+    # The forger's own key pair: the fingerprint was remembered before the pinned
+    # signing key refused the announcement.
+    (("aggregator_signing_key",), False),
+])
+def test_forged_retained_pubkey_is_never_trusted_and_the_genuine_one_wins(
+        tmp_path, broker_port, make_aggregator, keypair, caplog, pinned, copies_modulus):
+    """Item 9: a forged retained pubkey is on the broker before a (re)started agent
+    subscribes. The agent refuses it, remembers nothing of it, keeps listening and
+    serves the genuine aggregator once it announces its key again."""
+    caplog.set_level(logging.INFO)
+    public = keypair[0]
+    forged_key = public if copies_modulus else generate_keypair(512)[0]
+    forger = Probe(broker_port, "forger")
+    assert forger.connect()
+    forger.publish(Topics("test").pubkey, _pubkey(forged_key, FORGER), retain=True)
+    forger.close()
+    genuine = {"key_fingerprint": fingerprint(public),
+               "aggregator_signing_key": AGGREGATOR_SIGNER.public_hex}
+    state = tmp_path / "agent-state"
+    agent = EdgeAgent(agent_config(broker_port, "pi-1", state_dir=str(state),
+                                   **{name: genuine[name] for name in pinned}),
+                      data=local_data(0, 60))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    wait_until(lambda: "REFUSING" in caplog.text or "TRUST ON FIRST USE" in caplog.text,
+               "the agent to judge the forged key")
+    try:
+        make_aggregator(broker_port, rounds=1, round_timeout=8.0, max_extensions=0).run()
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        agent.stop()
+        thread.join(5)
+    assert sorted(agent.history) == [1]
+    for name, value in genuine.items():
+        remembered = state / f"trusted_{name}"
+        if name in pinned:
+            assert not remembered.exists()
+        elif remembered.exists():  # first use of the genuine key, never the forged one
+            assert remembered.read_text().strip() == value
+    assert FORGER.public_hex not in "".join(p.read_text() for p in state.glob("trusted_*"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mqtt_support import FleetClient, mosquitto_binary, running_mosquitto, signed_round
+from mqtt_support import FleetClient, Mosquitto, generated_mosquitto, signed_round
 from support import (
     AGGREGATOR_SIGNER,
     SPEC,
@@ -29,11 +29,7 @@ from support import (
 
 from aggregator.fedavg import weighted_average
 from aggregator.service import Aggregator
-from broker.embedded import free_port
-from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
 from edge_agent.agent import EdgeAgent
-from fedmq.cli import main
-from fedmq.transport import MqttSettings
 from protocol.codec import CodecParams, make_codec, quantize_update
 from protocol.messages import RoundMessage, StatusMessage
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, encrypt_ints, fingerprint
@@ -46,16 +42,6 @@ CODEC = CodecParams(clip=2.0)
 ROUNDS = 2
 
 
-@dataclass(frozen=True)
-class Mosquitto:
-    port: int
-    credentials: dict[str, str]  # user -> password, as credentials.txt hands them out
-
-    def login(self, user: str) -> MqttSettings:
-        return MqttSettings(port=self.port, username=user, password=self.credentials[user],
-                            connect_timeout=5)
-
-
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """``fedmq broker mosquitto-config`` for the fleet, then ``mosquitto -c`` on a free port.
@@ -65,16 +51,9 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     same user would take the aggregator's session over), the agents and mallory,
     an authenticated agent that takes no part in training.
     """
-    mosquitto_binary()  # skip (or fail in CI) before writing anything
-    port, out = free_port(), tmp_path / "mosquitto"
-    argv = ["broker", "mosquitto-config", "--out", str(out), "--fleet", TOPICS.fleet,
-            "--host", "127.0.0.1", "--port", str(port),
-            "--aggregator-user", "aggregator", "--aggregator-user", "auditor"]
-    for agent in (*AGENTS, "mallory"):
-        argv += ["--agent", agent]
-    assert main(argv) == 0
-    with running_mosquitto(out / CONF_FILE, port, tmp_path / "mosquitto.log"):
-        yield Mosquitto(port, read_credentials(out / CREDENTIALS_FILE))
+    with generated_mosquitto(tmp_path, TOPICS.fleet, (*AGENTS, "mallory"),
+                             ("aggregator", "auditor")) as broker:
+        yield broker
 
 
 @dataclass

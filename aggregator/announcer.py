@@ -1,0 +1,105 @@
+"""The aggregator's retained announcements (key and round): what it last published, and
+whether the broker still holds exactly that.
+
+Why the aggregator watches its own topics: a retained ``pubkey`` or ``round``
+replaced by someone else (a leaked aggregator login, an anonymous broker)
+stays on the broker for every agent that starts later. Subscribed to both
+topics, the aggregator sees each copy the broker hands out (its own echo, the
+retained copy on subscribe, a forgery) and puts its own back when the copy is
+not byte-identical to what it last published.
+
+Why it re-announces after every (re)connect: it runs a clean MQTT session.
+Mosquitto 2.0.11 with ``use_username_as_clientid`` keeps the client id an
+unauthenticated CONNECT asked for on the refused connection, and on closing it
+deletes whichever session holds that id from its client-id table
+(src/handle_connect.c, the ``use_username_as_clientid`` branch without a user
+name leaves ``context->id`` set; src/context.c ``context__remove_from_by_id``
+deletes the entry it finds by id, not itself; fixed in 2.0.13 by the
+``in_by_id`` flag). A persistent session that is no longer in the table is not
+found on reconnect, yet its subscriptions stay in the tree; the reconnected
+client's SUBSCRIBE matches them by client id (src/subs.c ``sub__add_leaf``)
+and only updates their QoS, so every message keeps going to the orphaned
+session's queue until the broker restarts. A clean session is discarded on
+disconnect with its subscriptions, so the reconnected client's own are live.
+Nothing is queued for a clean session while it is away; a re-announced round
+with a new ``issued_at`` makes every agent re-send what it sent meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable
+
+log = logging.getLogger("aggregator.service")
+
+_OWN_HISTORY = 8  # earlier payloads per topic still recognised as ours (late echoes)
+_WARNED_MAX = 1000
+
+
+class Announcer:
+    """Thread-safe record of the retained topics; paho's thread only stores."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self._topics = frozenset(topics)
+        self._lock = threading.Lock()
+        self._latest: dict[str, bytes] = {}
+        self._ours: dict[str, deque[bytes]] = {t: deque(maxlen=_OWN_HISTORY)
+                                               for t in self._topics}
+        self._seen: dict[str, bytes] = {}
+        self._reconnected = False
+        self._warned: set[bytes] = set()
+
+    def connected(self) -> None:
+        """paho's on-connect hook: after the first announcement, a reconnect needs a new one."""
+        with self._lock:
+            if self._latest:
+                self._reconnected = True
+
+    def published(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self._latest[topic] = payload
+            self._ours[topic].append(payload)
+
+    def latest(self, topic: str) -> bytes | None:
+        with self._lock:
+            return self._latest.get(topic)
+
+    def observe(self, topic: str, payload: bytes) -> bool:
+        """paho's thread: keep a copy the broker delivered on one of our topics.
+
+        False for any other topic (the caller hands it on).
+        """
+        if topic not in self._topics:
+            return False
+        with self._lock:
+            self._seen[topic] = payload
+        return True
+
+    def due(self) -> tuple[bool, list[str]]:
+        """(reconnected since the last call, topics whose broker copy is not our latest)."""
+        with self._lock:
+            reconnected, self._reconnected = self._reconnected, False
+            seen, self._seen = self._seen, {}
+            stale = []
+            for topic, payload in seen.items():
+                latest = self._latest.get(topic)
+                if latest is None or payload == latest:
+                    continue  # before our first announcement, or our own echo
+                stale.append(topic)
+                if payload not in self._ours[topic]:
+                    self._warn(topic, payload)
+            return reconnected, stale
+
+    def _warn(self, topic: str, payload: bytes) -> None:
+        digest = hashlib.sha256(payload).digest()
+        if digest in self._warned:
+            return
+        if len(self._warned) >= _WARNED_MAX:
+            self._warned.clear()
+        self._warned.add(digest)
+        log.warning("the broker handed out a %d-byte message on %s that this aggregator did "
+                    "not publish (sha256 %s...); republishing its own", len(payload), topic,
+                    digest.hex()[:16])
