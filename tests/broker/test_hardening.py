@@ -317,3 +317,35 @@ def test_wrong_password_flood_does_not_stall_the_broker(gateway, probe):
         t.join(60)
     assert max(times) < 0.5, f"round trips during a wrong-password flood: {times}"
     assert results == [False] * 50
+
+
+# --- what the hardening must keep working ---------------------------------------------------
+
+@pytest.mark.parametrize("clean_session", [True, False])
+def test_same_login_reconnecting_takes_over_its_session(gateway, probe, clean_session):
+    """A legitimate take-over (the aggregator back after a dead link) replaces the old
+    connection and leaves the new one subscribed, never a connection without a session."""
+    port = gateway()
+    old = login(probe, port, "aggregator", AGG_ID, clean_session=clean_session)
+    assert old.subscribe(T.updates_filter)
+    new = login(probe, port, "aggregator", AGG_ID, clean_session=clean_session)
+    assert old.disconnected.wait(5), "the previous connection was not closed"
+    if clean_session:
+        assert new.subscribe(T.updates_filter)
+    dev = login(probe, port, "dev-a")
+    assert round_trip(dev, new, T.update("dev-a"), "after the take-over") < 5
+
+
+def test_a_client_silent_past_its_keep_alive_is_dropped_and_its_will_fires(gateway, probe):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.status_filter)
+    body = (_mqtt_string("MQTT") + bytes([4, 0xC2 | 0x04 | 0x20]) + struct.pack("!H", 1)
+            + _mqtt_string("silent") + _mqtt_string(T.status("dev-a")) + _mqtt_string("gone")
+            + _mqtt_string("dev-a") + _mqtt_string(USERS["dev-a"]))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    assert s.recv(4) == b"\x20\x02\x00\x00"
+    assert _closed_by_broker(s, timeout=10)  # keep-alive 1 s: dropped after 1.5 s of silence
+    assert agg.wait_for(T.status("dev-a"), b"gone")
+    s.close()
