@@ -2,7 +2,7 @@
 
 Only the embedded broker imports this module (amqtt is a gateway-only dependency).
 What amqtt gets wrong, and what this subclass does instead (the upstream bugs
-are listed in docs of the issue note):
+are recorded in the issue note):
 
 - ``Broker._initialize_client_session`` copies a new CONNECT's will and
   credentials into the existing session of that client id, and deletes the
@@ -21,8 +21,9 @@ are listed in docs of the issue note):
   within ``connect_timeout`` seconds, the oldest idle socket is closed when too
   many wait, and ``max_connections`` counts logged-in clients only (one over is
   refused with "server unavailable" instead of waiting without an answer).
-- No packet size or subscription limits (see ``broker.amqtt_reader``), and a
-  client silent for longer than its keep-alive is never dropped.
+- No packet size or subscription limits (see ``broker.amqtt_reader`` and
+  ``broker.amqtt_delivery``), and a client silent for longer than its
+  keep-alive is never dropped.
 - With a CA file client certificates are optional (``CERT_OPTIONAL``).
 """
 
@@ -36,8 +37,8 @@ from functools import partial
 from typing import Any
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
-from amqtt.broker import Broker, RetainedApplicationMessage, Server
-from amqtt.contexts import Action, ListenerType
+from amqtt.broker import Broker, Server
+from amqtt.contexts import ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
@@ -46,6 +47,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
+from broker.amqtt_delivery import DeliveryRules
 from broker.amqtt_reader import FramedReader
 from broker.limits import ConnectionLimits, PendingConnections, session_key
 from protocol.errors import FedmqError
@@ -81,7 +83,7 @@ class _Handler(BrokerProtocolHandler):
         self._closing = asyncio.ensure_future(self.handle_connection_closed())
 
 
-class FedmqBroker(Broker):
+class FedmqBroker(DeliveryRules):
     """amqtt's broker with authentication first, sessions bound to logins, the ACL on
     every delivery, CONNECT timeouts, size caps and required client certificates."""
 
@@ -253,79 +255,6 @@ class FedmqBroker(Broker):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    # --- subscriptions and deliveries ----------------------------------------------------
-
-    async def _handle_subscription(self, client_session: Session,
-                                   handler: BrokerProtocolHandler,
-                                   subscribe_waiter: asyncio.Future[Any]) -> None:
-        filters = [f for f, _ in subscribe_waiter.result().topics]
-        held = {f for f, subs in self._subscriptions.items()
-                if any(s.client_id == client_session.client_id for s, _ in subs)}
-        problem = None
-        if len(filters) > self._limits.max_filters_per_subscribe:
-            problem = (f"SUBSCRIBE with {len(filters)} filters (at most "
-                       f"{self._limits.max_filters_per_subscribe})")
-        elif len(held | set(filters)) > self._limits.max_filters_per_session:
-            problem = (f"more than {self._limits.max_filters_per_session} subscriptions in "
-                       f"one session")
-        if problem is not None:
-            log.warning("closing connection of %s (from %s): %s", client_session.client_id,
-                        client_session.remote_address, problem)
-            await handler.handle_connection_closed()
-            return
-        await super()._handle_subscription(client_session, handler, subscribe_waiter)
-
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
-                                                          session: Session) -> None:
-        # amqtt calls this on every CONNECT for the filters of ALL clients and never
-        # checks the receive ACL: an agent would read every retained status (or a
-        # retained update) just by connecting. Deliver only for the session's own
-        # filters, and only topics the ACL lets it receive.
-        topic_filter, qos = subscription
-        own = any(s.client_id == session.client_id
-                  for s, _ in self._subscriptions.get(topic_filter, []))
-        handler = self._get_handler(session)
-        if not own or handler is None:
-            return
-        tasks = []
-        for topic, retained in list(self._retained_messages.items()):
-            if self._matches(topic, topic_filter) and await self._topic_filtering(
-                    session, topic, Action.RECEIVE):
-                tasks.append(asyncio.ensure_future(handler.mqtt_publish(
-                    retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)))
-        if tasks:
-            await asyncio.wait(tasks)
-
-    async def _publish_session_retained_messages(self, session: Session) -> None:
-        # Messages queued while the session was offline: amqtt sends them without the
-        # receive ACL and with the retain flag set (they are not retained messages).
-        handler = self._get_handler(session)
-        if handler is None:
-            return
-        tasks = []
-        while not session.retained_messages.empty():
-            queued = session.retained_messages.get_nowait()
-            if not await self._topic_filtering(session, queued.topic, Action.RECEIVE):
-                log.info("dropped a message queued for %s on %s: outside its receive ACL",
-                         session.client_id, queued.topic)
-                continue
-            tasks.append(asyncio.ensure_future(handler.mqtt_publish(
-                queued.topic, queued.data, queued.qos, retain=False)))
-        if tasks:
-            await asyncio.wait(tasks)
-
-    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int,
-                                        target_session: Session) -> None:
-        if target_session.retained_messages.qsize() >= self._limits.max_queued_messages:
-            key = target_session.client_id or ""
-            if key not in self._queue_full_logged:
-                self._queue_full_logged.add(key)
-                log.warning("offline session %s has %d queued messages: dropping new ones "
-                            "until it reconnects", key, self._limits.max_queued_messages)
-            return
-        await target_session.retained_messages.put(RetainedApplicationMessage(
-            broadcast["session"], broadcast["topic"], broadcast["data"], qos))
 
     # --- listeners -----------------------------------------------------------------------
 
