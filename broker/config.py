@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.acl import FleetAcl, password_file_users
+from broker.limits import ConnectionLimits
 from fedmq.config import from_table
 from protocol.errors import ConfigError
 from protocol.messages import MAX_CONTROL_BYTES
@@ -21,6 +22,7 @@ MQTT_MAX_PAYLOAD = 268_435_455  # the largest remaining length MQTT can encode
 # not import amqtt (a gateway-only dependency).
 _ACL_PLUGIN = "broker.amqtt_ext.FleetAclPlugin"
 _WILL_PLUGIN = "broker.amqtt_ext.WillAclPlugin"
+_AUTH_PLUGIN = "broker.amqtt_auth.ThreadedFileAuthPlugin"
 
 
 def _names(value: Any, key: str) -> tuple[str, ...]:
@@ -43,7 +45,11 @@ class BrokerSettings:
     port: int = 1883
     password_file: str | None = None
     allow_anonymous: bool = True
+    # Logged-in clients at once (0 = unlimited); sockets still waiting for their
+    # CONNECT do not count (they are closed after connect_timeout).
     max_connections: int = 0
+    # Seconds a new connection has to complete its TLS handshake and CONNECT.
+    connect_timeout: float = 10.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     # Clients must present a certificate signed by this CA (mutual TLS).
@@ -73,6 +79,12 @@ class BrokerSettings:
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"TLS file {path!r} does not exist")
+        if isinstance(self.max_connections, bool) or not isinstance(
+                self.max_connections, int) or self.max_connections < 0:
+            raise ConfigError("broker.max_connections must be an integer >= 0 (0 = unlimited)")
+        if isinstance(self.connect_timeout, bool) or not isinstance(
+                self.connect_timeout, (int, float)) or not 0 < self.connect_timeout <= 3600:
+            raise ConfigError("broker.connect_timeout must be a number of seconds in (0, 3600]")
         if not isinstance(self.acl, bool):
             raise ConfigError("broker.acl must be true or false")
         if not isinstance(self.max_payload_bytes, int) or not (
@@ -112,6 +124,12 @@ class BrokerSettings:
             return FleetAcl.from_users(topics, self.aggregator_users, users)
         return FleetAcl(topics, self.aggregator_users, self.agents)
 
+    def limits(self) -> ConnectionLimits:
+        """The per-connection caps ``broker.amqtt_broker.FedmqBroker`` enforces."""
+        return ConnectionLimits(max_payload_bytes=self.max_payload_bytes,
+                                connect_timeout=float(self.connect_timeout),
+                                bind_client_id=self.password_file is not None)
+
     def amqtt_config(self) -> dict[str, Any]:
         """The configuration dictionary amqtt's Broker expects."""
         listener: dict[str, Any] = {
@@ -129,7 +147,7 @@ class BrokerSettings:
             },
         }
         if self.password_file:
-            plugins["amqtt.plugins.authentication.FileAuthPlugin"] = {
+            plugins[_AUTH_PLUGIN] = {
                 "password_file": self.password_file,
             }
         acl = self.fleet_acl()

@@ -38,11 +38,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 async def serve(settings: BrokerSettings, stop: asyncio.Event,
                 started: threading.Event | None = None) -> None:
     """Run the broker until ``stop`` is set."""
-    from broker.amqtt_ext import FedmqBroker  # gateway-only dependency: import lazily
+    from broker.amqtt_broker import FedmqBroker  # gateway-only dependency: import lazily
 
     config = settings.amqtt_config()
     try:
-        broker = FedmqBroker(config, max_payload_bytes=settings.max_payload_bytes)
+        broker = FedmqBroker(config, limits=settings.limits())
         await broker.start()
     except Exception as exc:  # amqtt wraps bind and plugin errors in several types
         raise BrokerStartError(

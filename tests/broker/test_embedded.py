@@ -76,7 +76,7 @@ def test_short_passwords_are_refused(tmp_path):
 
 def test_subscription_table_survives_subscribes_during_a_connect():
     """amqtt walks this table across awaits on CONNECT while others subscribe."""
-    from broker.amqtt_ext import _SnapshotDict
+    from broker.amqtt_broker import _SnapshotDict
 
     table = _SnapshotDict({"fedmq/demo/round": []})
     for topic in table:

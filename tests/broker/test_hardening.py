@@ -1,0 +1,351 @@
+"""Attacks on the embedded broker from the network (issue 8, items 1-6), on a real broker.
+
+The broker is set up like configs/broker-gateway.toml (password file, ACL, fleet,
+max_connections = 500); attackers are raw paho clients with chosen client ids,
+clean-session flags and wills, or raw sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mqtt_support import Probe
+
+from broker.cli import add_user
+from broker.config import BrokerSettings
+from broker.embedded import EmbeddedBroker, free_port
+from protocol.topics import Topics
+
+T = Topics("plant", "fedmq")
+USERS = {"aggregator": "aggregator-pw", "dev-a": "dev-a-password", "dev-b": "dev-b-password"}
+AGG_ID = "fedmq-aggregator"
+
+
+@pytest.fixture(scope="module")
+def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hardening") / "passwords.txt"
+    for user, password in USERS.items():
+        add_user(path, user, password)
+    return path
+
+
+@pytest.fixture
+def gateway(password_file: Path) -> Iterator[Callable[..., int]]:
+    """``gateway(**settings)``: start a broker configured like the gateway example."""
+    brokers: list[EmbeddedBroker] = []
+
+    def start(**kw: object) -> int:
+        settings = BrokerSettings(**{"port": free_port(), "password_file": str(password_file),
+                                     "allow_anonymous": False, "acl": True, "fleet": "plant",
+                                     "max_connections": 500, **kw})  # type: ignore[arg-type]
+        brokers.append(EmbeddedBroker(settings).start())
+        return settings.port
+
+    yield start
+    for b in brokers:
+        b.stop()
+
+
+def login(probe, port: int, user: str, client_id: str | None = None, **kw) -> Probe:
+    p = probe(port, client_id or f"c-{user}", username=user, password=USERS[user],
+              reconnect=False, **kw)
+    assert p.connect(), f"{user} could not connect"
+    return p
+
+
+def drop(p: Probe) -> None:
+    """End ``p``'s connection without DISCONNECT, as a crashed device would (its Will fires)."""
+    p.client.loop_stop()
+    sock = p.client.socket()
+    assert sock is not None
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def round_trip(sender: Probe, receiver: Probe, topic: str, tag: str) -> float:
+    payload = tag.encode()
+    start = time.monotonic()
+    sender.publish(topic, payload)
+    assert receiver.wait_for(topic, payload, timeout=30), f"{tag} never arrived"
+    return time.monotonic() - start
+
+
+# --- 1. Auth bypass through the Last Will -------------------------------------------------
+
+@pytest.mark.parametrize("credentials", [{}, {"username": "dev-a", "password": "wrong-pass"}])
+def test_refused_connect_cannot_plant_a_will_in_a_live_session(gateway, probe, credentials):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.status_filter)
+    agg.publish(T.pubkey, b"real key", retain=True)
+    victim = login(probe, port, "dev-a", "fedmq-agent-dev-a", clean_session=False,
+                   will=(T.status("dev-a"), b"offline"))
+    attacker = probe(port, "fedmq-agent-dev-a", clean_session=False, reconnect=False,
+                     will=(T.pubkey, b"forged key"), **credentials)
+    assert not attacker.connect()
+    assert attacker.connack is not None and attacker.connack.is_failure
+    victim.publish(T.status("dev-a"), b"still online", retain=True)
+    assert agg.wait_for(T.status("dev-a"), b"still online")
+    assert not victim.disconnected.is_set(), "the refused CONNECT kicked the victim"
+    drop(victim)  # the victim's own Will fires, never the attacker's
+    assert agg.wait_for(T.status("dev-a"), b"offline")
+    reader = login(probe, port, "dev-b")
+    assert reader.subscribe(T.pubkey) and reader.wait_for(T.pubkey, b"real key")
+    agg.publish(T.pubkey, b"control", retain=True)
+    assert reader.wait_for(T.pubkey, b"control")
+    assert reader.got(T.pubkey) == [b"real key", b"control"]
+
+
+# --- 2. A deaf aggregator, 3. kick loop -------------------------------------------------------
+
+@pytest.mark.parametrize("who", ["anonymous", "wrong-password", "logged-in-agent"])
+def test_connect_with_the_aggregators_client_id_does_not_deafen_it(gateway, probe, who):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.updates_filter)
+    creds = {"anonymous": {}, "wrong-password": {"username": "aggregator",
+                                                 "password": "not-the-password"},
+             "logged-in-agent": {"username": "dev-b", "password": USERS["dev-b"]}}[who]
+    attacker = probe(port, AGG_ID, clean_session=True, reconnect=False, **creds)
+    assert attacker.connect() == (who == "logged-in-agent")
+    dev = login(probe, port, "dev-a")
+    assert round_trip(dev, agg, T.update("dev-a"), "update after the attack") < 5
+    assert not agg.disconnected.is_set()
+    assert attacker.got(T.update("dev-a")) == []
+
+
+@pytest.mark.slow
+def test_repeated_connects_with_the_aggregators_id_never_kick_it(gateway, probe):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.updates_filter)
+    dev = login(probe, port, "dev-a")
+    for i in range(15):  # every 0.2 s for 3 s, an update in each gap
+        anon = probe(port, AGG_ID, clean_session=True, reconnect=False)
+        assert not anon.connect()
+        dev.publish(T.update("dev-a"), f"update {i}".encode())
+        time.sleep(0.2)
+    assert agg.wait(lambda: len(agg.got(T.update("dev-a"))) == 15, timeout=10)
+    assert not agg.disconnected.is_set(), "the aggregator was kicked"
+
+
+# --- 4. Session theft -----------------------------------------------------------------------
+
+def test_another_login_cannot_take_the_aggregators_queued_messages(gateway, probe):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID, clean_session=False)
+    assert agg.subscribe(T.updates_filter)
+    agg.close()  # offline, persistent session: updates queue for it
+    dev = login(probe, port, "dev-a")
+    dev.publish(T.update("dev-a"), b"queued update")
+    thief = login(probe, port, "dev-b", AGG_ID, clean_session=False)
+    assert thief.subscribe(T.round)
+    watch = login(probe, port, "aggregator", "agg-watch")
+    watch.publish(T.round, b"control")
+    assert thief.wait_for(T.round, b"control")
+    assert thief.got(T.update("dev-a")) == []
+    thief.close()
+    back = login(probe, port, "aggregator", AGG_ID, clean_session=False)
+    assert back.wait_for(T.update("dev-a"), b"queued update")
+
+
+# --- 5. Idle sockets ------------------------------------------------------------------------
+
+def _idle_sockets(port: int, n: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.slow
+def test_idle_sockets_do_not_lock_out_logins(gateway, probe):
+    port = gateway()
+    socks = _idle_sockets(port, 500)
+    try:
+        start = time.monotonic()
+        login(probe, port, "dev-a")  # fails without a CONNACK within 5 s
+        assert time.monotonic() - start < 5
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_connections_without_connect_are_closed_after_the_timeout(gateway):
+    port = gateway(connect_timeout=1)
+    socks = _idle_sockets(port, 20)
+    try:
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(1) == b"", "the broker kept a connection that sent no CONNECT"
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_max_connections_counts_logins_and_refuses_one_over(gateway, probe):
+    port = gateway(max_connections=2)
+    socks = _idle_sockets(port, 5)  # sockets without CONNECT do not count
+    try:
+        login(probe, port, "dev-a")
+        login(probe, port, "dev-b")
+        third = probe(port, "third", username="aggregator", password=USERS["aggregator"],
+                      reconnect=False)
+        assert not third.connect()
+        assert third.connack is not None and third.connack.is_failure  # an answer, not a hang
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --- 6. Stalls: giant SUBSCRIBE, wrong-password flood ---------------------------------------
+
+def _mqtt_string(s: str) -> bytes:
+    return struct.pack("!H", len(s.encode())) + s.encode()
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _raw_login(port: int, user: str) -> socket.socket:
+    body = (_mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60)
+            + _mqtt_string(f"raw-{user}") + _mqtt_string(user) + _mqtt_string(USERS[user]))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    assert s.recv(4) == b"\x20\x02\x00\x00", "raw login refused"
+    return s
+
+
+def _subscribe_packet(n_filters: int) -> bytes:
+    body = struct.pack("!H", 1) + (_mqtt_string("x") + b"\x01") * n_filters
+    return b"\x82" + _remaining_length(len(body)) + body
+
+
+def _closed_by_broker(s: socket.socket, timeout: float = 10) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+@pytest.mark.slow
+def test_giant_subscribe_does_not_stall_the_broker(gateway, probe):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.updates_filter)
+    dev = login(probe, port, "dev-b")
+    raw = _raw_login(port, "dev-a")
+    packet = _subscribe_packet(1_000_000)  # 4 MB, a million filters
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the broker closed the connection: as it should
+            raw.sendall(packet)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    times = [round_trip(dev, agg, T.update("dev-b"), f"during {i}") for i in range(10)]
+    sender.join(30)
+    assert max(times) < 1.0, f"round trips during a giant SUBSCRIBE: {times}"
+    assert _closed_by_broker(raw)
+
+
+@pytest.mark.parametrize("packets", [[17], [16, 16, 16, 16, 1]])
+def test_too_many_filters_close_the_connection(packets):
+    # The per-session cap counts granted subscriptions: an open broker grants them all.
+    settings = BrokerSettings(port=free_port())
+    with EmbeddedBroker(settings):
+        s = socket.create_connection(("127.0.0.1", settings.port), timeout=10)
+        body = _mqtt_string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _mqtt_string("c")
+        s.sendall(b"\x10" + _remaining_length(len(body)) + body)
+        assert s.recv(4) == b"\x20\x02\x00\x00"
+        first = 0
+        for pid, n in enumerate(packets, start=1):
+            filters = b"".join(_mqtt_string(f"t/{first + i}") + b"\x01" for i in range(n))
+            first += n
+            pbody = struct.pack("!H", pid) + filters
+            s.sendall(b"\x82" + _remaining_length(len(pbody)) + pbody)
+            if pid < len(packets):
+                suback = s.recv(4 + n)
+                assert suback[0] == 0x90, "a subscription within the caps was refused"
+        assert _closed_by_broker(s)
+        s.close()
+
+
+def test_malformed_framing_closes_the_connection(gateway):
+    port = gateway()
+    s = _raw_login(port, "dev-a")
+    s.sendall(b"\xc0\x05abcde")  # PINGREQ claiming a 5-byte body amqtt would parse as packets
+    assert _closed_by_broker(s)
+
+
+@pytest.mark.slow
+def test_wrong_password_flood_does_not_stall_the_broker(gateway, probe):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.updates_filter)
+    dev = login(probe, port, "dev-b")
+    results: list[bool] = []
+
+    def guess(i: int) -> None:
+        p = Probe(port, f"guess-{i}", username="dev-a", password=f"guess-{i:04d}",
+                  reconnect=False)
+        results.append(p.connect(timeout=30))
+        p.close()
+
+    flood = [threading.Thread(target=guess, args=(i,), daemon=True) for i in range(50)]
+    for t in flood:
+        t.start()
+    times: list[float] = []
+    while any(t.is_alive() for t in flood) or len(times) < 5:
+        times.append(round_trip(dev, agg, T.update("dev-b"), f"during {len(times)}"))
+    for t in flood:
+        t.join(60)
+    assert max(times) < 0.5, f"round trips during a wrong-password flood: {times}"
+    assert results == [False] * 50
+
+
+# --- what the hardening must keep working ---------------------------------------------------
+
+@pytest.mark.parametrize("clean_session", [True, False])
+def test_same_login_reconnecting_takes_over_its_session(gateway, probe, clean_session):
+    """A legitimate take-over (the aggregator back after a dead link) replaces the old
+    connection and leaves the new one subscribed, never a connection without a session."""
+    port = gateway()
+    old = login(probe, port, "aggregator", AGG_ID, clean_session=clean_session)
+    assert old.subscribe(T.updates_filter)
+    new = login(probe, port, "aggregator", AGG_ID, clean_session=clean_session)
+    assert old.disconnected.wait(5), "the previous connection was not closed"
+    if clean_session:
+        assert new.subscribe(T.updates_filter)
+    dev = login(probe, port, "dev-a")
+    assert round_trip(dev, new, T.update("dev-a"), "after the take-over") < 5
+
+
+def test_a_client_silent_past_its_keep_alive_is_dropped_and_its_will_fires(gateway, probe):
+    port = gateway()
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.status_filter)
+    body = (_mqtt_string("MQTT") + bytes([4, 0xC2 | 0x04 | 0x20]) + struct.pack("!H", 1)
+            + _mqtt_string("silent") + _mqtt_string(T.status("dev-a")) + _mqtt_string("gone")
+            + _mqtt_string("dev-a") + _mqtt_string(USERS["dev-a"]))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    assert s.recv(4) == b"\x20\x02\x00\x00"
+    assert _closed_by_broker(s, timeout=10)  # keep-alive 1 s: dropped after 1.5 s of silence
+    assert agg.wait_for(T.status("dev-a"), b"gone")
+    s.close()
