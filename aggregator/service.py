@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from aggregator.admission import Admission
 from aggregator.allowlist import load_allow_list
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
@@ -31,7 +32,13 @@ from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, mean_from_sums
 from protocol.errors import CodecError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage
-from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, decrypt_ints, fingerprint
+from protocol.paillier import (
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    ciphertext_size,
+    decrypt_ints,
+    fingerprint,
+)
 from protocol.signing import Ed25519PublicKey, Signer
 from protocol.wire import decode_update
 
@@ -76,7 +83,11 @@ class Aggregator:
         self.codec_digest = config.codec.digest(self.fingerprint)
         self._fixed_allow_list = allow_list
         self._on_round = on_round
-        self._inbox = Inbox(maxsize=100_000)
+        limits = config.limits
+        self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
+        n_values = config.spec.n_params + 1  # what every round's RoundState takes
+        self._admission = Admission(config.topics, limits=limits, update_body=(
+            self.codec.plaintext_count(n_values) * ciphertext_size(self.public_key)))
         self._stop = threading.Event()
         self.store = RunStore(Path(config.state_dir))
         self.checkpoints = Checkpoints(Path(config.state_dir))
@@ -85,7 +96,8 @@ class Aggregator:
         self._rng = secrets.SystemRandom()
         topics = config.topics
         self._link = MqttLink(
-            config.mqtt, client_id=config.client_id, on_message=self._inbox.put,
+            config.mqtt, client_id=config.client_id,
+            on_message=self._admission.filter(self._inbox.put),
             subscriptions=[(topics.updates_filter, 1), (topics.status_filter, 1)],
             on_connect=self._republish, clean_session=False,
         )
@@ -253,6 +265,7 @@ class Aggregator:
     def _finish(self, state: RoundState, reason: str, version: int,
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
+        state.rejected += self._admission.close_round()
         total_weight = 0
         try:
             sums = self.codec.decode(decrypt_ints(self._private_key, state.ciphertext_sum),
@@ -321,11 +334,22 @@ class Aggregator:
     def _drain(self, state: RoundState | None, timeout: float) -> None:
         """Handle queued messages, waiting up to ``timeout`` seconds for the first.
 
-        At most a batch per call, so a flood of junk cannot starve the deadline check.
+        Then for at most ``limits.drain_seconds`` and never past the open round's
+        deadline: however much is queued, the round loop looks at its clock again
+        soon, so a round closes within its deadline plus one drain.
         """
+        if state is not None:
+            self._admission.open_round(state.round_id)
         item = self._inbox.get(timeout)
-        for _ in range(1000):
-            if item is None:
-                return
+        budget = self.config.limits.drain_seconds
+        if state is not None:
+            budget = min(budget, max(0.0, state.deadline - time.time()))
+        stop_at = time.monotonic() + budget
+        while item is not None:
             self._inbound.handle(state, *item)
+            if time.monotonic() >= stop_at or (state is not None and not state.missing
+                                               and state.close_reason(time.time())):
+                break
             item = self._inbox.get(0)
+        if state is not None:
+            state.rejected += self._admission.take_dropped()

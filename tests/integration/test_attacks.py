@@ -42,7 +42,7 @@ Stopped by the broker:
 Malformed ciphertexts in an otherwise well-formed update correctly signed by enrolled
 dev-b (a compromised or buggy device):
   10. zero; 11. exactly n^2; 12. all bytes 0xff (>= n^2); 13. a prime factor of n;
-  14. n itself; 15. one byte short.
+  14. n itself; 15. one byte short (dropped on arrival: not the size the round takes).
 Known limitation (see the test's docstring):
   16. compromised dev-c: ciphertexts of another key sent as if under the aggregator's,
       with dev-c's genuine signature. Undetectable before decryption: the sum fails its
@@ -187,9 +187,11 @@ def truncate(payload: bytes, signer: Signer) -> bytes:
 
 
 def rejections(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The aggregator's logged rejections so far (records come from its thread too)."""
+    """The aggregator's logged rejections so far (records come from its thread too, and
+    from paho's thread for payloads admission drops before they are queued)."""
     return [m for r in list(caplog.records) if r.name == "aggregator.service"
-            and r.levelno >= logging.WARNING and (m := r.getMessage()).startswith("rejected")]
+            and r.levelno >= logging.WARNING
+            and (m := r.getMessage()).startswith(("rejected", "dropped"))]
 
 
 def await_rejections(caplog: pytest.LogCaptureFixture, count: int) -> None:
@@ -427,7 +429,8 @@ CASES: dict[str, tuple[int, Attack]] = {
         lambda pub, _: (1 << 8 * ciphertext_size(pub)) - 1), OUTSIDE)),
     "ciphertext-factor-p": (1, malformed(ciphertext(lambda _, priv: priv.p), FACTOR)),
     "ciphertext-n": (1, malformed(ciphertext(lambda pub, _: pub.n), FACTOR)),
-    "ciphertext-truncated": (1, malformed(one_byte_short, "expected 1 ciphertexts of")),
+    # Dropped before decoding: one byte short is not the size the open round takes.
+    "ciphertext-truncated": (1, malformed(one_byte_short, "round 1 takes")),
 }
 
 
