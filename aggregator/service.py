@@ -23,6 +23,7 @@ from aggregator.admission import Admission
 from aggregator.allowlist import load_allow_list
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
+from aggregator.culprits import Suspects, bounds_check, close_sum
 from aggregator.inbound import Inbound
 from aggregator.keys import load_or_create_keypair
 from aggregator.rounds import Rejected, RoundState
@@ -36,7 +37,6 @@ from protocol.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     ciphertext_size,
-    decrypt_ints,
     fingerprint,
 )
 from protocol.signing import Ed25519PublicKey, Signer
@@ -62,6 +62,7 @@ class RoundResult:
     total_weight: float
     seconds: float
     update_norm: float
+    excluded: tuple[str, ...] = ()  # accepted, but in a failing group of the culprit search
 
 
 class Aggregator:
@@ -93,6 +94,7 @@ class Aggregator:
         self.checkpoints = Checkpoints(Path(config.state_dir))
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints)
         self._retained: dict[str, bytes] = {}
+        self._suspects = Suspects()
         self._rng = secrets.SystemRandom()
         topics = config.topics
         self._link = MqttLink(
@@ -266,24 +268,31 @@ class Aggregator:
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
         state.rejected += self._admission.close_round()
-        total_weight = 0
+        total_weight, excluded = 0, tuple[str, ...]()
+        check = bounds_check(self.codec, self._private_key, state.n_values, state.vectors)
+        kept, sums, named = close_sum(state.round_id, state.accepted, check, self._suspects,
+                                      rng=self._rng)
+        for culprit in named:
+            self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
         try:
-            sums = self.codec.decode(decrypt_ints(self._private_key, state.ciphertext_sum),
-                                     state.n_values, len(state.accepted))
+            if sums is None or len(kept) < state.quorum:
+                raise CodecError("no group of at least the quorum passes its bounds")
+            excluded = tuple(sorted(set(state.accepted) - kept))
             avg_delta, total_weight = mean_from_sums(sums, self.codec.params)
             new_params, new_version = params + avg_delta, version + 1
         except CodecError as exc:
-            # Only a forged or broken update can do this; we cannot tell which
-            # one from the sum, so the round is dropped and the model kept.
+            # A forged or broken update in a fleet too small to split (or several
+            # culprits): the round is dropped and the model kept.
             log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                       exc)
             avg_delta, new_params, new_version = np.zeros_like(params), params, version
-            reason = "rejected-sum"
+            reason, excluded = "rejected-sum", tuple(sorted(state.accepted))
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
             rejected=state.rejected, total_weight=total_weight,
             seconds=time.time() - state.opened_at, update_norm=float(np.linalg.norm(avg_delta)),
+            excluded=excluded,
         )
         # Model first, then the checkpoint: a crash in between is recognised on
         # resume (saved version = open version + 1) and the round is not reopened.

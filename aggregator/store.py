@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from aggregator.service import RoundResult
 
 ROUND_LOG_FIELDS = ("round", "model_version", "closed_by", "reported", "expected", "rejected",
-                    "total_weight", "seconds", "update_norm", "agents")
+                    "total_weight", "seconds", "update_norm", "agents", "excluded")
 
 
 class RunStore:
@@ -53,4 +53,5 @@ class RunStore:
             writer.writerow([result.round_id, result.model_version, result.closed_by,
                              len(result.reported), result.expected, result.rejected,
                              f"{result.total_weight:.0f}", f"{result.seconds:.3f}",
-                             f"{result.update_norm:.6g}", " ".join(result.reported)])
+                             f"{result.update_norm:.6g}", " ".join(result.reported),
+                             " ".join(result.excluded)])
