@@ -26,6 +26,7 @@ of two or more rounds and is the only device common to all of them.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class Search:
 
 
 def search(agents: Iterable[str], check: Check, *,
-           rng: secrets.SystemRandom | None = None) -> Search:
+           rng: random.Random | None = None) -> Search:
     """Split the failing set of ``agents`` (T, already decrypted) as described above."""
     rng = rng or secrets.SystemRandom()
     whole = frozenset(agents)
@@ -84,7 +85,7 @@ def search(agents: Iterable[str], check: Check, *,
 
 
 def close_sum(round_id: int, agents: Iterable[str], check: Check, suspects: Suspects, *,
-              rng: secrets.SystemRandom | None = None
+              rng: random.Random | None = None
               ) -> tuple[frozenset[str], list[int] | None, list[str]]:
     """The round's sum: of every update, or of the groups that pass after a search.
 
