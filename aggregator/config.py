@@ -52,6 +52,29 @@ class RoundPolicy:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What any sender can make the aggregator hold or do: bounded whatever they send."""
+
+    inbox_bytes: int = 64 * 1024 * 1024  # payload bytes queued for the round loop
+    inbox_messages: int = 10_000
+    status_bytes: int = 4096  # a status message is ~150 bytes
+    agent_rate: float = 2.0  # messages per second per agent id (sustained)
+    agent_burst: int = 20  # ... and at once: reconnects, QoS 1 redeliveries, re-sends
+    drain_seconds: float = 0.25  # inbound handling between two looks at the clock
+
+    def __post_init__(self) -> None:
+        for name in ("inbox_bytes", "inbox_messages", "status_bytes", "agent_burst"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"limits.{name} must be a positive integer, not {value!r}")
+        for name in ("agent_rate", "drain_seconds"):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not math.isfinite(value) or value <= 0):
+                raise ConfigError(f"limits.{name} must be a positive number, not {value!r}")
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     topics: Topics
     spec: ModelSpec
@@ -66,6 +89,7 @@ class AggregatorConfig:
     codec: CodecParams = field(default_factory=CodecParams)
     state_dir: str = "state/aggregator"
     client_id: str = "fedmq-aggregator"
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_file(cls, path: str | Path) -> AggregatorConfig:
@@ -74,7 +98,7 @@ class AggregatorConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, base: Path = Path(".")) -> AggregatorConfig:
         reject_unknown(doc, {"fleet", "mqtt", "keys", "rounds", "model", "training", "codec",
-                             "output"}, "top level")
+                             "output", "limits"}, "top level")
         fleet, keys, out = section(doc, "fleet"), section(doc, "keys"), section(doc, "output")
         reject_unknown(fleet, {"name", "topic_prefix"}, "fleet")
         reject_unknown(keys, {"private_key_file", "bits", "signing_key_file", "allow_list_file"},
@@ -101,6 +125,7 @@ class AggregatorConfig:
                 training=from_table(TrainingSettings, section(doc, "training"), "training"),
                 codec=CodecParams.from_dict({**CodecParams().to_dict(), **codec}),
                 state_dir=resolve(base, out.get("state_dir", "state/aggregator")) or "",
+                limits=from_table(Limits, section(doc, "limits"), "limits"),
             )
         except (ModelError, ProtocolError) as exc:
             raise ConfigError(f"aggregator config: {exc}") from exc

@@ -26,6 +26,12 @@ class Inbound:
         self.public_key = public_key
         self.checkpoints = checkpoints
         self.online: dict[str, bool] = {}
+        self.quarantined: dict[str, tuple[int, ...]] = {}  # culprit -> rounds it voided
+
+    def quarantine(self, agent: str, rounds: tuple[int, ...]) -> None:
+        """Reject ``agent``'s updates for the rest of the run; no round waits for it."""
+        self.quarantined[agent] = rounds
+        self.online[agent] = False
 
     def handle(self, state: RoundState | None, topic: str, payload: bytes) -> None:
         topics = self.topics
@@ -37,6 +43,12 @@ class Inbound:
             own = topic in (topics.pubkey, topics.round, topics.metrics)
             log.log(logging.DEBUG if own else logging.WARNING,
                     "ignoring message on unexpected topic %s", topic)
+            return
+        if agent in self.quarantined:
+            log.warning("rejected update from %s: quarantined as the culprit of rounds %s",
+                        agent, ", ".join(map(str, self.quarantined[agent])))
+            if state is not None:
+                state.rejected += 1
             return
         try:
             update = decode_update(payload, self.public_key)
@@ -70,4 +82,4 @@ class Inbound:
         if status.agent_id == agent:
             if self.online.get(agent) != (status.state == "online"):
                 log.info("agent %s is %s", agent, status.state)
-            self.online[agent] = status.state == "online"
+            self.online[agent] = status.state == "online" and agent not in self.quarantined

@@ -46,6 +46,9 @@ class RoundState:
     accepted: list[str] = field(default_factory=list)
     rejected: int = 0
     ciphertext_sum: list[int] | None = None
+    # Each accepted update's ciphertexts, for the culprit search when the sum fails
+    # (bounded: at most max_agents updates of the one size the round takes).
+    vectors: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _hashes: dict[str, bytes] = field(default_factory=dict)
 
     def offer(self, update: UpdateMessage, topic_agent: str,
@@ -73,6 +76,7 @@ class RoundState:
             self.ciphertext_sum = add_ciphertexts(self.public_key, self.ciphertext_sum,
                                                   update.ciphertexts)
         self.accepted.append(update.agent_id)
+        self.vectors[update.agent_id] = update.ciphertexts
         self._hashes[update.agent_id] = update.signed_hash
 
     def _check(self, u: UpdateMessage, topic_agent: str) -> None:

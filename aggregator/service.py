@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from aggregator.admission import Admission
 from aggregator.allowlist import load_allow_list
 from aggregator.announcer import Announcer
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
+from aggregator.culprits import Suspects, bounds_check, close_sum
 from aggregator.inbound import Inbound
 from aggregator.keys import load_aggregator_keys
 from aggregator.rounds import Rejected, RoundState
@@ -32,7 +34,12 @@ from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec, mean_from_sums
 from protocol.errors import CodecError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage
-from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, decrypt_ints, fingerprint
+from protocol.paillier import (
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    ciphertext_size,
+    fingerprint,
+)
 from protocol.signing import Ed25519PublicKey, Signer
 from protocol.wire import decode_update
 
@@ -56,6 +63,7 @@ class RoundResult:
     total_weight: float
     seconds: float
     update_norm: float
+    excluded: tuple[str, ...] = ()  # accepted, but in a failing group of the culprit search
 
 
 class Aggregator:
@@ -77,11 +85,17 @@ class Aggregator:
         self.codec_digest = config.codec.digest(self.fingerprint)
         self._fixed_allow_list = allow_list
         self._on_round = on_round
-        self._inbox = Inbox(maxsize=100_000)
+        limits = config.limits
+        self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
+        n_values = config.spec.n_params + 1  # what every round's RoundState takes
+        self._admission = Admission(config.topics, limits=limits, update_body=(
+            self.codec.plaintext_count(n_values) * ciphertext_size(self.public_key)))
         self._stop = threading.Event()
         self.store = RunStore(Path(config.state_dir))
         self.checkpoints = Checkpoints(Path(config.state_dir))
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints)
+        self._suspects = Suspects()
+        self._admit = self._admission.filter(self._inbox.put)
         self._rng = secrets.SystemRandom()
         topics = config.topics
         self._announcer = Announcer((topics.pubkey, topics.round))
@@ -269,24 +283,32 @@ class Aggregator:
     def _finish(self, state: RoundState, reason: str, version: int,
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
-        total_weight = 0
+        state.rejected += self._admission.close_round()
+        total_weight, excluded = 0, tuple[str, ...]()
+        check = bounds_check(self.codec, self._private_key, state.n_values, state.vectors)
+        kept, sums, named = close_sum(state.round_id, state.accepted, check, self._suspects,
+                                      rng=self._rng)
+        for culprit in named:
+            self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
         try:
-            sums = self.codec.decode(decrypt_ints(self._private_key, state.ciphertext_sum),
-                                     state.n_values, len(state.accepted))
+            if sums is None or len(kept) < state.quorum:
+                raise CodecError("no group of at least the quorum passes its bounds")
+            excluded = tuple(sorted(set(state.accepted) - kept))
             avg_delta, total_weight = mean_from_sums(sums, self.codec.params)
             new_params, new_version = params + avg_delta, version + 1
         except CodecError as exc:
-            # Only a forged or broken update can do this; we cannot tell which
-            # one from the sum, so the round is dropped and the model kept.
+            # A forged or broken update in a fleet too small to split (or several
+            # culprits): the round is dropped and the model kept.
             log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                       exc)
             avg_delta, new_params, new_version = np.zeros_like(params), params, version
-            reason = "rejected-sum"
+            reason, excluded = "rejected-sum", tuple(sorted(state.accepted))
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
             rejected=state.rejected, total_weight=total_weight,
             seconds=time.time() - state.opened_at, update_norm=float(np.linalg.norm(avg_delta)),
+            excluded=excluded,
         )
         # Model first, then the checkpoint: a crash in between is recognised on
         # resume (saved version = open version + 1) and the round is not reopened.
@@ -331,9 +353,9 @@ class Aggregator:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         # paho's thread: our own retained topics go to the announcer, the rest
-        # to the inbox; both only store, the aggregator's thread acts.
+        # through admission to the inbox; both only store, the aggregator's thread acts.
         if not self._announcer.observe(topic, payload):
-            self._inbox.put(topic, payload)
+            self._admit(topic, payload)
 
     def _republish(self) -> None:
         """On the aggregator's thread: after a (re)connect, announce key and round again.
@@ -357,12 +379,23 @@ class Aggregator:
     def _drain(self, state: RoundState | None, timeout: float) -> None:
         """Handle queued messages, waiting up to ``timeout`` seconds for the first.
 
-        At most a batch per call, so a flood of junk cannot starve the deadline check.
+        Then for at most ``limits.drain_seconds`` and never past the open round's
+        deadline: however much is queued, the round loop looks at its clock again
+        soon, so a round closes within its deadline plus one drain.
         """
         self._republish()
+        if state is not None:
+            self._admission.open_round(state.round_id)
         item = self._inbox.get(timeout)
-        for _ in range(1000):
-            if item is None:
-                return
+        budget = self.config.limits.drain_seconds
+        if state is not None:
+            budget = min(budget, max(0.0, state.deadline - time.time()))
+        stop_at = time.monotonic() + budget
+        while item is not None:
             self._inbound.handle(state, *item)
+            if time.monotonic() >= stop_at or (state is not None and not state.missing
+                                               and state.close_reason(time.time())):
+                break
             item = self._inbox.get(0)
+        if state is not None:
+            state.rejected += self._admission.take_dropped()

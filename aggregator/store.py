@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     from aggregator.service import RoundResult
 
 ROUND_LOG_FIELDS = ("round", "model_version", "closed_by", "reported", "expected", "rejected",
-                    "total_weight", "seconds", "update_norm", "agents")
+                    "total_weight", "seconds", "update_norm", "agents", "excluded")
 
 
 def audit_row(result: RoundResult) -> list[str]:
     return [str(result.round_id), str(result.model_version), result.closed_by,
             str(len(result.reported)), str(result.expected), str(result.rejected),
             f"{result.total_weight:.0f}", f"{result.seconds:.3f}", f"{result.update_norm:.6g}",
-            " ".join(result.reported)]
+            " ".join(result.reported), " ".join(result.excluded)]
 
 
 class RunStore:

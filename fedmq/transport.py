@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from fedmq.config import from_table
+from fedmq.droplog import DropLog
 from protocol.errors import ConfigError, FedmqError
 
 log = logging.getLogger(__name__)
@@ -65,28 +66,50 @@ Handler = Callable[[str, bytes], None]
 class Inbox:
     """Bounded hand-off from paho's network thread to a role's own thread.
 
-    ``put`` is the MQTT message handler; it never blocks paho. When the role
-    falls this far behind, dropping (with a log line) beats unbounded memory on
-    a 1 GB device.
+    ``put`` is the MQTT message handler; it never blocks paho. Bounded in
+    messages AND in payload bytes: a count alone lets a sender of large
+    payloads hold gigabytes. Over either bound the message is dropped, counted
+    per topic and logged at most once per few seconds per topic (``DropLog``),
+    which beats unbounded memory on a 1 GB device.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, max_bytes: int | None = None) -> None:
+        if maxsize < 1 or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("an inbox needs room for at least one message and one byte")
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=maxsize)
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.drops = DropLog(log, level=logging.ERROR)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
 
     def put(self, topic: str, payload: bytes) -> None:
-        try:
-            self._queue.put_nowait((topic, payload))
-        except queue.Full:
-            log.error("inbox full, dropping message on %s", topic)
+        size = len(payload)
+        with self._lock:
+            if self._max_bytes is not None and self._bytes + size > self._max_bytes:
+                why = f"inbox holds {self._bytes} of {self._max_bytes} bytes"
+            else:
+                try:
+                    self._queue.put_nowait((topic, payload))
+                except queue.Full:
+                    why = f"inbox full ({self._queue.maxsize} messages)"
+                else:
+                    self._bytes += size
+                    return
+        self.drops.drop(topic, why)
 
     def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
         """The next message, or None after ``timeout`` seconds (0: do not wait)."""
         try:
-            if timeout == 0:
-                return self._queue.get_nowait()
-            return self._queue.get(timeout=timeout)
+            item = self._queue.get_nowait() if timeout == 0 else self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        with self._lock:
+            self._bytes -= len(item[1])
+        return item
 
 
 class MqttLink:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import AggregatorConfig
+from aggregator.config import AggregatorConfig, Limits
 from protocol.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -37,3 +37,14 @@ def test_bad_configs_give_one_clear_error(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         AggregatorConfig.from_file("/nonexistent/agg.toml")
+
+
+def test_limits_section_is_read_and_checked(tmp_path):
+    base = {"model": {"kind": "linear", "features": ["a"]}}
+    cfg = AggregatorConfig.from_dict({**base, "limits": {"inbox_bytes": 1024, "agent_rate": 5}})
+    assert cfg.limits == Limits(inbox_bytes=1024, agent_rate=5)
+    assert AggregatorConfig.from_dict(base).limits == Limits()
+    with pytest.raises(ConfigError, match="limits"):
+        AggregatorConfig.from_dict({**base, "limits": {"inbox_megabytes": 1}})
+    with pytest.raises(ConfigError, match=r"limits\.drain_seconds"):
+        AggregatorConfig.from_dict({**base, "limits": {"drain_seconds": "soon"}})

@@ -1,0 +1,165 @@
+"""Finding the device whose update voids a round, without decrypting any honest update alone.
+
+An enrolled device can encrypt plaintexts outside the codec's bounds; nothing
+shows before decryption, and the decrypted SUM then fails its bounds. Instead
+of dropping the round, ``search`` splits the failing set T into two random
+halves A and B, decrypts the sum of each (the homomorphic product of its
+members' ciphertexts) and recurses into the halves that fail, but splits a
+group only while both halves keep at least two members (so |group| >= 4). A
+failing group of 2 or 3 is excluded from this round; the round closes with
+the sum of the passing groups.
+
+What the aggregator learns: the sums over the decrypted groups, which form a
+laminar family (a binary tree: every split group is the disjoint union of its
+two children) whose leaves have >= 2 members each. The span of their indicator
+vectors is the span of the disjoint leaves, so no linear combination of the
+decrypted sums isolates one device's update. Decrypting B as well as A reveals
+nothing beyond sum(T) - sum(A). What it costs: the 1-2 honest devices sharing
+the culprit's final group lose this round (their updates are not used), and
+about 2 log2(|T|) extra decryptions per culprit. With |T| < 4 nothing can be
+split and the whole round is dropped, as before.
+
+Across rounds, ``Suspects`` names a device once it was in the excluded group
+of two or more rounds and is the only device common to all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from protocol.codec import Codec
+from protocol.errors import CodecError
+from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, add_ciphertexts, decrypt_ints
+
+log = logging.getLogger("aggregator.service")
+
+#: A group's decoded sums, or None when its decrypted sum fails the codec's bounds.
+Check = Callable[[frozenset[str]], "list[int] | None"]
+MIN_GROUP = 2  # never decrypt a sum over fewer devices
+
+
+@dataclass(frozen=True)
+class Search:
+    kept: frozenset[str]  # devices whose updates the round uses
+    sums: list[int] | None  # their decoded sum; None if nothing could be kept
+    excluded: tuple[frozenset[str], ...]  # failing groups too small to split
+    decrypted: tuple[frozenset[str], ...]  # every group whose sum was decrypted, T first
+
+
+def search(agents: Iterable[str], check: Check, *,
+           rng: random.Random | None = None) -> Search:
+    """Split the failing set of ``agents`` (T, already decrypted) as described above."""
+    rng = rng or secrets.SystemRandom()
+    whole = frozenset(agents)
+    decrypted, excluded = [whole], []
+    passing: list[tuple[frozenset[str], list[int]]] = []
+    pending = [whole]
+    while pending:
+        group = pending.pop()
+        if len(group) < 2 * MIN_GROUP:
+            excluded.append(group)
+            continue
+        members = sorted(group)
+        rng.shuffle(members)
+        half = len(members) // 2
+        for part in (frozenset(members[:half]), frozenset(members[half:])):
+            decrypted.append(part)
+            sums = check(part)
+            if sums is None:
+                pending.append(part)
+            else:
+                passing.append((part, sums))
+    kept = frozenset().union(*(g for g, _ in passing))
+    total: list[int] | None = None
+    if passing:
+        total = [sum(column) for column in zip(*(s for _, s in passing), strict=True)]
+        # kept is a union of decrypted groups: its sum reveals nothing new. Decrypting
+        # it checks that the pieces really add up (bounds hold for the union too).
+        if check(kept) != total:
+            kept, total = frozenset(), None
+    return Search(kept=kept, sums=total, excluded=tuple(excluded), decrypted=tuple(decrypted))
+
+
+def close_sum(round_id: int, agents: Iterable[str], check: Check, suspects: Suspects, *,
+              rng: random.Random | None = None
+              ) -> tuple[frozenset[str], list[int] | None, list[str]]:
+    """The round's sum: of every update, or of the groups that pass after a search.
+
+    Returns (kept devices, their decoded sums or None, devices newly named culprits).
+    """
+    whole = frozenset(agents)
+    sums = check(whole)
+    if sums is not None:
+        return whole, sums, []
+    found = search(whole, check, rng=rng)
+    for group in found.excluded:
+        log.error("round %d: decrypted sum out of bounds; culprit among %s (excluded this "
+                  "round); %s", round_id, ", ".join(sorted(group)),
+                  f"closed with {len(found.kept)} devices" if found.kept else "round dropped")
+    named = suspects.record(round_id, found.excluded)
+    for agent in named:
+        log.error("%s is the culprit: the only device in every excluded group of rounds %s; "
+                  "its updates are rejected for the rest of the run", agent,
+                  ", ".join(map(str, suspects.culprits[agent])))
+    return found.kept, found.sums, named
+
+
+def group_sum(public_key: PaillierPublicKey, vectors: Mapping[str, Sequence[int]],
+              group: Iterable[str]) -> list[int]:
+    """Homomorphic sum of ``group``'s ciphertext vectors."""
+    members = sorted(group)
+    total = list(vectors[members[0]])
+    for agent in members[1:]:
+        total = add_ciphertexts(public_key, total, vectors[agent])
+    return total
+
+
+def bounds_check(codec: Codec, private_key: PaillierPrivateKey, n_values: int,
+                 vectors: Mapping[str, Sequence[int]]) -> Check:
+    """``Check`` for a round: decrypt a group's sum; its values AND its total weight must fit.
+
+    Every device's weight lies in [1, max_weight], so a group of k has a total
+    weight in [k, k * max_weight]: a forged weight inside the value bound still fails.
+    """
+    public_key = private_key.public_key
+
+    def check(group: frozenset[str]) -> list[int] | None:
+        if not group:
+            return None
+        if len(group) < MIN_GROUP and len(group) != len(vectors):
+            raise ValueError("refusing to decrypt one device's update")
+        plain = decrypt_ints(private_key, group_sum(public_key, vectors, group))
+        try:
+            sums = codec.decode(plain, n_values, len(group))
+        except CodecError:
+            return None
+        if not len(group) <= sums[-1] <= len(group) * codec.params.max_weight:
+            return None
+        return sums
+    return check
+
+
+@dataclass
+class Suspects:
+    """Excluded groups per device across the rounds of a run; names culprits."""
+
+    groups: dict[str, list[tuple[int, frozenset[str]]]] = field(default_factory=dict)
+    culprits: dict[str, tuple[int, ...]] = field(default_factory=dict)  # id -> its rounds
+
+    def record(self, round_id: int, excluded: Iterable[frozenset[str]]) -> list[str]:
+        """Note this round's excluded groups; return the devices newly named as culprits."""
+        named = []
+        for group in excluded:
+            for agent in group:
+                self.groups.setdefault(agent, []).append((round_id, group))
+        for agent, seen in self.groups.items():
+            if agent in self.culprits or len({r for r, _ in seen}) < 2:
+                continue
+            if frozenset.intersection(*(g for _, g in seen)) == {agent}:
+                self.culprits[agent] = tuple(sorted({r for r, _ in seen}))
+                named.append(agent)
+        return sorted(named)
