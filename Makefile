@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --agents 20 --rounds 10
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-flood clean
 
 demo: $(VENV)/.installed
 	$(BIN)/fedmq simulate $(ARGS)
@@ -17,6 +17,10 @@ test: $(VENV)/.installed
 # Packed vs per-value encryption at 2048 and 3072 bits; a few minutes on 2 cores.
 bench: $(VENV)/.installed
 	$(BIN)/fedmq bench $(BENCH_ARGS)
+
+# The aggregator's memory and round times while an agent floods it (2 x 60 s, real processes).
+bench-flood: $(VENV)/.installed
+	$(BIN)/fedmq bench-flood $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -32,6 +32,7 @@ from aggregator.allowlist import enroll
 from broker.acl import FleetAcl
 from broker.embedded import free_port
 from broker.mosquitto import MosquittoSetup, read_credentials, write_files
+from fedmq.files import create_signer
 from protocol.paillier import fingerprint, generate_keypair, private_key_to_dict
 from protocol.signing import Signer
 from protocol.topics import Topics
@@ -107,6 +108,9 @@ class Gateway:
         self.fingerprint = fingerprint(public)
         (root / "paillier.key").write_text(json.dumps(private_key_to_dict(private)))
         (root / "paillier.key").chmod(0o600)
+        # Both aggregator keys exist before it starts: it creates keys only on a first
+        # start, and the second phase is not one.
+        create_signer(root / "signing.key")
         from pwdlib.hashers.argon2 import Argon2Hasher  # the broker's own dependency
 
         hasher = Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -176,7 +180,7 @@ password = "{self.password('aggregator')}"
 [keys]
 private_key_file = "{self.root / 'paillier.key'}"
 bits = {o.key_bits}
-signing_key_file = "{state / 'signing.key'}"
+signing_key_file = "{self.root / 'signing.key'}"
 allow_list_file = "{state / 'allow.json'}"
 [rounds]
 rounds = 100000
@@ -303,21 +307,37 @@ def report(options: FloodOptions, phases: tuple[Phase, Phase]) -> str:
         lines.append(f"{p.name:9s} rss start {p.rss_start_mb:6.1f} MB  peak {p.rss_peak_mb:6.1f} "
                      f"MB  rounds {len(p.rounds):3d}  round s median {np.median(secs):6.2f} "
                      f"max {max(secs):6.2f}  flood payloads sent {p.sent}")
+    base, flood = phases
+    if base.round_seconds and flood.round_seconds and base.rss_peak_mb:
+        worst = max(flood.round_seconds)
+        slower = np.median(flood.round_seconds) / np.median(base.round_seconds)
+        verdict = "within" if worst <= options.round_timeout else "OVER"
+        lines.append(f"flood / baseline: peak RSS x{flood.rss_peak_mb / base.rss_peak_mb:.2f}, "
+                     f"median round x{slower:.1f}; longest flooded round {worst:.2f} s of a "
+                     f"{options.round_timeout:g} s deadline ({verdict})")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.flood", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--agents", type=int, default=3)
-    parser.add_argument("--bits", type=int, default=2048)
-    parser.add_argument("--round-timeout", type=float, default=10.0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``python -m benchmarks.flood`` and ``fedmq bench-flood``."""
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each phase")
+    parser.add_argument("--agents", type=int, default=3, help="honest agents")
+    parser.add_argument("--bits", type=int, default=2048, help="Paillier key size")
+    parser.add_argument("--round-timeout", type=float, default=10.0, help="round deadline, s")
     parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
-    args = parser.parse_args(argv)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     options = FloodOptions(seconds=args.seconds, agents=args.agents, key_bits=args.bits,
                            round_timeout=args.round_timeout, broker=args.broker)
     print(report(options, run(options)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.flood", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

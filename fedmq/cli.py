@@ -106,6 +106,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_flood(args: argparse.Namespace) -> int:
+    from benchmarks.flood import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_aggregator(args: argparse.Namespace) -> int:
     from aggregator.config import AggregatorConfig
     from aggregator.keys import load_aggregator_keys
@@ -290,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1024-bit key, d=100/1000, 10/100 agents: a smoke run in seconds")
     p.add_argument("--json", default="runs/bench/crypto.json", help="where to write results")
     p.set_defaults(func=cmd_bench)
+
+    from benchmarks.flood import __doc__ as flood_doc
+    from benchmarks.flood import add_arguments as flood_arguments
+
+    p = sub.add_parser("bench-flood", help="aggregator memory and round times while an agent "
+                       "floods it with 4 MiB payloads (real processes)", description=flood_doc)
+    flood_arguments(p)
+    p.set_defaults(func=cmd_bench_flood)
 
     p = sub.add_parser("sample-data", help="write synthetic sensor CSV files for devices",
                        description="Write one CSV of synthetic machine sensor readings per "
