@@ -30,6 +30,9 @@ from fedmq.transport import MqttSettings
 from protocol.messages import RoundMessage
 from protocol.topics import Topics
 
+# Logins of the broker tests' password file (tests/broker/conftest.py ``password_file``).
+USERS = {"aggregator": "aggregator-pw", "dev-a": "dev-a-password", "dev-b": "dev-b-password"}
+
 
 class Probe:
     """A plain paho client for checking what a broker allows.

@@ -13,7 +13,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mqtt_support import Probe
+from mqtt_support import USERS, Probe
+
+from broker.cli import add_user
+
+
+@pytest.fixture(scope="session")
+def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A password file (amqtt's Argon2 format) holding ``USERS``."""
+    path = tmp_path_factory.mktemp("logins") / "passwords.txt"
+    for user, password in USERS.items():
+        add_user(path, user, password)
+    return path
 
 
 @pytest.fixture

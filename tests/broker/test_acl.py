@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mqtt_support import USERS
 from support import AGGREGATOR_SIGNER, EnrolledFleet, agent_config, local_data
 
 from aggregator.service import Aggregator
 from broker.acl import FleetAcl, password_file_users
-from broker.cli import add_user, load_settings
+from broker.cli import load_settings
 from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
@@ -21,15 +22,6 @@ from protocol.errors import ConfigError
 from protocol.topics import Topics
 
 T = Topics("plant", "fedmq")
-USERS = {"aggregator": "aggregator-pw", "dev-a": "dev-a-password", "dev-b": "dev-b-password"}
-
-
-@pytest.fixture(scope="module")
-def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("acl") / "passwords.txt"
-    for user, password in USERS.items():
-        add_user(path, user, password)
-    return path
 
 
 def acl_settings(password_file: Path, **kw) -> BrokerSettings:

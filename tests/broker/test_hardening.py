@@ -16,24 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_support import Probe
+from mqtt_support import USERS, Probe
 
-from broker.cli import add_user
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from protocol.topics import Topics
 
 T = Topics("plant", "fedmq")
-USERS = {"aggregator": "aggregator-pw", "dev-a": "dev-a-password", "dev-b": "dev-b-password"}
 AGG_ID = "fedmq-aggregator"
-
-
-@pytest.fixture(scope="module")
-def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("hardening") / "passwords.txt"
-    for user, password in USERS.items():
-        add_user(path, user, password)
-    return path
 
 
 @pytest.fixture
