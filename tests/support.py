@@ -26,6 +26,14 @@ SPEC = ModelSpec(kind="logistic", features=FEATURES, n_classes=2,
                  center=(0.5, -1.0, 0.0), scale=(1.0, 2.0, 0.5))
 
 
+def spec_toml(spec: ModelSpec = SPEC) -> str:
+    """The ``[model]`` table of an aggregator config for ``spec``."""
+    d = spec.to_dict()
+    return (f'[model]\nkind = "{d["kind"]}"\nfeatures = {list(d["features"])!r}\n'
+            f'n_classes = {d["n_classes"]}\ncenter = {list(d["center"])!r}\n'
+            f'scale = {list(d["scale"])!r}\n').replace("'", '"')
+
+
 def local_data(seed: int, n: int) -> LocalData:
     """A small, learnable, device-specific classification set."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from support import AGGREGATOR_SIGNER, SPEC, signer_for
+from support import AGGREGATOR_SIGNER, signer_for, spec_toml
 
 from broker.embedded import free_port
 from fedmq.cli import main
@@ -136,7 +136,6 @@ def gateway(tmp_path, keypair):
     (state / "signing.key").write_bytes(AGGREGATOR_SIGNER.to_pem())
     for key in ("paillier.key", "signing.key"):
         (state / key).chmod(0o600)
-    spec = SPEC.to_dict()
     cfg = tmp_path / "g.toml"
     cfg.write_text(f"""
 [fleet]
@@ -148,13 +147,7 @@ bits = 512
 private_key_file = "{state / 'paillier.key'}"
 signing_key_file = "{state / 'signing.key'}"
 allow_list_file = "{state / 'allow.json'}"
-[model]
-kind = "{spec['kind']}"
-features = {list(spec['features'])!r}
-n_classes = {spec['n_classes']}
-center = {list(spec['center'])!r}
-scale = {list(spec['scale'])!r}
-[output]
+{spec_toml()}[output]
 state_dir = "{state}"
 """.replace("'", '"'))
     return cfg, state

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from support import (
     AGGREGATOR_SIGNER,
-    SPEC,
     agent_process,
     fedmq_process,
     run_in_thread,
     signer_for,
+    spec_toml,
     wait_until,
 )
 
@@ -74,7 +74,6 @@ def _aggregator_config(tmp_path: Path, port: int, keypair, ids: list[str]) -> Pa
     (state / "signing.key").chmod(0o600)
     for agent_id in ids:
         enroll(state / "allow.json", agent_id, signer_for(agent_id).public_hex)
-    spec = SPEC.to_dict()
     config = tmp_path / "aggregator.toml"
     config.write_text(f"""
 [fleet]
@@ -93,13 +92,7 @@ quorum = 3
 min_agents = 3
 start_timeout = 60
 max_extensions = 0
-[model]
-kind = "{spec['kind']}"
-features = {list(spec['features'])!r}
-n_classes = {spec['n_classes']}
-center = {list(spec['center'])!r}
-scale = {list(spec['scale'])!r}
-[training]
+{spec_toml()}[training]
 epochs = 2
 batch_size = 8
 learning_rate = 0.1
