@@ -30,8 +30,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedmq.transport import MqttLink
+from protocol.codec import CodecParams
+from protocol.messages import PubKeyMessage, RoundMessage
+from protocol.signing import Signer
+from protocol.topics import Topics
+
+if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
 
 log = logging.getLogger("aggregator.service")
 
@@ -103,3 +118,67 @@ class Announcer:
         log.warning("the broker handed out a %d-byte message on %s that this aggregator did "
                     "not publish (sha256 %s...); republishing its own", len(payload), topic,
                     digest.hex()[:16])
+
+
+class Herald:
+    """Publishes the aggregator's signed, retained announcements and keeps them true.
+
+    ``republish`` runs on the aggregator's own thread (from its drain loop): after
+    a (re)connect it publishes the key again and re-announces the last round with
+    a new ``issued_at``, and it puts back any retained copy that is not ours.
+    """
+
+    def __init__(self, config: AggregatorConfig, link: MqttLink, signer: Signer,
+                 announcer: Announcer, *, n_hex: str, fingerprint: str, codec_digest: str
+                 ) -> None:
+        self._config, self._link, self._signer = config, link, signer
+        self._announcer = announcer
+        self._n_hex, self._fingerprint, self._codec_digest = n_hex, fingerprint, codec_digest
+        self._again: Callable[[], None] | None = None  # the last round announcement
+
+    @property
+    def _topics(self) -> Topics:
+        return self._config.topics
+
+    def key(self, codec: CodecParams) -> None:
+        self.retain(self._topics.pubkey, PubKeyMessage(
+            fleet=self._topics.fleet, n_hex=self._n_hex, fingerprint=self._fingerprint,
+            codec=codec, signing_key=self._signer.public_hex).to_bytes(self._signer))
+        log.info("public key %s published on %s", self._fingerprint[:16], self._topics.pubkey)
+
+    def round(self, run_id: str, round_id: int, version: int, params: NDArray[np.float64], *,
+              state: str, deadline: float | None = None,
+              participants: tuple[str, ...] = ()) -> None:
+        self._again = partial(self.round, run_id, round_id, version, params, state=state,
+                              deadline=deadline, participants=participants)
+        cfg = self._config
+        msg = RoundMessage(
+            fleet=cfg.topics.fleet, round_id=round_id, model_version=version, state=state,
+            spec=cfg.spec, params=tuple(float(p) for p in params),
+            deadline=deadline if deadline is not None else time.time(),
+            settings=cfg.training, key_fingerprint=self._fingerprint,
+            codec_digest=self._codec_digest, run_id=run_id, participants=participants,
+        )
+        self.retain(cfg.topics.round, msg.to_bytes(self._signer))
+
+    def retain(self, topic: str, payload: bytes) -> None:
+        self._announcer.published(topic, payload)
+        if not self._link.publish(topic, payload, retain=True):
+            log.warning("publish on %s not confirmed yet; it is re-sent on reconnect", topic)
+
+    def republish(self) -> None:
+        """After a (re)connect, announce key and round again; replace copies not ours.
+
+        The broker may have lost its retained messages (restart) and agents may
+        have sent updates while we were away (a clean session queues nothing):
+        a new ``issued_at`` makes every agent re-send its signed update, which
+        the round counts once.
+        """
+        reconnected, stale = self._announcer.due()
+        if reconnected:
+            stale = sorted({*stale, self._topics.pubkey} - {self._topics.round})
+            if self._again is not None:
+                self._again()
+        for topic in stale:
+            if (payload := self._announcer.latest(topic)) is not None:
+                self.retain(topic, payload)

@@ -20,7 +20,8 @@ about 2 log2(|T|) extra decryptions per culprit. With |T| < 4 nothing can be
 split and the whole round is dropped, as before.
 
 Across rounds, ``Suspects`` names a device once it was in the excluded group
-of two or more rounds and is the only device common to all of them.
+of three rounds in a row (of those it reported in) and is the only device
+common to all of them.
 """
 
 from __future__ import annotations
@@ -94,13 +95,14 @@ def close_sum(round_id: int, agents: Iterable[str], check: Check, suspects: Susp
     whole = frozenset(agents)
     sums = check(whole)
     if sums is not None:
+        suspects.record(round_id, (), kept=whole)
         return whole, sums, []
     found = search(whole, check, rng=rng)
     for group in found.excluded:
         log.error("round %d: decrypted sum out of bounds; culprit among %s (excluded this "
                   "round); %s", round_id, ", ".join(sorted(group)),
                   f"closed with {len(found.kept)} devices" if found.kept else "round dropped")
-    named = suspects.record(round_id, found.excluded)
+    named = suspects.record(round_id, found.excluded, kept=found.kept)
     for agent in named:
         log.error("%s is the culprit: the only device in every excluded group of rounds %s; "
                   "its updates are rejected for the rest of the run", agent,
@@ -145,21 +147,39 @@ def bounds_check(codec: Codec, private_key: PaillierPrivateKey, n_values: int,
 
 @dataclass
 class Suspects:
-    """Excluded groups per device across the rounds of a run; names culprits."""
+    """Excluded groups per device across the rounds of a run; names culprits.
 
+    A device is named once it was excluded in ``streak`` rounds in a row in which
+    it reported (a round that used its update resets the streak) and is the only
+    device common to those groups. With one misbehaving device nobody else can be
+    named: every excluded group holds it, so an honest device's groups always
+    share it too. With several, an honest device could share excluded groups with
+    different culprits; needing ``streak`` consecutive exclusions (each about
+    (culprits x 2) / fleet likely for an honest device) makes that rare, and
+    the culprits are quarantined after ``streak`` rounds, which ends the window.
+    """
+
+    streak: int = 3
     groups: dict[str, list[tuple[int, frozenset[str]]]] = field(default_factory=dict)
     culprits: dict[str, tuple[int, ...]] = field(default_factory=dict)  # id -> its rounds
 
-    def record(self, round_id: int, excluded: Iterable[frozenset[str]]) -> list[str]:
-        """Note this round's excluded groups; return the devices newly named as culprits."""
+    def __post_init__(self) -> None:
+        if self.streak < 2:
+            raise ValueError("a culprit needs at least two rounds to be told apart")
+
+    def record(self, round_id: int, excluded: Iterable[frozenset[str]],
+               kept: Iterable[str] = ()) -> list[str]:
+        """Note this round's excluded groups and kept devices; return newly named culprits."""
+        for agent in kept:
+            self.groups.pop(agent, None)  # its update was used: the streak ends
         named = []
         for group in excluded:
             for agent in group:
                 self.groups.setdefault(agent, []).append((round_id, group))
         for agent, seen in self.groups.items():
-            if agent in self.culprits or len({r for r, _ in seen}) < 2:
+            if agent in self.culprits or len(seen) < self.streak:
                 continue
             if frozenset.intersection(*(g for _, g in seen)) == {agent}:
-                self.culprits[agent] = tuple(sorted({r for r, _ in seen}))
+                self.culprits[agent] = tuple(r for r, _ in seen)
                 named.append(agent)
         return sorted(named)

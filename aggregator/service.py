@@ -13,8 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,19 @@ from numpy.typing import NDArray
 
 from aggregator.admission import Admission
 from aggregator.allowlist import load_allow_list
-from aggregator.announcer import Announcer
+from aggregator.announcer import Announcer, Herald
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
 from aggregator.config import AggregatorConfig
-from aggregator.culprits import Suspects, bounds_check, close_sum
+from aggregator.culprits import Suspects
 from aggregator.inbound import Inbound
 from aggregator.keys import load_aggregator_keys
+from aggregator.outcome import RoundResult, fedavg_step
 from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
 from fedmq.transport import Inbox, MqttLink
-from protocol.codec import make_codec, mean_from_sums
-from protocol.errors import CodecError, FedmqError, ProtocolError
-from protocol.messages import MetricsMessage, PubKeyMessage, RoundMessage
+from protocol.codec import make_codec
+from protocol.errors import FedmqError, ProtocolError
+from protocol.messages import MetricsMessage
 from protocol.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
@@ -49,21 +49,6 @@ FloatArray = NDArray[np.float64]
 
 class RoundFailed(FedmqError):
     """A round could not reach its quorum within the allowed deadline extensions."""
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    round_id: int
-    model_version: int
-    params: FloatArray
-    closed_by: str
-    reported: tuple[str, ...]
-    expected: int
-    rejected: int
-    total_weight: float
-    seconds: float
-    update_norm: float
-    excluded: tuple[str, ...] = ()  # accepted, but in a failing group of the culprit search
 
 
 class Aggregator:
@@ -109,7 +94,9 @@ class Aggregator:
                            (topics.pubkey, 1), (topics.round, 1)],
             on_connect=self._announcer.connected, clean_session=True,
         )
-        self._reannounce: Callable[[], None] | None = None  # the last round announcement
+        self._herald = Herald(config, self._link, self.signer, self._announcer,
+                              n_hex=format(self.public_key.n, "x"), fingerprint=self.fingerprint,
+                              codec_digest=self.codec_digest)
         self.results: list[RoundResult] = []
 
     @property
@@ -133,11 +120,7 @@ class Aggregator:
         start = self._start_point()
         self._link.connect()
         try:
-            self._retain(cfg.topics.pubkey, PubKeyMessage(
-                fleet=cfg.topics.fleet, n_hex=format(self.public_key.n, "x"),
-                fingerprint=self.fingerprint, codec=cfg.codec,
-                signing_key=self.signer.public_hex).to_bytes(self.signer))
-            log.info("public key %s published on %s", self.fingerprint[:16], cfg.topics.pubkey)
+            self._herald.key(cfg.codec)
             run_id, resume = start.run_id, start.open_round
             params, version, round_id = start.params, start.version, start.round_id
             if resume is None:
@@ -149,7 +132,7 @@ class Aggregator:
                 result = self._run_round(run_id, round_id, version, params, resume=resume)
                 params, version, round_id = result.params, result.model_version, round_id + 1
                 resume = None
-            self._announce(run_id, cfg.policy.rounds + 1, version, params, state="finished")
+            self._herald.round(run_id, cfg.policy.rounds + 1, version, params, state="finished")
             self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
                                                    "finished"))
             return params
@@ -255,7 +238,7 @@ class Aggregator:
         cfg = self.config
         state = self._open(run_id, round_id, version, resume)
         extensions = resume.extensions if resume is not None else 0
-        self._announce(run_id, round_id, version, params, state="training",
+        self._herald.round(run_id, round_id, version, params, state="training",
                        deadline=state.deadline,
                        participants=tuple(sorted(state.expected)) if state.sampled else ())
         log.info("round %d open: expecting %d agents, quorum %d, deadline in %.0f s", round_id,
@@ -284,25 +267,17 @@ class Aggregator:
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
         state.rejected += self._admission.close_round()
-        total_weight, excluded = 0, tuple[str, ...]()
-        check = bounds_check(self.codec, self._private_key, state.n_values, state.vectors)
-        kept, sums, named = close_sum(state.round_id, state.accepted, check, self._suspects,
-                                      rng=self._rng)
-        for culprit in named:
+        step = fedavg_step(state, self.codec, self._private_key, self._suspects,
+                           rng=self._rng)
+        for culprit in step.named:
             self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
-        try:
-            if sums is None or len(kept) < state.quorum:
-                raise CodecError("no group of at least the quorum passes its bounds")
-            excluded = tuple(sorted(set(state.accepted) - kept))
-            avg_delta, total_weight = mean_from_sums(sums, self.codec.params)
-            new_params, new_version = params + avg_delta, version + 1
-        except CodecError as exc:
-            # A forged or broken update in a fleet too small to split (or several
-            # culprits): the round is dropped and the model kept.
-            log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
-                      exc)
+        if step.avg_delta is None:
             avg_delta, new_params, new_version = np.zeros_like(params), params, version
-            reason, excluded = "rejected-sum", tuple(sorted(state.accepted))
+            reason = "rejected-sum"
+        else:
+            avg_delta = step.avg_delta
+            new_params, new_version = params + avg_delta, version + 1
+        total_weight, excluded = step.total_weight, step.excluded
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
@@ -332,48 +307,11 @@ class Aggregator:
             self._on_round(result)
         return result
 
-    def _announce(self, run_id: str, round_id: int, version: int, params: FloatArray, *,
-                  state: str, deadline: float | None = None,
-                  participants: tuple[str, ...] = ()) -> None:
-        self._reannounce = partial(self._announce, run_id, round_id, version, params,
-                                   state=state, deadline=deadline, participants=participants)
-        msg = RoundMessage(
-            fleet=self.config.topics.fleet, round_id=round_id, model_version=version,
-            state=state, spec=self.config.spec, params=tuple(float(p) for p in params),
-            deadline=deadline if deadline is not None else time.time(),
-            settings=self.config.training, key_fingerprint=self.fingerprint,
-            codec_digest=self.codec_digest, run_id=run_id, participants=participants,
-        )
-        self._retain(self.config.topics.round, msg.to_bytes(self.signer))
-
-    def _retain(self, topic: str, payload: bytes) -> None:
-        self._announcer.published(topic, payload)
-        if not self._link.publish(topic, payload, retain=True):
-            log.warning("publish on %s not confirmed yet; it is re-sent on reconnect", topic)
-
     def _on_message(self, topic: str, payload: bytes) -> None:
         # paho's thread: our own retained topics go to the announcer, the rest
         # through admission to the inbox; both only store, the aggregator's thread acts.
         if not self._announcer.observe(topic, payload):
             self._admit(topic, payload)
-
-    def _republish(self) -> None:
-        """On the aggregator's thread: after a (re)connect, announce key and round again.
-
-        The broker may have lost its retained messages (restart) and agents may
-        have sent updates while we were away (a clean session queues nothing):
-        a new ``issued_at`` makes every agent re-send its signed update, which
-        the round counts once. A retained copy that is not ours is replaced.
-        """
-        reconnected, stale = self._announcer.due()
-        round_topic = self.config.topics.round
-        if reconnected:
-            stale = sorted({*stale, self.config.topics.pubkey} - {round_topic})
-            if self._reannounce is not None:
-                self._reannounce()
-        for topic in stale:
-            if (payload := self._announcer.latest(topic)) is not None:
-                self._retain(topic, payload)
 
     # --- inbound -------------------------------------------------------------
     def _drain(self, state: RoundState | None, timeout: float) -> None:
@@ -383,7 +321,7 @@ class Aggregator:
         deadline: however much is queued, the round loop looks at its clock again
         soon, so a round closes within its deadline plus one drain.
         """
-        self._republish()
+        self._herald.republish()
         if state is not None:
             self._admission.open_round(state.round_id)
         item = self._inbox.get(timeout)

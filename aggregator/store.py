@@ -21,7 +21,7 @@ from models import ModelError, ModelSpec, load_model, save_model
 from protocol.errors import ConfigError
 
 if TYPE_CHECKING:
-    from aggregator.service import RoundResult
+    from aggregator.outcome import RoundResult
 
 ROUND_LOG_FIELDS = ("round", "model_version", "closed_by", "reported", "expected", "rejected",
                     "total_weight", "seconds", "update_norm", "agents", "excluded")

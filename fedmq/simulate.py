@@ -22,7 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from aggregator.config import AggregatorConfig, RoundPolicy
-from aggregator.service import Aggregator, RoundResult
+from aggregator.outcome import RoundResult
+from aggregator.service import Aggregator
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent

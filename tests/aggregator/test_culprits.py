@@ -117,17 +117,40 @@ def test_a_single_update_is_never_decrypted_on_its_own_during_a_search():
 
 def test_suspects_name_the_one_device_common_to_its_excluded_groups():
     s = Suspects()
-    assert s.record(1, [frozenset({"c", "d"})]) == []
-    assert s.record(2, [frozenset({"a", "c", "e"})]) == ["c"]
-    assert s.culprits == {"c": (1, 2)}
-    assert s.record(3, [frozenset({"c", "d"})]) == []  # named once
+    assert s.record(1, [frozenset({"c", "d"})], kept="abe") == []
+    assert s.record(2, [frozenset({"a", "c", "e"})], kept="bd") == []
+    assert s.record(3, [frozenset({"b", "c"})], kept="ade") == ["c"]
+    assert s.culprits == {"c": (1, 2, 3)}
+    assert s.record(4, [frozenset({"c", "d"})]) == []  # named once
 
 
 def test_suspects_do_not_name_a_device_that_always_shared_its_group():
     s = Suspects()
     s.record(1, [frozenset({"c", "d"})])
-    assert s.record(2, [frozenset({"c", "d"})]) == []  # c or d: cannot tell
-    assert s.record(3, [frozenset({"c", "f"})]) == ["c"]
+    s.record(2, [frozenset({"c", "d"})])
+    assert s.record(3, [frozenset({"c", "d"})]) == []  # c or d: cannot tell
+    assert s.record(4, [frozenset({"c", "f"})]) == ["c"]
+
+
+def test_an_honest_device_between_two_culprits_is_not_named():
+    # h shared an excluded group with culprit x in round 1 and with culprit y in
+    # round 2: the intersection is {h}, but a round that used h's update ends its
+    # streak, so it is never named; x and y are, after three rounds each.
+    s = Suspects()
+    assert s.record(1, [frozenset({"h", "x"}), frozenset({"a", "y"})], kept="bc") == []
+    assert s.record(2, [frozenset({"h", "y"}), frozenset({"b", "x"})], kept="ac") == []
+    assert s.record(3, [frozenset({"c", "x"}), frozenset({"a", "y"})], kept="hb") == ["x", "y"]
+    assert "h" not in s.culprits
+
+
+def test_a_kept_round_resets_the_streak():
+    s = Suspects()
+    s.record(1, [frozenset({"c", "d"})])
+    s.record(2, [frozenset({"c", "e"})])
+    s.record(3, [], kept="cde")  # c behaved
+    assert s.record(4, [frozenset({"c", "f"})]) == []
+    assert s.record(5, [frozenset({"c", "g"})]) == []
+    assert s.record(6, [frozenset({"c", "h"})]) == ["c"]
 
 
 def test_close_sum_logs_the_suspect_group_and_names_the_culprit(caplog):
@@ -136,7 +159,7 @@ def test_close_sum_logs_the_suspect_group_and_names_the_culprit(caplog):
     round_vectors = dict(vectors) | {"mallory": bad["random-plaintext"]}
     check = bounds_check(codec, private, N_VALUES, round_vectors)
     named: list[str] = []
-    for r in range(1, 6):
+    for r in range(1, 8):
         kept, _, new = close_sum(r, round_vectors, check, suspects, rng=rng)
         named += new
         assert "mallory" not in kept

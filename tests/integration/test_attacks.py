@@ -86,7 +86,8 @@ from support import (
 )
 
 from aggregator.fedavg import weighted_average
-from aggregator.service import Aggregator, RoundResult
+from aggregator.outcome import RoundResult
+from aggregator.service import Aggregator
 from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
