@@ -45,14 +45,16 @@ class RunCheckpoint:
     opened_at: float = 0.0
     deadline: float = 0.0
     extensions: int = 0
+    # Devices the culprit search named: a restart must not let them back in.
+    quarantined: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Strict: a hand-edited "25" or "soon" must stop here, not deep in the round loop.
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "expected":
+            if f.name in ("expected", "quarantined"):
                 if not (isinstance(value, tuple) and all(isinstance(a, str) for a in value)):
-                    raise ConfigError("expected must be a list of agent ids")
+                    raise ConfigError(f"{f.name} must be a list of agent ids")
             elif not _has_type(value, f.type):
                 raise ConfigError(f"{f.name} must be {_TYPE_NAMES[str(f.type)]}, "
                                   f"not {json.dumps(value, default=str)}")
@@ -92,8 +94,9 @@ class Checkpoints:
             names = {f.name for f in fields(RunCheckpoint)}
             if unknown := sorted(set(doc) - names):
                 raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-            if isinstance(doc.get("expected"), list):
-                doc["expected"] = tuple(doc["expected"])
+            for name in ("expected", "quarantined"):
+                if isinstance(doc.get(name), list):
+                    doc[name] = tuple(doc[name])
             return RunCheckpoint(**doc)
         except (OSError, ValueError, TypeError, ConfigError) as exc:
             raise ConfigError(f"cannot resume from {self.path}: {exc}; restore it, or move "
@@ -101,7 +104,8 @@ class Checkpoints:
                               "new run") from exc
 
     def save(self, cp: RunCheckpoint) -> None:
-        doc = {"schema": SCHEMA, **asdict(cp), "expected": list(cp.expected)}
+        doc = {"schema": SCHEMA, **asdict(cp), "expected": list(cp.expected),
+               "quarantined": list(cp.quarantined)}
         try:
             write_atomic(self.path, json.dumps(doc, indent=1).encode())
         except OSError as exc:

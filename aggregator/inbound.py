@@ -45,8 +45,9 @@ class Inbound:
                     "ignoring message on unexpected topic %s", topic)
             return
         if agent in self.quarantined:
+            rounds = ", ".join(map(str, self.quarantined[agent])) or "before a restart"
             log.warning("rejected update from %s: quarantined as the culprit of rounds %s",
-                        agent, ", ".join(map(str, self.quarantined[agent])))
+                        agent, rounds)
             if state is not None:
                 state.rejected += 1
             return

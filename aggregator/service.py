@@ -143,7 +143,8 @@ class Aggregator:
                     state: RoundState | None = None, extensions: int = 0) -> RunCheckpoint:
         cp = RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
                            key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
-                           round_id=round_id, model_version=version, status=status)
+                           round_id=round_id, model_version=version, status=status,
+                           quarantined=tuple(sorted(self._inbound.quarantined)))
         if state is None:
             return cp
         return replace(cp, expected=tuple(sorted(state.expected)), sampled=state.sampled,
@@ -153,11 +154,16 @@ class Aggregator:
         cfg = self.config
         self.store.check_writable()
         params, saved_version = self.store.load_params(cfg.spec)
+        saved = self.checkpoints.load() if cfg.resume else None
         start = start_point(
-            self.checkpoints.load() if cfg.resume else None,
+            saved,
             identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
             saved_params=params, saved_version=saved_version, fresh_run_id=secrets.token_hex(8),
             model_file=str(self.store.model_path))
+        if saved is not None and saved.run_id == start.run_id:
+            for agent in saved.quarantined:
+                self._inbound.quarantine(agent, ())
+                log.warning("%s stays quarantined (named a culprit earlier in this run)", agent)
         if start.round_id == 1 and start.open_round is None:
             self.checkpoints.clear_updates()
             log.info("starting run %s", start.run_id)
@@ -239,8 +245,8 @@ class Aggregator:
         state = self._open(run_id, round_id, version, resume)
         extensions = resume.extensions if resume is not None else 0
         self._herald.round(run_id, round_id, version, params, state="training",
-                       deadline=state.deadline,
-                       participants=tuple(sorted(state.expected)) if state.sampled else ())
+                           deadline=state.deadline,
+                           participants=tuple(sorted(state.expected)) if state.sampled else ())
         log.info("round %d open: expecting %d agents, quorum %d, deadline in %.0f s", round_id,
                  len(state.expected), state.quorum, state.deadline - time.time())
         while (reason := state.close_reason(time.time())) is None:

@@ -78,6 +78,25 @@ def test_a_closed_round_is_never_reopened(tmp_path, keypair, broker_port):
     np.testing.assert_array_equal(start.params, np.ones(SPEC.n_params))
 
 
+def test_a_quarantined_device_stays_out_after_a_restart(tmp_path, keypair, broker_port):
+    """A culprit named by the search is in every checkpoint; a restarted run keeps it out."""
+    agg = make(broker_port, tmp_path, keypair)
+    agg._inbound.quarantine("mallory", (3, 4, 5))
+    cp = agg._checkpoint("r1", 5, 4, "closed")
+    assert cp.quarantined == ("mallory",)
+    agg.checkpoints.save(cp)
+    agg.store.save_model(SPEC, np.ones(SPEC.n_params), round_id=5, version=4)
+    restarted = make(broker_port, tmp_path, keypair)
+    assert restarted._start_point().round_id == 6
+    assert "mallory" in restarted._inbound.quarantined
+    assert restarted._checkpoint("r1", 6, 4, "open").quarantined == ("mallory",)
+    # a new run starts with nobody quarantined
+    fresh = make(broker_port, tmp_path, keypair)
+    object.__setattr__(fresh.config, "resume", False)
+    fresh._start_point()
+    assert fresh._inbound.quarantined == {}
+
+
 def test_state_of_another_key_is_refused(tmp_path, keypair, broker_port):
     agg = make(broker_port, tmp_path, keypair)
     agg.checkpoints.save(checkpoint(fleet="test"))
@@ -199,6 +218,7 @@ def test_unreadable_open_round_is_an_error_not_zero_updates(tmp_path):
     ("round_id", "25"), ("round_id", True), ("round_id", 2.0), ("model_version", None),
     ("deadline", "soon"), ("opened_at", False), ("expected", "ab"), ("expected", [1]),
     ("sampled", 1), ("run_id", 5), ("extensions", -1), ("round_id", 0),
+    ("quarantined", "mallory"), ("quarantined", [None]),
 ])
 def test_checkpoint_fields_are_typed_strictly(tmp_path, field, value):
     import json
