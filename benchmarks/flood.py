@@ -65,6 +65,7 @@ class Phase:
     name: str
     rss_start_mb: float = 0.0
     rss_peak_mb: float = 0.0
+    broker_rss_peak_mb: float = 0.0  # the broker's own peak (its queues)
     rounds: list[dict[str, str]] = field(default_factory=list)  # rounds.csv rows in the window
     sent: int = 0  # flood payloads the broker took
 
@@ -267,6 +268,7 @@ def run_phase(gateway: Gateway, name: str, *, flood: bool) -> Phase:
         if aggregator.poll() is not None:
             raise RuntimeError(f"the aggregator exited: see {gateway.root / (name + '-agg.log')}")
         phase.rss_start_mb = _rss_mb(aggregator.pid)
+        broker = gateway.procs[0]
         before = len(_rows(state))
         flooder = None
         if flood:
@@ -283,6 +285,8 @@ def run_phase(gateway: Gateway, name: str, *, flood: bool) -> Phase:
               "the round open at the end of the flood", o.round_timeout * 5 + 10)
         if aggregator.poll() is None:
             phase.rss_peak_mb = max(phase.rss_peak_mb, _rss_mb(aggregator.pid, "VmHWM"))
+        if broker.poll() is None:
+            phase.broker_rss_peak_mb = _rss_mb(broker.pid, "VmHWM")
         phase.rounds = _rows(state)[before:]
         if flooder is not None:
             flooder.wait(30)
@@ -304,7 +308,8 @@ def report(options: FloodOptions, phases: tuple[Phase, Phase]) -> str:
              f"{options.payload_bytes // MIB} MiB payloads, deadline {options.round_timeout:g} s"]
     for p in phases:
         secs = p.round_seconds or [float("nan")]
-        lines.append(f"{p.name:9s} rss start {p.rss_start_mb:6.1f} MB  peak {p.rss_peak_mb:6.1f} "
+        lines.append(f"{p.name:9s} aggregator rss start {p.rss_start_mb:6.1f} MB  peak "
+                     f"{p.rss_peak_mb:6.1f} MB  broker peak {p.broker_rss_peak_mb:7.1f} "
                      f"MB  rounds {len(p.rounds):3d}  round s median {np.median(secs):6.2f} "
                      f"max {max(secs):6.2f}  flood payloads sent {p.sent}")
     base, flood = phases

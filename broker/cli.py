@@ -82,14 +82,16 @@ def mosquitto_config(out_dir: str | None, fleet: str | None, *, prefix: str = "f
                      aggregator_users: Sequence[str] = ("aggregator",),
                      agents: Sequence[str] = (), agents_file: str | None = None,
                      host: str = "0.0.0.0", port: int | None = None,
-                     max_payload_bytes: int | None = None, tls_cert: str | None = None,
+                     max_payload_bytes: int | None = None,
+                     memory_limit_bytes: int | None = None, tls_cert: str | None = None,
                      tls_key: str | None = None, tls_client_ca: str | None = None) -> str:
     """Write a Mosquitto configuration for one fleet; return what to tell the operator."""
     if not out_dir or not fleet:
         raise ConfigError("mosquitto-config needs --out DIR and --fleet NAME")
     ids = [*agents, *(read_agents_file(agents_file) if agents_file else [])]
     acl = FleetAcl(Topics(fleet, prefix), tuple(aggregator_users), tuple(ids))
-    extra = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
+    extra = {k: v for k, v in (("max_payload_bytes", max_payload_bytes),
+                               ("memory_limit_bytes", memory_limit_bytes)) if v is not None}
     setup = MosquittoSetup(acl=acl, host=host, port=port, tls_cert_file=tls_cert,
                            tls_key_file=tls_key, tls_client_ca_file=tls_client_ca, **extra)
     written = write_files(Path(out_dir), setup)

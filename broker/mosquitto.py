@@ -33,6 +33,11 @@ SALT_BYTES = 12
 # topic length (2) and packet id (2).
 _PUBLISH_HEADERS = 9
 
+# Per-client queue bounds (see config_text).
+MAX_QUEUED_MESSAGES = 1000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+MEMORY_LIMIT = 512 * 1024 * 1024
+
 CONF_FILE, PASSWORD_FILE, ACL_FILE, CREDENTIALS_FILE = (
     "mosquitto.conf", "passwords", "acl", "credentials.txt")
 
@@ -58,6 +63,9 @@ class MosquittoSetup:
     host: str = "0.0.0.0"
     port: int | None = None
     max_payload_bytes: int = MAX_CONTROL_BYTES
+    # Mosquitto's hard heap cap: an incoming message that would exceed it is dropped
+    # and its publisher disconnected.
+    memory_limit_bytes: int = MEMORY_LIMIT
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
@@ -72,6 +80,9 @@ class MosquittoSetup:
         if not MIN_PAYLOAD_CAP <= self.max_payload_bytes <= MQTT_MAX_PAYLOAD:
             raise ConfigError(f"the payload cap must be between {MIN_PAYLOAD_CAP} and "
                               f"{MQTT_MAX_PAYLOAD} bytes")
+        if not 16 * self.max_payload_bytes <= self.memory_limit_bytes:
+            raise ConfigError("the memory limit must hold at least 16 payloads of the cap "
+                              f"({16 * self.max_payload_bytes} bytes)")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
@@ -144,6 +155,15 @@ def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -
         "# the two cap the payload exactly and bound the memory one packet can take.",
         f"message_size_limit {setup.max_payload_bytes}",
         f"max_packet_size {setup.max_packet_size}",
+        "",
+        "# Memory: messages queued for a client that reads slower than others publish",
+        "# (one agent flooding the aggregator) are dropped beyond these, and the heap is",
+        "# capped: a message that would exceed memory_limit is dropped and its publisher",
+        "# disconnected. Without them a flood of 4 MiB QoS 0 payloads grew Mosquitto",
+        "# 2.0.11 to 8 GB (QoS 0 to an online client is bounded only by count).",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
+        f"memory_limit {setup.memory_limit_bytes}",
     ]
     return "\n".join(lines) + "\n"
 

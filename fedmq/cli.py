@@ -52,7 +52,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
             args.out, args.fleet, prefix=args.prefix,
             aggregator_users=args.aggregator_user or ["aggregator"], agents=args.agent,
             agents_file=args.agents_file, host=args.host, port=args.port,
-            max_payload_bytes=args.max_payload_bytes, tls_cert=args.tls_cert,
+            max_payload_bytes=args.max_payload_bytes,
+            memory_limit_bytes=args.memory_limit_bytes, tls_cert=args.tls_cert,
             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca))
         return 0
     return run_broker(args.config)
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, help="listen port (default: 1883, 8883 with TLS)")
     g.add_argument("--max-payload-bytes", type=int, metavar="N",
                    help="largest PUBLISH payload (default: 4194304)")
+    g.add_argument("--memory-limit-bytes", type=int, metavar="N",
+                   help="Mosquitto's heap cap (default: 536870912)")
     g.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
     g.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
     g.add_argument("--tls-client-ca", metavar="FILE",

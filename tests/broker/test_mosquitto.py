@@ -188,3 +188,5 @@ def test_setup_checks():
     with pytest.raises(ConfigError, match="needs --tls-cert"):
         MosquittoSetup(acl=ACL, tls_client_ca_file="ca.crt")
     assert MosquittoSetup(acl=ACL).max_packet_size > MosquittoSetup(acl=ACL).max_payload_bytes
+    with pytest.raises(ConfigError, match="memory limit"):
+        MosquittoSetup(acl=ACL, memory_limit_bytes=MosquittoSetup(acl=ACL).max_payload_bytes)
