@@ -3,10 +3,22 @@
 amqtt's ``FileAuthPlugin`` verifies an Argon2 hash (~100 ms) on the event loop,
 so every wrong-password CONNECT stalls all traffic of the broker for that long
 and a flood of them stalls it for good; it also answers at once for an unknown
-user name, which tells an attacker which names exist. ``ThreadedFileAuthPlugin``
-verifies on a worker thread (a few at a time), verifies a dummy hash for an
-unknown user, and after ``max_failures`` failed checks from one address within
-``failure_window`` seconds refuses that address without hashing.
+user name, which tells an attacker which names exist. ``ThreadedFileAuthPlugin``:
+
+- verifies on a few worker threads, and a dummy hash for an unknown user;
+- lets each source address have one check in flight (a device never sends two
+  CONNECTs at once; a flood's extra ones are refused without hashing) and at
+  most ``max_waiting`` checks wait for a worker (beyond, refused without hashing:
+  the client retries with its backoff);
+- serves addresses that logged in successfully before ahead of the others, so
+  a device behind a known address is not queued behind a spray from new ones;
+- after ``max_failures`` failed checks from one address within
+  ``failure_window`` seconds refuses that address without hashing;
+- remembers, in memory only, a keyed HMAC of each user's last verified password,
+  so a device that logged in before reconnects without an Argon2 check and is
+  not delayed by a flood from other addresses. (Whoever can read the broker's
+  memory could brute-force that HMAC faster than Argon2; such a reader already
+  sees every message and the password of every login in flight.)
 
 The trade-off: an address that failed too often is locked out for up to the
 window even with the right password (a device behind the same NAT as an
@@ -17,7 +29,13 @@ without a user name costs no hash and is not counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,42 +43,111 @@ from typing import Any
 from amqtt.plugins.authentication import FileAuthPlugin
 from amqtt.session import Session
 
-from broker.limits import HASH_WORKERS, LOGIN_FAILURE_WINDOW, MAX_LOGIN_FAILURES, FailedLogins
+from broker.limits import (
+    HASH_WORKERS,
+    LOGIN_FAILURE_WINDOW,
+    MAX_HASH_WAITING,
+    MAX_LOGIN_FAILURES,
+    FailedLogins,
+)
+from fedmq.droplog import DropLog
 
 log = logging.getLogger(__name__)
+MAX_GOOD_SOURCES = 100_000  # remembered addresses of successful logins (bounded memory)
 
 AUTH_PLUGIN = f"{__name__}.ThreadedFileAuthPlugin"
 
 
+class _PriorityGate:
+    """``n`` slots; a waiter with priority gets the next free slot before any other."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(), deque())
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, priority: bool) -> AsyncIterator[None]:
+        if self._free > 0 and not any(self._waiting):
+            self._free -= 1
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[0 if priority else 1].append(fut)
+            try:
+                await fut  # the releaser handed its slot to us
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release()  # handed over just as we were cancelled
+                else:
+                    self._waiting[0 if priority else 1].remove(fut)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+                    return
+        self._free += 1
+
+
 class ThreadedFileAuthPlugin(FileAuthPlugin):
-    """amqtt's password-file check, on worker threads and with a per-address limit."""
+    """amqtt's password-file check, on worker threads and with per-address limits."""
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self._failures = FailedLogins(max_failures=self.config.max_failures,
                                       window=self.config.failure_window)
-        self._workers = asyncio.Semaphore(self.config.hash_workers)
+        self._workers = _PriorityGate(self.config.hash_workers)
+        self._good_sources: set[str] = set()  # addresses with a successful login
+        self._in_flight: set[str] = set()  # sources with a check queued or running
+        self._refusals = DropLog(log, interval=5.0)
+        self._hmac_key = secrets.token_bytes(32)
+        self._verified: dict[str, bytes] = {}  # user -> HMAC of its last verified password
         # Verified for unknown users so that they cost as much time as known ones.
         self._dummy_hash = self.pwd_hasher.hash("fedmq: no such user")
+
+    def _tag(self, user: str, password: str) -> bytes:
+        return hmac.new(self._hmac_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
 
     async def authenticate(self, *, session: Session) -> bool | None:
         if not session.username:
             return None  # no opinion: AnonymousAuthPlugin decides
+        user, password = session.username, session.password or ""
         source = session.remote_address or "?"
         if self._failures.blocked(source):
-            log.warning("refused login of %r from %s without checking: too many failed logins "
-                        "from this address in the last %g s", session.username, source,
-                        self.config.failure_window)
+            self._refusals.drop(source, f"login of {user!r} refused without checking: too "
+                                f"many failed logins in {self.config.failure_window:g} s")
             return False
-        stored = self._users.get(session.username)
-        async with self._workers:
-            ok = await asyncio.to_thread(self._verify, session.password or "",
-                                         stored or self._dummy_hash)
+        known = self._verified.get(user)
+        if known is not None and hmac.compare_digest(known, self._tag(user, password)):
+            return True  # no hash: this password of this user was verified before
+        if source in self._in_flight or len(self._in_flight) >= self.config.max_waiting:
+            self._refusals.drop(source, f"login of {user!r} refused without checking: "
+                                "another check from this address, or too many, in progress")
+            return False
+        stored = self._users.get(user)
+        self._in_flight.add(source)
+        try:
+            async with self._workers.slot(priority=source in self._good_sources):
+                if self._failures.blocked(source):  # failures while this one waited
+                    return False
+                ok = await asyncio.to_thread(self._verify, password, stored or self._dummy_hash)
+        finally:
+            self._in_flight.discard(source)
         if ok and stored is not None:
+            self._verified[user] = self._tag(user, password)
+            if len(self._good_sources) < MAX_GOOD_SOURCES:
+                self._good_sources.add(source)
             return True
         self._failures.failed(source)
-        log.warning("refused login of %r from %s: %s", session.username, source,
-                    "wrong password" if stored is not None else "unknown user")
+        self._refusals.drop(source, f"login of {user!r} refused: "
+                            + ("wrong password" if stored is not None else "unknown user"))
         return False
 
     def _verify(self, password: str, hashed: str) -> bool:
@@ -76,3 +163,4 @@ class ThreadedFileAuthPlugin(FileAuthPlugin):
         max_failures: int = MAX_LOGIN_FAILURES
         failure_window: float = LOGIN_FAILURE_WINDOW
         hash_workers: int = HASH_WORKERS
+        max_waiting: int = MAX_HASH_WAITING

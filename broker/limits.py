@@ -30,6 +30,8 @@ MAX_LOGIN_FAILURES = 5
 LOGIN_FAILURE_WINDOW = 60.0
 # Password hashes checked at once (each is ~100 ms of Argon2 on a worker thread).
 HASH_WORKERS = 2
+# Password checks queued or running at once (one per source address), beyond: refused.
+MAX_HASH_WAITING = 64
 # Messages kept for one offline persistent session (Mosquitto's default).
 MAX_QUEUED_MESSAGES = 1000
 

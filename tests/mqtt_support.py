@@ -44,13 +44,14 @@ class Probe:
     def __init__(self, port: int, client_id: str, *, username: str | None = None,
                  password: str | None = None, tls: dict[str, Any] | None = None,
                  will: tuple[str, bytes] | None = None, clean_session: bool = True,
-                 reconnect: bool = True) -> None:
+                 reconnect: bool = True, bind_address: str = "") -> None:
         self.received: list[tuple[str, bytes]] = []
         self.connack: Any = None
         self.disconnected = threading.Event()
         self._suback: dict[int, list[Any]] = {}
         self._cond = threading.Condition()
         self.port = port
+        self.bind_address = bind_address  # another 127.x.y.z: another source address
         c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                         protocol=mqtt.MQTTv311, clean_session=clean_session,
                         reconnect_on_failure=reconnect)
@@ -93,7 +94,8 @@ class Probe:
     def connect(self, timeout: float = 5.0) -> bool:
         """True if the broker accepted the connection, False if it refused or went silent."""
         try:
-            self.client.connect("127.0.0.1", self.port, keepalive=30)
+            self.client.connect("127.0.0.1", self.port, keepalive=30,
+                                bind_address=self.bind_address)
         except (OSError, ssl.SSLError):
             return False
         # Drive the network loop by hand until the CONNACK: a refused client then has

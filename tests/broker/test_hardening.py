@@ -8,15 +8,18 @@ clean-session flags and wills, or raw sockets.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mqtt_support import USERS, Probe
+from support import wait_until
 
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
@@ -307,6 +310,69 @@ def test_wrong_password_flood_does_not_stall_the_broker(gateway, probe):
         t.join(60)
     assert max(times) < 0.5, f"round trips during a wrong-password flood: {times}"
     assert results == [False] * 50
+
+
+def _spray_wrong_passwords(port: int, addresses: list[str], per_address: int,
+                           stop: Any, counter: Any) -> None:
+    """In a process of its own, as an attacker's machines would be: raw wrong-password
+    CONNECTs from each address, ``per_address`` at once, until ``stop`` is set."""
+    body = (_mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60)
+            + _mqtt_string("spray") + _mqtt_string("aggregator") + _mqtt_string("wrong"))
+    packet = b"\x10" + _remaining_length(len(body)) + body
+
+    def one(address: str) -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                              source_address=(address, 0)) as sock:
+                    sock.sendall(packet)
+                    sock.recv(4)
+                with counter.get_lock():
+                    counter.value += 1
+            except OSError:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=one, args=(a,)) for a in addresses
+               for _ in range(per_address)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+@pytest.mark.slow
+def test_a_flood_from_many_addresses_does_not_keep_devices_out(gateway, probe):
+    """Wrong passwords from 16 loopback addresses, 4 connections each, without pause.
+
+    Before: every CONNECT waited for an Argon2 check in one queue, so a device's
+    login took 1.5 to over 15 s (black-box run). Now a source has one check in
+    flight, a failing source is blocked after 5, a device that logged in before is
+    recognised without a hash, and an address that logged in before is served first.
+    """
+    port = gateway()
+    drop(login(probe, port, "dev-a"))  # dev-a logged in before, from 127.0.0.1
+    ctx = multiprocessing.get_context("fork")
+    stop, counter = ctx.Event(), ctx.Value("i", 0)
+    spray = ctx.Process(target=_spray_wrong_passwords, daemon=True, args=(
+        port, [f"127.0.1.{a}" for a in range(1, 17)], 4, stop, counter))
+    spray.start()
+    waited = {}
+    try:
+        assert wait_until(lambda: counter.value >= 16, "the spray", 10)
+        for name, user, address in (("returning device", "dev-a", "127.0.0.1"),
+                                    ("first login, known address", "dev-b", "127.0.0.1"),
+                                    ("first login, new address", "aggregator", "127.0.2.1")):
+            start = time.monotonic()
+            login(probe, port, user, f"{user}-{address}", bind_address=address)
+            waited[name] = time.monotonic() - start
+    finally:
+        stop.set()
+        spray.join(30)
+    assert counter.value > 64, "the spray did not run"
+    assert waited["returning device"] < 0.5, waited
+    assert waited["first login, known address"] < 1.0, waited
+    # Behind at most one queued check per spraying address (16), two at a time.
+    assert waited["first login, new address"] < 6.0, waited
 
 
 # --- what the hardening must keep working ---------------------------------------------------
