@@ -58,16 +58,21 @@ class Limits:
     inbox_bytes: int = 64 * 1024 * 1024  # payload bytes queued for the round loop
     inbox_messages: int = 10_000
     status_bytes: int = 4096  # a status message is ~150 bytes
-    agent_rate: float = 2.0  # messages per second per agent id (sustained)
-    agent_burst: int = 20  # ... and at once: reconnects, QoS 1 redeliveries, re-sends
+    # An honest agent sends one update a round, plus a re-send per re-announcement and
+    # QoS 1 redeliveries after a reconnect; a budget per ROUND, not per second, because
+    # rounds of a small model close in a tenth of a second.
+    updates_per_round: int = 10
+    status_rate: float = 2.0  # status messages per second per agent id (sustained) ...
+    status_burst: int = 20  # ... and at once (reconnects)
     drain_seconds: float = 0.25  # inbound handling between two looks at the clock
 
     def __post_init__(self) -> None:
-        for name in ("inbox_bytes", "inbox_messages", "status_bytes", "agent_burst"):
+        for name in ("inbox_bytes", "inbox_messages", "status_bytes", "updates_per_round",
+                     "status_burst"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"limits.{name} must be a positive integer, not {value!r}")
-        for name in ("agent_rate", "drain_seconds"):
+        for name in ("status_rate", "drain_seconds"):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
                     or not math.isfinite(value) or value <= 0):

@@ -74,15 +74,41 @@ def test_status_payloads_are_capped(keypair):
     assert adm.admit("fedmq/test/round", bytes(10_000))  # our own echoes are not judged here
 
 
-def test_each_agent_has_its_own_token_bucket(keypair):
-    now = [0.0]
-    adm = admission(keypair, clock=lambda: now[0], agent_rate=2.0, agent_burst=5)
+def test_each_agent_has_an_update_budget_per_round(keypair):
+    adm = admission(keypair, updates_per_round=5)
+    adm.open_round(1)
     payload = genuine(keypair)
     topic = TOPICS.update("dev-a")
     assert [adm.admit(topic, payload) for _ in range(7)] == [True] * 5 + [False] * 2
     assert adm.admit(TOPICS.update("dev-b"), payload)  # another agent is not affected
+    assert adm.take_dropped() == 2
+    adm.open_round(2)  # a new round, a new budget
+    assert [adm.admit(topic, payload) for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_fast_rounds_never_run_out_of_budget(keypair):
+    """Rounds of a small model close in ~0.1 s: a per-second limit dropped honest updates
+    after ~20 rounds (black-box run, both brokers); a per-round budget never does."""
+    now = [0.0]
+    adm = admission(keypair, clock=lambda: now[0])
+    payload = genuine(keypair)
+    for round_id in range(1, 501):
+        adm.open_round(round_id)
+        assert adm.admit(TOPICS.update("dev-a"), payload), round_id
+        assert adm.admit(TOPICS.update("dev-a"), payload), round_id  # a re-send
+        adm.close_round()
+        now[0] += 0.1
+
+
+def test_each_agent_has_its_own_status_bucket(keypair):
+    now = [0.0]
+    adm = admission(keypair, clock=lambda: now[0], status_rate=2.0, status_burst=5)
+    status = bytes(100)
+    topic = TOPICS.status("dev-a")
+    assert [adm.admit(topic, status) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert adm.admit(TOPICS.status("dev-b"), status)  # another agent is not affected
     now[0] = 1.0  # two tokens back after one second
-    assert [adm.admit(topic, payload) for _ in range(3)] == [True, True, False]
+    assert [adm.admit(topic, status) for _ in range(3)] == [True, True, False]
 
 
 def test_buckets_for_invented_ids_are_bounded():
@@ -95,8 +121,8 @@ def test_buckets_for_invented_ids_are_bounded():
     assert len(limiter._buckets) <= MAX_BUCKETS
 
 
-@pytest.mark.parametrize("bad", [{"inbox_bytes": 0}, {"agent_rate": -1.0},
-                                 {"drain_seconds": float("nan")}, {"agent_burst": True},
+@pytest.mark.parametrize("bad", [{"inbox_bytes": 0}, {"status_rate": -1.0},
+                                 {"drain_seconds": float("nan")}, {"updates_per_round": True},
                                  {"status_bytes": "4k"}])
 def test_limits_reject_nonsense(bad):
     from protocol.errors import ConfigError

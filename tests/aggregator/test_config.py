@@ -41,8 +41,8 @@ def test_missing_file():
 
 def test_limits_section_is_read_and_checked(tmp_path):
     base = {"model": {"kind": "linear", "features": ["a"]}}
-    cfg = AggregatorConfig.from_dict({**base, "limits": {"inbox_bytes": 1024, "agent_rate": 5}})
-    assert cfg.limits == Limits(inbox_bytes=1024, agent_rate=5)
+    cfg = AggregatorConfig.from_dict({**base, "limits": {"inbox_bytes": 1024, "status_rate": 5}})
+    assert cfg.limits == Limits(inbox_bytes=1024, status_rate=5)
     assert AggregatorConfig.from_dict(base).limits == Limits()
     with pytest.raises(ConfigError, match="limits"):
         AggregatorConfig.from_dict({**base, "limits": {"inbox_megabytes": 1}})

@@ -49,3 +49,14 @@ def test_options_from_config_and_overrides(tmp_path):
     cfg.write_text("[simulate]\nagentz = 7\n")
     with pytest.raises(ConfigError, match="agentz"):
         options_from(str(cfg), {})
+
+
+@pytest.mark.slow
+def test_a_long_run_of_fast_rounds_never_stalls(tmp_path):
+    """60 rounds of ~0.1 s: a per-second update limit in the aggregator's admission
+    dropped honest updates from round ~37 on and the run failed (issue 8 review)."""
+    opts = SimulationOptions(agents=3, rounds=60, key_bits=512, samples_per_device=300,
+                             out_dir=str(tmp_path), round_timeout=3.0, plot=False)
+    report = Simulation(opts, progress=lambda _: None).run()
+    assert len(report.rows) == 60
+    assert all(r.closed_by == "all" and r.reported == 3 for r in report.rows)
