@@ -164,6 +164,8 @@ def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"memory_limit {setup.memory_limit_bytes}",
+        "# fedmq uses QoS 0 and 1; a client publishing QoS 2 is disconnected.",
+        "max_qos 1",
     ]
     return "\n".join(lines) + "\n"
 

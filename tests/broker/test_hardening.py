@@ -286,6 +286,31 @@ def test_malformed_framing_closes_the_connection(gateway):
     assert _closed_by_broker(s)
 
 
+def test_qos2_publishes_close_the_connection(gateway):
+    """amqtt kept the payload of every QoS 2 flow a client never completed, even after
+    the connection closed (black-box run: +3 GB); fedmq clients use QoS 0 and 1."""
+    port = gateway()
+    s = _raw_login(port, "dev-a")
+    topic = _mqtt_string(T.update("dev-a"))
+    body = topic + struct.pack("!H", 1) + bytes(1024)
+    s.sendall(b"\x34" + _remaining_length(len(body)) + body)  # PUBLISH, QoS 2
+    assert _closed_by_broker(s)
+    ok = _raw_login(port, "dev-b")  # QoS 1 is served as before
+    body = _mqtt_string(T.update("dev-b")) + struct.pack("!H", 1) + b"x"
+    ok.sendall(b"\x32" + _remaining_length(len(body)) + body)
+    assert ok.recv(4) == b"\x40\x02\x00\x01"  # PUBACK
+    ok.close()
+
+
+def test_a_second_connect_on_one_connection_closes_it(gateway):
+    port = gateway()
+    s = _raw_login(port, "dev-a")
+    body = (_mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60)
+            + _mqtt_string("again") + _mqtt_string("dev-a") + _mqtt_string(USERS["dev-a"]))
+    s.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    assert _closed_by_broker(s)
+
+
 @pytest.mark.slow
 def test_wrong_password_flood_does_not_stall_the_broker(gateway, probe):
     port = gateway()

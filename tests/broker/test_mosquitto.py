@@ -113,6 +113,17 @@ def test_mosquitto_caps_the_payload(start_mosquitto, probe):
     assert agg.got(T.update("dev-b")) == []
 
 
+def test_mosquitto_disconnects_a_qos2_publisher(start_mosquitto, probe):
+    """max_qos 1: fedmq needs no QoS 2, and an unfinished QoS 2 flow holds its payload."""
+    port, creds = start_mosquitto()
+    agg = login(probe, port, creds, "aggregator")
+    assert agg.subscribe(T.updates_filter)
+    dev = login(probe, port, creds, "dev-a")
+    dev.client.publish(T.update("dev-a"), b"qos2", qos=2)
+    assert dev.disconnected.wait(5)
+    assert agg.got(T.update("dev-a")) == []
+
+
 def test_mosquitto_requires_client_certificates(start_mosquitto, probe, tls_files):
     port, creds = start_mosquitto(tls_cert_file=tls_files["server_cert"],
                                   tls_key_file=tls_files["server_key"],
