@@ -244,9 +244,9 @@ class Aggregator:
         cfg = self.config
         state = self._open(run_id, round_id, version, resume)
         extensions = resume.extensions if resume is not None else 0
+        participants = tuple(sorted(state.expected)) if state.sampled else ()
         self._herald.round(run_id, round_id, version, params, state="training",
-                           deadline=state.deadline,
-                           participants=tuple(sorted(state.expected)) if state.sampled else ())
+                           deadline=state.deadline, participants=participants)
         log.info("round %d open: expecting %d agents, quorum %d, deadline in %.0f s", round_id,
                  len(state.expected), state.quorum, state.deadline - time.time())
         while (reason := state.close_reason(time.time())) is None:
@@ -263,6 +263,10 @@ class Aggregator:
                 log.warning("round %d: %d of quorum %d at the deadline; extending by %.0f s",
                             round_id, len(state.accepted), state.quorum,
                             cfg.policy.round_timeout)
+                # Announced again with the new deadline: agents whose update was lost on
+                # the way (a full broker queue, a drop) send it again.
+                self._herald.round(run_id, round_id, version, params, state="training",
+                                   deadline=state.deadline, participants=participants)
             self._drain(state, min(0.2, max(0.0, state.deadline - time.time())))
         if state.missing:
             log.warning("round %d closed at the deadline without %s", round_id,

@@ -208,3 +208,30 @@ def test_agent_joining_after_the_fleet_finished_waits_for_a_new_run(broker_port,
     assert thread.is_alive() and late.final_params is None
     late.stop()
     thread.join(5)
+
+
+def test_an_update_lost_on_the_way_is_sent_again_when_the_round_is_extended(
+        broker_port, make_aggregator, start_agents):
+    """A full broker queue (Mosquitto drops beyond max_queued_*) or any drop loses an
+    honest update; the agent will not send again unless the round is announced
+    again. Extending the deadline re-announces it, so the round closes with it
+    instead of failing after its extensions (black-box review of issue 8)."""
+    start_agents(broker_port, 2)
+    aggregator = make_aggregator(broker_port, rounds=1, quorum=2, min_agents=2,
+                                 round_timeout=2.0, max_extensions=2)
+    admit, lost = aggregator._admit, []
+
+    def lose_first_update_of_agent_1(topic: str, payload: bytes) -> None:
+        if topic.endswith("/update/agent-1") and not lost:
+            lost.append(payload)
+            return
+        admit(topic, payload)
+
+    aggregator._admit = lose_first_update_of_agent_1
+    thread, out = run_in_thread(aggregator.run)
+    thread.join(30)
+    assert not thread.is_alive() and "error" not in out, out.get("error")
+    assert lost, "nothing was lost: the test did not test anything"
+    (result,) = aggregator.results
+    assert sorted(result.reported) == ["agent-0", "agent-1"]
+    assert result.closed_by == "all"
