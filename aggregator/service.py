@@ -32,7 +32,7 @@ from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
 from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec
-from protocol.errors import FedmqError, ProtocolError
+from protocol.errors import ConfigError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -69,6 +69,7 @@ class Aggregator:
         self.codec = make_codec(config.codec, self.public_key.n)
         self.codec_digest = config.codec.digest(self.fingerprint)
         self._fixed_allow_list = allow_list
+        self._last_allow_list: Mapping[str, Ed25519PublicKey] | None = None
         self._on_round = on_round
         limits = config.limits
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
@@ -108,10 +109,20 @@ class Aggregator:
         self._stop.set()
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
-        """Re-read every round: enrolling or revoking a device needs no restart."""
+        """Re-read every round: enrolling or revoking a device needs no restart.
+
+        A file broken mid-run (a bad hand edit) must not kill the run: the list
+        read last is kept, with an error line; at start a broken file stops us.
+        """
         if self._fixed_allow_list is not None:
             return self._fixed_allow_list
-        return load_allow_list(self.config.allow_list_file)
+        try:
+            self._last_allow_list = load_allow_list(self.config.allow_list_file)
+        except ConfigError as exc:
+            if self._last_allow_list is None:
+                raise
+            log.error("%s; keeping the allow-list read before", exc)
+        return self._last_allow_list
 
     # --- orchestration -------------------------------------------------------
     def run(self) -> FloatArray:
@@ -153,6 +164,7 @@ class Aggregator:
     def _start_point(self) -> StartPoint:
         cfg = self.config
         self.store.check_writable()
+        self.allow_list()  # a broken allow-list stops the start, not the first round
         params, saved_version = self.store.load_params(cfg.spec)
         saved = self.checkpoints.load() if cfg.resume else None
         start = start_point(

@@ -35,12 +35,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class _DropStartupFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "startup failed" not in record.getMessage()
+
+
 async def serve(settings: BrokerSettings, stop: asyncio.Event,
                 started: threading.Event | None = None) -> None:
     """Run the broker until ``stop`` is set."""
     from broker.amqtt_broker import FedmqBroker  # gateway-only dependency: import lazily
 
     config = settings.amqtt_config()
+    # amqtt logs a failed start with its traceback; we say it in one line below.
+    quiet = _DropStartupFailure()
+    logging.getLogger("amqtt.broker").addFilter(quiet)
     try:
         broker = FedmqBroker(config, limits=settings.limits())
         await broker.start()
@@ -48,6 +56,8 @@ async def serve(settings: BrokerSettings, stop: asyncio.Event,
         raise BrokerStartError(
             f"cannot start broker on {settings.host}:{settings.port}: {exc.__cause__ or exc}"
         ) from exc
+    finally:
+        logging.getLogger("amqtt.broker").removeFilter(quiet)
     log.info("embedded broker listening on %s:%d", settings.host, settings.port)
     if started is not None:
         started.set()

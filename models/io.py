@@ -158,7 +158,8 @@ def _load_npz(data: bytes) -> tuple[ModelSpec, FloatArray, dict[str, Any]]:
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"model file is not a readable .npz archive: {exc}") from exc
+        # numpy's own message for non-zip bytes advises allow_pickle=True: never.
+        raise ModelError("model file is not a readable .npz archive") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ModelError("model file is a single .npy array, not an .npz archive")
     try:
@@ -193,6 +194,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[ModelSpec, FloatArray, dic
         raise ModelError(f"model file not found: {source}") from exc
     except OSError as exc:
         raise ModelError(f"cannot read model file {source}: {exc}") from exc
-    if suffix == ".json":
-        return _load_json(data)
-    return _load_npz(data)
+    try:
+        return _load_json(data) if suffix == ".json" else _load_npz(data)
+    except ModelError as exc:
+        raise ModelError(f"{source}: {exc}") from exc

@@ -269,3 +269,22 @@ def test_the_audit_row_of_a_round_survives_a_crash_in_any_window(
     assert [(r["round"], r["model_version"]) for r in rows] == [("1", "1"), ("2", "2")]
     assert sorted(rows[0]["agents"].split()) == ["agent-0", "agent-1"]
     assert rows[0]["closed_by"] == "all"
+
+
+def test_a_broken_allow_list_stops_the_start_but_never_a_running_round(
+        tmp_path, keypair, broker_port, caplog):
+    from aggregator.allowlist import enroll
+
+    agg = make(broker_port, tmp_path, keypair)
+    path = tmp_path / "allow.json"
+    agg._fixed_allow_list = None
+    object.__setattr__(agg.config, "allow_list_file", str(path))
+    path.write_text("null")
+    with pytest.raises(ConfigError, match=r"allow\.json"):
+        agg._start_point()
+    path.unlink()
+    enroll(path, "dev-a", AGGREGATOR_SIGNER.public_hex)
+    assert list(agg.allow_list()) == ["dev-a"]
+    path.write_bytes(b"\x00\xff binary")  # broken mid-run
+    assert list(agg.allow_list()) == ["dev-a"]
+    assert "keeping the allow-list read before" in caplog.text

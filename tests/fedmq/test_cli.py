@@ -277,3 +277,19 @@ def test_aggregator_new_keys_replaces_only_a_lost_key_and_says_to_re_pin(tmp_pat
     assert new.returncode == 0, new.stderr
     assert new.stdout.strip() != old.stdout.strip() and "re-pin" in new.stderr
     assert (state / "signing.key").read_bytes() == AGGREGATOR_SIGNER.to_pem()  # kept
+
+
+def test_broker_on_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = tmp_path / "broker.toml"
+        cfg.write_text(f"[broker]\nport = {taken.getsockname()[1]}\n")
+        done = run("broker", "--config", str(cfg))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        line for line in done.stderr.strip().splitlines() if line.startswith("fedmq: error:")]
+    assert "address already in use" in done.stderr

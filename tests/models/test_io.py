@@ -226,3 +226,12 @@ def test_npz_member_with_bad_crc(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(ModelError, match="corrupt"):
         load_model(path)
+
+
+def test_binary_npz_names_the_file_and_never_suggests_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "global_model.npz"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert str(path) in str(info.value) and "not a readable .npz" in str(info.value)
+    assert "pickle" not in str(info.value)
