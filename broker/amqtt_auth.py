@@ -6,10 +6,11 @@ and a flood of them stalls it for good; it also answers at once for an unknown
 user name, which tells an attacker which names exist. ``ThreadedFileAuthPlugin``:
 
 - verifies on a few worker threads, and a dummy hash for an unknown user;
-- lets each source address have one check in flight (a device never sends two
-  CONNECTs at once; a flood's extra ones are refused without hashing) and at
-  most ``max_waiting`` checks wait for a worker (beyond, refused without hashing:
-  the client retries with its backoff);
+- checks one login at a time per source address (several processes on one
+  host, or devices behind one NAT, are served in turn; a flood's CONNECTs from
+  one address queue behind each other and, once the address is blocked, are
+  refused without hashing) and lets at most ``max_waiting`` addresses wait for
+  a worker (beyond, refused without hashing: the client retries with backoff);
 - serves addresses that logged in successfully before ahead of the others, so
   a device behind a known address is not queued behind a spray from new ones;
 - after ``max_failures`` failed checks from one address within
@@ -105,7 +106,8 @@ class ThreadedFileAuthPlugin(FileAuthPlugin):
                                       window=self.config.failure_window)
         self._workers = _PriorityGate(self.config.hash_workers)
         self._good_sources: set[str] = set()  # addresses with a successful login
-        self._in_flight: set[str] = set()  # sources with a check queued or running
+        self._in_flight: dict[str, asyncio.Lock] = {}  # sources with a check queued or running
+        self._queued: dict[str, int] = {}  # logins per source waiting or being checked
         self._refusals = DropLog(log, interval=5.0)
         self._hmac_key = secrets.token_bytes(32)
         self._verified: dict[str, bytes] = {}  # user -> HMAC of its last verified password
@@ -127,19 +129,22 @@ class ThreadedFileAuthPlugin(FileAuthPlugin):
         known = self._verified.get(user)
         if known is not None and hmac.compare_digest(known, self._tag(user, password)):
             return True  # no hash: this password of this user was verified before
-        if source in self._in_flight or len(self._in_flight) >= self.config.max_waiting:
+        if source not in self._in_flight and len(self._in_flight) >= self.config.max_waiting:
             self._refusals.drop(source, f"login of {user!r} refused without checking: "
-                                "another check from this address, or too many, in progress")
+                                f"{self.config.max_waiting} addresses are waiting already")
             return False
         stored = self._users.get(user)
-        self._in_flight.add(source)
+        turn = self._in_flight.setdefault(source, asyncio.Lock())
+        self._queued[source] = self._queued.get(source, 0) + 1
         try:
-            async with self._workers.slot(priority=source in self._good_sources):
+            async with turn, self._workers.slot(priority=source in self._good_sources):
                 if self._failures.blocked(source):  # failures while this one waited
                     return False
                 ok = await asyncio.to_thread(self._verify, password, stored or self._dummy_hash)
         finally:
-            self._in_flight.discard(source)
+            self._queued[source] -= 1
+            if not self._queued[source]:
+                del self._queued[source], self._in_flight[source]
         if ok and stored is not None:
             self._verified[user] = self._tag(user, password)
             if len(self._good_sources) < MAX_GOOD_SOURCES:

@@ -400,7 +400,23 @@ def test_a_flood_from_many_addresses_does_not_keep_devices_out(gateway, probe):
     assert waited["first login, new address"] < 6.0, waited
 
 
-# --- what the hardening must keep working ---------------------------------------------------
+# --- what the hardening must keep working -------------------------------------------------
+
+def test_simultaneous_logins_from_one_address_are_all_served(gateway, probe):
+    """Processes of one host (aggregator and witnesses) or devices behind one NAT log in
+    at the same moment: their checks run one after another, none is refused."""
+    port = gateway()
+    clients = [probe(port, f"same-host-{i}", username=user, password=USERS[user],
+                     reconnect=False) for i, user in enumerate(list(USERS) * 3)]
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda c=c: results.append(c.connect(timeout=20)))
+               for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [True] * len(clients)
+
 
 @pytest.mark.parametrize("clean_session", [True, False])
 def test_same_login_reconnecting_takes_over_its_session(gateway, probe, clean_session):
