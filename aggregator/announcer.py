@@ -65,12 +65,18 @@ class Announcer:
                                                for t in self._topics}
         self._seen: dict[str, bytes] = {}
         self._reconnected = False
+        self._connections = 0
         self._warned: set[bytes] = set()
 
     def connected(self) -> None:
-        """paho's on-connect hook: after the first announcement, a reconnect needs a new one."""
+        """paho's on-connect hook: every connection after the first needs a new announcement.
+
+        Counted, not inferred from "something was published already": paho runs this
+        hook after ``connect()`` returned, so the first announcement can come first.
+        """
         with self._lock:
-            if self._latest:
+            self._connections += 1
+            if self._connections > 1:
                 self._reconnected = True
 
     def published(self, topic: str, payload: bytes) -> None:
