@@ -53,6 +53,13 @@ def login(probe, port: int, user: str, client_id: str | None = None, **kw) -> Pr
     return p
 
 
+def aggregator_and_device(probe, port: int, device: str) -> tuple[Probe, Probe]:
+    """The aggregator's login, subscribed to every update, and ``device``'s login."""
+    agg = login(probe, port, "aggregator", AGG_ID)
+    assert agg.subscribe(T.updates_filter)
+    return agg, login(probe, port, device)
+
+
 def drop(p: Probe) -> None:
     """End ``p``'s connection without DISCONNECT, as a crashed device would (its Will fires)."""
     p.client.loop_stop()
@@ -117,9 +124,7 @@ def test_connect_with_the_aggregators_client_id_does_not_deafen_it(gateway, prob
 @pytest.mark.slow
 def test_repeated_connects_with_the_aggregators_id_never_kick_it(gateway, probe):
     port = gateway()
-    agg = login(probe, port, "aggregator", AGG_ID)
-    assert agg.subscribe(T.updates_filter)
-    dev = login(probe, port, "dev-a")
+    agg, dev = aggregator_and_device(probe, port, "dev-a")
     for i in range(15):  # every 0.2 s for 3 s, an update in each gap
         anon = probe(port, AGG_ID, clean_session=True, reconnect=False)
         assert not anon.connect()
@@ -239,9 +244,7 @@ def _closed_by_broker(s: socket.socket, timeout: float = 10) -> bool:
 @pytest.mark.slow
 def test_giant_subscribe_does_not_stall_the_broker(gateway, probe):
     port = gateway()
-    agg = login(probe, port, "aggregator", AGG_ID)
-    assert agg.subscribe(T.updates_filter)
-    dev = login(probe, port, "dev-b")
+    agg, dev = aggregator_and_device(probe, port, "dev-b")
     raw = _raw_login(port, "dev-a")
     packet = _subscribe_packet(1_000_000)  # 4 MB, a million filters
 
@@ -314,9 +317,7 @@ def test_a_second_connect_on_one_connection_closes_it(gateway):
 @pytest.mark.slow
 def test_wrong_password_flood_does_not_stall_the_broker(gateway, probe):
     port = gateway()
-    agg = login(probe, port, "aggregator", AGG_ID)
-    assert agg.subscribe(T.updates_filter)
-    dev = login(probe, port, "dev-b")
+    agg, dev = aggregator_and_device(probe, port, "dev-b")
     results: list[bool] = []
 
     def guess(i: int) -> None:
