@@ -121,20 +121,26 @@ def group_sum(public_key: PaillierPublicKey, vectors: Mapping[str, Sequence[int]
 
 
 def bounds_check(codec: Codec, private_key: PaillierPrivateKey, n_values: int,
-                 vectors: Mapping[str, Sequence[int]]) -> Check:
+                 vectors: Mapping[str, Sequence[int]], *,
+                 total: Sequence[int] | None = None) -> Check:
     """``Check`` for a round: decrypt a group's sum; its values AND its total weight must fit.
 
     Every device's weight lies in [1, max_weight], so a group of k has a total
     weight in [k, k * max_weight]: a forged weight inside the value bound still fails.
+    ``total``, the round's running sum of every vector, spares recomputing it for the
+    whole round (the check that almost every round ends with).
     """
     public_key = private_key.public_key
+    everyone = frozenset(vectors)
 
     def check(group: frozenset[str]) -> list[int] | None:
         if not group:
             return None
         if len(group) < MIN_GROUP and len(group) != len(vectors):
             raise ValueError("refusing to decrypt one device's update")
-        plain = decrypt_ints(private_key, group_sum(public_key, vectors, group))
+        ciphertexts = total if total is not None and group == everyone else group_sum(
+            public_key, vectors, group)
+        plain = decrypt_ints(private_key, ciphertexts)
         try:
             sums = codec.decode(plain, n_values, len(group))
         except CodecError:

@@ -39,10 +39,8 @@ class Inbound:
             self._on_status(agent, topic, payload)
             return
         if (agent := topics.agent_of(topic, "update")) is None:
-            # Some brokers echo our own retained announcements to a resumed session.
-            own = topic in (topics.pubkey, topics.round, topics.metrics)
-            log.log(logging.DEBUG if own else logging.WARNING,
-                    "ignoring message on unexpected topic %s", topic)
+            # Our own pubkey and round go to the announcer, never here.
+            log.warning("ignoring message on unexpected topic %s", topic)
             return
         if agent in self.quarantined:
             rounds = ", ".join(map(str, self.quarantined[agent])) or "before a restart"

@@ -51,7 +51,8 @@ class FedavgStep:
 
 def fedavg_step(state: RoundState, codec: Codec, private_key: PaillierPrivateKey,
                 suspects: Suspects, *, rng: random.Random | None = None) -> FedavgStep:
-    check = bounds_check(codec, private_key, state.n_values, state.vectors)
+    check = bounds_check(codec, private_key, state.n_values, state.vectors,
+                         total=state.ciphertext_sum)
     kept, sums, named = close_sum(state.round_id, state.accepted, check, suspects, rng=rng)
     try:
         if sums is None or len(kept) < state.quorum:

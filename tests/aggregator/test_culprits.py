@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.culprits import Suspects, bounds_check, close_sum, search
+from aggregator.culprits import Suspects, bounds_check, close_sum, group_sum, search
 from protocol.codec import CodecParams, make_codec, quantize_update
 from protocol.paillier import encrypt_ints, generate_keypair
 
@@ -167,3 +167,16 @@ def test_close_sum_logs_the_suspect_group_and_names_the_culprit(caplog):
             break
     assert named == ["mallory"]
     assert "culprit among" in caplog.text and "mallory is the culprit" in caplog.text
+
+
+def test_the_whole_round_is_checked_on_its_running_sum():
+    """The round keeps a running product of every update; the closing check decrypts that
+    instead of multiplying all ciphertexts again (a group's sum is still computed)."""
+    public, private, codec, _, vectors, _ = world()
+    total = group_sum(public, vectors, vectors)
+    with_total = bounds_check(codec, private, N_VALUES, vectors, total=total)
+    assert with_total(frozenset(vectors)) == bounds_check(codec, private, N_VALUES, vectors)(
+        frozenset(vectors))
+    wrong = bounds_check(codec, private, N_VALUES, vectors, total=[c * c for c in total])
+    assert wrong(frozenset(vectors)) is None  # the given sum, not a recomputed one
+    assert wrong(frozenset(list(vectors)[:2])) is not None  # groups: recomputed
