@@ -24,7 +24,7 @@ bench-flood: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy protocol models edge_agent aggregator broker fedmq benchmarks
+	$(BIN)/mypy protocol models runtime edge_agent aggregator broker fedmq benchmarks
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \

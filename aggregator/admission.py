@@ -31,10 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aggregator.config import Limits
-from fedmq.droplog import DropLog
 from protocol.signing import SIGNATURE_BYTES
 from protocol.topics import Topics
 from protocol.wire import MAGIC, MAX_HEADER, VERSION
+from runtime.droplog import DropLog
 
 log = logging.getLogger("aggregator.service")
 

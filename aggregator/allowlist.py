@@ -10,10 +10,10 @@ import json
 import logging
 from pathlib import Path
 
-from fedmq.files import write_atomic
 from protocol.errors import ConfigError, ProtocolError
 from protocol.signing import Ed25519PublicKey, public_key_from_hex
 from protocol.topics import check_name
+from runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 SCHEMA = "fedmq.allow-list/1"

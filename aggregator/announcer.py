@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.transport import MqttLink
 from protocol.codec import CodecParams
 from protocol.messages import PubKeyMessage, RoundMessage
 from protocol.signing import Signer
 from protocol.topics import Topics
+from runtime.transport import MqttLink
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig

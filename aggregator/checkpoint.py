@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.files import write_atomic
 from protocol.errors import ConfigError
 from protocol.topics import check_name
+from runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 SCHEMA = "fedmq.aggregator-state/1"

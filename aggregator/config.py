@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import from_table, load_toml, reject_unknown, resolve, section
-from fedmq.transport import MqttSettings
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError, ProtocolError
 from protocol.messages import TrainingSettings
 from protocol.topics import Topics
+from runtime.config import from_table, load_toml, reject_unknown, resolve, section
+from runtime.transport import MqttSettings
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedmq.files import create_signer, load_signer, warn_if_readable, write_atomic
 from protocol.errors import ConfigError, ProtocolError
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -24,6 +23,7 @@ from protocol.paillier import (
     private_key_to_dict,
 )
 from protocol.signing import Signer
+from runtime.files import create_signer, load_signer, warn_if_readable, write_atomic
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig

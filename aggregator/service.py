@@ -30,7 +30,6 @@ from aggregator.keys import load_aggregator_keys
 from aggregator.outcome import RoundResult, fedavg_step
 from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
-from fedmq.transport import Inbox, MqttLink
 from protocol.codec import make_codec
 from protocol.errors import ConfigError, FedmqError, ProtocolError
 from protocol.messages import MetricsMessage
@@ -42,6 +41,7 @@ from protocol.paillier import (
 )
 from protocol.signing import Ed25519PublicKey, Signer
 from protocol.wire import decode_update
+from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
 FloatArray = NDArray[np.float64]

@@ -32,10 +32,10 @@ from aggregator.allowlist import enroll
 from broker.acl import FleetAcl
 from broker.embedded import free_port
 from broker.mosquitto import MosquittoSetup, read_credentials, write_files
-from fedmq.files import create_signer
 from protocol.paillier import fingerprint, generate_keypair, private_key_to_dict
 from protocol.signing import Signer
 from protocol.topics import Topics
+from runtime.files import create_signer
 
 FEATURES = ("x1", "x2", "x3")
 FLEET = "bench"

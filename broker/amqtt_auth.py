@@ -51,7 +51,7 @@ from broker.limits import (
     MAX_LOGIN_FAILURES,
     FailedLogins,
 )
-from fedmq.droplog import DropLog
+from runtime.droplog import DropLog
 
 log = logging.getLogger(__name__)
 MAX_GOOD_SOURCES = 100_000  # remembered addresses of successful logins (bounded memory)

@@ -14,9 +14,9 @@ from broker.acl import FleetAcl
 from broker.config import BrokerSettings
 from broker.embedded import serve
 from broker.mosquitto import MosquittoSetup, write_files
-from fedmq.config import load_toml, reject_unknown, resolve, section
 from protocol.errors import ConfigError
 from protocol.topics import Topics, check_name
+from runtime.config import load_toml, reject_unknown, resolve, section
 
 log = logging.getLogger(__name__)
 

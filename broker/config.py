@@ -8,10 +8,10 @@ from typing import Any
 
 from broker.acl import FleetAcl, password_file_users
 from broker.limits import ConnectionLimits
-from fedmq.config import from_table
 from protocol.errors import ConfigError
 from protocol.messages import MAX_CONTROL_BYTES
 from protocol.topics import Topics
+from runtime.config import from_table
 
 # amqtt reads every non-payload field with a 2-byte length, so a cap below 64 KiB
 # could not be told apart from a long topic or password (see broker.amqtt_ext).

@@ -18,9 +18,6 @@ from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData, load_csv
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, train_round
-from fedmq import __version__
-from fedmq.files import load_or_create_signer, write_atomic
-from fedmq.transport import Inbox, MqttLink
 from models import save_model
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
 from protocol.errors import ConfigError, FedmqError, ProtocolError
@@ -31,6 +28,9 @@ from protocol.paillier import fingerprint as key_fingerprint
 from protocol.signing import Ed25519PublicKey, Signer
 from protocol.signing import public_key_from_hex as signing_key_from_hex
 from protocol.wire import UpdateMessage, encode_update
+from runtime import __version__
+from runtime.files import load_or_create_signer, write_atomic
+from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import load_toml, reject_unknown, resolve, section
-from fedmq.transport import MqttSettings
 from protocol.errors import ConfigError
 from protocol.obfuscation import OBFUSCATOR_KINDS
 from protocol.topics import Topics, check_name
+from runtime.config import load_toml, reject_unknown, resolve, section
+from runtime.transport import MqttSettings
 
 
 @dataclass(frozen=True)

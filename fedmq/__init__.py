@@ -1,3 +1,5 @@
-"""fedmq: federated learning for IoT fleets over MQTT."""
+"""fedmq: federated learning for IoT fleets over MQTT (CLI and fleet simulation)."""
 
-__version__ = "0.1.0"
+from runtime import __version__
+
+__all__ = ["__version__"]

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedmq import __version__
 from protocol.errors import ConfigError, FedmqError
+from runtime import __version__
 
 EXIT_ERROR = 2
 
@@ -139,7 +139,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     config = AgentConfig.from_file(args.config)
     if args.show_public_key:
-        from fedmq.files import load_or_create_signer
+        from runtime.files import load_or_create_signer
 
         print(load_or_create_signer(config.signing_key_path).public_hex)
         return 0

@@ -29,14 +29,14 @@ from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from fedmq import synthetic
-from fedmq.config import load_toml, reject_unknown, resolve, section
-from fedmq.transport import MqttSettings
 from models import ModelSpec, make_model
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
 from protocol.signing import Ed25519PublicKey
 from protocol.topics import Topics
+from runtime.config import load_toml, reject_unknown, resolve, section
+from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from aggregator.service import Aggregator
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
-from fedmq.transport import MqttSettings
 from protocol.codec import CodecParams
 from protocol.messages import TrainingSettings
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from protocol.topics import Topics
+from runtime.transport import MqttSettings
 
 
 @pytest.fixture(scope="session")

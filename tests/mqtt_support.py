@@ -26,9 +26,9 @@ from support import AGGREGATOR_SIGNER, wait_until
 from broker.embedded import free_port
 from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
 from fedmq.cli import main
-from fedmq.transport import MqttSettings
 from protocol.messages import RoundMessage
 from protocol.topics import Topics
+from runtime.transport import MqttSettings
 
 # Logins of the broker tests' password file (tests/broker/conftest.py ``password_file``).
 USERS = {"aggregator": "aggregator-pw", "dev-a": "dev-a-password", "dev-b": "dev-b-password"}

@@ -16,10 +16,10 @@ import numpy as np
 
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
-from fedmq.transport import MqttSettings
 from models import ModelSpec
 from protocol.signing import Ed25519PublicKey, Signer
 from protocol.topics import Topics
+from runtime.transport import MqttSettings
 
 FEATURES = ("x1", "x2", "x3")
 SPEC = ModelSpec(kind="logistic", features=FEATURES, n_classes=2,

@@ -52,9 +52,9 @@ def test_agent_ids_cannot_escape_the_state_dir(tmp_path):
 
 def make(port, tmp_path, keypair, **policy):
     from aggregator.config import AggregatorConfig, RoundPolicy
-    from fedmq.transport import MqttSettings
     from protocol.messages import TrainingSettings
     from protocol.topics import Topics
+    from runtime.transport import MqttSettings
 
     config = AggregatorConfig(
         topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=port),

@@ -17,9 +17,9 @@ from broker.cli import load_settings
 from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
-from fedmq.transport import MqttSettings
 from protocol.errors import ConfigError
 from protocol.topics import Topics
+from runtime.transport import MqttSettings
 
 T = Topics("plant", "fedmq")
 

@@ -7,8 +7,8 @@ import pytest
 from broker.cli import add_user, load_settings
 from broker.config import BrokerSettings
 from broker.embedded import BrokerStartError, EmbeddedBroker, free_port
-from fedmq.transport import BrokerUnavailable, MqttLink, MqttSettings
 from protocol.errors import ConfigError
+from runtime.transport import BrokerUnavailable, MqttLink, MqttSettings
 
 
 def link(port: int, name: str, **kw) -> MqttLink:

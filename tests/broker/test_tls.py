@@ -6,8 +6,8 @@ import pytest
 
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
-from fedmq.transport import MqttLink, MqttSettings
 from protocol.errors import ConfigError
+from runtime.transport import MqttLink, MqttSettings
 
 
 def tls_broker(tls_files: dict[str, str], **kw) -> BrokerSettings:

@@ -91,7 +91,6 @@ from aggregator.service import Aggregator
 from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
-from fedmq.transport import MqttSettings
 from protocol.codec import CodecParams, make_codec, quantize_update
 from protocol.messages import RoundMessage, StatusMessage
 from protocol.paillier import (
@@ -107,6 +106,7 @@ from protocol.paillier import (
 from protocol.signing import SIGNATURE_BYTES, UPDATE_DOMAIN, Signer
 from protocol.topics import Topics
 from protocol.wire import UpdateMessage, decode_update, encode_update
+from runtime.transport import MqttSettings
 
 FloatArray = NDArray[np.float64]
 

@@ -13,12 +13,12 @@ from support import agent_config, agent_process, local_data, run_in_thread, sign
 
 from aggregator.fedavg import weighted_average
 from edge_agent.agent import EdgeAgent
-from fedmq.transport import MqttLink, MqttSettings
 from protocol.codec import CodecParams
 from protocol.messages import RoundMessage
 from protocol.paillier import encrypt_ints, generate_keypair
 from protocol.topics import Topics
 from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
+from runtime.transport import MqttLink, MqttSettings
 
 TOPICS = Topics("test")
 

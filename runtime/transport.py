@@ -19,9 +19,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from fedmq.config import from_table
-from fedmq.droplog import DropLog
 from protocol.errors import ConfigError, FedmqError
+from runtime.config import from_table
+from runtime.droplog import DropLog
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from fedmq.droplog import MAX_KEYS, DropLog
-from fedmq.transport import Inbox
+from runtime.droplog import MAX_KEYS, DropLog
+from runtime.transport import Inbox
 
 
 def test_inbox_bounds_payload_bytes_not_only_messages(caplog):
