@@ -1,4 +1,4 @@
-"""aggregator.toml -> AggregatorConfig."""
+"""aggregator.toml -> AggregatorConfig (the file's schema: aggregator.schema)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import ModelError, ModelSpec
+from msgspec.structs import asdict
+
+from aggregator.schema import AggregatorFile
+from models import ModelSpec
 from protocol.codec import CodecParams
-from protocol.errors import ConfigError, ProtocolError
+from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
 from protocol.topics import Topics
-from runtime.config import from_table, load_toml, reject_unknown, resolve, section
-from runtime.transport import MqttSettings
+from runtime.config import blame, convert, load_toml, resolve
+from runtime.mqtt_settings import MqttSettings, mqtt_settings
 
 
 @dataclass(frozen=True)
@@ -98,41 +101,34 @@ class AggregatorConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> AggregatorConfig:
-        return cls.from_dict(load_toml(path), base=Path(path).resolve().parent)
+        return cls.from_dict(load_toml(path), base=Path(path).resolve().parent,
+                             source=str(path), config_file=Path(path))
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], *, base: Path = Path(".")) -> AggregatorConfig:
-        reject_unknown(doc, {"fleet", "mqtt", "keys", "rounds", "model", "training", "codec",
-                             "output", "limits"}, "top level")
-        fleet, keys, out = section(doc, "fleet"), section(doc, "keys"), section(doc, "output")
-        reject_unknown(fleet, {"name", "topic_prefix"}, "fleet")
-        reject_unknown(keys, {"private_key_file", "bits", "signing_key_file", "allow_list_file"},
-                       "keys")
-        reject_unknown(out, {"state_dir", "resume"}, "output")
-        try:
-            model = section(doc, "model", required=True)
-            spec = ModelSpec.from_dict({"center": None, "scale": None, "n_classes": 0, **model})
-            codec = section(doc, "codec")
-            reject_unknown(codec, set(CodecParams.__dataclass_fields__), "codec")
-            return cls(
-                topics=Topics(fleet.get("name", "demo"), fleet.get("topic_prefix", "fedmq")),
-                spec=spec,
-                mqtt=MqttSettings.from_dict(section(doc, "mqtt")),
-                key_file=resolve(base, keys.get("private_key_file",
-                                                "state/aggregator/paillier.key")) or "",
-                key_bits=int(keys.get("bits", 2048)),
-                signing_key_file=resolve(base, keys.get("signing_key_file",
-                                                        "state/aggregator/signing.key")) or "",
-                allow_list_file=resolve(base, keys.get("allow_list_file",
-                                                       "state/aggregator/allow_list.json")) or "",
-                resume=bool(out.get("resume", True)),
-                policy=from_table(RoundPolicy, section(doc, "rounds"), "rounds"),
-                training=from_table(TrainingSettings, section(doc, "training"), "training"),
-                codec=CodecParams.from_dict({**CodecParams().to_dict(), **codec}),
-                state_dir=resolve(base, out.get("state_dir", "state/aggregator")) or "",
-                limits=from_table(Limits, section(doc, "limits"), "limits"),
-            )
-        except (ModelError, ProtocolError) as exc:
-            raise ConfigError(f"aggregator config: {exc}") from exc
-        except TypeError as exc:
-            raise ConfigError(f"aggregator config: unknown or mistyped option: {exc}") from exc
+    def from_dict(cls, doc: dict[str, Any], *, base: Path = Path("."),
+                  source: str = "aggregator config",
+                  config_file: Path | None = None) -> AggregatorConfig:
+        f = convert(doc, AggregatorFile, source=source, labels={
+            ("model", "center"): ("model", "features"), ("model", "scale"): ("model", "features")})
+        with blame(source, "[fleet]"):
+            topics = Topics(f.fleet.name, f.fleet.topic_prefix)
+        with blame(source, "[model]"):
+            spec = ModelSpec(**asdict(f.model))
+        with blame(source, "[rounds]"):
+            policy = RoundPolicy(**asdict(f.rounds))
+        with blame(source, "[training]"):
+            training = TrainingSettings(**asdict(f.training))
+        with blame(source, "[codec]"):
+            codec = CodecParams(**asdict(f.codec))
+        with blame(source, "[limits]"):
+            limits = Limits(**asdict(f.limits))
+        return cls(
+            topics=topics, spec=spec,
+            mqtt=mqtt_settings(f.mqtt, base=base, source=source, config_file=config_file),
+            key_file=resolve(base, f.keys.private_key_file) or "",
+            key_bits=f.keys.bits,
+            signing_key_file=resolve(base, f.keys.signing_key_file) or "",
+            allow_list_file=resolve(base, f.keys.allow_list_file) or "",
+            resume=f.output.resume, policy=policy, training=training, codec=codec,
+            state_dir=resolve(base, f.output.state_dir) or "", limits=limits,
+        )

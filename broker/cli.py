@@ -16,19 +16,13 @@ from broker.embedded import serve
 from broker.mosquitto import MosquittoSetup, write_files
 from protocol.errors import ConfigError
 from protocol.topics import Topics, check_name
-from runtime.config import load_toml, reject_unknown, resolve, section
 
 log = logging.getLogger(__name__)
 
 
 def load_settings(path: str | Path) -> BrokerSettings:
-    doc = load_toml(path)
-    reject_unknown(doc, {"broker"}, "top level")
-    table = dict(section(doc, "broker"))
-    base = Path(path).resolve().parent
-    for key in ("password_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
-        table[key] = resolve(base, table.get(key))
-    return BrokerSettings.from_dict(table)
+    """broker.toml -> settings; every path in it is relative to the file."""
+    return BrokerSettings.from_file(path)
 
 
 def run_broker(config_path: str) -> int:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from msgspec import Meta
+from msgspec.structs import asdict
 
 from broker.acl import FleetAcl, password_file_users
 from broker.limits import ConnectionLimits
 from protocol.errors import ConfigError
 from protocol.messages import MAX_CONTROL_BYTES
 from protocol.topics import Topics
-from runtime.config import from_table
+from runtime.config import Table, blame, convert, existing_file, load_toml
 
 # amqtt reads every non-payload field with a 2-byte length, so a cap below 64 KiB
 # could not be told apart from a long topic or password (see broker.amqtt_ext).
@@ -23,6 +26,39 @@ MQTT_MAX_PAYLOAD = 268_435_455  # the largest remaining length MQTT can encode
 _ACL_PLUGIN = "broker.amqtt_ext.FleetAclPlugin"
 _WILL_PLUGIN = "broker.amqtt_ext.WillAclPlugin"
 _AUTH_PLUGIN = "broker.amqtt_auth.ThreadedFileAuthPlugin"
+
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class BrokerTable(Table, frozen=True):
+    """``[broker]`` as written in broker.toml (paths relative to that file)."""
+
+    host: NonEmpty = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 1883
+    password_file: NonEmpty | None = None  # Argon2 hashes, `fedmq broker add-user`
+    allow_anonymous: bool = True
+    max_connections: Annotated[int, Meta(ge=0)] = 0  # 0: unlimited
+    connect_timeout: Annotated[float, Meta(gt=0, le=3600)] = 10.0
+    tls_cert_file: NonEmpty | None = None
+    tls_key_file: NonEmpty | None = None
+    tls_client_ca_file: NonEmpty | None = None
+    max_payload_bytes: Annotated[int, Meta(ge=MIN_PAYLOAD_CAP, le=MQTT_MAX_PAYLOAD)] = \
+        MAX_CONTROL_BYTES
+    acl: bool = False
+    fleet: NonEmpty | None = None
+    topic_prefix: NonEmpty = "fedmq"
+    aggregator_users: tuple[NonEmpty, ...] = ("aggregator",)
+    agents: tuple[NonEmpty, ...] | None = None
+
+
+class BrokerFile(Table, frozen=True):
+    """Schema of broker.toml."""
+
+    broker: BrokerTable = BrokerTable()
+
+
+_PATHS = ("password_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
 
 
 def _names(value: Any, key: str) -> tuple[str, ...]:
@@ -98,8 +134,22 @@ class BrokerSettings:
         self.fleet_acl()  # validate the ACL settings now, not on the first CONNECT
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BrokerSettings:
-        return from_table(cls, data, "broker")
+    def from_dict(cls, data: dict[str, Any], *, base: Path = Path("."),
+                  source: str = "broker config") -> BrokerSettings:
+        """Settings from a ``[broker]`` table; its paths are relative to ``base``."""
+        return cls.from_doc({"broker": data}, base=base, source=source)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], *, base: Path, source: str) -> BrokerSettings:
+        table = asdict(convert(doc, BrokerFile, source=source).broker)
+        for key in _PATHS:
+            table[key] = existing_file(base, table[key], source=source, key=f"[broker] {key}")
+        with blame(source, "[broker]"):
+            return cls(**table)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BrokerSettings:
+        return cls.from_doc(load_toml(path), base=Path(path).resolve().parent, source=str(path))
 
     def fleet_acl(self) -> FleetAcl | None:
         """The topic ACL (None when ``acl`` is off), checked against the password file."""

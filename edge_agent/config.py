@@ -1,17 +1,66 @@
-"""agent.toml -> AgentConfig."""
+"""agent.toml -> AgentConfig: the file's schema, then the settings the agent runs with."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
 
 from protocol.errors import ConfigError
 from protocol.obfuscation import OBFUSCATOR_KINDS
 from protocol.topics import Topics, check_name
-from runtime.config import load_toml, reject_unknown, resolve, section
-from runtime.transport import MqttSettings
+from runtime.config import Table, blame, convert, load_toml, resolve
+from runtime.mqtt_settings import MqttSettings, MqttTable, NonEmpty, mqtt_settings
+
+Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$",
+                            description="64 lowercase hex characters")]
+
+
+class AgentTable(Table, frozen=True):
+    id: str
+    state_dir: NonEmpty | None = None  # signing key, trusted keys, final model
+    signing_key_file: NonEmpty | None = None
+    seed: int | None = None
+    exit_when_finished: bool = True
+
+
+class AgentFleetTable(Table, frozen=True):
+    name: str = "demo"
+    topic_prefix: str = "fedmq"
+    key_fingerprint: Hex64 | None = None  # SHA-256 of the aggregator's Paillier key
+    aggregator_signing_key: Hex64 | None = None  # its Ed25519 public key
+
+
+class DataTable(Table, frozen=True):
+    path: NonEmpty
+    features: Annotated[list[NonEmpty], Meta(min_length=1)]
+    label: NonEmpty
+    delimiter: Annotated[str, Meta(min_length=1, max_length=1,
+                                   description="one character")] = ","
+
+
+class SimulationTable(Table, frozen=True):
+    straggle_seconds: Annotated[float, Meta(ge=0, le=3600)] = 0.0
+
+
+class CryptoTable(Table, frozen=True):
+    obfuscators: Literal["djn", "standard"] = "djn"  # OBFUSCATOR_KINDS (a test checks)
+    obfuscator_pool: Annotated[int, Meta(ge=0, le=100_000)] = 0  # 0: one round's worth
+
+
+class AgentFile(Table, frozen=True):
+    """Schema of agent.toml."""
+
+    agent: AgentTable
+    data: DataTable
+    fleet: AgentFleetTable = AgentFleetTable()
+    mqtt: MqttTable = MqttTable()
+    simulation: SimulationTable = SimulationTable()
+    crypto: CryptoTable = CryptoTable()
+
 
 
 @dataclass(frozen=True)
@@ -64,43 +113,35 @@ class AgentConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> AgentConfig:
-        return cls.from_dict(load_toml(path), base=Path(path).resolve().parent)
+        return cls.from_dict(load_toml(path), base=Path(path).resolve().parent,
+                             source=str(path), config_file=Path(path))
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], *, base: Path = Path(".")) -> AgentConfig:
-        reject_unknown(doc, {"agent", "fleet", "mqtt", "data", "simulation", "crypto"},
-                       "top level")
-        agent, fleet = section(doc, "agent", required=True), section(doc, "fleet")
-        data, sim = section(doc, "data", required=True), section(doc, "simulation")
-        reject_unknown(agent, {"id", "state_dir", "seed", "exit_when_finished",
-                               "signing_key_file"}, "agent")
-        reject_unknown(fleet, {"name", "topic_prefix", "key_fingerprint",
-                               "aggregator_signing_key"}, "fleet")
-        reject_unknown(data, {"path", "features", "label", "delimiter"}, "data")
-        reject_unknown(sim, {"straggle_seconds"}, "simulation")
-        crypto = section(doc, "crypto")
-        reject_unknown(crypto, {"obfuscators", "obfuscator_pool"}, "crypto")
-        for key, table in (("id", agent), ("path", data), ("label", data)):
-            if not isinstance(table.get(key), str):
-                raise ConfigError(f"agent config needs a string '{key}'")
-        features = data.get("features")
-        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            raise ConfigError("[data] features must be a list of column names")
-        return cls(
-            agent_id=agent["id"],
-            topics=Topics(fleet.get("name", "demo"), fleet.get("topic_prefix", "fedmq")),
-            data_path=resolve(base, data["path"]) or "",
-            features=tuple(features),
-            label=data["label"],
-            mqtt=MqttSettings.from_dict(section(doc, "mqtt")),
-            key_fingerprint=fleet.get("key_fingerprint") or None,
-            aggregator_signing_key=fleet.get("aggregator_signing_key") or None,
-            state_dir=resolve(base, agent.get("state_dir")),
-            signing_key_file=resolve(base, agent.get("signing_key_file")),
-            delimiter=data.get("delimiter", ","),
-            seed=agent.get("seed"),
-            exit_when_finished=bool(agent.get("exit_when_finished", True)),
-            straggle_seconds=float(sim.get("straggle_seconds", 0.0)),
-            obfuscators=str(crypto.get("obfuscators", "djn")),
-            obfuscator_pool=int(crypto.get("obfuscator_pool", 0)),
-        )
+    def from_dict(cls, doc: dict[str, Any], *, base: Path = Path("."),
+                  source: str = "agent config",
+                  config_file: Path | None = None) -> AgentConfig:
+        f = convert(doc, AgentFile, source=source)
+        with blame(source, "[fleet]"):
+            topics = Topics(f.fleet.name, f.fleet.topic_prefix)
+        with blame(source, "[agent] id"):
+            check_name(f.agent.id, "agent id")
+        mqtt = mqtt_settings(f.mqtt, base=base, source=source, config_file=config_file)
+        with blame(source, "agent config"):
+            return cls(
+                agent_id=f.agent.id,
+                topics=topics,
+                data_path=resolve(base, f.data.path) or "",
+                features=tuple(f.data.features),
+                label=f.data.label,
+                mqtt=mqtt,
+                key_fingerprint=f.fleet.key_fingerprint,
+                aggregator_signing_key=f.fleet.aggregator_signing_key,
+                state_dir=resolve(base, f.agent.state_dir),
+                signing_key_file=resolve(base, f.agent.signing_key_file),
+                delimiter=f.data.delimiter,
+                seed=f.agent.seed,
+                exit_when_finished=f.agent.exit_when_finished,
+                straggle_seconds=f.simulation.straggle_seconds,
+                obfuscators=f.crypto.obfuscators,
+                obfuscator_pool=f.crypto.obfuscator_pool,
+            )

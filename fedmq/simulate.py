@@ -29,13 +29,13 @@ from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from fedmq import synthetic
+from fedmq.simulate_config import check_flags, file_options
 from models import ModelSpec, make_model
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
 from protocol.signing import Ed25519PublicKey
 from protocol.topics import Topics
-from runtime.config import load_toml, reject_unknown, resolve, section
 from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,10 @@ class SimulationOptions:
 
 
 def options_from(config: str | None, overrides: dict[str, Any]) -> SimulationOptions:
-    """Options from a ``[simulate]`` TOML table, then command-line overrides."""
-    table: dict[str, Any] = {}
-    if config is not None:
-        doc = load_toml(config)
-        reject_unknown(doc, {"simulate"}, "top level")
-        table = dict(section(doc, "simulate"))
-        if "out_dir" in table:
-            table["out_dir"] = resolve(Path(config).resolve().parent, table["out_dir"])
-        reject_unknown(table, set(SimulationOptions.__dataclass_fields__), "simulate")
+    """Options from a ``[simulate]`` TOML table, then command-line overrides; both typed
+    by fedmq.simulate_config.SimulateTable."""
+    table = file_options(config) if config is not None else {}
+    check_flags(overrides)
     try:
         return SimulationOptions(**{**table, **overrides})
     except TypeError as exc:

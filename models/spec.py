@@ -23,19 +23,27 @@ def _as_int(value: object, name: str) -> int:
     return operator.index(value)
 
 
-def _as_float_tuple(value: object, name: str, n: int) -> tuple[float, ...]:
+def _entry(name: str, i: int, features: tuple[str, ...]) -> str:
+    """``scale[2] (feature 'current_a')``: which entry, and which feature it belongs to."""
+    label = f" (feature {features[i]!r})" if i < len(features) else ""
+    return f"{name}[{i}]{label}"
+
+
+def _as_float_tuple(value: object, name: str, features: tuple[str, ...]) -> tuple[float, ...]:
+    n = len(features)
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ModelError(f"{name} must be a sequence of {n} numbers, got {value!r}")
     out: list[float] = []
-    for item in value:
+    for i, item in enumerate(value):
         if isinstance(item, bool):
-            raise ModelError(f"{name} entries must be numbers, got {item!r}")
+            raise ModelError(f"{_entry(name, i, features)} must be a number, got {item!r}")
         try:
             number = float(item)
         except (TypeError, ValueError) as exc:
-            raise ModelError(f"{name} entries must be numbers, got {item!r}") from exc
+            raise ModelError(f"{_entry(name, i, features)} must be a number, "
+                             f"got {item!r}") from exc
         if not math.isfinite(number):
-            raise ModelError(f"{name} entries must be finite, got {number!r}")
+            raise ModelError(f"{_entry(name, i, features)} must be finite, got {number!r}")
         out.append(number)
     if len(out) != n:
         raise ModelError(f"{name} must have one entry per feature ({n}), got {len(out)}")
@@ -83,13 +91,13 @@ class ModelSpec:
             raise ModelError(f"n_classes must be >= 2 for kind 'logistic', got {n_classes}")
         object.__setattr__(self, "n_classes", n_classes)
 
-        d = len(features)
         if self.center is not None:
-            object.__setattr__(self, "center", _as_float_tuple(self.center, "center", d))
+            object.__setattr__(self, "center", _as_float_tuple(self.center, "center", features))
         if self.scale is not None:
-            scale = _as_float_tuple(self.scale, "scale", d)
-            if any(s <= 0.0 for s in scale):
-                raise ModelError(f"scale entries must be > 0, got {scale}")
+            scale = _as_float_tuple(self.scale, "scale", features)
+            for i, s in enumerate(scale):
+                if s <= 0.0:
+                    raise ModelError(f"{_entry('scale', i, features)} must be > 0, got {s!r}")
             object.__setattr__(self, "scale", scale)
 
     @property

@@ -13,51 +13,20 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from protocol.errors import ConfigError, FedmqError
-from runtime.config import from_table
+from protocol.errors import FedmqError
 from runtime.droplog import DropLog
+from runtime.mqtt_settings import MqttSettings  # re-exported: the roles import it from here
 
 log = logging.getLogger(__name__)
 
 
 class BrokerUnavailable(FedmqError):
     """The broker cannot be reached or refused the connection."""
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """How to reach the broker; the same table in agent and aggregator configs."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    keepalive: int = 30
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    connect_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("mqtt.host must not be empty")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"mqtt.port {self.port} is not a TCP port")
-        if self.keepalive < 5:
-            raise ConfigError("mqtt.keepalive must be at least 5 seconds")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigError("mqtt.cert_file and mqtt.key_file go together")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MqttSettings:
-        return from_table(cls, data, "mqtt")
 
 
 Handler = Callable[[str, bytes], None]

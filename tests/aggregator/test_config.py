@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from msgspec.structs import asdict, fields
 
-from aggregator.config import AggregatorConfig, Limits
+from aggregator.config import AggregatorConfig, Limits, RoundPolicy
+from aggregator.schema import CodecTable, LimitsTable, RoundsTable, TrainingTable
+from protocol.codec import CODEC_NAMES, CodecParams
 from protocol.errors import ConfigError
+from protocol.messages import TrainingSettings
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -18,7 +23,7 @@ def test_example_config_loads_with_paths_relative_to_it():
 
 @pytest.mark.parametrize("text,match", [
     ("[model]\nkind='logistic'\nfeatures=['a']\nn_classes=2\n[rounds]\nrounds=0\n", "rounds"),
-    ("[model]\nkind='tree'\nfeatures=['a']\n", "aggregator config"),
+    ("[model]\nkind='tree'\nfeatures=['a']\n", r"\[model\] kind: expected \"linear\" or "),
     ("[fleet]\nname='a b'\n[model]\nkind='linear'\nfeatures=['a']\n", "fleet name"),
     ("[model]\nkind='linear'\nfeatures=['a']\n[codec]\nclip=-1\n", "clip"),
     ("[model]\nkind='linear'\nfeatures=['a']\n[rounds]\nspeed=3\n", "unknown"),
@@ -46,5 +51,73 @@ def test_limits_section_is_read_and_checked(tmp_path):
     assert AggregatorConfig.from_dict(base).limits == Limits()
     with pytest.raises(ConfigError, match="limits"):
         AggregatorConfig.from_dict({**base, "limits": {"inbox_megabytes": 1}})
-    with pytest.raises(ConfigError, match=r"limits\.drain_seconds"):
+    with pytest.raises(ConfigError, match=r"\[limits\] drain_seconds: expected float, got str"):
         AggregatorConfig.from_dict({**base, "limits": {"drain_seconds": "soon"}})
+
+
+MODEL = "[model]\nkind = 'logistic'\nfeatures = ['vibration', 'temp', 'rpm']\nn_classes = 2\n"
+
+
+# Each value a new user wrote (issue 9): silently misread, or a traceback, before.
+@pytest.mark.parametrize("table,line,expected", [
+    ("output", "resume = \"no\"", '[output] resume: expected bool, got str ("no")'),
+    ("rounds", "quorum = true", "[rounds] quorum: expected int, got bool (true)"),
+    ("rounds", "rounds = 2.5", "[rounds] rounds: expected int, got float (2.5)"),
+    ("rounds", "rounds = 0", "[rounds] rounds: expected int >= 1, got 0"),
+    ("keys", "bits = \"abc\"", '[keys] bits: expected int, got str ("abc")'),
+    ("keys", "bits = 100", "[keys] bits: expected int >= 512, got 100"),
+    ("mqtt", "host = 127", "[mqtt] host: expected str, got int (127)"),
+    ("mqtt", "tls = \"no\"", '[mqtt] tls: expected bool, got str ("no")'),
+    ("codec", "name = \"zip\"", '[codec] name: expected "packed/1" or "per-value/1", got "zip"'),
+    ("limits", "status_rate = 0", "[limits] status_rate: expected float > 0.0, got 0"),
+    ("rounds", "speed = 3", "[rounds]: unknown key 'speed' (known: rounds, round_timeout,"),
+    ("model", "scale = [1.0, \"x\", 2.0]",
+     '[model] scale[1] (feature "temp"): expected float, got str ("x")'),
+    ("model", "center = [1.0, 2.0, nan]",
+     '[model] center[2] (feature "rpm"): expected a finite number, got nan'),
+    ("model", "scale = [1.0, 2.0, -0.5]",
+     "[model]: scale[2] (feature 'rpm') must be > 0, got -0.5"),
+])
+def test_each_mistyped_value_is_one_line_naming_file_table_and_key(tmp_path, table, line,
+                                                                  expected):
+    text = MODEL + (line + "\n" if table == "model" else f"[{table}]\n{line}\n")
+    path = tmp_path / "aggregator.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        AggregatorConfig.from_file(path)
+    assert str(err.value).startswith(f"{path}: {expected}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_bad_scale_names_the_feature_not_all_values(tmp_path):
+    """An error about scale printed all 64 values without naming the feature (issue 9)."""
+    features = [f"f{i}" for i in range(64)]
+    scale = [1.0] * 64
+    scale[41] = 0.0
+    path = tmp_path / "aggregator.toml"
+    path.write_text(f"[model]\nkind = 'linear'\nfeatures = {features}\nscale = {scale}\n")
+    with pytest.raises(ConfigError) as err:
+        AggregatorConfig.from_file(path)
+    assert str(err.value) == f"{path}: [model]: scale[41] (feature 'f41') must be > 0, got 0.0"
+
+
+def test_schema_defaults_are_the_settings_defaults():
+    assert RoundPolicy(**asdict(RoundsTable())) == RoundPolicy()
+    assert Limits(**asdict(LimitsTable())) == Limits()
+    assert TrainingSettings(**asdict(TrainingTable())) == TrainingSettings()
+    assert CodecParams(**asdict(CodecTable())) == CodecParams()
+    [names] = [f.type for f in fields(CodecTable) if f.name == "name"]
+    assert get_args(names) == CODEC_NAMES
+
+
+def test_tls_and_key_paths_are_relative_to_the_config(tmp_path, monkeypatch):
+    (tmp_path / "gw" / "tls").mkdir(parents=True)
+    (tmp_path / "gw" / "tls" / "ca.crt").write_text("pem")
+    (tmp_path / "gw" / "aggregator.toml").write_text(
+        MODEL + "[mqtt]\ntls = true\nca_file = 'tls/ca.crt'\n[keys]\n"
+        "private_key_file = 'keys/p.key'\n[output]\nstate_dir = 'state'\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = AggregatorConfig.from_file("gw/aggregator.toml")
+    assert cfg.mqtt.ca_file == str(tmp_path / "gw" / "tls" / "ca.crt")
+    assert cfg.key_file == str(tmp_path / "gw" / "keys" / "p.key")
+    assert cfg.state_dir == str(tmp_path / "gw" / "state")

@@ -1,0 +1,94 @@
+"""Schema of aggregator.toml: what each table may hold, its types and ranges.
+
+Defaults here equal those of the settings dataclasses they become (RoundPolicy,
+Limits, TrainingSettings, CodecParams) and its choices those of the code
+(CODEC_NAMES): tests/aggregator/test_config.py checks both.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from runtime.config import Table
+from runtime.mqtt_settings import MqttTable, NonEmpty
+
+Positive = Annotated[float, Meta(gt=0)]
+AtLeastOne = Annotated[int, Meta(ge=1)]
+
+
+class FleetTable(Table, frozen=True):
+    name: str = "demo"
+    topic_prefix: str = "fedmq"
+
+
+class KeysTable(Table, frozen=True):
+    private_key_file: NonEmpty = "state/aggregator/paillier.key"  # created on first run
+    bits: Annotated[int, Meta(ge=512, le=8192)] = 2048
+    signing_key_file: NonEmpty = "state/aggregator/signing.key"
+    allow_list_file: NonEmpty = "state/aggregator/allow_list.json"
+
+
+class RoundsTable(Table, frozen=True):
+    rounds: AtLeastOne = 10
+    round_timeout: Positive = 60.0
+    quorum: AtLeastOne = 1
+    min_agents: AtLeastOne = 1
+    start_timeout: Positive = 300.0
+    max_extensions: Annotated[int, Meta(ge=0)] = 5
+    sample_fraction: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    sample_count: Annotated[int, Meta(ge=0)] = 0
+
+
+class LimitsTable(Table, frozen=True):
+    inbox_bytes: AtLeastOne = 64 * 1024 * 1024
+    inbox_messages: AtLeastOne = 10_000
+    status_bytes: AtLeastOne = 4096
+    updates_per_round: AtLeastOne = 10
+    status_rate: Positive = 2.0
+    status_burst: AtLeastOne = 20
+    drain_seconds: Positive = 0.25
+
+
+class ModelTable(Table, frozen=True):
+    kind: Literal["linear", "logistic"]
+    features: Annotated[list[NonEmpty], Meta(min_length=1)]
+    n_classes: Annotated[int, Meta(ge=0)] = 0
+    center: list[float] | None = None  # one per feature
+    scale: list[float] | None = None  # one per feature, each > 0
+
+
+class TrainingTable(Table, frozen=True):
+    epochs: AtLeastOne = 1
+    batch_size: AtLeastOne = 32
+    learning_rate: Positive = 0.05
+    l2: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class CodecTable(Table, frozen=True):
+    name: Literal["packed/1", "per-value/1"] = "packed/1"
+    precision_bits: Annotated[int, Meta(ge=8, le=40)] = 20
+    clip: Positive = 10.0
+    max_weight: Annotated[int, Meta(ge=1, le=2**24)] = 8_000
+    max_agents: Annotated[int, Meta(ge=1, le=2**24)] = 1_000
+
+
+class OutputTable(Table, frozen=True):
+    state_dir: NonEmpty = "state/aggregator"
+    resume: bool = True
+
+
+class AggregatorFile(Table, frozen=True):
+    """Schema of aggregator.toml."""
+
+    model: ModelTable
+    fleet: FleetTable = FleetTable()
+    mqtt: MqttTable = MqttTable()
+    keys: KeysTable = KeysTable()
+    rounds: RoundsTable = RoundsTable()
+    limits: LimitsTable = LimitsTable()
+    training: TrainingTable = TrainingTable()
+    codec: CodecTable = CodecTable()
+    output: OutputTable = OutputTable()
+
