@@ -188,3 +188,14 @@ def test_a_password_needs_a_username(tmp_path):
     with pytest.raises(ConfigError, match=r"\[mqtt\] password: a password needs \[mqtt\] "
                                           "username"):
         load(tmp_path, BASE + "[mqtt]\npassword = 'x'\n")
+
+
+def test_the_example_configs_commented_login_works_when_uncommented(tmp_path, caplog):
+    text = (CONFIGS / "agent.toml").read_text()
+    text = text.replace('# username = "dev-000"', 'username = "dev-000"').replace(
+        '# password_file = "dev-000.password"', 'password_file = "dev-000.password"')
+    (tmp_path / "dev-000.password").write_text("from-a-file\n")
+    (tmp_path / "dev-000.password").chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        mqtt = load(tmp_path, text, "agent.toml").mqtt
+    assert (mqtt.username, mqtt.password) == ("dev-000", "from-a-file") and not caplog.records

@@ -59,3 +59,8 @@ def test_schema_matches_the_options():
     assert SimulationOptions(**table) == SimulationOptions()
     [tasks] = [f.type for f in fields(SimulateTable) if f.name == "task"]
     assert set(get_args(tasks)) == set(TASKS)
+
+
+def test_the_example_config_loads():
+    opts = options_from("configs/simulate.toml", {"agents": 3})
+    assert opts.agents == 3 and opts.rounds == 10 and opts.out_dir.endswith("runs/latest")
