@@ -138,7 +138,7 @@ def one_line(capsys, argv: list[str], match: str) -> None:
 
 
 def test_bad_inputs_give_one_line(trained, tmp_path, capsys):
-    spec, model, path, X, y = trained
+    spec, _model, path, X, y = trained
     good = _write_csv(tmp_path / "good.csv", X, y)
     lacking = tmp_path / "lacking.csv"
     lacking.write_text("timestamp,target,vibration_rms,current_a\n0,1,1.0,2.0\n")
