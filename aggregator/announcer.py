@@ -141,6 +141,7 @@ class Herald:
         self._announcer = announcer
         self._n_hex, self._fingerprint, self._codec_digest = n_hex, fingerprint, codec_digest
         self._again: Callable[[], None] | None = None  # the last round announcement
+        self.sent_bytes = 0  # payload bytes of every retained announcement published
 
     @property
     def _topics(self) -> Topics:
@@ -168,6 +169,7 @@ class Herald:
         self.retain(cfg.topics.round, msg.to_bytes(self._signer))
 
     def retain(self, topic: str, payload: bytes) -> None:
+        self.sent_bytes += len(payload)
         self._announcer.published(topic, payload)
         if not self._link.publish(topic, payload, retain=True):
             log.warning("publish on %s not confirmed yet; it is re-sent on reconnect", topic)

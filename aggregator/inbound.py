@@ -69,6 +69,7 @@ class Inbound:
         except Rejected as exc:
             log.warning("rejected update from %s: %s", agent, exc)
             return
+        state.update_bytes += len(payload)
         log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
                   len(state.expected))
 

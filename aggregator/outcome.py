@@ -37,6 +37,12 @@ class RoundResult:
     seconds: float
     update_norm: float
     excluded: tuple[str, ...] = ()  # accepted, but in a failing group of the culprit search
+    # What the round cost on the wire: the accepted update payloads received, and the
+    # retained announcements this aggregator published while the round was open (the
+    # round's model, re-sends after a deadline extension or reconnect). The broker sends
+    # each announcement on to every subscribed agent.
+    update_bytes: int = 0
+    model_bytes: int = 0
 
 
 @dataclass(frozen=True)

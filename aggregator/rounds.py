@@ -45,6 +45,7 @@ class RoundState:
     sampled: bool = False  # only the expected (selected) agents may contribute
     accepted: list[str] = field(default_factory=list)
     rejected: int = 0
+    update_bytes: int = 0  # payload bytes of the accepted updates
     ciphertext_sum: list[int] | None = None
     # Each accepted update's ciphertexts, for the culprit search when the sum fails
     # (bounded: at most max_agents updates of the one size the round takes).

@@ -99,6 +99,7 @@ class Aggregator:
                               n_hex=format(self.public_key.n, "x"), fingerprint=self.fingerprint,
                               codec_digest=self.codec_digest)
         self.results: list[RoundResult] = []
+        self._sent_at_open = 0  # the herald's byte count when the open round was announced
 
     @property
     def online(self) -> dict[str, bool]:
@@ -241,6 +242,7 @@ class Aggregator:
             for agent, payload in self.checkpoints.load_updates():
                 try:
                     state.offer(decode_update(payload, self.public_key), agent)
+                    state.update_bytes += len(payload)
                 except (ProtocolError, Rejected) as exc:
                     log.error("persisted update of %s no longer valid: %s", agent, exc)
             log.warning("round %d: %d accepted updates restored", round_id, len(state.accepted))
@@ -257,6 +259,7 @@ class Aggregator:
         state = self._open(run_id, round_id, version, resume)
         extensions = resume.extensions if resume is not None else 0
         participants = tuple(sorted(state.expected)) if state.sampled else ()
+        self._sent_at_open = self._herald.sent_bytes
         self._herald.round(run_id, round_id, version, params, state="training",
                            deadline=state.deadline, participants=participants)
         log.info("round %d open: expecting %d agents, quorum %d, deadline in %.0f s", round_id,
@@ -305,7 +308,8 @@ class Aggregator:
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
             rejected=state.rejected, total_weight=total_weight,
             seconds=time.time() - state.opened_at, update_norm=float(np.linalg.norm(avg_delta)),
-            excluded=excluded,
+            excluded=excluded, update_bytes=state.update_bytes,
+            model_bytes=self._herald.sent_bytes - self._sent_at_open,
         )
         # Model first, then the checkpoint: a crash in between is recognised on
         # resume (saved version = open version + 1) and the round is not reopened.

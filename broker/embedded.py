@@ -12,6 +12,7 @@ import socket
 import threading
 from typing import Any
 
+from broker import amqtt_logging
 from broker.config import BrokerSettings
 from protocol.errors import FedmqError
 
@@ -46,6 +47,8 @@ async def serve(settings: BrokerSettings, stop: asyncio.Event,
     from broker.amqtt_broker import FedmqBroker  # gateway-only dependency: import lazily
 
     config = settings.amqtt_config()
+    # amqtt's tracebacks (one per late PUBACK...) become one rate-limited line each.
+    one_line = amqtt_logging.install()
     # amqtt logs a failed start with its traceback; we say it in one line below.
     quiet = _DropStartupFailure()
     logging.getLogger("amqtt.broker").addFilter(quiet)
@@ -65,6 +68,7 @@ async def serve(settings: BrokerSettings, stop: asyncio.Event,
         await stop.wait()
     finally:
         await broker.shutdown()
+        one_line.flush_held()
 
 
 class EmbeddedBroker:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from numpy.typing import NDArray
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData, load_csv
 from edge_agent.obfuscator_pool import ObfuscatorPool
-from edge_agent.trainer import LocalUpdate, train_round
+from edge_agent.trainer import LocalUpdate, clip_note, train_round
 from models import save_model
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
 from protocol.errors import ConfigError, FedmqError, ProtocolError
@@ -33,6 +34,7 @@ from runtime.files import load_or_create_signer, write_atomic
 from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
+clip_log = logging.getLogger(f"{__name__}.clipping")
 
 
 class UntrustedKey(FedmqError):
@@ -252,9 +254,10 @@ class EdgeAgent:
         update = train_round(msg, self.data, max_weight=codec.params.max_weight,
                              seed=self.config.seed)
         values, n_clipped = quantize_update(update.delta, update.weight, codec.params)
-        if n_clipped:
-            log.warning("round %d: clipped %d of %d delta values to +-%g", msg.round_id,
-                        n_clipped, update.delta.size, codec.params.clip)
+        update = replace(update, clipped=n_clipped)
+        if n_clipped:  # its own logger: the simulation sums these per round instead
+            clip_log.warning("%s", clip_note(msg.round_id, n_clipped, update.delta.size,
+                                             codec.params.clip))
         trained = time.perf_counter()
         plaintexts = codec.encode(values)
         pool = self._pool

@@ -22,6 +22,24 @@ class LocalUpdate:
     weight: int
     loss_before: float
     loss_after: float
+    clipped: int = 0  # coordinates of delta the codec clipped to +-clip (set after quantizing)
+
+
+def clip_note(round_id: int, clipped: int, values: int, clip: float,
+              agents: int | None = None) -> str:
+    """The one line a round's clipping deserves: many clipped values bias the model."""
+    who = "" if agents is None else f"{agents} agent{'' if agents == 1 else 's'} "
+    return (f"round {round_id}: {who}clipped {clipped} of {values} values to \u00b1{clip:g} "
+            "(missing scaling or too small [codec] clip?)")
+
+
+def fleet_clip_note(round_id: int, updates: list[LocalUpdate], clip: float) -> str | None:
+    """One line for the whole fleet's clipping in a round (the simulation), or None."""
+    clipping = [u for u in updates if u.clipped]
+    if not clipping:
+        return None
+    return clip_note(round_id, sum(u.clipped for u in clipping),
+                     sum(u.delta.size for u in updates), clip, agents=len(clipping))
 
 
 def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,

@@ -9,11 +9,12 @@ training rows: the number federated learning has to come close to.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
-from fedmq import synthetic
+from edge_agent.trainer import fleet_clip_note
+from fedmq import plot, synthetic
 from fedmq.simulate_config import check_flags, file_options
 from models import ModelSpec, make_model
 from protocol.codec import CodecParams
@@ -106,6 +108,9 @@ class RoundRow:
     loss: float
     score: float
     seconds: float
+    update_bytes: int = 0
+    model_bytes: int = 0
+    clipped: int = 0  # delta coordinates the agents clipped to the codec's bound
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class SimulationReport:
     central_score: float
     final_params: NDArray[np.float64]
     out_dir: Path
+    naive_score: float = float("nan")  # majority-class accuracy, or R^2 = 0
 
     @property
     def gap(self) -> float:
@@ -189,14 +195,22 @@ class Simulation:
 
     def _on_round(self, result: RoundResult) -> None:
         loss, score = self._evaluate(result.params)
+        updates = [a.history[result.round_id] for a in self.agents
+                   if result.round_id in a.history]
         row = RoundRow(result.round_id, len(result.reported), result.expected,
-                       result.closed_by, loss, score, result.seconds)
+                       result.closed_by, loss, score, result.seconds,
+                       update_bytes=result.update_bytes, model_bytes=result.model_bytes,
+                       clipped=sum(u.clipped for u in updates))
         self.rows.append(row)
         metric = "accuracy" if self.spec.kind == "logistic" else "R^2"
         self.progress(
             f"round {row.round_id:3d}/{self.options.rounds} | agents {row.reported:3d}/"
             f"{row.expected:<3d} | loss {loss:8.4f} | {metric} {score:.4f} | "
             f"{row.seconds:6.2f} s" + ("" if row.closed_by == "all" else f" ({row.closed_by})"))
+        # The agents' own clipping warnings are held during a simulation (they would
+        # interleave with this table); the fleet's total follows the round's line.
+        if (note := fleet_clip_note(row.round_id, updates, CodecParams().clip)) is not None:
+            self.progress(f"  {note}")
         opts = self.options
         if opts.kill and result.round_id == opts.kill_after_round:
             # Cut the network of the last agents without a goodbye, as a power loss
@@ -247,7 +261,8 @@ class Simulation:
             for t in threads:
                 t.start()
             try:
-                final = aggregator.run()
+                with _held(logging.getLogger("edge_agent.agent.clipping")):
+                    final = aggregator.run()
             finally:
                 for a in self.agents:
                     a.stop()
@@ -258,7 +273,10 @@ class Simulation:
         report = SimulationReport(
             rows=tuple(self.rows), metric="accuracy" if self.spec.kind == "logistic" else "R^2",
             federated_score=self.rows[-1].score if self.rows else float("nan"),
-            central_score=central, final_params=final, out_dir=self.out_dir)
+            central_score=central, final_params=final, out_dir=self.out_dir,
+            naive_score=plot.naive_score(
+                "accuracy" if self.spec.kind == "logistic" else "R^2",
+                _xy(self.test_rows, label)[1]))
         self._write_metrics(report)
         return report
 
@@ -266,35 +284,41 @@ class Simulation:
         path = self.out_dir / "metrics.csv"
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["round", "reported", "expected", "closed_by", "test_loss",
-                             f"test_{report.metric}", "seconds"])
+            writer.writerow([*METRICS_COLUMNS[:5], f"test_{report.metric}",
+                             *METRICS_COLUMNS[5:]])
             for r in report.rows:
                 writer.writerow([r.round_id, r.reported, r.expected, r.closed_by,
-                                 f"{r.loss:.6f}", f"{r.score:.6f}", f"{r.seconds:.3f}"])
+                                 f"{r.loss:.6f}", f"{r.score:.6f}", f"{r.seconds:.3f}",
+                                 r.update_bytes, r.model_bytes, r.clipped])
         if self.options.plot:
             try:
-                plot_metrics(report, self.out_dir / "metrics.png")
+                plot.render(self.plot_input(report), self.out_dir / "metrics.png")
             except ImportError:
                 log.warning("matplotlib not installed: skipping the plot")
 
+    def plot_input(self, report: SimulationReport) -> plot.PlotInput:
+        opts = self.options
+        return plot.PlotInput(
+            task=opts.task, metric=report.metric, agents=opts.agents, iid=opts.iid,
+            key_bits=opts.key_bits, codec=CodecParams().name,
+            central_score=report.central_score, naive_score=report.naive_score,
+            rounds=tuple(plot.PlotRound(r.round_id, r.score, r.loss, r.closed_by, r.seconds,
+                                        r.update_bytes, r.model_bytes) for r in report.rows))
 
-def plot_metrics(report: SimulationReport, path: Path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+# metrics.csv: test_<metric> goes after test_loss. closed_by is "all" (every expected
+# agent reported), "deadline" (closed at the deadline without some) or "rejected-sum".
+METRICS_COLUMNS = ("round", "reported", "expected", "closed_by", "test_loss", "seconds",
+                   "update_bytes", "model_bytes", "clipped_values")
 
-    rounds = [r.round_id for r in report.rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(rounds, [r.score for r in report.rows], marker="o", label="federated (encrypted)")
-    ax1.axhline(report.central_score, color="gray", linestyle="--", label="centralized sklearn")
-    ax1.set_xlabel("round")
-    ax1.set_ylabel(f"test {report.metric}")
-    ax1.legend()
-    ax2.plot(rounds, [r.loss for r in report.rows], marker="o", color="tab:red")
-    ax2.set_xlabel("round")
-    ax2.set_ylabel("test loss")
-    fig.suptitle("fedmq fleet simulation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+@contextlib.contextmanager
+def _held(logger: logging.Logger) -> Iterator[None]:
+    """Silence ``logger``'s warnings for the block (they are summarised instead)."""
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+

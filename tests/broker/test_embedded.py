@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import io
+import logging
+import socket
+import struct
 import time
+from collections.abc import Iterator
 
 import pytest
+from mqtt_support import Probe
+from support import wait_until
 
+from broker.amqtt_logging import OneLineHandler
 from broker.cli import add_user, load_settings
 from broker.config import BrokerSettings
 from broker.embedded import BrokerStartError, EmbeddedBroker, free_port
@@ -82,3 +90,96 @@ def test_subscription_table_survives_subscribes_during_a_connect():
     for topic in table:
         table[topic + "/new"] = []  # a plain dict raises "changed size during iteration"
     assert len(table) == 2
+
+
+def _mqtt_str(text: str) -> bytes:
+    return struct.pack("!H", len(text)) + text.encode()
+
+
+def _never_acking_subscriber(port: int, topic: str) -> socket.socket:
+    """A raw MQTT 3.1.1 client subscribed at QoS 1 that never answers a PUBLISH."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = _mqtt_str("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _mqtt_str("mute")
+    s.sendall(bytes([0x10, len(body)]) + body)
+    assert s.recv(4) == b"\x20\x02\x00\x00"
+    body = struct.pack("!H", 1) + _mqtt_str(topic) + b"\x01"
+    s.sendall(bytes([0x82, len(body)]) + body)
+    assert s.recv(5)[:1] == b"\x90"
+    return s
+
+
+@pytest.fixture
+def console() -> Iterator[io.StringIO]:
+    """What the console shows: a stream handler on the root logger, as the CLI sets up."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    yield out
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+@pytest.mark.slow
+def test_amqtt_tracebacks_become_one_rate_limited_line(broker_port, console):
+    """amqtt waits 5 s for a PUBACK, then logs the failed delivery task with its
+    traceback; 100 slow agents made 1,500 lines of that before round 1."""
+    mute = _never_acking_subscriber(broker_port, "t/x")
+    sender = Probe(broker_port, "sender")
+    assert sender.connect()
+    for i in range(3):
+        sender.publish("t/x", f"m{i}".encode(), qos=1)
+    wait_until(lambda: "PUBACK" in console.getvalue(), "amqtt's PUBACK timeout", timeout=20)
+    time.sleep(0.5)  # the other two deliveries time out together with the first
+    # amqtt reports its failed delivery tasks when it broadcasts the next message.
+    sender.publish("elsewhere", b"next")
+    wait_until(lambda: "skipped" in console.getvalue(), "amqtt's failed delivery")
+    sender.close()
+    mute.close()
+    lines = console.getvalue().splitlines()
+    assert "Traceback" not in console.getvalue()
+    assert not [ln for ln in lines if " amqtt." in ln], "amqtt's records must be re-routed"
+    # Three deliveries failed; one line says so, naming the exception, not a <Task> repr.
+    assert [ln for ln in lines if "skipped" in ln] == [
+        "ERROR broker.amqtt: Task failed and will be skipped: TimeoutError: Timeout waiting "
+        "for PUBACK for packet ID 1"], lines
+    assert [ln for ln in lines if "Timeout waiting" in ln and "skipped" not in ln] == [
+        "WARNING broker.amqtt: Timeout waiting for PUBACK for packet ID 1"], lines
+
+
+def test_one_line_handler_counts_what_it_holds_back(caplog):
+    now = [0.0]
+    handler = OneLineHandler(interval=10, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING)
+
+    def fail(packet: int) -> None:
+        try:
+            raise TimeoutError(f"Timeout waiting for PUBACK for packet ID {packet}")
+        except TimeoutError:
+            record = logging.getLogger("amqtt.broker").makeRecord(
+                "amqtt.broker", logging.ERROR, __file__, 1,
+                "Task failed and will be skipped: %s", ("<Task finished name='Task-9' "
+                "coro=<Broker._deliver() done> exception=TimeoutError('x')>",), None)
+            import sys
+            record.exc_info = sys.exc_info()
+            handler.handle(record)
+
+    for packet in range(50):
+        fail(packet)
+    now[0] = 11.0
+    fail(99)
+    fail(100)
+    handler.flush_held()
+    got = [r.getMessage() for r in caplog.records]
+    assert got == [
+        "Task failed and will be skipped: TimeoutError: Timeout waiting for PUBACK for packet "
+        "ID 0",
+        "Task failed and will be skipped: TimeoutError: Timeout waiting for PUBACK for packet "
+        "ID 99 (and 49 more like it in the last 10 s)",
+        "1 more amqtt messages like: Task failed and will be skipped: TimeoutError: Timeout "
+        "waiting for PUBACK for packet ID #"]
+    assert handler.suppressed == 50
+    assert "Traceback" not in caplog.text

@@ -46,3 +46,16 @@ def test_labels_outside_the_model_classes_are_a_data_error():
     spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
     with pytest.raises(ConfigError, match="local training failed"):
         train_round(round_for(spec), bad, max_weight=100)
+
+
+def test_clip_notes_name_the_count_the_bound_and_the_likely_cause():
+    from edge_agent.trainer import LocalUpdate, clip_note, fleet_clip_note
+
+    assert clip_note(3, 12, 304, 10.0) == (
+        "round 3: clipped 12 of 304 values to \u00b110 (missing scaling or too small [codec] "
+        "clip?)")
+    ups = [LocalUpdate(3, np.zeros(5), 10, 1.0, 0.5, clipped=c) for c in (0, 2, 1)]
+    assert fleet_clip_note(3, ups, 0.5) == (
+        "round 3: 2 agents clipped 3 of 15 values to \u00b10.5 (missing scaling or too small "
+        "[codec] clip?)")
+    assert fleet_clip_note(3, ups[:1], 0.5) is None

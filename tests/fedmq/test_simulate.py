@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import pytest
 
@@ -28,10 +29,45 @@ def test_killed_agent_round_closes_at_deadline(tmp_path):
     opts = SimulationOptions(agents=3, rounds=2, key_bits=512, samples_per_device=100,
                              out_dir=str(tmp_path), kill=1, kill_after_round=1,
                              round_timeout=2.0, plot=False, task="next_temperature")
-    report = Simulation(opts, progress=lambda _: None).run()
+    sim = Simulation(opts, progress=lambda _: None)
+    report = sim.run()
     assert report.rows[0].closed_by == "all"
     assert report.rows[1].reported == 2
     assert report.metric == "R^2"
+    assert report.naive_score == 0.0
+    with (tmp_path / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # The deadline-closed round is flagged; the cost columns hold what went over the wire.
+    assert [r["closed_by"] for r in rows] == ["all", "deadline"]
+    last_payloads = sum(len(a._sent[2]) for a in sim.agents[:2])  # the survivors' round 2
+    assert int(rows[1]["update_bytes"]) == last_payloads
+    assert int(rows[0]["update_bytes"]) > int(rows[1]["update_bytes"])  # 3 agents vs 2
+    assert all(int(r["model_bytes"]) > 8 * 16 for r in rows)  # 16 parameters as JSON+
+    for r in rows:
+        assert {"seconds", "update_bytes", "model_bytes", "clipped_values"} <= r.keys()
+
+
+def test_clipping_is_summarised_after_the_round_line_not_interleaved(tmp_path, caplog):
+    """Each agent warned about clipped values on its own; with 20 agents in one process
+    those lines interleaved with the progress table."""
+    caplog.set_level(logging.WARNING)
+    lines: list[str] = []
+    opts = SimulationOptions(agents=4, rounds=2, key_bits=512, samples_per_device=200,
+                             out_dir=str(tmp_path), learning_rate=20.0, plot=False)
+    report = Simulation(opts, progress=lines.append).run()
+    assert not [r for r in caplog.records if "clipped" in r.getMessage()]
+    with (tmp_path / "metrics.csv").open() as fh:
+        clipped = [int(r["clipped_values"]) for r in csv.DictReader(fh)]
+    assert clipped == [r.clipped for r in report.rows] and sum(clipped) > 0
+    table = [ln for ln in lines if ln.startswith("round") or "clipped" in ln]
+    for i, row in enumerate(report.rows):
+        at = table.index(next(ln for ln in table if ln.startswith(f"round {row.round_id:3d}/")))
+        if row.clipped:
+            assert table[at + 1].strip().startswith(
+                f"round {row.round_id}: ") and f"clipped {row.clipped} of 20 values to " \
+                "\u00b110 (missing scaling" in table[at + 1], table
+        else:
+            assert i + 1 == len(report.rows) or table[at + 1].startswith("round"), table
 
 
 def test_fleet_without_faults_is_a_clear_error(tmp_path):

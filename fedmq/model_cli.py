@@ -1,0 +1,173 @@
+"""``fedmq export`` and ``fedmq evaluate``: use the trained global model outside fedmq.
+
+export: a fitted scikit-learn estimator (joblib), an ONNX graph (through
+skl2onnx) or a portable JSON document (``models.export``). The estimators take
+raw sensor values: the fleet's standardization is folded into the coefficients.
+
+evaluate: the metrics of a model file on a labelled CSV, picking the columns by
+the model's feature names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    from models import ModelSpec
+    from models.base import FloatArray
+
+FORMATS = ("sklearn", "onnx", "json")
+
+
+def load_any(path: str) -> tuple[ModelSpec, FloatArray]:
+    """A fedmq model file (.npz/.json, as the aggregator writes) or a JSON export."""
+    # Imported here: the parser is built for every fedmq command, numpy is slow to load.
+    from models import ModelError, load_model
+    from models.export import from_portable
+
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".json":
+            try:
+                doc = json.loads(p.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ModelError(f"not a JSON model file: {exc}") from exc
+            if isinstance(doc, dict) and "schema" in doc:
+                return from_portable(doc)
+        spec, params, _meta = load_model(p)
+        return spec, params
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model file {p} not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read model file {p}: {exc.strerror}") from exc
+    except ModelError as exc:
+        text = str(exc)
+        raise ConfigError(text if str(p) in text else f"{p}: {text}") from exc
+
+
+_INSTALL = {"sklearn": "pip install scikit-learn", "onnx": "pip install 'fedmq[onnx]' "
+            "(skl2onnx and onnxruntime)"}
+
+
+def _need(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"this export needs the Python package {module.split('.')[0]}, "
+                          f"which is not installed: {_INSTALL[extra]}") from exc
+
+
+def export_bytes(spec: ModelSpec, params: FloatArray, fmt: str) -> bytes:
+    """The exported model as the bytes of the output file."""
+    from models import make_model
+    from models.export import to_portable
+
+    if fmt == "json":
+        return (json.dumps(to_portable(spec, params), indent=2) + "\n").encode()
+    _need("sklearn", "sklearn" if fmt == "sklearn" else "onnx")
+    estimator = make_model(spec).set_params_vector(params).to_sklearn()
+    if fmt == "sklearn":
+        import io
+
+        joblib = _need("joblib", "sklearn")
+        buf = io.BytesIO()
+        joblib.dump(estimator, buf)
+        return buf.getvalue()
+    convert = _need("skl2onnx", "onnx")
+    types = _need("skl2onnx.common.data_types", "onnx")
+    options = {id(estimator): {"zipmap": False}} if spec.kind == "logistic" else None
+    onnx_model = convert.convert_sklearn(
+        estimator, initial_types=[("input", types.FloatTensorType([None, spec.n_features]))],
+        options=options, target_opset=None)
+    return bytes(onnx_model.SerializeToString())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from models import make_model
+    from models.export import SCHEMA
+    from runtime.files import write_atomic
+
+    spec, params = load_any(args.model)
+    data = export_bytes(spec, params, args.format)
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, data)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror}") from exc
+    what = {"sklearn": f"scikit-learn {type(make_model(spec)).__name__[:-5]} (joblib)",
+            "onnx": "ONNX graph (input 'input': float32 rows of "
+                    f"{', '.join(spec.features)})",
+            "json": f"portable JSON ({SCHEMA})"}[args.format]
+    print(f"{spec.kind} model on {spec.n_features} features written to {out}: {what}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edge_agent.data import load_csv
+    from models import ModelError, make_model
+    from models.evaluation import evaluate
+
+    if len(args.delimiter) != 1:
+        raise ConfigError(f"--delimiter must be one character, got {args.delimiter!r}")
+    spec, params = load_any(args.model)
+    label = args.label or _guess_label(Path(args.data), spec, args.delimiter)
+    data = load_csv(args.data, spec.features, label, delimiter=args.delimiter)
+    model = make_model(spec).set_params_vector(params)
+    try:
+        result = evaluate(model, data.X, data.y)
+    except ModelError as exc:
+        raise ConfigError(f"{args.data}: label column {label!r}: {exc}") from exc
+    print(f"model {args.model} ({spec.kind}, {spec.n_features} features) on {args.data}, "
+          f"label {label!r}")
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def _guess_label(path: Path, spec: ModelSpec, delimiter: str) -> str:
+    """The one CSV column that is neither a feature nor a timestamp, if there is one."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh, delimiter=delimiter), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header = []  # load_csv reports the file problem in its own words
+    others = [h.strip() for h in header if h.strip() not in (*spec.features, "timestamp")]
+    if len(others) == 1:
+        return others[0]
+    if not header:
+        return ""  # load_csv names the real problem (missing, empty, binary)
+    raise ConfigError(f"{path}: say which column is the label with --label (candidates: "
+                      f"{', '.join(others) or 'none'})")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("export", help="write the global model for scikit-learn, ONNX or JSON",
+                       description="Export a fedmq model file for use outside fedmq. The "
+                       "estimators take raw feature values in the model's feature order.")
+    p.add_argument("--model", default="runs/latest/aggregator/global_model.npz",
+                   help="fedmq model file (default: runs/latest/aggregator/global_model.npz)")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="sklearn: joblib file of a fitted estimator (load only files you "
+                   "trust: joblib is pickle); onnx: needs the 'onnx' extra; json: portable")
+    p.add_argument("--out", required=True, help="output file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="print a model's metrics on a labelled CSV file",
+                       description="Classification: accuracy, balanced accuracy, log loss, "
+                       "per-class recall, confusion matrix. Regression: MSE, MAE, R^2.")
+    p.add_argument("--model", default="runs/latest/aggregator/global_model.npz",
+                   help="fedmq model file or JSON export")
+    p.add_argument("--data", required=True, help="CSV with the model's feature columns")
+    p.add_argument("--label", help="label column (default: the one non-feature column)")
+    p.add_argument("--delimiter", default=",", help="CSV delimiter (default: ,)")
+    p.set_defaults(func=cmd_evaluate)
