@@ -155,9 +155,9 @@ class Herald:
 
     def round(self, run_id: str, round_id: int, version: int, params: NDArray[np.float64], *,
               state: str, deadline: float | None = None,
-              participants: tuple[str, ...] = ()) -> None:
+              participants: tuple[str, ...] = (), reason: str = "") -> None:
         self._again = partial(self.round, run_id, round_id, version, params, state=state,
-                              deadline=deadline, participants=participants)
+                              deadline=deadline, participants=participants, reason=reason)
         cfg = self._config
         msg = RoundMessage(
             fleet=cfg.topics.fleet, round_id=round_id, model_version=version, state=state,
@@ -165,6 +165,7 @@ class Herald:
             deadline=deadline if deadline is not None else time.time(),
             settings=cfg.training, key_fingerprint=self._fingerprint,
             codec_digest=self._codec_digest, run_id=run_id, participants=participants,
+            reason=reason,
         )
         self.retain(cfg.topics.round, msg.to_bytes(self._signer))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 
 from aggregator.checkpoint import Checkpoints
+from aggregator.notices import Notifier
 from aggregator.rounds import Redelivered, Rejected, RoundState
-from protocol.errors import ProtocolError
+from protocol.errors import KeyMismatchError, ProtocolError
 from protocol.messages import StatusMessage
 from protocol.paillier import PaillierPublicKey
 from protocol.topics import Topics
@@ -21,8 +22,9 @@ log = logging.getLogger("aggregator.service")
 
 class Inbound:
     def __init__(self, topics: Topics, public_key: PaillierPublicKey,
-                 checkpoints: Checkpoints) -> None:
+                 checkpoints: Checkpoints, notifier: Notifier | None = None) -> None:
         self.topics = topics
+        self.notifier = notifier
         self.public_key = public_key
         self.checkpoints = checkpoints
         self.online: dict[str, bool] = {}
@@ -55,6 +57,8 @@ class Inbound:
             log.warning("rejected payload on %s: %s", topic, exc)
             if state is not None:
                 state.rejected += 1
+                if isinstance(exc, KeyMismatchError) and self.notifier is not None:
+                    self.notifier.key_mismatch(state, agent, payload, str(exc))
             return
         if state is None:
             log.info("dropping update from %s for round %d: no round is open", agent,
@@ -68,6 +72,8 @@ class Inbound:
             return
         except Rejected as exc:
             log.warning("rejected update from %s: %s", agent, exc)
+            if self.notifier is not None:
+                self.notifier.rejected(state, agent, exc)
             return
         state.update_bytes += len(payload)
         log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),

@@ -12,13 +12,23 @@ from dataclasses import dataclass, field
 
 from protocol.codec import Codec
 from protocol.errors import ProtocolError
+from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import PaillierPublicKey, add_ciphertexts
-from protocol.signing import Ed25519PublicKey
+from protocol.signing import Ed25519PublicKey, public_key_hex
 from protocol.wire import UpdateMessage
 
 
 class Rejected(Exception):
-    """An update that is not counted, with the reason for the log."""
+    """An update that is not counted, with the reason for the log.
+
+    ``code`` (a ``protocol.notices`` code) when the device can act on the reason,
+    so the aggregator tells it; None for reasons it cannot (replays, duplicates).
+    ``update_key``: the key a validly self-signed update was signed with, or "".
+    """
+
+    def __init__(self, reason: str, *, code: str | None = None, update_key: str = "") -> None:
+        super().__init__(reason)
+        self.code, self.update_key = code, update_key
 
 
 class Redelivered(Rejected):
@@ -84,11 +94,20 @@ class RoundState:
         if u.agent_id != topic_agent:
             raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic")
         key = self.allow_list.get(u.agent_id)
+        own_key = u.signer_key if u.signed_by_named_key() else ""
         if key is None:
-            raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)")
+            raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
+                           code=NOT_ENROLLED, update_key=own_key)
         try:
             u.verify(key)
         except ProtocolError as exc:
+            if own_key:
+                # Validly signed, by a key the allow-list does not hold for this agent:
+                # a device whose key changed (new SD card, state_dir wiped), not a forgery
+                # of its enrolled key.
+                raise Rejected(f"{u.agent_id!r} is not enrolled with this key (signed with "
+                               f"{own_key[:16]}..., enrolled {public_key_hex(key)[:16]}...)",
+                               code=OTHER_KEY, update_key=own_key) from exc
             raise Rejected(f"{exc} from {u.agent_id!r}: forged or tampered update") from exc
         if u.fleet != self.fleet or u.run_id != self.run_id:
             raise Rejected(f"update is for fleet {u.fleet!r} run {u.run_id!r}, not this run")
@@ -97,9 +116,10 @@ class RoundState:
         if u.round_id > self.round_id:
             raise Rejected(f"update for round {u.round_id}, which is not open")
         if u.key_fingerprint != self.key_fingerprint or u.codec_digest != self.codec_digest:
-            raise Rejected("update made for another key or codec contract")
+            raise Rejected("update made for another key or codec contract", code=KEY_MISMATCH)
         if u.n_values != self.n_values:
-            raise Rejected(f"update carries {u.n_values} values, the model needs {self.n_values}")
+            raise Rejected(f"update carries {u.n_values} values, the model needs {self.n_values}",
+                           code=WRONG_MODEL)
         if len(u.ciphertexts) != self.codec.plaintext_count(self.n_values):
             raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts")
         if u.agent_id in self._hashes:

@@ -27,6 +27,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.culprits import Suspects
 from aggregator.inbound import Inbound
 from aggregator.keys import load_aggregator_keys
+from aggregator.notices import Notifier
 from aggregator.outcome import RoundResult, fedavg_step
 from aggregator.rounds import Rejected, RoundState
 from aggregator.store import RunStore
@@ -79,7 +80,9 @@ class Aggregator:
         self._stop = threading.Event()
         self.store = RunStore(Path(config.state_dir))
         self.checkpoints = Checkpoints(Path(config.state_dir))
-        self._inbound = Inbound(config.topics, self.public_key, self.checkpoints)
+        self._notifier = Notifier(config.topics, self.signer, self._send_notice)
+        self._inbound = Inbound(config.topics, self.public_key, self.checkpoints,
+                                self._notifier)
         self._suspects = Suspects()
         self._admit = self._admission.filter(self._inbox.put)
         self._rng = secrets.SystemRandom()
@@ -135,15 +138,21 @@ class Aggregator:
             self._herald.key(cfg.codec)
             run_id, resume = start.run_id, start.open_round
             params, version, round_id = start.params, start.version, start.round_id
-            if resume is None:
-                # Also after a restart at a round boundary: the agents' retained statuses
-                # arrive only now, and a round opened before them would expect nobody.
-                self._wait_for_agents()
-            while round_id <= cfg.policy.rounds and not self._stop.is_set():
-                # Only the first round of a restarted run can be a resumed one.
-                result = self._run_round(run_id, round_id, version, params, resume=resume)
-                params, version, round_id = result.params, result.model_version, round_id + 1
-                resume = None
+            try:
+                if resume is None:
+                    # Also after a restart at a round boundary: the agents' retained statuses
+                    # arrive only now, and a round opened before them would expect nobody.
+                    self._wait_for_agents()
+                while round_id <= cfg.policy.rounds and not self._stop.is_set():
+                    # Only the first round of a restarted run can be a resumed one.
+                    result = self._run_round(run_id, round_id, version, params, resume=resume)
+                    params, version, round_id = result.params, result.model_version, round_id + 1
+                    resume = None
+            except RoundFailed as exc:
+                if not self._stop.is_set():  # given up, not stopped: agents need not wait
+                    self._herald.round(run_id, round_id, version, params, state="failed",
+                                       reason=str(exc))
+                raise
             self._herald.round(run_id, cfg.policy.rounds + 1, version, params, state="finished")
             self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
                                                    "finished"))
@@ -283,6 +292,11 @@ class Aggregator:
                 self._herald.round(run_id, round_id, version, params, state="training",
                                    deadline=state.deadline, participants=participants)
             self._drain(state, min(0.2, max(0.0, state.deadline - time.time())))
+            if taken := self._notifier.newly_enrolled(state, self.allow_list):
+                log.info("round %d: %s enrolled now; announcing the round again for their "
+                         "updates", round_id, ", ".join(taken))
+                self._herald.round(run_id, round_id, version, params, state="training",
+                                   deadline=state.deadline, participants=participants)
         if state.missing:
             log.warning("round %d closed at the deadline without %s", round_id,
                         ", ".join(sorted(state.missing)))
@@ -332,6 +346,10 @@ class Aggregator:
         if self._on_round is not None:
             self._on_round(result)
         return result
+
+    def _send_notice(self, topic: str, payload: bytes) -> None:
+        # From the round loop: queued for paho, never waited for (a notice is advice).
+        self._link.publish(topic, payload, qos=1, wait=False)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         # paho's thread: our own retained topics go to the announcer, the rest

@@ -39,9 +39,10 @@ class FleetAcl:
 
     | user       | publish                          | subscribe / receive        |
     |------------|----------------------------------|----------------------------|
-    | aggregator | pubkey, round, metrics           | update/+, status/+,        |
+    | aggregator | pubkey, round, metrics, notice/+ | update/+, status/+,        |
     |            |                                  | pubkey, round              |
-    | agent id   | update/<own id>, status/<own id> | pubkey, round, metrics     |
+    | agent id   | update/<own id>, status/<own id> | pubkey, round, metrics,    |
+    |            |                                  | notice/<own id>            |
 
     Anyone else, including clients without a user name, may do nothing. The
     aggregator reads its own pubkey and round back to notice (and replace) a
@@ -74,9 +75,13 @@ class FleetAcl:
         aggregators = tuple(aggregator_users)
         return cls(topics, aggregators, tuple(u for u in users if u not in aggregators))
 
-    def aggregator_publish(self) -> list[str]:
+    def broadcast(self) -> list[str]:
+        """What the aggregator publishes for every agent to read."""
         t = self.topics
         return [t.pubkey, t.round, t.metrics]
+
+    def aggregator_publish(self) -> list[str]:
+        return [*self.broadcast(), self.topics.notices_filter]
 
     def aggregator_subscribe(self) -> list[str]:
         t = self.topics
@@ -85,8 +90,9 @@ class FleetAcl:
     def agent_publish(self, agent_id: str) -> list[str]:
         return [self.topics.update(agent_id), self.topics.status(agent_id)]
 
-    def agent_subscribe(self) -> list[str]:
-        return self.aggregator_publish()
+    def agent_subscribe(self, agent_id: str) -> list[str]:
+        """The broadcasts, and the notices to this agent only (they name its problems)."""
+        return [*self.broadcast(), self.topics.notice(agent_id)]
 
     def publish_lists(self) -> dict[str, list[str]]:
         lists = {user: self.aggregator_publish() for user in self.aggregator_users}
@@ -95,5 +101,5 @@ class FleetAcl:
 
     def subscribe_lists(self) -> dict[str, list[str]]:
         lists = {user: self.aggregator_subscribe() for user in self.aggregator_users}
-        lists.update({agent: self.agent_subscribe() for agent in self.agents})
+        lists.update({agent: self.agent_subscribe(agent) for agent in self.agents})
         return lists

@@ -1,11 +1,14 @@
 """Configuration for a Mosquitto 2.x broker with the fleet's users, topic ACL and payload cap.
 
-Pure text generation plus one function that writes the files. The ACL uses
-``pattern`` lines with ``%u`` (the MQTT user name, which is the agent id), so
-one file serves every agent and adding a device only touches the password
-file. ``%c`` (the client id) is not used to grant anything: a client picks its
-own id, and the listener sets ``use_username_as_clientid`` so that one user
-cannot take over another user's session either.
+Pure text generation plus one function that writes the files. Mosquitto 2.0
+loads it without a warning: what differs per agent (its update, status and
+notice topics) are ``pattern`` lines with ``%u`` (the MQTT user name, which is
+the agent id); the topics every agent reads are ``topic`` lines in each user's
+section, because a pattern without ``%u``/``%c`` draws a warning per line.
+``%c`` (the client id) is not used to grant anything: a client picks its own
+id, and the listener sets ``use_username_as_clientid`` so that one user cannot
+take over another user's session either. Adding a device means running the
+generator again with it (it keeps every existing password).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from protocol.topics import check_name
 # would add connect latency on a small gateway and no real protection.
 PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
-# Bytes of a PUBLISH packet besides topic and payload: fixed header (at most 5),
-# topic length (2) and packet id (2).
-_PUBLISH_HEADERS = 9
+# What Mosquitto 2.0 counts of a PUBLISH besides topic and payload: it compares the
+# remaining length plus one byte with max_packet_size (measured with 2.0.11), and the
+# remaining length of an MQTT 3.1.1 QoS 1 PUBLISH holds the topic length (2 bytes) and
+# the packet id (2). So the cap is exact for QoS 1 over MQTT 3.1.1, what fedmq speaks;
+# a QoS 0 PUBLISH (no packet id) may carry 2 bytes more, an MQTT 5 one 1 byte less.
+_PUBLISH_OVERHEAD = 5
 
 # Per-client queue bounds (see config_text).
 MAX_QUEUED_MESSAGES = 1000
@@ -99,9 +105,18 @@ class MosquittoSetup:
 
     @property
     def max_packet_size(self) -> int:
-        """Room for the cap plus the longest fleet topic: an agent id has at most 64 chars."""
-        longest_topic = len(self.acl.topics.update("x" * 64).encode())
-        return self.max_payload_bytes + longest_topic + _PUBLISH_HEADERS
+        """Room for the cap plus the longest topic a fleet user may publish to.
+
+        Mosquitto 2 caps packets, not payloads (``message_size_limit`` is deprecated
+        and draws a warning). The topics a user may publish to have one length per
+        agent, so the cap is exact for the agents with the longest id and a few
+        bytes looser for shorter ids.
+        """
+        t, acl = self.acl.topics, self.acl
+        topics = [*acl.broadcast(), *(topic for agent in acl.agents for topic in (
+            t.update(agent), t.status(agent), t.notice(agent)))]
+        longest_topic = max(len(topic.encode()) for topic in topics)
+        return self.max_payload_bytes + longest_topic + _PUBLISH_OVERHEAD
 
     def users(self) -> tuple[str, ...]:
         return (*self.acl.aggregator_users, *self.acl.agents)
@@ -112,11 +127,16 @@ def acl_text(acl: FleetAcl) -> str:
     lines = [
         f"# Topic ACL of fedmq fleet {t.fleet!r}, written by `fedmq broker mosquitto-config`.",
         "# Every user may write only the update and status topics named after its user",
-        "# name (%u: the agent id) and read the aggregator's topics.",
+        "# name (%u: the agent id), read only the notices to it, and read the",
+        "# aggregator's broadcasts (one section per user: Mosquitto warns about patterns",
+        "# without %u).",
         f"pattern write {t.base}/update/%u",
         f"pattern write {t.base}/status/%u",
-        *(f"pattern read {topic}" for topic in acl.agent_subscribe()),
+        f"pattern read {t.base}/notice/%u",
     ]
+    for agent in acl.agents:
+        lines += ["", f"user {agent}"]
+        lines += [f"topic read {topic}" for topic in acl.broadcast()]
     for user in acl.aggregator_users:
         lines += ["", f"user {user}"]
         lines += [f"topic write {topic}" for topic in acl.aggregator_publish()]
@@ -149,12 +169,12 @@ def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -
         f"password_file {password_file.resolve()}",
         f"acl_file {acl_file.resolve()}",
         "",
-        "# Payload cap: a larger PUBLISH payload is dropped (its QoS flow completes), and a",
-        "# packet too large to be a fleet message disconnects its client before it is read.",
-        "# Mosquitto suggests max_packet_size alone, but that counts the topic too; together",
-        "# the two cap the payload exactly and bound the memory one packet can take.",
-        f"message_size_limit {setup.max_payload_bytes}",
+        "# Payload cap: a PUBLISH whose payload is over the cap on the longest topic a",
+        "# fleet user may publish to disconnects its client before the packet is read.",
+        "# max_packet_size counts the topic too: see fedmq's broker/mosquitto.py. No topic",
+        "# aliases (MQTT 5), which would let a packet drop its topic and carry more payload.",
         f"max_packet_size {setup.max_packet_size}",
+        "max_topic_alias 0",
         "",
         "# Memory: messages queued for a client that reads slower than others publish",
         "# (one agent flooding the aggregator) are dropped beyond these, and the heap is",

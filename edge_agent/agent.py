@@ -17,12 +17,14 @@ from numpy.typing import NDArray
 
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData, load_csv
+from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, clip_note, train_round
 from models import save_model
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
 from protocol.errors import ConfigError, FedmqError, ProtocolError
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
+from protocol.notices import NoticeMessage
 from protocol.obfuscation import make_obfuscators
 from protocol.paillier import PaillierPublicKey, encrypt_ints, public_key_from_hex
 from protocol.paillier import fingerprint as key_fingerprint
@@ -62,11 +64,16 @@ class EdgeAgent:
         self._not_selected: set[int] = set()  # rounds of the current run, like history
         self._run_id: str | None = None
         self._sent: tuple[str, int, bytes, frozenset[float]] | None = None
+        self._noticed: set[str] = set()  # notice codes explained in this run
+        self._forged_notice_logged = False
+        # Set when the aggregator announced that the run failed (its reason).
+        self.run_failed: str | None = None
         topics = config.topics
         self._status_topic = topics.status(config.agent_id)
+        self._notice_topic = topics.notice(config.agent_id)
         self._link = MqttLink(
             config.mqtt, client_id=f"fedmq-agent-{config.agent_id}", on_message=self._inbox.put,
-            subscriptions=[(topics.pubkey, 1), (topics.round, 1)],
+            subscriptions=[(topics.pubkey, 1), (topics.round, 1), (self._notice_topic, 1)],
             will=(self._status_topic, self._status("offline")),
             on_connect=self._announce_online,
         )
@@ -118,6 +125,9 @@ class EdgeAgent:
     def _handle(self, topic: str, payload: bytes) -> bool:
         """Process one message; True once the fleet announced it is finished."""
         topics = self.config.topics
+        if topic == self._notice_topic:
+            self._on_notice(payload)
+            return False
         try:
             if topic == topics.pubkey:
                 self._accept_key(PubKeyMessage.from_bytes(payload))
@@ -227,12 +237,16 @@ class EdgeAgent:
                 return False
             self._finish(msg)
             return True
+        if msg.state == "failed":
+            return self._failed(msg)
         if msg.run_id != self._run_id:
             if self._run_id is not None:
                 log.info("a new run %s started; joining it", msg.run_id)
             self._run_id = msg.run_id
             self.history.clear()
             self._not_selected.clear()
+            self._noticed.clear()
+            self.run_failed = None
         if msg.round_id in self.history:
             self._resend(msg)
             return False
@@ -248,6 +262,37 @@ class EdgeAgent:
         except (ConfigError, ProtocolError) as exc:
             log.error("round %d skipped: %s", msg.round_id, exc)
         return False
+
+    def _failed(self, msg: RoundMessage) -> bool:
+        """The aggregator gave up: True (stop) if it was this agent's run."""
+        if msg.run_id != self._run_id:
+            log.info("an earlier run failed before this agent joined (%s); waiting for a new "
+                     "run", msg.reason)
+            return False
+        self.run_failed = msg.reason or "no reason given"
+        then = "exiting" if self.config.exit_when_finished else "waiting for a new run"
+        log.error("the aggregator gave up run %s at round %d: %s; %s", msg.run_id,
+                  msg.round_id, self.run_failed, then)
+        return True
+
+    def _on_notice(self, payload: bytes) -> None:
+        """The aggregator says why it rejected our update: one line with the fix per code."""
+        if self._aggregator_key is None:
+            return  # no trusted aggregator key yet: nothing to tell a genuine notice by
+        try:
+            notice = NoticeMessage.from_bytes(payload, verify_with=self._aggregator_key)
+        except ProtocolError as exc:
+            if not self._forged_notice_logged:
+                self._forged_notice_logged = True
+                log.warning("ignoring a notice not signed by the trusted aggregator: %s", exc)
+            return
+        if (notice.fleet != self.config.topics.fleet or notice.agent_id != self.config.agent_id
+                or (self._run_id is not None and notice.run_id != self._run_id)):
+            return
+        if notice.code in self._noticed:
+            return
+        self._noticed.add(notice.code)
+        log.error("%s", explain(notice, self.signer.public_hex))
 
     def _serve(self, msg: RoundMessage, key: PaillierPublicKey, codec: Codec) -> None:
         started = time.perf_counter()

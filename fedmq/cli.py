@@ -146,7 +146,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = EdgeAgent(config)
     _stop_on_sigterm(agent.stop)
     agent.run()
-    return 0
+    return 1 if agent.run_failed and config.exit_when_finished else 0  # it logged why
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -30,7 +30,11 @@ from protocol.signing import (
 from protocol.topics import check_name
 
 MAX_CONTROL_BYTES = 4 * 1024 * 1024
-ROUND_STATES = ("training", "finished")
+# "failed": the aggregator gave up the run (quorum not reached); a final message like
+# "finished". Agents older than it reject the unknown state as a bad message and keep
+# waiting, as they did before it existed.
+ROUND_STATES = ("training", "finished", "failed")
+MAX_REASON = 500  # characters of a failed run's reason
 AGENT_STATES = ("online", "offline")
 
 
@@ -161,6 +165,7 @@ class RoundMessage:
     """The current round (retained): global model, deadline and training settings.
 
     ``state == "finished"`` announces the final model; agents stop training.
+    ``state == "failed"`` says the run ended without its rounds, ``reason`` why.
     """
 
     fleet: str
@@ -176,6 +181,7 @@ class RoundMessage:
     run_id: str
     participants: tuple[str, ...] = ()  # sampled agents; empty: every online agent
     issued_at: float = field(default_factory=time.time)
+    reason: str = ""  # only with state "failed"
 
     SCHEMA = "fedmq.round/2"
 
@@ -188,6 +194,9 @@ class RoundMessage:
             raise ProtocolError("round_id must be >= 1 and model_version >= 0")
         if self.state not in ROUND_STATES:
             raise ProtocolError(f"round state must be one of {ROUND_STATES}")
+        if len(self.reason) > MAX_REASON or (self.reason and self.state != "failed"):
+            raise ProtocolError("a reason goes only with state 'failed', at most "
+                                f"{MAX_REASON} characters")
         if len(self.params) != self.spec.n_params:
             raise ProtocolError(
                 f"model of kind {self.spec.kind} needs {self.spec.n_params} parameters, "
@@ -204,8 +213,10 @@ class RoundMessage:
         return not self.participants or agent_id in self.participants
 
     def to_bytes(self, signer: Signer) -> bytes:
+        # "reason" only when there is one: the other states sign exactly what they did.
+        extra = {"reason": self.reason} if self.reason else {}
         return sign_document({
-            "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
+            **extra, "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
             "model_version": self.model_version, "state": self.state,
             "model": self.spec.to_dict(), "params": list(self.params),
             "deadline": self.deadline, "settings": self.settings.to_dict(),
@@ -239,6 +250,7 @@ class RoundMessage:
             key_fingerprint=_get(doc, "key_fingerprint", str),
             codec_digest=_get(doc, "codec_digest", str), run_id=_get(doc, "run", str),
             participants=tuple(participants), issued_at=_number(doc, "issued_at"),
+            reason=_get(doc, "reason", str) if "reason" in doc else "",
         )
 
 

@@ -1,6 +1,6 @@
 """MQTT topic names of one fleet.
 
-``<prefix>/<fleet>/{pubkey, round, update/<id>, status/<id>, metrics}``
+``<prefix>/<fleet>/{pubkey, round, update/<id>, status/<id>, notice/<id>, metrics}``
 """
 
 from __future__ import annotations
@@ -62,6 +62,14 @@ class Topics:
     @property
     def status_filter(self) -> str:
         return f"{self.base}/status/+"
+
+    @property
+    def notices_filter(self) -> str:
+        return f"{self.base}/notice/+"
+
+    def notice(self, agent_id: str) -> str:
+        """The aggregator's notices to one agent (why its update was rejected)."""
+        return f"{self.base}/notice/{check_name(agent_id, 'agent id')}"
 
     def update(self, agent_id: str) -> str:
         return f"{self.base}/update/{check_name(agent_id, 'agent id')}"

@@ -27,7 +27,14 @@ from protocol.paillier import (
     ciphertexts_to_bytes,
     fingerprint,
 )
-from protocol.signing import SIGNATURE_BYTES, UPDATE_DOMAIN, Ed25519PublicKey, Signer, verify
+from protocol.signing import (
+    SIGNATURE_BYTES,
+    UPDATE_DOMAIN,
+    Ed25519PublicKey,
+    Signer,
+    public_key_from_hex,
+    verify,
+)
 from protocol.topics import check_name
 
 MAGIC = b"FMQU"
@@ -58,6 +65,10 @@ class UpdateMessage:
     ciphertexts: tuple[int, ...]
     signed_hash: bytes = b""
     signature: bytes = b""
+    # The signer's Ed25519 public key (hex), as the header names it: lets the
+    # aggregator tell "signed, but with a key it has not enrolled" from a forgery.
+    # Optional (older agents omit it); it grants nothing, the enrolled key decides.
+    signer_key: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
@@ -65,6 +76,14 @@ class UpdateMessage:
         check_name(self.run_id, "run id", ProtocolError)
         if self.round_id < 1 or self.n_values < 1 or not self.ciphertexts:
             raise ProtocolError("update needs round >= 1, n_values >= 1 and ciphertexts")
+
+    def signed_by_named_key(self) -> bool:
+        """True if the signature verifies with the key the header names."""
+        try:
+            self.verify(public_key_from_hex(self.signer_key))
+        except ProtocolError:
+            return False
+        return True
 
     def verify(self, key: Ed25519PublicKey) -> None:
         """Raise ProtocolError unless the agent's key signed exactly this payload."""
@@ -79,7 +98,7 @@ def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey, signer: Sig
         "schema": SCHEMA, "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id,
         "agent": msg.agent_id, "key": msg.key_fingerprint, "codec": msg.codec_digest,
         "values": msg.n_values, "count": len(msg.ciphertexts),
-        "size": ciphertext_size(public_key),
+        "size": ciphertext_size(public_key), "signer": signer.public_hex,
     }, separators=(",", ":")).encode()
     body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
         ciphertexts_to_bytes(public_key, msg.ciphertexts)
@@ -117,6 +136,9 @@ def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessag
         raise KeyMismatchError("update was encrypted for another public key")
     if header["size"] != ciphertext_size(public_key) or not 0 < header["count"] <= 1 << 20:
         raise KeyMismatchError("update ciphertext size or count does not fit this key")
+    signer_key = header.get("signer", "")
+    if not isinstance(signer_key, str) or len(signer_key) > 64:
+        raise ProtocolError("update header field 'signer' is not a public key")
     signed, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
     ciphertexts = ciphertexts_from_bytes(public_key, signed[_PREFIX.size + header_len:],
                                          header["count"])
@@ -125,4 +147,5 @@ def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessag
         agent_id=header["agent"], key_fingerprint=header["key"], codec_digest=header["codec"],
         n_values=header["values"], ciphertexts=tuple(ciphertexts),
         signed_hash=hashlib.sha256(signed).digest(), signature=signature,
+        signer_key=signer_key,
     )

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gmpy2
 import pytest
 from support import EnrolledFleet, signer_for
 
 from aggregator.rounds import Redelivered, Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
+from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
 from protocol.signing import Signer
 from protocol.wire import UpdateMessage, decode_update, encode_update
@@ -63,15 +66,41 @@ def test_agent_id_must_match_topic(state):
         state.offer(update(state, "a"), "b")
 
 
-def test_unenrolled_agent_is_rejected(state):
-    with pytest.raises(Rejected, match="not enrolled"):
+def test_unenrolled_agent_is_rejected_with_a_notice_code(state):
+    with pytest.raises(Rejected, match="not enrolled") as caught:
         state.offer(update(state, "unenrolled-x"), "unenrolled-x")
+    assert caught.value.code == NOT_ENROLLED
+    assert caught.value.update_key == signer_for("unenrolled-x").public_hex
 
 
-def test_update_signed_with_another_key_is_rejected(state):
-    with pytest.raises(Rejected, match="bad signature"):
-        state.offer(update(state, "a", signer=Signer.generate()), "a")
+def test_update_signed_with_another_key_is_not_enrolled_with_this_key(state):
+    """A validly signed update by a key other than the enrolled one: the device's key
+    changed (or someone else's device uses its id), which the gateway log says, rather
+    than calling it forged."""
+    other = Signer.generate()
+    with pytest.raises(Rejected, match="'a' is not enrolled with this key") as caught:
+        state.offer(update(state, "a", signer=other), "a")
+    assert (caught.value.code, caught.value.update_key) == (OTHER_KEY, other.public_hex)
     assert state.accepted == []
+
+
+def test_tampered_update_is_forged_and_gets_no_notice(state):
+    good = update(state, "a")
+    tampered = replace(good, signed_hash=bytes(32))  # the signature no longer matches
+    with pytest.raises(Rejected, match="bad signature from 'a': forged") as caught:
+        state.offer(tampered, "a")
+    assert caught.value.code is None
+
+
+@pytest.mark.parametrize("change,code", [
+    ({"round_id": 3}, None),  # a replay: nothing the device can do
+    ({"codec_digest": "x" * 32}, KEY_MISMATCH),
+    ({"n_values": 3}, WRONG_MODEL),
+])
+def test_notice_codes_only_for_what_a_device_can_act_on(state, change, code):
+    with pytest.raises(Rejected) as caught:
+        state.offer(update(state, "b", **change), "b")
+    assert caught.value.code == code
 
 
 def test_rerandomised_replay_breaks_the_signature(state):

@@ -356,7 +356,8 @@ def forged_signature(fleet: Fleet, rnd: RoundMessage) -> list[str]:
     thief = fleet.login("dev-b", "stolen-password")  # dev-b's broker login, not its key
     thief.publish(TOPICS.update("dev-b"), make_update(rnd, "dev-b", Signer.generate(),
                                                       fleet.key))
-    return ["bad signature from 'dev-b'"]
+    # Signed, but not with dev-b's enrolled key: the gateway log names it as such.
+    return ["'dev-b' is not enrolled with this key"]
 
 
 def other_paillier_key(fleet: Fleet, rnd: RoundMessage) -> list[str]:
