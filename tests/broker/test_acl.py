@@ -82,6 +82,25 @@ def test_agent_cannot_publish_as_another_agent_or_as_the_aggregator(acl_broker, 
     assert late.got(T.pubkey) == []  # the forged retained key was never stored
 
 
+def test_notices_reach_only_the_agent_they_name(acl_broker, probe):
+    """An agent reads only its own notices (they say what is wrong with it) and cannot
+    publish notices at all."""
+    agg = login(probe, acl_broker, "aggregator")
+    dev_a, dev_b = login(probe, acl_broker, "dev-a"), login(probe, acl_broker, "dev-b")
+    assert dev_a.subscribe(T.notice("dev-a")) and dev_b.subscribe(T.notice("dev-b"))
+    for topic in (T.notice("dev-b"), T.notices_filter, f"{T.base}/notice/#"):
+        assert not dev_a.subscribe(topic), topic
+    dev_a.publish(T.notice("dev-b"), b"forged notice")
+    dev_a.publish(T.notice("dev-a"), b"self-made notice")
+    agg.publish(T.notice("dev-b"), b"notice for b")  # positive controls, sent last
+    agg.publish(T.notice("dev-a"), b"notice for a")
+    assert dev_b.wait_for(T.notice("dev-b"), b"notice for b")
+    assert dev_a.wait_for(T.notice("dev-a"), b"notice for a")
+    assert dev_b.got(T.notice("dev-b")) == [b"notice for b"]
+    assert dev_a.got(T.notice("dev-a")) == [b"notice for a"]
+    assert dev_a.got(T.notice("dev-b")) == []
+
+
 def test_subscriptions_outside_the_acl_are_refused(acl_broker, probe):
     dev = login(probe, acl_broker, "dev-a")
     for topic in (T.updates_filter, T.update("dev-b"), T.status_filter, "fedmq/plant/#",
@@ -184,6 +203,8 @@ def test_acl_settings_are_checked(password_file, tmp_path):
     acl = acl_settings(password_file).fleet_acl()
     assert acl == FleetAcl(T, ("aggregator",), ("dev-a", "dev-b"))
     assert acl.publish_lists()["dev-a"] == [T.update("dev-a"), T.status("dev-a")]
+    assert acl.subscribe_lists()["dev-a"] == [T.pubkey, T.round, T.metrics, T.notice("dev-a")]
+    assert T.notices_filter in acl.publish_lists()["aggregator"]
     only_a = acl_settings(password_file, agents=["dev-a"]).fleet_acl()
     assert only_a is not None and only_a.agents == ("dev-a",)
     for kw, match in [

@@ -98,13 +98,47 @@ def test_mosquitto_enforces_passwords_and_the_acl(start_mosquitto, probe):
     assert dev_b.got(T.update("dev-a")) == []  # agents never read each other's updates
 
 
+def test_mosquitto_loads_the_generated_config_without_a_warning(start_mosquitto, tmp_path):
+    """Mosquitto 2.0.11 used to print 'It is recommended to replace message_size_limit
+    with max_packet_size' and 'ACL pattern ... does not contain %c or %u' (x3)."""
+    port, _ = start_mosquitto()
+    log = (tmp_path / f"mosquitto-{port}" / "mosquitto.log").read_text()
+    assert "mosquitto version" in log and "Config loaded" in log  # it did log
+    noise = [line for line in log.splitlines()
+             if any(word in line for word in ("Warning", "recommended", "does not contain",
+                                              "Error"))
+             and "should not be run as root" not in line]  # tests run as root here
+    assert noise == []
+
+
+def test_mosquitto_notices_reach_only_the_agent_they_name(start_mosquitto, probe):
+    port, creds = start_mosquitto()
+    agg = login(probe, port, creds, "aggregator")
+    dev_a, dev_b = login(probe, port, creds, "dev-a"), login(probe, port, creds, "dev-b")
+    assert dev_b.subscribe(T.notice("dev-b")) and dev_a.subscribe(T.notice("dev-a"))
+    dev_a.subscribe(T.notice("dev-b"))  # granted or not, it must deliver nothing
+    dev_a.subscribe(T.notices_filter)
+    dev_a.publish(T.notice("dev-b"), b"forged notice")
+    agg.publish(T.notice("dev-b"), b"notice for b")  # positive controls, sent last
+    agg.publish(T.notice("dev-a"), b"notice for a")
+    assert dev_b.wait_for(T.notice("dev-b"), b"notice for b")
+    assert dev_a.wait_for(T.notice("dev-a"), b"notice for a")
+    assert dev_b.got(T.notice("dev-b")) == [b"notice for b"]
+    assert dev_a.got(T.notice("dev-b")) == []
+
+
 def test_mosquitto_caps_the_payload(start_mosquitto, probe):
     port, creds = start_mosquitto(max_payload_bytes=MIN_PAYLOAD_CAP)
     agg = login(probe, port, creds, "aggregator")
     assert agg.subscribe(T.updates_filter)
+    # One byte over the cap: max_packet_size refuses the packet and disconnects its
+    # client (Mosquitto 2 deprecates message_size_limit, which dropped the message only).
+    over = probe(port, "c-over", username="dev-a", password=creds["dev-a"], reconnect=False)
+    assert over.connect()
+    over.client.publish(T.update("dev-a"), b"x" * (MIN_PAYLOAD_CAP + 1), qos=1)
+    assert over.disconnected.wait(5)
     dev = login(probe, port, creds, "dev-a")
-    dev.publish(T.update("dev-a"), b"x" * (MIN_PAYLOAD_CAP + 1))  # dropped, still connected
-    dev.publish(T.update("dev-a"), b"y" * MIN_PAYLOAD_CAP)
+    dev.publish(T.update("dev-a"), b"y" * MIN_PAYLOAD_CAP)  # exactly the cap: delivered
     assert agg.wait_for(T.update("dev-a"), b"y" * MIN_PAYLOAD_CAP)
     assert agg.got(T.update("dev-a")) == [b"y" * MIN_PAYLOAD_CAP]
     huge = login(probe, port, creds, "dev-b")
@@ -139,16 +173,21 @@ def test_mosquitto_requires_client_certificates(start_mosquitto, probe, tls_file
 
 # --- generated text and files (no Mosquitto needed) --------------------------------------
 
-def test_one_acl_serves_every_agent():
+def test_acl_patterns_carry_the_user_and_fixed_topics_go_in_user_sections():
     text = acl_text(FleetAcl(T, ("aggregator", "backup-agg"), ("dev-a",)))
     lines = text.splitlines()
-    assert "pattern write fedmq/plant/update/%u" in lines
-    assert "pattern write fedmq/plant/status/%u" in lines
-    assert "dev-a" not in text  # agents come from the password file alone
+    patterns = [line for line in lines if line.startswith("pattern ")]
+    assert patterns == ["pattern write fedmq/plant/update/%u",
+                        "pattern write fedmq/plant/status/%u",
+                        "pattern read fedmq/plant/notice/%u"]
+    section = text.split("user dev-a\n")[1].split("\n\n")[0].splitlines()
+    assert section == ["topic read fedmq/plant/pubkey", "topic read fedmq/plant/round",
+                       "topic read fedmq/plant/metrics"]
     for user in ("aggregator", "backup-agg"):
         section = text.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
         assert section == ["topic write fedmq/plant/pubkey", "topic write fedmq/plant/round",
-                           "topic write fedmq/plant/metrics", "topic read fedmq/plant/update/+",
+                           "topic write fedmq/plant/metrics", "topic write fedmq/plant/notice/+",
+                           "topic read fedmq/plant/update/+",
                            "topic read fedmq/plant/status/+",
                            # read back to notice a retained copy it did not publish
                            "topic read fedmq/plant/pubkey", "topic read fedmq/plant/round"]

@@ -12,6 +12,7 @@ from support import AGGREGATOR_SIGNER, agent_config, local_data, wait_until
 from edge_agent.agent import EdgeAgent
 from protocol.codec import CodecParams
 from protocol.messages import PubKeyMessage
+from protocol.notices import NOT_ENROLLED, WRONG_MODEL, NoticeMessage
 from protocol.paillier import PaillierPublicKey, fingerprint, generate_keypair
 from protocol.signing import Signer
 from protocol.topics import Topics
@@ -91,3 +92,46 @@ def test_forged_retained_pubkey_is_never_trusted_and_the_genuine_one_wins(
         elif remembered.exists():  # first use of the genuine key, never the forged one
             assert remembered.read_text().strip() == value
     assert FORGER.public_hex not in "".join(p.read_text() for p in state.glob("trusted_*"))
+
+
+def _notice(signer: Signer, **kw: object) -> bytes:
+    fields = {"fleet": "test", "agent_id": "pi-1", "run_id": "run1", "round_id": 1,
+              "code": NOT_ENROLLED, "text": "agent 'pi-1' is not enrolled", **kw}
+    return NoticeMessage(**fields).to_bytes(signer)  # type: ignore[arg-type]
+
+
+def test_agent_explains_genuine_notices_once_and_ignores_forged_ones(
+        broker_port, keypair, caplog):
+    caplog.set_level(logging.INFO)
+    topics = Topics("test")
+    agent = EdgeAgent(agent_config(broker_port, "pi-1"), data=local_data(0, 60))
+    own = agent.signer.public_hex
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    aggregator = Probe(broker_port, "aggregator")
+    try:
+        assert aggregator.connect()
+        aggregator.publish(topics.pubkey, _pubkey(keypair[0], AGGREGATOR_SIGNER), retain=True)
+        wait_until(lambda: agent._aggregator_key is not None, "the agent to trust the key")
+        unsigned = _notice(AGGREGATOR_SIGNER).replace(b'"sig":', b'"gis":')
+        for payload in (_notice(FORGER), unsigned, _notice(AGGREGATOR_SIGNER, agent_id="pi-2"),
+                        _notice(AGGREGATOR_SIGNER), _notice(AGGREGATOR_SIGNER, round_id=2),
+                        _notice(AGGREGATOR_SIGNER, code=WRONG_MODEL, text="3 values",
+                                update_key=FORGER.public_hex)):
+            aggregator.publish(topics.notice("pi-1"), payload)
+        wait_until(lambda: "another device is configured" in caplog.text, "the last notice")
+    finally:
+        agent.stop()
+        thread.join(5)
+        aggregator.close()
+    said = [r.getMessage() for r in caplog.records
+            if r.name == "edge_agent.agent" and r.levelno >= logging.WARNING
+            and "TRUST ON FIRST USE" not in r.getMessage()]
+    assert said == [
+        "ignoring a notice not signed by the trusted aggregator: bad signature",
+        "round 1: the aggregator does not know this device's signing key: on the gateway "
+        f"run  fedmq enroll --config aggregator.toml --agent pi-1 --public-key {own}",
+        "round 1: the aggregator rejected an update sent as pi-1 but signed with key "
+        f"{FORGER.public_hex[:16]}..., not this device's {own[:16]}...: another device is "
+        "configured with the id pi-1; give each device its own [agent] id",
+    ]
