@@ -19,10 +19,10 @@ def test_small_fleet_learns_and_writes_metrics(tmp_path):
     assert sum(ln.startswith("round") for ln in lines) == 3
     assert report.federated_score > 0.75
     assert abs(report.gap) < 0.1
-    with (tmp_path / "metrics.csv").open() as fh:
+    with (tmp_path / "latest" / "metrics.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 3
-    assert (tmp_path / "metrics.png").stat().st_size > 1000
-    assert len(list((tmp_path / "data").glob("dev-*.csv"))) == 4
+    assert (tmp_path / "latest" / "metrics.png").stat().st_size > 1000
+    assert len(list((tmp_path / "latest" / "data").glob("dev-*.csv"))) == 4
 
 
 def test_killed_agent_round_closes_at_deadline(tmp_path):
@@ -35,7 +35,7 @@ def test_killed_agent_round_closes_at_deadline(tmp_path):
     assert report.rows[1].reported == 2
     assert report.metric == "R^2"
     assert report.naive_score == 0.0
-    with (tmp_path / "metrics.csv").open() as fh:
+    with (tmp_path / "latest" / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     # The deadline-closed round is flagged; the cost columns hold what went over the wire.
     assert [r["closed_by"] for r in rows] == ["all", "deadline"]
@@ -56,7 +56,7 @@ def test_clipping_is_summarised_after_the_round_line_not_interleaved(tmp_path, c
                              out_dir=str(tmp_path), learning_rate=20.0, plot=False)
     report = Simulation(opts, progress=lines.append).run()
     assert not [r for r in caplog.records if "clipped" in r.getMessage()]
-    with (tmp_path / "metrics.csv").open() as fh:
+    with (tmp_path / "latest" / "metrics.csv").open() as fh:
         clipped = [int(r["clipped_values"]) for r in csv.DictReader(fh)]
     assert clipped == [r.clipped for r in report.rows] and sum(clipped) > 0
     table = [ln for ln in lines if ln.startswith("round") or "clipped" in ln]
