@@ -96,3 +96,60 @@ def test_a_long_run_of_fast_rounds_never_stalls(tmp_path):
     report = Simulation(opts, progress=lambda _: None).run()
     assert len(report.rows) == 60
     assert all(r.closed_by == "all" and r.reported == 3 for r in report.rows)
+
+
+def _fingerprint(aggregator_dir):
+    from aggregator.keys import load_keypair
+    from protocol.paillier import fingerprint
+
+    return fingerprint(load_keypair(aggregator_dir / "paillier.key")[0])
+
+
+README_VARIATIONS = [[], ["--task", "fault_type"], ["--task", "next_temperature"], ["--iid"],
+                     ["--kill", "1"]]
+
+
+@pytest.mark.slow
+def test_the_readme_demo_variations_run_back_to_back(tmp_path, capsys, monkeypatch):
+    """After one `make demo`, `--task fault_type` failed: runs/latest/aggregator/
+    global_model.npz holds another model than the config (issue 9). Each run now has
+    its own directory and its own fresh key."""
+    from fedmq.cli import main
+
+    monkeypatch.chdir(tmp_path)  # make demo's default --out: runs/ of the checkout
+    out = tmp_path / "runs"
+    run_dirs = []
+    for extra in README_VARIATIONS:
+        code = main(["simulate", "--agents", "4", "--rounds", "2", "--key-bits", "512",
+                     "--samples", "200", "--round-timeout", "3", "--no-plot", *extra])
+        printed = capsys.readouterr()
+        assert code == 0, (extra, printed.err)
+        assert "metrics: runs/latest/metrics.csv" in printed.out  # what the README shows
+        run_dirs.append((out / "latest").resolve())
+    assert len(set(run_dirs)) == len(run_dirs) and {d.parent for d in run_dirs} == {out}
+    for run_dir in run_dirs:
+        with (run_dir / "metrics.csv").open() as fh:
+            assert [r["round"] for r in csv.DictReader(fh)] == ["1", "2"]
+        with (run_dir / "aggregator" / "latest" / "rounds.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        # One run id: the directory's name, the aggregator's run and every audit row.
+        assert {r["run_id"] for r in rows} == {run_dir.name}
+        assert (run_dir / "aggregator" / "latest").resolve().name == run_dir.name
+    assert not (out / "latest").readlink().is_absolute()
+    assert sorted(p for p in out.iterdir() if p.name != "latest") == sorted(run_dirs)
+    fingerprints = {_fingerprint(d / "aggregator") for d in run_dirs}
+    assert len(fingerprints) == len(run_dirs)  # a fresh key every invocation
+
+
+def test_reuse_key_takes_the_key_of_the_latest_run(tmp_path):
+    opts = SimulationOptions(agents=4, rounds=1, key_bits=512, samples_per_device=200,
+                             out_dir=str(tmp_path), plot=False)
+    first = Simulation(opts, progress=lambda _: None).run()
+    lines: list[str] = []
+    again = SimulationOptions(**{**opts.__dict__, "reuse_key": True})
+    second = Simulation(again, progress=lines.append).run()
+    assert first.out_dir != second.out_dir and (tmp_path / "latest").resolve() == second.out_dir
+    assert _fingerprint(first.out_dir / "aggregator") == _fingerprint(
+        second.out_dir / "aggregator")
+    assert any("reusing the aggregator key of " + first.run_id in ln for ln in lines)
+    assert (second.out_dir / "aggregator" / "paillier.key").stat().st_mode & 0o077 == 0
