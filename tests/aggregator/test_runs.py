@@ -69,7 +69,7 @@ def test_a_changed_model_spec_starts_a_new_run_instead_of_failing(
     from aggregator.service import Aggregator
 
     first = _unfinished_run(make_aggregator, broker_port, start_agents)
-    old_dir = first.store.run_dir
+    old_dir = first.store.model_path.parent
     other = replace(SPEC, center=(1.0,) * len(SPEC.features))
     second = Aggregator(replace(first.config, spec=other), keypair=keypair,
                         signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet())
