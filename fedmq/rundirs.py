@@ -39,7 +39,8 @@ def start_run(out: Path, *, reuse_key: bool = False) -> tuple[SimulationRun, str
     """A new run directory under ``out``, ``out/latest`` pointing at it; with
     ``reuse_key`` the aggregator keys of the run ``latest`` named before are copied
     into it. Returns the run and a note for the user (None if nothing to say)."""
-    previous = read_latest(out / "latest")
+    legacy = _adopt_old_latest(out / "latest")
+    previous = read_latest(out / "latest") or legacy
     run_id = new_run_id()
     run = SimulationRun(run_id, out / run_id, out / "latest")
     try:
@@ -51,6 +52,20 @@ def start_run(out: Path, *, reuse_key: bool = False) -> tuple[SimulationRun, str
         note = _copy_keys(previous / "aggregator" if previous else None, run.aggregator_dir)
     point_latest(run.latest, run.run_dir)
     return run, note
+
+
+def _adopt_old_latest(latest: Path) -> Path | None:
+    """Before run directories, ``runs/latest`` was the run itself: keep it as a run of its
+    own (named by its time) so the link can take its place."""
+    if latest.is_symlink() or not latest.is_dir():
+        return None
+    old = latest.with_name(new_run_id(latest.stat().st_mtime) + "-old")
+    try:
+        latest.rename(old)
+    except OSError as exc:
+        raise ConfigError(f"{latest} is a directory from an older fedmq; cannot move it aside "
+                          f"to {old}: {exc.strerror}") from exc
+    return old
 
 
 def _copy_keys(source: Path | None, dest: Path) -> str:

@@ -153,3 +153,16 @@ def test_reuse_key_takes_the_key_of_the_latest_run(tmp_path):
         second.out_dir / "aggregator")
     assert any("reusing the aggregator key of " + first.run_id in ln for ln in lines)
     assert (second.out_dir / "aggregator" / "paillier.key").stat().st_mode & 0o077 == 0
+
+
+def test_a_runs_latest_directory_from_before_run_dirs_is_kept_as_a_run(tmp_path):
+    old = tmp_path / "latest"
+    (old / "aggregator").mkdir(parents=True)
+    (old / "metrics.csv").write_text("round\n1\n")
+    opts = SimulationOptions(agents=4, rounds=1, key_bits=512, samples_per_device=200,
+                             out_dir=str(tmp_path), plot=False)
+    report = Simulation(opts, progress=lambda _: None).run()
+    kept = [p for p in tmp_path.iterdir() if p.name.endswith("-old")]
+    assert len(kept) == 1 and (kept[0] / "metrics.csv").read_text() == "round\n1\n"
+    assert (tmp_path / "latest").is_symlink()
+    assert (tmp_path / "latest").resolve() == report.out_dir
