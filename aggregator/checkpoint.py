@@ -5,9 +5,10 @@ round closed, run finished), so a crash or reboot of the gateway at any moment
 leaves a state the next start can resume from: an open round reopens with the
 updates it had accepted; a closed round is never reopened.
 
-Files in ``state_dir``: ``run.json`` (this checkpoint), ``global_model.npz``
-(see RunStore), ``open_round/<agent>.fmqu`` (accepted signed payloads of the
-open round, re-verified on resume like any update).
+Files in the run's directory (``<state_dir>/runs/<run_id>/``, see aggregator.runs):
+``run.json`` (this checkpoint), ``global_model.npz`` (see RunStore),
+``open_round/<agent>.fmqu`` (accepted signed payloads of the open round,
+re-verified on resume like any update).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class RunCheckpoint:
     extensions: int = 0
     # Devices the culprit search named: a restart must not let them back in.
     quarantined: tuple[str, ...] = ()
+    # aggregator.runs.spec_digest of [model]; "" in files from before it was recorded.
+    model_digest: str = ""
 
     def __post_init__(self) -> None:
         # Strict: a hand-edited "25" or "soon" must stop here, not deep in the round loop.
@@ -80,9 +83,13 @@ def _has_type(value: object, type_name: object) -> bool:
 
 
 class Checkpoints:
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "run.json"
-        self.updates_dir = state_dir / "open_round"
+    def __init__(self, run_dir: Path) -> None:
+        self.use(run_dir)
+
+    def use(self, run_dir: Path) -> None:
+        """Point at another run's directory (the aggregator picks its run at start)."""
+        self.path = run_dir / "run.json"
+        self.updates_dir = run_dir / "open_round"
 
     def load(self) -> RunCheckpoint | None:
         if not self.path.exists():
@@ -99,9 +106,8 @@ class Checkpoints:
                     doc[name] = tuple(doc[name])
             return RunCheckpoint(**doc)
         except (OSError, ValueError, TypeError, ConfigError) as exc:
-            raise ConfigError(f"cannot resume from {self.path}: {exc}; restore it, or move "
-                              "state_dir away (or set [output] resume = false) to start a "
-                              "new run") from exc
+            raise ConfigError(f"cannot resume from {self.path}: {exc}; restore it, or set "
+                              "[output] resume = false to start a new run beside it") from exc
 
     def save(self, cp: RunCheckpoint) -> None:
         doc = {"schema": SCHEMA, **asdict(cp), "expected": list(cp.expected),
@@ -171,8 +177,8 @@ def start_point(cp: RunCheckpoint | None, *, identity: tuple[str, str, str],
     if cp is None or cp.status == "finished":
         return StartPoint(fresh_run_id, 1, 0, np.zeros_like(saved_params))
     if (cp.fleet, cp.key_fingerprint, cp.codec_digest) != identity:
-        raise ConfigError("the saved run belongs to another fleet, key or codec; move "
-                          "state_dir away or set [output] resume = false")
+        raise ConfigError("the saved run belongs to another fleet, key or codec; set "
+                          "[output] resume = false to start a new run beside it")
     # The model must be the checkpoint's version, or one ahead (saved just before a crash
     # could checkpoint it). Anything else would restart training from zero, or announce
     # the run finished with a zero model.
@@ -184,8 +190,8 @@ def start_point(cp: RunCheckpoint | None, *, identity: tuple[str, str, str],
                 else f"holds model version {saved_version}")
         raise ConfigError(
             f"{model_file} {what} but run.json is at model version {cp.model_version} (round "
-            f"{cp.round_id}, {cp.status}); restore it, or move state_dir away (or set "
-            "[output] resume = false) to start a new run")
+            f"{cp.round_id}, {cp.status}); restore it, or set [output] resume = false to "
+            "start a new run beside it")
     version = 0 if saved_version is None else saved_version
     params = saved_params if saved_version is not None else np.zeros_like(saved_params)
     if cp.status == "open" and version == cp.model_version:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Keypair = tuple[PaillierPublicKey, PaillierPrivateKey]
-RUN_STATE_FILES = ("run.json", "global_model.npz", "rounds.csv", "open_round")
+# Run state in state_dir (runs/ and latest; directly in it before run directories).
+RUN_STATE_FILES = ("runs", "latest", "run.json", "global_model.npz", "rounds.csv", "open_round")
 REPIN = ("every agent must then re-pin [fleet] key_fingerprint and aggregator_signing_key "
          "(fedmq enroll prints them)")
 

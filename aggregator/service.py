@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from aggregator.admission import Admission
 from aggregator.allowlist import load_allow_list
 from aggregator.announcer import Announcer, Herald
-from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
+from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
 from aggregator.config import AggregatorConfig
 from aggregator.culprits import Suspects
 from aggregator.inbound import Inbound
@@ -30,6 +30,7 @@ from aggregator.keys import load_aggregator_keys
 from aggregator.notices import Notifier
 from aggregator.outcome import RoundResult, fedavg_step
 from aggregator.rounds import Rejected, RoundState
+from aggregator.runs import RunDirs, open_run, spec_digest
 from aggregator.store import RunStore
 from protocol.codec import make_codec
 from protocol.errors import ConfigError, FedmqError, ProtocolError
@@ -61,8 +62,12 @@ class Aggregator:
         signer: Signer | None = None,
         allow_list: Mapping[str, Ed25519PublicKey] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
+        run_id: str | None = None,
     ) -> None:
+        """``run_id``: the id a new run takes (fedmq simulate names its directory so);
+        by default a fresh one, see aggregator.runs."""
         self.config = config
+        self._new_run_id = run_id
         if keypair is None or signer is None:  # never replaces a lost key silently
             keypair, signer = load_aggregator_keys(config)
         (self.public_key, self._private_key), self.signer = keypair, signer
@@ -78,8 +83,11 @@ class Aggregator:
         self._admission = Admission(config.topics, limits=limits, update_body=(
             self.codec.plaintext_count(n_values) * ciphertext_size(self.public_key)))
         self._stop = threading.Event()
-        self.store = RunStore(Path(config.state_dir))
-        self.checkpoints = Checkpoints(Path(config.state_dir))
+        # Both point at the run `latest` names until the start picks the run (_start_point).
+        self.runs = RunDirs(Path(config.state_dir))
+        self.store = RunStore(self.runs.latest_link)
+        self.checkpoints = Checkpoints(self.runs.latest_link)
+        self._model_digest = spec_digest(config.spec)
         self._notifier = Notifier(config.topics, self.signer, self._send_notice)
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints,
                                 self._notifier)
@@ -165,7 +173,8 @@ class Aggregator:
         cp = RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
                            key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
                            round_id=round_id, model_version=version, status=status,
-                           quarantined=tuple(sorted(self._inbound.quarantined)))
+                           quarantined=tuple(sorted(self._inbound.quarantined)),
+                           model_digest=self._model_digest)
         if state is None:
             return cp
         return replace(cp, expected=tuple(sorted(state.expected)), sampled=state.sampled,
@@ -173,22 +182,17 @@ class Aggregator:
 
     def _start_point(self) -> StartPoint:
         cfg = self.config
-        self.store.check_writable()
+        self.runs.check_writable()
         self.allow_list()  # a broken allow-list stops the start, not the first round
-        params, saved_version = self.store.load_params(cfg.spec)
-        saved = self.checkpoints.load() if cfg.resume else None
-        start = start_point(
-            saved,
-            identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
-            saved_params=params, saved_version=saved_version, fresh_run_id=secrets.token_hex(8),
-            model_file=str(self.store.model_path))
+        start, saved = open_run(self.runs, self.checkpoints, self.store, self.config,
+                                identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
+                                model_digest=self._model_digest, new_id=self._new_run_id)
         if saved is not None and saved.run_id == start.run_id:
             for agent in saved.quarantined:
                 self._inbound.quarantine(agent, ())
                 log.warning("%s stays quarantined (named a culprit earlier in this run)", agent)
         if start.round_id == 1 and start.open_round is None:
-            self.checkpoints.clear_updates()
-            log.info("starting run %s", start.run_id)
+            log.info("starting run %s in %s", start.run_id, self.store.run_dir)
         else:
             if start.open_round is not None:
                 self.checkpoints.load_updates()  # unreadable ones stop us here, before MQTT

@@ -1,4 +1,4 @@
-"""What the aggregator keeps on disk: the latest global model and a per-round log.
+"""What a run keeps on disk: its latest global model and a per-round log (with the run id).
 
 The round's audit row travels inside the model file's metadata, written before
 the round is checkpointed as closed: a crash before the ``rounds.csv`` append
@@ -23,43 +23,45 @@ from runtime.files import write_atomic
 if TYPE_CHECKING:
     from aggregator.outcome import RoundResult
 
-ROUND_LOG_FIELDS = ("round", "model_version", "closed_by", "reported", "expected", "rejected",
-                    "total_weight", "seconds", "update_norm", "agents", "excluded")
+ROUND_LOG_FIELDS = ("run_id", "round", "model_version", "closed_by", "reported", "expected",
+                    "rejected", "total_weight", "seconds", "update_norm", "agents", "excluded")
+# Logs and audit rows written before the run id column: read with this run's id in front.
+LEGACY_FIELDS = ROUND_LOG_FIELDS[1:]
 
 
-def audit_row(result: RoundResult) -> list[str]:
-    return [str(result.round_id), str(result.model_version), result.closed_by,
+def audit_row(run_id: str, result: RoundResult) -> list[str]:
+    return [run_id, str(result.round_id), str(result.model_version), result.closed_by,
             str(len(result.reported)), str(result.expected), str(result.rejected),
             f"{result.total_weight:.0f}", f"{result.seconds:.3f}", f"{result.update_norm:.6g}",
             " ".join(result.reported), " ".join(result.excluded)]
 
 
 class RunStore:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create state_dir {state_dir}: {exc.strerror}") from exc
-        self.model_path = state_dir / "global_model.npz"
-        self.log_path = state_dir / "rounds.csv"
+    def __init__(self, run_dir: Path, run_id: str = "") -> None:
+        self.use(run_dir, run_id)
+
+    def use(self, run_dir: Path, run_id: str) -> None:
+        """Point at another run's directory (the aggregator picks its run at start)."""
+        self.run_dir, self.run_id = run_dir, run_id
+        self.model_path = run_dir / "global_model.npz"
+        self.log_path = run_dir / "rounds.csv"
 
     def check_writable(self) -> None:
         """Fail at start, not after the first round's work, when state cannot be saved."""
         self._rows()  # and when the round log cannot be appended to
-        probe = self.state_dir / f".write-test.{os.getpid()}"
+        probe = self.run_dir / f".write-test.{os.getpid()}"
         try:
             write_atomic(probe, b"")
             probe.unlink()
         except OSError as exc:
-            raise ConfigError(f"cannot write in state_dir {self.state_dir}: "
+            raise ConfigError(f"cannot write in run directory {self.run_dir}: "
                               f"{exc.strerror}") from exc
 
     def save_model(self, spec: ModelSpec, params: NDArray[np.float64], *, round_id: int,
                    version: int, record: RoundResult | None = None) -> None:
         meta: dict[str, object] = {"round": round_id, "model_version": version}
         if record is not None:
-            meta["record"] = audit_row(record)
+            meta["record"] = audit_row(self.run_id, record)
         try:
             save_model(self.model_path, spec, params, metadata=meta)
         except OSError as exc:
@@ -72,12 +74,16 @@ class RunStore:
         saved_spec, params, meta = self._load()
         if saved_spec != spec:
             raise ConfigError(f"{self.model_path} holds another model than the config; "
-                              "move it away to start a new run")
+                              "set [output] resume = false to start a new run")
         version = meta.get("model_version", 0)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise ConfigError(f"{self.model_path}: model_version {version!r} is not a "
                               "non-negative integer")
         return params, version
+
+    def saved_spec(self) -> ModelSpec | None:
+        """The spec of the saved model; None if no model was saved yet."""
+        return self._load()[0] if self.model_path.exists() else None
 
     def _load(self) -> tuple[ModelSpec, NDArray[np.float64], dict[str, object]]:
         try:
@@ -86,7 +92,7 @@ class RunStore:
             raise ConfigError(f"cannot resume: {exc}") from exc
 
     def record(self, result: RoundResult) -> None:
-        self._append(audit_row(result))
+        self._append(audit_row(self.run_id, result))
 
     def recover_record(self) -> bool:
         """Append the saved model's audit row unless ``rounds.csv`` already ends with it."""
@@ -95,6 +101,8 @@ class RunStore:
         row = self._load()[2].get("record")
         if row is None:
             return False  # a model written before audit rows travelled with it
+        if isinstance(row, list) and len(row) == len(LEGACY_FIELDS):
+            row = [self.run_id, *row]
         if not (isinstance(row, list) and len(row) == len(ROUND_LOG_FIELDS)
                 and all(isinstance(c, str) for c in row)):
             raise ConfigError(f"{self.model_path}: its audit record is malformed")
@@ -116,6 +124,8 @@ class RunStore:
             reason = exc.strerror if isinstance(exc, OSError) else exc
             raise ConfigError(f"cannot read round log {self.log_path}: {reason}; move it "
                               "away") from exc
+        if rows and tuple(rows[0]) == LEGACY_FIELDS:
+            return [[self.run_id, *r] for r in rows[1:]]  # rewritten with the id on append
         if rows and tuple(rows[0]) != ROUND_LOG_FIELDS:
             raise ConfigError(f"{self.log_path} is not a fedmq round log (header "
                               f"{','.join(rows[0])[:60]!r}); move it away")

@@ -158,7 +158,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "learning_rate": args.lr, "round_timeout": args.round_timeout,
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
-        "plot": False if args.no_plot else None,
+        "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
     report = Simulation(opts).run()
@@ -166,8 +166,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
            else f"{report.gap:+.4f}")
     print(f"final {report.metric}: federated {report.federated_score:.4f} | centralized "
           f"sklearn {report.central_score:.4f} | gap {gap}")
-    print(f"metrics: {report.out_dir / 'metrics.csv'}"
-          + (f", plot: {report.out_dir / 'metrics.png'}" if opts.plot else ""))
+    where = report.latest or report.out_dir  # latest names this run's directory
+    print(f"metrics: {where / 'metrics.csv'}"
+          + (f", plot: {where / 'metrics.png'}" if opts.plot else "")
+          + f" (run {report.run_id} in {report.out_dir})")
     return 0
 
 
@@ -278,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill", type=int, help="agents to kill abruptly during the run")
     p.add_argument("--kill-after-round", type=int, help="kill them after this round (1)")
     p.add_argument("--seed", type=int, help="data and training seed (default 0)")
-    p.add_argument("--out", help="output directory: data, metrics, plot (runs/latest)")
+    p.add_argument("--out", help="parent of the run directories: each run writes data, "
+                   "metrics and plot to OUT/<run_id>/, OUT/latest points to it (runs)")
+    p.add_argument("--reuse-key", action="store_true", help="reuse the aggregator key of "
+                   "OUT/latest instead of making a fresh one (saves key generation)")
     p.add_argument("--no-plot", action="store_true", help="do not write metrics.png")
     p.set_defaults(func=cmd_simulate)
 

@@ -150,12 +150,16 @@ def _guess_label(path: Path, spec: ModelSpec, delimiter: str) -> str:
                       f"{', '.join(others) or 'none'})")
 
 
+# Where `fedmq simulate` leaves the newest run's model (runs/latest -> runs/<run_id>).
+SIMULATED_MODEL = "runs/latest/aggregator/latest/global_model.npz"
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("export", help="write the global model for scikit-learn, ONNX or JSON",
                        description="Export a fedmq model file for use outside fedmq. The "
                        "estimators take raw feature values in the model's feature order.")
-    p.add_argument("--model", default="runs/latest/aggregator/global_model.npz",
-                   help="fedmq model file (default: runs/latest/aggregator/global_model.npz)")
+    p.add_argument("--model", default=SIMULATED_MODEL,
+                   help=f"fedmq model file (default: {SIMULATED_MODEL})")
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="sklearn: joblib file of a fitted estimator (load only files you "
                    "trust: joblib is pickle); onnx: needs the 'onnx' extra; json: portable")
@@ -165,8 +169,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="print a model's metrics on a labelled CSV file",
                        description="Classification: accuracy, balanced accuracy, log loss, "
                        "per-class recall, confusion matrix. Regression: MSE, MAE, R^2.")
-    p.add_argument("--model", default="runs/latest/aggregator/global_model.npz",
-                   help="fedmq model file or JSON export")
+    p.add_argument("--model", default=SIMULATED_MODEL,
+                   help=f"fedmq model file or JSON export (default: {SIMULATED_MODEL})")
     p.add_argument("--data", required=True, help="CSV with the model's feature columns")
     p.add_argument("--label", help="label column (default: the one non-feature column)")
     p.add_argument("--delimiter", default=",", help="CSV delimiter (default: ,)")

@@ -31,6 +31,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from edge_agent.trainer import fleet_clip_note
 from fedmq import plot, synthetic
+from fedmq.rundirs import start_run
 from fedmq.simulate_config import check_flags, file_options
 from models import ModelSpec, make_model
 from protocol.codec import CodecParams
@@ -67,8 +68,9 @@ class SimulationOptions:
     kill: int = 0
     kill_after_round: int = 1
     seed: int = 0
-    out_dir: str = "runs/latest"
+    out_dir: str = "runs"  # each run in out_dir/<run_id>/, out_dir/latest pointing at it
     plot: bool = True
+    reuse_key: bool = False  # the aggregator key of out_dir/latest instead of a fresh one
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -120,8 +122,10 @@ class SimulationReport:
     federated_score: float
     central_score: float
     final_params: NDArray[np.float64]
-    out_dir: Path
+    out_dir: Path  # this run's own directory, out_dir/<run_id>
     naive_score: float = float("nan")  # majority-class accuracy, or R^2 = 0
+    run_id: str = ""
+    latest: Path | None = None  # out_dir/latest, pointing at out_dir/<run_id> when it ended
 
     @property
     def gap(self) -> float:
@@ -160,7 +164,9 @@ class Simulation:
                  progress: Callable[[str], None] = print) -> None:
         self.options = options
         self.progress = progress
-        self.out_dir = Path(options.out_dir)
+        self.out_dir = Path(options.out_dir)  # until run() makes this run's directory
+        self.run_id = ""
+        self.latest: Path | None = None
         self.spec = model_spec(options.task)
         self.devices = synthetic.generate_fleet(synthetic.FleetSpec(
             n_devices=options.agents, samples_per_device=options.samples_per_device,
@@ -221,6 +227,10 @@ class Simulation:
 
     def run(self) -> SimulationReport:
         opts = self.options
+        run, note = start_run(Path(opts.out_dir), reuse_key=opts.reuse_key)
+        self.out_dir, self.run_id, self.latest = run.run_dir, run.run_id, run.latest
+        if note is not None:
+            self.progress(note)
         paths = self._write_data()
         port = free_port()
         mqtt = MqttSettings(host="127.0.0.1", port=port)
@@ -235,16 +245,18 @@ class Simulation:
             codec=CodecParams(), state_dir=str(self.out_dir / "aggregator"),
             signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
             resume=False,  # every simulation is a new run on new data
-        )
+        )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)
         label = TASKS[opts.task][0]
         self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
                       f"task {opts.task!r}, {opts.rounds} rounds, {opts.key_bits}-bit Paillier, "
                       f"broker on 127.0.0.1:{port}")
         t0 = time.perf_counter()
         enrolled: dict[str, Ed25519PublicKey] = {}  # filled as agents are created below
-        aggregator = Aggregator(agg_config, on_round=self._on_round, allow_list=enrolled)
-        self.progress(f"aggregator key ready in {time.perf_counter() - t0:.1f} s "
-                      f"(fingerprint {aggregator.fingerprint[:16]}...)")
+        aggregator = Aggregator(agg_config, on_round=self._on_round, allow_list=enrolled,
+                                run_id=run.run_id)  # one id: directory and protocol
+        self.progress(f"run {run.run_id} in {run.run_dir}; aggregator key ready in "
+                      f"{time.perf_counter() - t0:.1f} s (fingerprint "
+                      f"{aggregator.fingerprint[:16]}...)")
         with EmbeddedBroker(BrokerSettings(port=port)):
             for dev, path in zip(self.devices, paths, strict=True):
                 cfg = AgentConfig(
@@ -276,7 +288,7 @@ class Simulation:
             central_score=central, final_params=final, out_dir=self.out_dir,
             naive_score=plot.naive_score(
                 "accuracy" if self.spec.kind == "logistic" else "R^2",
-                _xy(self.test_rows, label)[1]))
+                _xy(self.test_rows, label)[1]), run_id=run.run_id, latest=run.latest)
         self._write_metrics(report)
         return report
 

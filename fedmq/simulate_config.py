@@ -39,8 +39,9 @@ class SimulateTable(Table, frozen=True):
     kill: Annotated[int, Meta(ge=0)] = 0
     kill_after_round: Annotated[int, Meta(ge=0)] = 1
     seed: Annotated[int, Meta(ge=0)] = 0
-    out_dir: Annotated[str, Meta(min_length=1)] = "runs/latest"  # relative to the file
+    out_dir: Annotated[str, Meta(min_length=1)] = "runs"  # relative to the file
     plot: bool = True
+    reuse_key: bool = False
 
 
 class SimulateFile(Table, frozen=True):

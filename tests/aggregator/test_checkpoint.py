@@ -50,6 +50,13 @@ def test_agent_ids_cannot_escape_the_state_dir(tmp_path):
         Checkpoints(tmp_path).save_update("../evil", b"x")
 
 
+def earlier_run(tmp_path, run_id="r1"):
+    """The directory of an earlier run that ``latest`` names, for a test to fill."""
+    from aggregator.runs import RunDirs
+
+    return RunDirs(tmp_path / "aggregator").create(run_id)
+
+
 def make(port, tmp_path, keypair, **policy):
     from aggregator.config import AggregatorConfig, RoundPolicy
     from protocol.messages import TrainingSettings
@@ -68,6 +75,7 @@ def make(port, tmp_path, keypair, **policy):
 
 def test_a_closed_round_is_never_reopened(tmp_path, keypair, broker_port):
     """Crash after the new model was saved but before the checkpoint said so."""
+    earlier_run(tmp_path)
     agg = make(broker_port, tmp_path, keypair)
     agg.checkpoints.save(checkpoint(fleet="test", key_fingerprint=agg.fingerprint,
                                     codec_digest=agg.codec_digest, round_id=1,
@@ -80,6 +88,7 @@ def test_a_closed_round_is_never_reopened(tmp_path, keypair, broker_port):
 
 def test_a_quarantined_device_stays_out_after_a_restart(tmp_path, keypair, broker_port):
     """A culprit named by the search is in every checkpoint; a restarted run keeps it out."""
+    earlier_run(tmp_path)
     agg = make(broker_port, tmp_path, keypair)
     agg._inbound.quarantine("mallory", (3, 4, 5))
     cp = agg._checkpoint("r1", 5, 4, "closed")
@@ -98,9 +107,10 @@ def test_a_quarantined_device_stays_out_after_a_restart(tmp_path, keypair, broke
 
 
 def test_state_of_another_key_is_refused(tmp_path, keypair, broker_port):
+    earlier_run(tmp_path)
     agg = make(broker_port, tmp_path, keypair)
     agg.checkpoints.save(checkpoint(fleet="test"))
-    with pytest.raises(ConfigError, match="another fleet, key or codec"):
+    with pytest.raises(ConfigError, match=r"r1/run\.json: the run belongs to another fleet or key"):
         agg._start_point()
     resumed_off = make(broker_port, tmp_path, keypair)
     object.__setattr__(resumed_off.config, "resume", False)
@@ -143,7 +153,7 @@ def test_restarted_aggregator_resumes_the_open_round_with_its_accepted_updates(
     assert r1.round_id == 1 and sorted(r1.reported) == ["agent-0", "agent-1"]
     assert r1.total_weight == 110 and r1.model_version == 1
     assert r2.round_id == 2 and r2.model_version == 2
-    with (tmp_path / "aggregator" / "rounds.csv").open() as fh:
+    with (tmp_path / "aggregator" / "latest" / "rounds.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["round"], r["model_version"]) for r in rows] == [("1", "1"), ("2", "2")]
     assert rows[0]["agents"].split() == list(r1.reported)
@@ -184,6 +194,7 @@ def test_start_point_decisions(cp, saved, expect):
 
 def test_a_missing_model_beside_a_run_is_refused(tmp_path, keypair, broker_port):
     """Without global_model.npz a resumed run would restart from (or finish with) zeros."""
+    earlier_run(tmp_path)
     agg = make(broker_port, tmp_path, keypair)
     ident = dict(fleet="test", key_fingerprint=agg.fingerprint, codec_digest=agg.codec_digest)
     for cp in (checkpoint(**ident, status="closed", model_version=2),
@@ -258,7 +269,7 @@ def test_the_audit_row_of_a_round_survives_a_crash_in_any_window(
     with pytest.raises(_Crash):
         first.run()
     first._link.close()
-    log = tmp_path / "aggregator" / "rounds.csv"
+    log = tmp_path / "aggregator" / "latest" / "rounds.csv"
     assert not log.exists()  # the crash hit before the row was written
     second = make(broker_port, tmp_path, keypair)
     second._start_point()

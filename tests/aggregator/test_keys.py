@@ -61,8 +61,8 @@ def test_a_lost_key_is_never_replaced_silently(tmp_path, lost):
     assert (new_signer.public_hex != signer.public_hex) == (lost == "signing.key")
 
 
-@pytest.mark.parametrize("state_file", ["run.json", "global_model.npz", "rounds.csv",
-                                        "allow_list.json"])
+@pytest.mark.parametrize("state_file", ["runs", "latest", "run.json", "global_model.npz",
+                                        "rounds.csv", "allow_list.json"])
 def test_no_keys_beside_run_state_is_not_a_first_use(tmp_path, state_file):
     from aggregator.keys import load_aggregator_keys
 

@@ -172,10 +172,27 @@ def run_json(state, **fields):
     return json.dumps({**doc, **fields})
 
 
+def cur(state):
+    """The run directory ``latest`` names: where a run's state files live."""
+    return state / "latest"
+
+
 def _open_round_with(state, make_entry):
-    (state / "run.json").write_text(run_json(state, status="open", model_version=0, round_id=1))
-    (state / "open_round").mkdir()
-    make_entry(state / "open_round" / "agent-0.fmqu")
+    (cur(state) / "run.json").write_text(run_json(state, status="open", model_version=0,
+                                                  round_id=1))
+    (cur(state) / "open_round").mkdir()
+    make_entry(cur(state) / "open_round" / "agent-0.fmqu")
+
+
+def _closed_run_with(state, name, content):
+    (cur(state) / "run.json").write_text(run_json(state))
+    (cur(state) / name).write_bytes(content)
+
+
+def _open_round_file(state):
+    (cur(state) / "run.json").write_text(run_json(state, status="open", model_version=0,
+                                                  round_id=1))
+    (cur(state) / "open_round").write_bytes(b"x")
 
 
 def _unreadable_fmqu(path):
@@ -185,7 +202,7 @@ def _unreadable_fmqu(path):
 
 def _unreadable_dir(state):
     _open_round_with(state, lambda p: p.write_bytes(b"FMQU"))
-    (state / "open_round").chmod(0)
+    (cur(state) / "open_round").chmod(0)
 
 
 MALFORMED_STATE = {
@@ -194,29 +211,28 @@ MALFORMED_STATE = {
                             "paillier.key", "not"),
     "paillier.key holding []": (lambda s: (s / "paillier.key").write_text("[]"),
                                 "paillier.key", "not a fedmq Paillier private key"),
-    "run.json holding null": (lambda s: (s / "run.json").write_text("null"), "run.json",
+    "run.json holding null": (lambda s: (cur(s) / "run.json").write_text("null"), "run.json",
                               "not a"),
-    "run.json round_id string": (lambda s: (s / "run.json").write_text(run_json(s, round_id="25")),
-                                 "run.json", "round_id"),
-    "run.json deadline string": (lambda s: (s / "run.json").write_text(
+    "run.json round_id string": (lambda s: (cur(s) / "run.json").write_text(
+        run_json(s, round_id="25")), "run.json", "round_id"),
+    "run.json deadline string": (lambda s: (cur(s) / "run.json").write_text(
         run_json(s, deadline="soon")), "run.json", "deadline"),
-    "run.json round_id bool": (lambda s: (s / "run.json").write_text(run_json(s, round_id=True)),
-                               "run.json", "round_id"),
-    "binary run.json": (lambda s: (s / "run.json").write_bytes(b"\xff\xfe\x00"), "run.json",
+    "run.json round_id bool": (lambda s: (cur(s) / "run.json").write_text(
+        run_json(s, round_id=True)), "run.json", "round_id"),
+    "binary run.json": (lambda s: (cur(s) / "run.json").write_bytes(b"\xff\xfe\x00"), "run.json",
                         "cannot resume"),
-    "model missing beside run.json": (lambda s: (s / "run.json").write_text(run_json(s)),
+    "model missing beside run.json": (lambda s: (cur(s) / "run.json").write_text(run_json(s)),
                                       "global_model.npz", "missing"),
-    "open_round is a file": (lambda s: (s / "open_round").write_bytes(b"x"), "open_round",
-                             "not a directory"),
+    "open_round is a file": (_open_round_file, "open_round", "not a directory"),
     "a .fmqu that is a directory": (lambda s: _open_round_with(s, lambda p: p.mkdir()),
                                     "agent-0.fmqu", "cannot read"),
     "an unreadable .fmqu": (lambda s: _open_round_with(s, _unreadable_fmqu), "agent-0.fmqu",
                             "cannot read"),
     "an unreadable open_round": (_unreadable_dir, "open_round", "cannot read"),
     "a read-only state dir": (lambda s: s.chmod(0o555), "gw", "cannot write"),
-    "binary rounds.csv": (lambda s: (s / "rounds.csv").write_bytes(b"round\x00\xff\n"),
+    "binary rounds.csv": (lambda s: _closed_run_with(s, "rounds.csv", b"round\x00\xff\n"),
                           "rounds.csv", "cannot read round log"),
-    "foreign rounds.csv": (lambda s: (s / "rounds.csv").write_text("a,b\n1,2\n"),
+    "foreign rounds.csv": (lambda s: _closed_run_with(s, "rounds.csv", b"a,b\n1,2\n"),
                            "rounds.csv", "not a fedmq round log"),
     "paillier.key missing, signing.key kept": (lambda s: (s / "paillier.key").unlink(),
                                                "paillier.key", "--new-keys"),
@@ -228,7 +244,10 @@ MALFORMED_STATE = {
 @pytest.mark.parametrize("case", sorted(MALFORMED_STATE))
 def test_malformed_state_files_end_in_one_line(tmp_path, keypair, case):
     prepare, names, says = MALFORMED_STATE[case]
+    from aggregator.runs import RunDirs
+
     cfg, state = gateway(tmp_path, keypair)
+    RunDirs(state).create("r1")  # the run being resumed
     prepare(state)
     keys_before = sorted(p.name for p in state.iterdir())
     proc = run_without_root_override("aggregator", "--config", str(cfg))

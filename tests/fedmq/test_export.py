@@ -174,3 +174,15 @@ def test_missing_onnx_converter_is_one_line(trained, tmp_path, capsys, monkeypat
     one_line(capsys, ["export", "--model", str(path), "--format", "onnx", "--out",
                       str(tmp_path / "m.onnx")], "pip install 'fedmq[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_default_model_is_the_one_the_last_simulation_left(tmp_path, monkeypatch, capsys):
+    from fedmq.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "--agents", "4", "--rounds", "1", "--key-bits", "512",
+                 "--no-plot"]) == 0
+    assert main(["sample-data", "--devices", "1", "--out", "test-data"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--data", "test-data/dev-000.csv", "--label", "fault"]) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -63,4 +63,4 @@ def test_schema_matches_the_options():
 
 def test_the_example_config_loads():
     opts = options_from("configs/simulate.toml", {"agents": 3})
-    assert opts.agents == 3 and opts.rounds == 10 and opts.out_dir.endswith("runs/latest")
+    assert opts.agents == 3 and opts.rounds == 10 and opts.out_dir.endswith("runs")

@@ -103,7 +103,7 @@ state_dir = "{state}"
 
 
 def _rounds_log(tmp_path: Path) -> list[dict[str, str]]:
-    with (tmp_path / "gateway" / "rounds.csv").open() as fh:
+    with (tmp_path / "gateway" / "latest" / "rounds.csv").open() as fh:
         return list(csv.DictReader(fh))
 
 
@@ -114,7 +114,7 @@ def test_aggregator_killed_and_restarted_mid_round_loses_nothing(tmp_path, broke
     agents = start_agents(broker_port, 3, options={"agent-2": {"straggle_seconds": 3.0}})
     log = tmp_path / "aggregator.log"
     first = fedmq_process("aggregator", "--config", str(config), log=log)
-    open_round = tmp_path / "gateway" / "open_round"
+    open_round = tmp_path / "gateway" / "latest" / "open_round"
     try:
         wait_until(lambda: len(list(open_round.glob("*.fmqu"))) == 2,
                    "two accepted updates on disk", timeout=60)
@@ -134,7 +134,7 @@ def test_aggregator_killed_and_restarted_mid_round_loses_nothing(tmp_path, broke
     assert set(accepted_before) <= set(rows[0]["agents"].split())
     assert sorted(rows[0]["agents"].split()) == ids  # the straggler's update was not lost
     assert "resuming run" in log.read_text()
-    _, params, meta = load_model(tmp_path / "gateway" / "global_model.npz")
+    _, params, meta = load_model(tmp_path / "gateway" / "latest" / "global_model.npz")
     assert meta["model_version"] == 3
     wait_until(lambda: all(a.final_params is not None for a in agents), "final model", timeout=10)
     for agent in agents:
