@@ -141,7 +141,8 @@ class Aggregator:
         """Run (or resume) all configured rounds; return the final global parameters."""
         cfg = self.config
         start = self._start_point()
-        self._link.connect()
+        if not self._link.connect_retrying(self._stop):  # stopped before the broker came up
+            return start.params
         try:
             self._herald.key(cfg.codec)
             run_id, resume = start.run_id, start.open_round

@@ -107,7 +107,8 @@ class EdgeAgent:
                  "gateway: fedmq enroll --agent %s --public-key %s)", self.config.agent_id,
                  self.data.n_samples, ", ".join(self.data.features), self.signer.public_hex[:16],
                  self.config.agent_id, self.signer.public_hex)
-        self._link.connect()
+        if not self._link.connect_retrying(self._stop):  # the gateway may boot after us
+            return
         try:
             while not self._stop.is_set():
                 item = self._inbox.get(timeout=0.2)

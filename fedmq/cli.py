@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmq import extras
 from protocol.errors import ConfigError, FedmqError
 from runtime import __version__
 
@@ -339,7 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fedmq: error: add-user needs --password-file and --username", file=sys.stderr)
         return EXIT_ERROR
     try:
+        extras.check(args.command, getattr(args, "action", None))
         return int(args.func(args))
+    except ModuleNotFoundError as exc:  # an optional dependency (extra) not installed here
+        missing = extras.explain(args.command, exc)
+        if missing is None:
+            raise
+        print(f"fedmq: error: {missing}", file=sys.stderr)
+        return EXIT_ERROR
     except FedmqError as exc:
         print(f"fedmq: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -50,7 +50,7 @@ def load_any(path: str) -> tuple[ModelSpec, FloatArray]:
         raise ConfigError(text if str(p) in text else f"{p}: {text}") from exc
 
 
-_INSTALL = {"sklearn": "pip install scikit-learn", "onnx": "pip install 'fedmq[onnx]' "
+_INSTALL = {"sklearn": 'pip install "fedmq[sklearn]"', "onnx": "pip install 'fedmq[onnx]' "
             "(skl2onnx and onnxruntime)"}
 
 

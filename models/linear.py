@@ -44,11 +44,11 @@ class LinearRegressionModel(BaseLinearMapModel):
 
     def to_sklearn(self) -> LinearRegression:
         """A fitted ``sklearn.linear_model.LinearRegression`` that accepts raw features."""
-        # Imported lazily: scikit-learn adds noticeable start-up time on small devices.
-        from sklearn.linear_model import LinearRegression
+        # Imported lazily and optional: a device install has no scikit-learn.
+        from models.sklearn_import import linear_model
 
         W_raw, b_raw = self._raw_coefficients()
-        est = LinearRegression()
+        est: LinearRegression = linear_model().LinearRegression()
         est.coef_ = W_raw[0].copy()
         est.intercept_ = float(b_raw[0])
         est.n_features_in_ = self.spec.n_features

@@ -102,11 +102,11 @@ class LogisticRegressionModel(BaseLinearMapModel):
 
     def to_sklearn(self) -> LogisticRegression:
         """A fitted ``sklearn.linear_model.LogisticRegression`` that accepts raw features."""
-        # Imported lazily: scikit-learn adds noticeable start-up time on small devices.
-        from sklearn.linear_model import LogisticRegression
+        # Imported lazily and optional: a device install has no scikit-learn.
+        from models.sklearn_import import linear_model
 
         W_raw, b_raw = self._raw_coefficients()
-        est = LogisticRegression()
+        est: LogisticRegression = linear_model().LogisticRegression()
         est.coef_ = W_raw.copy()
         est.intercept_ = b_raw.copy()
         est.classes_ = np.arange(self.spec.n_classes, dtype=np.int64)

@@ -33,6 +33,9 @@ class MqttTable(Table, frozen=True):
     cert_file: NonEmpty | None = None
     key_file: NonEmpty | None = None
     connect_timeout: Annotated[float, Meta(gt=0, le=3600)] = 10.0
+    # First connection: give up after this many failed attempts; 0 = keep trying
+    # (with backoff), so a device that boots before its gateway still joins.
+    connect_attempts: Annotated[int, Meta(ge=0)] = 0
 
 
 class _MqttDoc(Table, frozen=True):
@@ -53,6 +56,7 @@ class MqttSettings:
     cert_file: str | None = None
     key_file: str | None = None
     connect_timeout: float = 10.0
+    connect_attempts: int = 0  # 0: retry the first connection for ever
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -63,6 +67,8 @@ class MqttSettings:
             raise ConfigError("mqtt.keepalive must be at least 5 seconds")
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("mqtt.cert_file and mqtt.key_file go together")
+        if self.connect_attempts < 0:
+            raise ConfigError("mqtt.connect_attempts must be >= 0 (0: keep trying)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, base: Path = Path("."),
@@ -119,4 +125,5 @@ def mqtt_settings(table: MqttTable, *, base: Path, source: str,
     return MqttSettings(host=table.host, port=table.port, username=table.username,
                         password=_password(table, base, source, config_file),
                         keepalive=table.keepalive, tls=table.tls,
-                        connect_timeout=table.connect_timeout, **files)
+                        connect_timeout=table.connect_timeout,
+                        connect_attempts=table.connect_attempts, **files)

@@ -18,15 +18,29 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from protocol.errors import FedmqError
+from runtime.connecting import (  # re-exported: the roles import them from here
+    DEFAULT_BACKOFF,
+    Backoff,
+    BrokerUnavailable,
+    BrokerUnreachable,
+    LoginRefused,
+    TlsMismatch,
+    plain_on_tls,
+    retry,
+    speaks_tls,
+    tls_failed,
+    unreachable,
+)
 from runtime.droplog import DropLog
 from runtime.mqtt_settings import MqttSettings  # re-exported: the roles import it from here
 
+__all__ = ["Backoff", "BrokerUnavailable", "BrokerUnreachable", "Inbox", "LoginRefused",
+           "MqttLink", "MqttSettings", "TlsMismatch"]
+
 log = logging.getLogger(__name__)
-
-
-class BrokerUnavailable(FedmqError):
-    """The broker cannot be reached or refused the connection."""
+# CONNACK codes (as paho reports them, MQTT 5 numbering) that name a login problem.
+_LOGIN_CODES = {133: "client id rejected", 134: "bad user name or password",
+                135: "not authorised"}
 
 
 Handler = Callable[[str, bytes], None]
@@ -94,6 +108,7 @@ class MqttLink:
         will: tuple[str, bytes] | None = None,
         on_connect: Callable[[], None] | None = None,
         clean_session: bool = True,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         self.settings = settings
         self._on_message = on_message
@@ -101,7 +116,10 @@ class MqttLink:
         self._on_connect_hook = on_connect
         self._connected = threading.Event()
         self._closing = False
-        self._refused: str | None = None
+        self._refused: tuple[int, str] | None = None  # CONNACK code and text
+        self._dropped: str | None = None  # closed before any CONNACK
+        self._ever_connected = False
+        self._backoff = backoff
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -122,6 +140,7 @@ class MqttLink:
         # Exponential backoff between reconnects so a fleet does not hammer a
         # rebooting gateway all at once.
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.connect_timeout = settings.connect_timeout
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -131,10 +150,12 @@ class MqttLink:
     def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
                         _props: Any) -> None:
         if reason.is_failure:
-            self._refused = str(reason)
-            log.error("broker refused connection: %s", reason)
+            self._refused = (int(reason.value), str(reason))
+            if self._ever_connected:  # a first connect reports it in connect()
+                log.error("broker refused connection: %s", reason)
             return
         self._refused = None
+        self._ever_connected = True
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
         self._connected.set()
@@ -145,7 +166,9 @@ class MqttLink:
     def _handle_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
                            _props: Any) -> None:
         self._connected.clear()
-        if reason.value != 0 and not self._closing:
+        if not self._ever_connected:
+            self._dropped = str(reason)
+        elif reason.value != 0 and not self._closing:
             log.warning("lost connection to broker (%s); reconnecting with backoff", reason)
 
     def _handle_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
@@ -159,20 +182,52 @@ class MqttLink:
         return self._connected.is_set()
 
     def connect(self) -> None:
-        """Connect and wait for the broker's CONNACK; raise BrokerUnavailable otherwise."""
+        """One attempt: connect and wait for the CONNACK; raise a BrokerUnavailable saying why."""
         s = self.settings
+        where = f"{s.host}:{s.port}"
+        self._refused = self._dropped = None
         try:
             self._client.connect(s.host, s.port, keepalive=s.keepalive)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach MQTT broker at {s.host}:{s.port}: {exc}") from exc
+        except ssl.SSLError as exc:
+            raise tls_failed(where, exc) from exc
+        except OSError as exc:
+            # A reset in the middle of our TLS handshake is a TLS mismatch, not a dead host.
+            if s.tls and isinstance(exc, ConnectionResetError | ConnectionAbortedError):
+                raise tls_failed(where, exc) from exc
+            raise unreachable(where, exc, s.connect_timeout) from exc
         self._client.loop_start()
         deadline = time.monotonic() + s.connect_timeout
         while not self._connected.wait(0.05):
-            if self._refused is not None or time.monotonic() > deadline:
+            if self._refused or self._dropped or time.monotonic() > deadline:
                 self._client.loop_stop()
-                why = self._refused or f"no answer within {s.connect_timeout:g} s"
-                raise BrokerUnavailable(f"MQTT broker at {s.host}:{s.port} refused us: {why}")
+                raise self._failure(where)
+
+    def _failure(self, where: str) -> BrokerUnavailable:
+        s = self.settings
+        if self._refused is not None:
+            code, text = self._refused
+            if code in _LOGIN_CODES:
+                who = f"user {s.username!r}" if s.username else "an anonymous client"
+                return LoginRefused(f"broker {where} refused the login of {who}: {text}; check "
+                                    f"[mqtt] username and password (and the broker's ACL)")
+            return BrokerUnreachable(f"broker {where} refused the connection: {text}")
+        if not s.tls and speaks_tls(s.host, s.port, min(3.0, s.connect_timeout)):
+            return plain_on_tls(where)
+        if self._dropped is not None:
+            return BrokerUnreachable(f"broker {where} closed the connection before answering "
+                                     f"MQTT ({self._dropped}); is it an MQTT port?")
+        return BrokerUnreachable(f"broker {where} accepted the connection but sent no MQTT "
+                                 f"answer within {s.connect_timeout:g} s")
+
+    def connect_retrying(self, stop: threading.Event) -> bool:
+        """Connect, retrying with jittered backoff until connected (True) or ``stop`` (False).
+
+        For the first connection of a long-running role: the gateway may boot
+        after the device. Reconnects after that are paho's (its own backoff).
+        """
+        s = self.settings
+        return retry(self.connect, where=f"{s.host}:{s.port}", stop=stop,
+                     attempts=s.connect_attempts, backoff=self._backoff)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 timeout: float = 10.0, wait: bool = True) -> bool:

@@ -62,7 +62,7 @@ def test_unreachable_broker(tmp_path):
     (tmp_path / "d.csv").write_text("a,l\n1,0\n")
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[agent]\nid = 'pi'\nstate_dir = 'st'\n[mqtt]\nport = {free_port()}\n"
-                   "[data]\npath='d.csv'\nfeatures=['a']\nlabel='l'\n")
+                   "connect_attempts = 1\n[data]\npath='d.csv'\nfeatures=['a']\nlabel='l'\n")
     one_line_error(run("agent", "--config", str(cfg)), "cannot reach MQTT broker")
 
 

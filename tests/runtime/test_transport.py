@@ -1,13 +1,21 @@
-"""The Inbox: bounded in messages and in bytes, drops counted and logged at a limited rate."""
+"""The Inbox (bounded, drops logged at a limited rate) and the first connection (retried)."""
 
 from __future__ import annotations
 
 import logging
+import random
+import re
+import threading
 
 import pytest
+from support import agent_config, local_data, run_in_thread, wait_until
 
+from broker.cli import add_user
+from broker.config import BrokerSettings
+from broker.embedded import EmbeddedBroker, free_port
+from edge_agent.agent import EdgeAgent
 from runtime.droplog import MAX_KEYS, DropLog
-from runtime.transport import Inbox
+from runtime.transport import Backoff, BrokerUnavailable, Inbox, MqttLink, MqttSettings
 
 
 def test_inbox_bounds_payload_bytes_not_only_messages(caplog):
@@ -60,3 +68,74 @@ def test_senders_inventing_keys_cannot_grow_the_table(caplog):
             drops.drop(f"dev-{i}", "x")
     assert len(drops._last) <= MAX_KEYS + 1
     assert drops.total == MAX_KEYS + 50
+
+
+# --- the first connection: retried with backoff, each failure named -----------------------
+
+def test_backoff_doubles_from_one_second_to_sixty_with_twenty_percent_jitter():
+    rng = random.Random(7)
+    backoff = Backoff()
+    for attempt, base in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (40, 60)]:
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert base * 0.8 <= min(delays) and max(delays) <= base * 1.2
+        assert max(delays) - min(delays) > base * 0.2  # really jittered
+    assert 48 <= backoff.delay(1, rng, slow=True) <= 72
+
+
+@pytest.mark.slow
+def test_agent_and_aggregator_started_before_their_broker_join_once_it_is_up(
+        caplog, make_aggregator):
+    port = free_port()  # nothing listens yet: the gateway is still booting
+    refused = f"broker 127.0.0.1:{port} refused the connection (nothing listening); retry 2 in"
+    agent = EdgeAgent(agent_config(port, "agent-early"), data=local_data(0, 40))
+    aggregator = make_aggregator(port, rounds=1, quorum=1, min_agents=1)
+    with caplog.at_level(logging.INFO):
+        agent_thread, agent_out = run_in_thread(agent.run)
+        thread, out = run_in_thread(aggregator.run)
+        try:
+            wait_until(lambda: caplog.text.count(refused) == 2, "both first attempts to fail")
+            assert agent_thread.is_alive() and thread.is_alive()  # the old roles exited here
+            with EmbeddedBroker(BrokerSettings(port=port)):
+                thread.join(30)
+                assert not thread.is_alive() and "error" not in out, out
+        finally:
+            aggregator.stop()
+            agent.stop()
+            agent_thread.join(10)
+    assert aggregator.results[0].reported == ("agent-early",)
+    assert "error" not in agent_out, agent_out
+
+
+def test_a_wrong_password_is_reported_as_such_and_retried_slowly(tmp_path, caplog):
+    passwords = tmp_path / "passwords.txt"
+    add_user(passwords, "pi-1", "right password")
+    port = free_port()
+    settings = MqttSettings(port=port, username="pi-1", password="wrong", connect_timeout=5)
+    link = MqttLink(settings, client_id="pi-1", on_message=lambda t, p: None,
+                    backoff=Backoff(first=0.01, slow=0.5))
+    stop = threading.Event()
+    with EmbeddedBroker(BrokerSettings(port=port, password_file=str(passwords),
+                                       allow_anonymous=False)):
+        thread, out = run_in_thread(lambda: link.connect_retrying(stop))
+        with caplog.at_level(logging.INFO):
+            wait_until(lambda: "retry 3 in" in caplog.text, "two refused logins", timeout=20)
+        stop.set()
+        thread.join(10)
+    assert out == {"result": False}
+    refused = [r for r in caplog.records if "refused the login" in r.getMessage()]
+    assert refused and all(r.levelno == logging.ERROR for r in refused)
+    first = refused[0].getMessage()
+    assert f"broker 127.0.0.1:{port} refused the login of user 'pi-1'" in first
+    assert "check [mqtt] username and password" in first
+    # slowly: the slow delay (0.5 s here, 60 s by default), not the 0.01 s of the fast one
+    assert re.search(r"retry 2 in 0\.[4-6] s", first), first
+
+
+def test_connect_attempts_gives_up_with_the_reason(caplog):
+    port = free_port()
+    link = MqttLink(MqttSettings(port=port, connect_attempts=2), client_id="x",
+                    on_message=lambda t, p: None, backoff=Backoff(first=0.05))
+    with pytest.raises(BrokerUnavailable, match=(
+            rf"cannot reach MQTT broker 127.0.0.1:{port} after 2 attempts: broker "
+            rf"127.0.0.1:{port} refused the connection \(nothing listening\)")):
+        link.connect_retrying(threading.Event())
