@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --agents 20 --rounds 10
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bench bench-flood clean
+.PHONY: demo test lint bench bench-flood wheel clean
 
 demo: $(VENV)/.installed
 	$(BIN)/fedmq simulate $(ARGS)
@@ -21,6 +21,11 @@ bench: $(VENV)/.installed
 # The aggregator's memory and round times while an agent floods it (2 x 60 s, real processes).
 bench-flood: $(VENV)/.installed
 	$(BIN)/fedmq bench-flood $(BENCH_ARGS)
+
+# The wheel to copy to devices: `pip install fedmq-*.whl` (no extras) is the device install.
+wheel: $(VENV)/.installed
+	$(BIN)/pip wheel -q --no-deps . -w build/wheels
+	@ls build/wheels/fedmq-*.whl
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
