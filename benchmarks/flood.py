@@ -251,7 +251,7 @@ label = "y"
 
 
 def _rows(state: Path) -> list[dict[str, str]]:
-    path = state / "rounds.csv"
+    path = state / "latest" / "rounds.csv"  # the current run's directory
     if not path.exists():
         return []
     with path.open() as fh:
