@@ -32,12 +32,12 @@ from protocol.topics import check_name
 # would add connect latency on a small gateway and no real protection.
 PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
-# What Mosquitto 2.0 counts of a PUBLISH besides topic and payload: it compares the
-# remaining length plus one byte with max_packet_size (measured with 2.0.11), and the
-# remaining length of an MQTT 3.1.1 QoS 1 PUBLISH holds the topic length (2 bytes) and
-# the packet id (2). So the cap is exact for QoS 1 over MQTT 3.1.1, what fedmq speaks;
-# a QoS 0 PUBLISH (no packet id) may carry 2 bytes more, an MQTT 5 one 1 byte less.
-_PUBLISH_OVERHEAD = 5
+# Mosquitto 2.0 refuses a packet whose remaining length plus one byte exceeds
+# max_packet_size (lib/packet_mosq.c; checked with 2.0.11). The fewest bytes a payload
+# can travel with are a QoS 0 MQTT 3.1.1 PUBLISH: topic length (2) and topic; QoS 1
+# adds a packet id (2), MQTT 5 at least a properties byte, and topic aliases are off.
+_MIN_OVERHEAD = 2 + 1
+_PACKET_ID = 2
 
 # Per-client queue bounds (see config_text).
 MAX_QUEUED_MESSAGES = 1000
@@ -105,18 +105,24 @@ class MosquittoSetup:
 
     @property
     def max_packet_size(self) -> int:
-        """Room for the cap plus the longest topic a fleet user may publish to.
+        """The cap on the shortest topic a fleet user may publish to, as a packet size.
 
         Mosquitto 2 caps packets, not payloads (``message_size_limit`` is deprecated
-        and draws a warning). The topics a user may publish to have one length per
-        agent, so the cap is exact for the agents with the longest id and a few
-        bytes looser for shorter ids.
+        and draws a warning), and a packet counts its topic. Sized for the shortest
+        topic (``round``), no payload over the cap fits in a packet on any topic; on
+        longer topics the largest payload is a few dozen bytes under the cap
+        (``largest_payload``), far above any real fedmq message.
         """
         t, acl = self.acl.topics, self.acl
         topics = [*acl.broadcast(), *(topic for agent in acl.agents for topic in (
             t.update(agent), t.status(agent), t.notice(agent)))]
-        longest_topic = max(len(topic.encode()) for topic in topics)
-        return self.max_payload_bytes + longest_topic + _PUBLISH_OVERHEAD
+        shortest = min(len(topic.encode()) for topic in topics)
+        return self.max_payload_bytes + shortest + _MIN_OVERHEAD
+
+    def largest_payload(self, topic: str, qos: int = 1) -> int:
+        """The largest payload Mosquitto takes on ``topic`` (MQTT 3.1.1, no properties)."""
+        return (self.max_packet_size - _MIN_OVERHEAD - len(topic.encode())
+                - (_PACKET_ID if qos else 0))
 
     def users(self) -> tuple[str, ...]:
         return (*self.acl.aggregator_users, *self.acl.agents)
@@ -169,9 +175,9 @@ def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -
         f"password_file {password_file.resolve()}",
         f"acl_file {acl_file.resolve()}",
         "",
-        "# Payload cap: a PUBLISH whose payload is over the cap on the longest topic a",
-        "# fleet user may publish to disconnects its client before the packet is read.",
-        "# max_packet_size counts the topic too: see fedmq's broker/mosquitto.py. No topic",
+        "# Payload cap: a PUBLISH whose payload is over the cap disconnects its client",
+        "# before the packet is read. max_packet_size counts the topic too, so it is the",
+        "# cap on the shortest fleet topic (see fedmq's broker/mosquitto.py). No topic",
         "# aliases (MQTT 5), which would let a packet drop its topic and carry more payload.",
         f"max_packet_size {setup.max_packet_size}",
         "max_topic_alias 0",
