@@ -57,8 +57,8 @@ def _hosts(sans: Sequence[str], loopback: bool, host: str | None) -> tuple[str, 
     """(listen address, address devices connect to)."""
     names = [s.partition(":")[2] for s in sans]
     device_host = LOOPBACK if loopback or not names else names[0]
-    listen = host or (LOOPBACK if loopback or not names else "0.0.0.0")
-    return listen, device_host
+    local = loopback or all(n in ("localhost", "::1") or n.startswith("127.") for n in names)
+    return host or (LOOPBACK if local else "0.0.0.0"), device_host
 
 
 def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
