@@ -1,7 +1,8 @@
 """The agents this aggregator accepts updates from: agent id -> Ed25519 public key.
 
 A JSON file on the gateway, written by ``fedmq enroll`` and re-read at the start
-of every round, so enrolling or revoking a device needs no restart.
+of every round, so enrolling or revoking a device needs no restart. Every change
+is a read-modify-write under a file lock, so parallel enrolls keep every entry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from protocol.errors import ConfigError, ProtocolError
 from protocol.signing import Ed25519PublicKey, public_key_from_hex
 from protocol.topics import check_name
 from runtime.files import write_atomic
+from runtime.locks import locked
 
 log = logging.getLogger(__name__)
 SCHEMA = "fedmq.allow-list/1"
@@ -45,28 +47,82 @@ def load_allow_list(path: str | Path) -> dict[str, Ed25519PublicKey]:
     return out
 
 
-def enroll(path: str | Path, agent_id: str, public_hex: str) -> bool:
-    """Add or replace an agent's key; True if the list changed."""
+def _write(path: str | Path, entries: dict[str, str]) -> None:
+    write_atomic(path, json.dumps({"schema": SCHEMA, "agents": dict(sorted(entries.items()))},
+                                  indent=2).encode() + b"\n")
+
+
+def _check(agent_id: str, public_hex: str) -> None:
     check_name(agent_id, "agent id")
     try:
         public_key_from_hex(public_hex)
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from exc
-    entries = read_entries(path)
-    if entries.get(agent_id) == public_hex:
-        return False
-    if agent_id in entries:
-        log.warning("replacing the enrolled key of %s", agent_id)
-    entries[agent_id] = public_hex
-    write_atomic(path, json.dumps({"schema": SCHEMA, "agents": dict(sorted(entries.items()))},
-                                  indent=2).encode() + b"\n")
-    return True
+
+
+def enroll(path: str | Path, agent_id: str, public_hex: str) -> bool:
+    """Add or replace an agent's key; True if the list changed."""
+    return bool(enroll_many(path, [(agent_id, public_hex)]))
+
+
+def enroll_many(path: str | Path, pairs: list[tuple[str, str]]) -> list[str]:
+    """Add or replace several agents' keys in one locked write; the ids that changed.
+
+    Every pair is checked before the file is touched: one bad key changes nothing.
+    """
+    for agent_id, public_hex in pairs:
+        _check(agent_id, public_hex)
+    with locked(path):
+        entries = read_entries(path)
+        changed = []
+        for agent_id, public_hex in pairs:
+            if entries.get(agent_id) == public_hex:
+                continue
+            if agent_id in entries:
+                log.warning("replacing the enrolled key of %s", agent_id)
+            entries[agent_id] = public_hex
+            changed.append(agent_id)
+        if changed:
+            _write(path, entries)
+    return changed
 
 
 def revoke(path: str | Path, agent_id: str) -> bool:
-    entries = read_entries(path)
-    if entries.pop(agent_id, None) is None:
-        return False
-    write_atomic(path, json.dumps({"schema": SCHEMA, "agents": entries}, indent=2).encode()
-                 + b"\n")
+    with locked(path):
+        entries = read_entries(path)
+        if entries.pop(agent_id, None) is None:
+            return False
+        _write(path, entries)
     return True
+
+
+def read_key_file(path: str | Path) -> list[tuple[str, str]]:
+    """``id,public_key`` lines (``#`` comments, blank lines and an ``id,public_key`` header
+    are skipped) -> pairs; the first bad line raises ConfigError naming ``file:line``."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {p}: {exc}") from None
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#") or line.replace(" ", "") == "id,public_key":
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 2 or not all(fields):
+            raise ConfigError(f"{p}:{n}: expected id,public_key (fedmq agent --config "
+                              f"agent.toml --show-public-key --csv prints one), got {line!r}")
+        agent_id, public_hex = fields
+        try:
+            _check(agent_id, public_hex)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}:{n}: {exc}") from None
+        if agent_id in seen:
+            raise ConfigError(f"{p}:{n}: agent {agent_id!r} already on line {seen[agent_id]}")
+        seen[agent_id] = n
+        pairs.append((agent_id, public_hex))
+    if not pairs:
+        raise ConfigError(f"{p}: no id,public_key lines")
+    return pairs

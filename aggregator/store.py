@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from models import ModelError, ModelSpec, load_model, save_model
+from models import ModelError, ModelSpec, load_model
 from protocol.errors import ConfigError
-from runtime.files import write_atomic
+from runtime.files import save_model, write_atomic
 
 if TYPE_CHECKING:
     from aggregator.outcome import RoundResult

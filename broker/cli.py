@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +13,12 @@ from broker.acl import FleetAcl
 from broker.config import BrokerSettings
 from broker.embedded import serve
 from broker.mosquitto import MosquittoSetup, write_files
+from broker.passwords import add_user
 from protocol.errors import ConfigError
-from protocol.topics import Topics, check_name
+from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
+__all__ = ["add_user", "mosquitto_config", "run_broker"]  # add_user: broker.passwords
 
 
 def load_settings(path: str | Path) -> BrokerSettings:
@@ -40,27 +41,6 @@ def run_broker(config_path: str) -> int:
                     "password_file on a real network", settings.host)
     asyncio.run(main())
     return 0
-
-
-def add_user(password_file: Path, username: str, password: str) -> None:
-    """Add or replace ``username`` with an Argon2 hash (the format amqtt verifies)."""
-    from pwdlib import PasswordHash
-    from pwdlib.hashers.argon2 import Argon2Hasher
-
-    check_name(username, "user name")
-    if len(password) < 8:
-        raise ConfigError("passwords must be at least 8 characters")
-    hashed = PasswordHash((Argon2Hasher(),)).hash(password)
-    lines = []
-    if password_file.exists():
-        lines = [ln for ln in password_file.read_text().splitlines()
-                 if ln.split(":", 1)[0] != username]
-    lines.append(f"{username}:{hashed}")
-    tmp = password_file.with_name(password_file.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, password_file)
 
 
 def read_agents_file(path: str) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from broker.config import MIN_PAYLOAD_CAP, MQTT_MAX_PAYLOAD
 from protocol.errors import ConfigError
 from protocol.messages import MAX_CONTROL_BYTES
 from protocol.topics import check_name
+from runtime.files import write_atomic
 
 # What mosquitto_passwd 2.0 writes: PBKDF2-HMAC-SHA512, 101 iterations, 12-byte
 # salt. The passwords we generate are random 144-bit tokens, so more iterations
@@ -210,14 +210,8 @@ def read_credentials(path: Path) -> dict[str, str]:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    # Write next to the target and rename, so a reader never sees half a file and
-    # a secret file never exists with looser permissions than ``mode``.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    # Atomic, and a secret file never exists with looser permissions than ``mode``.
+    write_atomic(path, text.encode("utf-8"), private=mode == 0o600)
 
 
 @dataclass(frozen=True)

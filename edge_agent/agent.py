@@ -20,7 +20,6 @@ from edge_agent.data import LocalData, load_csv
 from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, clip_note, train_round
-from models import save_model
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
 from protocol.errors import ConfigError, FedmqError, ProtocolError
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
@@ -32,7 +31,7 @@ from protocol.signing import Ed25519PublicKey, Signer
 from protocol.signing import public_key_from_hex as signing_key_from_hex
 from protocol.wire import UpdateMessage, encode_update
 from runtime import __version__
-from runtime.files import load_or_create_signer, write_atomic
+from runtime.files import load_or_create_signer, save_model, write_atomic
 from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)

@@ -43,11 +43,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from broker.cli import add_user, mosquitto_config, run_broker
 
     if args.action == "add-user":
-        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
-            f"password for {args.username}: ")
-        add_user(Path(args.password_file), args.username, password)
-        print(f"user {args.username!r} written to {args.password_file}")
-        return 0
+        return _add_user(args, add_user)
     if args.action == "mosquitto-config":
         print(mosquitto_config(
             args.out, args.fleet, prefix=args.prefix,
@@ -60,26 +56,59 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return run_broker(args.config)
 
 
+def _add_user(args: argparse.Namespace, add_user: Any) -> int:
+    from broker.passwords import new_password
+    from runtime.files import write_text_atomic
+
+    if args.generate:
+        password = new_password()
+    elif args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.username}: ")
+    else:
+        raise ConfigError("add-user: no terminal to ask for the password: pass "
+                          "--password-stdin (and pipe it in) or --generate")
+    add_user(Path(args.password_file), args.username, password)
+    print(f"user {args.username!r} written to {args.password_file}")
+    if args.generate and args.password_out:
+        write_text_atomic(args.password_out, password + "\n", private=True)
+        print(f"its password is in {args.password_out} (mode 0600): the [mqtt] password_file")
+    elif args.generate:
+        print(f"password (shown once): {password}")
+    return 0
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from aggregator.allowlist import enroll, revoke
+    from aggregator.allowlist import enroll_many, read_key_file, revoke
     from aggregator.config import AggregatorConfig
     from aggregator.keys import load_aggregator_keys
     from protocol.paillier import fingerprint
 
     config = AggregatorConfig.from_file(args.config)
     if args.revoke:
+        if not args.agent:
+            raise ConfigError("enroll --revoke needs --agent ID")
         changed = revoke(config.allow_list_file, args.agent)
         print(f"{args.agent} {'revoked' if changed else 'was not enrolled'} "
               f"({config.allow_list_file})")
         return 0
-    if not args.public_key:
-        raise ConfigError("enroll needs --public-key (on the device: fedmq agent --config "
-                          "agent.toml --show-public-key)")
+    if args.from_file:
+        if args.agent or args.public_key:
+            raise ConfigError("enroll: use --from-file or --agent/--public-key, not both")
+        pairs = read_key_file(args.from_file)  # every line checked before anything is written
+    elif args.agent and args.public_key:
+        pairs = [(args.agent, args.public_key)]
+    else:
+        raise ConfigError("enroll needs --agent ID --public-key HEX or --from-file keys.csv "
+                          "(on the device: fedmq agent --config agent.toml --show-public-key "
+                          "--csv)")
     # Keys first: a lost key must stop us before the allow-list changes.
     (public, _), signer = load_aggregator_keys(config, new_keys=args.new_keys)
-    changed = enroll(config.allow_list_file, args.agent, args.public_key)
-    print(f"{args.agent} {'enrolled' if changed else 'already enrolled'} in "
-          f"{config.allow_list_file}")
+    new = set(enroll_many(config.allow_list_file, pairs))
+    for agent_id, _key in pairs:
+        print(f"{agent_id} {'enrolled' if agent_id in new else 'already enrolled'} in "
+              f"{config.allow_list_file}")
     print("pin these in the agent's config:\n[fleet]\n"
           f'key_fingerprint = "{fingerprint(public)}"\n'
           f'aggregator_signing_key = "{signer.public_hex}"')
@@ -142,7 +171,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.show_public_key:
         from runtime.files import load_or_create_signer
 
-        print(load_or_create_signer(config.signing_key_path).public_hex)
+        public_hex = load_or_create_signer(config.signing_key_path).public_hex
+        # --csv: the id,public_key line `fedmq enroll --from-file` reads.
+        print(f"{config.agent_id},{public_hex}" if args.csv else public_hex)
         return 0
     agent = EdgeAgent(config)
     _stop_on_sigterm(agent.stop)
@@ -204,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", help="password file for add-user")
     p.add_argument("--username", help="user name for add-user")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--generate", action="store_true",
+                   help="add-user: make a random password and print it once (or --password-out)")
+    p.add_argument("--password-out", metavar="FILE",
+                   help="with --generate: write the password to FILE (mode 0600) instead")
     g = p.add_argument_group(
         "mosquitto-config", "write mosquitto.conf, passwords, acl and credentials.txt "
         "(generated passwords, mode 0600; kept on re-runs) into --out")
@@ -246,14 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-public-key", action="store_true",
                    help="print this agent's Ed25519 public key (created if missing) and exit; "
                    "enroll it on the gateway")
+    p.add_argument("--csv", action="store_true",
+                   help="with --show-public-key: print id,public_key for fedmq enroll --from-file")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("enroll", help="allow an agent's signing key (gateway)",
-                       description="Add an agent's Ed25519 public key to the aggregator's "
-                       "allow-list (or --revoke it) and print the keys the agent must pin.")
+                       description="Add agents' Ed25519 public keys to the aggregator's "
+                       "allow-list (or --revoke one) and print the keys the agent must pin.")
     p.add_argument("--config", default="configs/aggregator.toml", help="aggregator TOML config")
-    p.add_argument("--agent", required=True, help="agent id")
+    p.add_argument("--agent", help="agent id")
     p.add_argument("--public-key", help="the agent's key: fedmq agent --show-public-key")
+    p.add_argument("--from-file", metavar="CSV",
+                   help="enroll many agents: id,public_key lines (fedmq agent --show-public-key "
+                   "--csv prints one); nothing is written if any line is bad")
     p.add_argument("--revoke", action="store_true", help="remove the agent from the allow-list")
     p.add_argument("--new-keys", action="store_true",
                    help="create a missing Paillier or signing key even though run state or "
@@ -323,9 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output directory (default: data)")
     p.set_defaults(func=cmd_sample_data)
-    from fedmq import model_cli
+    from fedmq import model_cli, provision
 
     model_cli.register(sub)  # export, evaluate
+    provision.register(sub)  # init gateway, init device
     for command in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help="more log output")

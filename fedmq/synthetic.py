@@ -36,13 +36,15 @@ device's test set has the same label mix as its train set.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from runtime.files import write_atomic
 
 FEATURES: tuple[str, ...] = ("vibration_rms", "temperature_c", "current_a", "rpm")
 LABELS: tuple[str, ...] = ("fault", "fault_type", "next_temperature_c")
@@ -248,7 +250,7 @@ def generate_fleet(spec: FleetSpec) -> list[DeviceData]:
 
 
 def write_csv(path: str | os.PathLike[str], columns: Sequence[str], rows: np.ndarray) -> None:
-    """Write a header line and numeric rows atomically (temp file + os.replace)."""
+    """Write a header line and numeric rows atomically (``runtime.files.write_atomic``)."""
     data = np.asarray(rows, dtype=np.float64)
     if data.ndim != 2 or data.shape[1] != len(columns):
         raise ValueError(f"rows must be 2-D with {len(columns)} columns, got {data.shape}")
@@ -260,17 +262,11 @@ def write_csv(path: str | os.PathLike[str], columns: Sequence[str], rows: np.nda
         # round, not truncate: 0.9999999 must become 1 in an integer label column
         data[:, is_int] = np.rint(data[:, is_int])
     fmt = ["%d" if flag else "%.10g" for flag in is_int]
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(",".join(columns) + "\n")
-            if data.size:
-                np.savetxt(fh, data, fmt=fmt, delimiter=",")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.StringIO(newline="\n")
+    buf.write(",".join(columns) + "\n")
+    if data.size:
+        np.savetxt(buf, data, fmt=fmt, delimiter=",")
+    write_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def write_fleet(spec: FleetSpec, out_dir: str | os.PathLike[str]) -> list[Path]:

@@ -2,12 +2,12 @@
 
 All models share one flat float64 parameter vector layout (see ``ModelSpec``), so
 the aggregator can average deltas without knowing which model produced them.
-Nothing here performs I/O except ``save_model`` / ``load_model``.
+Nothing here performs I/O except ``load_model`` (``dump_model`` returns bytes).
 """
 
 from models.errors import ModelError
 from models.factory import make_model
-from models.io import load_model, save_model
+from models.io import dump_model, load_model
 from models.linear import LinearRegressionModel
 from models.logistic import LogisticRegressionModel
 from models.metrics import accuracy, log_loss, mae, mse, r2_score
@@ -19,11 +19,11 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "accuracy",
+    "dump_model",
     "load_model",
     "log_loss",
     "mae",
     "make_model",
     "mse",
     "r2_score",
-    "save_model",
 ]

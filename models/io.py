@@ -1,22 +1,20 @@
 """Portable on-disk model format: ``.npz`` (no pickles) or ``.json``.
 
 Both formats hold the same three things: the spec, the flat parameter vector and
-a JSON-safe metadata dict. Writes go to a temporary file in the target directory
-followed by ``os.replace`` so a crash never leaves a half-written model behind.
+a JSON-safe metadata dict. This module only reads files; ``dump_model`` returns
+bytes and ``runtime.files.save_model`` writes them atomically (models/ lies below
+the runtime, so the project's one atomic-write helper is not reachable from here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -48,30 +46,18 @@ def _dumps(obj: Any, what: str) -> str:
         raise ModelError(f"{what} is not JSON-serializable: {exc}") from exc
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-
-
-def save_model(
-    path: str | os.PathLike[str],
+def dump_model(
     spec: ModelSpec,
     params: ArrayLike,
     *,
     metadata: dict[str, Any] | None = None,
-) -> None:
-    """Write ``spec``, ``params`` and ``metadata`` to ``path`` (format chosen by suffix)."""
-    target = Path(path)
-    suffix = _suffix(target)
+    suffix: str = ".npz",
+) -> bytes:
+    """``spec``, ``params`` and ``metadata`` as the bytes of a ``.npz`` or ``.json`` file.
+
+    Pure: callers write the bytes (``runtime.files.save_model`` does so atomically).
+    """
+    fmt = _suffix(Path(f"model{suffix}"))
     if not isinstance(spec, ModelSpec):
         raise ModelError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     vector = as_param_vector(params, spec.n_params)
@@ -81,7 +67,7 @@ def save_model(
     spec_json = _dumps(spec.to_dict(), "spec")
     meta_json = _dumps(meta, "metadata")
 
-    if suffix == ".json":
+    if fmt == ".json":
         document = {
             "format": FORMAT,
             "version": VERSION,
@@ -89,26 +75,19 @@ def save_model(
             "params": vector.tolist(),
             "metadata": meta,
         }
-        payload = (_dumps(document, "model") + "\n").encode("utf-8")
+        return (_dumps(document, "model") + "\n").encode("utf-8")
 
-        def write_json(fh: IO[bytes]) -> None:
-            fh.write(payload)
-
-        _atomic_write(target, write_json)
-        return
-
-    def write_npz(fh: IO[bytes]) -> None:
-        # Strings as 0-d unicode arrays keep the archive loadable with allow_pickle=False.
-        np.savez(
-            fh,
-            format=np.array(FORMAT),
-            version=np.array(VERSION, dtype=np.int64),
-            spec=np.array(spec_json),
-            metadata=np.array(meta_json),
-            params=vector,
-        )
-
-    _atomic_write(target, write_npz)
+    buf = io.BytesIO()
+    # Strings as 0-d unicode arrays keep the archive loadable with allow_pickle=False.
+    np.savez(
+        buf,
+        format=np.array(FORMAT),
+        version=np.array(VERSION, dtype=np.int64),
+        spec=np.array(spec_json),
+        metadata=np.array(meta_json),
+        params=vector,
+    )
+    return buf.getvalue()
 
 
 def _parse_json(text: str, what: str) -> Any:

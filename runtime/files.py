@@ -9,21 +9,35 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
+from typing import Any
 
+from numpy.typing import ArrayLike
+
+from models.io import dump_model
+from models.spec import ModelSpec
 from protocol.errors import ConfigError, ProtocolError
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
 
-def write_atomic(path: str | Path, data: bytes, *, private: bool = False) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, private: bool = False) -> None:
+    """Replace ``path`` with ``data`` in one step (the project's only atomic-write helper).
+
+    ``private`` files (keys, passwords) are 0600 from their first byte; others 0644.
+    A reader sees the old file or the new one; a crash leaves no half-written file.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    # 0600 at creation: a chmod after writing would leave a window for readers.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    # A unique temp name: two writers (threads or processes) never share one.
+    fd, tmp_name = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600: a chmod to 0644 is safe, the reverse would leave a window.
+        if not private:
+            os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -38,6 +52,17 @@ def write_atomic(path: str | Path, data: bytes, *, private: bool = False) -> Non
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_text_atomic(path: str | Path, text: str, *, private: bool = False) -> None:
+    write_atomic(path, text.encode("utf-8"), private=private)
+
+
+def save_model(path: str | Path, spec: ModelSpec, params: ArrayLike, *,
+               metadata: dict[str, Any] | None = None) -> None:
+    """``models.dump_model`` written atomically (models/ stays free of file writes)."""
+    p = Path(path)
+    write_atomic(p, dump_model(spec, params, metadata=metadata, suffix=p.suffix))
 
 
 def warn_if_readable(path: Path) -> None:

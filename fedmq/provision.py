@@ -1,0 +1,192 @@
+"""``fedmq init gateway DIR`` and ``fedmq init device ID --gateway DIR``: a working fleet
+from commands, not from hand-edited files.
+
+A gateway directory holds the broker config (logins, ACL, TLS on), its Argon2
+password file, the aggregator config with its MQTT password file, the aggregator's
+keys, a CA and server certificate, and one bundle per device under ``devices/``
+(agent config with the pinned keys, the CA certificate and the device's MQTT
+password). The device's signing key is made on the device; ``fedmq enroll
+--from-file`` takes the ``id,public_key`` lines the devices print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from protocol.errors import ConfigError
+from protocol.topics import check_name
+from runtime.files import write_atomic, write_text_atomic
+
+RECORD = "gateway.json"  # what `init device` needs to know about the gateway
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    fleet: str
+    port: int
+    device_host: str  # the address devices connect to (a SAN of the server certificate)
+
+
+def _template(name: str, **values: object) -> str:
+    text = (resources.files("fedmq") / "templates" / name).read_text(encoding="utf-8")
+    return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def _device_ids(devices: str | None, count: int | None) -> list[str]:
+    if devices and count is not None:
+        raise ConfigError("init gateway: use --devices or --device-count, not both")
+    ids = [d.strip() for d in devices.split(",") if d.strip()] if devices else [
+        f"dev-{i:03d}" for i in range(count or 0)]
+    for device in ids:
+        check_name(device, "device id")
+        if device == "aggregator":
+            raise ConfigError("init: 'aggregator' is the aggregator's login, not a device id")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"init gateway: --devices names a device twice: {devices}")
+    return ids
+
+
+def _hosts(sans: Sequence[str], loopback: bool, host: str | None) -> tuple[str, str]:
+    """(listen address, address devices connect to)."""
+    names = [s.partition(":")[2] for s in sans]
+    device_host = LOOPBACK if loopback or not names else names[0]
+    local = loopback or all(n in ("localhost", "::1") or n.startswith("127.") for n in names)
+    return host or (LOOPBACK if local else "0.0.0.0"), device_host
+
+
+def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
+                 devices: Sequence[str], bits: int, rounds: int, loopback: bool = False,
+                 host: str | None = None) -> list[str]:
+    """Write a gateway directory; return the lines to show the operator."""
+    from aggregator.config import AggregatorConfig
+    from aggregator.keys import load_aggregator_keys
+    from broker.certs import make_tls, parse_san
+    from broker.passwords import add_users, new_password
+
+    check_name(fleet, "fleet name")
+    for flag, value, low, high in (("--port", port, 1, 65535), ("--bits", bits, 512, 8192),
+                                   ("--rounds", rounds, 1, 1_000_000)):
+        if not low <= value <= high:
+            raise ConfigError(f"init gateway: {flag} {value} is not in {low}..{high}")
+    for san in sans:
+        parse_san(san)  # a typo stops us before anything is written
+    taken = [p for p in ("broker.toml", "aggregator.toml", "passwords.txt", RECORD)
+             if (directory / p).exists()]
+    if taken:
+        raise ConfigError(f"{directory / taken[0]} exists: init gateway makes a new gateway "
+                          f"(add devices with: fedmq init device ID --gateway {directory})")
+    listen, device_host = _hosts(sans, loopback, host)
+    gateway = Gateway(fleet=fleet, port=port, device_host=device_host)
+    tls = make_tls(directory / "tls", fleet, sans)
+    all_sans = ", ".join(dict.fromkeys(["IP:127.0.0.1", "DNS:localhost", *sans]))
+    write_text_atomic(directory / "broker.toml", _template(
+        "broker.toml", host=listen, port=port, fleet=fleet, sans=all_sans))
+    password = new_password()
+    write_text_atomic(directory / "aggregator.password", password + "\n", private=True)
+    add_users(directory / "passwords.txt", {"aggregator": password})
+    write_text_atomic(directory / "aggregator.toml", _template(
+        "aggregator.toml", fleet=fleet, port=port, bits=bits, rounds=rounds,
+        quorum=max(1, (len(devices) + 1) // 2), min_agents=max(1, len(devices))))
+    # The aggregator's keys now, so every device bundle pins their fingerprints.
+    load_aggregator_keys(AggregatorConfig.from_file(directory / "aggregator.toml"))
+    write_text_atomic(directory / RECORD, json.dumps(asdict(gateway), indent=2) + "\n")
+    made = add_devices(directory, devices)
+    return [f"gateway {directory}: broker.toml (TLS, logins, ACL on {listen}:{port}), "
+            f"aggregator.toml, passwords.txt, CA {tls.ca_cert} (key 0600, stays here), "
+            f"server certificate for {all_sans}",
+            *made,
+            f"devices connect to {device_host}:{port}; copy each devices/<id>/ to its device"]
+
+
+def _load_gateway(directory: Path) -> Gateway:
+    path = directory / RECORD
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return Gateway(fleet=str(doc["fleet"]), port=int(doc["port"]),
+                       device_host=str(doc["device_host"]))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: is {directory} made by fedmq init gateway?") \
+            from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a fedmq gateway record ({exc})") from None
+
+
+def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
+    """A login in passwords.txt and a bundle under devices/<id>/ for each device."""
+    from aggregator.config import AggregatorConfig
+    from aggregator.keys import load_aggregator_keys
+    from broker.passwords import add_users, new_password
+    from protocol.paillier import fingerprint
+
+    if not devices:
+        return []
+    gateway = _load_gateway(directory)
+    for device in devices:
+        check_name(device, "device id")
+        if (directory / "devices" / device).exists():
+            raise ConfigError(f"{directory / 'devices' / device} exists: device {device!r} is "
+                              f"already provisioned")
+    (public, _), signer = load_aggregator_keys(
+        AggregatorConfig.from_file(directory / "aggregator.toml"))
+    ca = (directory / "tls" / "ca.crt").read_bytes()
+    passwords = {device: new_password() for device in devices}
+    add_users(directory / "passwords.txt", passwords)
+    for device, password in passwords.items():
+        bundle = directory / "devices" / device
+        write_atomic(bundle / "ca.crt", ca)
+        write_text_atomic(bundle / "mqtt.password", password + "\n", private=True)
+        write_text_atomic(bundle / "agent.toml", _template(
+            "agent.toml", id=device, fleet=gateway.fleet, port=gateway.port,
+            device_host=gateway.device_host, key_fingerprint=fingerprint(public),
+            aggregator_signing_key=signer.public_hex))
+    return [f"device {d}: login added to passwords.txt, bundle {directory / 'devices' / d}"
+            for d in devices]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    if args.what == "gateway":
+        lines = init_gateway(
+            Path(args.target), fleet=args.fleet, sans=args.san, port=args.port,
+            devices=_device_ids(args.devices, args.device_count), bits=args.bits,
+            rounds=args.rounds, loopback=args.loopback, host=args.host)
+    else:
+        if not args.gateway:
+            raise ConfigError("init device needs --gateway DIR (made by fedmq init gateway)")
+        lines = add_devices(Path(args.gateway), [args.target])
+        lines.append("restart the broker so it reads the new login")
+    print("\n".join(lines))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "init", help="provision a gateway directory or one more device",
+        description="init gateway DIR: broker, aggregator, CA and server certificate, "
+        "logins and a bundle per device under DIR/devices/. init device ID --gateway DIR: "
+        "one more device (login + bundle).")
+    p.add_argument("what", choices=["gateway", "device"])
+    p.add_argument("target", metavar="DIR|ID", help="gateway directory, or the new device id")
+    g = p.add_argument_group("init gateway")
+    g.add_argument("--fleet", default="demo", help="fleet name (default: demo)")
+    g.add_argument("--san", action="append", default=[], metavar="IP:ADDR|DNS:NAME",
+                   help="the gateway's address on the devices' network, repeatable; the first "
+                   "is what devices connect to (IP:127.0.0.1 and DNS:localhost are always in)")
+    g.add_argument("--port", type=int, default=8883, help="broker TLS port (default: 8883)")
+    g.add_argument("--devices", metavar="ID,ID,...", help="device ids")
+    g.add_argument("--device-count", type=int, metavar="N", help="devices dev-000 ... dev-N-1")
+    g.add_argument("--bits", type=int, default=2048, help="Paillier key size (default: 2048)")
+    g.add_argument("--rounds", type=int, default=10, help="training rounds (default: 10)")
+    g.add_argument("--loopback", action="store_true",
+                   help="one-machine try-out: broker and devices on 127.0.0.1 (the default "
+                   "without --san)")
+    g.add_argument("--host", help="broker listen address (default: 0.0.0.0 with --san, else "
+                   "127.0.0.1)")
+    p.add_argument("--gateway", metavar="DIR", help="init device: the gateway directory")
+    p.set_defaults(func=cmd_init)

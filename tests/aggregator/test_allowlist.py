@@ -1,0 +1,90 @@
+"""The allow-list: enroll, batch enroll from a file, revoke; parallel writers keep every entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import signer_for
+
+from aggregator.allowlist import enroll, enroll_many, read_entries, read_key_file, revoke
+from aggregator.config import AggregatorConfig
+from aggregator.keys import load_aggregator_keys
+from protocol.errors import ConfigError
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def aggregator_toml(tmp_path: Path) -> Path:
+    cfg = tmp_path / "aggregator.toml"
+    cfg.write_text("[keys]\nbits = 512\nprivate_key_file = 'st/p.key'\n"
+                   "signing_key_file = 'st/s.key'\nallow_list_file = 'st/allow.json'\n"
+                   "[model]\nkind = 'logistic'\nfeatures = ['a']\nn_classes = 2\n"
+                   "[output]\nstate_dir = 'st'\n")
+    return cfg
+
+
+def test_enroll_replace_and_revoke(tmp_path: Path) -> None:
+    path = tmp_path / "allow.json"
+    a, b = signer_for("a").public_hex, signer_for("b").public_hex
+    assert enroll(path, "a", a) and not enroll(path, "a", a)
+    assert enroll(path, "a", b)  # a device that made a new key
+    assert read_entries(path) == {"a": b}
+    assert revoke(path, "a") and not revoke(path, "a")
+    assert read_entries(path) == {}
+
+
+def test_batch_with_one_bad_key_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "allow.json"
+    with pytest.raises(ConfigError):
+        enroll_many(path, [("a", signer_for("a").public_hex), ("b", "zz")])
+    assert not path.exists()
+
+
+def test_key_file_lines_and_errors(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.csv"
+    a, b = signer_for("dev-a").public_hex, signer_for("dev-b").public_hex
+    keys.write_text(f"id,public_key\n# a comment\n\ndev-a,{a}\n dev-b , {b} \n")
+    assert read_key_file(keys) == [("dev-a", a), ("dev-b", b)]
+    for text, says in [(f"dev-a,{a}\ndev-b\n", "keys.csv:2: expected id,public_key"),
+                       (f"dev-a,{a}\ndev-b,{b[:-2]}\n", "keys.csv:2: "),
+                       (f"dev-a,{a}\ndev-a,{b}\n", "keys.csv:2: agent 'dev-a' already on line 1"),
+                       ("bad id!,{a}\n", "keys.csv:1: "),
+                       ("# nothing\n", "no id,public_key lines")]:
+        keys.write_text(text)
+        with pytest.raises(ConfigError, match=says):
+            read_key_file(keys)
+
+
+def test_enroll_from_file_is_all_or_nothing(tmp_path: Path) -> None:
+    from fedmq.cli import main
+
+    cfg = aggregator_toml(tmp_path)
+    keys = tmp_path / "keys.csv"
+    good = "".join(f"dev-{i},{signer_for(f'dev-{i}').public_hex}\n" for i in range(3))
+    keys.write_text(good + "dev-9,nothex\n")
+    assert main(["enroll", "--config", str(cfg), "--from-file", str(keys)]) == 2
+    assert not (tmp_path / "st" / "allow.json").exists()
+    keys.write_text(good)
+    assert main(["enroll", "--config", str(cfg), "--from-file", str(keys)]) == 0
+    assert sorted(read_entries(tmp_path / "st" / "allow.json")) == ["dev-0", "dev-1", "dev-2"]
+
+
+@pytest.mark.slow
+def test_20_parallel_enrolls_keep_all_20_entries(tmp_path: Path) -> None:
+    """The issue saw 7 of 20: each process read the list, added itself and renamed over."""
+    cfg = aggregator_toml(tmp_path)
+    load_aggregator_keys(AggregatorConfig.from_file(cfg))  # first use: keys exist before the race
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "fedmq", "enroll", "--config", str(cfg), "--agent", f"dev-{i:02d}",
+         "--public-key", signer_for(f"dev-{i:02d}").public_hex], env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(20)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    doc = json.loads((tmp_path / "st" / "allow.json").read_text())
+    assert sorted(doc["agents"]) == [f"dev-{i:02d}" for i in range(20)]

@@ -1,0 +1,163 @@
+"""fedmq init gateway / init device: the configs load, the certificate verifies, a fleet runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import shutil
+import socket
+import ssl
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from support import fedmq_process, wait_until
+
+from aggregator.config import AggregatorConfig
+from aggregator.keys import load_aggregator_keys
+from broker.cli import load_settings
+from broker.embedded import EmbeddedBroker, free_port
+from edge_agent.config import AgentConfig
+from fedmq import synthetic
+from fedmq.cli import main
+from protocol.paillier import fingerprint
+
+
+def init(tmp_path: Path, *extra: str, devices: str = "dev-a,dev-b", port: int = 8883) -> Path:
+    gw = tmp_path / "gw"
+    assert main(["init", "gateway", str(gw), "--fleet", "plant", "--bits", "1024", "--rounds",
+                 "2", "--port", str(port), "--devices", devices, *extra]) == 0
+    return gw
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def give_data(gw: Path, devices: list[str]) -> None:
+    paths = synthetic.write_fleet(synthetic.FleetSpec(n_devices=len(devices),
+                                                      samples_per_device=80), gw / "data")
+    for device, csv in zip(devices, paths, strict=True):
+        shutil.copy(csv, gw / "devices" / device / "data.csv")
+
+
+def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
+    gw = init(tmp_path, "--san", "IP:10.1.2.3", "--san", "DNS:gw.local")
+    broker = load_settings(gw / "broker.toml")
+    assert (broker.acl, broker.allow_anonymous, broker.fleet) == (True, False, "plant")
+    assert broker.host == "0.0.0.0" and broker.tls_cert_file and broker.password_file
+    users = [ln.split(":", 1)[0] for ln in (gw / "passwords.txt").read_text().splitlines()]
+    assert users == ["aggregator", "dev-a", "dev-b"]
+    agg = AggregatorConfig.from_file(gw / "aggregator.toml")
+    assert agg.mqtt.tls and agg.mqtt.username == "aggregator"
+    assert agg.mqtt.password == (gw / "aggregator.password").read_text().strip()
+    (public, _), signer = load_aggregator_keys(agg)
+    give_data(gw, ["dev-a", "dev-b"])
+    for device in ("dev-a", "dev-b"):
+        bundle = gw / "devices" / device
+        agent = AgentConfig.from_file(bundle / "agent.toml")
+        assert (agent.agent_id, agent.mqtt.username, agent.mqtt.host) == (device, device,
+                                                                           "10.1.2.3")
+        assert agent.mqtt.tls and Path(agent.mqtt.ca_file or "") == bundle / "ca.crt"
+        assert agent.mqtt.password == (bundle / "mqtt.password").read_text().strip()
+        assert agent.key_fingerprint == fingerprint(public)
+        assert agent.aggregator_signing_key == signer.public_hex
+        assert mode(bundle / "mqtt.password") == 0o600
+        assert not (bundle / "state").exists()  # the device makes its own signing key
+    for secret in ("tls/ca.key", "tls/server.key", "passwords.txt", "aggregator.password",
+                   "state/paillier.key", "state/signing.key"):
+        assert mode(gw / secret) == 0o600, secret
+    cert = x509.load_pem_x509_certificate((gw / "tls" / "server.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.1.2.3")}
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "gw.local"}
+
+
+def test_certificate_verifies_against_the_embedded_broker(tmp_path: Path) -> None:
+    gw = init(tmp_path, "--san", "DNS:gw.local", "--loopback")
+    settings = dataclasses.replace(load_settings(gw / "broker.toml"), port=free_port())
+    assert settings.host == "127.0.0.1"
+    context = ssl.create_default_context(cafile=str(gw / "tls" / "ca.crt"))
+    with EmbeddedBroker(settings):
+        for name in ("127.0.0.1", "localhost", "gw.local"):  # every SAN, always on 127.0.0.1
+            with socket.create_connection(("127.0.0.1", settings.port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname=name) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        with socket.create_connection(("127.0.0.1", settings.port), timeout=5) as raw, \
+                pytest.raises(ssl.SSLCertVerificationError):
+            context.wrap_socket(raw, server_hostname="not-in-the-cert.example")
+
+
+def test_init_device_adds_a_login_and_a_bundle(tmp_path: Path, capsys) -> None:
+    gw = init(tmp_path, devices="dev-a")
+    assert main(["init", "device", "dev-c", "--gateway", str(gw)]) == 0
+    assert "restart the broker" in capsys.readouterr().out
+    users = [ln.split(":", 1)[0] for ln in (gw / "passwords.txt").read_text().splitlines()]
+    assert users == ["aggregator", "dev-a", "dev-c"]
+    first = (gw / "devices" / "dev-a" / "agent.toml").read_text()
+    later = (gw / "devices" / "dev-c" / "agent.toml").read_text()
+    assert first.replace("dev-a", "dev-c") == later  # same pins, host, port and CA
+    assert main(["init", "device", "dev-c", "--gateway", str(gw)]) == 2
+    assert "already provisioned" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--san", "IP:300.1.1.1"], "--san IP:300.1.1.1: '300.1.1.1' is not an IP address"),
+    (["--san", "gw.local"], "expected IP:<address> or DNS:<name>"),
+    (["--devices", "dev-a,dev-a"], "names a device twice"),
+    (["--devices", "bad id"], "device id"),
+    (["--port", "0"], "--port 0 is not in 1..65535"),
+])
+def test_bad_options_are_one_line_and_write_nothing(tmp_path: Path, capsys, args, says) -> None:
+    assert main(["init", "gateway", str(tmp_path / "gw"), *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+    assert not (tmp_path / "gw").exists()
+
+
+def test_init_gateway_never_overwrites_a_gateway(tmp_path: Path, capsys) -> None:
+    gw = init(tmp_path)
+    before = (gw / "passwords.txt").read_bytes()
+    assert main(["init", "gateway", str(gw)]) == 2
+    assert "init device" in capsys.readouterr().err
+    assert (gw / "passwords.txt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_provisioned_fleet_completes_its_rounds_over_tls(tmp_path: Path) -> None:
+    """init gateway -> device keys (--csv) -> enroll --from-file -> 2 rounds, TLS+logins+ACL."""
+    devices = ["dev-a", "dev-b"]
+    gw = init(tmp_path, devices=",".join(devices), port=free_port())
+    give_data(gw, devices)
+    keys = tmp_path / "keys.csv"
+    for device in devices:  # on each device: make its key, print id,public_key
+        proc = fedmq_process("agent", "--config", str(gw / "devices" / device / "agent.toml"),
+                             "--show-public-key", "--csv", log=tmp_path / "keys.log")
+        assert proc.wait(timeout=60) == 0
+    lines = [ln for ln in (tmp_path / "keys.log").read_text().splitlines()
+             if ln.startswith("dev-")]  # the log also holds the key-made INFO lines
+    keys.write_text("\n".join(lines) + "\n")
+    assert main(["enroll", "--config", str(gw / "aggregator.toml"), "--from-file", str(keys)]) == 0
+    allow = json.loads((gw / "state" / "allow_list.json").read_text())["agents"]
+    assert sorted(allow) == devices
+    with EmbeddedBroker(load_settings(gw / "broker.toml")):
+        agents = [fedmq_process("agent", "--config", str(gw / "devices" / d / "agent.toml"),
+                                log=tmp_path / f"{d}.log") for d in devices]
+        aggregator = fedmq_process("aggregator", "--config", str(gw / "aggregator.toml"),
+                                   log=tmp_path / "aggregator.log")
+        try:
+            assert aggregator.wait(timeout=120) == 0, (tmp_path / "aggregator.log").read_text()
+            for d, agent in zip(devices, agents, strict=True):
+                assert agent.wait(timeout=30) == 0, (tmp_path / f"{d}.log").read_text()
+        finally:
+            for p in (*agents, aggregator):
+                if p.poll() is None:
+                    p.kill()
+    log = (tmp_path / "aggregator.log").read_text()
+    assert "round 2 closed" in log and "2/2 agents" in log
+    for d in devices:
+        wait_until(lambda d=d: (gw / "devices" / d / "state" / "final_model.npz").exists(),
+                   f"{d}'s final model")

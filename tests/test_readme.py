@@ -1,0 +1,105 @@
+"""The README is executable: every shell block outside the Quick start runs here.
+
+Each ``sh`` block of a section is run, in order, by bash in a fresh copy of the
+checkout (a temporary directory, the test venv's ``bin`` first on PATH), on
+127.0.0.1 only. Background jobs a block starts (``&``) are killed with the
+block's process group afterwards. A section with a shell block but no test here
+fails ``test_every_shell_block_is_run``, so no documented command goes untested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.M | re.S)
+HEADING = re.compile(r"^(#{2,3}) (.+)$", re.M)
+NOT_RUN = {"Quick start"}  # `make demo` and `make test` are what CI itself runs
+
+
+def sections() -> dict[str, list[str]]:
+    """Heading -> the shell blocks directly under it (before the next heading)."""
+    text = (ROOT / "README.md").read_text()
+    heads = list(HEADING.finditer(text))
+    found: dict[str, list[str]] = {}
+    for i, head in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        blocks = BLOCK.findall(text, head.end(), end)
+        if blocks:
+            found[head.group(2).strip()] = blocks
+    return found
+
+
+def checkout_copy(dest: Path) -> Path:
+    """The checkout as a new user has it: sources, no run state; the test venv as .venv."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "runs", "state", "data", "__pycache__",
+                                    ".*_cache", ".hypothesis", "build", "*.egg-info")
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    (dest / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    return dest
+
+
+@dataclass
+class Ran:
+    cwd: Path
+    stdout: str
+    stderr: str
+
+
+def run_section(title: str, tmp_path: Path, *, timeout: float, before: str = "",
+                replace: dict[str, str] | None = None) -> Ran:
+    """Run the section's blocks; ``before`` is setup the text presupposes (not shown)."""
+    script = "\n".join(sections()[title])
+    for old, new in (replace or {}).items():
+        assert old in script, f"README section {title!r} no longer contains {old!r}"
+        script = script.replace(old, new)
+    script = before + "\n" + script
+    cwd = checkout_copy(tmp_path / "checkout")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"README section {title!r} did not finish in {timeout} s\n{out}\n{err}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # background jobs the blocks started
+            os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.returncode == 0, f"README section {title!r} failed\n{out}\n{err}"
+    return Ran(cwd, out, err)
+
+
+TESTED: set[str] = set()
+
+
+def section_test(title: str):  # type: ignore[no-untyped-def]
+    TESTED.add(title)
+    return pytest.mark.slow
+
+
+def test_every_shell_block_is_run() -> None:
+    assert set(sections()) - NOT_RUN == TESTED
+
+
+@section_test("Use the model")
+def test_use_the_model(tmp_path: Path) -> None:
+    ran = run_section("Use the model", tmp_path, timeout=180, before=(
+        # "after make demo": a small one, so the test stays quick
+        "fedmq simulate --agents 4 --rounds 2 --key-bits 512 --no-plot >/dev/null"))
+    assert re.search(r"scikit-learn and ONNX agree on 100.0% of \d+ rows", ran.stdout), ran.stdout
+    assert "accuracy" in ran.stdout
+    for name in ("model.joblib", "model.onnx", "model.json"):
+        assert (ran.cwd / "runs" / "export" / name).stat().st_size > 0
