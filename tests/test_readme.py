@@ -57,13 +57,14 @@ class Ran:
 
 
 def run_section(title: str, tmp_path: Path, *, timeout: float, before: str = "",
-                replace: dict[str, str] | None = None) -> Ran:
-    """Run the section's blocks; ``before`` is setup the text presupposes (not shown)."""
+                after: str = "", replace: dict[str, str] | None = None) -> Ran:
+    """Run the section's blocks; ``before`` is setup the text presupposes, ``after`` what
+    the text says in words rather than in a block (both shown in the test)."""
     script = "\n".join(sections()[title])
     for old, new in (replace or {}).items():
         assert old in script, f"README section {title!r} no longer contains {old!r}"
         script = script.replace(old, new)
-    script = before + "\n" + script
+    script = f"{before}\n{script}\n{after}"
     cwd = checkout_copy(tmp_path / "checkout")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
@@ -103,3 +104,66 @@ def test_use_the_model(tmp_path: Path) -> None:
     assert "accuracy" in ran.stdout
     for name in ("model.joblib", "model.onnx", "model.json"):
         assert (ran.cwd / "runs" / "export" / name).stat().st_size > 0
+
+
+@section_test("Installing")
+def test_installing(tmp_path: Path) -> None:
+    ran = run_section("Installing", tmp_path, timeout=300)
+    assert "usage: fedmq agent" in ran.stdout
+    venv = ran.cwd / "build" / "device-venv"
+    probe = subprocess.run([venv / "bin" / "python", "-c", "import sklearn"],
+                           capture_output=True, text=True)
+    assert probe.returncode != 0  # the device install has no scikit-learn
+
+
+def agents_finished(cwd: Path, bundle: Path, devices: list[str]) -> None:
+    for device in devices:
+        assert (bundle / device / "state" / "final_model.npz").exists(), (
+            (cwd / f"{device}.log").read_text() if (cwd / f"{device}.log").exists() else device)
+
+
+@section_test("Try it on one machine (loopback, TLS and logins on)")
+def test_try_it_on_one_machine(tmp_path: Path) -> None:
+    ran = run_section("Try it on one machine (loopback, TLS and logins on)", tmp_path,
+                      timeout=240)
+    agents_finished(ran.cwd, ran.cwd / "gw" / "devices", ["dev-000", "dev-001", "dev-002"])
+    assert "round 2 closed" in ran.stderr, ran.stderr[-3000:]
+
+
+@section_test("One gateway and N devices")
+def test_one_gateway_and_n_devices(tmp_path: Path) -> None:
+    devices = ["dev-000", "dev-001", "dev-002"]
+    run_devices = "\n".join(
+        f"fedmq agent --config plant/devices/{d}/agent.toml > {d}.log 2>&1 &" for d in devices)
+    ran = run_section(
+        "One gateway and N devices", tmp_path, timeout=300,
+        # One machine plays gateway and devices: the gateway's address is loopback.
+        replace={"--san IP:192.168.1.10": "--san IP:127.0.0.1"},
+        before="fedmq sample-data --devices 3 --out data > /dev/null",
+        after="\n".join([
+            # "put the device's readings next to agent.toml as data.csv", and the other
+            # devices print their key lines like dev-000 (the block shows one device)
+            *(f"cp data/{d}.csv plant/devices/{d}/data.csv" for d in devices),
+            *(f"fedmq agent --config plant/devices/{d}/agent.toml --show-public-key --csv "
+              ">> plant-keys.csv" for d in devices[1:]),
+            "fedmq enroll --config plant/aggregator.toml --from-file plant-keys.csv",
+            # "Then run fedmq broker ... and fedmq aggregator ... on the gateway and
+            # fedmq agent ... on each device"
+            "fedmq broker --config plant/broker.toml > broker.log 2>&1 &",
+            run_devices,
+            "sed -i 's/^rounds = .*/rounds = 2/' plant/aggregator.toml",
+            "fedmq aggregator --config plant/aggregator.toml",
+            "wait $(jobs -p | tail -n 3)",
+        ]))
+    agents_finished(ran.cwd, ran.cwd / "plant" / "devices", devices)
+    assert (ran.cwd / "plant" / "devices" / "dev-003" / "agent.toml").exists()
+
+
+@section_test("Securing the gateway broker")
+def test_mosquitto_config(tmp_path: Path) -> None:
+    ran = run_section("Securing the gateway broker", tmp_path, timeout=120, before=(
+        "fedmq init gateway plant --fleet plant --device-count 3 --bits 512 > /dev/null"))
+    out = ran.cwd / "plant" / "mosquitto"
+    for name in ("mosquitto.conf", "acl", "passwords", "credentials.txt"):
+        assert (out / name).stat().st_size > 0
+    assert "dev-002" in (out / "credentials.txt").read_text()
