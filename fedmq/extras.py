@@ -26,6 +26,9 @@ _NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "broker": ("gateway", ("amqtt", "pwdlib")),
     "simulate": ("gateway", ("amqtt", "sklearn", "matplotlib")),
     "bench-flood": ("gateway", ("amqtt",)),
+    # gateway-side files: Argon2 password hashes, and locks for the allow-list/password file
+    "init": ("gateway", ("pwdlib", "filelock")),
+    "enroll": ("gateway", ("filelock",)),
 }
 # Subcommand actions that need no extra (they only write text files).
 _LIGHT_ACTIONS = {("broker", "mosquitto-config")}

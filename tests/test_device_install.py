@@ -72,6 +72,12 @@ def device_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+def test_the_wheel_carries_the_templates_fedmq_init_writes(device_venv):
+    site = next((device_venv / "lib").glob("python3*/site-packages"))
+    assert {p.name for p in (site / "fedmq" / "templates").glob("*.toml")} == {
+        "agent.toml", "aggregator.toml", "broker.toml"}
+
+
 def test_the_wheel_without_extras_installs_no_gateway_packages_and_fits(device_venv):
     python = device_venv / "bin" / "python"
     for module in ABSENT:
@@ -85,7 +91,8 @@ def test_the_wheel_without_extras_installs_no_gateway_packages_and_fits(device_v
 
 def test_gateway_commands_on_a_device_install_name_the_extra(device_venv, tmp_path):
     fedmq = device_venv / "bin" / "fedmq"
-    for args in (["broker"], ["simulate", "--agents", "2"]):
+    for args in (["broker"], ["simulate", "--agents", "2"], ["init", "gateway", "gw"],
+                 ["enroll", "--from-file", "keys.csv"]):
         proc = run(fedmq, *args, cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr
