@@ -121,3 +121,30 @@ def test_tls_and_key_paths_are_relative_to_the_config(tmp_path, monkeypatch):
     assert cfg.mqtt.ca_file == str(tmp_path / "gw" / "tls" / "ca.crt")
     assert cfg.key_file == str(tmp_path / "gw" / "keys" / "p.key")
     assert cfg.state_dir == str(tmp_path / "gw" / "state")
+
+
+@pytest.mark.parametrize(("table", "settings"), [
+    ("RoundsTable", "aggregator.config:RoundPolicy"),
+    ("LimitsTable", "aggregator.config:Limits"),
+    ("TrainingTable", "protocol.messages:TrainingSettings"),
+    ("CodecTable", "protocol.codec:CodecParams"),
+])
+def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
+    # The msgspec table validates the file, the frozen dataclass is what the roles use:
+    # a default changed in one place only would make a missing key mean two things.
+    import dataclasses
+    import importlib
+
+    import msgspec
+
+    from aggregator import schema
+
+    module, name = settings.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    struct = getattr(schema, table)
+    defaults = {f.name: f.default for f in msgspec.structs.fields(struct)
+                if f.default is not msgspec.NODEFAULT}
+    shared = [f for f in dataclasses.fields(cls) if f.name in defaults]
+    assert len(shared) >= 3
+    for field in shared:
+        assert defaults[field.name] == field.default, field.name
