@@ -12,7 +12,9 @@ password). The device's signing key is made on the device; ``fedmq enroll
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -61,6 +63,19 @@ def _hosts(sans: Sequence[str], loopback: bool, host: str | None) -> tuple[str, 
     return host or (LOOPBACK if local else "0.0.0.0"), device_host
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True if a server already listens on ``host:port`` (the broker could not bind it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the broker binds (asyncio sets SO_REUSEADDR): a closed port in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE  # EACCES (port < 1024) is for run time
+    return False
+
+
 def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
                  devices: Sequence[str], bits: int, rounds: int, loopback: bool = False,
                  host: str | None = None) -> list[str]:
@@ -98,11 +113,17 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     load_aggregator_keys(AggregatorConfig.from_file(directory / "aggregator.toml"))
     write_text_atomic(directory / RECORD, json.dumps(asdict(gateway), indent=2) + "\n")
     made = add_devices(directory, devices)
+    # A warning, not an error: the old broker may be stopped before this one starts. But the
+    # try-out hangs quietly if another broker holds the port (agents retry its TLS for ever).
+    busy = [f"note: {listen}:{port} is in use now (another broker?): fedmq broker cannot "
+            f"start until it is free; or make the gateway again with another --port"
+            ] if port_in_use(listen, port) else []
     return [f"gateway {directory}: broker.toml (TLS, logins, ACL on {listen}:{port}), "
             f"aggregator.toml, passwords.txt, CA {tls.ca_cert} (key 0600, stays here), "
             f"server certificate for {all_sans}",
             *made,
-            f"devices connect to {device_host}:{port}; copy each devices/<id>/ to its device"]
+            f"devices connect to {device_host}:{port}; copy each devices/<id>/ to its device",
+            *busy]
 
 
 def _load_gateway(directory: Path) -> Gateway:

@@ -104,6 +104,20 @@ def test_init_device_adds_a_login_and_a_bundle(tmp_path: Path, capsys) -> None:
     assert "already provisioned" in capsys.readouterr().err
 
 
+def test_init_gateway_says_when_its_port_is_taken(tmp_path: Path, capsys) -> None:
+    """Another broker on the port: the try-out's broker cannot start and the agents retry
+    that broker's TLS for ever, so init says so at once."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        init(tmp_path, "--loopback", port=taken)
+        out = capsys.readouterr().out
+    assert f"note: 127.0.0.1:{taken} is in use now" in out and "--port" in out
+    init(tmp_path / "free", "--loopback", port=taken)  # closed now: no note
+    assert "in use" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, says", [
     (["--san", "IP:300.1.1.1"], "--san IP:300.1.1.1: '300.1.1.1' is not an IP address"),
     (["--san", "gw.local"], "expected IP:<address> or DNS:<name>"),
