@@ -14,6 +14,7 @@ from models import ModelSpec
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
+from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from runtime.config import blame, convert, load_toml, resolve
 from runtime.mqtt_settings import MqttSettings, mqtt_settings
@@ -98,6 +99,7 @@ class AggregatorConfig:
     state_dir: str = "state/aggregator"
     client_id: str = "fedmq-aggregator"
     limits: Limits = field(default_factory=Limits)
+    statistics: StatsParams = field(default_factory=StatsParams)
 
     @classmethod
     def from_file(cls, path: str | Path) -> AggregatorConfig:

@@ -34,6 +34,7 @@ from aggregator.runs import RunDirs, open_run, spec_digest
 from aggregator.store import RunStore
 from protocol.codec import make_codec
 from protocol.errors import ConfigError, FedmqError, ProtocolError
+from protocol.layout import contract_digest
 from protocol.messages import MetricsMessage
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -73,7 +74,8 @@ class Aggregator:
         (self.public_key, self._private_key), self.signer = keypair, signer
         self.fingerprint = fingerprint(self.public_key)
         self.codec = make_codec(config.codec, self.public_key.n)
-        self.codec_digest = config.codec.digest(self.fingerprint)
+        self.codec_digest = contract_digest(config.codec, config.statistics,
+                                            self.fingerprint)
         self._fixed_allow_list = allow_list
         self._last_allow_list: Mapping[str, Ed25519PublicKey] | None = None
         self._on_round = on_round

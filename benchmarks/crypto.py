@@ -28,6 +28,7 @@ import numpy as np
 
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from protocol.codec import CodecParams, make_codec, mean_from_sums, quantize_update
+from protocol.layout import contract_digest
 from protocol.obfuscation import make_obfuscators
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -39,6 +40,7 @@ from protocol.paillier import (
     generate_keypair,
 )
 from protocol.signing import Signer
+from protocol.statistics import StatsParams
 from protocol.wire import UpdateMessage, encode_update
 
 _SIGNER = Signer.generate()  # the online time includes the update's Ed25519 signature
@@ -73,7 +75,8 @@ def _payload(pub: PaillierPublicKey, params: CodecParams, cts: Sequence[int],
     fp = fingerprint(pub)
     return encode_update(UpdateMessage(
         fleet="bench", run_id="0123456789abcdef", round_id=1, agent_id="agent-0001",
-        key_fingerprint=fp, codec_digest=params.digest(fp), n_values=n_values,
+        key_fingerprint=fp,
+        codec_digest=contract_digest(params, StatsParams(), fp), n_values=n_values,
         ciphertexts=tuple(cts)), pub, _SIGNER)
 
 

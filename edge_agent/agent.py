@@ -225,7 +225,7 @@ class EdgeAgent:
         if self._key is None or self._announced is None or self._codec is None:
             return False  # unreachable: rounds are parsed only once a key is trusted
         fp = self._announced.fingerprint
-        if msg.key_fingerprint != fp or msg.codec_digest != self._announced.codec.digest(fp):
+        if msg.key_fingerprint != fp or msg.codec_digest != self._announced.contract_digest:
             log.warning("round %d names another key or codec; ignoring it", msg.round_id)
             return False
         if msg.state == "finished":

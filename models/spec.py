@@ -12,7 +12,7 @@ from models.errors import ModelError
 
 KINDS: tuple[str, ...] = ("linear", "logistic")
 
-_FIELDS = ("kind", "features", "n_classes", "center", "scale")
+_FIELDS = ("kind", "features", "n_classes", "center", "scale", "target_center", "target_scale")
 _REQUIRED = ("kind", "features")
 
 
@@ -64,6 +64,8 @@ class ModelSpec:
     n_classes: int = 0
     center: tuple[float, ...] | None = None
     scale: tuple[float, ...] | None = None
+    target_center: float | None = None
+    target_scale: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
@@ -116,7 +118,9 @@ class ModelSpec:
         return self.n_outputs * (self.n_features + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        target = {} if self.target_center is None and self.target_scale is None else {
+            "target_center": self.target_center, "target_scale": self.target_scale}
+        return {**target,
             "kind": self.kind,
             "features": list(self.features),
             "n_classes": self.n_classes,
@@ -142,6 +146,8 @@ class ModelSpec:
                 n_classes=data.get("n_classes", 0),
                 center=data.get("center"),
                 scale=data.get("scale"),
+                target_center=data.get("target_center"),
+                target_scale=data.get("target_scale"),
             )
         except ModelError:
             raise

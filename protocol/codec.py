@@ -204,17 +204,27 @@ class PerValueCodec:
         return {"slot_bits": self.modulus.bit_length() - 1, "slots": 1}
 
 
-class PackedCodec:
+class SlotContract(Protocol):
+    """What a packed codec needs of its parameters: the per-device bound and the summands."""
+
+    @property
+    def bound_int(self) -> int: ...
+
+    @property
+    def max_agents(self) -> int: ...
+
+
+class _Slots:
     """Many offset integers per plaintext, each slot with headroom for max_agents summands."""
 
-    def __init__(self, params: CodecParams, modulus: int) -> None:
+    def __init__(self, contract: SlotContract, modulus: int) -> None:
+        self._bound, self._max_agents = contract.bound_int, contract.max_agents
         # Largest legal slot sum: max_agents values shifted into [0, 2B].
-        slot_bits = (2 * params.max_agents * params.bound_int).bit_length()
+        slot_bits = (2 * self._max_agents * self._bound).bit_length()
         # Keep every packed plaintext below 2^(bits(n)-1) < n, so no sum wraps mod n.
         slots = (modulus.bit_length() - 1) // slot_bits
         if slots < 1:
             raise CodecError(f"key too small for {slot_bits}-bit slots; use a larger key")
-        self.params = params
         self.modulus = modulus
         self.layout = SlotLayout(slot_bits=slot_bits, slots=slots)
 
@@ -222,14 +232,16 @@ class PackedCodec:
         return self.layout.plaintext_count(n_values)
 
     def encode(self, values: Sequence[int]) -> list[int]:
-        bound = self.params.bound_int
+        bound = self._bound
         return self.layout.pack([v + bound for v in _checked(values, bound)])
 
     def decode(self, plaintexts: Sequence[int], n_values: int, n_summed: int) -> list[int]:
-        _check_summands(n_summed, self.params)
+        if not 1 <= n_summed <= self._max_agents:
+            raise CodecOverflowError(
+                f"{n_summed} summed updates, the contract allows 1..{self._max_agents}")
         if any(not 0 <= m < self.modulus for m in plaintexts):
             raise CodecError("plaintext outside [0, n)")
-        offset = n_summed * self.params.bound_int
+        offset = n_summed * self._bound
         out = []
         for i, field in enumerate(self.layout.unpack(plaintexts, n_values)):
             # Legal sums lie in [0, 2 * offset]; anything else is a carry or a forgery.
@@ -240,6 +252,14 @@ class PackedCodec:
 
     def describe(self) -> dict[str, int]:
         return {"slot_bits": self.layout.slot_bits, "slots": self.layout.slots}
+
+
+class PackedCodec(_Slots):
+    """The training codec: packed weighted deltas (BatchCrypt-style)."""
+
+    def __init__(self, params: CodecParams, modulus: int) -> None:
+        super().__init__(params, modulus)
+        self.params = params
 
 
 CODECS: dict[str, type[PerValueCodec] | type[PackedCodec]] = {

@@ -20,6 +20,7 @@ import numpy as np
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams, make_codec
 from protocol.errors import ProtocolError
+from protocol.layout import PHASES, StatsCodec, contract_digest
 from protocol.signing import (
     Ed25519PublicKey,
     Signer,
@@ -27,13 +28,15 @@ from protocol.signing import (
     sign_document,
     verify_document,
 )
+from protocol.statistics import StatsParams
 from protocol.topics import check_name
 
 MAX_CONTROL_BYTES = 4 * 1024 * 1024
+# "statistics", "training", "evaluation": a working round of that phase (protocol.layout).
 # "failed": the aggregator gave up the run (quorum not reached); a final message like
 # "finished". Agents older than it reject the unknown state as a bad message and keep
 # waiting, as they did before it existed.
-ROUND_STATES = ("training", "finished", "failed")
+ROUND_STATES = (*PHASES, "finished", "failed")
 MAX_REASON = 500  # characters of a failed run's reason
 AGENT_STATES = ("online", "offline")
 
@@ -81,9 +84,10 @@ class PubKeyMessage:
     fingerprint: str
     codec: CodecParams
     signing_key: str
+    statistics: StatsParams = field(default_factory=StatsParams)
     issued_at: float = field(default_factory=time.time)
 
-    SCHEMA = "fedmq.pubkey/2"
+    SCHEMA = "fedmq.pubkey/3"
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
@@ -91,8 +95,13 @@ class PubKeyMessage:
             raise ProtocolError("key fingerprint must be 64 hex characters")
         public_key_from_hex(self.signing_key)
 
-    def layout(self) -> dict[str, int]:
-        """Slot width and slots per ciphertext, derived from codec and key.
+    @property
+    def contract_digest(self) -> str:
+        """The digest rounds and updates must carry: both codecs and this key."""
+        return contract_digest(self.codec, self.statistics, self.fingerprint)
+
+    def layout(self) -> dict[str, dict[str, int]]:
+        """Slot width and slots per ciphertext of each codec, derived from contract and key.
 
         Announced so an agent (or an operator reading the retained message) can
         check it derives the same layout before it encrypts anything.
@@ -101,7 +110,8 @@ class PubKeyMessage:
             n = int(self.n_hex, 16)
         except ValueError as exc:
             raise ProtocolError("public key modulus is not a hex string") from exc
-        return make_codec(self.codec, n).describe()
+        return {"training": make_codec(self.codec, n).describe(),
+                "statistics": StatsCodec(self.statistics, n).describe()}
 
     def to_bytes(self, signer: Signer) -> bytes:
         if signer.public_hex != self.signing_key:
@@ -109,7 +119,8 @@ class PubKeyMessage:
         return sign_document({
             "schema": self.SCHEMA, "fleet": self.fleet, "n": self.n_hex,
             "fingerprint": self.fingerprint, "codec": self.codec.to_dict(),
-            "codec_digest": self.codec.digest(self.fingerprint), "layout": self.layout(),
+            "statistics": self.statistics.to_dict(),
+            "codec_digest": self.contract_digest, "layout": self.layout(),
             "signing_key": self.signing_key, "issued_at": self.issued_at,
         }, signer)
 
@@ -121,10 +132,11 @@ class PubKeyMessage:
             fleet=_get(doc, "fleet", str), n_hex=_get(doc, "n", str),
             fingerprint=_get(doc, "fingerprint", str),
             codec=CodecParams.from_dict(doc.get("codec")),
+            statistics=StatsParams.from_dict(doc.get("statistics")),
             signing_key=_get(doc, "signing_key", str), issued_at=_number(doc, "issued_at"),
         )
         verify_document(doc, public_key_from_hex(msg.signing_key))
-        if doc.get("codec_digest") != msg.codec.digest(msg.fingerprint):
+        if doc.get("codec_digest") != msg.contract_digest:
             raise ProtocolError("codec digest does not match the announced parameters")
         if doc.get("layout") != msg.layout():
             raise ProtocolError("announced slot layout does not follow from codec and key")
@@ -190,10 +202,13 @@ class RoundMessage:
         check_name(self.run_id, "run id", ProtocolError)
         for agent in self.participants:
             check_name(agent, "participant", ProtocolError)
-        if self.round_id < 1 or self.model_version < 0:
-            raise ProtocolError("round_id must be >= 1 and model_version >= 0")
         if self.state not in ROUND_STATES:
             raise ProtocolError(f"round state must be one of {ROUND_STATES}")
+        # The statistics round comes before round 1, as round 0 of model version 0.
+        first = 0 if self.state == "statistics" else 1
+        if self.round_id < first or self.model_version < 0:
+            raise ProtocolError(f"a {self.state} round needs round_id >= {first} and "
+                                "model_version >= 0")
         if len(self.reason) > MAX_REASON or (self.reason and self.state != "failed"):
             raise ProtocolError("a reason goes only with state 'failed', at most "
                                 f"{MAX_REASON} characters")
@@ -204,6 +219,11 @@ class RoundMessage:
             )
         if not all(math.isfinite(p) for p in self.params):
             raise ProtocolError("model parameters must be finite")
+
+    @property
+    def phase(self) -> str | None:
+        """The working phase (protocol.layout.PHASES), or None for a final state."""
+        return self.state if self.state in PHASES else None
 
     @property
     def params_array(self) -> np.ndarray:
@@ -301,9 +321,15 @@ class MetricsMessage:
     seconds: float
     update_norm: float
     closed_by: str
+    phase: str = "training"
+    # Federated evaluation of the model this round started from (FleetEvaluation.to_dict):
+    # fleet totals only. None when the round had no evaluation section or it failed.
+    evaluation: dict[str, Any] | None = None
+    clipped_share: float = 0.0  # of the update values the training codec clipped
+    skipped: dict[str, int] = field(default_factory=dict)  # skip code -> devices
     issued_at: float = field(default_factory=time.time)
 
-    SCHEMA = "fedmq.metrics/2"
+    SCHEMA = "fedmq.metrics/3"
 
     def to_bytes(self, signer: Signer) -> bytes:
         doc = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -8,7 +8,9 @@ from support import SPEC, signer_for
 from aggregator.admission import MAX_BUCKETS, Admission, RateLimiter
 from aggregator.config import Limits
 from protocol.codec import CodecParams, make_codec, quantize_update
+from protocol.layout import contract_digest
 from protocol.paillier import ciphertext_size, encrypt_ints, fingerprint
+from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from protocol.wire import MAX_HEADER, UpdateMessage, encode_update
 
@@ -22,7 +24,7 @@ def genuine(keypair, agent_id="dev-a") -> bytes:
     fp = fingerprint(public)
     return encode_update(UpdateMessage(
         fleet="test", run_id="run1", round_id=7, agent_id=agent_id, key_fingerprint=fp,
-        codec_digest=CodecParams().digest(fp), n_values=len(values),
+        codec_digest=contract_digest(CodecParams(), StatsParams(), fp), n_values=len(values),
         ciphertexts=tuple(encrypt_ints(public, codec.encode(values)))), public,
         signer_for(agent_id))
 

@@ -12,9 +12,11 @@ from aggregator.notices import Notifier, signed_by
 from aggregator.rounds import Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
 from protocol.errors import ProtocolError
+from protocol.layout import contract_digest
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
 from protocol.paillier import encrypt_ints, fingerprint, generate_keypair
 from protocol.signing import Signer
+from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from protocol.wire import UpdateMessage, encode_update
 
@@ -28,7 +30,8 @@ def state(keypair) -> RoundState:
     return RoundState(
         fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b"}), deadline=100.0,
         quorum=1, n_values=2, key_fingerprint=fingerprint(pub),
-        codec_digest=params.digest(fingerprint(pub)), codec=make_codec(params, pub.n),
+        codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
+        codec=make_codec(params, pub.n),
         public_key=pub, allow_list={"a": signer_for("a").public_key}, opened_at=0.0)
 
 

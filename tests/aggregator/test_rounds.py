@@ -8,9 +8,11 @@ from support import EnrolledFleet, signer_for
 
 from aggregator.rounds import Redelivered, Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
+from protocol.layout import contract_digest
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
 from protocol.signing import Signer
+from protocol.statistics import StatsParams
 from protocol.wire import UpdateMessage, decode_update, encode_update
 
 
@@ -21,7 +23,8 @@ def state(keypair):
     return RoundState(
         fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b", "c"}),
         deadline=100.0, quorum=2, n_values=2, key_fingerprint=fingerprint(pub),
-        codec_digest=params.digest(fingerprint(pub)), codec=make_codec(params, pub.n),
+        codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
+        codec=make_codec(params, pub.n),
         public_key=pub, allow_list=EnrolledFleet(), opened_at=0.0)
 
 

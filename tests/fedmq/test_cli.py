@@ -156,11 +156,13 @@ state_dir = "{state}"
 def identity(state):
     """(key fingerprint, codec digest) of the gateway's key: its run state must match them."""
     from protocol.codec import CodecParams
+    from protocol.layout import contract_digest
     from protocol.paillier import fingerprint, private_key_from_dict
+    from protocol.statistics import StatsParams
 
     fp = fingerprint(private_key_from_dict(
         json.loads((state / "paillier.key").read_text())).public_key)
-    return fp, CodecParams().digest(fp)
+    return fp, contract_digest(CodecParams(), StatsParams(), fp)
 
 
 def run_json(state, **fields):

@@ -92,6 +92,7 @@ from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
 from protocol.codec import CodecParams, make_codec, quantize_update
+from protocol.layout import contract_digest
 from protocol.messages import RoundMessage, StatusMessage
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -104,6 +105,7 @@ from protocol.paillier import (
     generate_keypair,
 )
 from protocol.signing import SIGNATURE_BYTES, UPDATE_DOMAIN, Signer
+from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from protocol.wire import UpdateMessage, decode_update, encode_update
 from runtime.transport import MqttSettings
@@ -171,7 +173,8 @@ def make_update(rnd: RoundMessage, agent_id: str, signer: Signer, key: PaillierP
         ciphertexts = encrypt_ints(key, make_codec(CODEC, key.n).encode(values))
     return encode_update(UpdateMessage(
         fleet=rnd.fleet, run_id=rnd.run_id, round_id=rnd.round_id, agent_id=agent_id,
-        key_fingerprint=fp, codec_digest=CODEC.digest(fp), n_values=len(values),
+        key_fingerprint=fp,
+        codec_digest=contract_digest(CODEC, StatsParams(), fp), n_values=len(values),
         ciphertexts=tuple(ciphertexts)), announced, signer)
 
 

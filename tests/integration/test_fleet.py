@@ -14,8 +14,10 @@ from support import agent_config, agent_process, local_data, run_in_thread, sign
 from aggregator.fedavg import weighted_average
 from edge_agent.agent import EdgeAgent
 from protocol.codec import CodecParams
+from protocol.layout import contract_digest
 from protocol.messages import RoundMessage
 from protocol.paillier import encrypt_ints, generate_keypair
+from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
 from runtime.transport import MqttLink, MqttSettings
@@ -104,7 +106,7 @@ def test_malformed_and_foreign_payloads_do_not_stop_the_round(broker_port, make_
     other_pub, _ = generate_keypair(512)
     foreign = encode_update(UpdateMessage(
         fleet="test", run_id="r", round_id=1, agent_id="agent-0", key_fingerprint="0" * 64,
-        codec_digest=CodecParams().digest("0" * 64), n_values=5,
+        codec_digest=contract_digest(CodecParams(), StatsParams(), "0" * 64), n_values=5,
         ciphertexts=tuple(encrypt_ints(other_pub, [1] * 5))), other_pub, signer_for("agent-0"))
     garbage = [b"", b"hello", b"FMQU\x01\xff\xff", MAGIC + bytes(500), foreign]
     while thread.is_alive():

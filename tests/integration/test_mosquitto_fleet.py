@@ -31,8 +31,10 @@ from aggregator.fedavg import weighted_average
 from aggregator.service import Aggregator
 from edge_agent.agent import EdgeAgent
 from protocol.codec import CodecParams, make_codec, quantize_update
+from protocol.layout import contract_digest
 from protocol.messages import RoundMessage, StatusMessage
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, encrypt_ints, fingerprint
+from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
 
@@ -170,7 +172,8 @@ def test_agent_publishing_on_another_agents_topic_is_dropped_by_mosquitto(
         values, _ = quantize_update(np.full(SPEC.n_params, CODEC.clip), CODEC.max_weight, CODEC)
         forged["update"] = encode_update(UpdateMessage(
             fleet=rnd.fleet, run_id=rnd.run_id, round_id=rnd.round_id, agent_id="dev-b",
-            key_fingerprint=fp, codec_digest=CODEC.digest(fp), n_values=len(values),
+            key_fingerprint=fp,
+            codec_digest=contract_digest(CODEC, StatsParams(), fp), n_values=len(values),
             ciphertexts=tuple(encrypt_ints(public, make_codec(CODEC, public.n).encode(values)))),
             public, signer_for("dev-b"))
         forged["status"] = StatusMessage(agent_id="dev-b", state="offline").to_bytes()

@@ -18,6 +18,7 @@ from protocol.messages import (
     TrainingSettings,
 )
 from protocol.signing import Signer, sign_document
+from protocol.statistics import StatsParams
 
 SPEC = ModelSpec(kind="logistic", features=("a", "b"), n_classes=2)
 SIGNER = Signer.from_seed(b"messages-test")
@@ -68,7 +69,10 @@ def test_pubkey_message_round_trip_is_self_signed(keypair):
     msg = pubkey_msg(pub)
     assert PubKeyMessage.from_bytes(msg.to_bytes(SIGNER)) == msg
     doc = json.loads(msg.to_bytes(SIGNER))
-    assert doc["layout"] == {"slot_bits": 44, "slots": 11}  # 511 usable bits / 44
+    # 511 usable bits / 44 for deltas; sums of squares of data need 119-bit slots.
+    assert doc["layout"] == {"training": {"slot_bits": 44, "slots": 11},
+                             "statistics": {"slot_bits": 119, "slots": 4}}
+    assert doc["statistics"] == StatsParams().to_dict()
     doc["codec"]["clip"] = 99.0  # a broker tampering with the contract
     with pytest.raises(ProtocolError, match="bad signature"):
         PubKeyMessage.from_bytes(json.dumps(doc).encode())

@@ -1,0 +1,128 @@
+"""What one encrypted update holds in each phase of a run, and the contract that names it.
+
+An update is a sequence of sections, each packed with its own codec and each
+ending in a count that bounds it:
+
+- statistics round: [statistics (count, sums, sums of squares)]
+- training round:   [training (weighted delta, weight), evaluation (sums, rows)]
+- final evaluation: [evaluation]
+
+Training values are small (|delta| <= clip) and evaluation sums large (sums of
+squares of raw data), so each section gets slots as wide as its own bound:
+one uniform slot width would double a training update's ciphertexts. The
+ciphertexts of all sections travel concatenated in one signed update
+(protocol.wire); the aggregator multiplies them position by position without
+caring where one section ends, and splits the decrypted sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models import ModelSpec
+from protocol.codec import Codec, CodecParams, _Slots, make_codec
+from protocol.errors import CodecError, CodecOverflowError
+from protocol.evaluation import eval_length
+from protocol.statistics import StatsParams, stats_length
+
+PHASES = ("statistics", "training", "evaluation")
+
+
+class StatsCodec(_Slots):
+    """Packs sums of data (statistics, evaluation) under the statistics contract."""
+
+    def __init__(self, params: StatsParams, modulus: int) -> None:
+        super().__init__(params, modulus)
+        self.params = params
+
+
+def contract_digest(codec: CodecParams, statistics: StatsParams, key_fingerprint: str) -> str:
+    """Names the whole encoding contract (both codecs + key): updates carry it."""
+    canon = json.dumps({"codec": codec.to_dict(), "statistics": statistics.to_dict(),
+                        "key": key_fingerprint}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    codec: Codec | StatsCodec
+    n_values: int
+    max_count: int  # the section's last value (weight or rows) lies in [1, max_count]
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    phase: str
+    sections: tuple[Section, ...]
+
+    @property
+    def n_values(self) -> int:
+        return sum(s.n_values for s in self.sections)
+
+    def plaintext_count(self) -> int:
+        return sum(s.codec.plaintext_count(s.n_values) for s in self.sections)
+
+    def encode(self, parts: Sequence[Sequence[int]]) -> list[int]:
+        """Plaintexts of every section, concatenated; each part must fit its section."""
+        if len(parts) != len(self.sections):
+            raise CodecError(f"a {self.phase} update has {len(self.sections)} sections, "
+                             f"got {len(parts)}")
+        out: list[int] = []
+        for section, values in zip(self.sections, parts, strict=True):
+            if len(values) != section.n_values:
+                raise CodecError(f"section {section.name} takes {section.n_values} values, "
+                                 f"got {len(values)}")
+            if not 1 <= values[-1] <= section.max_count:
+                raise CodecError(f"section {section.name}: count {values[-1]} outside "
+                                 f"[1, {section.max_count}]")
+            out += section.codec.encode(values)
+        return out
+
+    def decode(self, plaintexts: Sequence[int], n_summed: int) -> list[list[int]]:
+        """Exact sums per section of ``n_summed`` updates; raise on overflow or a forged count.
+
+        Each honest device's count lies in [1, max_count], so a group of k has a
+        total in [k, k * max_count]: a forged count inside the value bound still fails.
+        """
+        if len(plaintexts) != self.plaintext_count():
+            raise CodecError(f"a {self.phase} update has {self.plaintext_count()} plaintexts, "
+                             f"got {len(plaintexts)}")
+        out, at = [], 0
+        for section in self.sections:
+            size = section.codec.plaintext_count(section.n_values)
+            sums = section.codec.decode(plaintexts[at:at + size], section.n_values, n_summed)
+            at += size
+            if not n_summed <= sums[-1] <= n_summed * section.max_count:
+                raise CodecOverflowError(f"section {section.name}: total count {sums[-1]} "
+                                         f"impossible for {n_summed} updates")
+            out.append(sums)
+        return out
+
+    def split(self, flat: Sequence[int]) -> dict[str, list[int]]:
+        """Decoded sums (all sections concatenated) by section name."""
+        out, at = {}, 0
+        for section in self.sections:
+            out[section.name] = list(flat[at:at + section.n_values])
+            at += section.n_values
+        return out
+
+
+def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
+               modulus: int) -> UpdateLayout:
+    """The sections an update of ``phase`` carries for a model of ``spec``."""
+    training = Section("training", make_codec(codec, modulus), spec.n_params + 1,
+                       codec.max_weight)
+    evaluation = Section("evaluation", StatsCodec(statistics, modulus), eval_length(spec),
+                         statistics.max_samples)
+    if phase == "statistics":
+        return UpdateLayout(phase, (Section("statistics", StatsCodec(statistics, modulus),
+                                            stats_length(spec), statistics.max_samples),))
+    if phase == "training":
+        return UpdateLayout(phase, (training, evaluation))
+    if phase == "evaluation":
+        return UpdateLayout(phase, (evaluation,))
+    raise CodecError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
