@@ -5,7 +5,7 @@ the aggregator can average deltas without knowing which model produced them.
 Nothing here performs I/O except ``load_model`` (``dump_model`` returns bytes).
 """
 
-from models.errors import ModelError
+from models.errors import DivergedError, LabelError, ModelError
 from models.factory import make_model
 from models.io import dump_model, load_model
 from models.linear import LinearRegressionModel
@@ -14,6 +14,8 @@ from models.metrics import accuracy, log_loss, mae, mse, r2_score
 from models.spec import ModelSpec
 
 __all__ = [
+    "DivergedError",
+    "LabelError",
     "LinearRegressionModel",
     "LogisticRegressionModel",
     "ModelError",

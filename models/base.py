@@ -10,7 +10,7 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.errors import ModelError
+from models.errors import DivergedError, LabelError, ModelError
 from models.spec import ModelSpec
 
 FloatArray: TypeAlias = NDArray[np.float64]
@@ -50,6 +50,20 @@ def as_float_vector(y: ArrayLike, n_samples: int, name: str = "y") -> FloatArray
     if not np.all(np.isfinite(arr)):
         raise ModelError(f"{name} contains NaN or infinite values")
     return arr
+
+
+def as_label_vector(y: ArrayLike, n_samples: int) -> FloatArray:
+    """``as_float_vector`` for labels: unusable values raise ``LabelError("bad-labels")``.
+
+    A wrong length is a data-shape problem, not a label one, so it stays a ModelError.
+    """
+    try:
+        arr = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise LabelError("bad-labels", f"y must be numeric: {exc}") from exc
+    if arr.ndim == 1 and arr.shape[0] == n_samples and not np.all(np.isfinite(arr)):
+        raise LabelError("bad-labels", "y contains NaN or infinite values")
+    return as_float_vector(arr, n_samples)
 
 
 def as_param_vector(params: ArrayLike, n_params: int) -> FloatArray:
@@ -186,7 +200,7 @@ class BaseLinearMapModel(ABC):
                     batch = order[start : start + int(self.batch_size)]
                     self._sgd_step(P, Z[batch], targets[batch])
                 if not np.all(np.isfinite(P)):
-                    raise ModelError(
+                    raise DivergedError(
                         f"SGD diverged in epoch {epoch + 1}; lower learning_rate "
                         f"(currently {self.learning_rate!r}) or check the feature scaling"
                     )

@@ -11,6 +11,9 @@ to use it::
     logistic, K > 2:   p = softmax(s); class = classes[argmax(s)]
 
 ``predict_portable`` is that recipe in numpy and serves as its executable spec.
+A linear model trained on a standardized label (``target_center``/``target_scale``)
+is exported with that folded into ``coefficients`` and ``intercept``, so the
+recipe gives label units unchanged (and reads back as an equivalent plain spec).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def to_portable(spec: ModelSpec, params: ArrayLike) -> dict[str, Any]:
     vector = as_param_vector(params, spec.n_params)
     d = spec.n_features
     P = vector.reshape(spec.n_outputs, d + 1)
+    if spec.kind == "linear":
+        # label = target_center + target_scale * score, and the score is affine in z.
+        target_center, target_scale = spec.target_affine
+        P = P * target_scale
+        P[:, d] += target_center
     return {
         "schema": SCHEMA,
         "kind": spec.kind,

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.base import BaseLinearMapModel, FloatArray, IntArray, as_float_vector
-from models.errors import ModelError
+from models.base import BaseLinearMapModel, FloatArray, IntArray, as_label_vector
+from models.errors import LabelError
 from models.metrics import accuracy
 
 if TYPE_CHECKING:
@@ -45,12 +45,13 @@ class LogisticRegressionModel(BaseLinearMapModel):
         return self.spec.n_classes == 2
 
     def _check_targets(self, y: ArrayLike, n_samples: int) -> NDArray[Any]:
-        values = as_float_vector(y, n_samples)
+        values = as_label_vector(y, n_samples)
         if not np.array_equal(values, np.round(values)):
-            raise ModelError("class labels must be integers")
+            raise LabelError("bad-labels", "class labels must be integers")
         k = self.spec.n_classes
         if values.min() < 0 or values.max() >= k:
-            raise ModelError(
+            raise LabelError(
+                "class-outside-model",
                 f"class labels must lie in [0, {k}), got range [{values.min():g}, {values.max():g}]"
             )
         labels = values.astype(np.int64)

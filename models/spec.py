@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from models.errors import ModelError
 KINDS: tuple[str, ...] = ("linear", "logistic")
 
 _FIELDS = ("kind", "features", "n_classes", "center", "scale", "target_center", "target_scale")
+_TARGET_FIELDS = ("target_center", "target_scale")
 _REQUIRED = ("kind", "features")
 
 
@@ -50,9 +52,24 @@ def _as_float_tuple(value: object, name: str, features: tuple[str, ...]) -> tupl
     return tuple(out)
 
 
+def _as_finite(value: object, name: str) -> float:
+    # Strings are refused rather than parsed: "60.0" in a spec is a config mistake.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ModelError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ModelError(f"{name} must be finite, got {number!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model looks like: task, input features, classes and standardization.
+
+    ``center``/``scale`` standardize the features; for kind "linear",
+    ``target_center``/``target_scale`` standardize the label the same way, so the
+    parameters live in standardized label units whatever the label's magnitude
+    (None means 0 and 1: no standardization).
 
     The spec is what edge devices and the aggregator must agree on for parameter
     vectors to be interchangeable, so it is validated eagerly and is hashable.
@@ -102,6 +119,18 @@ class ModelSpec:
                     raise ModelError(f"{_entry('scale', i, features)} must be > 0, got {s!r}")
             object.__setattr__(self, "scale", scale)
 
+        for name in _TARGET_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.kind != "linear":
+                raise ModelError(f"{name} is only allowed for kind 'linear' (a class label "
+                                 f"is not standardized), got {name} = {value!r} for kind "
+                                 f"{self.kind!r}")
+            object.__setattr__(self, name, _as_finite(value, name))
+        if self.target_scale is not None and self.target_scale <= 0.0:
+            raise ModelError(f"target_scale must be > 0, got {self.target_scale!r}")
+
     @property
     def n_features(self) -> int:
         return len(self.features)
@@ -117,16 +146,27 @@ class ModelSpec:
     def n_params(self) -> int:
         return self.n_outputs * (self.n_features + 1)
 
+    @property
+    def target_affine(self) -> tuple[float, float]:
+        """(center, scale) of the label: label = center + scale * standardized label."""
+        center = 0.0 if self.target_center is None else self.target_center
+        scale = 1.0 if self.target_scale is None else self.target_scale
+        return center, scale
+
     def to_dict(self) -> dict[str, Any]:
-        target = {} if self.target_center is None and self.target_scale is None else {
-            "target_center": self.target_center, "target_scale": self.target_scale}
-        return {**target,
+        out: dict[str, Any] = {
             "kind": self.kind,
             "features": list(self.features),
             "n_classes": self.n_classes,
             "center": None if self.center is None else list(self.center),
             "scale": None if self.scale is None else list(self.scale),
         }
+        # Only when set: a spec without them serializes exactly as before, so its
+        # model files and messages stay readable by older builds.
+        for name in _TARGET_FIELDS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:

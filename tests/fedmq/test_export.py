@@ -4,6 +4,7 @@ and evaluate prints the metrics scikit-learn computes from the same predictions.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -20,24 +21,29 @@ FEATURES = ("vibration_rms", "temperature_c", "current_a")
 CENTER, SCALE = (1.0, 60.0, 5.0), (0.5, 10.0, 2.0)
 
 
-def _data(kind: str, n_classes: int, n: int = 300, seed: int = 1):
+def _data(kind: str, n_classes: int, n: int = 300, seed: int = 1, target=None):
     rng = np.random.default_rng(seed)
     X = np.asarray(CENTER) + rng.normal(size=(n, 3)) * np.asarray(SCALE)
     z = (X - CENTER) / SCALE
     if kind == "linear":
-        return X, 3.0 * z[:, 0] - 2.0 * z[:, 1] + 0.5 + rng.normal(scale=0.5, size=n)
+        y = 3.0 * z[:, 0] - 2.0 * z[:, 1] + 0.5 + rng.normal(scale=0.5, size=n)
+        # A label like a bearing temperature: around 60, spread 0.5.
+        return X, y if target is None else target[0] + target[1] * y / 3.6
     W = rng.normal(size=(n_classes, 3)) * 2
     return X, np.argmax(z @ W.T + rng.gumbel(size=(n, n_classes)), axis=1).astype(float)
 
 
-CASES = [("logistic", 2), ("logistic", 3), ("linear", 0)]
+CASES = [("logistic", 2, None), ("logistic", 3, None), ("linear", 0, None),
+         ("linear", 0, (60.0, 0.5))]
 
 
-@pytest.fixture(params=CASES, ids=["binary", "softmax", "linear"])
+@pytest.fixture(params=CASES, ids=["binary", "softmax", "linear", "linear-standardized-label"])
 def trained(request, tmp_path):
-    kind, k = request.param
-    spec = ModelSpec(kind=kind, features=FEATURES, n_classes=k, center=CENTER, scale=SCALE)
-    X, y = _data(kind, k)
+    kind, k, target = request.param
+    target_center, target_scale = target or (None, None)
+    spec = ModelSpec(kind=kind, features=FEATURES, n_classes=k, center=CENTER, scale=SCALE,
+                     target_center=target_center, target_scale=target_scale)
+    X, y = _data(kind, k, target=target)
     model = make_model(spec, epochs=3, learning_rate=0.05, seed=0).fit(X, y)
     path = tmp_path / "global_model.npz"
     save_model(path, spec, model.params_)
@@ -84,11 +90,19 @@ def test_json_export_is_portable_and_round_trips(trained, tmp_path):
     doc = json.loads(_export(path, "json", tmp_path / "m.json").read_text())
     assert doc["schema"] == "fedmq.model-export/1"
     assert doc["features"] == list(FEATURES) and doc["center"] == list(CENTER)
-    np.testing.assert_array_equal(predict_portable(doc, X), model.predict(X))
-    back_spec, back_params = from_portable(doc)
-    assert back_spec == spec
-    np.testing.assert_array_equal(back_params, model.params_)
     assert doc == to_portable(spec, model.params_)
+    back_spec, back_params = from_portable(doc)
+    if spec.target_scale is None:
+        np.testing.assert_array_equal(predict_portable(doc, X), model.predict(X))
+        assert back_spec == spec
+        np.testing.assert_array_equal(back_params, model.params_)
+        return
+    # The label's standardization is folded into the coefficients: the portable recipe
+    # predicts in label units, and reads back as an equivalent plain spec.
+    np.testing.assert_allclose(predict_portable(doc, X), model.predict(X), rtol=1e-12)
+    assert back_spec == dataclasses.replace(spec, target_center=None, target_scale=None)
+    back = make_model(back_spec).set_params_vector(back_params)
+    np.testing.assert_allclose(back.predict(X), model.predict(X), rtol=1e-12)
 
 
 def _write_csv(path: Path, X: np.ndarray, y: np.ndarray, label: str = "target") -> Path:
@@ -130,6 +144,10 @@ def test_evaluate_prints_the_metrics_sklearn_computes(trained, tmp_path, capsys)
     for name, value in expected.items():
         assert float(got[name]) == pytest.approx(value, abs=1e-6), name
     assert got["samples"] == str(len(y))
+    if spec.target_scale is not None:
+        # Label units: a model trained on the standardized label still explains the
+        # temperature-like label (predictions in standardized units would give R^2 << 0).
+        assert float(got["r2"]) > 0.8 and float(got["mse"]) < 0.05
 
 
 def one_line(capsys, argv: list[str], match: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models import LogisticRegressionModel, ModelError, ModelSpec, load_model
+from models import LinearRegressionModel, LogisticRegressionModel, ModelError, ModelSpec, load_model
 from runtime.files import save_model
 
 SPEC = ModelSpec("logistic", ("a", "b"), n_classes=3, center=(1.0, -2.0), scale=(0.5, 3.0))
@@ -46,6 +46,42 @@ def test_loaded_params_rebuild_an_equivalent_model(tmp_path: Path) -> None:
     a = LogisticRegressionModel(SPEC).set_params_vector(PARAMS)
     b = LogisticRegressionModel(spec).set_params_vector(params)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_standardized_label_survives_save_and_load(tmp_path: Path, suffix: str) -> None:
+    spec = ModelSpec("linear", ("a", "b"), center=(20.0, 1.0), scale=(4.0, 0.5),
+                     target_center=60.0, target_scale=0.5)
+    model = LinearRegressionModel(spec).set_params_vector([0.8, -0.5, 0.1])
+    path = tmp_path / f"m{suffix}"
+    save_model(path, spec, model.params_)
+    loaded_spec, params, _ = load_model(path)
+    assert loaded_spec == spec and loaded_spec.target_affine == (60.0, 0.5)
+    X = np.array([[20.0, 1.0], [28.0, 0.0], [12.5, 3.0]])
+    loaded = LinearRegressionModel(loaded_spec).set_params_vector(params)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert loaded.predict(X)[0] == pytest.approx(60.0 + 0.5 * 0.1)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_model_files_from_before_target_fields_still_load(tmp_path: Path, suffix: str) -> None:
+    # A file written before target_center/target_scale existed has no such keys.
+    old_spec = {"kind": "linear", "features": ["x"], "n_classes": 0, "center": None,
+                "scale": None}
+    path = tmp_path / f"old{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps({"format": "fedmq-model", "version": 1, "spec": old_spec,
+                                    "params": [2.0, 1.0], "metadata": {}}))
+    else:
+        np.savez(path, format=np.array("fedmq-model"), version=np.array(1, dtype=np.int64),
+                 spec=np.array(json.dumps(old_spec)), metadata=np.array("{}"),
+                 params=np.array([2.0, 1.0]))
+    spec, params, _ = load_model(path)
+    assert spec.target_affine == (0.0, 1.0)
+    model = LinearRegressionModel(spec).set_params_vector(params)
+    np.testing.assert_array_equal(model.predict([[3.0]]), [7.0])
+    # ...and the same spec is written back byte-for-byte as before.
+    assert spec.to_dict() == old_spec
 
 
 def test_npz_holds_no_pickled_objects(tmp_path: Path) -> None:

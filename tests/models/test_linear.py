@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -7,7 +8,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models import LinearRegressionModel, ModelError, ModelSpec, make_model, mse
+from models import (
+    DivergedError,
+    LabelError,
+    LinearRegressionModel,
+    ModelError,
+    ModelSpec,
+    make_model,
+    mse,
+)
 
 Data = tuple[NDArray[np.float64], NDArray[Any]]
 
@@ -229,3 +238,104 @@ def test_bad_init_params(spec: ModelSpec, linear_data: Data, init: Any, message:
         LinearRegressionModel(spec).fit(*linear_data, init_params=init)
     with pytest.raises(ModelError, match=message):
         LinearRegressionModel(spec).set_params_vector(init)
+
+
+# -- standardized label (ModelSpec.target_center / target_scale) ---------------------------
+
+_TEMP_FEATURES = ("ambient_c", "load_pct", "fan_rpm")
+_TEMP_MEAN = np.array([21.0, 55.0, 1800.0])
+_TEMP_STD = np.array([4.0, 15.0, 200.0])
+
+
+def _temperature_data(n: int, seed: int) -> Data:
+    """A label like a bearing temperature: mean ~60, std ~0.5, linear in the features."""
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, 3))
+    y = 60.0 + Z @ np.array([0.4, -0.25, 0.1]) + 0.15 * rng.standard_normal(n)
+    return _TEMP_MEAN + _TEMP_STD * Z, y
+
+
+def _temperature_spec(X: NDArray[np.float64], y: NDArray[np.float64] | None) -> ModelSpec:
+    # What the fleet's statistics round announces: the data's own mean and std.
+    return ModelSpec("linear", _TEMP_FEATURES, center=tuple(X.mean(axis=0)),
+                     scale=tuple(X.std(axis=0)),
+                     target_center=None if y is None else float(y.mean()),
+                     target_scale=None if y is None else float(y.std()))
+
+
+def test_standardized_label_converges_in_a_few_epochs_where_raw_label_does_not() -> None:
+    from sklearn.linear_model import LinearRegression
+
+    X, y = _temperature_data(1000, seed=4)
+    X_test, y_test = _temperature_data(2000, seed=5)
+    assert 59.9 < y.mean() < 60.1 and 0.45 < y.std() < 0.55
+    best = LinearRegression().fit(X, y).score(X_test, y_test)
+    settings = {"epochs": 2, "batch_size": 32, "learning_rate": 0.05, "seed": 0}
+
+    scaled = LinearRegressionModel(_temperature_spec(X, y), **settings).fit(X, y)
+    raw = LinearRegressionModel(_temperature_spec(X, None), **settings).fit(X, y)
+
+    assert best > 0.85
+    assert abs(scaled.score(X_test, y_test) - best) < 0.01
+    # Same settings on the raw label: the intercept has to travel 60 (120 label std's)
+    # and 2 epochs (63 steps) are not enough; the predictions are still off by far more
+    # than the label's spread, so R^2 is negative (about -20 here; it needs ~5 epochs).
+    assert raw.score(X_test, y_test) < 0.0
+    # Parameters live in standardized label units: O(1), not O(60).
+    assert np.all(np.abs(scaled.params_) < 2.0)
+
+
+def test_standardized_label_is_training_on_the_transformed_label() -> None:
+    X, y = _temperature_data(300, seed=1)
+    spec = _temperature_spec(X, y)
+    c, s = spec.target_affine
+    settings = {"epochs": 2, "learning_rate": 0.03, "seed": 3}
+    scaled = LinearRegressionModel(spec, **settings).fit(X, y)
+    plain_spec = _temperature_spec(X, None)
+    by_hand = LinearRegressionModel(plain_spec, **settings).fit(X, (y - c) / s)
+    np.testing.assert_allclose(scaled.params_, by_hand.params_, rtol=1e-12, atol=1e-15)
+    # predict, loss (MSE) and score (R^2) all speak the label's units.
+    np.testing.assert_allclose(scaled.predict(X), by_hand.predict(X) * s + c, rtol=1e-12)
+    assert scaled.loss(X, y) == pytest.approx(mse(y, scaled.predict(X)), rel=1e-12)
+    assert scaled.loss(X, y) == pytest.approx(by_hand.loss(X, (y - c) / s) * s**2, rel=1e-12)
+    assert scaled.score(X, y) == pytest.approx(by_hand.score(X, (y - c) / s), rel=1e-12)
+
+
+def test_no_target_fields_is_the_old_behaviour() -> None:
+    X, y = _temperature_data(200, seed=2)
+    y = y - 60.0
+    plain = LinearRegressionModel(_temperature_spec(X, None), seed=1).fit(X, y)
+    identity = dataclasses.replace(_temperature_spec(X, None), target_center=0.0,
+                                   target_scale=1.0)
+    same = LinearRegressionModel(identity, seed=1).fit(X, y)
+    np.testing.assert_array_equal(plain.params_, same.params_)
+    np.testing.assert_array_equal(plain.predict(X), same.predict(X))
+
+
+def test_to_sklearn_unfolds_feature_and_label_standardization() -> None:
+    from sklearn.linear_model import LinearRegression
+
+    X, y = _temperature_data(500, seed=6)
+    model = LinearRegressionModel(_temperature_spec(X, y), epochs=3, seed=0).fit(X, y)
+    est = model.to_sklearn()
+    assert isinstance(est, LinearRegression)
+    X_new, y_new = _temperature_data(100, seed=7)
+    np.testing.assert_allclose(est.predict(X_new), model.predict(X_new), rtol=1e-12)
+    assert 59.0 < est.predict(X_new).mean() < 61.0
+    assert est.score(X_new, y_new) == pytest.approx(model.score(X_new, y_new), rel=1e-9)
+    coef, intercept = model.raw_coefficients()
+    np.testing.assert_allclose(X_new @ coef + intercept, model.predict(X_new), rtol=1e-12)
+
+
+def test_divergence_is_a_diverged_error(spec: ModelSpec, linear_data: Data) -> None:
+    model = LinearRegressionModel(spec, learning_rate=1e6, epochs=5, seed=0)
+    with pytest.raises(DivergedError, match="SGD diverged in epoch"):
+        model.fit(*linear_data)
+
+
+@pytest.mark.parametrize("y", [[1.0, np.nan], [1.0, np.inf], ["a", "b"]])
+def test_unusable_regression_labels_are_bad_labels(y: Any) -> None:
+    model = LinearRegressionModel(ModelSpec("linear", ("a",), target_center=60.0))
+    with pytest.raises(LabelError) as raised:
+        model.fit([[0.0], [1.0]], y)
+    assert raised.value.code == "bad-labels"

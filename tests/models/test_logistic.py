@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models import LogisticRegressionModel, ModelError, ModelSpec, accuracy, log_loss, make_model
+from models import (
+    DivergedError,
+    LabelError,
+    LogisticRegressionModel,
+    ModelError,
+    ModelSpec,
+    accuracy,
+    log_loss,
+    make_model,
+)
 
 Data = tuple[NDArray[np.float64], NDArray[Any]]
 Blobs = Callable[[int, int, int], Data]
@@ -185,27 +194,48 @@ def test_float_labels_with_integer_values_are_accepted(
 
 
 @pytest.mark.parametrize(
-    ("n_classes", "y", "message"),
+    ("n_classes", "y", "message", "code"),
     [
-        (2, [0, 2], r"\[0, 2\)"),
-        (2, [-1, 1], r"\[0, 2\)"),
-        (2, [0, 0.5], "integers"),
-        (3, [0, 3], r"\[0, 3\)"),
-        (2, ["no", "yes"], "numeric"),
-        (2, [0, np.nan], "NaN"),
-        (2, [0], "rows"),
+        (2, [0, 2], r"\[0, 2\)", "class-outside-model"),
+        (2, [-1, 1], r"\[0, 2\)", "class-outside-model"),
+        (2, [0, 0.5], "integers", "bad-labels"),
+        (3, [0, 3], r"\[0, 3\)", "class-outside-model"),
+        (2, ["no", "yes"], "numeric", "bad-labels"),
+        (2, [0, np.nan], "NaN", "bad-labels"),
+        (2, [0, np.inf], "NaN or infinite", "bad-labels"),
+        (2, [0], "rows", None),  # a shape problem, not a label one
     ],
 )
 def test_bad_labels(
-    spec_for: SpecFor, center: NDArray[np.float64], n_classes: int, y: Any, message: str
+    spec_for: SpecFor, center: NDArray[np.float64], n_classes: int, y: Any, message: str,
+    code: str | None,
 ) -> None:
     model = LogisticRegressionModel(spec_for(n_classes))
     X = np.vstack([center, center])
-    with pytest.raises(ModelError, match=message):
+    with pytest.raises(ModelError, match=message) as raised:
         model.fit(X, y)
+    # The device names the skip reason from the error type and its code.
+    assert isinstance(raised.value, LabelError) == (code is not None)
+    assert getattr(raised.value, "code", None) == code
     model.set_params_vector(np.zeros(model.spec.n_params))
     with pytest.raises(ModelError, match=message):
         model.score(X, y)
+
+
+def test_class_outside_model_message_gives_the_range(spec_for: SpecFor,
+                                                     make_blobs: Blobs) -> None:
+    X, y = make_blobs(3, 30, 2)
+    y[:2] = [5, 4]
+    with pytest.raises(LabelError) as raised:
+        LogisticRegressionModel(spec_for(3)).fit(X, y)
+    assert raised.value.code == "class-outside-model"
+    assert str(raised.value) == "class labels must lie in [0, 3), got range [0, 5]"
+
+
+def test_label_error_codes_are_checked() -> None:
+    with pytest.raises(ValueError, match="code"):
+        LabelError("oops", "x")  # type: ignore[arg-type]
+    assert issubclass(LabelError, ModelError) and issubclass(DivergedError, ModelError)
 
 
 def test_wrong_spec_kind_and_unfitted_use(spec_for: SpecFor) -> None:

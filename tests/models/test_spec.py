@@ -84,6 +84,22 @@ def test_spec_is_frozen() -> None:
         ({"kind": "linear", "features": ("a",), "scale": (-1.0,)}, "> 0"),
         ({"kind": "linear", "features": ("a",), "scale": (math.inf,)}, "finite"),
         ({"kind": "linear", "features": ("a", "b"), "scale": (1.0, 1.0, 1.0)}, "per feature"),
+        ({"kind": "logistic", "features": ("a",), "n_classes": 2, "target_center": 1.0},
+         "target_center is only allowed for kind 'linear'"),
+        ({"kind": "logistic", "features": ("a",), "n_classes": 3, "target_scale": 1.0},
+         "target_scale is only allowed for kind 'linear'"),
+        ({"kind": "linear", "features": ("a",), "target_scale": 0.0}, "target_scale must be > 0"),
+        ({"kind": "linear", "features": ("a",), "target_scale": -2.0}, "target_scale must be > 0"),
+        ({"kind": "linear", "features": ("a",), "target_scale": math.inf},
+         "target_scale must be finite"),
+        ({"kind": "linear", "features": ("a",), "target_center": math.nan},
+         "target_center must be finite"),
+        ({"kind": "linear", "features": ("a",), "target_center": "60"},
+         "target_center must be a number"),
+        ({"kind": "linear", "features": ("a",), "target_center": True},
+         "target_center must be a number"),
+        ({"kind": "linear", "features": ("a",), "target_scale": [1.0]},
+         "target_scale must be a number"),
     ],
 )
 def test_invalid_specs_raise_model_error(kwargs: dict[str, Any], message: str) -> None:
@@ -104,6 +120,32 @@ def test_to_dict_is_json_safe_and_round_trips() -> None:
     assert ModelSpec.from_dict(json.loads(json.dumps(data))) == spec
 
 
+def test_target_standardization_round_trips_and_is_only_written_when_set() -> None:
+    spec = ModelSpec("linear", ("a",), target_center=np.float64(60), target_scale=0.5)
+    assert spec.target_center == 60.0 and type(spec.target_center) is float
+    assert spec.target_affine == (60.0, 0.5)
+    data = spec.to_dict()
+    assert data["target_center"] == 60.0 and data["target_scale"] == 0.5
+    assert ModelSpec.from_dict(json.loads(json.dumps(data))) == spec
+    assert hash(spec) == hash(ModelSpec.from_dict(data))
+    assert spec != ModelSpec("linear", ("a",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.target_scale = 2.0  # type: ignore[misc]
+    # A spec without them serializes exactly as before this field existed, so model
+    # files and messages of such specs stay byte-identical (and readable by old builds).
+    plain = ModelSpec("linear", ("a",), target_center=None)
+    assert "target_center" not in plain.to_dict() and "target_scale" not in plain.to_dict()
+    assert plain.target_affine == (0.0, 1.0)
+    only_center = ModelSpec.from_dict({"kind": "linear", "features": ["a"],
+                                       "target_center": -3})
+    assert only_center.target_affine == (-3.0, 1.0)
+
+
+def test_from_dict_reads_dicts_without_target_fields() -> None:
+    old = {"kind": "linear", "features": ["a"], "n_classes": 0, "center": [1.0], "scale": [2.0]}
+    assert ModelSpec.from_dict(old).target_affine == (0.0, 1.0)
+
+
 def test_from_dict_defaults_optional_fields() -> None:
     spec = ModelSpec.from_dict({"kind": "linear", "features": ["x"]})
     assert spec == ModelSpec("linear", ("x",))
@@ -115,6 +157,9 @@ def test_from_dict_defaults_optional_fields() -> None:
         ({"features": ["a"]}, "missing"),
         ({"kind": "linear"}, "missing"),
         ({"kind": "linear", "features": ["a"], "scales": [1.0]}, "unknown"),
+        ({"kind": "linear", "features": ["a"], "target_mean": 1.0}, "unknown"),
+        ({"kind": "logistic", "features": ["a"], "n_classes": 2, "target_center": None,
+          "target_scale": 2.0}, "target_scale is only allowed"),
         ({"kind": "linear", "features": None}, "features"),
         ({"kind": "logistic", "features": ["a"], "n_classes": "3"}, "integer"),
         ({"kind": "logistic", "features": ["a"], "n_classes": None}, "integer"),
@@ -142,7 +187,11 @@ def specs(draw: st.DrawFn) -> ModelSpec:
     n_classes = 0 if kind == "linear" else draw(st.integers(2, 6))
     center = draw(st.none() | st.tuples(*[finite] * d))
     scale = draw(st.none() | st.tuples(*[positive] * d))
-    return ModelSpec(kind, tuple(names), n_classes=n_classes, center=center, scale=scale)
+    linear = kind == "linear"
+    target_center = draw(st.none() | finite) if linear else None
+    target_scale = draw(st.none() | positive) if linear else None
+    return ModelSpec(kind, tuple(names), n_classes=n_classes, center=center, scale=scale,
+                     target_center=target_center, target_scale=target_scale)
 
 
 @settings(max_examples=60, database=None, deadline=None)
