@@ -133,7 +133,10 @@ class DataFile:
     def _read(self) -> None:
         stamp = self._current_stamp()
         data = load_csv(self.path, self.features, self.label, delimiter=self.delimiter)
-        train, evaluation = split_holdout(data, self.holdout, self.seed)
+        try:
+            train, evaluation = split_holdout(data, self.holdout, self.seed)
+        except DataError as exc:
+            raise DataError(f"data file {self.path}: {exc}") from exc
         # Only a file that split cleanly replaces the last good rows.
         self.data, self.train, self.evaluation = data, train, evaluation
         self._stamp = stamp

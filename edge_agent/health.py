@@ -64,7 +64,9 @@ def skip_code(exc: BaseException) -> str:
 
 def public_detail(message: str, path: str) -> str:
     """A data-file error as the gateway may see it: no local path, no cell values."""
-    text = message.replace(path, "the data file")
+    text = re.sub(r"(data file )?" + re.escape(path) + r":(\d+)", r"data file line \2",
+                  message)
+    text = text.replace(f"data file {path}", "the data file").replace(path, "the data file")
     # load_csv puts the parser's own words, which quote the offending cell, in parentheses.
     return re.sub(r" \([^()]*\)", "", text)
 
