@@ -16,12 +16,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.config import AgentConfig
-from edge_agent.data import LocalData, load_csv
+from edge_agent.data import DataError, DataFile, LocalData, split_holdout
+from edge_agent.health import RoundSkipped, public_detail, skip_line
 from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.trainer import LocalUpdate, clip_note, train_round
 from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
 from protocol.errors import ConfigError, FedmqError, ProtocolError
+from protocol.health import Skip
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from protocol.notices import NoticeMessage
 from protocol.obfuscation import make_obfuscators
@@ -46,8 +48,19 @@ class EdgeAgent:
     def __init__(self, config: AgentConfig, *, data: LocalData | None = None,
                  signer: Signer | None = None) -> None:
         self.config = config
-        self.data = data if data is not None else load_csv(
-            config.data_path, config.features, config.label, delimiter=config.delimiter)
+        # A file is read again before a round when it changed; given rows never change.
+        # Training uses train_data only; eval_data is the held-out share (all rows if none).
+        self._file: DataFile | None = None
+        if data is None:
+            self._file = file = DataFile(
+                config.data_path, config.features, config.label, delimiter=config.delimiter,
+                holdout=config.holdout, seed=config.agent_id)
+            self.data, self.train_data, self.eval_data = file.data, file.train, file.evaluation
+        else:
+            self.data = data  # all local rows
+            self.train_data, self.eval_data = split_holdout(data, config.holdout,
+                                                            config.agent_id)
+        self._skipped: Skip | None = None  # the round this agent last sat out, and why
         self.signer = signer or load_or_create_signer(config.signing_key_path)
         self.history: dict[int, LocalUpdate] = {}
         self.final_params: NDArray[np.float64] | None = None
@@ -79,7 +92,8 @@ class EdgeAgent:
 
     def _status(self, state: str) -> bytes:
         return StatusMessage(agent_id=self.config.agent_id, state=state,
-                             software=f"fedmq/{__version__}", codecs=CODEC_NAMES).to_bytes()
+                             software=f"fedmq/{__version__}", codecs=CODEC_NAMES,
+                             skipped=self._skipped if state == "online" else None).to_bytes()
 
     def _announce_online(self) -> None:
         # Runs on paho's thread after every (re)connect: queue it, never wait.
@@ -102,9 +116,11 @@ class EdgeAgent:
 
     def run(self) -> None:
         """Serve rounds until the fleet finishes (or ``stop()``)."""
-        log.info("agent %s: %d local samples, features %s; signing key %s (enroll it on the "
-                 "gateway: fedmq enroll --agent %s --public-key %s)", self.config.agent_id,
-                 self.data.n_samples, ", ".join(self.data.features), self.signer.public_hex[:16],
+        held = self.eval_data.n_samples if self.config.holdout else 0
+        log.info("agent %s: %d local samples (%d held out for evaluation), features %s; "
+                 "signing key %s (enroll it on the gateway: fedmq enroll --agent %s "
+                 "--public-key %s)", self.config.agent_id, self.data.n_samples, held,
+                 ", ".join(self.data.features), self.signer.public_hex[:16],
                  self.config.agent_id, self.signer.public_hex)
         if not self._link.connect_retrying(self._stop):  # the gateway may boot after us
             return
@@ -259,6 +275,8 @@ class EdgeAgent:
             return False
         try:
             self._serve(msg, self._key, self._codec)
+        except RoundSkipped as exc:
+            self._skip(msg, exc)
         except (ConfigError, ProtocolError) as exc:
             log.error("round %d skipped: %s", msg.round_id, exc)
         return False
@@ -294,9 +312,34 @@ class EdgeAgent:
         self._noticed.add(notice.code)
         log.error("%s", explain(notice, self.signer.public_hex))
 
+    def _skip(self, msg: RoundMessage, exc: RoundSkipped) -> None:
+        """Sit the round out: say why in the retained status and in one log line."""
+        skip = Skip.make(msg.run_id, msg.round_id, exc.code, exc.detail)
+        if skip == self._skipped:
+            return  # the same round announced again, failing the same way: said already
+        self._skipped = skip
+        self._link.publish(self._status_topic, self._status("online"), retain=True)
+        log.error("%s", skip_line(msg.round_id, exc.code, str(exc)))
+
+    def _reload(self) -> None:
+        """Read the data file again if it changed (a logger appends to it)."""
+        if self._file is None:
+            return
+        try:
+            if not self._file.refresh():
+                return
+        except DataError as exc:
+            raise RoundSkipped("data-error", str(exc),
+                               public_detail(str(exc), str(self._file.path))) from exc
+        self.data, self.train_data, self.eval_data = (
+            self._file.data, self._file.train, self._file.evaluation)
+        log.info("data file %s changed: %d rows now, %d for training", self._file.path,
+                 self.data.n_samples, self.train_data.n_samples)
+
     def _serve(self, msg: RoundMessage, key: PaillierPublicKey, codec: Codec) -> None:
         started = time.perf_counter()
-        update = train_round(msg, self.data, max_weight=codec.params.max_weight,
+        self._reload()
+        update = train_round(msg, self.train_data, max_weight=codec.params.max_weight,
                              seed=self.config.seed)
         values, n_clipped = quantize_update(update.delta, update.weight, codec.params)
         update = replace(update, clipped=n_clipped)
@@ -317,6 +360,9 @@ class EdgeAgent:
         if self.config.obfuscator_pool == 0:
             pool.set_target(len(plaintexts))  # refill one round's worth while idle
         self.history[msg.round_id] = update
+        if self._skipped is not None:  # serving again: the status no longer names a skip
+            self._skipped = None
+            self._link.publish(self._status_topic, self._status("online"), retain=True)
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
             pool.refill()
             return

@@ -40,6 +40,8 @@ class DataTable(Table, frozen=True):
     label: NonEmpty
     delimiter: Annotated[str, Meta(min_length=1, max_length=1,
                                    description="one character")] = ","
+    # Share of the rows kept out of training, to evaluate the fleet model on.
+    holdout: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
 
 
 class SimulationTable(Table, frozen=True):
@@ -81,6 +83,7 @@ class AgentConfig:
     straggle_seconds: float = 0.0
     obfuscators: str = "djn"
     obfuscator_pool: int = 0  # 0: one round's worth, learned from the model size
+    holdout: float = 0.0  # share of the local rows held out from training
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
@@ -98,6 +101,8 @@ class AgentConfig:
             raise ConfigError("simulation.straggle_seconds must not be negative")
         if self.obfuscators not in OBFUSCATOR_KINDS:
             raise ConfigError(f"crypto.obfuscators must be one of {list(OBFUSCATOR_KINDS)}")
+        if not 0 <= self.holdout <= 0.5:
+            raise ConfigError("data.holdout must lie in [0, 0.5]")
         if not 0 <= self.obfuscator_pool <= 100_000:
             raise ConfigError("crypto.obfuscator_pool must be between 0 (auto) and 100000")
 
@@ -144,4 +149,5 @@ class AgentConfig:
                 straggle_seconds=f.simulation.straggle_seconds,
                 obfuscators=f.crypto.obfuscators,
                 obfuscator_pool=f.crypto.obfuscator_pool,
+                holdout=f.data.holdout,
             )

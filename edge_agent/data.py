@@ -1,11 +1,15 @@
 """The device's local data: a CSV file with named feature and label columns.
 
-Read once at start-up and kept on the device; only model deltas leave it.
+Read at start-up and again whenever the file changed (a device's logger keeps
+appending); it stays on the device, only encrypted sums leave it. A share of
+the rows can be held out from training, to evaluate the fleet model on.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +83,76 @@ def _text_lines(fh: Iterable[str], path: Path) -> Iterator[str]:
         if "\0" in line:
             raise DataError(f"data file {path}:{line_no} holds a NUL byte: not a text CSV file")
         yield line
+
+
+def split_holdout(data: LocalData, share: float, seed: str) -> tuple[LocalData, LocalData]:
+    """(training rows, evaluation rows): ``round(share * n)`` rows (at least one) held out.
+
+    Which rows is decided by a hash of ``seed`` (the agent id) and each row's values,
+    not by position: rows a logger appends, or rows read again unchanged, keep
+    their side, so a reload does not move held-out rows into training. With
+    ``share == 0`` nothing is held out and the evaluation rows are all rows.
+    """
+    if not 0 <= share <= 0.5:
+        raise DataError(f"[data] holdout must lie in [0, 0.5], got {share!r}")
+    if share == 0:
+        return data, data
+    n = data.n_samples
+    n_held = max(1, round(share * n))
+    if n - n_held < 1:
+        raise DataError(f"[data] holdout = {share:g} of {n} row(s) leaves no training rows; "
+                        "the data file needs at least 2 rows, or set holdout = 0")
+    prefix = hashlib.blake2b(seed.encode(), digest_size=16).digest()
+    rows = np.column_stack([data.X, data.y])
+    keys = [hashlib.blake2b(prefix + row.tobytes(), digest_size=8).digest() for row in rows]
+    order = sorted(range(n), key=keys.__getitem__)  # stable: equal rows keep file order
+    held = np.zeros(n, dtype=bool)
+    held[order[:n_held]] = True
+    return _rows(data, ~held), _rows(data, held)
+
+
+def _rows(data: LocalData, mask: NDArray[np.bool_]) -> LocalData:
+    return LocalData(X=data.X[mask], y=data.y[mask], features=data.features, label=data.label)
+
+
+class DataFile:
+    """The CSV on disk, read again before a round when it changed since the last read.
+
+    A read that fails raises DataError and leaves the last good rows in place, so
+    the next round tries again: the agent recovers once the file is fixed.
+    """
+
+    def __init__(self, path: str | Path, features: tuple[str, ...], label: str, *,
+                 delimiter: str = ",", holdout: float = 0.0, seed: str = "") -> None:
+        self.path = Path(path)
+        self.features, self.label, self.delimiter = features, label, delimiter
+        self.holdout, self.seed = holdout, seed
+        self._stamp: tuple[int, int, int] | None = None
+        self._read()
+
+    def _read(self) -> None:
+        stamp = self._current_stamp()
+        data = load_csv(self.path, self.features, self.label, delimiter=self.delimiter)
+        try:
+            train, evaluation = split_holdout(data, self.holdout, self.seed)
+        except DataError as exc:
+            raise DataError(f"data file {self.path}: {exc}") from exc
+        # Only a file that split cleanly replaces the last good rows.
+        self.data, self.train, self.evaluation = data, train, evaluation
+        self._stamp = stamp
+
+    def _current_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None  # load_csv names the problem
+        # The inode catches a file replaced atomically (write to a temp file, rename).
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def refresh(self) -> bool:
+        """Read the file again if it changed; True if it did. Raises DataError."""
+        stamp = self._current_stamp()
+        if stamp is not None and stamp == self._stamp:
+            return False
+        self._read()
+        return True

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.data import DataError, LocalData
+from edge_agent.data import LocalData
+from edge_agent.health import RoundSkipped, skip_code
 from models import ModelError, make_model
-from protocol.errors import ConfigError
 from protocol.messages import RoundMessage
 
 
@@ -44,9 +44,13 @@ def fleet_clip_note(round_id: int, updates: list[LocalUpdate], clip: float) -> s
 
 def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
                 seed: int | None = None) -> LocalUpdate:
-    """Train E epochs from the global model on local data; delta = w_local - w_global."""
+    """Train E epochs from the global model on local data; delta = w_local - w_global.
+
+    Raises RoundSkipped (with its skip code) when the data cannot serve this model.
+    """
     if tuple(msg.spec.features) != data.features:
-        raise ConfigError(
+        raise RoundSkipped(
+            "feature-mismatch",
             f"the fleet model uses features {list(msg.spec.features)}, this agent's data "
             f"config has {list(data.features)}"
         )
@@ -61,7 +65,8 @@ def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
     except ModelError as exc:
         # Bad local labels or a diverging step skip this round; they must not
         # kill an agent that will serve the next one.
-        raise DataError(f"local training failed on {data.label!r}: {exc}") from exc
+        raise RoundSkipped(skip_code(exc),
+                           f"local training failed on {data.label!r}: {exc}") from exc
     # The sample count is the FedAvg weight; capping it at the declared max keeps
     # the encoded sum inside the codec's bounds (and one device from dominating).
     weight = min(data.n_samples, max_weight)

@@ -20,6 +20,7 @@ import numpy as np
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams, make_codec
 from protocol.errors import ProtocolError
+from protocol.health import Skip
 from protocol.layout import PHASES, StatsCodec, contract_digest
 from protocol.signing import (
     Ed25519PublicKey,
@@ -283,6 +284,9 @@ class StatusMessage:
     software: str = ""
     codecs: tuple[str, ...] = ()
     issued_at: float = field(default_factory=time.time)
+    # Set while the device sits out a round and why (protocol.health); the field is
+    # optional on the wire, so statuses of older agents still parse.
+    skipped: Skip | None = None
 
     SCHEMA = "fedmq.status/1"
 
@@ -290,11 +294,16 @@ class StatusMessage:
         check_name(self.agent_id, "agent id", ProtocolError)
         if self.state not in AGENT_STATES:
             raise ProtocolError(f"agent state must be one of {AGENT_STATES}")
+        if self.skipped is not None and not isinstance(self.skipped, Skip):
+            raise ProtocolError("skipped must be a protocol.health.Skip")
 
     def to_bytes(self) -> bytes:
-        return dumps({"schema": self.SCHEMA, "agent": self.agent_id, "state": self.state,
-                      "software": self.software, "codecs": list(self.codecs),
-                      "issued_at": self.issued_at})
+        doc: dict[str, Any] = {"schema": self.SCHEMA, "agent": self.agent_id,
+                               "state": self.state, "software": self.software,
+                               "codecs": list(self.codecs), "issued_at": self.issued_at}
+        if self.skipped is not None:
+            doc["skipped"] = self.skipped.to_dict()
+        return dumps(doc)
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> StatusMessage:
@@ -302,9 +311,11 @@ class StatusMessage:
         codecs = doc.get("codecs", [])
         if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
             raise ProtocolError("codecs must be a list of strings")
+        skipped = doc.get("skipped")
         return cls(agent_id=_get(doc, "agent", str), state=_get(doc, "state", str),
                    software=str(doc.get("software", "")), codecs=tuple(codecs),
-                   issued_at=_number(doc, "issued_at"))
+                   issued_at=_number(doc, "issued_at"),
+                   skipped=None if skipped is None else Skip.from_dict(skipped))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from mqtt_support import Probe
 from support import AGGREGATOR_SIGNER, agent_config, local_data, wait_until
 
 from edge_agent.agent import EdgeAgent
+from fedmq.cli import main
 from protocol.codec import CodecParams
 from protocol.messages import PubKeyMessage
 from protocol.notices import NOT_ENROLLED, WRONG_MODEL, NoticeMessage
@@ -135,3 +136,25 @@ def test_agent_explains_genuine_notices_once_and_ignores_forged_ones(
         f"{FORGER.public_hex[:16]}..., not this device's {own[:16]}...: another device is "
         "configured with the id pi-1; give each device its own [agent] id",
     ]
+
+
+def test_agent_trains_only_on_the_rows_it_does_not_hold_out(broker_port, make_aggregator):
+    agent = EdgeAgent(agent_config(broker_port, "pi-1", holdout=0.2), data=local_data(0, 60))
+    assert (agent.train_data.n_samples, agent.eval_data.n_samples) == (48, 12)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    make_aggregator(broker_port, rounds=1).run()
+    thread.join(10)
+    assert agent.history[1].weight == 48
+
+
+def test_a_holdout_the_data_file_cannot_fill_stops_the_agent_with_one_line(tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("a,l\n1,0\n")
+    cfg = tmp_path / "a.toml"
+    cfg.write_text("[agent]\nid = 'pi'\nstate_dir = 'st'\n[data]\npath='d.csv'\n"
+                   "features=['a']\nlabel='l'\nholdout=0.5\n")
+    assert main(["agent", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fedmq: error: data file {tmp_path / 'd.csv'}: [data] holdout = 0.5 of "
+                   "1 row(s) leaves no training rows; the data file needs at least 2 rows, "
+                   "or set holdout = 0"]

@@ -26,6 +26,11 @@ def test_example_config_loads():
     assert cfg.agent_id == "dev-000" and cfg.label == "fault" and len(cfg.features) == 4
     assert Path(cfg.data_path).is_absolute() and cfg.key_fingerprint is None
     assert cfg.obfuscators == "djn" and cfg.obfuscator_pool == 0
+    assert cfg.holdout == 0.0
+
+
+def test_holdout_is_read_from_the_data_table(tmp_path):
+    assert load(tmp_path, BASE + "holdout = 0.25\n").holdout == 0.25
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -35,6 +40,8 @@ def test_example_config_loads():
     ("[mqtt]\nhostname='x'\n", "unknown key 'hostname'"),
     ("[crypto]\nobfuscators='fast'\n", r"\[crypto\] obfuscators"),
     ("[crypto]\nobfuscator_pool=-1\n", "obfuscator_pool"),
+    ("holdout=0.6\n", r"\[data\] holdout: expected float <= 0.5, got 0.6"),
+    ("holdout=-0.1\n", r"\[data\] holdout: expected float >= 0.0, got -0.1"),
 ])
 def test_bad_options(tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):

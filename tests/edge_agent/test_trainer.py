@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from support import local_data
 
+from edge_agent.health import RoundSkipped
 from edge_agent.trainer import train_round
 from models import ModelSpec
 from protocol.errors import ConfigError
@@ -36,16 +37,27 @@ def test_weight_is_capped_by_codec_max_weight():
 def test_feature_mismatch_is_a_clear_error():
     data = local_data(0, 30)
     spec = ModelSpec(kind="logistic", features=("x1", "x2", "other"), n_classes=2)
-    with pytest.raises(ConfigError, match="features"):
+    with pytest.raises(ConfigError, match="features") as info:
         train_round(round_for(spec), data, max_weight=100)
+    assert info.value.code == "feature-mismatch"  # type: ignore[attr-defined]
 
 
 def test_labels_outside_the_model_classes_are_a_data_error():
     data = local_data(0, 30)
     bad = type(data)(X=data.X, y=data.y + 2, features=data.features, label="y")
     spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
-    with pytest.raises(ConfigError, match="local training failed"):
+    with pytest.raises(ConfigError, match="local training failed") as info:
         train_round(round_for(spec), bad, max_weight=100)
+    assert info.value.code == "class-outside-model"  # type: ignore[attr-defined]
+
+
+def test_non_integer_class_labels_are_bad_labels():
+    data = local_data(0, 30)
+    bad = type(data)(X=data.X, y=data.y * 0.5, features=data.features, label="y")
+    spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
+    with pytest.raises(RoundSkipped, match="integers") as info:
+        train_round(round_for(spec), bad, max_weight=100)
+    assert info.value.code == "bad-labels"
 
 
 def test_clip_notes_name_the_count_the_bound_and_the_likely_cause():

@@ -1,0 +1,76 @@
+"""Why this device sits out a round: the skip code, the status detail and the fix.
+
+A round the device cannot serve with its data is skipped, not fatal: the agent
+says why in its retained status (protocol.health.Skip, for the gateway's
+counts) and in one log line with the fix (for whoever looks after the device).
+"""
+
+from __future__ import annotations
+
+import re
+
+from protocol.errors import ConfigError
+from protocol.health import SKIP_CODES
+
+FIXES = {
+    "bad-labels": "the label column must hold finite numbers (class numbers 0, 1, ... for a "
+                  "classifier); fix the data file, the agent reads it again before each round",
+    "class-outside-model": "this device has labels the fleet model has no class for: map them "
+                           "to 0..n_classes-1, or raise [model] n_classes on the gateway",
+    "feature-mismatch": "set [data] features in agent.toml to the fleet model's features "
+                        "(same names, same order) and restart the agent",
+    "data-error": "fix the data file; the agent reads it again before each round",
+    "diverged": "local training blew up: the gateway should lower [training] learning_rate "
+                "or scale the features ([model] center/scale)",
+}
+
+
+class RoundSkipped(ConfigError):
+    """This device cannot serve the round with its data; ``code`` is a SKIP_CODES entry.
+
+    ``detail`` goes to the gateway, so it names columns and ranges, never row values
+    or local paths; the message (for the local log) may say more.
+    """
+
+    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
+        if code not in SKIP_CODES:
+            raise ValueError(f"skip code must be one of {SKIP_CODES}, got {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.detail = message if detail is None else detail  # Skip.make cuts it to fit
+
+
+def skip_code(exc: BaseException) -> str:
+    """The skip code for an error local training raised.
+
+    Model errors that know their reason carry it as ``code`` (models.errors.LabelError).
+    Errors without one are told apart by type name and by the texts the models
+    package uses for them; anything else about the local data is a data error.
+    """
+    code = getattr(exc, "code", None)
+    if code in SKIP_CODES:
+        return str(code)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    text = str(exc)
+    if "DivergedError" in names or "diverged" in text:
+        return "diverged"
+    if "class labels must lie in" in text:
+        return "class-outside-model"
+    if ("class labels must be integers" in text
+            or re.search(r"\by (must be numeric|contains NaN)", text)):
+        return "bad-labels"
+    return "data-error"
+
+
+def public_detail(message: str, path: str) -> str:
+    """A data-file error as the gateway may see it: no local path, no cell values."""
+    text = re.sub(r"(data file )?" + re.escape(path) + r":(\d+)", r"data file line \2",
+                  message)
+    text = text.replace(f"data file {path}", "the data file").replace(path, "the data file")
+    # load_csv puts the parser's own words, which quote the offending cell, in parentheses.
+    return re.sub(r" \([^()]*\)", "", text)
+
+
+def skip_line(round_id: int, code: str, message: str) -> str:
+    """The one log line for a skipped round: what happened and what fixes it."""
+    return f"round {round_id} skipped ({code}): {message}; fix: {FIXES[code]}"
