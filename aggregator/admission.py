@@ -90,8 +90,9 @@ class Admission:
         if update_body < 1:
             raise ValueError("an update carries at least one ciphertext byte")
         self.topics = topics
-        self.update_body = update_body
+        self.update_body = update_body  # the largest body of any phase's update
         self.max_update = update_size(update_body, MAX_HEADER)
+        self._open_body = update_body  # the body an update of the open round has
         self.limits = limits
         self.drops = DropLog(log)
         self._rates = RateLimiter(limits.status_rate, limits.status_burst, clock)
@@ -100,9 +101,11 @@ class Admission:
         self._dropped_updates = 0
         self._sent: dict[str, int] = {}  # agent -> updates admitted since the round opened
 
-    def open_round(self, round_id: int) -> None:
-        """From now on an update must have exactly the size the open round takes."""
+    def open_round(self, round_id: int, update_body: int | None = None) -> None:
+        """From now on an update must have exactly the size the open round takes
+        (``update_body`` ciphertext bytes: a statistics, training or evaluation update)."""
         with self._lock:
+            self._open_body = update_body or self.update_body
             if self._open != round_id:
                 self._open, self._dropped_updates = round_id, 0
                 self._sent.clear()
@@ -173,7 +176,8 @@ class Admission:
         magic, version, header_len = _PREFIX.unpack_from(payload)
         if magic != MAGIC or version != VERSION or header_len > MAX_HEADER:
             return "not a fedmq update of this version (prefix)"
-        expected = update_size(self.update_body, header_len)
+        with self._lock:
+            expected = update_size(self._open_body, header_len)
         if size != expected:
             return f"update of {size} bytes, round {open_round} takes {expected} " \
                    f"with this {header_len}-byte header"

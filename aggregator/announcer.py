@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from models import ModelSpec
 from protocol.codec import CodecParams
 from protocol.messages import PubKeyMessage, RoundMessage
 from protocol.signing import Signer
@@ -155,14 +156,15 @@ class Herald:
         log.info("public key %s published on %s", self._fingerprint[:16], self._topics.pubkey)
 
     def round(self, run_id: str, round_id: int, version: int, params: NDArray[np.float64], *,
-              state: str, deadline: float | None = None,
+              state: str, spec: ModelSpec, deadline: float | None = None,
               participants: tuple[str, ...] = (), reason: str = "") -> None:
         self._again = partial(self.round, run_id, round_id, version, params, state=state,
-                              deadline=deadline, participants=participants, reason=reason)
+                              spec=spec, deadline=deadline, participants=participants,
+                              reason=reason)
         cfg = self._config
         msg = RoundMessage(
             fleet=cfg.topics.fleet, round_id=round_id, model_version=version, state=state,
-            spec=cfg.spec, params=tuple(float(p) for p in params),
+            spec=spec, params=tuple(float(p) for p in params),
             deadline=deadline if deadline is not None else time.time(),
             settings=cfg.training, key_fingerprint=self._fingerprint,
             codec_digest=self._codec_digest, run_id=run_id, participants=participants,

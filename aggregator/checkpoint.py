@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from models import ModelSpec
 from protocol.errors import ConfigError
 from protocol.topics import check_name
 from runtime.files import write_atomic
@@ -164,6 +165,8 @@ class StartPoint:
     version: int
     params: NDArray[np.float64]
     open_round: RunCheckpoint | None = None
+    # The spec a resumed run trains (its statistics round's); None: a new run decides.
+    spec: ModelSpec | None = None
 
 
 def start_point(cp: RunCheckpoint | None, *, identity: tuple[str, str, str],

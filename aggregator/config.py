@@ -30,6 +30,7 @@ class RoundPolicy:
     max_extensions: int = 5
     sample_fraction: float = 1.0  # share of online agents selected each round
     sample_count: int = 0  # fixed number selected each round (0: use sample_fraction)
+    final_evaluation: bool = True  # one more round: the fleet evaluates the final model
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -84,6 +85,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class HealthPolicy:
+    """When the gateway warns about the fleet's data (aggregator.health)."""
+
+    clipped_share_warning: float = 0.05  # of a round's update values clipped by the codec
+    missing_class_rounds: int = 3  # rounds in a row a class has no row in the fleet totals
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clipped_share_warning <= 1 or self.missing_class_rounds < 1:
+            raise ConfigError("health.clipped_share_warning must be in [0, 1] and "
+                              "health.missing_class_rounds at least 1")
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     topics: Topics
     spec: ModelSpec
@@ -100,6 +114,25 @@ class AggregatorConfig:
     client_id: str = "fedmq-aggregator"
     limits: Limits = field(default_factory=Limits)
     statistics: StatsParams = field(default_factory=StatsParams)
+    # False: never run a statistics round; [model] must then give center and scale.
+    statistics_round: bool = True
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.statistics_round and (self.spec.center is None or self.spec.scale is None):
+            raise ConfigError(
+                "[statistics] enabled = false, but [model] gives no center and scale: the "
+                "model would train on raw, unscaled features. Remove 'enabled = false' "
+                "(fedmq then derives them from the fleet's encrypted sums before round 1) "
+                "or give [model] center and scale (datasheet values, one per feature)")
+
+    @property
+    def needs_statistics(self) -> bool:
+        """True when a statistics round must derive what [model] leaves open."""
+        spec = self.spec
+        missing = spec.center is None or spec.scale is None or (
+            spec.kind == "linear" and (spec.target_center is None or spec.target_scale is None))
+        return self.statistics_round and missing
 
     @classmethod
     def from_file(cls, path: str | Path) -> AggregatorConfig:
@@ -124,13 +157,28 @@ class AggregatorConfig:
             codec = CodecParams(**asdict(f.codec))
         with blame(source, "[limits]"):
             limits = Limits(**asdict(f.limits))
-        return cls(
-            topics=topics, spec=spec,
+        with blame(source, "[health]"):
+            health = HealthPolicy(**asdict(f.health))
+        stats = f.statistics
+        with blame(source, "[statistics]"):
+            statistics = StatsParams(fraction_bits=stats.fraction_bits, max_abs=stats.max_abs,
+                                     max_samples=stats.max_samples, max_agents=codec.max_agents)
+        rest = cls._rest(f, base, source, config_file)
+        try:  # the checks across tables (AggregatorConfig.__post_init__)
+            return cls(topics=topics, spec=spec, **rest,
+                       policy=policy, training=training, codec=codec, limits=limits,
+                       statistics=statistics, statistics_round=stats.enabled, health=health)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @staticmethod
+    def _rest(f: AggregatorFile, base: Path, source: str,
+              config_file: Path | None) -> dict[str, Any]:
+        return dict(
             mqtt=mqtt_settings(f.mqtt, base=base, source=source, config_file=config_file),
             key_file=resolve(base, f.keys.private_key_file) or "",
             key_bits=f.keys.bits,
             signing_key_file=resolve(base, f.keys.signing_key_file) or "",
             allow_list_file=resolve(base, f.keys.allow_list_file) or "",
-            resume=f.output.resume, policy=policy, training=training, codec=codec,
-            state_dir=resolve(base, f.output.state_dir) or "", limits=limits,
+            resume=f.output.resume, state_dir=resolve(base, f.output.state_dir) or "",
         )

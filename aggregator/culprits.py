@@ -32,8 +32,8 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from protocol.codec import Codec
 from protocol.errors import CodecError
+from protocol.layout import UpdateLayout
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, add_ciphertexts, decrypt_ints
 
 log = logging.getLogger("aggregator.service")
@@ -120,15 +120,15 @@ def group_sum(public_key: PaillierPublicKey, vectors: Mapping[str, Sequence[int]
     return total
 
 
-def bounds_check(codec: Codec, private_key: PaillierPrivateKey, n_values: int,
+def bounds_check(layout: UpdateLayout, private_key: PaillierPrivateKey,
                  vectors: Mapping[str, Sequence[int]], *,
                  total: Sequence[int] | None = None) -> Check:
-    """``Check`` for a round: decrypt a group's sum; its values AND its total weight must fit.
+    """``Check`` for a round: decrypt a group's sum; every section's values AND its
+    count (weight, rows) must fit the bounds of a group of that size.
 
-    Every device's weight lies in [1, max_weight], so a group of k has a total
-    weight in [k, k * max_weight]: a forged weight inside the value bound still fails.
-    ``total``, the round's running sum of every vector, spares recomputing it for the
-    whole round (the check that almost every round ends with).
+    Returns the group's sums of all sections, concatenated (``layout.split`` names
+    them). ``total``, the round's running sum of every vector, spares recomputing it
+    for the whole round (the check that almost every round ends with).
     """
     public_key = private_key.public_key
     everyone = frozenset(vectors)
@@ -140,14 +140,11 @@ def bounds_check(codec: Codec, private_key: PaillierPrivateKey, n_values: int,
             raise ValueError("refusing to decrypt one device's update")
         ciphertexts = total if total is not None and group == everyone else group_sum(
             public_key, vectors, group)
-        plain = decrypt_ints(private_key, ciphertexts)
         try:
-            sums = codec.decode(plain, n_values, len(group))
+            sections = layout.decode(decrypt_ints(private_key, ciphertexts), len(group))
         except CodecError:
             return None
-        if not len(group) <= sums[-1] <= len(group) * codec.params.max_weight:
-            return None
-        return sums
+        return [value for sums in sections for value in sums]
     return check
 
 

@@ -7,11 +7,13 @@ counted or logged with its reason; nothing here can raise into the round loop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aggregator.checkpoint import Checkpoints
 from aggregator.notices import Notifier
 from aggregator.rounds import Redelivered, Rejected, RoundState
 from protocol.errors import KeyMismatchError, ProtocolError
+from protocol.health import Skip
 from protocol.messages import StatusMessage
 from protocol.paillier import PaillierPublicKey
 from protocol.topics import Topics
@@ -22,8 +24,10 @@ log = logging.getLogger("aggregator.service")
 
 class Inbound:
     def __init__(self, topics: Topics, public_key: PaillierPublicKey,
-                 checkpoints: Checkpoints, notifier: Notifier | None = None) -> None:
+                 checkpoints: Checkpoints, notifier: Notifier | None = None,
+                 on_skip: Callable[[int, str, Skip], None] | None = None) -> None:
         self.topics = topics
+        self.on_skip = on_skip  # an expected agent said why it skips the open round
         self.notifier = notifier
         self.public_key = public_key
         self.checkpoints = checkpoints
@@ -38,7 +42,7 @@ class Inbound:
     def handle(self, state: RoundState | None, topic: str, payload: bytes) -> None:
         topics = self.topics
         if (agent := topics.agent_of(topic, "status")) is not None:
-            self._on_status(agent, topic, payload)
+            self._on_status(agent, topic, payload, state)
             return
         if (agent := topics.agent_of(topic, "update")) is None:
             # Our own pubkey and round go to the announcer, never here.
@@ -79,7 +83,8 @@ class Inbound:
         log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
                   len(state.expected))
 
-    def _on_status(self, agent: str, topic: str, payload: bytes) -> None:
+    def _on_status(self, agent: str, topic: str, payload: bytes,
+                   state: RoundState | None) -> None:
         try:
             status = StatusMessage.from_bytes(payload)
         except ProtocolError as exc:
@@ -89,3 +94,7 @@ class Inbound:
             if self.online.get(agent) != (status.state == "online"):
                 log.info("agent %s is %s", agent, status.state)
             self.online[agent] = status.state == "online" and agent not in self.quarantined
+            skip = status.skipped
+            if skip is not None and state is not None and state.skip(agent, skip) \
+                    and self.on_skip is not None:
+                self.on_skip(state.round_id, agent, skip)

@@ -1,24 +1,27 @@
-"""What a closed round yields: the FedAvg step from the decrypted sums, and the round's record.
+"""What a closed round yields, and the round's record.
 
-The service only sequences; the decision "which updates count, and what is the
-step" lives here: decrypt the sum of every accepted update, or, when that sum
-fails the codec's bounds, the sums the culprit search allows (aggregator.culprits).
-"""
+The service only sequences; the decision "which updates count, and what the
+round yields" (a FedAvg step and fleet metrics, or the pooled statistics) lives
+here: decrypt the sum of every accepted update, or, when that sum fails the
+codec's bounds, the sums the culprit search allows (aggregator.culprits)."""
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from aggregator.culprits import Suspects, bounds_check, close_sum
 from aggregator.rounds import RoundState
-from protocol.codec import Codec, mean_from_sums
+from models import ModelSpec
+from protocol.codec import CodecParams, mean_from_sums
 from protocol.errors import CodecError
+from protocol.evaluation import FleetEvaluation
 from protocol.paillier import PaillierPrivateKey
+from protocol.statistics import FleetStatistics, StatsParams
 
 log = logging.getLogger("aggregator.service")
 FloatArray = NDArray[np.float64]
@@ -43,32 +46,71 @@ class RoundResult:
     # each announcement on to every subscribed agent.
     update_bytes: int = 0
     model_bytes: int = 0
+    phase: str = "training"  # protocol.layout.PHASES
+    # Fleet metrics of the model the round STARTED from (training), or of the final
+    # model (evaluation): decrypted totals only. None without an evaluation section.
+    evaluation: FleetEvaluation | None = None
+    statistics: FleetStatistics | None = None  # the statistics round's pooled statistics
+    skipped: dict[str, int] = field(default_factory=dict)  # skip code -> expected agents
+    clipped_share: float = 0.0  # of the kept updates' values, clipped by the training codec
 
 
 @dataclass(frozen=True)
-class FedavgStep:
-    """The weighted mean delta of the kept updates, or None when the round must be dropped."""
+class Closing:
+    """What the decrypted sums of a round yield; nothing when the round must be dropped."""
 
-    avg_delta: FloatArray | None
-    total_weight: float
+    kept: tuple[str, ...]
     excluded: tuple[str, ...]  # accepted but not used
     named: tuple[str, ...]  # devices newly named culprits (to quarantine)
+    avg_delta: FloatArray | None = None  # training: the FedAvg step
+    total_weight: float = 0.0
+    evaluation: FleetEvaluation | None = None
+    statistics: FleetStatistics | None = None
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.kept)
 
 
-def fedavg_step(state: RoundState, codec: Codec, private_key: PaillierPrivateKey,
-                suspects: Suspects, *, rng: random.Random | None = None) -> FedavgStep:
-    check = bounds_check(codec, private_key, state.n_values, state.vectors,
-                         total=state.ciphertext_sum)
+def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Suspects, *,
+                spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
+                rng: random.Random | None = None) -> Closing:
+    """Decrypt the round's sum (or the sums the culprit search keeps) and decode each section."""
+    check = bounds_check(state.layout, private_key, state.vectors, total=state.ciphertext_sum)
     kept, sums, named = close_sum(state.round_id, state.accepted, check, suspects, rng=rng)
+    dropped = Closing((), tuple(sorted(state.accepted)), tuple(named))
+    if sums is None or len(kept) < state.quorum:
+        log.error("round %d: decrypted sum rejected (no group of at least the quorum passes "
+                  "its bounds); %s", state.round_id,
+                  "keeping the model" if state.phase == "training" else "nothing learned")
+        return dropped
+    sections = state.layout.split(sums)
+    excluded = tuple(sorted(set(state.accepted) - kept))
     try:
-        if sums is None or len(kept) < state.quorum:
-            raise CodecError("no group of at least the quorum passes its bounds")
-        avg_delta, total_weight = mean_from_sums(sums, codec.params)
+        if state.phase == "statistics":
+            return Closing(tuple(sorted(kept)), excluded, tuple(named),
+                           statistics=FleetStatistics.from_sums(sections["statistics"], spec,
+                                                                statistics))
+        evaluation = _evaluation(state.round_id, sections["evaluation"], spec, statistics)
+        if state.phase == "evaluation":
+            return Closing(tuple(sorted(kept)), excluded, tuple(named), evaluation=evaluation)
+        avg_delta, total_weight = mean_from_sums(sections["training"], codec)
     except CodecError as exc:
         # A forged or broken update in a fleet too small to split (or several
         # culprits): the round is dropped and the model kept.
         log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                   exc)
-        return FedavgStep(None, 0, tuple(sorted(state.accepted)), tuple(named))
-    return FedavgStep(avg_delta, total_weight, tuple(sorted(set(state.accepted) - kept)),
-                      tuple(named))
+        return dropped
+    return Closing(tuple(sorted(kept)), excluded, tuple(named), avg_delta=avg_delta,
+                   total_weight=total_weight, evaluation=evaluation)
+
+
+def _evaluation(round_id: int, sums: list[int], spec: ModelSpec,
+                statistics: StatsParams) -> FleetEvaluation | None:
+    # Inconsistent metric sums (that passed the bounds) cost the round its metrics,
+    # never its model update: the training section is checked on its own.
+    try:
+        return FleetEvaluation.from_sums(sums, spec, statistics)
+    except CodecError as exc:
+        log.error("round %d: fleet evaluation sums rejected (%s)", round_id, exc)
+        return None

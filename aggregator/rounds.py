@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from protocol.codec import Codec
 from protocol.errors import ProtocolError
+from protocol.health import Skip
+from protocol.layout import UpdateLayout
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import PaillierPublicKey, add_ciphertexts
 from protocol.signing import Ed25519PublicKey, public_key_hex
@@ -45,10 +46,10 @@ class RoundState:
     expected: frozenset[str]
     deadline: float
     quorum: int
-    n_values: int
+    layout: UpdateLayout  # what an update of this round's phase holds
     key_fingerprint: str
     codec_digest: str
-    codec: Codec
+    max_agents: int
     public_key: PaillierPublicKey
     allow_list: Mapping[str, Ed25519PublicKey]
     opened_at: float
@@ -61,6 +62,26 @@ class RoundState:
     # (bounded: at most max_agents updates of the one size the round takes).
     vectors: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _hashes: dict[str, bytes] = field(default_factory=dict)
+    # Expected agents that said (in their status) why they skip this round: the round
+    # does not wait for them, and the gateway counts the reasons.
+    skipped: dict[str, Skip] = field(default_factory=dict)
+
+    @property
+    def phase(self) -> str:
+        return self.layout.phase
+
+    @property
+    def n_values(self) -> int:
+        return self.layout.n_values
+
+    def skip(self, agent: str, skip: Skip) -> bool:
+        """Note an expected agent's skip of this round; True if it is news."""
+        if (skip.run_id, skip.round_id) != (self.run_id, self.round_id) \
+                or agent not in self.expected or agent in self.accepted \
+                or self.skipped.get(agent) == skip:
+            return False
+        self.skipped[agent] = skip
+        return True
 
     def offer(self, update: UpdateMessage, topic_agent: str,
               commit: Callable[[UpdateMessage], None] | None = None) -> None:
@@ -87,6 +108,7 @@ class RoundState:
             self.ciphertext_sum = add_ciphertexts(self.public_key, self.ciphertext_sum,
                                                   update.ciphertexts)
         self.accepted.append(update.agent_id)
+        self.skipped.pop(update.agent_id, None)  # an update after all: it counts
         self.vectors[update.agent_id] = update.ciphertexts
         self._hashes[update.agent_id] = update.signed_hash
 
@@ -120,7 +142,7 @@ class RoundState:
         if u.n_values != self.n_values:
             raise Rejected(f"update carries {u.n_values} values, the model needs {self.n_values}",
                            code=WRONG_MODEL)
-        if len(u.ciphertexts) != self.codec.plaintext_count(self.n_values):
+        if len(u.ciphertexts) != self.layout.plaintext_count():
             raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts")
         if u.agent_id in self._hashes:
             if self._hashes[u.agent_id] == u.signed_hash:
@@ -128,12 +150,13 @@ class RoundState:
             raise Rejected("second, different update from this agent in this round")
         if self.sampled and u.agent_id not in self.expected:
             raise Rejected("agent was not selected for this round")
-        if len(self.accepted) >= self.codec.params.max_agents:
-            raise Rejected(f"round already holds max_agents={self.codec.params.max_agents} updates")
+        if len(self.accepted) >= self.max_agents:
+            raise Rejected(f"round already holds max_agents={self.max_agents} updates")
 
     @property
     def missing(self) -> frozenset[str]:
-        return self.expected - set(self.accepted)
+        """Expected agents that neither reported nor said why they skip."""
+        return self.expected - set(self.accepted) - set(self.skipped)
 
     def close_reason(self, now: float) -> str | None:
         """'all' once every expected agent reported, 'deadline' past it with quorum, else None."""

@@ -23,13 +23,14 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
+from aggregator.runspec import load_run_spec
 from aggregator.store import RunStore
 from models import ModelSpec
 from protocol.errors import ConfigError
@@ -50,7 +51,11 @@ def new_run_id(now: float | None = None) -> str:
 
 def spec_digest(spec: ModelSpec) -> str:
     """What run.json records of the model spec: a changed spec is a new run."""
-    doc = json.dumps(asdict(spec), sort_keys=True, default=list)
+    fields = asdict(spec)
+    for name in ("target_center", "target_scale"):  # as before they existed, when unset
+        if fields[name] is None:
+            del fields[name]
+    doc = json.dumps(fields, sort_keys=True, default=list)
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
@@ -166,11 +171,14 @@ def open_run(runs: RunDirs, checkpoints: Checkpoints, store: RunStore,
         if why is None and saved is not None:
             store.use(prior, saved.run_id)
             store.check_writable()
-            params, saved_version = store.load_params(config.spec)
+            # A run trains the spec its statistics round completed; a run without one
+            # (datasheet values, or from before statistics rounds) trains [model] as is.
+            spec = load_run_spec(prior, config.spec) or config.spec
+            params, saved_version = store.load_params(spec)
             start = start_point(saved, identity=identity, saved_params=params,
                                 saved_version=saved_version, fresh_run_id=new_run_id(),
                                 model_file=str(store.model_path))
-            return start, saved
+            return replace(start, spec=spec), saved
         log.warning("not resuming %s: %s; starting a new run", prior, why)
     run_id = new_id or new_run_id()
     run_dir = runs.create(run_id)

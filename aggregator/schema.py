@@ -39,6 +39,7 @@ class RoundsTable(Table, frozen=True):
     max_extensions: Annotated[int, Meta(ge=0)] = 5
     sample_fraction: Annotated[float, Meta(gt=0, le=1)] = 1.0
     sample_count: Annotated[int, Meta(ge=0)] = 0
+    final_evaluation: bool = True
 
 
 class LimitsTable(Table, frozen=True):
@@ -57,6 +58,8 @@ class ModelTable(Table, frozen=True):
     n_classes: Annotated[int, Meta(ge=0)] = 0
     center: list[float] | None = None  # one per feature
     scale: list[float] | None = None  # one per feature, each > 0
+    target_center: float | None = None  # linear only: the label's datasheet mean ...
+    target_scale: Annotated[float, Meta(gt=0)] | None = None  # ... and spread
 
 
 class TrainingTable(Table, frozen=True):
@@ -72,6 +75,18 @@ class CodecTable(Table, frozen=True):
     clip: Positive = 10.0
     max_weight: Annotated[int, Meta(ge=1, le=2**24)] = 8_000
     max_agents: Annotated[int, Meta(ge=1, le=2**24)] = 1_000
+
+
+class StatisticsTable(Table, frozen=True):
+    enabled: bool = True  # derive missing center/scale in a statistics round
+    fraction_bits: Annotated[int, Meta(ge=8, le=32)] = 24
+    max_abs: Annotated[float, Meta(ge=1)] = 1_000_000.0
+    max_samples: Annotated[int, Meta(ge=1, le=2**24)] = 2**20
+
+
+class HealthTable(Table, frozen=True):
+    clipped_share_warning: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    missing_class_rounds: AtLeastOne = 3
 
 
 class OutputTable(Table, frozen=True):
@@ -90,5 +105,7 @@ class AggregatorFile(Table, frozen=True):
     limits: LimitsTable = LimitsTable()
     training: TrainingTable = TrainingTable()
     codec: CodecTable = CodecTable()
+    statistics: StatisticsTable = StatisticsTable()
+    health: HealthTable = HealthTable()
     output: OutputTable = OutputTable()
 

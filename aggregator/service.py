@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,19 @@ from aggregator.announcer import Announcer, Herald
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
 from aggregator.config import AggregatorConfig
 from aggregator.culprits import Suspects
+from aggregator.health import FleetHealth, clipped_share
 from aggregator.inbound import Inbound
 from aggregator.keys import load_aggregator_keys
 from aggregator.notices import Notifier
-from aggregator.outcome import RoundResult, fedavg_step
+from aggregator.outcome import Closing, RoundResult, close_round
 from aggregator.rounds import Rejected, RoundState
 from aggregator.runs import RunDirs, open_run, spec_digest
+from aggregator.runspec import save_run_spec
 from aggregator.store import RunStore
+from models import ModelSpec
 from protocol.codec import make_codec
 from protocol.errors import ConfigError, FedmqError, ProtocolError
-from protocol.layout import contract_digest
+from protocol.layout import PHASES, UpdateLayout, contract_digest, layout_for
 from protocol.messages import MetricsMessage
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -43,6 +47,7 @@ from protocol.paillier import (
     fingerprint,
 )
 from protocol.signing import Ed25519PublicKey, Signer
+from protocol.statistics import scaled_spec
 from protocol.wire import decode_update
 from runtime.transport import Inbox, MqttLink
 
@@ -81,9 +86,13 @@ class Aggregator:
         self._on_round = on_round
         limits = config.limits
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
-        n_values = config.spec.n_params + 1  # what every round's RoundState takes
-        self._admission = Admission(config.topics, limits=limits, update_body=(
-            self.codec.plaintext_count(n_values) * ciphertext_size(self.public_key)))
+        self._layouts = {phase: layout_for(phase, config.spec, config.codec, config.statistics,
+                                           self.public_key.n) for phase in PHASES}
+        self._admission = Admission(config.topics, limits=limits, update_body=max(
+            self._body(layout) for layout in self._layouts.values()))
+        # The spec this run trains: [model], completed by the statistics round.
+        self.spec: ModelSpec = config.spec
+        self._health = FleetHealth(config.health)
         self._stop = threading.Event()
         # Both point at the run `latest` names until the start picks the run (_start_point).
         self.runs = RunDirs(Path(config.state_dir))
@@ -92,7 +101,7 @@ class Aggregator:
         self._model_digest = spec_digest(config.spec)
         self._notifier = Notifier(config.topics, self.signer, self._send_notice)
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints,
-                                self._notifier)
+                                self._notifier, on_skip=self._health.skipped)
         self._suspects = Suspects()
         self._admit = self._admission.filter(self._inbox.put)
         self._rng = secrets.SystemRandom()
@@ -113,6 +122,9 @@ class Aggregator:
                               codec_digest=self.codec_digest)
         self.results: list[RoundResult] = []
         self._sent_at_open = 0  # the herald's byte count when the open round was announced
+
+    def _body(self, layout: UpdateLayout) -> int:
+        return layout.plaintext_count() * ciphertext_size(self.public_key)
 
     @property
     def online(self) -> dict[str, bool]:
@@ -154,19 +166,27 @@ class Aggregator:
                     # Also after a restart at a round boundary: the agents' retained statuses
                     # arrive only now, and a round opened before them would expect nobody.
                     self._wait_for_agents()
+                if start.spec is not None:
+                    self.spec = start.spec
+                elif cfg.needs_statistics and round_id == 1 and resume is None:
+                    self._run_round(run_id, 0, 0, params, phase="statistics")
                 while round_id <= cfg.policy.rounds and not self._stop.is_set():
                     # Only the first round of a restarted run can be a resumed one.
                     result = self._run_round(run_id, round_id, version, params, resume=resume)
                     params, version, round_id = result.params, result.model_version, round_id + 1
                     resume = None
+                if cfg.policy.final_evaluation and not self._stop.is_set():
+                    self._run_round(run_id, round_id, version, params, phase="evaluation")
             except RoundFailed as exc:
                 if not self._stop.is_set():  # given up, not stopped: agents need not wait
-                    self._herald.round(run_id, round_id, version, params, state="failed",
-                                       reason=str(exc))
+                    self._herald.round(run_id, max(round_id, 1), version, params,
+                                       state="failed", spec=self.spec, reason=str(exc))
                 raise
-            self._herald.round(run_id, cfg.policy.rounds + 1, version, params, state="finished")
+            self._herald.round(run_id, cfg.policy.rounds + 1, version, params, state="finished",
+                               spec=self.spec)
             self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
                                                    "finished"))
+            self._health.run_finished()
             return params
         finally:
             self._link.close()
@@ -235,9 +255,10 @@ class Aggregator:
         return frozenset(self._rng.sample(online, policy.sample_size(len(online)))), True
 
     def _open(self, run_id: str, round_id: int, version: int,
-              resume: RunCheckpoint | None) -> RoundState:
+              resume: RunCheckpoint | None, phase: str) -> RoundState:
         """A new round, or round ``resume.round_id`` reopened with its accepted updates."""
         cfg, now = self.config, time.time()
+        training = phase == "training"
         if resume is not None:
             # Give agents (and the broker's queued messages) time to come back.
             expected, sampled = frozenset(resume.expected), resume.sampled
@@ -246,13 +267,16 @@ class Aggregator:
         else:
             (expected, sampled), opened_at = self._select(), now
             deadline = now + cfg.policy.round_timeout
-            self.checkpoints.clear_updates()
+            if training:
+                self.checkpoints.clear_updates()
+        if not training:  # statistics and evaluation: every online agent, all their rows
+            expected, sampled = frozenset(self._online_agents()), False
         state = RoundState(
             fleet=cfg.topics.fleet, run_id=run_id, round_id=round_id, expected=expected,
-            deadline=deadline, quorum=cfg.policy.quorum, n_values=cfg.spec.n_params + 1,
-            key_fingerprint=self.fingerprint, codec_digest=self.codec_digest, codec=self.codec,
-            public_key=self.public_key, allow_list=self.allow_list(), opened_at=opened_at,
-            sampled=sampled,
+            deadline=deadline, quorum=cfg.policy.quorum, layout=self._layouts[phase],
+            key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
+            max_agents=cfg.codec.max_agents, public_key=self.public_key,
+            allow_list=self.allow_list(), opened_at=opened_at, sampled=sampled,
         )
         if resume is not None:
             for agent, payload in self.checkpoints.load_updates():
@@ -262,7 +286,8 @@ class Aggregator:
                 except (ProtocolError, Rejected) as exc:
                     log.error("persisted update of %s no longer valid: %s", agent, exc)
             log.warning("round %d: %d accepted updates restored", round_id, len(state.accepted))
-        self._save_open(state, version)
+        if training:  # only training rounds are resumed: the others are simply run again
+            self._save_open(state, version)
         return state
 
     def _save_open(self, state: RoundState, version: int, extensions: int = 0) -> None:
@@ -270,16 +295,19 @@ class Aggregator:
                                                state, extensions))
 
     def _run_round(self, run_id: str, round_id: int, version: int, params: FloatArray, *,
-                   resume: RunCheckpoint | None) -> RoundResult:
+                   resume: RunCheckpoint | None = None, phase: str = "training") -> RoundResult:
         cfg = self.config
-        state = self._open(run_id, round_id, version, resume)
+        state = self._open(run_id, round_id, version, resume, phase)
         extensions = resume.extensions if resume is not None else 0
         participants = tuple(sorted(state.expected)) if state.sampled else ()
         self._sent_at_open = self._herald.sent_bytes
-        self._herald.round(run_id, round_id, version, params, state="training",
-                           deadline=state.deadline, participants=participants)
-        log.info("round %d open: expecting %d agents, quorum %d, deadline in %.0f s", round_id,
-                 len(state.expected), state.quorum, state.deadline - time.time())
+        announce = partial(self._herald.round, run_id, round_id, version, params, state=phase,
+                           spec=self.spec, participants=participants)
+        announce(deadline=state.deadline)
+        what = {"training": "round", "statistics": "statistics round",
+                "evaluation": "final evaluation round"}[phase]
+        log.info("%s %d open: expecting %d agents, quorum %d, deadline in %.0f s", what,
+                 round_id, len(state.expected), state.quorum, state.deadline - time.time())
         while (reason := state.close_reason(time.time())) is None:
             if self._stop.is_set():
                 raise RoundFailed(f"stopped during round {round_id}")
@@ -290,20 +318,19 @@ class Aggregator:
                         f"round {round_id}: {len(state.accepted)} updates, quorum "
                         f"{state.quorum} not reached after {extensions - 1} extensions")
                 state.deadline += cfg.policy.round_timeout
-                self._save_open(state, version, extensions)
+                if phase == "training":
+                    self._save_open(state, version, extensions)
                 log.warning("round %d: %d of quorum %d at the deadline; extending by %.0f s",
                             round_id, len(state.accepted), state.quorum,
                             cfg.policy.round_timeout)
                 # Announced again with the new deadline: agents whose update was lost on
                 # the way (a full broker queue, a drop) send it again.
-                self._herald.round(run_id, round_id, version, params, state="training",
-                                   deadline=state.deadline, participants=participants)
+                announce(deadline=state.deadline)
             self._drain(state, min(0.2, max(0.0, state.deadline - time.time())))
             if taken := self._notifier.newly_enrolled(state, self.allow_list):
                 log.info("round %d: %s enrolled now; announcing the round again for their "
                          "updates", round_id, ", ".join(taken))
-                self._herald.round(run_id, round_id, version, params, state="training",
-                                   deadline=state.deadline, participants=participants)
+                announce(deadline=state.deadline)
         if state.missing:
             log.warning("round %d closed at the deadline without %s", round_id,
                         ", ".join(sorted(state.missing)))
@@ -313,46 +340,81 @@ class Aggregator:
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
         state.rejected += self._admission.close_round()
-        step = fedavg_step(state, self.codec, self._private_key, self._suspects,
-                           rng=self._rng)
-        for culprit in step.named:
+        cfg = self.config
+        closing = close_round(state, self._private_key, self._suspects, spec=self.spec,
+                              codec=cfg.codec, statistics=cfg.statistics, rng=self._rng)
+        for culprit in closing.named:
             self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
-        if step.avg_delta is None:
-            avg_delta, new_params, new_version = np.zeros_like(params), params, version
+        if state.phase == "statistics":
+            self._adopt_statistics(closing)
+        new_params, new_version = params, version
+        if closing.avg_delta is not None:
+            new_params, new_version = params + closing.avg_delta, version + 1
+        elif state.phase == "training" or not closing.usable:
             reason = "rejected-sum"
-        else:
-            avg_delta = step.avg_delta
-            new_params, new_version = params + avg_delta, version + 1
-        total_weight, excluded = step.total_weight, step.excluded
+        evaluation = closing.evaluation
+        share = clipped_share(evaluation, self.spec.n_params, len(closing.kept))
+        skipped = self._health.round_closed(
+            state.round_id, phase=state.phase, expected=state.expected, kept=closing.kept,
+            evaluation=evaluation, share=share, skipped=state.skipped)
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
-            rejected=state.rejected, total_weight=total_weight,
-            seconds=time.time() - state.opened_at, update_norm=float(np.linalg.norm(avg_delta)),
-            excluded=excluded, update_bytes=state.update_bytes,
-            model_bytes=self._herald.sent_bytes - self._sent_at_open,
+            rejected=state.rejected, total_weight=closing.total_weight,
+            seconds=time.time() - state.opened_at,
+            update_norm=float(np.linalg.norm(new_params - params)),
+            excluded=closing.excluded, update_bytes=state.update_bytes,
+            model_bytes=self._herald.sent_bytes - self._sent_at_open, phase=state.phase,
+            evaluation=evaluation, statistics=closing.statistics, skipped=skipped,
+            clipped_share=share,
         )
-        # Model first, then the checkpoint: a crash in between is recognised on
-        # resume (saved version = open version + 1) and the round is not reopened.
-        self.store.save_model(self.config.spec, new_params, round_id=state.round_id,
-                              version=new_version, record=result)
-        self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, new_version,
-                                               "closed"))
-        self.checkpoints.clear_updates()
+        if state.phase == "training":
+            # Model first, then the checkpoint: a crash in between is recognised on
+            # resume (saved version = open version + 1) and the round is not reopened.
+            self.store.save_model(self.spec, new_params, round_id=state.round_id,
+                                  version=new_version, record=result)
+            self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, new_version,
+                                                   "closed"))
+            self.checkpoints.clear_updates()
         self.store.record(result)
         self.results.append(result)
+        self._publish_metrics(result)
+        fleet = "" if evaluation is None else f"; {evaluation.summary()} (model version " \
+            f"{version})"
+        log.info("%s %d closed (%s): %d/%d agents, weight %.0f, %.2f s%s",
+                 "round" if state.phase == "training" else f"{state.phase} round",
+                 state.round_id, reason, len(state.accepted), len(state.expected),
+                 closing.total_weight, result.seconds, fleet)
+        if self._on_round is not None:
+            self._on_round(result)
+        return result
+
+    def _adopt_statistics(self, closing: Closing) -> None:
+        """The run's spec from the fleet's pooled statistics; no run without them."""
+        if closing.statistics is None:
+            raise RoundFailed("statistics round: the decrypted sums were rejected, so "
+                              "center/scale cannot be derived")
+        spec, warnings = scaled_spec(self.config.spec, closing.statistics,
+                                     self.config.statistics)
+        path = save_run_spec(self.store.run_dir, spec, closing.statistics, warnings)
+        self.spec = spec
+        for warning in warnings:
+            log.warning("statistics round: %s", warning)
+        log.info("statistics round: %d rows on %d devices; center/scale of %d features%s "
+                 "derived from the fleet totals (%s)", closing.statistics.n,
+                 len(closing.kept), self.spec.n_features,
+                 " and the label" if spec.kind == "linear" else "", path)
+
+    def _publish_metrics(self, result: RoundResult) -> None:
         self._link.publish(self.config.topics.metrics, MetricsMessage(
             fleet=self.config.topics.fleet, round_id=result.round_id,
             model_version=result.model_version, expected=result.expected,
             reported=len(result.reported), rejected=result.rejected,
             total_weight=result.total_weight, seconds=result.seconds,
-            update_norm=result.update_norm, closed_by=result.closed_by).to_bytes(self.signer),
-            qos=0, wait=False)
-        log.info("round %d closed (%s): %d/%d agents, weight %.0f, %.2f s", state.round_id,
-                 reason, len(state.accepted), len(state.expected), total_weight, result.seconds)
-        if self._on_round is not None:
-            self._on_round(result)
-        return result
+            update_norm=result.update_norm, closed_by=result.closed_by, phase=result.phase,
+            evaluation=None if result.evaluation is None else result.evaluation.to_dict(),
+            clipped_share=result.clipped_share, skipped=result.skipped,
+        ).to_bytes(self.signer), qos=0, wait=False)
 
     def _send_notice(self, topic: str, payload: bytes) -> None:
         # From the round loop: queued for paho, never waited for (a notice is advice).
@@ -374,7 +436,7 @@ class Aggregator:
         """
         self._herald.republish()
         if state is not None:
-            self._admission.open_round(state.round_id)
+            self._admission.open_round(state.round_id, self._body(state.layout))
         item = self._inbox.get(timeout)
         budget = self.config.limits.drain_seconds
         if state is not None:

@@ -23,17 +23,48 @@ from runtime.files import save_model, write_atomic
 if TYPE_CHECKING:
     from aggregator.outcome import RoundResult
 
-ROUND_LOG_FIELDS = ("run_id", "round", "model_version", "closed_by", "reported", "expected",
-                    "rejected", "total_weight", "seconds", "update_norm", "agents", "excluded")
-# Logs and audit rows written before the run id column: read with this run's id in front.
-LEGACY_FIELDS = ROUND_LOG_FIELDS[1:]
+BASE_FIELDS = ("run_id", "round", "model_version", "closed_by", "reported", "expected",
+               "rejected", "total_weight", "seconds", "update_norm", "agents", "excluded")
+# The fleet's own numbers (federated evaluation of the model the round started from, or of
+# the final model in the "evaluation" round; empty where the task has no such metric),
+# and its health: the share of update values clipped, skip reasons ("code:count ...").
+FLEET_FIELDS = ("phase", "eval_rows", "fleet_loss", "fleet_accuracy", "fleet_balanced_accuracy",
+                "fleet_recall", "fleet_mse", "fleet_mae", "fleet_r2", "clipped_share", "skipped")
+ROUND_LOG_FIELDS = BASE_FIELDS + FLEET_FIELDS
+# Logs and audit rows written before the run id column: read with this run's id in front;
+# before the fleet columns: read with them empty.
+LEGACY_FIELDS = BASE_FIELDS[1:]
+
+
+def _fleet_cells(result: RoundResult) -> list[str]:
+    ev = result.evaluation
+    metrics = {} if ev is None else ev.metrics
+    cells = [result.phase, "" if ev is None else str(ev.n),
+             "" if ev is None else f"{ev.loss:.6g}"]
+    cells += [f"{metrics[m]:.6f}" if m in metrics else ""
+              for m in ("accuracy", "balanced_accuracy")]
+    cells.append("" if ev is None else " ".join("n/a" if r is None else f"{r:.4f}"
+                                                for r in ev.recall))
+    cells += [f"{metrics[m]:.6g}" if m in metrics else "" for m in ("mse", "mae", "r2")]
+    cells.append(f"{result.clipped_share:.4f}")
+    cells.append(" ".join(f"{code}:{n}" for code, n in sorted(result.skipped.items())))
+    return cells
 
 
 def audit_row(run_id: str, result: RoundResult) -> list[str]:
     return [run_id, str(result.round_id), str(result.model_version), result.closed_by,
             str(len(result.reported)), str(result.expected), str(result.rejected),
             f"{result.total_weight:.0f}", f"{result.seconds:.3f}", f"{result.update_norm:.6g}",
-            " ".join(result.reported), " ".join(result.excluded)]
+            " ".join(result.reported), " ".join(result.excluded), *_fleet_cells(result)]
+
+
+def _upgrade(row: list[str], run_id: str) -> list[str]:
+    """A row of an older log or audit record, in today's columns."""
+    if len(row) == len(LEGACY_FIELDS):
+        row = [run_id, *row]
+    if len(row) == len(BASE_FIELDS):
+        row = [*row, "training", *[""] * (len(FLEET_FIELDS) - 1)]
+    return row
 
 
 class RunStore:
@@ -101,8 +132,8 @@ class RunStore:
         row = self._load()[2].get("record")
         if row is None:
             return False  # a model written before audit rows travelled with it
-        if isinstance(row, list) and len(row) == len(LEGACY_FIELDS):
-            row = [self.run_id, *row]
+        if isinstance(row, list):
+            row = _upgrade(row, self.run_id)
         if not (isinstance(row, list) and len(row) == len(ROUND_LOG_FIELDS)
                 and all(isinstance(c, str) for c in row)):
             raise ConfigError(f"{self.model_path}: its audit record is malformed")
@@ -124,8 +155,9 @@ class RunStore:
             reason = exc.strerror if isinstance(exc, OSError) else exc
             raise ConfigError(f"cannot read round log {self.log_path}: {reason}; move it "
                               "away") from exc
-        if rows and tuple(rows[0]) == LEGACY_FIELDS:
-            return [[self.run_id, *r] for r in rows[1:]]  # rewritten with the id on append
+        if rows and tuple(rows[0]) in (LEGACY_FIELDS, BASE_FIELDS):
+            # Rewritten in today's columns on the next append.
+            return [_upgrade(r, self.run_id) for r in rows[1:]]
         if rows and tuple(rows[0]) != ROUND_LOG_FIELDS:
             raise ConfigError(f"{self.log_path} is not a fedmq round log (header "
                               f"{','.join(rows[0])[:60]!r}); move it away")

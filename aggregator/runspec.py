@@ -1,0 +1,59 @@
+"""The model spec a run trains: the config's [model], completed by its statistics round.
+
+``statistics.json`` in the run's directory keeps the spec the statistics round
+derived (center/scale and the label's) and the pooled statistics behind it, so
+a resumed run announces exactly the preprocessing its parameters were trained
+with, and an operator can read what the fleet's data looks like in aggregate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models import ModelError, ModelSpec
+from protocol.errors import ConfigError
+from protocol.statistics import FleetStatistics
+from runtime.files import write_atomic
+
+SCHEMA = "fedmq.run-statistics/1"
+FILE = "statistics.json"
+
+
+def save_run_spec(run_dir: Path, spec: ModelSpec, stats: FleetStatistics,
+                  warnings: list[str]) -> Path:
+    path = run_dir / FILE
+    doc = {"schema": SCHEMA, "spec": spec.to_dict(), "statistics": stats.to_dict(),
+           "warnings": warnings}
+    try:
+        write_atomic(path, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+    return path
+
+
+def load_run_spec(run_dir: Path, config_spec: ModelSpec) -> ModelSpec | None:
+    """The run's derived spec, or None if the run has no statistics (yet).
+
+    It must be the config's model with preprocessing filled in: anything else
+    means the file does not belong to this configuration.
+    """
+    path = run_dir / FILE
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} file")
+        spec = ModelSpec.from_dict(doc["spec"])
+    except (OSError, ValueError, KeyError, TypeError, ModelError) as exc:
+        raise ConfigError(f"{path}: cannot read the run's statistics ({exc}); move the run "
+                          "away or set [output] resume = false") from exc
+    same = (spec.kind, spec.features, spec.n_classes) == (
+        config_spec.kind, config_spec.features, config_spec.n_classes)
+    given = all(getattr(config_spec, f) in (None, getattr(spec, f))
+                for f in ("center", "scale", "target_center", "target_scale"))
+    if not (same and given):
+        raise ConfigError(f"{path} describes another model than [model]; set [output] "
+                          "resume = false to start a new run")
+    return spec
