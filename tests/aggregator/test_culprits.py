@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.culprits import Suspects, bounds_check, close_sum, group_sum, search
-from protocol.codec import CodecParams, make_codec, quantize_update
+from protocol.codec import Codec, CodecParams, make_codec, quantize_update
+from protocol.layout import Section, UpdateLayout
 from protocol.paillier import encrypt_ints, generate_keypair
 
 N_VALUES = 5
@@ -42,6 +43,11 @@ def world():
     return public, private, codec, values, vectors, bad
 
 
+def layout_of(codec: Codec) -> UpdateLayout:
+    """A training update without an evaluation section: what the search is about."""
+    return UpdateLayout("training", (Section("training", codec, N_VALUES, PARAMS.max_weight),))
+
+
 def in_span(rows: list[np.ndarray], vector: np.ndarray) -> bool:
     m = np.array(rows, dtype=float)
     return np.linalg.matrix_rank(np.vstack([m, vector])) == np.linalg.matrix_rank(m)
@@ -57,7 +63,7 @@ def test_the_culprit_is_excluded_and_no_honest_update_is_isolated(size, culprit_
     agents = [*honest, culprit]
     round_vectors = {a: vectors[a] for a in honest} | {culprit: bad[kind]}
     decryptions = []
-    check = bounds_check(codec, private, N_VALUES, round_vectors)
+    check = bounds_check(layout_of(codec), private, round_vectors)
 
     def counted(group):
         decryptions.append(group)
@@ -92,7 +98,7 @@ def test_two_culprits_in_a_large_fleet_are_both_excluded():
     _, private, codec, values, vectors, bad = world()
     round_vectors = dict(vectors) | {"mallory": bad["random-plaintext"],
                                      "trudy": bad["huge-weight"]}
-    check = bounds_check(codec, private, N_VALUES, round_vectors)
+    check = bounds_check(layout_of(codec), private, round_vectors)
     found = search(round_vectors, check, rng=random.Random(3))
     excluded = frozenset().union(*found.excluded)
     assert {"mallory", "trudy"} <= excluded
@@ -102,7 +108,7 @@ def test_two_culprits_in_a_large_fleet_are_both_excluded():
 def test_an_honest_round_decrypts_once_and_keeps_everyone():
     _, private, codec, values, vectors, _ = world()
     calls = []
-    check = bounds_check(codec, private, N_VALUES, vectors)
+    check = bounds_check(layout_of(codec), private, vectors)
     kept, sums, named = close_sum(1, vectors, lambda g: calls.append(g) or check(g), Suspects())
     assert kept == frozenset(vectors) and named == [] and len(calls) == 1
     assert sums == [sum(col) for col in zip(*values.values(), strict=True)]
@@ -110,7 +116,7 @@ def test_an_honest_round_decrypts_once_and_keeps_everyone():
 
 def test_a_single_update_is_never_decrypted_on_its_own_during_a_search():
     _, private, codec, _, vectors, _ = world()
-    check = bounds_check(codec, private, N_VALUES, dict(list(vectors.items())[:3]))
+    check = bounds_check(layout_of(codec), private, dict(list(vectors.items())[:3]))
     with pytest.raises(ValueError, match="one device"):
         check(frozenset(["dev-00"]))
 
@@ -157,7 +163,7 @@ def test_close_sum_logs_the_suspect_group_and_names_the_culprit(caplog):
     _, private, codec, _, vectors, bad = world()
     suspects, rng = Suspects(), random.Random(5)
     round_vectors = dict(vectors) | {"mallory": bad["random-plaintext"]}
-    check = bounds_check(codec, private, N_VALUES, round_vectors)
+    check = bounds_check(layout_of(codec), private, round_vectors)
     named: list[str] = []
     for r in range(1, 8):
         kept, _, new = close_sum(r, round_vectors, check, suspects, rng=rng)
@@ -174,9 +180,9 @@ def test_the_whole_round_is_checked_on_its_running_sum():
     instead of multiplying all ciphertexts again (a group's sum is still computed)."""
     public, private, codec, _, vectors, _ = world()
     total = group_sum(public, vectors, vectors)
-    with_total = bounds_check(codec, private, N_VALUES, vectors, total=total)
-    assert with_total(frozenset(vectors)) == bounds_check(codec, private, N_VALUES, vectors)(
+    with_total = bounds_check(layout_of(codec), private, vectors, total=total)
+    assert with_total(frozenset(vectors)) == bounds_check(layout_of(codec), private, vectors)(
         frozenset(vectors))
-    wrong = bounds_check(codec, private, N_VALUES, vectors, total=[c * c for c in total])
+    wrong = bounds_check(layout_of(codec), private, vectors, total=[c * c for c in total])
     assert wrong(frozenset(vectors)) is None  # the given sum, not a recomputed one
     assert wrong(frozenset(list(vectors)[:2])) is not None  # groups: recomputed

@@ -11,6 +11,7 @@ from aggregator import notices
 from aggregator.notices import Notifier, signed_by
 from aggregator.rounds import Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
+from protocol.layout import Section, UpdateLayout
 from protocol.errors import ProtocolError
 from protocol.layout import contract_digest
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
@@ -23,15 +24,21 @@ from protocol.wire import UpdateMessage, encode_update
 T = Topics("f")
 
 
+def layout(params: CodecParams, modulus: int) -> UpdateLayout:
+    """Updates of two values, the last a weight: a training section alone."""
+    return UpdateLayout("training", (Section("training", make_codec(params, modulus), 2,
+                                             params.max_weight),))
+
+
 @pytest.fixture
 def state(keypair) -> RoundState:
     pub, _ = keypair
     params = CodecParams(max_agents=5)
     return RoundState(
         fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b"}), deadline=100.0,
-        quorum=1, n_values=2, key_fingerprint=fingerprint(pub),
+        quorum=1, layout=layout(params, pub.n), key_fingerprint=fingerprint(pub),
         codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
-        codec=make_codec(params, pub.n),
+        max_agents=params.max_agents,
         public_key=pub, allow_list={"a": signer_for("a").public_key}, opened_at=0.0)
 
 

@@ -8,6 +8,7 @@ from support import EnrolledFleet, signer_for
 
 from aggregator.rounds import Redelivered, Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
+from protocol.layout import Section, UpdateLayout
 from protocol.layout import contract_digest
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
@@ -16,21 +17,27 @@ from protocol.statistics import StatsParams
 from protocol.wire import UpdateMessage, decode_update, encode_update
 
 
+def layout(params: CodecParams, modulus: int) -> UpdateLayout:
+    """Updates of two values, the last a weight: a training section alone."""
+    return UpdateLayout("training", (Section("training", make_codec(params, modulus), 2,
+                                             params.max_weight),))
+
+
 @pytest.fixture
 def state(keypair):
     pub, _ = keypair
     params = CodecParams(max_agents=5)
     return RoundState(
         fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b", "c"}),
-        deadline=100.0, quorum=2, n_values=2, key_fingerprint=fingerprint(pub),
+        deadline=100.0, quorum=2, layout=layout(params, pub.n), key_fingerprint=fingerprint(pub),
         codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
-        codec=make_codec(params, pub.n),
+        max_agents=params.max_agents,
         public_key=pub, allow_list=EnrolledFleet(), opened_at=0.0)
 
 
 def update(state, agent, values=(10, 20), signer: Signer | None = None, **kw):
     """A signed update as it arrives off the wire (encoded, then decoded)."""
-    cts = encrypt_ints(state.public_key, state.codec.encode(values))
+    cts = encrypt_ints(state.public_key, state.layout.encode([values]))
     base = dict(fleet="f", run_id="run1", round_id=4, agent_id=agent,
                 key_fingerprint=state.key_fingerprint, codec_digest=state.codec_digest,
                 n_values=2, ciphertexts=tuple(cts))
@@ -43,7 +50,7 @@ def test_accepts_and_sums(state, keypair):
     _, priv = keypair
     state.offer(update(state, "a", (10, 20)), "a")
     state.offer(update(state, "b", (5, -40)), "b")
-    sums = state.codec.decode(decrypt_ints(priv, state.ciphertext_sum), 2, 2)
+    (sums,) = state.layout.decode(decrypt_ints(priv, state.ciphertext_sum), 2)
     assert sums == [15, -20]
     assert state.accepted == ["a", "b"]
 
@@ -110,7 +117,7 @@ def test_rerandomised_replay_breaks_the_signature(state):
     """A broker multiplying each ciphertext by an encryption of 0 keeps the plaintexts
     and changes every byte: the agent's signature no longer matches."""
     pub = state.public_key
-    cts = encrypt_ints(pub, state.codec.encode((10, 20)))
+    cts = encrypt_ints(pub, state.layout.encode([(10, 20)]))
     payload = encode_update(UpdateMessage(
         fleet="f", run_id="run1", round_id=4, agent_id="a", key_fingerprint=state.key_fingerprint,
         codec_digest=state.codec_digest, n_values=2, ciphertexts=tuple(cts)), pub,
