@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,12 @@ from edge_agent.data import DataError, DataFile, LocalData, split_holdout
 from edge_agent.health import RoundSkipped, public_detail, skip_line
 from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool
-from edge_agent.trainer import LocalUpdate, clip_note, train_round
-from protocol.codec import CODEC_NAMES, Codec, make_codec, quantize_update
+from edge_agent.phases import phase_line, phase_values
+from edge_agent.trainer import LocalUpdate, clip_note
+from protocol.codec import CODEC_NAMES, Codec, make_codec
 from protocol.errors import ConfigError, FedmqError, ProtocolError
 from protocol.health import Skip
+from protocol.layout import layout_for
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from protocol.notices import NoticeMessage
 from protocol.obfuscation import make_obfuscators
@@ -62,7 +63,8 @@ class EdgeAgent:
                                                             config.agent_id)
         self._skipped: Skip | None = None  # the round this agent last sat out, and why
         self.signer = signer or load_or_create_signer(config.signing_key_path)
-        self.history: dict[int, LocalUpdate] = {}
+        self.history: dict[int, LocalUpdate] = {}  # training rounds served, by round id
+        self._served: set[int] = set()  # rounds of any phase served in this run
         self.final_params: NDArray[np.float64] | None = None
         self._inbox = Inbox(maxsize=1000)
         self._stop = threading.Event()
@@ -260,10 +262,11 @@ class EdgeAgent:
                 log.info("a new run %s started; joining it", msg.run_id)
             self._run_id = msg.run_id
             self.history.clear()
+            self._served.clear()
             self._not_selected.clear()
             self._noticed.clear()
             self.run_failed = None
-        if msg.round_id in self.history:
+        if msg.round_id in self._served:
             self._resend(msg)
             return False
         if msg.round_id in self._not_selected:
@@ -337,29 +340,35 @@ class EdgeAgent:
                  self.data.n_samples, self.train_data.n_samples)
 
     def _serve(self, msg: RoundMessage, key: PaillierPublicKey, codec: Codec) -> None:
+        announced = self._announced
+        assert announced is not None  # rounds are parsed only once a key is trusted
         started = time.perf_counter()
         self._reload()
-        update = train_round(msg, self.train_data, max_weight=codec.params.max_weight,
-                             seed=self.config.seed)
-        values, n_clipped = quantize_update(update.delta, update.weight, codec.params)
-        update = replace(update, clipped=n_clipped)
-        if n_clipped:  # its own logger: the simulation sums these per round instead
-            clip_log.warning("%s", clip_note(msg.round_id, n_clipped, update.delta.size,
-                                             codec.params.clip))
-        trained = time.perf_counter()
-        plaintexts = codec.encode(values)
+        done = phase_values(msg, self.train_data, self.eval_data, codec.params,
+                            announced.statistics, seed=self.config.seed)
+        if done.update is not None and done.clipped:
+            # Its own logger: the simulation sums these per round instead.
+            clip_log.warning("%s", clip_note(msg.round_id, done.clipped,
+                                             done.update.delta.size, codec.params.clip))
+        layout = layout_for(done.phase, msg.spec, announced.codec, announced.statistics, key.n)
+        computed = time.perf_counter()
+        plaintexts = layout.encode(done.parts)
         pool = self._pool
         assert pool is not None  # created with the key
         ciphertexts = encrypt_ints(key, plaintexts, pool.take(len(plaintexts)))
         payload = encode_update(UpdateMessage(
             fleet=msg.fleet, run_id=msg.run_id, round_id=msg.round_id,
             agent_id=self.config.agent_id, key_fingerprint=msg.key_fingerprint,
-            codec_digest=msg.codec_digest, n_values=len(values),
+            codec_digest=msg.codec_digest, n_values=layout.n_values,
             ciphertexts=tuple(ciphertexts)), key, self.signer)
         encrypted = time.perf_counter()
-        if self.config.obfuscator_pool == 0:
-            pool.set_target(len(plaintexts))  # refill one round's worth while idle
-        self.history[msg.round_id] = update
+        if self.config.obfuscator_pool == 0 and done.phase != "evaluation":
+            # Refill while idle for what comes next: a training round.
+            pool.set_target(layout_for("training", msg.spec, announced.codec,
+                                       announced.statistics, key.n).plaintext_count())
+        self._served.add(msg.round_id)
+        if done.update is not None:
+            self.history[msg.round_id] = done.update
         if self._skipped is not None:  # serving again: the status no longer names a skip
             self._skipped = None
             self._link.publish(self._status_topic, self._status("online"), retain=True)
@@ -369,17 +378,17 @@ class EdgeAgent:
         self._sent = (msg.run_id, msg.round_id, payload, frozenset({msg.issued_at}))
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
         pool.refill()
-        log.info("round %d: loss %.4f -> %.4f on %d samples; train %.0f ms, encrypt %.1f ms "
-                 "(%d ciphertexts), %d bytes", msg.round_id, update.loss_before,
-                 update.loss_after, update.weight, 1000 * (trained - started),
-                 1000 * (encrypted - trained), len(ciphertexts), len(payload))
+        log.info("round %d (%s): %s; compute %.0f ms, encrypt %.1f ms (%d values in %d "
+                 "ciphertexts), %d bytes", msg.round_id, done.phase, phase_line(done),
+                 1000 * (computed - started), 1000 * (encrypted - computed), layout.n_values,
+                 len(ciphertexts), len(payload))
 
     def _resend(self, msg: RoundMessage) -> None:
         """The open round was announced again (the aggregator or the broker restarted):
         send the same signed bytes again. The aggregator counts an identical payload
         once, and one it missed (lost in flight, or sent to a broker that went down)
-        now arrives."""
-        if self._sent is None or msg.state != "training":
+        now arrives. Any phase: statistics, training and the final evaluation."""
+        if self._sent is None or msg.phase is None:
             return
         run_id, round_id, payload, answered = self._sent
         # A new announcement has a new issue time; a broker delivering the same

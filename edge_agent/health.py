@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from models.errors import DivergedError, LabelError
 from protocol.errors import ConfigError
 from protocol.health import SKIP_CODES
 
@@ -41,24 +42,15 @@ class RoundSkipped(ConfigError):
 
 
 def skip_code(exc: BaseException) -> str:
-    """The skip code for an error local training raised.
+    """The skip code for an error the model raised on local data.
 
-    Model errors that know their reason carry it as ``code`` (models.errors.LabelError).
-    Errors without one are told apart by type name and by the texts the models
-    package uses for them; anything else about the local data is a data error.
+    Label errors carry their reason (models.errors.LabelError.code); a diverging
+    step is its own code; anything else about the local data is a data error.
     """
-    code = getattr(exc, "code", None)
-    if code in SKIP_CODES:
-        return str(code)
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    text = str(exc)
-    if "DivergedError" in names or "diverged" in text:
+    if isinstance(exc, LabelError):
+        return exc.code
+    if isinstance(exc, DivergedError):
         return "diverged"
-    if "class labels must lie in" in text:
-        return "class-outside-model"
-    if ("class labels must be integers" in text
-            or re.search(r"\by (must be numeric|contains NaN)", text)):
-        return "bad-labels"
     return "data-error"
 
 

@@ -8,6 +8,7 @@ from support import local_data
 
 from edge_agent.health import FIXES, RoundSkipped, public_detail, skip_code, skip_line
 from models import ModelError, ModelSpec, make_model
+from models.errors import DivergedError, LabelError
 from protocol.health import SKIP_CODES
 
 
@@ -36,19 +37,16 @@ def test_real_model_errors_get_their_codes():
 
 class Coded(ValueError):
     def __init__(self, code: str) -> None:
-        super().__init__("whatever the text says: diverged")
+        super().__init__("whatever the text says: diverged, class labels must lie in")
         self.code = code
 
 
-class DivergedError(ValueError):
-    pass
-
-
-def test_a_code_carried_by_the_error_wins_and_unknown_errors_are_data_errors():
-    assert skip_code(Coded("class-outside-model")) == "class-outside-model"
-    assert skip_code(Coded("not-a-code")) == "diverged"  # an unknown code is not trusted
-    assert skip_code(DivergedError("non-finite parameters")) == "diverged"
-    assert skip_code(ModelError("X must have 3 columns, got 2")) == "data-error"
+def test_only_the_models_own_error_types_name_a_code():
+    """The code comes from the type (LabelError.code, DivergedError), never from a text."""
+    assert skip_code(LabelError("class-outside-model", "x")) == "class-outside-model"
+    assert skip_code(DivergedError("x")) == "diverged"
+    assert skip_code(Coded("class-outside-model")) == "data-error"
+    assert skip_code(ModelError("SGD diverged, X must have 3 columns")) == "data-error"
 
 
 def test_round_skipped_refuses_unknown_codes():

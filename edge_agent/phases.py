@@ -1,0 +1,121 @@
+"""What a device computes in each phase of a run: the integer sections of its update. Pure.
+
+- statistics (round 0): sums of the training rows (protocol.statistics), so the
+  gateway can derive the pooled center/scale before round 1;
+- training: the weighted delta of local training on the training rows, plus the
+  evaluation sums of the model the round STARTED from (the received one) on the
+  evaluation rows: the fleet metric of w_r, at no extra round;
+- evaluation (the final model): only those evaluation sums.
+
+Every error that means "this device's data cannot serve the round" becomes a
+RoundSkipped with its code; nothing here does I/O or logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from numpy.typing import ArrayLike
+
+from edge_agent.data import LocalData
+from edge_agent.health import RoundSkipped, skip_code
+from edge_agent.trainer import LocalUpdate, train_round
+from models import ModelError, ModelSpec, make_model
+from models.base import as_label_vector
+from protocol.codec import CodecParams, quantize_update
+from protocol.errors import CodecError
+from protocol.evaluation import local_evaluation
+from protocol.layout import PHASES
+from protocol.messages import RoundMessage
+from protocol.statistics import StatsParams, local_statistics
+
+
+@dataclass(frozen=True)
+class PhaseValues:
+    """One phase's integers, section by section (the order of protocol.layout.layout_for)."""
+
+    phase: str
+    parts: list[list[int]]
+    rows: int  # rows behind the first section (training or statistics rows, or eval rows)
+    eval_rows: int = 0  # rows behind the evaluation section, if there is one
+    update: LocalUpdate | None = None  # training only: the plaintext update, kept locally
+    clipped: int = 0  # values clipped: training codec (training), +-max_abs (statistics)
+
+
+def check_features(spec: ModelSpec, data: LocalData) -> None:
+    if tuple(spec.features) != data.features:
+        raise RoundSkipped(
+            "feature-mismatch",
+            f"the fleet model uses features {list(spec.features)}, this agent's data "
+            f"config has {list(data.features)}")
+
+
+def statistics_values(spec: ModelSpec, data: LocalData, params: StatsParams) -> list[int]:
+    """The statistics section: sums of ``data`` (the training rows)."""
+    check_features(spec, data)
+    try:
+        # The label check first, so bad labels are skipped as such (not as bad sums).
+        as_label_vector(data.y, data.n_samples)
+        return local_statistics(data.X, data.y, spec, params).values
+    except ModelError as exc:
+        raise RoundSkipped(skip_code(exc), f"statistics of {data.label!r}: {exc}") from exc
+    except CodecError as exc:
+        raise RoundSkipped("data-error", f"statistics of the local data: {exc}") from exc
+
+
+def evaluation_values(spec: ModelSpec, params: ArrayLike, data: LocalData, stats: StatsParams,
+                      *, clipped_train: int = 0) -> list[int]:
+    """The evaluation section: the model with ``params`` evaluated on ``data``."""
+    check_features(spec, data)
+    try:
+        model = make_model(spec).set_params_vector(params)
+        return local_evaluation(model, data.X, data.y, stats, clipped_train=clipped_train)
+    except ModelError as exc:
+        raise RoundSkipped(skip_code(exc), f"evaluation on {data.label!r}: {exc}") from exc
+    except CodecError as exc:
+        raise RoundSkipped("data-error", f"evaluation of the received model: {exc}") from exc
+
+
+def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
+                    seed: int | None = None) -> tuple[LocalUpdate, list[int]]:
+    """The training section: w * q(clip(delta)) and w; the update carries its clip count."""
+    update = train_round(msg, data, max_weight=codec.max_weight, seed=seed)
+    try:
+        values, n_clipped = quantize_update(update.delta, update.weight, codec)
+    except CodecError as exc:  # a non-finite delta: the model blew up on these rows
+        raise RoundSkipped("diverged", f"local training: {exc}") from exc
+    return replace(update, clipped=n_clipped), values
+
+
+def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
+                 codec: CodecParams, stats: StatsParams, *,
+                 seed: int | None = None) -> PhaseValues:
+    """Everything one device sends for ``msg``'s phase; raises RoundSkipped."""
+    phase = msg.phase
+    if phase == "statistics":
+        values = statistics_values(msg.spec, train, stats)
+        return PhaseValues(phase, [values], rows=values[-1], clipped=values[-2])
+    if phase == "training":
+        # w_r first: cheap, and a device that cannot evaluate it skips before training.
+        eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)
+        update, train_part = training_values(msg, train, codec, seed=seed)
+        # [..., clipped_train, clipped_eval, n] for both kinds (protocol.evaluation).
+        eval_part[-3] = update.clipped
+        return PhaseValues(phase, [train_part, eval_part], rows=update.weight,
+                           eval_rows=eval_part[-1], update=update, clipped=update.clipped)
+    if phase == "evaluation":
+        eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)
+        return PhaseValues(phase, [eval_part], rows=eval_part[-1], eval_rows=eval_part[-1])
+    raise CodecError(f"round state {msg.state!r} is not a working phase ({', '.join(PHASES)})")
+
+
+def phase_line(done: PhaseValues) -> str:
+    """What the update holds, for the agent's one log line per round (counts only)."""
+    if done.update is not None:
+        u = done.update
+        return (f"loss {u.loss_before:.4f} -> {u.loss_after:.4f} on {u.weight} samples, "
+                f"received model evaluated on {done.eval_rows} rows")
+    if done.phase == "statistics":
+        clipped = f" ({done.clipped} values clipped)" if done.clipped else ""
+        return f"sums of {done.rows} training rows{clipped}"
+    return f"final model evaluated on {done.eval_rows} rows"

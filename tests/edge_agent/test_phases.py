@@ -1,0 +1,136 @@
+"""Each phase's sections equal the protocol functions on the right rows and the right model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from support import FEATURES, SPEC, local_data
+
+from edge_agent.data import LocalData, split_holdout
+from edge_agent.health import RoundSkipped
+from edge_agent.phases import PhaseValues, phase_line, phase_values
+from edge_agent.trainer import train_round
+from models import ModelSpec, make_model
+from protocol.codec import CodecParams, quantize_update
+from protocol.evaluation import local_evaluation
+from protocol.layout import layout_for
+from protocol.messages import RoundMessage, TrainingSettings
+from protocol.statistics import StatsParams, local_statistics
+
+STATS = StatsParams()
+CODEC = CodecParams()
+LINEAR = ModelSpec(kind="linear", features=FEATURES)
+ALL = local_data(3, 80)
+TRAIN, EVAL = split_holdout(ALL, 0.25, "pi-1")
+
+
+def round_msg(phase: str, spec: ModelSpec = SPEC, params: np.ndarray | None = None,
+              round_id: int = 1) -> RoundMessage:
+    if params is None:
+        params = np.linspace(-0.5, 0.7, spec.n_params)
+    return RoundMessage(fleet="test", round_id=round_id, model_version=round_id,
+                        state=phase, spec=spec, params=tuple(params), deadline=0.0,
+                        settings=TrainingSettings(epochs=2, learning_rate=0.1),
+                        key_fingerprint="k" * 64, codec_digest="d" * 32, run_id="r1")
+
+
+def serve(msg: RoundMessage, codec: CodecParams = CODEC) -> PhaseValues:
+    return phase_values(msg, TRAIN, EVAL, codec, STATS, seed=1)
+
+
+def fits_layout(done: PhaseValues, spec: ModelSpec, codec: CodecParams = CODEC) -> None:
+    layout = layout_for(done.phase, spec, codec, STATS, 1 << 2048)
+    assert [len(p) for p in done.parts] == [s.n_values for s in layout.sections]
+    layout.encode(done.parts)  # every count inside its section's bounds
+
+
+def test_holdout_split_gives_distinct_rows():
+    assert (TRAIN.n_samples, EVAL.n_samples) == (60, 20)
+
+
+@pytest.mark.parametrize("spec", [SPEC, LINEAR])
+def test_statistics_are_the_sums_of_the_training_rows_only(spec):
+    unscaled = replace(spec, center=None, scale=None)  # round 0 may come without scaling
+    done = serve(round_msg("statistics", unscaled, np.zeros(spec.n_params), round_id=0))
+    assert done.parts == [local_statistics(TRAIN.X, TRAIN.y, unscaled, STATS).values]
+    assert done.parts != [local_statistics(ALL.X, ALL.y, unscaled, STATS).values]
+    assert done.rows == 60 and done.update is None
+    fits_layout(done, unscaled)
+    assert phase_line(done) == "sums of 60 training rows"
+
+
+@pytest.mark.parametrize("spec", [SPEC, LINEAR])
+def test_training_sends_the_delta_and_the_received_model_on_the_evaluation_rows(spec):
+    msg = round_msg("training", spec)
+    done = serve(msg)
+    update = train_round(msg, TRAIN, max_weight=CODEC.max_weight, seed=1)
+    values, clipped = quantize_update(update.delta, update.weight, CODEC)
+    received = make_model(spec).set_params_vector(msg.params_array)
+    assert done.parts == [values, local_evaluation(received, EVAL.X, EVAL.y, STATS,
+                                                   clipped_train=clipped)]
+    # Not the trained model, not the training rows.
+    trained = make_model(spec).set_params_vector(msg.params_array + update.delta)
+    assert done.parts[1] != local_evaluation(trained, EVAL.X, EVAL.y, STATS,
+                                             clipped_train=clipped)
+    assert done.parts[1][-1] == EVAL.n_samples and done.parts[0][-1] == TRAIN.n_samples
+    assert done.update is not None and np.array_equal(done.update.delta, update.delta)
+    fits_layout(done, spec)
+
+
+def test_training_reports_the_codecs_clipping_in_the_evaluation_section():
+    tight = CodecParams(clip=1e-4)
+    done = serve(round_msg("training"), tight)
+    assert done.clipped > 0 and done.update is not None and done.update.clipped == done.clipped
+    assert done.parts[1][-3] == done.clipped  # [..., clipped_train, clipped_eval, n]
+    fits_layout(done, SPEC, tight)
+    assert "received model evaluated on 20 rows" in phase_line(done)
+
+
+@pytest.mark.parametrize("spec", [SPEC, LINEAR])
+def test_final_evaluation_is_the_received_model_on_the_evaluation_rows_only(spec):
+    msg = round_msg("evaluation", spec, round_id=4)
+    done = serve(msg)
+    received = make_model(spec).set_params_vector(msg.params_array)
+    assert done.parts == [local_evaluation(received, EVAL.X, EVAL.y, STATS, clipped_train=0)]
+    other = make_model(spec).set_params_vector(np.zeros(spec.n_params))
+    assert done.parts != [local_evaluation(other, EVAL.X, EVAL.y, STATS)]
+    assert done.update is None and done.rows == 20
+    fits_layout(done, spec)
+    assert phase_line(done) == "final model evaluated on 20 rows"
+
+
+def _with_labels(data: LocalData, y: np.ndarray) -> LocalData:
+    return replace(data, y=y)
+
+
+@pytest.mark.parametrize("phase", ["statistics", "training", "evaluation"])
+@pytest.mark.parametrize("labels, code", [
+    (np.arange(20.0), "class-outside-model"),
+    (np.full(20, 0.5), "bad-labels"),
+])
+def test_unusable_labels_skip_every_phase_with_their_code(phase, labels, code):
+    bad = _with_labels(EVAL, labels)
+    msg = round_msg(phase, round_id=0 if phase == "statistics" else 1)
+    with pytest.raises(RoundSkipped) as info:
+        phase_values(msg, bad, bad, CODEC, STATS, seed=1)
+    assert info.value.code == code
+
+
+def test_non_finite_regression_labels_are_bad_labels_in_the_statistics_round():
+    bad = _with_labels(EVAL, np.where(np.arange(20) == 3, np.nan, 1.0))
+    with pytest.raises(RoundSkipped) as info:
+        phase_values(round_msg("statistics", LINEAR, np.zeros(LINEAR.n_params), 0), bad, bad,
+                     CODEC, STATS)
+    assert info.value.code == "bad-labels"
+
+
+@pytest.mark.parametrize("phase", ["statistics", "training", "evaluation"])
+def test_other_features_skip_every_phase(phase):
+    other = ModelSpec(kind="logistic", features=("x1", "x2", "x9"), n_classes=2)
+    msg = round_msg(phase, other, np.zeros(other.n_params),
+                    round_id=0 if phase == "statistics" else 1)
+    with pytest.raises(RoundSkipped) as info:
+        serve(msg)
+    assert info.value.code == "feature-mismatch"
