@@ -74,8 +74,9 @@ class UpdateMessage:
         check_name(self.fleet, "fleet name", ProtocolError)
         check_name(self.agent_id, "agent id", ProtocolError)
         check_name(self.run_id, "run id", ProtocolError)
-        if self.round_id < 1 or self.n_values < 1 or not self.ciphertexts:
-            raise ProtocolError("update needs round >= 1, n_values >= 1 and ciphertexts")
+        # Round 0 is the statistics round (protocol.layout).
+        if self.round_id < 0 or self.n_values < 1 or not self.ciphertexts:
+            raise ProtocolError("update needs round >= 0, n_values >= 1 and ciphertexts")
 
     def signed_by_named_key(self) -> bool:
         """True if the signature verifies with the key the header names."""

@@ -11,9 +11,8 @@ from aggregator import notices
 from aggregator.notices import Notifier, signed_by
 from aggregator.rounds import Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
-from protocol.layout import Section, UpdateLayout
 from protocol.errors import ProtocolError
-from protocol.layout import contract_digest
+from protocol.layout import Section, UpdateLayout, contract_digest
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
 from protocol.paillier import encrypt_ints, fingerprint, generate_keypair
 from protocol.signing import Signer

@@ -8,8 +8,7 @@ from support import EnrolledFleet, signer_for
 
 from aggregator.rounds import Redelivered, Rejected, RoundState
 from protocol.codec import CodecParams, make_codec
-from protocol.layout import Section, UpdateLayout
-from protocol.layout import contract_digest
+from protocol.layout import Section, UpdateLayout, contract_digest
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
 from protocol.signing import Signer
