@@ -175,7 +175,9 @@ class Aggregator:
                     result = self._run_round(run_id, round_id, version, params, resume=resume)
                     params, version, round_id = result.params, result.model_version, round_id + 1
                     resume = None
-                if cfg.policy.final_evaluation and not self._stop.is_set():
+                if self._stop.is_set():  # between two rounds: the run is not finished
+                    raise RoundFailed(f"stopped before round {round_id}")
+                if cfg.policy.final_evaluation:
                     self._run_round(run_id, round_id, version, params, phase="evaluation")
             except RoundFailed as exc:
                 if not self._stop.is_set():  # given up, not stopped: agents need not wait

@@ -11,10 +11,12 @@ import pytest
 from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
 
 from aggregator.config import AggregatorConfig, RoundPolicy
+from aggregator.outcome import RoundResult
 from aggregator.service import Aggregator
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
+from models import ModelSpec
 from protocol.codec import CodecParams
 from protocol.messages import TrainingSettings
 from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
@@ -36,17 +38,20 @@ def broker_port() -> Iterator[int]:
 
 @pytest.fixture
 def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
-    def make(port: int, codec: CodecParams | None = None, **policy: Any) -> Aggregator:
-        config = AggregatorConfig(
+    def make(port: int, codec: CodecParams | None = None, *, spec: ModelSpec = SPEC,
+             on_round: Callable[[RoundResult], None] | None = None,
+             config: dict[str, Any] | None = None, **policy: Any) -> Aggregator:
+        """``config``: more AggregatorConfig fields; ``policy``: RoundPolicy fields."""
+        settings = AggregatorConfig(
             codec=codec or CodecParams(),
-            topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=port),
+            topics=Topics("test"), spec=spec, mqtt=MqttSettings(port=port),
             policy=RoundPolicy(**{"rounds": 2, "round_timeout": 10.0, "quorum": 1,
                                   "min_agents": 1, "start_timeout": 20.0, **policy}),
             training=TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
-            state_dir=str(tmp_path / "aggregator"),
+            state_dir=str(tmp_path / "aggregator"), **(config or {}),
         )
-        return Aggregator(config, keypair=keypair, signer=AGGREGATOR_SIGNER,
-                          allow_list=EnrolledFleet())
+        return Aggregator(settings, keypair=keypair, signer=AGGREGATOR_SIGNER,
+                          allow_list=EnrolledFleet(), on_round=on_round)
     return make
 
 
@@ -70,6 +75,24 @@ def start_agents() -> Iterator[Callable[..., list[EdgeAgent]]]:
         return agents
 
     yield start
+    for agent, thread in started:
+        agent.stop()
+        thread.join(5)
+
+
+@pytest.fixture
+def run_agents() -> Iterator[Callable[..., list[EdgeAgent]]]:
+    """Run the given (in-process) agents on threads; stop them all at teardown."""
+    started: list[tuple[EdgeAgent, threading.Thread]] = []
+
+    def run(*agents: EdgeAgent) -> list[EdgeAgent]:
+        for agent in agents:
+            thread = threading.Thread(target=agent.run, daemon=True)
+            thread.start()
+            started.append((agent, thread))
+        return list(agents)
+
+    yield run
     for agent, thread in started:
         agent.stop()
         thread.join(5)

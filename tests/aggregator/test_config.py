@@ -7,10 +7,17 @@ import pytest
 from msgspec.structs import asdict, fields
 
 from aggregator.config import AggregatorConfig, Limits, RoundPolicy
-from aggregator.schema import CodecTable, LimitsTable, RoundsTable, TrainingTable
+from aggregator.schema import (
+    CodecTable,
+    LimitsTable,
+    RoundsTable,
+    StatisticsTable,
+    TrainingTable,
+)
 from protocol.codec import CODEC_NAMES, CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
+from protocol.statistics import StatsParams
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -106,6 +113,8 @@ def test_schema_defaults_are_the_settings_defaults():
     assert Limits(**asdict(LimitsTable())) == Limits()
     assert TrainingSettings(**asdict(TrainingTable())) == TrainingSettings()
     assert CodecParams(**asdict(CodecTable())) == CodecParams()
+    stats = {k: v for k, v in asdict(StatisticsTable()).items() if k != "enabled"}
+    assert StatsParams(**stats) == StatsParams()
     [names] = [f.type for f in fields(CodecTable) if f.name == "name"]
     assert get_args(names) == CODEC_NAMES
 
@@ -128,6 +137,7 @@ def test_tls_and_key_paths_are_relative_to_the_config(tmp_path, monkeypatch):
     ("LimitsTable", "aggregator.config:Limits"),
     ("TrainingTable", "protocol.messages:TrainingSettings"),
     ("CodecTable", "protocol.codec:CodecParams"),
+    ("HealthTable", "aggregator.config:HealthPolicy"),
 ])
 def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
     # The msgspec table validates the file, the frozen dataclass is what the roles use:
@@ -148,3 +158,42 @@ def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
     assert len(shared) >= 3
     for field in shared:
         assert defaults[field.name] == field.default, field.name
+
+
+def test_statistics_off_without_datasheet_values_refuses_to_start(tmp_path):
+    """With no center/scale the fleet trained on raw features and ended at 0.56 accuracy
+    with exit code 0 (issue 10): now the statistics round derives them, and turning it off
+    without datasheet values is refused with the fix."""
+    path = tmp_path / "aggregator.toml"
+    path.write_text("[model]\nkind = 'logistic'\nfeatures = ['a', 'b']\nn_classes = 2\n")
+    assert AggregatorConfig.from_file(path).needs_statistics
+    path.write_text(path.read_text() + "[statistics]\nenabled = false\n")
+    with pytest.raises(ConfigError) as err:
+        AggregatorConfig.from_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: [statistics] enabled = false, but [model] gives no "
+                              "center and scale")
+    assert "Remove 'enabled = false'" in message and "\n" not in message
+    path.write_text("[model]\nkind = 'logistic'\nfeatures = ['a', 'b']\nn_classes = 2\n"
+                    "center = [0.0, 1.0]\nscale = [1.0, 2.0]\n[statistics]\nenabled = false\n")
+    assert not AggregatorConfig.from_file(path).needs_statistics
+
+
+def test_statistics_and_health_tables_are_read_and_checked(tmp_path):
+    path = tmp_path / "aggregator.toml"
+    path.write_text("[model]\nkind = 'linear'\nfeatures = ['a']\ntarget_center = 60.0\n"
+                    "[statistics]\nfraction_bits = 16\nmax_abs = 5000.0\n"
+                    "[health]\nclipped_share_warning = 0.2\nmissing_class_rounds = 5\n"
+                    "[codec]\nmax_agents = 50\n")
+    cfg = AggregatorConfig.from_file(path)
+    assert cfg.statistics.fraction_bits == 16 and cfg.statistics.max_abs == 5000.0
+    assert cfg.statistics.max_agents == 50  # summed like the codec's updates
+    assert cfg.health.clipped_share_warning == 0.2 and cfg.health.missing_class_rounds == 5
+    assert cfg.needs_statistics  # center, scale and target_scale are still open
+    path.write_text("[model]\nkind = 'linear'\nfeatures = ['a']\n[statistics]\nmax_abs = 0.5\n")
+    with pytest.raises(ConfigError, match=r"\[statistics\] max_abs: expected"):
+        AggregatorConfig.from_file(path)
+    path.write_text("[model]\nkind = 'logistic'\nfeatures = ['a']\nn_classes = 2\n"
+                    "target_center = 1.0\n")
+    with pytest.raises(ConfigError, match="only allowed for kind 'linear'"):
+        AggregatorConfig.from_file(path)

@@ -7,8 +7,7 @@ rounds going, and the agent under test; its status is read by a raw subscriber.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,23 +47,6 @@ def retained_status(port: int) -> StatusMessage:
         return StatusMessage.from_bytes(probe.got(STATUS)[-1])
     finally:
         probe.close()
-
-
-@pytest.fixture
-def run_agents() -> Iterator[Callable[..., list[EdgeAgent]]]:
-    started: list[tuple[EdgeAgent, threading.Thread]] = []
-
-    def run(*agents: EdgeAgent) -> list[EdgeAgent]:
-        for agent in agents:
-            thread = threading.Thread(target=agent.run, daemon=True)
-            thread.start()
-            started.append((agent, thread))
-        return list(agents)
-
-    yield run
-    for agent, thread in started:
-        agent.stop()
-        thread.join(5)
 
 
 def _aggregator(make_aggregator: Callable[..., Aggregator], port: int, keypair: Any,

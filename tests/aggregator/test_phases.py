@@ -1,0 +1,176 @@
+"""A run's phases with real agents on a real broker: statistics round, federated evaluation
+every round, the final evaluation, and what the gateway says about its fleet's health."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import FEATURES, SPEC, agent_config, local_data
+
+from aggregator.config import HealthPolicy
+from aggregator.runspec import FILE as STATISTICS_FILE
+from aggregator.runspec import load_run_spec
+from edge_agent.agent import EdgeAgent
+from edge_agent.data import LocalData
+from models import ModelSpec, load_model, make_model
+from models.evaluation import evaluate
+from protocol.codec import CodecParams
+from protocol.statistics import StatsParams
+
+pytestmark = pytest.mark.slow
+
+UNSCALED = replace(SPEC, center=None, scale=None)
+
+
+def _magnified(seed: int, n: int) -> LocalData:
+    """Raw sensor-like columns: thousands beside fractions, shifted per device."""
+    data = local_data(seed, n)
+    return replace(data, X=data.X * (1000.0, 0.001, 1.0) + (5000.0 + 50 * seed, 0.0, -3.0))
+
+
+def _rounds_csv(aggregator: Any) -> list[dict[str, str]]:
+    with open(aggregator.store.log_path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_without_center_and_scale_a_statistics_round_derives_them(
+        broker_port, make_aggregator, run_agents):
+    agents = run_agents(*(EdgeAgent(agent_config(broker_port, f"agent-{i}"),
+                                    data=_magnified(i, 30 + 10 * i)) for i in range(4)))
+    aggregator = make_aggregator(broker_port, spec=UNSCALED, min_agents=4, rounds=3)
+    final = aggregator.run()
+    assert [r.phase for r in aggregator.results] == [
+        "statistics", "training", "training", "training", "evaluation"]
+    from sklearn.preprocessing import StandardScaler
+
+    pooled = np.vstack([a.train_data.X for a in agents])
+    ref = StandardScaler().fit(pooled)
+    spec, resolution = aggregator.spec, StatsParams().resolution
+    assert spec.center is not None and spec.scale is not None
+    assert np.abs(np.array(spec.center) - ref.mean_).max() <= resolution
+    assert np.abs(np.array(spec.scale) - ref.scale_).max() <= resolution
+    run_dir = aggregator.store.run_dir
+    assert load_run_spec(run_dir, UNSCALED) == spec
+    saved_spec, saved_params, _ = load_model(run_dir / "global_model.npz")
+    assert saved_spec == spec and np.allclose(saved_params, final)
+    # Standardised, the raw magnitudes train: the model beats the majority class.
+    pooled_y = np.concatenate([a.eval_data.y for a in agents])
+    evaluation = aggregator.results[-1].evaluation
+    assert evaluation is not None
+    assert evaluation.metrics["accuracy"] > max(pooled_y.mean(), 1 - pooled_y.mean()) + 0.05
+    # The final evaluation is the final model's metric on the devices' rows: the same
+    # numbers a data scientist with all rows would compute, without anyone having them.
+    ref_eval = evaluate(make_model(spec).set_params_vector(final),
+                        np.vstack([a.eval_data.X for a in agents]), pooled_y)
+    assert evaluation.confusion == ref_eval.confusion
+    assert evaluation.metrics["accuracy"] == ref_eval.metrics["accuracy"]
+    assert evaluation.metrics["log_loss"] == pytest.approx(ref_eval.metrics["log_loss"],
+                                                           abs=1e-6)
+    rows = _rounds_csv(aggregator)
+    assert [r["phase"] for r in rows] == ["statistics", "training", "training", "training",
+                                          "evaluation"]
+    assert all(r["fleet_accuracy"] for r in rows[1:]) and not rows[0]["fleet_accuracy"]
+    assert float(rows[-1]["fleet_accuracy"]) == evaluation.metrics["accuracy"]
+
+
+def test_a_regression_label_is_standardised_and_predictions_keep_its_units(
+        broker_port, make_aggregator, run_agents):
+    spec = ModelSpec(kind="linear", features=FEATURES)
+    rng = np.random.default_rng(5)
+
+    def device(i: int) -> LocalData:
+        X = rng.normal(size=(40, 3)) * (1000.0, 1.0, 0.01) + (4000.0 * i, 0, 0)
+        y = 60 + X @ (0.002, 0.5, 30.0) + rng.normal(0, 0.1, 40)  # degrees, around 60-80
+        return LocalData(X=X, y=y, features=FEATURES, label="y")
+
+    agents = run_agents(*(EdgeAgent(agent_config(broker_port, f"agent-{i}"), data=device(i))
+                          for i in range(3)))
+    aggregator = make_aggregator(broker_port, spec=spec, min_agents=3, rounds=6)
+    final = aggregator.run()
+    y = np.concatenate([a.train_data.y for a in agents])
+    assert aggregator.spec.target_center == pytest.approx(y.mean(), abs=1e-6)
+    assert aggregator.spec.target_scale == pytest.approx(y.std(), abs=1e-6)
+    training = [r for r in aggregator.results if r.phase == "training"]
+    assert all(r.clipped_share == 0 for r in training)  # nothing near the codec's clip
+    evaluation = aggregator.results[-1].evaluation
+    assert evaluation is not None and evaluation.metrics["r2"] > 0.9
+    model = make_model(aggregator.spec).set_params_vector(final)
+    X = np.vstack([a.train_data.X for a in agents])
+    assert np.abs(model.predict(X) - y).mean() < 0.2 * y.std()  # in degrees, not z-scores
+
+
+def test_a_device_that_skips_is_counted_and_the_round_does_not_wait_for_it(
+        broker_port, make_aggregator, run_agents, caplog):
+    caplog.set_level(logging.INFO)
+    good = local_data(0, 60)
+    run_agents(EdgeAgent(agent_config(broker_port, "agent-0"), data=good),
+               EdgeAgent(agent_config(broker_port, "agent-1"), data=local_data(1, 50)),
+               EdgeAgent(agent_config(broker_port, "agent-bad"),
+                         data=replace(good, y=good.y + 2)))  # classes 2, 3 of a 2-class model
+    aggregator = make_aggregator(broker_port, min_agents=3, rounds=2, round_timeout=60.0)
+    aggregator.run()
+    training = [r for r in aggregator.results if r.phase == "training"]
+    assert all(r.skipped == {"class-outside-model": 1} for r in training)
+    assert all(r.closed_by == "all" and r.seconds < 30 for r in training)
+    assert "agent-bad skips it (class-outside-model)" in caplog.text
+    assert [r["skipped"] for r in _rounds_csv(aggregator)][:2] == [
+        "class-outside-model:1", "class-outside-model:1"]
+
+
+def test_a_class_no_contributing_device_holds_is_flagged(
+        broker_port, make_aggregator, run_agents, caplog):
+    """Three classes; only agent-2 holds class 2 and it is always too slow: every round
+    closes at its deadline without it, and the gateway says which class is missing."""
+    caplog.set_level(logging.INFO)
+    spec = replace(SPEC, n_classes=3)
+    holder = local_data(2, 40)
+    run_agents(EdgeAgent(agent_config(broker_port, "agent-0"), data=local_data(0, 40)),
+               EdgeAgent(agent_config(broker_port, "agent-1"), data=local_data(1, 40)),
+               EdgeAgent(agent_config(broker_port, "agent-2", straggle_seconds=30.0),
+                         data=replace(holder, y=np.full_like(holder.y, 2.0))))
+    aggregator = make_aggregator(broker_port, spec=spec, min_agents=3, quorum=2, rounds=3,
+                                 round_timeout=1.5, config={"health": HealthPolicy(
+                                     missing_class_rounds=3)}, final_evaluation=False)
+    aggregator.run()
+    assert "class 2 has had no rows in the fleet's totals for 3 rounds (rounds 1-3)" \
+        in caplog.text
+    assert "devices silent in each of them: agent-2" in caplog.text
+    assert "never contributed an update to this run: agent-2" in caplog.text
+
+
+def test_many_clipped_values_are_reported_at_the_gateway(
+        broker_port, make_aggregator, start_agents, caplog):
+    caplog.set_level(logging.INFO)
+    start_agents(broker_port, 2)
+    aggregator = make_aggregator(broker_port, CodecParams(clip=0.001), min_agents=2,
+                                 rounds=1, final_evaluation=False)
+    aggregator.run()
+    (result,) = aggregator.results
+    assert result.clipped_share > 0.5
+    assert "of the update values were clipped to the codec's bound" in caplog.text
+
+
+def test_a_resumed_run_keeps_the_statistics_it_trained_with(
+        broker_port, make_aggregator, run_agents, caplog, tmp_path: Path):
+    caplog.set_level(logging.INFO)
+    run_agents(*(EdgeAgent(agent_config(broker_port, f"agent-{i}", exit_when_finished=False),
+                           data=_magnified(i, 40)) for i in range(2)))
+    first = make_aggregator(broker_port, spec=UNSCALED, min_agents=2, rounds=3,
+                            on_round=lambda r: r.round_id == 1 and first.stop())
+    with pytest.raises(Exception, match="stopped"):
+        first.run()
+    spec = first.spec
+    assert (first.store.run_dir / STATISTICS_FILE).exists()
+    caplog.clear()
+    second = make_aggregator(broker_port, spec=UNSCALED, min_agents=2, rounds=3)
+    second.run()
+    assert second.store.run_dir == first.store.run_dir
+    assert second.spec == spec
+    assert [r.phase for r in second.results] == ["training", "training", "evaluation"]
+    assert "statistics round" not in caplog.text
