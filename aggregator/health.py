@@ -20,7 +20,7 @@ from aggregator.config import HealthPolicy
 from protocol.evaluation import FleetEvaluation
 from protocol.health import Skip
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("aggregator.health")
 
 FIXES = {
     "bad-labels": "its label column holds values that are not class numbers",

@@ -59,6 +59,10 @@ class RoundFailed(FedmqError):
     """A round could not reach its quorum within the allowed deadline extensions."""
 
 
+class NoEvaluation(FedmqError):
+    """The final evaluation round closed without enough updates for a fleet metric."""
+
+
 class Aggregator:
     def __init__(
         self,
@@ -120,7 +124,9 @@ class Aggregator:
         self._herald = Herald(config, self._link, self.signer, self._announcer,
                               n_hex=format(self.public_key.n, "x"), fingerprint=self.fingerprint,
                               codec_digest=self.codec_digest)
-        self.results: list[RoundResult] = []
+        self.results: list[RoundResult] = []  # the training rounds
+        self.statistics: RoundResult | None = None  # the statistics round, if one ran
+        self.final_evaluation: RoundResult | None = None  # the final model's evaluation
         self._sent_at_open = 0  # the herald's byte count when the open round was announced
 
     def _body(self, layout: UpdateLayout) -> int:
@@ -178,7 +184,11 @@ class Aggregator:
                 if self._stop.is_set():  # between two rounds: the run is not finished
                     raise RoundFailed(f"stopped before round {round_id}")
                 if cfg.policy.final_evaluation:
-                    self._run_round(run_id, round_id, version, params, phase="evaluation")
+                    try:
+                        self._run_round(run_id, round_id, version, params, phase="evaluation")
+                    except NoEvaluation as exc:
+                        self._admission.close_round()
+                        log.warning("%s", exc)
             except RoundFailed as exc:
                 if not self._stop.is_set():  # given up, not stopped: agents need not wait
                     self._herald.round(run_id, max(round_id, 1), version, params,
@@ -275,7 +285,7 @@ class Aggregator:
             expected, sampled = frozenset(self._online_agents()), False
         state = RoundState(
             fleet=cfg.topics.fleet, run_id=run_id, round_id=round_id, expected=expected,
-            deadline=deadline, quorum=cfg.policy.quorum, layout=self._layouts[phase],
+            deadline=deadline, quorum=self._quorum(phase), layout=self._layouts[phase],
             key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
             max_agents=cfg.codec.max_agents, public_key=self.public_key,
             allow_list=self.allow_list(), opened_at=opened_at, sampled=sampled,
@@ -291,6 +301,13 @@ class Aggregator:
         if training:  # only training rounds are resumed: the others are simply run again
             self._save_open(state, version)
         return state
+
+    def _quorum(self, phase: str) -> int:
+        """The final evaluation only measures: it closes at its deadline with what came,
+        but with at least two devices (one device's metric is never decrypted), unless the
+        fleet's quorum is 1 anyway."""
+        quorum = self.config.policy.quorum
+        return min(quorum, 2) if phase == "evaluation" else quorum
 
     def _save_open(self, state: RoundState, version: int, extensions: int = 0) -> None:
         self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, version, "open",
@@ -314,6 +331,10 @@ class Aggregator:
             if self._stop.is_set():
                 raise RoundFailed(f"stopped during round {round_id}")
             if time.time() >= state.deadline:
+                if phase == "evaluation":  # nothing to wait for: the model is final
+                    raise NoEvaluation(f"final evaluation round {round_id}: "
+                                       f"{len(state.accepted)} of {state.quorum} updates needed "
+                                       "at the deadline; the final model has no fleet metric")
                 extensions += 1
                 if extensions > cfg.policy.max_extensions:
                     raise RoundFailed(
@@ -379,7 +400,12 @@ class Aggregator:
                                                    "closed"))
             self.checkpoints.clear_updates()
         self.store.record(result)
-        self.results.append(result)
+        if state.phase == "training":
+            self.results.append(result)
+        elif state.phase == "evaluation":
+            self.final_evaluation = result
+        else:
+            self.statistics = result
         self._publish_metrics(result)
         fleet = "" if evaluation is None else f"; {evaluation.summary()} (model version " \
             f"{version})"

@@ -159,12 +159,14 @@ class FleetClient(Probe):
             assert info.is_published(), f"no PUBACK for {topic}"
 
 def signed_round(client: Probe, topics: Topics, round_id: int,
-                 timeout: float = 15.0) -> RoundMessage:
-    """Round ``round_id`` as ``client`` saw it announced (and signed by the aggregator)."""
+                 timeout: float = 15.0, *, state: str | None = None) -> RoundMessage:
+    """Round ``round_id`` as ``client`` saw it announced (and signed by the aggregator);
+    with ``state``, the announcement in that state (the final evaluation and the
+    "finished" announcement share the id after the last round)."""
     def find() -> RoundMessage | None:
         for payload in client.got(topics.round):
             msg = RoundMessage.from_bytes(payload, verify_with=AGGREGATOR_SIGNER.public_key)
-            if msg.round_id == round_id:
+            if msg.round_id == round_id and state in (None, msg.state):
                 return msg
         return None
     found: RoundMessage = wait_until(find, f"round {round_id}", timeout)

@@ -137,3 +137,25 @@ label = "y"
 straggle_seconds = {straggle}
 """.replace("'", '"'))
     return fedmq_process("agent", "--config", str(config), log=tmp_path / f"{agent_id}.log")
+
+
+def training_sections(values: list[int], spec: ModelSpec = SPEC) -> list[list[int]]:
+    """A training update's sections as an agent makes them: ``values`` (weighted delta and
+    weight, from quantize_update) and an evaluation of one row (class 0, predicted 0)."""
+    from protocol.evaluation import eval_length
+
+    evaluation = [0] * eval_length(spec)
+    evaluation[-1] = 1  # rows
+    if spec.kind == "logistic":
+        evaluation[1] = 1  # confusion[0][0]
+    return [values, evaluation]
+
+
+def training_plaintexts(values: list[int], modulus: int, codec: Any,
+                        spec: ModelSpec = SPEC) -> tuple[list[int], int]:
+    """(plaintexts, n_values) of a training update with ``values`` under ``codec``."""
+    from protocol.layout import layout_for
+    from protocol.statistics import StatsParams
+
+    layout = layout_for("training", spec, codec, StatsParams(), modulus)
+    return layout.encode(training_sections(values, spec)), layout.n_values

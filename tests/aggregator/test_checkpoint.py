@@ -155,7 +155,8 @@ def test_restarted_aggregator_resumes_the_open_round_with_its_accepted_updates(
     assert r2.round_id == 2 and r2.model_version == 2
     with (tmp_path / "aggregator" / "latest" / "rounds.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["round"], r["model_version"]) for r in rows] == [("1", "1"), ("2", "2")]
+    assert [(r["round"], r["model_version"], r["phase"]) for r in rows] == [
+        ("1", "1", "training"), ("2", "2", "training"), ("3", "2", "evaluation")]
     assert rows[0]["agents"].split() == list(r1.reported)
     assert second.checkpoints.load().status == "finished"
     np.testing.assert_array_equal(final, fast.final_params)
@@ -277,7 +278,8 @@ def test_the_audit_row_of_a_round_survives_a_crash_in_any_window(
     second.run()
     with log.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["round"], r["model_version"]) for r in rows] == [("1", "1"), ("2", "2")]
+    assert [(r["round"], r["model_version"], r["phase"]) for r in rows] == [
+        ("1", "1", "training"), ("2", "2", "training"), ("3", "2", "evaluation")]
     assert sorted(rows[0]["agents"].split()) == ["agent-0", "agent-1"]
     assert rows[0]["closed_by"] == "all"
 

@@ -6,9 +6,10 @@ from typing import get_args
 import pytest
 from msgspec.structs import asdict, fields
 
-from aggregator.config import AggregatorConfig, Limits, RoundPolicy
+from aggregator.config import AggregatorConfig, HealthPolicy, Limits, RoundPolicy
 from aggregator.schema import (
     CodecTable,
+    HealthTable,
     LimitsTable,
     RoundsTable,
     StatisticsTable,
@@ -115,6 +116,7 @@ def test_schema_defaults_are_the_settings_defaults():
     assert CodecParams(**asdict(CodecTable())) == CodecParams()
     stats = {k: v for k, v in asdict(StatisticsTable()).items() if k != "enabled"}
     assert StatsParams(**stats) == StatsParams()
+    assert HealthPolicy(**asdict(HealthTable())) == HealthPolicy()
     [names] = [f.type for f in fields(CodecTable) if f.name == "name"]
     assert get_args(names) == CODEC_NAMES
 
@@ -137,7 +139,6 @@ def test_tls_and_key_paths_are_relative_to_the_config(tmp_path, monkeypatch):
     ("LimitsTable", "aggregator.config:Limits"),
     ("TrainingTable", "protocol.messages:TrainingSettings"),
     ("CodecTable", "protocol.codec:CodecParams"),
-    ("HealthTable", "aggregator.config:HealthPolicy"),
 ])
 def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
     # The msgspec table validates the file, the frozen dataclass is what the roles use:

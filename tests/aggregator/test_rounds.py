@@ -48,9 +48,9 @@ def update(state, agent, values=(10, 20), signer: Signer | None = None, **kw):
 def test_accepts_and_sums(state, keypair):
     _, priv = keypair
     state.offer(update(state, "a", (10, 20)), "a")
-    state.offer(update(state, "b", (5, -40)), "b")
+    state.offer(update(state, "b", (-5, 40)), "b")
     (sums,) = state.layout.decode(decrypt_ints(priv, state.ciphertext_sum), 2)
-    assert sums == [15, -20]
+    assert sums == [5, 60]
     assert state.accepted == ["a", "b"]
 
 

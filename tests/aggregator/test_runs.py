@@ -58,8 +58,9 @@ def test_resume_false_starts_a_new_run_and_leaves_the_old_one_untouched(
     assert {p: b for p, b in _files(state).items() if p in before} == before
     new_dir = (state / "latest").resolve()
     rows = _rows(new_dir / "rounds.csv")
-    assert [(r["run_id"], r["round"]) for r in rows] == [(new_dir.name, "1"),
-                                                          (new_dir.name, "2")]
+    assert [(r["run_id"], r["round"], r["phase"]) for r in rows] == [
+        (new_dir.name, "1", "training"), (new_dir.name, "2", "training"),
+        (new_dir.name, "3", "evaluation")]  # the final model's fleet evaluation
     assert len(list((state / "runs").iterdir())) == 2
 
 
@@ -107,8 +108,9 @@ def test_state_from_before_run_directories_is_moved_into_one_and_resumed(
     assert sorted(p.name for p in moved.iterdir()) == ["global_model.npz", "rounds.csv",
                                                        "run.json"]
     assert "each run now has its own directory" in caplog.text
+    # Read in today's columns: the run id in front, the fleet columns empty.
     assert agg.store._rows() == [["0123456789abcdef", "1", "1", "all", "1", "1", "0", "40",
-                                  "0.1", "1", "a", ""]]
+                                  "0.1", "1", "a", "", "training", *[""] * 10]]
 
 
 def test_latest_is_a_relative_link_replaced_in_place(tmp_path):

@@ -59,6 +59,7 @@ Broker bug found by case 17, fixed in broker/amqtt_ext.py:
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import logging
@@ -82,6 +83,8 @@ from support import (
     local_data,
     run_in_thread,
     signer_for,
+    training_plaintexts,
+    training_sections,
     wait_until,
 )
 
@@ -91,8 +94,8 @@ from aggregator.service import Aggregator
 from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
-from protocol.codec import CodecParams, make_codec, quantize_update
-from protocol.layout import contract_digest
+from protocol.codec import CodecParams, quantize_update
+from protocol.layout import contract_digest, layout_for
 from protocol.messages import RoundMessage, StatusMessage
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -162,20 +165,34 @@ def make_update(rnd: RoundMessage, agent_id: str, signer: Signer, key: PaillierP
 
     The default delta (+clip everywhere, the largest weight) is the strongest legal
     push, so an accepted forgery would move the model visibly. ``ciphertexts``
-    replaces the encryption (malformed input); ``announced`` is the key the header
-    names (default ``key``).
+    replaces the first ciphertexts of the encryption (malformed input: the training
+    section's); ``announced`` is the key the header names (default ``key``).
     """
     announced = announced or key
     fp = fingerprint(announced)
     values, _ = quantize_update(np.full(SPEC.n_params, CODEC.clip) if delta is None else delta,
                                 weight, CODEC)
-    if ciphertexts is None:
-        ciphertexts = encrypt_ints(key, make_codec(CODEC, key.n).encode(values))
+    plaintexts, n_values = training_plaintexts(values, key.n, CODEC)
+    genuine = encrypt_ints(key, plaintexts)
+    ciphertexts = genuine if ciphertexts is None else [
+        *ciphertexts, *genuine[len(ciphertexts):]]
     return encode_update(UpdateMessage(
         fleet=rnd.fleet, run_id=rnd.run_id, round_id=rnd.round_id, agent_id=agent_id,
         key_fingerprint=fp,
-        codec_digest=contract_digest(CODEC, StatsParams(), fp), n_values=len(values),
+        codec_digest=contract_digest(CODEC, StatsParams(), fp), n_values=n_values,
         ciphertexts=tuple(ciphertexts)), announced, signer)
+
+
+def evaluation_update(rnd: RoundMessage, key: PaillierPublicKey) -> bytes:
+    """The gate's update for the final evaluation round: one row, class 0 predicted 0."""
+    layout = layout_for("evaluation", SPEC, CODEC, StatsParams(), key.n)
+    fp = fingerprint(key)
+    return encode_update(UpdateMessage(
+        fleet=rnd.fleet, run_id=rnd.run_id, round_id=rnd.round_id, agent_id=GATE,
+        key_fingerprint=fp, codec_digest=contract_digest(CODEC, StatsParams(), fp),
+        n_values=layout.n_values,
+        ciphertexts=tuple(encrypt_ints(key, layout.encode([training_sections([1], SPEC)[1]])))),
+        key, signer_for(GATE))
 
 
 def rerandomise(payload: bytes, key: PaillierPublicKey) -> bytes:
@@ -299,6 +316,9 @@ def attacked_fleet(acl_broker: int, fleet_client: Callable[..., FleetClient],
                         payload = gate_update(fleet, rnd)
                 gate.publish(TOPICS.update(GATE), payload)  # now the round may close
             rounds = {r: signed_round(gate, TOPICS, r, timeout=20.0) for r in range(1, ROUNDS + 2)}
+            # The final model's evaluation: the gate reports too, so the round closes now.
+            assert rounds[ROUNDS + 1].state == "evaluation"
+            gate.publish(TOPICS.update(GATE), evaluation_update(rounds[ROUNDS + 1], public))
             thread.join(20)
             assert not thread.is_alive(), "the aggregator did not finish"
             assert "error" not in out, out.get("error")
@@ -551,7 +571,7 @@ def test_a_compromised_device_in_a_larger_fleet_loses_only_its_group(
                     StatusMessage(agent_id="mallory", state="online").to_bytes(), retain=True)
     agents = start_agents(port, 6)
     aggregator = make_aggregator(port, codec=CODEC, rounds=2, quorum=4, min_agents=7,
-                                 round_timeout=30.0)
+                                 round_timeout=30.0, final_evaluation=False)
     thread, out = run_in_thread(aggregator.run)
     try:
         for r in (1, 2):
@@ -579,8 +599,9 @@ def test_a_compromised_device_in_a_larger_fleet_loses_only_its_group(
         step = rounds[r + 1].params_array - rounds[r].params_array
         np.testing.assert_allclose(step, weighted_average(deltas, weights), rtol=0,
                                    atol=CODEC.resolution)
-    rows = (aggregator.store.log_path).read_text().splitlines()
-    assert rows[0].endswith(",excluded") and all("mallory" in row for row in rows[1:])
+    with aggregator.store.log_path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all("mallory" in row["excluded"].split() for row in rows)
 
 
 # --- a broker bug, fixed in broker/amqtt_ext.py -----------------------------------------------

@@ -103,8 +103,11 @@ state_dir = "{state}"
 
 
 def _rounds_log(tmp_path: Path) -> list[dict[str, str]]:
+    """The training rounds' rows; the run ends with its final evaluation's row."""
     with (tmp_path / "gateway" / "latest" / "rounds.csv").open() as fh:
-        return list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    assert rows[-1]["phase"] == "evaluation"
+    return [r for r in rows if r["phase"] == "training"]
 
 
 def test_aggregator_killed_and_restarted_mid_round_loses_nothing(tmp_path, broker_port, keypair,

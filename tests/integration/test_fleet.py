@@ -14,7 +14,7 @@ from support import agent_config, agent_process, local_data, run_in_thread, sign
 from aggregator.fedavg import weighted_average
 from edge_agent.agent import EdgeAgent
 from protocol.codec import CodecParams
-from protocol.layout import contract_digest
+from protocol.layout import contract_digest, layout_for
 from protocol.messages import RoundMessage
 from protocol.paillier import encrypt_ints, generate_keypair
 from protocol.statistics import StatsParams
@@ -79,11 +79,19 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
     assert aggregator.results[-1].total_weight == sum(a.data.n_samples for a in agents)
 
     # What the broker carries is ciphertext: binary, fixed length, nothing readable.
-    assert len(sniffer.updates) == 6
-    per_update = 1 if codec == "packed/1" else 5  # 4 parameters + the weight
+    # Two training rounds and the final evaluation, three agents each.
+    assert len(sniffer.updates) == 9
     for _topic, payload in sniffer.updates:
         assert payload.startswith(MAGIC)
         msg = decode_update(payload, aggregator.public_key)
+        phase = "training" if msg.round_id <= 2 else "evaluation"
+        # Training: the weighted delta and weight (1 packed ciphertext, or 4 parameters +
+        # the weight one per ciphertext) and the evaluation sums (packed); evaluation: those.
+        per_update = layout_for(phase, aggregator.spec, params, aggregator.config.statistics,
+                                aggregator.public_key.n).plaintext_count()
+        assert per_update == {("training", "packed/1"): 3, ("training", "per-value/1"): 7,
+                              ("evaluation", "packed/1"): 2,
+                              ("evaluation", "per-value/1"): 2}[phase, codec]
         assert len(msg.ciphertexts) == per_update
         assert all(c > aggregator.public_key.n for c in msg.ciphertexts)
         # The only plaintext is the routing header: no weight, no values, no loss

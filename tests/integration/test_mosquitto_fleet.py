@@ -95,7 +95,8 @@ def run_fleet(broker: Mosquitto, make_aggregator: Callable[..., Aggregator],
         thread.join(30)
         assert not thread.is_alive(), "the aggregator did not finish"
         assert "error" not in out, out.get("error")
-        rounds = {r: signed_round(watcher, TOPICS, r) for r in range(1, ROUNDS + 2)}
+        rounds = {r: signed_round(watcher, TOPICS, r) for r in range(1, ROUNDS + 1)}
+        rounds[ROUNDS + 1] = signed_round(watcher, TOPICS, ROUNDS + 1, state="finished")
     finally:
         aggregator.stop()
         for a in agents:
@@ -139,8 +140,8 @@ def test_two_rounds_over_mosquitto_match_plaintext_fedavg(mosquitto, fleet_clien
     assert [r.rejected for r in run.aggregator.results] == [0] * ROUNDS
     # Every update crossed Mosquitto on its agent's own topic, signed by that agent.
     public = keypair[0]
-    for agent in AGENTS:
-        assert auditor.wait(lambda a=agent: len(auditor.got(TOPICS.update(a))) == ROUNDS)
+    for agent in AGENTS:  # each training round, and the final evaluation (ROUNDS + 1)
+        assert auditor.wait(lambda a=agent: len(auditor.got(TOPICS.update(a))) == ROUNDS + 1)
         payloads = auditor.got(TOPICS.update(agent))
         for r, payload in enumerate(payloads, 1):
             assert payload.startswith(MAGIC)
