@@ -45,7 +45,8 @@ from fedmq.simulate_table import (
     table_header,
     write_metrics,
 )
-from models import ModelSpec, make_model
+from fedmq.simulate_tasks import TASKS, central_baseline, model_spec, xy
+from models import make_model
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
@@ -55,14 +56,6 @@ from protocol.topics import Topics
 from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
-
-# task -> (label column, model kind, classes)
-TASKS: dict[str, tuple[str, str, int]] = {
-    "fault": ("fault", "logistic", 2),
-    "fault_type": ("fault_type", "logistic", len(synthetic.FAULT_TYPES)),
-    "next_temperature": ("next_temperature_c", "linear", 0),
-}
-
 
 @dataclass(frozen=True)
 class SimulationOptions:
@@ -137,37 +130,6 @@ class SimulationReport:
         return self.central_score - self.federated_score
 
 
-def model_spec(task: str, scaling: str = "federated") -> ModelSpec:
-    """The configured spec: without center/scale unless the datasheet gives them (a
-    regression label's center/scale come from the statistics round either way)."""
-    _label, kind, classes = TASKS[task]
-    feats = synthetic.FEATURES
-    if scaling != "datasheet":
-        return ModelSpec(kind=kind, features=feats, n_classes=classes)
-    return ModelSpec(kind=kind, features=feats, n_classes=classes,
-                     center=tuple(synthetic.SENSOR_NOMINAL[f][0] for f in feats),
-                     scale=tuple(synthetic.SENSOR_NOMINAL[f][1] for f in feats))
-
-
-def _xy(rows: NDArray[np.float64], label: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    cols = synthetic.COLUMNS
-    X = np.column_stack([synthetic.column(rows, cols, f) for f in synthetic.FEATURES])
-    return X, synthetic.column(rows, cols, label)
-
-
-def central_baseline(task: str, train: NDArray[np.float64], test: NDArray[np.float64]) -> float:
-    """What a data scientist with all the raw data in one place would get."""
-    from sklearn.linear_model import LinearRegression, LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    label, kind, _ = TASKS[task]
-    (Xtr, ytr), (Xte, yte) = _xy(train, label), _xy(test, label)
-    estimator: Any = LinearRegression() if kind == "linear" else LogisticRegression(max_iter=2000)
-    pipe = make_pipeline(StandardScaler(), estimator).fit(Xtr, ytr)
-    return float(pipe.score(Xte, yte))
-
-
 class Simulation:
     def __init__(self, options: SimulationOptions, *,
                  progress: Callable[[str], None] = print) -> None:
@@ -213,7 +175,7 @@ class Simulation:
         center/scale: the parameters mean nothing without them)."""
         assert self.aggregator is not None
         label = TASKS[self.options.task][0]
-        X, y = _xy(self.test_rows, label)
+        X, y = xy(self.test_rows, label)
         model = make_model(self.aggregator.spec).set_params_vector(params)
         return float(model.loss(X, y)), float(model.score(X, y))
 
@@ -331,7 +293,7 @@ class Simulation:
             rows=tuple(self.rows), metric=self.metric,
             federated_score=self._evaluate(final)[1],  # the final model's test score
             central_score=central, final_params=final, out_dir=self.out_dir,
-            naive_score=plot.naive_score(self.metric, _xy(self.test_rows, label)[1]),
+            naive_score=plot.naive_score(self.metric, xy(self.test_rows, label)[1]),
             run_id=run.run_id, latest=run.latest)
         self._write_metrics(report)
         return report
@@ -356,8 +318,8 @@ class Simulation:
                          for r in report.rows))
 
 
-__all__ = ["METRICS_COLUMNS", "RoundRow", "Simulation", "SimulationOptions",
-           "SimulationReport", "options_from"]
+__all__ = ["METRICS_COLUMNS", "TASKS", "RoundRow", "Simulation", "SimulationOptions",
+           "SimulationReport", "central_baseline", "model_spec", "options_from"]
 
 
 @contextlib.contextmanager
