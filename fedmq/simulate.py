@@ -228,7 +228,7 @@ class Simulation:
         if self.spec.kind == "linear" and self.spec.target_center is None:
             derived.append("the label's center/scale")
         for line in statistics_lines(result.statistics, len(result.reported),
-                                     " and ".join(derived), warnings):
+                                     " and ".join(derived), warnings, result.skipped):
             self.progress(line)
 
     def run(self) -> SimulationReport:

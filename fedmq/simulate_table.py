@@ -83,19 +83,24 @@ def table_header(rounds: int, metric: str) -> str:
 def skipped_line(row: RoundRow) -> str | None:
     if not row.skipped:
         return None
-    reasons = ", ".join(f"{n} {code}" for code, n in sorted(row.skipped.items()))
-    return f"round {row.round_id}: devices skipped: {reasons}"
+    return f"round {row.round_id}: devices skipped: {_skips(row.skipped)}"
 
 
 def statistics_lines(stats: FleetStatistics | None, devices: int, derived: str,
-                     warnings: Sequence[str]) -> list[str]:
+                     warnings: Sequence[str], skipped: dict[str, int]) -> list[str]:
     """What the statistics round derived (``derived``: "center/scale of 4 features"...),
     printed before round 1."""
     if stats is None:
         return ["statistics round: the decrypted sums were rejected"]
     lines = [f"statistics round: {stats.n} rows on {devices} devices; {derived} from the "
              "fleet's encrypted sums"]
+    if skipped:
+        lines.append("  devices skipped: " + _skips(skipped))
     return lines + [f"  warning: {w}" for w in warnings]
+
+
+def _skips(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {code}" for code, n in sorted(skipped.items()))
 
 
 def write_metrics(path: Path, rows: Sequence[RoundRow], metric: str) -> None:

@@ -266,3 +266,24 @@ def test_a_runs_latest_directory_from_before_run_dirs_is_kept_as_a_run(tmp_path)
     assert len(kept) == 1 and (kept[0] / "metrics.csv").read_text() == "round\n1\n"
     assert (tmp_path / "latest").is_symlink()
     assert (tmp_path / "latest").resolve() == report.out_dir
+
+
+def test_a_device_that_skips_is_shown_under_each_round(tmp_path):
+    """A device whose labels the model has no class for sits out every phase; the table
+    says so under the statistics line and each round's, and metrics.csv counts it."""
+    lines: list[str] = []
+    opts = SimulationOptions(agents=4, rounds=2, key_bits=512, samples_per_device=200,
+                             out_dir=str(tmp_path), plot=False, round_timeout=3.0)
+    sim = Simulation(opts, progress=lines.append)
+    sim.devices[0].train[:, synthetic.COLUMNS.index("fault")] = 7  # written at run()
+    report = sim.run()
+    assert [(r.reported, r.expected, r.skipped) for r in report.rows] == [
+        (3, 4, {"class-outside-model": 1})] * 3
+    stats = next(i for i, ln in enumerate(lines) if ln.startswith("statistics round"))
+    assert lines[stats + 1] == "  devices skipped: 1 class-outside-model"
+    for row in report.rows:
+        at = lines.index(next(ln for ln in lines if ln.startswith(
+            "final" if row.final else f"round {row.round_id:3d}/")))
+        assert lines[at + 1] == f"  round {row.round_id}: devices skipped: 1 class-outside-model"
+    assert {r["skipped"] for r in _metrics(tmp_path / "latest")[1]} == {
+        "class-outside-model=1"}
