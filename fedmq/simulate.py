@@ -223,12 +223,12 @@ class Simulation:
         warnings: list[str] = []
         if result.statistics is not None:
             _spec, warnings = scaled_spec(self.spec, result.statistics, StatsParams())
-        derived = [] if self.spec.center is not None else [
-            f"center/scale of {self.spec.n_features} features"]
-        if self.spec.kind == "linear" and self.spec.target_center is None:
-            derived.append("the label's center/scale")
-        for line in statistics_lines(result.statistics, len(result.reported),
-                                     " and ".join(derived), warnings, result.skipped):
+        label = self.spec.kind == "linear" and self.spec.target_center is None
+        derived = ("the label's center/scale" if self.spec.center is not None
+                   else f"center/scale of {self.spec.n_features} features"
+                   + (" and of the label" if label else ""))
+        for line in statistics_lines(result.statistics, len(result.reported), derived,
+                                     warnings, result.skipped):
             self.progress(line)
 
     def run(self) -> SimulationReport:

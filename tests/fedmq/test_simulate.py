@@ -115,7 +115,7 @@ def test_next_temperature_trains_on_a_standardised_label_without_clipping(tmp_pa
     assert [r.clipped for r in report.rows] == [0] * 6
     assert not [ln for ln in lines if "clipped" in ln]
     assert report.federated_score > 0.9 and abs(report.gap) < 0.05
-    assert "the label's center/scale" in next(ln for ln in lines
+    assert "center/scale of 4 features and of the label" in next(ln for ln in lines
                                               if ln.startswith("statistics round"))
     header, rows = _metrics(tmp_path / "latest")
     assert "test_R^2" in header and "fleet_R^2" in header
