@@ -115,8 +115,8 @@ def test_next_temperature_trains_on_a_standardised_label_without_clipping(tmp_pa
     assert [r.clipped for r in report.rows] == [0] * 6
     assert not [ln for ln in lines if "clipped" in ln]
     assert report.federated_score > 0.9 and abs(report.gap) < 0.05
-    assert "center/scale of 4 features and of the label" in next(ln for ln in lines
-                                              if ln.startswith("statistics round"))
+    stats = next(ln for ln in lines if ln.startswith("statistics round"))
+    assert "center/scale of 4 features and of the label" in stats
     header, rows = _metrics(tmp_path / "latest")
     assert "test_R^2" in header and "fleet_R^2" in header
     assert abs(float(rows[-1]["fleet_R^2"]) - report.federated_score) < 0.05
