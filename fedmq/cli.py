@@ -191,6 +191,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
+        "scaling": args.scaling,
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
     report = Simulation(opts).run()
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-key", action="store_true", help="reuse the aggregator key of "
                    "OUT/latest instead of making a fresh one (saves key generation)")
     p.add_argument("--no-plot", action="store_true", help="do not write metrics.png")
+    p.add_argument("--scaling", choices=["federated", "datasheet"],
+                   help="feature center/scale from the statistics round over the devices' "
+                   "encrypted sums (federated, default) or the sensors' datasheet values")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="benchmark encrypted updates: packed vs per-value codec",

@@ -1,8 +1,11 @@
 """The simulation's plot: what the fleet learned, against what it had to beat, and its cost.
 
-Three panels: the test score per round with the centralized baseline and the
-naive one (majority class, or the mean predictor's R^2 = 0); the test loss on a
-log scale; round time and bytes on the wire. Rounds that closed at the deadline
+Three panels: per round, the test score (pooled held-out rows) and the fleet
+score (the aggregator's federated evaluation of the same model on the devices'
+own rows) with the centralized baseline and the naive one (majority class, or the
+mean predictor's R^2 = 0); both losses on a log scale; round time and bytes on
+the wire. A round's point is the model it started from; the last point, at
+round R + 1, is the final model (its evaluation round). Rounds that closed at the deadline
 (an agent missing) are marked. The score axis is chosen so noise cannot pass
 for a trend: accuracy spans from below the naive baseline to 1, R^2 is clipped
 to [-1, 1] with clipped rounds drawn at the edge and labelled with their value.
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+ROUND_AXIS = "round (the model it started from)"
 R2_FLOOR = -1.0  # below it an R^2 only says "worse than guessing the mean": clip it
 MARGIN = 0.03
 
@@ -33,6 +37,9 @@ class PlotRound:
     seconds: float
     update_bytes: int
     model_bytes: int
+    fleet_score: float = math.nan  # federated evaluation; NaN when the round had none
+    fleet_loss: float = math.nan
+    final: bool = False  # the final model's evaluation round (R + 1)
 
 
 @dataclass(frozen=True)
@@ -114,10 +121,14 @@ def figure(data: PlotInput) -> Any:
     fig, (ax_s, ax_l, ax_c) = plt.subplots(1, 3, figsize=(15, 4.6))
     fig.suptitle(data.title)
 
-    win = score_window(data.metric, scores, (data.central_score, data.naive_score))
+    fleet = [r.fleet_score for r in rows]
+    win = score_window(data.metric, scores, (data.central_score, data.naive_score, *fleet))
     shown = [max(s, win.low + MARGIN / 2) if i in win.clipped else s
              for i, s in enumerate(scores)]
-    ax_s.plot(x, shown, marker="o", label="federated (encrypted)")
+    ax_s.plot(x, shown, marker="o", label="federated model, pooled test rows")
+    ax_s.plot(x, [max(f, win.low + MARGIN / 2) if math.isfinite(f) else f for f in fleet],
+              marker="s", linestyle="--", color="tab:purple", markerfacecolor="none",
+              label="same model, fleet's own rows (encrypted sums)")
     ax_s.axhline(data.central_score, color="tab:green", linestyle="--",
                  label=f"centralized scikit-learn ({data.central_score:.3f})")
     ax_s.axhline(data.naive_score, color="gray", linestyle=":",
@@ -131,18 +142,19 @@ def figure(data: PlotInput) -> Any:
                   label=f"below {R2_FLOOR:g} (value shown)")
     _mark_late(ax_s, x, shown, late)
     ax_s.set_ylim(win.low, win.high)
-    ax_s.set_xlabel("round")
-    ax_s.set_ylabel("test " + data.metric.replace("R^2", "R\u00b2"))
+    ax_s.set_xlabel(ROUND_AXIS)
+    ax_s.set_ylabel(data.metric.replace("R^2", "R\u00b2"))
     ax_s.legend(fontsize=8, loc="best")
 
     losses = [r.loss for r in rows]
-    ax_l.plot(x, losses, marker="o", color="tab:red")
+    ax_l.plot(x, losses, marker="o", color="tab:red", label="pooled test rows")
+    ax_l.plot(x, [r.fleet_loss for r in rows], marker="s", linestyle="--", color="tab:purple",
+              markerfacecolor="none", label="fleet's own rows")
     _mark_late(ax_l, x, losses, late)
     ax_l.set_yscale("log")
-    ax_l.set_xlabel("round")
-    ax_l.set_ylabel("test loss (log scale)")
-    if late:
-        ax_l.legend(fontsize=8)
+    ax_l.set_xlabel(ROUND_AXIS)
+    ax_l.set_ylabel("loss (log scale)")
+    ax_l.legend(fontsize=8)
 
     kib_in = [r.update_bytes / 1024 for r in rows]
     kib_out = [r.model_bytes / 1024 for r in rows]
@@ -162,6 +174,13 @@ def figure(data: PlotInput) -> Any:
     ax_c.legend(handles[0] + twin[0], handles[1] + twin[1], fontsize=8, loc="upper left")
     for ax in (ax_s, ax_l, ax_c):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for r in rows:
+        if r.final:
+            for ax in (ax_s, ax_l):
+                ax.axvline(r.round_id, color="gray", linewidth=0.5)
+                ax.annotate("final", (r.round_id, 1), xycoords=("data", "axes fraction"),
+                            xytext=(-2, -10), textcoords="offset points", ha="right",
+                            fontsize=8, color="gray")
     fig.tight_layout()
     return fig
 

@@ -1,16 +1,18 @@
 """A whole fleet on one machine: embedded broker, aggregator and N agents, real MQTT.
 
 Each agent gets its own synthetic sensor data set written to its own CSV file
-and loads it the way a device would. The global model is evaluated after every
-round on the pooled held-out test rows (possible only in simulation), and at
-the end compared with a centralized scikit-learn model trained on the pooled
-training rows: the number federated learning has to come close to.
+and loads it the way a device would. By default nobody gives center/scale: the
+aggregator's statistics round derives them from the devices' encrypted sums.
+Every round shows the aggregator's federated evaluation (decrypted fleet totals
+of the devices' own rows) beside the same model's metric on the pooled held-out
+test rows (possible only in simulation); the final model is compared with a
+centralized scikit-learn model trained on the pooled training rows: the number
+federated learning has to come close to.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import threading
 import time
@@ -32,24 +34,28 @@ from edge_agent.config import AgentConfig
 from edge_agent.trainer import fleet_clip_note
 from fedmq import plot, synthetic
 from fedmq.rundirs import start_run
-from fedmq.simulate_config import check_flags, file_options
-from models import ModelSpec, make_model
+from fedmq.simulate_config import SCALINGS, check_flags, file_options
+from fedmq.simulate_table import (
+    METRICS_COLUMNS,
+    RoundRow,
+    fleet_metrics,
+    row_line,
+    skipped_line,
+    statistics_lines,
+    table_header,
+    write_metrics,
+)
+from fedmq.simulate_tasks import TASKS, central_baseline, model_spec, xy
+from models import make_model
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
 from protocol.signing import Ed25519PublicKey
+from protocol.statistics import StatsParams, scaled_spec
 from protocol.topics import Topics
 from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
-
-# task -> (label column, model kind, classes)
-TASKS: dict[str, tuple[str, str, int]] = {
-    "fault": ("fault", "logistic", 2),
-    "fault_type": ("fault_type", "logistic", len(synthetic.FAULT_TYPES)),
-    "next_temperature": ("next_temperature_c", "linear", 0),
-}
-
 
 @dataclass(frozen=True)
 class SimulationOptions:
@@ -71,10 +77,16 @@ class SimulationOptions:
     out_dir: str = "runs"  # each run in out_dir/<run_id>/, out_dir/latest pointing at it
     plot: bool = True
     reuse_key: bool = False  # the aggregator key of out_dir/latest instead of a fresh one
+    # "federated": the statistics round derives center/scale from the devices' encrypted
+    # sums; "datasheet": the sensors' nominal values (synthetic.SENSOR_NOMINAL) in the spec.
+    scaling: str = "federated"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.scaling not in SCALINGS:
+            raise ConfigError(f"unknown scaling {self.scaling!r}; choose from "
+                              f"{', '.join(SCALINGS)}")
         if self.agents < 1 or self.rounds < 1:
             raise ConfigError("--agents and --rounds must be at least 1")
         if not 0 < self.quorum_fraction <= 1:
@@ -102,20 +114,6 @@ def options_from(config: str | None, overrides: dict[str, Any]) -> SimulationOpt
 
 
 @dataclass(frozen=True)
-class RoundRow:
-    round_id: int
-    reported: int
-    expected: int
-    closed_by: str
-    loss: float
-    score: float
-    seconds: float
-    update_bytes: int = 0
-    model_bytes: int = 0
-    clipped: int = 0  # delta coordinates the agents clipped to the codec's bound
-
-
-@dataclass(frozen=True)
 class SimulationReport:
     rows: tuple[RoundRow, ...]
     metric: str
@@ -132,33 +130,6 @@ class SimulationReport:
         return self.central_score - self.federated_score
 
 
-def model_spec(task: str) -> ModelSpec:
-    _label, kind, classes = TASKS[task]
-    feats = synthetic.FEATURES
-    return ModelSpec(kind=kind, features=feats, n_classes=classes,
-                     center=tuple(synthetic.SENSOR_NOMINAL[f][0] for f in feats),
-                     scale=tuple(synthetic.SENSOR_NOMINAL[f][1] for f in feats))
-
-
-def _xy(rows: NDArray[np.float64], label: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    cols = synthetic.COLUMNS
-    X = np.column_stack([synthetic.column(rows, cols, f) for f in synthetic.FEATURES])
-    return X, synthetic.column(rows, cols, label)
-
-
-def central_baseline(task: str, train: NDArray[np.float64], test: NDArray[np.float64]) -> float:
-    """What a data scientist with all the raw data in one place would get."""
-    from sklearn.linear_model import LinearRegression, LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    label, kind, _ = TASKS[task]
-    (Xtr, ytr), (Xte, yte) = _xy(train, label), _xy(test, label)
-    estimator: Any = LinearRegression() if kind == "linear" else LogisticRegression(max_iter=2000)
-    pipe = make_pipeline(StandardScaler(), estimator).fit(Xtr, ytr)
-    return float(pipe.score(Xte, yte))
-
-
 class Simulation:
     def __init__(self, options: SimulationOptions, *,
                  progress: Callable[[str], None] = print) -> None:
@@ -167,7 +138,9 @@ class Simulation:
         self.out_dir = Path(options.out_dir)  # until run() makes this run's directory
         self.run_id = ""
         self.latest: Path | None = None
-        self.spec = model_spec(options.task)
+        self.spec = model_spec(options.task, options.scaling)  # as configured
+        self.aggregator: Aggregator | None = None
+        self._started_from: NDArray[np.float64] | None = None  # the open round's model
         self.devices = synthetic.generate_fleet(synthetic.FleetSpec(
             n_devices=options.agents, samples_per_device=options.samples_per_device,
             iid=options.iid, seed=options.seed))
@@ -193,37 +166,70 @@ class Simulation:
             paths.append(path)
         return paths
 
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.spec.kind == "logistic" else "R^2"
+
     def _evaluate(self, params: NDArray[np.float64]) -> tuple[float, float]:
+        """Test loss and score of ``params`` under the run's spec (the statistics round's
+        center/scale: the parameters mean nothing without them)."""
+        assert self.aggregator is not None
         label = TASKS[self.options.task][0]
-        X, y = _xy(self.test_rows, label)
-        model = make_model(self.spec).set_params_vector(params)
+        X, y = xy(self.test_rows, label)
+        model = make_model(self.aggregator.spec).set_params_vector(params)
         return float(model.loss(X, y)), float(model.score(X, y))
 
     def _on_round(self, result: RoundResult) -> None:
-        loss, score = self._evaluate(result.params)
+        if result.phase == "statistics":
+            self._on_statistics(result)
+            return
+        # Training: the fleet evaluated the model the round started from, so the test
+        # metric is of that model too; the final evaluation is of the final model.
+        final = result.phase == "evaluation"
+        if final or self._started_from is None:
+            started = result.params if final else np.zeros(result.params.shape)
+        else:
+            started = self._started_from
+        loss, score = self._evaluate(started)
+        self._started_from = result.params
         updates = [a.history[result.round_id] for a in self.agents
-                   if result.round_id in a.history]
+                   if not final and result.round_id in a.history]
+        fleet_loss, fleet_score, fleet_rows = fleet_metrics(result.evaluation)
         row = RoundRow(result.round_id, len(result.reported), result.expected,
                        result.closed_by, loss, score, result.seconds,
                        update_bytes=result.update_bytes, model_bytes=result.model_bytes,
-                       clipped=sum(u.clipped for u in updates))
+                       clipped=sum(u.clipped for u in updates), phase=result.phase,
+                       fleet_loss=fleet_loss, fleet_score=fleet_score, fleet_rows=fleet_rows,
+                       skipped=dict(result.skipped))
+        if not self.rows:
+            self.progress(table_header(self.options.rounds, self.metric))
         self.rows.append(row)
-        metric = "accuracy" if self.spec.kind == "logistic" else "R^2"
-        self.progress(
-            f"round {row.round_id:3d}/{self.options.rounds} | agents {row.reported:3d}/"
-            f"{row.expected:<3d} | loss {loss:8.4f} | {metric} {score:.4f} | "
-            f"{row.seconds:6.2f} s" + ("" if row.closed_by == "all" else f" ({row.closed_by})"))
+        self.progress(row_line(row, self.options.rounds, self.metric))
         # The agents' own clipping warnings are held during a simulation (they would
         # interleave with this table); the fleet's total follows the round's line.
         if (note := fleet_clip_note(row.round_id, updates, CodecParams().clip)) is not None:
             self.progress(f"  {note}")
+        if (skips := skipped_line(row)) is not None:
+            self.progress(f"  {skips}")
         opts = self.options
-        if opts.kill and result.round_id == opts.kill_after_round:
+        if opts.kill and not final and result.round_id == opts.kill_after_round:
             # Cut the network of the last agents without a goodbye, as a power loss
             # would; the next round expects them and must close at its deadline.
             for agent in self.agents[-opts.kill:]:
                 self.progress(f"killing agent {agent.config.agent_id} (no DISCONNECT)")
                 agent.kill()
+
+    def _on_statistics(self, result: RoundResult) -> None:
+        warnings: list[str] = []
+        if result.statistics is not None:
+            _spec, warnings = scaled_spec(self.spec, result.statistics, StatsParams())
+        label = self.spec.kind == "linear" and self.spec.target_center is None
+        derived = ("the label's center/scale" if self.spec.center is not None
+                   else f"center/scale of {self.spec.n_features} features"
+                   + (" and of the label" if label else ""))
+        for line in statistics_lines(result.statistics, len(result.reported), derived,
+                                     warnings, result.skipped):
+            self.progress(line)
 
     def run(self) -> SimulationReport:
         opts = self.options
@@ -249,11 +255,12 @@ class Simulation:
         label = TASKS[opts.task][0]
         self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
                       f"task {opts.task!r}, {opts.rounds} rounds, {opts.key_bits}-bit Paillier, "
-                      f"broker on 127.0.0.1:{port}")
+                      f"{opts.scaling} scaling, broker on 127.0.0.1:{port}")
         t0 = time.perf_counter()
         enrolled: dict[str, Ed25519PublicKey] = {}  # filled as agents are created below
         aggregator = Aggregator(agg_config, on_round=self._on_round, allow_list=enrolled,
                                 run_id=run.run_id)  # one id: directory and protocol
+        self.aggregator = aggregator
         self.progress(f"run {run.run_id} in {run.run_dir}; aggregator key ready in "
                       f"{time.perf_counter() - t0:.1f} s (fingerprint "
                       f"{aggregator.fingerprint[:16]}...)")
@@ -283,25 +290,16 @@ class Simulation:
         central = central_baseline(opts.task, synthetic.pooled(self.devices, "train"),
                                    self.test_rows)
         report = SimulationReport(
-            rows=tuple(self.rows), metric="accuracy" if self.spec.kind == "logistic" else "R^2",
-            federated_score=self.rows[-1].score if self.rows else float("nan"),
+            rows=tuple(self.rows), metric=self.metric,
+            federated_score=self._evaluate(final)[1],  # the final model's test score
             central_score=central, final_params=final, out_dir=self.out_dir,
-            naive_score=plot.naive_score(
-                "accuracy" if self.spec.kind == "logistic" else "R^2",
-                _xy(self.test_rows, label)[1]), run_id=run.run_id, latest=run.latest)
+            naive_score=plot.naive_score(self.metric, xy(self.test_rows, label)[1]),
+            run_id=run.run_id, latest=run.latest)
         self._write_metrics(report)
         return report
 
     def _write_metrics(self, report: SimulationReport) -> None:
-        path = self.out_dir / "metrics.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([*METRICS_COLUMNS[:5], f"test_{report.metric}",
-                             *METRICS_COLUMNS[5:]])
-            for r in report.rows:
-                writer.writerow([r.round_id, r.reported, r.expected, r.closed_by,
-                                 f"{r.loss:.6f}", f"{r.score:.6f}", f"{r.seconds:.3f}",
-                                 r.update_bytes, r.model_bytes, r.clipped])
+        write_metrics(self.out_dir / "metrics.csv", report.rows, report.metric)
         if self.options.plot:
             try:
                 plot.render(self.plot_input(report), self.out_dir / "metrics.png")
@@ -315,13 +313,13 @@ class Simulation:
             key_bits=opts.key_bits, codec=CodecParams().name,
             central_score=report.central_score, naive_score=report.naive_score,
             rounds=tuple(plot.PlotRound(r.round_id, r.score, r.loss, r.closed_by, r.seconds,
-                                        r.update_bytes, r.model_bytes) for r in report.rows))
+                                        r.update_bytes, r.model_bytes, fleet_score=r.fleet_score,
+                                        fleet_loss=r.fleet_loss, final=r.final)
+                         for r in report.rows))
 
 
-# metrics.csv: test_<metric> goes after test_loss. closed_by is "all" (every expected
-# agent reported), "deadline" (closed at the deadline without some) or "rejected-sum".
-METRICS_COLUMNS = ("round", "reported", "expected", "closed_by", "test_loss", "seconds",
-                   "update_bytes", "model_bytes", "clipped_values")
+__all__ = ["METRICS_COLUMNS", "TASKS", "RoundRow", "Simulation", "SimulationOptions",
+           "SimulationReport", "central_baseline", "model_spec", "options_from"]
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from fedmq.synthetic import MIN_SAMPLES
 from protocol.errors import ConfigError
 from runtime.config import Table, convert, load_toml, resolve
 
+SCALINGS = ("federated", "datasheet")  # see SimulationOptions.scaling
 AtLeastOne = Annotated[int, Meta(ge=1)]
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -42,6 +43,7 @@ class SimulateTable(Table, frozen=True):
     out_dir: Annotated[str, Meta(min_length=1)] = "runs"  # relative to the file
     plot: bool = True
     reuse_key: bool = False
+    scaling: Literal["federated", "datasheet"] = "federated"  # SCALINGS (test checks)
 
 
 class SimulateFile(Table, frozen=True):

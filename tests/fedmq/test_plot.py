@@ -42,7 +42,10 @@ def test_naive_baselines():
 
 
 def _data(metric: str, scores: list[float], closed: list[str]) -> PlotInput:
-    rounds = tuple(PlotRound(i + 1, s, 1.0 / (i + 1), c, 0.5 + i, 4000, 700)
+    # The last round is the final model's evaluation round; fleet a little above test.
+    last = len(scores) - 1
+    rounds = tuple(PlotRound(i + 1, s, 1.0 / (i + 1), c, 0.5 + i, 4000, 700,
+                             fleet_score=s + 0.01, fleet_loss=0.9 / (i + 1), final=i == last)
                    for i, (s, c) in enumerate(zip(scores, closed, strict=True)))
     return PlotInput(task="fault", metric=metric, agents=37, iid=False, key_bits=1024,
                      codec="packed/1", central_score=0.95, naive_score=0.89, rounds=rounds)
@@ -67,6 +70,14 @@ def test_figure_has_title_baselines_log_loss_deadline_marks_and_cost_panel():
         assert "closed at the deadline" in labels
         late = next(ln for ln in score_ax.lines if ln.get_label() == "closed at the deadline")
         assert list(late.get_xdata()) == [2]
+        # The fleet's federated evaluation beside the test score, for the same rounds.
+        fleet = next(ln for ln in score_ax.lines if "fleet's own rows" in ln.get_label())
+        assert list(fleet.get_xdata()) == [1, 2, 3]
+        assert list(fleet.get_ydata()) == pytest.approx([0.9225, 0.94, 0.9425])
+        assert any("pooled test rows" in lb for lb in labels)
+        fleet_loss = next(ln for ln in loss_ax.lines if "fleet" in ln.get_label())
+        assert list(fleet_loss.get_ydata()) == pytest.approx([0.9, 0.45, 0.3])
+        assert [t.get_text() for t in score_ax.texts] == ["final"]  # round 3: final model
         assert loss_ax.get_yscale() == "log"
         assert "KiB" in cost_ax.get_ylabel()
         assert len(cost_ax.patches) == 6  # updates and model bars for 3 rounds

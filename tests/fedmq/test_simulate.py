@@ -2,11 +2,21 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 
+import numpy as np
 import pytest
 
+from fedmq import synthetic
 from fedmq.simulate import Simulation, SimulationOptions, options_from
+from fedmq.simulate_table import METRICS_COLUMNS
 from protocol.errors import ConfigError
+
+
+def _metrics(run_dir):
+    with (run_dir / "metrics.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        return reader.fieldnames, list(reader)
 
 
 def test_small_fleet_learns_and_writes_metrics(tmp_path):
@@ -14,15 +24,102 @@ def test_small_fleet_learns_and_writes_metrics(tmp_path):
     opts = SimulationOptions(agents=4, rounds=3, key_bits=512, samples_per_device=200,
                              out_dir=str(tmp_path))
     report = Simulation(opts, progress=lines.append).run()
-    assert [r.round_id for r in report.rows] == [1, 2, 3]
+    # Three training rounds, then the final model's evaluation round (R + 1).
+    assert [(r.round_id, r.phase) for r in report.rows] == [
+        (1, "training"), (2, "training"), (3, "training"), (4, "evaluation")]
     assert all(r.reported == 4 for r in report.rows)
     assert sum(ln.startswith("round") for ln in lines) == 3
+    assert sum(ln.startswith("final ") for ln in lines) == 1
     assert report.federated_score > 0.75
+    assert report.federated_score == report.rows[-1].score  # the final model's test score
     assert abs(report.gap) < 0.1
-    with (tmp_path / "latest" / "metrics.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 3
+    header, rows = _metrics(tmp_path / "latest")
+    assert header == [c.format(metric="accuracy") for c in METRICS_COLUMNS]
+    assert header[5:9] == ["test_loss", "test_accuracy", "fleet_loss", "fleet_accuracy"]
+    assert [(r["round"], r["phase"]) for r in rows] == [
+        ("1", "training"), ("2", "training"), ("3", "training"), ("4", "evaluation")]
+    assert all(0.5 < float(r["fleet_accuracy"]) <= 1 and float(r["fleet_loss"]) > 0
+               for r in rows)
     assert (tmp_path / "latest" / "metrics.png").stat().st_size > 1000
     assert len(list((tmp_path / "latest" / "data").glob("dev-*.csv"))) == 4
+
+
+def test_the_fleet_metric_is_of_the_same_model_as_the_test_metric(tmp_path):
+    """The aggregator's federated evaluation (decrypted totals of the devices' own rows) of
+    the model each round started from, beside the pooled test metric of that model: on an
+    IID fleet both estimate the same accuracy, so they agree within a few points."""
+    lines: list[str] = []
+    opts = SimulationOptions(agents=4, rounds=4, key_bits=512, samples_per_device=300,
+                             iid=True, out_dir=str(tmp_path), plot=False)
+    sim = Simulation(opts, progress=lines.append)
+    report = sim.run()
+    train_rows = sum(len(d.train) for d in sim.devices)
+    for row in report.rows:
+        assert row.fleet_rows == train_rows  # every device evaluated all its rows
+        assert math.isfinite(row.fleet_score) and math.isfinite(row.fleet_loss)
+        assert abs(row.fleet_score - row.score) < 0.04, row
+        assert abs(row.fleet_loss - row.loss) < 0.05, row
+    # Round 1 started from zeros: p = 1/2 for every row, on both sides.
+    assert report.rows[0].loss == pytest.approx(math.log(2))
+    assert report.rows[0].fleet_loss == pytest.approx(math.log(2), abs=1e-6)
+    assert report.rows[-1].phase == "evaluation" and report.rows[-1].round_id == 5
+    # The statistics round's line comes before the table; round lines show both metrics.
+    stats = next(i for i, ln in enumerate(lines) if ln.startswith("statistics round: "))
+    assert f"{train_rows} rows on 4 devices" in lines[stats]
+    assert stats < next(i for i, ln in enumerate(lines) if ln.startswith("round   1/4"))
+    final = next(ln for ln in lines if ln.startswith("final "))
+    assert f"accuracy  {report.rows[-1].score:.4f}" in final
+    assert f"fleet {report.rows[-1].fleet_loss:8.4f}  {report.rows[-1].fleet_score:.4f}" \
+        in final
+
+
+def test_federated_scaling_is_the_pooled_statistics_and_datasheet_still_works(tmp_path):
+    base = {"agents": 4, "rounds": 2, "key_bits": 512, "samples_per_device": 200,
+            "plot": False}
+    sim = Simulation(SimulationOptions(**base, out_dir=str(tmp_path / "fed")),
+                     progress=lambda _: None)
+    assert sim.spec.center is None and sim.spec.scale is None  # nothing given
+    sim.run()
+    assert sim.aggregator is not None
+    pooled = synthetic.pooled(sim.devices, "train")
+    X = np.column_stack([synthetic.column(pooled, synthetic.COLUMNS, f)
+                         for f in synthetic.FEATURES])
+    np.testing.assert_allclose(sim.aggregator.spec.center, X.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(sim.aggregator.spec.scale, X.std(axis=0), atol=1e-6)
+
+    lines: list[str] = []
+    sheet = Simulation(SimulationOptions(**base, scaling="datasheet",
+                                         out_dir=str(tmp_path / "sheet")),
+                       progress=lines.append)
+    report = sheet.run()
+    assert sheet.aggregator is not None
+    nominal = [synthetic.SENSOR_NOMINAL[f] for f in synthetic.FEATURES]
+    assert sheet.aggregator.spec.center == tuple(c for c, _ in nominal)
+    assert sheet.aggregator.spec.scale == tuple(s for _, s in nominal)
+    assert not [ln for ln in lines if ln.startswith("statistics round")]  # nothing to derive
+    assert report.federated_score > 0.75
+    assert all(math.isfinite(r.fleet_score) for r in report.rows)
+
+
+def test_next_temperature_trains_on_a_standardised_label_without_clipping(tmp_path):
+    """Before: the label (~60 degC) was not standardised, so the first rounds' deltas
+    ran into the codec's clip bound (4 agents: 10, 9, 7, 1 of 20 values clipped in rounds
+    1-4) and R^2 was -1.2 after 5 rounds. The statistics round now gives the label's
+    center/scale too."""
+    lines: list[str] = []
+    opts = SimulationOptions(agents=4, rounds=5, key_bits=512, samples_per_device=200,
+                             task="next_temperature", out_dir=str(tmp_path), plot=False)
+    sim = Simulation(opts, progress=lines.append)
+    report = sim.run()
+    assert sim.aggregator is not None and sim.aggregator.spec.target_scale is not None
+    assert [r.clipped for r in report.rows] == [0] * 6
+    assert not [ln for ln in lines if "clipped" in ln]
+    assert report.federated_score > 0.9 and abs(report.gap) < 0.05
+    stats = next(ln for ln in lines if ln.startswith("statistics round"))
+    assert "center/scale of 4 features and of the label" in stats
+    header, rows = _metrics(tmp_path / "latest")
+    assert "test_R^2" in header and "fleet_R^2" in header
+    assert abs(float(rows[-1]["fleet_R^2"]) - report.federated_score) < 0.05
 
 
 def test_killed_agent_round_closes_at_deadline(tmp_path):
@@ -35,12 +132,13 @@ def test_killed_agent_round_closes_at_deadline(tmp_path):
     assert report.rows[1].reported == 2
     assert report.metric == "R^2"
     assert report.naive_score == 0.0
-    with (tmp_path / "latest" / "metrics.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+    _header, rows = _metrics(tmp_path / "latest")
     # The deadline-closed round is flagged; the cost columns hold what went over the wire.
-    assert [r["closed_by"] for r in rows] == ["all", "deadline"]
-    last_payloads = sum(len(a._sent[2]) for a in sim.agents[:2])  # the survivors' round 2
-    assert int(rows[1]["update_bytes"]) == last_payloads
+    assert [(r["phase"], r["closed_by"]) for r in rows] == [
+        ("training", "all"), ("training", "deadline"), ("evaluation", rows[2]["closed_by"])]
+    if rows[2]["reported"] == "2":  # the survivors' last payloads: the final evaluation
+        assert int(rows[2]["update_bytes"]) == sum(len(a._sent[2]) for a in sim.agents[:2])
+    rows = rows[:2]
     assert int(rows[0]["update_bytes"]) > int(rows[1]["update_bytes"])  # 3 agents vs 2
     assert all(int(r["model_bytes"]) > 8 * 16 for r in rows)  # 16 parameters as JSON+
     for r in rows:
@@ -55,19 +153,21 @@ def test_clipping_is_summarised_after_the_round_line_not_interleaved(tmp_path, c
     opts = SimulationOptions(agents=4, rounds=2, key_bits=512, samples_per_device=200,
                              out_dir=str(tmp_path), learning_rate=20.0, plot=False)
     report = Simulation(opts, progress=lines.append).run()
-    assert not [r for r in caplog.records if "clipped" in r.getMessage()]
-    with (tmp_path / "latest" / "metrics.csv").open() as fh:
-        clipped = [int(r["clipped_values"]) for r in csv.DictReader(fh)]
+    # (the aggregator's one warning for the fleet stays: it is what a gateway shows)
+    assert not [r for r in caplog.records
+                if "clipped" in r.getMessage() and r.name.startswith("edge_agent")]
+    clipped = [int(r["clipped_values"]) for r in _metrics(tmp_path / "latest")[1]]
     assert clipped == [r.clipped for r in report.rows] and sum(clipped) > 0
-    table = [ln for ln in lines if ln.startswith("round") or "clipped" in ln]
-    for i, row in enumerate(report.rows):
+    table = [ln for ln in lines if ln.startswith(("round", "final")) or "clipped" in ln]
+    training = [r for r in report.rows if r.phase == "training"]
+    for row in training:
         at = table.index(next(ln for ln in table if ln.startswith(f"round {row.round_id:3d}/")))
         if row.clipped:
             assert table[at + 1].strip().startswith(
                 f"round {row.round_id}: ") and f"clipped {row.clipped} of 20 values to " \
                 "\u00b110 (missing scaling" in table[at + 1], table
         else:
-            assert i + 1 == len(report.rows) or table[at + 1].startswith("round"), table
+            assert table[at + 1].startswith(("round", "final")), table
 
 
 def test_fleet_without_faults_is_a_clear_error(tmp_path):
@@ -94,7 +194,7 @@ def test_a_long_run_of_fast_rounds_never_stalls(tmp_path):
     opts = SimulationOptions(agents=3, rounds=60, key_bits=512, samples_per_device=300,
                              out_dir=str(tmp_path), round_timeout=3.0, plot=False)
     report = Simulation(opts, progress=lambda _: None).run()
-    assert len(report.rows) == 60
+    assert len(report.rows) == 61  # and the final evaluation round
     assert all(r.closed_by == "all" and r.reported == 3 for r in report.rows)
 
 
@@ -128,8 +228,8 @@ def test_the_readme_demo_variations_run_back_to_back(tmp_path, capsys, monkeypat
         run_dirs.append((out / "latest").resolve())
     assert len(set(run_dirs)) == len(run_dirs) and {d.parent for d in run_dirs} == {out}
     for run_dir in run_dirs:
-        with (run_dir / "metrics.csv").open() as fh:
-            assert [r["round"] for r in csv.DictReader(fh)] == ["1", "2"]
+        assert [(r["round"], r["phase"]) for r in _metrics(run_dir)[1]] == [
+            ("1", "training"), ("2", "training"), ("3", "evaluation")]
         with (run_dir / "aggregator" / "latest" / "rounds.csv").open() as fh:
             rows = list(csv.DictReader(fh))
         # One run id: the directory's name, the aggregator's run and every audit row.
@@ -166,3 +266,24 @@ def test_a_runs_latest_directory_from_before_run_dirs_is_kept_as_a_run(tmp_path)
     assert len(kept) == 1 and (kept[0] / "metrics.csv").read_text() == "round\n1\n"
     assert (tmp_path / "latest").is_symlink()
     assert (tmp_path / "latest").resolve() == report.out_dir
+
+
+def test_a_device_that_skips_is_shown_under_each_round(tmp_path):
+    """A device whose labels the model has no class for sits out every phase; the table
+    says so under the statistics line and each round's, and metrics.csv counts it."""
+    lines: list[str] = []
+    opts = SimulationOptions(agents=4, rounds=2, key_bits=512, samples_per_device=200,
+                             out_dir=str(tmp_path), plot=False, round_timeout=3.0)
+    sim = Simulation(opts, progress=lines.append)
+    sim.devices[0].train[:, synthetic.COLUMNS.index("fault")] = 7  # written at run()
+    report = sim.run()
+    assert [(r.reported, r.expected, r.skipped) for r in report.rows] == [
+        (3, 4, {"class-outside-model": 1})] * 3
+    stats = next(i for i, ln in enumerate(lines) if ln.startswith("statistics round"))
+    assert lines[stats + 1] == "  devices skipped: 1 class-outside-model"
+    for row in report.rows:
+        at = lines.index(next(ln for ln in lines if ln.startswith(
+            "final" if row.final else f"round {row.round_id:3d}/")))
+        assert lines[at + 1] == f"  round {row.round_id}: devices skipped: 1 class-outside-model"
+    assert {r["skipped"] for r in _metrics(tmp_path / "latest")[1]} == {
+        "class-outside-model=1"}

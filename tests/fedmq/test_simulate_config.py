@@ -9,7 +9,7 @@ from msgspec.structs import asdict, fields
 
 from fedmq.cli import main
 from fedmq.simulate import TASKS, SimulationOptions, options_from
-from fedmq.simulate_config import SimulateTable
+from fedmq.simulate_config import SCALINGS, SimulateTable
 from protocol.errors import ConfigError
 
 
@@ -22,6 +22,8 @@ from protocol.errors import ConfigError
     ('task = "faults"', '[simulate] task: expected "fault" or "fault_type" or '
                         '"next_temperature", got "faults"'),
     ("quorum_fraction = 1.5", "[simulate] quorum_fraction: expected float <= 1.0, got 1.5"),
+    ('scaling = "sheet"', '[simulate] scaling: expected "federated" or "datasheet", '
+                          'got "sheet"'),
     ("agentz = 7", "[simulate]: unknown key 'agentz' (known: agents, rounds,"),
 ])
 def test_the_file_is_typed(tmp_path, line, expected):
@@ -59,6 +61,18 @@ def test_schema_matches_the_options():
     assert SimulationOptions(**table) == SimulationOptions()
     [tasks] = [f.type for f in fields(SimulateTable) if f.name == "task"]
     assert set(get_args(tasks)) == set(TASKS)
+    [scalings] = [f.type for f in fields(SimulateTable) if f.name == "scaling"]
+    assert get_args(scalings) == SCALINGS
+
+
+def test_scaling_from_the_file_and_the_flag(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[simulate]\nscaling = "datasheet"\n')
+    assert options_from(str(cfg), {}).scaling == "datasheet"
+    assert options_from(str(cfg), {"scaling": "federated"}).scaling == "federated"
+    assert SimulationOptions().scaling == "federated"  # no datasheet values by default
+    with pytest.raises(ConfigError, match="--scaling: expected"):
+        options_from(None, {"scaling": "both"})
 
 
 def test_the_example_config_loads():
