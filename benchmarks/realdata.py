@@ -40,15 +40,12 @@ class Training:
 
 
 DEFAULT = Training()  # `fedmq init gateway`'s [training] and [codec] clip, 10 rounds
-# Found with --scaling pooled on 8 devices, alpha 0.5, seed 0 (see the measurements in
-# the issue 10 notes); rounds <= 40 so the acceptance test stays short.
-TUNED: dict[str, Training] = {
-    "wine": Training(epochs=5, batch_size=8, learning_rate=0.1, rounds=20),
-    "breast_cancer": Training(epochs=5, batch_size=8, learning_rate=0.1, rounds=20),
-    "diabetes": Training(epochs=5, batch_size=8, learning_rate=0.05, rounds=40),
-    "iris": Training(epochs=5, batch_size=8, learning_rate=0.1, rounds=20),
-    "digits": Training(epochs=5, batch_size=16, learning_rate=0.1, rounds=20),
-}
+# Found with --scaling pooled on 8 devices, alpha 0.5, 1024-bit keys (seeds 0-2, see the
+# issue 10 notes): smaller steps and batches, and a clip that lets the regression
+# intercept (the label is in its own units, ~150) move more than 10 a round. Rounds <= 40
+# so the acceptance test stays short.
+TUNED_ALL = Training(epochs=2, batch_size=8, learning_rate=0.05, clip=100.0, rounds=30)
+TUNED: dict[str, Training] = {name: TUNED_ALL for name in datasets.DATASETS}
 
 
 @dataclass(frozen=True)
