@@ -173,3 +173,17 @@ def test_mosquitto_config(tmp_path: Path) -> None:
     for name in ("mosquitto.conf", "acl", "passwords", "credentials.txt"):
         assert (out / name).stat().st_size > 0
     assert "dev-002" in (out / "credentials.txt").read_text()
+
+
+@section_test("Learning on real data: scaling, fleet metrics, device health")
+def test_learning_on_real_data(tmp_path: Path) -> None:
+    ran = run_section("Learning on real data: scaling, fleet metrics, device health", tmp_path,
+                      timeout=300)
+    rows = {line.split()[0]: line.split() for line in ran.stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in ("wine", "breast_cancer", "diabetes")
+            and len(line.split()) > 6}
+    assert set(rows) == {"wine", "breast_cancer", "diabetes"}, ran.stdout
+    for cells in rows.values():
+        assert cells[1] == "none"  # no center/scale in the config: the statistics round
+        tolerance = 0.05 if cells[2] == "r2" else 0.03
+        assert float(cells[5]) <= tolerance, ran.stdout  # the gap to centralized sklearn
