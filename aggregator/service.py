@@ -13,7 +13,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -24,22 +23,21 @@ from aggregator.admission import Admission
 from aggregator.allowlist import load_allow_list
 from aggregator.announcer import Announcer, Herald
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
+from aggregator.closing import NoEvaluation, RoundClosing, RoundFailed
 from aggregator.config import AggregatorConfig
 from aggregator.culprits import Suspects
-from aggregator.health import FleetHealth, clipped_share
+from aggregator.health import FleetHealth
 from aggregator.inbound import Inbound
 from aggregator.keys import load_aggregator_keys
 from aggregator.notices import Notifier
-from aggregator.outcome import Closing, RoundResult, close_round
+from aggregator.outcome import RoundResult
 from aggregator.rounds import Rejected, RoundState
 from aggregator.runs import RunDirs, open_run, spec_digest
-from aggregator.runspec import save_run_spec
 from aggregator.store import RunStore
 from models import ModelSpec
 from protocol.codec import make_codec
-from protocol.errors import ConfigError, FedmqError, ProtocolError
+from protocol.errors import ConfigError, ProtocolError
 from protocol.layout import PHASES, UpdateLayout, contract_digest, layout_for
-from protocol.messages import MetricsMessage
 from protocol.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
@@ -47,23 +45,15 @@ from protocol.paillier import (
     fingerprint,
 )
 from protocol.signing import Ed25519PublicKey, Signer
-from protocol.statistics import scaled_spec
 from protocol.wire import decode_update
 from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
+__all__ = ["Aggregator", "NoEvaluation", "RoundFailed"]
 FloatArray = NDArray[np.float64]
 
 
-class RoundFailed(FedmqError):
-    """A round could not reach its quorum within the allowed deadline extensions."""
-
-
-class NoEvaluation(FedmqError):
-    """The final evaluation round closed without enough updates for a fleet metric."""
-
-
-class Aggregator:
+class Aggregator(RoundClosing):
     def __init__(
         self,
         config: AggregatorConfig,
@@ -202,18 +192,6 @@ class Aggregator:
             return params
         finally:
             self._link.close()
-
-    def _checkpoint(self, run_id: str, round_id: int, version: int, status: str,
-                    state: RoundState | None = None, extensions: int = 0) -> RunCheckpoint:
-        cp = RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
-                           key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
-                           round_id=round_id, model_version=version, status=status,
-                           quarantined=tuple(sorted(self._inbound.quarantined)),
-                           model_digest=self._model_digest)
-        if state is None:
-            return cp
-        return replace(cp, expected=tuple(sorted(state.expected)), sampled=state.sampled,
-                       opened_at=state.opened_at, deadline=state.deadline, extensions=extensions)
 
     def _start_point(self) -> StartPoint:
         cfg = self.config
@@ -358,91 +336,6 @@ class Aggregator:
             log.warning("round %d closed at the deadline without %s", round_id,
                         ", ".join(sorted(state.missing)))
         return self._finish(state, reason, version, params)
-
-    def _finish(self, state: RoundState, reason: str, version: int,
-                params: FloatArray) -> RoundResult:
-        assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
-        state.rejected += self._admission.close_round()
-        cfg = self.config
-        closing = close_round(state, self._private_key, self._suspects, spec=self.spec,
-                              codec=cfg.codec, statistics=cfg.statistics, rng=self._rng)
-        for culprit in closing.named:
-            self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
-        if state.phase == "statistics":
-            self._adopt_statistics(closing)
-        new_params, new_version = params, version
-        if closing.avg_delta is not None:
-            new_params, new_version = params + closing.avg_delta, version + 1
-        elif state.phase == "training" or not closing.usable:
-            reason = "rejected-sum"
-        evaluation = closing.evaluation
-        share = clipped_share(evaluation, self.spec.n_params, len(closing.kept))
-        skipped = self._health.round_closed(
-            state.round_id, phase=state.phase, expected=state.expected, kept=closing.kept,
-            evaluation=evaluation, share=share, skipped=state.skipped)
-        result = RoundResult(
-            round_id=state.round_id, model_version=new_version, params=new_params,
-            closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
-            rejected=state.rejected, total_weight=closing.total_weight,
-            seconds=time.time() - state.opened_at,
-            update_norm=float(np.linalg.norm(new_params - params)),
-            excluded=closing.excluded, update_bytes=state.update_bytes,
-            model_bytes=self._herald.sent_bytes - self._sent_at_open, phase=state.phase,
-            evaluation=evaluation, statistics=closing.statistics, skipped=skipped,
-            clipped_share=share,
-        )
-        if state.phase == "training":
-            # Model first, then the checkpoint: a crash in between is recognised on
-            # resume (saved version = open version + 1) and the round is not reopened.
-            self.store.save_model(self.spec, new_params, round_id=state.round_id,
-                                  version=new_version, record=result)
-            self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, new_version,
-                                                   "closed"))
-            self.checkpoints.clear_updates()
-        self.store.record(result)
-        if state.phase == "training":
-            self.results.append(result)
-        elif state.phase == "evaluation":
-            self.final_evaluation = result
-        else:
-            self.statistics = result
-        self._publish_metrics(result)
-        fleet = "" if evaluation is None else f"; {evaluation.summary()} (model version " \
-            f"{version})"
-        log.info("%s %d closed (%s): %d/%d agents, weight %.0f, %.2f s%s",
-                 "round" if state.phase == "training" else f"{state.phase} round",
-                 state.round_id, reason, len(state.accepted), len(state.expected),
-                 closing.total_weight, result.seconds, fleet)
-        if self._on_round is not None:
-            self._on_round(result)
-        return result
-
-    def _adopt_statistics(self, closing: Closing) -> None:
-        """The run's spec from the fleet's pooled statistics; no run without them."""
-        if closing.statistics is None:
-            raise RoundFailed("statistics round: the decrypted sums were rejected, so "
-                              "center/scale cannot be derived")
-        spec, warnings = scaled_spec(self.config.spec, closing.statistics,
-                                     self.config.statistics)
-        path = save_run_spec(self.store.run_dir, spec, closing.statistics, warnings)
-        self.spec = spec
-        for warning in warnings:
-            log.warning("statistics round: %s", warning)
-        log.info("statistics round: %d rows on %d devices; center/scale of %d features%s "
-                 "derived from the fleet totals (%s)", closing.statistics.n,
-                 len(closing.kept), self.spec.n_features,
-                 " and the label" if spec.kind == "linear" else "", path)
-
-    def _publish_metrics(self, result: RoundResult) -> None:
-        self._link.publish(self.config.topics.metrics, MetricsMessage(
-            fleet=self.config.topics.fleet, round_id=result.round_id,
-            model_version=result.model_version, expected=result.expected,
-            reported=len(result.reported), rejected=result.rejected,
-            total_weight=result.total_weight, seconds=result.seconds,
-            update_norm=result.update_norm, closed_by=result.closed_by, phase=result.phase,
-            evaluation=None if result.evaluation is None else result.evaluation.to_dict(),
-            clipped_share=result.clipped_share, skipped=result.skipped,
-        ).to_bytes(self.signer), qos=0, wait=False)
 
     def _send_notice(self, topic: str, payload: bytes) -> None:
         # From the round loop: queued for paho, never waited for (a notice is advice).
