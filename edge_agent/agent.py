@@ -21,8 +21,9 @@ from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from edge_agent.phases import phase_line, phase_values
 from edge_agent.trainer import LocalUpdate, clip_note
+from edge_agent.trust import TrustedKeys, UntrustedKey
 from protocol.codec import CODEC_NAMES, Codec, make_codec
-from protocol.errors import ConfigError, FedmqError, ProtocolError
+from protocol.errors import ConfigError, ProtocolError
 from protocol.health import Skip
 from protocol.layout import layout_for
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
@@ -34,21 +35,18 @@ from protocol.signing import Ed25519PublicKey, Signer
 from protocol.signing import public_key_from_hex as signing_key_from_hex
 from protocol.wire import UpdateMessage, encode_update
 from runtime import __version__
-from runtime.files import load_or_create_signer, save_model, write_atomic
+from runtime.files import load_or_create_signer, save_model
 from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
 clip_log = logging.getLogger(f"{__name__}.clipping")
 
 
-class UntrustedKey(FedmqError):
-    """The announced public key is not the one this agent pinned or first trusted."""
-
-
 class EdgeAgent:
     def __init__(self, config: AgentConfig, *, data: LocalData | None = None,
                  signer: Signer | None = None) -> None:
         self.config = config
+        self._trusted = TrustedKeys(config)
         # A file is read again before a round when it changed; given rows never change.
         # Training uses train_data only; eval_data is the held-out share (all rows if none).
         self._file: DataFile | None = None
@@ -173,10 +171,7 @@ class EdgeAgent:
             raise ProtocolError("announced fingerprint does not match the announced key")
         # Decide on both keys before remembering either: a refused announcement
         # leaves no trace, so the genuine key is accepted when it comes back.
-        remember = self._trust(fp, msg.signing_key)
-        for name, value in remember.items():
-            if (path := self._state_file(f"trusted_{name}")) is not None:
-                write_atomic(path, (value + "\n").encode())
+        self._trusted.remember(self._trusted.check(fp, msg.signing_key, self._announced))
         if self._key is None or self._key.n != key.n:
             # Obfuscators belong to one key: a new key starts a new pool.
             self._drop_pool()
@@ -185,56 +180,6 @@ class EdgeAgent:
         self._key, self._announced = key, msg
         self._aggregator_key = signing_key_from_hex(msg.signing_key)
         self._codec = make_codec(msg.codec, key.n)
-
-    def _trust(self, fp: str, signing_key: str) -> dict[str, str]:
-        """Check an announcement against pinned, in-use and remembered keys.
-
-        Raise UntrustedKey if it contradicts any of them; otherwise return the
-        keys to remember (trust on first use). The Paillier key protects
-        updates, the signing key the model and rounds; the announcement is
-        signed by the signing key it names. So a pinned signing key vouches for
-        the fingerprint, but a pinned fingerprint vouches for nothing: anyone
-        can copy the modulus and sign it with a key of their own. That signing
-        key is trusted for this process only and never remembered, and a later
-        announcement of the pinned fingerprint under another signing key
-        replaces it (the aggregator puts its genuine announcement back).
-        """
-        cfg, announced = self.config, self._announced
-        unauthenticated = (cfg.key_fingerprint is not None and cfg.aggregator_signing_key is None
-                           and not self._remembered("aggregator_signing_key"))
-        checks = {
-            "key_fingerprint": (fp, cfg.key_fingerprint or (
-                announced.fingerprint if announced else None)
-                or self._remembered("key_fingerprint")),
-            "aggregator_signing_key": (signing_key, cfg.aggregator_signing_key or (
-                announced.signing_key if announced and not unauthenticated else None)
-                or self._remembered("aggregator_signing_key")),
-        }
-        for name, (value, trusted) in checks.items():
-            if trusted is not None and value != trusted:
-                raise UntrustedKey(
-                    f"REFUSING aggregator {name} {value[:16]}...: this agent trusts "
-                    f"{trusted[:16]}... (pinned or first seen). Nothing will be sent under it.")
-        remember = {}
-        for name, (value, trusted) in checks.items():
-            if trusted is not None:
-                continue
-            log.warning(
-                "TRUST ON FIRST USE: no %s pinned in the agent config; trusting the "
-                "aggregator's %s... Pin it under [fleet] %s so a rogue broker cannot "
-                "substitute its own.", name, value[:16], name)
-            if not (unauthenticated and name == "aggregator_signing_key"):
-                remember[name] = value
-        return remember
-
-    def _remembered(self, name: str) -> str | None:
-        path = self._state_file(f"trusted_{name}")
-        if path is None or not path.exists():
-            return None
-        return path.read_text().strip() or None
-
-    def _state_file(self, name: str) -> Path | None:
-        return Path(self.config.state_dir) / name if self.config.state_dir else None
 
     def _on_round(self, msg: RoundMessage) -> bool:
         if msg.fleet != self.config.topics.fleet:
