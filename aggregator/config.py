@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 from msgspec.structs import asdict
 
 from aggregator.schema import AggregatorFile
-from models import ModelSpec
+from models import ModelError, ModelSpec
 from protocol.codec import CodecParams
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
@@ -18,6 +20,18 @@ from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from runtime.config import blame, convert, load_toml, resolve
 from runtime.mqtt_settings import MqttSettings, mqtt_settings
+
+
+@contextmanager
+def _derivable_hint() -> Iterator[None]:
+    """A wrong center/scale is often a leftover: say that it may simply go."""
+    try:
+        yield
+    except ModelError as exc:
+        if "one entry per feature" in str(exc):
+            raise ModelError(f"{exc} (or leave it out: a statistics round derives it from "
+                             "the devices' encrypted sums)") from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -147,7 +161,7 @@ class AggregatorConfig:
             ("model", "center"): ("model", "features"), ("model", "scale"): ("model", "features")})
         with blame(source, "[fleet]"):
             topics = Topics(f.fleet.name, f.fleet.topic_prefix)
-        with blame(source, "[model]"):
+        with blame(source, "[model]"), _derivable_hint():
             spec = ModelSpec(**asdict(f.model))
         with blame(source, "[rounds]"):
             policy = RoundPolicy(**asdict(f.rounds))

@@ -63,9 +63,9 @@ class ModelTable(Table, frozen=True):
 
 
 class TrainingTable(Table, frozen=True):
-    epochs: AtLeastOne = 1
-    batch_size: AtLeastOne = 32
-    learning_rate: Positive = 0.05
+    epochs: AtLeastOne = 2
+    batch_size: AtLeastOne = 16
+    learning_rate: Positive = 0.1
     l2: Annotated[float, Meta(ge=0)] = 0.0
 
 

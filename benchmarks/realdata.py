@@ -40,10 +40,11 @@ class Training:
 
 
 DEFAULT = Training()  # `fedmq init gateway`'s [training] and [codec] clip, 10 rounds
-# Found with --scaling pooled on 8 devices, alpha 0.5, 1024-bit keys (seeds 0-2, see the
-# issue 10 notes): smaller steps and batches, and a clip that lets the regression
-# intercept (the label is in its own units, ~150) move more than 10 a round. Rounds <= 40
-# so the acceptance test stays short.
+# Found with --scaling pooled on 8 devices, alpha 0.5, 1024-bit keys (seeds 0-2) before the
+# label was standardised: smaller steps and batches, and a clip that let the regression
+# intercept (the label in its own units, ~150) move more than 10 a round. With the label
+# standardised, fedmq init's settings (DEFAULT) are within tolerance too: --tuned keeps
+# these for comparison.
 TUNED_ALL = Training(epochs=2, batch_size=8, learning_rate=0.05, clip=100.0, rounds=30)
 TUNED: dict[str, Training] = {name: TUNED_ALL for name in datasets.DATASETS}
 
@@ -55,7 +56,7 @@ class Options:
     devices: int = 8
     key_bits: int = 2048
     scaling: str = "none"  # or "pooled"
-    tuned: bool = True
+    tuned: bool = False
     rounds: int | None = None  # overrides the training settings' rounds
     alpha: float = 0.5
     test_share: float = 0.3
@@ -88,8 +89,17 @@ class Result:
 
     @property
     def round_seconds(self) -> float:
-        times = [float(r["seconds"]) for r in self.round_log if r.get("seconds")]
+        times = [float(r["seconds"]) for r in self.round_log
+                 if r.get("seconds") and r.get("phase", "training") == "training"]
         return sum(times) / len(times) if times else float("nan")
+
+    @property
+    def fleet(self) -> float:
+        """The final model's metric as the gateway saw it: decrypted fleet totals over the
+        devices' own rows (the final evaluation round), NaN without one."""
+        final = [r for r in self.round_log if r.get("phase") == "evaluation"]
+        value = final[-1].get(f"fleet_{self.metric}", "") if final else ""
+        return float(value) if value else float("nan")
 
 
 def aggregator_tables(sp: datasets.Split, options: Options,
@@ -136,8 +146,9 @@ def run_one(name: str, options: Options, work: Path) -> Result:
     federated = evaluate(make_model(spec).set_params_vector(params), X, y).metrics[ds.metric]
     with (gw.latest / "rounds.csv").open(newline="", encoding="utf-8") as fh:
         round_log = list(csv.DictReader(fh))
+    training = sum(r.get("phase", "training") == "training" for r in round_log)
     return Result(name, options.scaling, ds.metric, federated, datasets.centralized_score(sp),
-                  len(round_log), seconds, t, round_log)
+                  training, seconds, t, round_log)
 
 
 def run(options: Options, progress: Callable[[str], None] = print) -> list[Result]:
@@ -155,12 +166,14 @@ def run(options: Options, progress: Callable[[str], None] = print) -> list[Resul
 
 def table(results: list[Result]) -> str:
     lines = [f"{'data set':<14} {'scaling':<7} {'metric':<8} {'federated':>9} "
-             f"{'central':>8} {'gap':>7} {'rounds':>6} {'s/round':>7} {'seconds':>7}  training"]
+             f"{'central':>8} {'gap':>7} {'fleet':>7} {'rounds':>6} {'s/round':>7} "
+             f"{'seconds':>7}  training"]
     for r in results:
         t = r.training
         lines.append(
             f"{r.dataset:<14} {r.scaling:<7} {r.metric:<8} {r.federated:>9.4f} "
-            f"{r.centralized:>8.4f} {r.gap:>+7.4f} {r.rounds:>6} {r.round_seconds:>7.2f} "
+            f"{r.centralized:>8.4f} {r.gap:>+7.4f} {r.fleet:>7.4f} {r.rounds:>6} "
+            f"{r.round_seconds:>7.2f} "
             f"{r.seconds:>7.1f}  epochs={t.epochs} batch={t.batch_size} "
             f"lr={t.learning_rate} clip={t.clip}")
     return "\n".join(lines)
@@ -192,8 +205,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scaling", choices=["none", "pooled"], default="none",
                    help="none: no [model] center/scale (a new user's config); pooled: the "
                    "StandardScaler values of all devices' rows pooled (the baseline)")
-    p.add_argument("--defaults", action="store_true",
-                   help="fedmq init's training settings and 10 rounds, not the tuned ones")
+    p.add_argument("--tuned", action="store_true",
+                   help="30 rounds with smaller steps (epochs 2, batch 8, lr 0.05, clip 100) "
+                   "instead of fedmq init's training settings and 10 rounds")
     for flag, kind in (("epochs", int), ("batch-size", int), ("learning-rate", float),
                        ("l2", float), ("clip", float)):
         p.add_argument(f"--{flag}", type=kind, help="override the training setting")
@@ -210,7 +224,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                                    ("learning_rate", args.learning_rate), ("l2", args.l2),
                                    ("clip", args.clip)) if v is not None}
     return Options(datasets=tuple(args.datasets), broker=args.broker, devices=args.devices,
-                   key_bits=args.key_bits, scaling=args.scaling, tuned=not args.defaults,
+                   key_bits=args.key_bits, scaling=args.scaling, tuned=args.tuned,
                    rounds=args.rounds, alpha=args.alpha, seed=args.seed,
                    round_timeout=args.round_timeout, work_dir=args.work_dir,
                    overrides=overrides)

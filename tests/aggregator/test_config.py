@@ -198,3 +198,12 @@ def test_statistics_and_health_tables_are_read_and_checked(tmp_path):
                     "target_center = 1.0\n")
     with pytest.raises(ConfigError, match="only allowed for kind 'linear'"):
         AggregatorConfig.from_file(path)
+
+
+def test_a_center_left_from_another_model_says_it_may_simply_go(tmp_path):
+    path = tmp_path / "aggregator.toml"
+    path.write_text("[model]\nkind = 'linear'\nfeatures = ['a', 'b', 'c']\n"
+                    "center = [1.0, 2.0]\n")
+    with pytest.raises(ConfigError, match=r"\[model\]: center must have one entry per feature "
+                       r"\(3\), got 2 \(or leave it out: a statistics round derives it"):
+        AggregatorConfig.from_file(path)

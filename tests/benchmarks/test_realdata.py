@@ -144,7 +144,7 @@ def test_gateway_configs_carry_the_data_set_and_no_scaling_unless_pooled(tmp_pat
 
 
 def test_options_take_tuned_settings_and_overrides():
-    assert realdata.Options(tuned=False).training("wine") == realdata.DEFAULT
-    t = realdata.Options(rounds=7, overrides={"epochs": 4}).training("wine")
+    assert realdata.Options().training("wine") == realdata.DEFAULT  # what fedmq init writes
+    t = realdata.Options(tuned=True, rounds=7, overrides={"epochs": 4}).training("wine")
     assert (t.rounds, t.epochs, t.learning_rate) == (7, 4, realdata.TUNED["wine"].learning_rate)
     assert max(t.rounds for t in realdata.TUNED.values()) <= 40
