@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aggregator.config import Limits
+from protocol import partial as pw
 from protocol.signing import SIGNATURE_BYTES
 from protocol.topics import Topics
 from protocol.wire import MAGIC, MAX_HEADER, VERSION
@@ -92,6 +93,8 @@ class Admission:
         self.topics = topics
         self.update_body = update_body  # the largest body of any phase's update
         self.max_update = update_size(update_body, MAX_HEADER)
+        # A relay's partial sum (protocol.partial) comes on the relay's update topic.
+        self.max_partial = pw.partial_size(update_body, pw.MAX_HEADER)
         self._open_body = update_body  # the body an update of the open round has
         self.limits = limits
         self.drops = DropLog(log)
@@ -164,6 +167,8 @@ class Admission:
 
     def _update_problem(self, payload: bytes) -> str | None:
         size = len(payload)
+        if pw.is_partial(payload):
+            return self._partial_problem(payload)
         if size > self.max_update:
             return f"update of {size} bytes, no update for this key and model exceeds " \
                    f"{self.max_update}"
@@ -180,5 +185,23 @@ class Admission:
             expected = update_size(self._open_body, header_len)
         if size != expected:
             return f"update of {size} bytes, round {open_round} takes {expected} " \
+                   f"with this {header_len}-byte header"
+        return None
+
+    def _partial_problem(self, payload: bytes) -> str | None:
+        size = len(payload)
+        if size > self.max_partial:
+            return f"partial sum of {size} bytes exceeds {self.max_partial}"
+        with self._lock:
+            open_round, body = self._open, self._open_body
+        if open_round is None:
+            return None
+        if size < pw.PREFIX.size:
+            return f"partial sum of {size} bytes is shorter than its prefix"
+        _, version, header_len = pw.PREFIX.unpack_from(payload)
+        if version != pw.VERSION or header_len > pw.MAX_HEADER:
+            return "not a fedmq partial sum of this version (prefix)"
+        if size != (expected := pw.partial_size(body, header_len)):
+            return f"partial sum of {size} bytes, round {open_round} takes {expected} " \
                    f"with this {header_len}-byte header"
         return None

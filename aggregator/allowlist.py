@@ -36,9 +36,33 @@ def read_entries(path: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in agents.items()}
 
 
+def read_relay_entries(path: str | Path) -> dict[str, str]:
+    """Relay id -> public key hex: the optional ``relays`` section (``fedmq relay enroll``).
+
+    A relay (``fedmq relay``) forwards one signed partial sum for its devices; it is
+    never an agent, and an agent entry never makes anyone a relay.
+    """
+    p = Path(path)
+    if not p.exists():
+        return {}
+    read_entries(p)  # the same file checks
+    relays = json.loads(p.read_text()).get("relays", {})
+    if not isinstance(relays, dict):
+        raise ConfigError(f"{p}: 'relays' must map relay ids to public keys")
+    return {str(k): str(v) for k, v in relays.items()}
+
+
+def load_relays(path: str | Path) -> dict[str, Ed25519PublicKey]:
+    return _keys(path, read_relay_entries(path))
+
+
 def load_allow_list(path: str | Path) -> dict[str, Ed25519PublicKey]:
+    return _keys(path, read_entries(path))
+
+
+def _keys(path: str | Path, entries: dict[str, str]) -> dict[str, Ed25519PublicKey]:
     out = {}
-    for agent, key in read_entries(path).items():
+    for agent, key in entries.items():
         try:
             check_name(agent, "agent id")
             out[agent] = public_key_from_hex(key)
@@ -47,9 +71,25 @@ def load_allow_list(path: str | Path) -> dict[str, Ed25519PublicKey]:
     return out
 
 
-def _write(path: str | Path, entries: dict[str, str]) -> None:
-    write_atomic(path, json.dumps({"schema": SCHEMA, "agents": dict(sorted(entries.items()))},
-                                  indent=2).encode() + b"\n")
+def _write(path: str | Path, entries: dict[str, str],
+           relays: dict[str, str] | None = None) -> None:
+    relays = read_relay_entries(path) if relays is None else relays  # kept as they are
+    doc: dict[str, object] = {"schema": SCHEMA, "agents": dict(sorted(entries.items()))}
+    if relays:
+        doc["relays"] = dict(sorted(relays.items()))
+    write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def enroll_relay(path: str | Path, relay_id: str, public_hex: str) -> bool:
+    """Add or replace a relay's key; True if the list changed."""
+    _check(relay_id, public_hex)
+    with locked(path):
+        relays = read_relay_entries(path)
+        if relays.get(relay_id) == public_hex:
+            return False
+        relays[relay_id] = public_hex
+        _write(path, read_entries(path), relays)
+    return True
 
 
 def _check(agent_id: str, public_hex: str) -> None:

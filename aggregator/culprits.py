@@ -122,26 +122,35 @@ def group_sum(public_key: PaillierPublicKey, vectors: Mapping[str, Sequence[int]
 
 def bounds_check(layout: UpdateLayout, private_key: PaillierPrivateKey,
                  vectors: Mapping[str, Sequence[int]], *,
-                 total: Sequence[int] | None = None) -> Check:
+                 total: Sequence[int] | None = None,
+                 devices: Mapping[str, int] | None = None) -> Check:
     """``Check`` for a round: decrypt a group's sum; every section's values AND its
     count (weight, rows) must fit the bounds of a group of that size.
 
     Returns the group's sums of all sections, concatenated (``layout.split`` names
     them). ``total``, the round's running sum of every vector, spares recomputing it
     for the whole round (the check that almost every round ends with).
+
+    ``devices``: member -> devices its vector sums (a relay's partial sum counts all
+    its contributors; 1 if absent). The bounds and MIN_GROUP count devices; the
+    search still splits members, so a relay's partial is one indivisible member:
+    a culprit behind a relay costs that relay's whole subtree, and the relay is
+    the member named.
     """
+    weight = devices or {}
     public_key = private_key.public_key
     everyone = frozenset(vectors)
 
     def check(group: frozenset[str]) -> list[int] | None:
         if not group:
             return None
-        if len(group) < MIN_GROUP and len(group) != len(vectors):
+        n_devices = sum(weight.get(member, 1) for member in group)
+        if n_devices < MIN_GROUP and group != everyone:
             raise ValueError("refusing to decrypt one device's update")
         ciphertexts = total if total is not None and group == everyone else group_sum(
             public_key, vectors, group)
         try:
-            sections = layout.decode(decrypt_ints(private_key, ciphertexts), len(group))
+            sections = layout.decode(decrypt_ints(private_key, ciphertexts), n_devices)
         except CodecError:
             return None
         return [value for sums in sections for value in sums]

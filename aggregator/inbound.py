@@ -16,10 +16,21 @@ from protocol.errors import KeyMismatchError, ProtocolError
 from protocol.health import Skip
 from protocol.messages import StatusMessage
 from protocol.paillier import PaillierPublicKey
+from protocol.partial import PartialSum, decode_partial, is_partial
 from protocol.topics import Topics
 from protocol.wire import decode_update
 
 log = logging.getLogger("aggregator.service")
+
+
+def offer_payload(state: RoundState, agent: str, payload: bytes, public_key: PaillierPublicKey,
+                  commit: Callable[[object], None] | None = None) -> None:
+    """Decode an update, or a relay's partial sum (on the relay's update topic), and offer
+    it to ``state``; raise ProtocolError (undecodable) or Rejected (not counted)."""
+    if is_partial(payload):
+        state.offer_partial(decode_partial(payload, public_key), agent, commit)
+    else:
+        state.offer(decode_update(payload, public_key), agent, commit)
 
 
 class Inbound:
@@ -56,7 +67,8 @@ class Inbound:
                 state.rejected += 1
             return
         try:
-            update = decode_update(payload, self.public_key)
+            update = decode_partial(payload, self.public_key) if is_partial(payload) \
+                else decode_update(payload, self.public_key)
         except ProtocolError as exc:
             log.warning("rejected payload on %s: %s", topic, exc)
             if state is not None:
@@ -68,9 +80,13 @@ class Inbound:
             log.info("dropping update from %s for round %d: no round is open", agent,
                      update.round_id)
             return
+        def commit(_u: object) -> None:
+            self.checkpoints.save_update(agent, payload)
         try:
-            state.offer(update, agent,
-                        commit=lambda _u: self.checkpoints.save_update(agent, payload))
+            if isinstance(update, PartialSum):
+                state.offer_partial(update, agent, commit)
+            else:
+                state.offer(update, agent, commit)
         except Redelivered:
             log.debug("redelivery of %s's update ignored", agent)
             return
@@ -80,6 +96,9 @@ class Inbound:
                 self.notifier.rejected(state, agent, exc)
             return
         state.update_bytes += len(payload)
+        if isinstance(update, PartialSum):
+            log.info("accepted relay %s's partial sum of %d devices (%d devices counted)",
+                     agent, update.summed, len(state.accepted))
         log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
                   len(state.expected))
 

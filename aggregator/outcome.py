@@ -76,8 +76,13 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Su
                 spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
                 rng: random.Random | None = None) -> Closing:
     """Decrypt the round's sum (or the sums the culprit search keeps) and decode each section."""
-    check = bounds_check(state.layout, private_key, state.vectors, total=state.ciphertext_sum)
-    kept, sums, named = close_sum(state.round_id, state.accepted, check, suspects, rng=rng)
+    # Members are devices and relays (whose partial sums the search cannot split);
+    # everything reported and counted below is in devices.
+    members = state.members or {a: (a,) for a in state.vectors}
+    check = bounds_check(state.layout, private_key, state.vectors, total=state.ciphertext_sum,
+                         devices={m: len(d) for m, d in members.items()})
+    kept_members, sums, named = close_sum(state.round_id, members, check, suspects, rng=rng)
+    kept = frozenset(d for m in kept_members for d in members[m])
     dropped = Closing((), tuple(sorted(state.accepted)), tuple(named))
     if sums is None or len(kept) < state.quorum:
         log.error("round %d: decrypted sum rejected (no group of at least the quorum passes "

@@ -15,6 +15,7 @@ from protocol.health import Skip
 from protocol.layout import UpdateLayout
 from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
 from protocol.paillier import PaillierPublicKey, add_ciphertexts
+from protocol.partial import PartialSum
 from protocol.signing import Ed25519PublicKey, public_key_hex
 from protocol.wire import UpdateMessage
 
@@ -54,12 +55,18 @@ class RoundState:
     allow_list: Mapping[str, Ed25519PublicKey]
     opened_at: float
     sampled: bool = False  # only the expected (selected) agents may contribute
-    accepted: list[str] = field(default_factory=list)
+    # Enrolled relays (fedmq relay): their signed partial sums count as all their devices.
+    relays: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)  # DEVICES counted, direct or via a relay
+    # Member (a device, or a relay) -> the devices its ciphertexts sum: the culprit
+    # search splits members, never a relay's partial sum (it cannot see inside it).
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _counted: dict[str, str] = field(default_factory=dict)  # device -> member that brought it
     rejected: int = 0
     update_bytes: int = 0  # payload bytes of the accepted updates
     ciphertext_sum: list[int] | None = None
-    # Each accepted update's ciphertexts, for the culprit search when the sum fails
-    # (bounded: at most max_agents updates of the one size the round takes).
+    # Each accepted member's ciphertexts, for the culprit search when the sum fails
+    # (bounded: at most max_agents members of the one size the round takes).
     vectors: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _hashes: dict[str, bytes] = field(default_factory=dict)
     # Expected agents that said (in their status) why they skip this round: the round
@@ -102,15 +109,75 @@ class RoundState:
         except Rejected:
             self.rejected += 1
             raise
+        self._add(update.agent_id, (update.agent_id,), update.ciphertexts, update.signed_hash)
+
+    def offer_partial(self, partial: PartialSum, topic_agent: str,
+                      commit: Callable[[PartialSum], None] | None = None) -> None:
+        """Add a relay's partial sum (all its contributors at once) or raise Rejected."""
+        try:
+            self._check_partial(partial, topic_agent)
+            if commit is not None:
+                try:
+                    commit(partial)
+                except OSError as exc:
+                    raise Rejected(f"cannot persist the partial sum: {exc}") from exc
+        except Redelivered:
+            raise
+        except Rejected:
+            self.rejected += 1
+            raise
+        self._add(partial.relay_id, partial.contributors, partial.ciphertexts,
+                  partial.signed_hash)
+
+    def _add(self, member: str, devices: tuple[str, ...], ciphertexts: tuple[int, ...],
+             signed_hash: bytes) -> None:
         if self.ciphertext_sum is None:
-            self.ciphertext_sum = list(update.ciphertexts)
+            self.ciphertext_sum = list(ciphertexts)
         else:
             self.ciphertext_sum = add_ciphertexts(self.public_key, self.ciphertext_sum,
-                                                  update.ciphertexts)
-        self.accepted.append(update.agent_id)
-        self.skipped.pop(update.agent_id, None)  # an update after all: it counts
-        self.vectors[update.agent_id] = update.ciphertexts
-        self._hashes[update.agent_id] = update.signed_hash
+                                                  ciphertexts)
+        self.accepted.extend(devices)
+        for device in (member, *devices):
+            self.skipped.pop(device, None)  # an update after all: it counts
+        self.members[member] = devices
+        self._counted.update(dict.fromkeys(devices, member))
+        self.vectors[member] = ciphertexts
+        self._hashes[member] = signed_hash
+
+    def _check_partial(self, p: PartialSum, topic_agent: str) -> None:
+        if p.relay_id != topic_agent:
+            raise Rejected(f"partial sum names relay {p.relay_id!r} but came on "
+                           f"{topic_agent!r}'s topic")
+        key = self.relays.get(p.relay_id)
+        if key is None:
+            raise Rejected(f"{p.relay_id!r} is not an enrolled relay (not in the allow-list's "
+                           "relays)")
+        try:
+            p.verify(key)
+        except ProtocolError as exc:
+            raise Rejected(f"{exc} from relay {p.relay_id!r}: forged or tampered partial "
+                           "sum") from exc
+        if (p.fleet, p.run_id, p.round_id) != (self.fleet, self.run_id, self.round_id):
+            raise Rejected(f"partial sum is for fleet {p.fleet!r} run {p.run_id!r} round "
+                           f"{p.round_id}, not the open round")
+        if p.key_fingerprint != self.key_fingerprint or p.codec_digest != self.codec_digest:
+            raise Rejected("partial sum made for another key or codec contract")
+        if p.n_values != self.n_values or len(p.ciphertexts) != self.layout.plaintext_count():
+            raise Rejected(f"partial sum carries {p.n_values} values in {len(p.ciphertexts)} "
+                           "ciphertexts, not this round's layout")
+        if p.relay_id in self._hashes:
+            if self._hashes[p.relay_id] == p.signed_hash:
+                raise Redelivered("duplicate delivery of an accepted partial sum, counted once")
+            raise Rejected("second, different partial sum from this relay in this round")
+        twice = sorted(d for d in p.contributors if d in self._counted or d in self.relays)
+        if twice:
+            shown = ", ".join(f"{d} (via {self._counted.get(d, 'a relay id')})" for d in twice[:5])
+            raise Rejected(f"partial sum counts {len(twice)} device(s) already counted: {shown}")
+        if self.sampled and p.relay_id not in self.expected:
+            raise Rejected("relay was not selected for this round")
+        if len(self.accepted) + p.summed > self.max_agents:
+            raise Rejected(f"partial sum of {p.summed} devices would exceed max_agents="
+                           f"{self.max_agents} (holding {len(self.accepted)})")
 
     def _check(self, u: UpdateMessage, topic_agent: str) -> None:
         if u.agent_id != topic_agent:
@@ -144,6 +211,9 @@ class RoundState:
                            code=WRONG_MODEL)
         if len(u.ciphertexts) != self.layout.plaintext_count():
             raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts")
+        if self._counted.get(u.agent_id, u.agent_id) != u.agent_id:
+            raise Rejected(f"device already counted in relay {self._counted[u.agent_id]!r}'s "
+                           "partial sum this round")
         if u.agent_id in self._hashes:
             if self._hashes[u.agent_id] == u.signed_hash:
                 raise Redelivered("duplicate delivery of an accepted update, counted once")
@@ -156,7 +226,7 @@ class RoundState:
     @property
     def missing(self) -> frozenset[str]:
         """Expected agents that neither reported nor said why they skip."""
-        return self.expected - set(self.accepted) - set(self.skipped)
+        return self.expected - set(self.accepted) - set(self.members) - set(self.skipped)
 
     def close_reason(self, now: float) -> str | None:
         """'all' once every expected agent reported, 'deadline' past it with quorum, else None."""

@@ -20,14 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from aggregator.admission import Admission
-from aggregator.allowlist import load_allow_list
+from aggregator.allowlist import load_allow_list, load_relays
 from aggregator.announcer import Announcer, Herald
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
 from aggregator.closing import NoEvaluation, RoundClosing, RoundFailed
 from aggregator.config import AggregatorConfig
 from aggregator.culprits import Suspects
 from aggregator.health import FleetHealth
-from aggregator.inbound import Inbound
+from aggregator.inbound import Inbound, offer_payload
 from aggregator.keys import load_aggregator_keys
 from aggregator.notices import Notifier
 from aggregator.outcome import RoundResult
@@ -45,7 +45,6 @@ from protocol.paillier import (
     fingerprint,
 )
 from protocol.signing import Ed25519PublicKey, Signer
-from protocol.wire import decode_update
 from runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,7 @@ class Aggregator(RoundClosing):
         allow_list: Mapping[str, Ed25519PublicKey] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
         run_id: str | None = None,
+        relays: Mapping[str, Ed25519PublicKey] | None = None,
     ) -> None:
         """``run_id``: the id a new run takes (fedmq simulate names its directory so);
         by default a fresh one, see aggregator.runs."""
@@ -77,6 +77,8 @@ class Aggregator(RoundClosing):
                                             self.fingerprint)
         self._fixed_allow_list = allow_list
         self._last_allow_list: Mapping[str, Ed25519PublicKey] | None = None
+        self._fixed_relays = relays  # enrolled relays (fedmq relay); default: the allow-list's
+        self._last_relays: Mapping[str, Ed25519PublicKey] = {}
         self._on_round = on_round
         limits = config.limits
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
@@ -145,6 +147,16 @@ class Aggregator(RoundClosing):
                 raise
             log.error("%s; keeping the allow-list read before", exc)
         return self._last_allow_list
+
+    def relays(self) -> Mapping[str, Ed25519PublicKey]:
+        """Enrolled relays, re-read with the allow-list (same rule for a broken file)."""
+        if self._fixed_relays is not None:
+            return self._fixed_relays
+        try:
+            self._last_relays = load_relays(self.config.allow_list_file)
+        except ConfigError as exc:
+            log.error("%s; keeping the relays read before", exc)
+        return self._last_relays
 
     # --- orchestration -------------------------------------------------------
     def run(self) -> FloatArray:
@@ -267,11 +279,12 @@ class Aggregator(RoundClosing):
             key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
             max_agents=cfg.codec.max_agents, public_key=self.public_key,
             allow_list=self.allow_list(), opened_at=opened_at, sampled=sampled,
+            relays=self.relays(),
         )
         if resume is not None:
             for agent, payload in self.checkpoints.load_updates():
                 try:
-                    state.offer(decode_update(payload, self.public_key), agent)
+                    offer_payload(state, agent, payload, self.public_key)
                     state.update_bytes += len(payload)
                 except (ProtocolError, Rejected) as exc:
                     log.error("persisted update of %s no longer valid: %s", agent, exc)

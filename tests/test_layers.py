@@ -15,6 +15,8 @@ LAYERS = {  # package -> first-party packages it may import
     "edge_agent": {"edge_agent", "runtime", "protocol", "models"},
     "aggregator": {"aggregator", "runtime", "protocol", "models"},
     "broker": {"broker", "runtime", "protocol", "models"},
+    # An intermediate gateway: it checks updates exactly as the aggregator does.
+    "relay": {"relay", "aggregator", "runtime", "protocol", "models"},
 }
 FIRST_PARTY = set(LAYERS) | {"fedmq", "benchmarks"}
 

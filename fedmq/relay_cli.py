@@ -1,0 +1,65 @@
+"""``fedmq relay`` (an intermediate gateway, no private key) and ``fedmq enroll-relay``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from relay.config import RelayConfig
+    from relay.service import Relay
+    from runtime.files import load_or_create_signer
+
+    config = RelayConfig.from_file(args.config)
+    if args.show_public_key:
+        public_hex = load_or_create_signer(config.signing_key_file).public_hex
+        print(f"{config.relay_id},{public_hex}" if args.csv else public_hex)
+        return 0
+    relay = Relay(config)
+    from fedmq.cli import _stop_on_sigterm
+
+    _stop_on_sigterm(relay.stop)
+    relay.run()
+    return 0
+
+
+def cmd_enroll_relay(args: argparse.Namespace) -> int:
+    from aggregator.allowlist import enroll_relay
+    from aggregator.config import AggregatorConfig
+    from protocol.errors import ConfigError
+
+    config = AggregatorConfig.from_file(args.config)
+    if args.from_file:
+        if args.relay or args.public_key:
+            raise ConfigError("enroll-relay: use --from-file or --relay/--public-key, not both")
+        text = open(args.from_file, encoding="utf-8").read().strip()  # noqa: SIM115
+        relay_id, _, public_hex = text.partition(",")
+    elif args.relay and args.public_key:
+        relay_id, public_hex = args.relay, args.public_key
+    else:
+        raise ConfigError("enroll-relay needs --relay ID --public-key HEX or --from-file "
+                          "relay.csv (on the relay: fedmq relay --config relay.toml "
+                          "--show-public-key --csv)")
+    changed = enroll_relay(config.allow_list_file, relay_id.strip(), public_hex.strip())
+    print(f"relay {relay_id} {'enrolled' if changed else 'already enrolled'} in "
+          f"{config.allow_list_file}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("relay", help="run an intermediate gateway: sums its devices' updates "
+                       "under encryption and forwards one signed partial sum upstream")
+    p.add_argument("--config", default="configs/relay.toml", help="relay TOML config")
+    p.add_argument("--show-public-key", action="store_true",
+                   help="print the relay's signing key (created if missing) and exit")
+    p.add_argument("--csv", action="store_true",
+                   help="with --show-public-key: print id,public_key for enroll-relay")
+    p.set_defaults(func=cmd_relay)
+    p = sub.add_parser("enroll-relay", help="allow a relay's signing key (top gateway)")
+    p.add_argument("--config", default="configs/aggregator.toml",
+                   help="the top aggregator's TOML config (its allow_list_file)")
+    p.add_argument("--relay", help="relay id")
+    p.add_argument("--public-key", help="the relay's Ed25519 public key (hex)")
+    p.add_argument("--from-file", help="a file with one id,public_key line")
+    p.set_defaults(func=cmd_enroll_relay)

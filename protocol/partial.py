@@ -1,0 +1,150 @@
+"""Binary partial sums: a relay's product of its devices' update ciphertexts, signed by the relay.
+
+Layout (all integers big-endian), like an update (protocol.wire) but with its own magic,
+a 32-bit header length (the header lists every contributing device) and its own
+signature domain, so neither message can pass for the other::
+
+    b"FMQP" | version u8 | header length u32 | header (UTF-8 JSON) | ciphertexts | signature
+
+Paillier is additively homomorphic position by position, so the product of n
+devices' ciphertext vectors is the encryption of the sum of their plaintexts in
+every section (training, evaluation, statistics): the top aggregator multiplies a
+partial sum into its running product like n updates at once and decodes the grand
+total with n_summed = the number of DEVICES. ``contributors`` (sorted, unique) lets it
+refuse a device counted twice (directly and via a relay, or via two relays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+
+from protocol.errors import KeyMismatchError, ProtocolError
+from protocol.paillier import (
+    PaillierPublicKey,
+    ciphertext_size,
+    ciphertexts_from_bytes,
+    ciphertexts_to_bytes,
+    fingerprint,
+)
+from protocol.signing import SIGNATURE_BYTES, Ed25519PublicKey, Signer, verify
+from protocol.topics import check_name
+
+MAGIC = b"FMQP"
+VERSION = 1
+SCHEMA = "fedmq.partial/1"
+PARTIAL_DOMAIN = b"fedmq/partial/1\x00"
+MAX_HEADER = 1 << 20  # room for ~15,000 contributor ids of 64 characters
+PREFIX = struct.Struct(">4sBI")
+_FIELDS = {"fleet": str, "run": str, "round": int, "relay": str, "key": str, "codec": str,
+           "values": int, "count": int, "size": int, "summed": int, "contributors": list}
+
+
+def partial_size(body_bytes: int, header_len: int) -> int:
+    """Exact wire size of a partial sum with this header length and ciphertext body."""
+    return PREFIX.size + header_len + body_bytes + SIGNATURE_BYTES
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """The encrypted sum of ``len(contributors)`` devices' updates for one round."""
+
+    fleet: str
+    run_id: str
+    round_id: int
+    relay_id: str
+    key_fingerprint: str
+    codec_digest: str
+    n_values: int
+    ciphertexts: tuple[int, ...]
+    contributors: tuple[str, ...]
+    signed_hash: bytes = b""
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        check_name(self.fleet, "fleet name", ProtocolError)
+        check_name(self.relay_id, "relay id", ProtocolError)
+        check_name(self.run_id, "run id", ProtocolError)
+        for device in self.contributors:
+            check_name(device, "contributor id", ProtocolError)
+        if list(self.contributors) != sorted(set(self.contributors)):
+            raise ProtocolError("partial sum contributors must be sorted and unique")
+        if self.round_id < 0 or self.n_values < 1 or not self.ciphertexts \
+                or not self.contributors:
+            raise ProtocolError("partial sum needs round >= 0, n_values >= 1, ciphertexts "
+                                "and at least one contributor")
+
+    @property
+    def summed(self) -> int:
+        return len(self.contributors)
+
+    def verify(self, key: Ed25519PublicKey) -> None:
+        """Raise ProtocolError unless the relay's key signed exactly this payload."""
+        if len(self.signature) != SIGNATURE_BYTES or len(self.signed_hash) != 32:
+            raise ProtocolError("partial sum is not signed")
+        verify(key, PARTIAL_DOMAIN, self.signed_hash, self.signature)
+
+
+def encode_partial(msg: PartialSum, public_key: PaillierPublicKey, signer: Signer) -> bytes:
+    header = json.dumps({
+        "schema": SCHEMA, "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id,
+        "relay": msg.relay_id, "key": msg.key_fingerprint, "codec": msg.codec_digest,
+        "values": msg.n_values, "count": len(msg.ciphertexts),
+        "size": ciphertext_size(public_key), "summed": msg.summed,
+        "contributors": list(msg.contributors), "signer": signer.public_hex,
+    }, separators=(",", ":")).encode()
+    if len(header) > MAX_HEADER:
+        raise ProtocolError(f"partial sum header of {len(header)} bytes exceeds {MAX_HEADER}")
+    body = PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
+        ciphertexts_to_bytes(public_key, msg.ciphertexts)
+    return body + signer.sign(PARTIAL_DOMAIN, hashlib.sha256(body).digest())
+
+
+def is_partial(payload: bytes) -> bool:
+    return payload[:len(MAGIC)] == MAGIC
+
+
+def decode_partial(payload: bytes, public_key: PaillierPublicKey) -> PartialSum:
+    """Parse and validate a partial sum made for ``public_key``; raise ProtocolError otherwise.
+
+    Checks structure and every ciphertext (in Z*_{n^2}); the receiver checks the
+    signature with the relay's enrolled key (``PartialSum.verify``).
+    """
+    if len(payload) < PREFIX.size + SIGNATURE_BYTES:
+        raise ProtocolError("partial sum shorter than its fixed prefix and signature")
+    magic, version, header_len = PREFIX.unpack_from(payload)
+    if magic != MAGIC:
+        raise ProtocolError("not a fedmq partial sum (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported partial sum version {version} (this is {VERSION})")
+    if header_len > MAX_HEADER or PREFIX.size + header_len + SIGNATURE_BYTES > len(payload):
+        raise ProtocolError("partial sum header length is out of range")
+    try:
+        header = json.loads(payload[PREFIX.size:PREFIX.size + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"partial sum header is not JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+        raise ProtocolError("partial sum header has the wrong schema")
+    for name, kind in _FIELDS.items():
+        value = header.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(f"partial sum header field {name!r} missing or mistyped")
+    contributors = header["contributors"]
+    if not all(isinstance(c, str) for c in contributors) or header["summed"] != len(contributors):
+        raise ProtocolError("partial sum: 'summed' must equal the number of contributor ids")
+    if header["key"] != fingerprint(public_key):
+        raise KeyMismatchError("partial sum was encrypted for another public key")
+    if header["size"] != ciphertext_size(public_key) or not 0 < header["count"] <= 1 << 20:
+        raise KeyMismatchError("partial sum ciphertext size or count does not fit this key")
+    signed, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
+    ciphertexts = ciphertexts_from_bytes(public_key, signed[PREFIX.size + header_len:],
+                                         header["count"])
+    return PartialSum(
+        fleet=header["fleet"], run_id=header["run"], round_id=header["round"],
+        relay_id=header["relay"], key_fingerprint=header["key"], codec_digest=header["codec"],
+        n_values=header["values"], ciphertexts=tuple(ciphertexts),
+        contributors=tuple(contributors), signed_hash=hashlib.sha256(signed).digest(),
+        signature=signature,
+    )

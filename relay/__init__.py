@@ -1,0 +1,1 @@
+"""An intermediate gateway without a private key: verifies, multiplies, forwards one partial sum."""
