@@ -102,8 +102,12 @@ class RoundClosing:
             reason = "rejected-sum"
         evaluation = closing.evaluation
         share = clipped_share(evaluation, self.spec.n_params, len(closing.kept))
+        # A relay (expected as one member) contributed when its devices were kept.
+        relays = tuple(m for m, devices in state.members.items()
+                       if m not in devices and set(devices) <= set(closing.kept))
         skipped = self._health.round_closed(
-            state.round_id, phase=state.phase, expected=state.expected, kept=closing.kept,
+            state.round_id, phase=state.phase, expected=state.expected,
+            kept=closing.kept + relays,
             evaluation=evaluation, share=share, skipped=state.skipped)
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
