@@ -13,6 +13,7 @@ federated learning has to come close to.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -301,6 +302,7 @@ class Simulation:
         self.end = RunEnd(main_rss=peak_rss_bytes(), broker=broker.end,
                           worker_rss=fleet_end.worker_rss)
         self.progress(self.end.line())
+        (self.out_dir / "resources.json").write_text(json.dumps(self.end.to_dict()) + "\n")
         central = central_baseline(opts.task, synthetic.pooled(self.devices, "train"),
                                    self.test_rows)
         report = SimulationReport(

@@ -26,6 +26,7 @@ from typing import Any
 from broker.acl import FleetAcl
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
+from broker.limits import MAX_PENDING_CONNECTIONS
 from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, MosquittoSetup, read_credentials
 from broker.mosquitto import write_files as write_mosquitto_files
 from protocol.errors import ConfigError, FedmqError
@@ -76,6 +77,14 @@ class RunEnd:
     def total_rss(self) -> int:
         """Sum of the processes' peaks (an upper bound of the peak of the whole)."""
         return self.main_rss + self.broker.peak_rss + sum(self.worker_rss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """resources.json of the run directory (benchmarks.scale reads it)."""
+        return {"main_rss": self.main_rss, "broker_rss": self.broker.peak_rss,
+                "worker_rss": list(self.worker_rss), "total_rss": self.total_rss,
+                "puback_timeouts": self.broker.puback_timeouts,
+                "broker_warnings": self.broker.warnings,
+                "broker_log": self.broker.log_lines}
 
     def line(self) -> str:
         mb = 1024 * 1024
@@ -239,7 +248,11 @@ def fleet_broker(choice: BrokerChoice, *, topics: Topics, agent_ids: Sequence[st
         return
     port = free_port()
     settings = MqttSettings(host="127.0.0.1", port=port)
-    broker = BrokerSettings(port=port)
+    # Every simulated agent connects from 127.0.0.1: the per-address cap on sockets
+    # waiting for their CONNECT (64, against slowloris) closed genuine agents of a
+    # 200-agent fleet mid-CONNECT. Fleet-sized, it still bounds the waiting sockets.
+    pending = max(MAX_PENDING_CONNECTIONS, 2 * len(agent_ids))
+    broker = BrokerSettings(port=port, max_pending_per_source=pending, max_pending=pending)
     where = f"embedded broker on 127.0.0.1:{port}"
     if own_process:
         with _embedded_process(broker, end):
