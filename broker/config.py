@@ -10,7 +10,7 @@ from msgspec import Meta
 from msgspec.structs import asdict
 
 from broker.acl import FleetAcl, password_file_users
-from broker.limits import ConnectionLimits
+from broker.limits import MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_SOURCE, ConnectionLimits
 from protocol.errors import ConfigError
 from protocol.messages import MAX_CONTROL_BYTES
 from protocol.topics import Topics
@@ -97,6 +97,10 @@ class BrokerSettings:
     fleet: str | None = None
     topic_prefix: str = "fedmq"
     aggregator_users: tuple[str, ...] = ("aggregator",)
+    # Sockets that may wait for their CONNECT from one address (and in all); over it the
+    # oldest is closed. A simulation (every agent on 127.0.0.1) or a NAT needs more.
+    max_pending_per_source: int = MAX_PENDING_PER_SOURCE
+    max_pending: int = MAX_PENDING_CONNECTIONS
     # None: every user of the password file that is not an aggregator user.
     agents: tuple[str, ...] | None = None
 
@@ -178,7 +182,9 @@ class BrokerSettings:
         """The per-connection caps ``broker.amqtt_broker.FedmqBroker`` enforces."""
         return ConnectionLimits(max_payload_bytes=self.max_payload_bytes,
                                 connect_timeout=float(self.connect_timeout),
-                                bind_client_id=self.password_file is not None)
+                                bind_client_id=self.password_file is not None,
+                                max_pending_per_source=self.max_pending_per_source,
+                                max_pending=self.max_pending)
 
     def amqtt_config(self) -> dict[str, Any]:
         """The configuration dictionary amqtt's Broker expects."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from protocol.health import Skip
 from protocol.layout import layout_for
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from protocol.notices import NoticeMessage
-from protocol.obfuscation import make_obfuscators
+from protocol.obfuscation import ObfuscatorSource, make_obfuscators
 from protocol.paillier import PaillierPublicKey, encrypt_ints, public_key_from_hex
 from protocol.paillier import fingerprint as key_fingerprint
 from protocol.signing import Ed25519PublicKey, Signer
@@ -44,8 +45,13 @@ clip_log = logging.getLogger(f"{__name__}.clipping")
 
 class EdgeAgent:
     def __init__(self, config: AgentConfig, *, data: LocalData | None = None,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None,
+                 obfuscators: Callable[[PaillierPublicKey], ObfuscatorSource] | None = None
+                 ) -> None:
         self.config = config
+        # A simulation shares the public DJN table among its agents (fedmq.shards).
+        self._obfuscators = obfuscators or (lambda key: make_obfuscators(config.obfuscators,
+                                                                         key))
         self._trusted = TrustedKeys(config)
         # A file is read again before a round when it changed; given rows never change.
         # Training uses train_data only; eval_data is the held-out share (all rows if none).
@@ -175,7 +181,7 @@ class EdgeAgent:
         if self._key is None or self._key.n != key.n:
             # Obfuscators belong to one key: a new key starts a new pool.
             self._drop_pool()
-            self._pool = ObfuscatorPool(make_obfuscators(self.config.obfuscators, key),
+            self._pool = ObfuscatorPool(self._obfuscators(key),
                                         target=self.config.obfuscator_pool)
         self._key, self._announced = key, msg
         self._aggregator_key = signing_key_from_hex(msg.signing_key)

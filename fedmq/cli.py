@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmq import extras
+from fedmq.simulate_cli import add_scale_arguments
 from protocol.errors import ConfigError, FedmqError
 from runtime import __version__
 
@@ -183,6 +184,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedmq.simulate import Simulation, options_from
+    from fedmq.simulate_cli import scale_overrides
 
     overrides = {
         "agents": args.agents, "rounds": args.rounds, "iid": args.iid or None,
@@ -191,7 +193,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
-        "scaling": args.scaling,
+        "scaling": args.scaling, **scale_overrides(args),
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
     report = Simulation(opts).run()
@@ -330,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", choices=["federated", "datasheet"],
                    help="feature center/scale from the statistics round over the devices' "
                    "encrypted sums (federated, default) or the sensors' datasheet values")
+    add_scale_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="benchmark encrypted updates: packed vs per-value codec",
@@ -367,13 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output directory (default: data)")
     p.set_defaults(func=cmd_sample_data)
-    from benchmarks import realdata
+    from benchmarks import realdata, scale
     from fedmq import model_cli, provision, relay_cli
 
     model_cli.register(sub)  # export, evaluate
     provision.register(sub)  # init gateway, init device
     realdata.register(sub)  # bench-realdata
     relay_cli.register(sub)  # relay, enroll-relay
+    scale.register(sub)  # bench-scale
     for command in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help="more log output")

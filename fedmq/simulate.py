@@ -13,8 +13,9 @@ federated learning has to come close to.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import threading
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,13 +28,13 @@ from numpy.typing import NDArray
 from aggregator.config import AggregatorConfig, RoundPolicy
 from aggregator.outcome import RoundResult
 from aggregator.service import Aggregator
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
-from edge_agent.trainer import fleet_clip_note
+from edge_agent.trainer import clip_note
 from fedmq import plot, synthetic
 from fedmq.rundirs import start_run
+from fedmq.shards import Clips, Fleet, ShardedFleet, ThreadFleet, peak_rss_bytes
+from fedmq.simulate_broker import BrokerChoice, RunEnd, fleet_broker
 from fedmq.simulate_config import SCALINGS, check_flags, file_options
 from fedmq.simulate_table import (
     METRICS_COLUMNS,
@@ -53,6 +54,7 @@ from protocol.messages import TrainingSettings
 from protocol.signing import Ed25519PublicKey
 from protocol.statistics import StatsParams, scaled_spec
 from protocol.topics import Topics
+from runtime.files import load_or_create_signer
 from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,12 @@ class SimulationOptions:
     # "federated": the statistics round derives center/scale from the devices' encrypted
     # sums; "datasheet": the sensors' nominal values (synthetic.SENSOR_NOMINAL) in the spec.
     scaling: str = "federated"
+    # Worker processes the agents are sharded over; 0: threads of this process (the
+    # agents stay inspectable). The CLI defaults to os.cpu_count().
+    workers: int = 0
+    broker: str = "embedded"  # embedded, mosquitto or HOST:PORT (fedmq.simulate_broker)
+    # Seconds over which the agents of a shard first connect; None: 5 ms per agent.
+    connect_spread: float | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -93,6 +101,9 @@ class SimulationOptions:
             raise ConfigError("--quorum must be a fraction in (0, 1]")
         if not 0 <= self.kill < self.agents:
             raise ConfigError("--kill must leave at least one agent alive")
+        if self.workers < 0:
+            raise ConfigError("--workers must be 0 (threads of this process) or more")
+        BrokerChoice.parse(self.broker)
         if self.agents - self.kill < self.quorum:
             raise ConfigError(f"killing {self.kill} of {self.agents} agents leaves fewer than "
                               f"the quorum of {self.quorum}")
@@ -101,14 +112,24 @@ class SimulationOptions:
     def quorum(self) -> int:
         return max(1, int(np.ceil(self.quorum_fraction * self.agents)))
 
+    @property
+    def spread(self) -> float:
+        return 0.005 * self.agents if self.connect_spread is None else self.connect_spread
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
 
 def options_from(config: str | None, overrides: dict[str, Any]) -> SimulationOptions:
     """Options from a ``[simulate]`` TOML table, then command-line overrides; both typed
     by fedmq.simulate_config.SimulateTable."""
     table = file_options(config) if config is not None else {}
     check_flags(overrides)
+    merged = {**table, **overrides}
+    merged.setdefault("workers", default_workers())
     try:
-        return SimulationOptions(**{**table, **overrides})
+        return SimulationOptions(**merged)
     except TypeError as exc:
         raise ConfigError(f"bad simulate option: {exc}") from exc
 
@@ -154,7 +175,10 @@ class Simulation:
                 f"the simulated fleet has only class {seen.tolist()} of {label!r} in its data; "
                 "use more --samples, more --agents or another --seed")
         self.rows: list[RoundRow] = []
-        self.agents: list[EdgeAgent] = []
+        self.agents: list[EdgeAgent] = []  # with --workers 0 only: in other processes else
+        self.fleet: Fleet | None = None
+        self.end: RunEnd | None = None  # peak memory and broker complaints, once run
+        self._enrolled: dict[str, Ed25519PublicKey] = {}  # fedmq enroll, for the aggregator
 
     def _write_data(self) -> list[Path]:
         data_dir = self.out_dir / "data"
@@ -192,13 +216,13 @@ class Simulation:
             started = self._started_from
         loss, score = self._evaluate(started)
         self._started_from = result.params
-        updates = [a.history[result.round_id] for a in self.agents
-                   if not final and result.round_id in a.history]
+        assert self.fleet is not None
+        clips = Clips() if final else self.fleet.clipped(result.round_id, result.reported)
         fleet_loss, fleet_score, fleet_rows = fleet_metrics(result.evaluation)
         row = RoundRow(result.round_id, len(result.reported), result.expected,
                        result.closed_by, loss, score, result.seconds,
                        update_bytes=result.update_bytes, model_bytes=result.model_bytes,
-                       clipped=sum(u.clipped for u in updates), phase=result.phase,
+                       clipped=clips.clipped, phase=result.phase,
                        fleet_loss=fleet_loss, fleet_score=fleet_score, fleet_rows=fleet_rows,
                        skipped=dict(result.skipped))
         if not self.rows:
@@ -207,17 +231,19 @@ class Simulation:
         self.progress(row_line(row, self.options.rounds, self.metric))
         # The agents' own clipping warnings are held during a simulation (they would
         # interleave with this table); the fleet's total follows the round's line.
-        if (note := fleet_clip_note(row.round_id, updates, CodecParams().clip)) is not None:
-            self.progress(f"  {note}")
+        if clips.clipped:
+            self.progress("  " + clip_note(row.round_id, clips.clipped, clips.values,
+                                           CodecParams().clip, agents=clips.agents))
         if (skips := skipped_line(row)) is not None:
             self.progress(f"  {skips}")
         opts = self.options
         if opts.kill and not final and result.round_id == opts.kill_after_round:
             # Cut the network of the last agents without a goodbye, as a power loss
             # would; the next round expects them and must close at its deadline.
-            for agent in self.agents[-opts.kill:]:
-                self.progress(f"killing agent {agent.config.agent_id} (no DISCONNECT)")
-                agent.kill()
+            victims = [d.device_id for d in self.devices[-opts.kill:]]
+            for agent_id in victims:
+                self.progress(f"killing agent {agent_id} (no DISCONNECT)")
+            self.fleet.kill(victims)
 
     def _on_statistics(self, result: RoundResult) -> None:
         warnings: list[str] = []
@@ -238,55 +264,45 @@ class Simulation:
         if note is not None:
             self.progress(note)
         paths = self._write_data()
-        port = free_port()
-        mqtt = MqttSettings(host="127.0.0.1", port=port)
         topics = Topics(fleet="sim")
-        agg_config = AggregatorConfig(
-            topics=topics, spec=self.spec, mqtt=mqtt,
-            key_file=str(self.out_dir / "aggregator" / "paillier.key"), key_bits=opts.key_bits,
-            policy=RoundPolicy(rounds=opts.rounds, round_timeout=opts.round_timeout,
-                               quorum=opts.quorum, min_agents=opts.agents, start_timeout=120),
-            training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
-                                      learning_rate=opts.learning_rate, l2=opts.l2),
-            codec=CodecParams(), state_dir=str(self.out_dir / "aggregator"),
-            signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
-            resume=False,  # every simulation is a new run on new data
-        )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)
         label = TASKS[opts.task][0]
-        self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
-                      f"task {opts.task!r}, {opts.rounds} rounds, {opts.key_bits}-bit Paillier, "
-                      f"{opts.scaling} scaling, broker on 127.0.0.1:{port}")
-        t0 = time.perf_counter()
-        enrolled: dict[str, Ed25519PublicKey] = {}  # filled as agents are created below
-        aggregator = Aggregator(agg_config, on_round=self._on_round, allow_list=enrolled,
-                                run_id=run.run_id)  # one id: directory and protocol
-        self.aggregator = aggregator
-        self.progress(f"run {run.run_id} in {run.run_dir}; aggregator key ready in "
-                      f"{time.perf_counter() - t0:.1f} s (fingerprint "
-                      f"{aggregator.fingerprint[:16]}...)")
-        with EmbeddedBroker(BrokerSettings(port=port)):
-            for dev, path in zip(self.devices, paths, strict=True):
-                cfg = AgentConfig(
-                    agent_id=dev.device_id, topics=topics, data_path=str(path),
-                    features=synthetic.FEATURES, label=label, mqtt=mqtt,
-                    key_fingerprint=aggregator.fingerprint,
-                    aggregator_signing_key=aggregator.signer.public_hex,
-                    state_dir=str(self.out_dir / "agents" / dev.device_id), seed=opts.seed)
-                agent = EdgeAgent(cfg)
-                enrolled[agent.config.agent_id] = agent.signer.public_key  # fedmq enroll
-                self.agents.append(agent)
-            threads = [threading.Thread(target=a.run, name=a.config.agent_id, daemon=True)
-                       for a in self.agents]
-            for t in threads:
-                t.start()
+        ids = [dev.device_id for dev in self.devices]
+        sharded = opts.workers > 0
+        with fleet_broker(BrokerChoice.parse(opts.broker), topics=topics, agent_ids=ids,
+                          out_dir=self.out_dir, own_process=sharded) as broker:
+            self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
+                          f"task {opts.task!r}, {opts.rounds} rounds, {opts.key_bits}-bit "
+                          f"Paillier, {opts.scaling} scaling, {broker.where}, "
+                          + (f"agents in {opts.workers} worker processes" if sharded
+                             else "agents on threads of this process"))
+            aggregator = self._aggregator(run, topics, broker.aggregator)
+            configs = [AgentConfig(
+                agent_id=dev.device_id, topics=topics, data_path=str(path),
+                features=synthetic.FEATURES, label=label, mqtt=broker.agent(dev.device_id),
+                key_fingerprint=aggregator.fingerprint,
+                aggregator_signing_key=aggregator.signer.public_hex,
+                state_dir=str(self.out_dir / "agents" / dev.device_id), seed=opts.seed)
+                for dev, path in zip(self.devices, paths, strict=True)]
+            for cfg in configs:  # fedmq enroll: the agent loads this key from its state_dir
+                self._enrolled[cfg.agent_id] = load_or_create_signer(
+                    cfg.signing_key_path).public_key
+            if sharded:
+                self.fleet = ShardedFleet(configs, workers=opts.workers, spread=opts.spread,
+                                          seed=opts.seed,
+                                          log_level=logging.getLogger().getEffectiveLevel())
+            else:
+                self.agents = [EdgeAgent(cfg) for cfg in configs]
+                self.fleet = ThreadFleet(self.agents, spread=opts.spread, seed=opts.seed)
+            self.fleet.start()
             try:
                 with _held(logging.getLogger("edge_agent.agent.clipping")):
                     final = aggregator.run()
             finally:
-                for a in self.agents:
-                    a.stop()
-                for t in threads:
-                    t.join(10)
+                fleet_end = self.fleet.stop()
+        self.end = RunEnd(main_rss=peak_rss_bytes(), broker=broker.end,
+                          worker_rss=fleet_end.worker_rss)
+        self.progress(self.end.line())
+        (self.out_dir / "resources.json").write_text(json.dumps(self.end.to_dict()) + "\n")
         central = central_baseline(opts.task, synthetic.pooled(self.devices, "train"),
                                    self.test_rows)
         report = SimulationReport(
@@ -297,6 +313,29 @@ class Simulation:
             run_id=run.run_id, latest=run.latest)
         self._write_metrics(report)
         return report
+
+    def _aggregator(self, run: Any, topics: Topics, mqtt: MqttSettings) -> Aggregator:
+        opts = self.options
+        config = AggregatorConfig(
+            topics=topics, spec=self.spec, mqtt=mqtt,
+            key_file=str(self.out_dir / "aggregator" / "paillier.key"), key_bits=opts.key_bits,
+            policy=RoundPolicy(rounds=opts.rounds, round_timeout=opts.round_timeout,
+                               quorum=opts.quorum, min_agents=opts.agents,
+                               start_timeout=120 + 2 * opts.spread),
+            training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
+                                      learning_rate=opts.learning_rate, l2=opts.l2),
+            codec=CodecParams(), state_dir=str(self.out_dir / "aggregator"),
+            signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
+            resume=False,  # every simulation is a new run on new data
+        )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)
+        t0 = time.perf_counter()
+        self.aggregator = Aggregator(config, on_round=self._on_round,
+                                     allow_list=self._enrolled,  # filled before agents start
+                                     run_id=run.run_id)  # one id: directory and protocol
+        self.progress(f"run {run.run_id} in {run.run_dir}; aggregator key ready in "
+                      f"{time.perf_counter() - t0:.1f} s (fingerprint "
+                      f"{self.aggregator.fingerprint[:16]}...)")
+        return self.aggregator
 
     def _write_metrics(self, report: SimulationReport) -> None:
         write_metrics(self.out_dir / "metrics.csv", report.rows, report.metric)

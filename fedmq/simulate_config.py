@@ -44,6 +44,11 @@ class SimulateTable(Table, frozen=True):
     plot: bool = True
     reuse_key: bool = False
     scaling: Literal["federated", "datasheet"] = "federated"  # SCALINGS (test checks)
+    # Worker processes for the agents (0: threads of the main process); the CLI's
+    # default is os.cpu_count(). broker: embedded, mosquitto or HOST:PORT.
+    workers: Annotated[int, Meta(ge=0, le=1024)] = 0
+    broker: Annotated[str, Meta(min_length=1)] = "embedded"
+    connect_spread: Annotated[float, Meta(ge=0, le=3600)] | None = None  # None: 5 ms/agent
 
 
 class SimulateFile(Table, frozen=True):

@@ -41,7 +41,7 @@ def test_djn_bases_differ_between_instances(keypair):
     """Each agent draws its own base: two sources share no table."""
     pub, _ = keypair
     a, b = DjnObfuscators(pub), DjnObfuscators(pub)
-    assert a._table[0][1] != b._table[0][1]
+    assert a.table.rows[0][1] != b.table.rows[0][1]
     assert a.table_bytes == 64 * 16 * 128  # 256-bit exponent / 4-bit windows, 128-byte values
 
 

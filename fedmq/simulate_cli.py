@@ -1,0 +1,23 @@
+"""``fedmq simulate``'s flags for fleets that scale: workers, broker, connect spread."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int,
+                   help="worker processes the agents are sharded over (default: the number "
+                   "of CPUs; 0: threads of this process)")
+    p.add_argument("--broker",
+                   help="embedded (fedmq's amqtt broker, default), mosquitto (started on a "
+                   "free loopback port with a generated config) or HOST:PORT (running)")
+    p.add_argument("--connect-spread", type=float, metavar="SECONDS",
+                   help="the agents of each worker first connect over this many seconds "
+                   "(default: 5 ms per agent)")
+
+
+def scale_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in {"workers": args.workers, "broker": args.broker,
+                              "connect_spread": args.connect_spread}.items() if v is not None}

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import random
+
+import gmpy2
+import pytest
+from phe import paillier
+
+from fedmq.shards import SharedDjn, connect_delays, split
+from protocol.obfuscation import DjnObfuscators, DjnTable
+
+
+def test_split_keeps_every_item_once_in_near_equal_contiguous_parts():
+    items = [f"dev-{i:03d}" for i in range(11)]
+    parts = split(items, 3)
+    assert [len(p) for p in parts] == [4, 4, 3]
+    assert [x for p in parts for x in p] == items
+    assert split(items[:2], 8) == [["dev-000"], ["dev-001"]]  # no empty worker
+
+
+@pytest.mark.parametrize("n, spread", [(1, 2.0), (7, 0.5), (500, 2.5)])
+def test_connect_delays_spread_one_agent_per_slot(n, spread):
+    delays = connect_delays(n, spread, random.Random(3))
+    assert len(delays) == n
+    assert all(0 <= d < spread for d in delays)
+    slot = spread / n
+    # one agent in each slot of spread / n: never a burst of them at one instant
+    assert all(i * slot <= d < (i + 1) * slot for i, d in enumerate(delays))
+    assert connect_delays(n, 0.0, random.Random(3)) == [0.0] * n
+
+
+def test_agents_of_one_process_share_the_public_table_never_an_obfuscator():
+    public, private = paillier.generate_paillier_keypair(n_length=512)
+    other, _ = paillier.generate_paillier_keypair(n_length=512)
+    shared = SharedDjn()
+    a, b = shared.source("djn")(public), shared.source("djn")(public)
+    assert isinstance(a, DjnObfuscators) and isinstance(b, DjnObfuscators)
+    assert a.table is b.table  # one ~2 MB table per key and process, not per agent
+    c = shared.source("djn")(other)
+    assert isinstance(c, DjnObfuscators) and c.table is not a.table
+    drawn = [a.next() for _ in range(20)] + [b.next() for _ in range(20)]
+    assert len(set(drawn)) == 40  # fresh exponents: no obfuscator is ever handed out twice
+    # and they are valid obfuscators: Enc(m) with them decrypts to m
+    for i, r in enumerate(drawn[:5]):
+        c_raw = int(gmpy2.f_mod((1 + (i + 7) * public.n) * r, public.nsquare))
+        assert private.raw_decrypt(c_raw) == i + 7
+    assert not isinstance(shared.source("standard")(public), DjnObfuscators)
+
+
+def test_a_table_of_another_key_is_refused():
+    public, _ = paillier.generate_paillier_keypair(n_length=512)
+    other, _ = paillier.generate_paillier_keypair(n_length=512)
+    with pytest.raises(ValueError, match="another public key"):
+        DjnObfuscators(public, table=DjnTable(other))
