@@ -367,12 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output directory (default: data)")
     p.set_defaults(func=cmd_sample_data)
-    from benchmarks import realdata
+    from benchmarks import flower, realdata
     from fedmq import model_cli, provision
 
     model_cli.register(sub)  # export, evaluate
     provision.register(sub)  # init gateway, init device
     realdata.register(sub)  # bench-realdata
+    flower.register(sub)  # bench-flower
     for command in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help="more log output")
