@@ -187,15 +187,16 @@ def breakdown(fm: FedmqResult, n: int, s: slice) -> list[str]:
     compute = mean([sum(r.compute_ms) / 1000 for r in rounds])
     encrypt = mean([sum(r.encrypt_ms) / 1000 for r in rounds])
     decrypt = mean([r.decrypt_seconds for r in rounds])
-    lines = ["fedmq per round, summed over clients (the GIL and 2 cores serialize most of it):",
-             f"  training + evaluation sums            {compute:8.3f} s  "
+    lines = ["fedmq per round, summed over clients; wall times overlap (agents are threads of "
+             "one process, waiting for the GIL counts), CPU times do not:",
+             f"  training + evaluation sums (wall)     {compute:8.3f} s  "
              f"({1000 * compute / n:.1f} ms per client)",
-             f"  encode + encrypt + sign               {encrypt:8.3f} s  "
+             f"  encode + encrypt + sign (wall)        {encrypt:8.3f} s  "
              f"({1000 * encrypt / n:.1f} ms per client)",
-             f"  decrypt (aggregator)                  {decrypt:8.3f} s"]
+             f"  decrypt (aggregator, wall)            {decrypt:8.3f} s"]
     for role, what in (("obfuscators", "obfuscator precompute CPU"),
                        ("agents-mqtt", "agents' MQTT threads CPU"),
-                       ("agents", "agents' round threads CPU"),
+                       ("agents", "agents' round threads CPU (train, sign)"),
                        ("broker", "broker CPU"),
                        ("aggregator", "aggregator CPU (verify, add, decrypt)")):
         lines.append(f"  {what:38}{mean([r.cpu[role] for r in rounds]):8.3f} s")
