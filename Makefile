@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --agents 20 --rounds 10
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bench bench-flood wheel clean
+.PHONY: demo test lint bench bench-flood bench-flower wheel clean
 
 demo: $(VENV)/.installed
 	$(BIN)/fedmq simulate $(ARGS)
@@ -21,6 +21,17 @@ bench: $(VENV)/.installed
 # The aggregator's memory and round times while an agent floods it (2 x 60 s, real processes).
 bench-flood: $(VENV)/.installed
 	$(BIN)/fedmq bench-flood $(BENCH_ARGS)
+
+# The same task in Flower (plaintext FedAvg over gRPC) and fedmq (encrypted, MQTT), ~1 min.
+# Flower lives in its own venv: flwr and amqtt pin incompatible typer versions.
+bench-flower: $(VENV)/.installed .venv-flower/.installed
+	$(BIN)/fedmq bench-flower $(BENCH_ARGS)
+
+.venv-flower/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-flower
+	.venv-flower/bin/pip install -q --upgrade pip
+	.venv-flower/bin/pip install -q -e ".[flower]"
+	touch $@
 
 # The wheel to copy to devices: `pip install fedmq-*.whl` (no extras) is the device install.
 wheel: $(VENV)/.installed
@@ -44,4 +55,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venv-flower runs .pytest_cache .mypy_cache
