@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -31,8 +31,8 @@ from models import ModelSpec
 from protocol.errors import FedmqError
 from protocol.messages import MetricsMessage
 from protocol.paillier import PaillierPrivateKey
-from protocol.signing import Signer
-from protocol.statistics import scaled_spec
+from protocol.signing import Ed25519PublicKey, Signer
+from protocol.statistics import StatisticsRangeError, scaled_spec
 from runtime.transport import MqttLink
 
 log = logging.getLogger("aggregator.service")
@@ -72,6 +72,9 @@ class RoundClosing:
     _sent_at_open: int
     _model_digest: str
 
+    def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
+        raise NotImplementedError  # aggregator.service.Aggregator.allow_list
+
     def _checkpoint(self, run_id: str, round_id: int, version: int, status: str,
                     state: RoundState | None = None, extensions: int = 0) -> RunCheckpoint:
         cp = RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
@@ -105,10 +108,11 @@ class RoundClosing:
         # A relay (expected as one member) contributed when its devices were kept.
         relays = tuple(m for m, devices in state.members.items()
                        if m not in devices and set(devices) <= set(closing.kept))
+        online = {a for a, up in self._inbound.online.items() if up}
         skipped = self._health.round_closed(
             state.round_id, phase=state.phase, expected=state.expected,
-            kept=closing.kept + relays,
-            evaluation=evaluation, share=share, skipped=state.skipped)
+            kept=closing.kept + relays, evaluation=evaluation, share=share,
+            skipped=state.skipped, offline=set(self.allow_list()) - online - set(state.expected))
         result = RoundResult(
             round_id=state.round_id, model_version=new_version, params=new_params,
             closed_by=reason, reported=tuple(state.accepted), expected=len(state.expected),
@@ -151,8 +155,11 @@ class RoundClosing:
         if closing.statistics is None:
             raise RoundFailed("statistics round: the decrypted sums were rejected, so "
                               "center/scale cannot be derived")
-        spec, warnings = scaled_spec(self.config.spec, closing.statistics,
-                                     self.config.statistics)
+        try:
+            spec, warnings = scaled_spec(self.config.spec, closing.statistics,
+                                         self.config.statistics)
+        except StatisticsRangeError as exc:
+            raise RoundFailed(f"statistics round: {exc}") from None
         path = save_run_spec(self.store.run_dir, spec, closing.statistics, warnings)
         self.spec = spec
         for warning in warnings:

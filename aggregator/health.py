@@ -23,13 +23,14 @@ from protocol.health import Skip
 log = logging.getLogger("aggregator.health")
 
 FIXES = {
-    "bad-labels": "its label column holds values that are not class numbers",
-    "class-outside-model": "its labels include classes the model does not have "
-                           "([model] n_classes)",
-    "feature-mismatch": "its [data] features differ from [model] features",
-    "data-error": "its data file cannot be read",
-    "diverged": "local training diverged: lower [training] learning_rate",
+    "bad-labels": "fix its label column: class numbers 0..n_classes-1, no text or NaN",
+    "class-outside-model": "map its labels to 0..n_classes-1, or raise [model] n_classes",
+    "feature-mismatch": "make its [data] features the [model] features, same names and order",
+    "data-error": "fix its data file (the device's log names the line)",
+    "diverged": "lower [training] learning_rate",
 }
+STILL_FALLING = 0.05  # relative drop of the fleet loss over the last rounds worth a word
+FALLING_OVER = 3  # rounds
 
 
 def clipped_share(evaluation: FleetEvaluation | None, values_per_update: int,
@@ -47,19 +48,33 @@ class FleetHealth:
         self._absent: dict[int, tuple[int, frozenset[str]]] = {}
         self._contributed: set[str] = set()
         self._expected: set[str] = set()
+        self._said: set[tuple[str, str]] = set()  # (agent, skip code) logged in this run
+        self._losses: list[float] = []  # fleet loss of each evaluated model, in order
 
     def skipped(self, round_id: int, agent: str, skip: Skip) -> None:
-        log.warning("round %d: %s skips it (%s): %s; %s", round_id, agent, skip.code,
-                    skip.detail or "no detail", FIXES.get(skip.code, ""))
+        """A device's skip reason: in full once per device and reason, then counted only."""
+        if (agent, skip.code) in self._said:
+            log.debug("round %d: %s skips it (%s)", round_id, agent, skip.code)
+            return
+        self._said.add((agent, skip.code))
+        log.warning("round %d: %s skips it (%s): %s; fix: %s (said once; later rounds count "
+                    "it in rounds.csv 'skipped')", round_id, agent, skip.code,
+                    skip.detail or "no detail", FIXES.get(skip.code, "see the device's log"))
 
     def round_closed(self, round_id: int, *, phase: str, expected: Iterable[str],
                      kept: Iterable[str], evaluation: FleetEvaluation | None,
-                     share: float, skipped: dict[str, Skip]) -> dict[str, int]:
-        """Log what the round's totals say about the fleet; return skips per code."""
+                     share: float, skipped: dict[str, Skip],
+                     offline: Iterable[str] = ()) -> dict[str, int]:
+        """Log what the round's totals say about the fleet; return skips per code.
+
+        ``offline``: enrolled devices that were not online for this round.
+        """
         expected, kept = frozenset(expected), frozenset(kept)
         self._expected |= expected
         if phase == "training":
             self._contributed |= kept
+        if evaluation is not None and phase != "statistics":
+            self._losses.append(evaluation.loss)
         counts = dict(Counter(s.code for s in skipped.values()))
         if counts:
             log.warning("round %d: %d device(s) skipped it: %s", round_id, len(skipped),
@@ -70,11 +85,11 @@ class FleetHealth:
                         "center/scale or let the statistics round derive them), or [codec] "
                         "clip is too small for the learning rate", round_id, 100 * share)
         if evaluation is not None and evaluation.confusion:
-            self._watch_classes(round_id, evaluation, expected - kept)
+            self._watch_classes(round_id, evaluation, expected - kept, frozenset(offline))
         return counts
 
     def _watch_classes(self, round_id: int, evaluation: FleetEvaluation,
-                       silent: frozenset[str]) -> None:
+                       silent: frozenset[str], offline: frozenset[str]) -> None:
         absent = set(evaluation.classes_absent)
         for k in list(self._absent):
             if k not in absent:
@@ -84,16 +99,40 @@ class FleetHealth:
             suspects = suspects & silent
             self._absent[k] = (first, suspects)
             streak = round_id - first + 1
-            if streak == self.policy.missing_class_rounds:
-                who = (f"devices silent in each of them: {', '.join(sorted(suspects))}"
-                       if suspects else "every expected device reported: no device in "
-                       "the fleet holds it")
-                log.warning("class %d has had no rows in the fleet's totals for %d rounds "
-                            "(rounds %d-%d): the model is not learning it; %s", k, streak,
-                            first, round_id, who)
+            if streak != self.policy.missing_class_rounds:
+                continue
+            if suspects:
+                who = f"devices silent in each of them: {_names(suspects)}"
+            elif offline:
+                who = (f"no device that reported holds it; enrolled devices not online: "
+                       f"{_names(offline)}")
+            else:
+                who = "no device that reported holds it, and no enrolled device is offline"
+            log.warning("class %d has had no rows in the fleet's totals for %d rounds "
+                        "(rounds %d-%d): the model is not learning it; %s", k, streak,
+                        first, round_id, who)
 
-    def run_finished(self) -> None:
+    def run_finished(self, never_online: Iterable[str] = ()) -> None:
+        """``never_online``: enrolled devices never seen online during the run."""
         never = sorted(self._expected - self._contributed)
         if never:
             log.warning("%d device(s) never contributed an update to this run: %s",
-                        len(never), ", ".join(never))
+                        len(never), _names(never))
+        absent = sorted(never_online)
+        if absent:
+            log.warning("%d enrolled device(s) were never online during this run: %s",
+                        len(absent), _names(absent))
+        losses = self._losses
+        if len(losses) > FALLING_OVER:
+            before, last = losses[-1 - FALLING_OVER], losses[-1]
+            if before > 0 and (before - last) / before > STILL_FALLING:
+                log.warning("the fleet loss was still falling at the end (%.4g -> %.4g over the "
+                            "last %d rounds): the model has not converged; more [rounds] "
+                            "rounds (or a larger [training] learning_rate) would likely help",
+                            before, last, FALLING_OVER)
+
+
+def _names(agents: Iterable[str], most: int = 20) -> str:
+    names = sorted(agents)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more

@@ -200,7 +200,7 @@ class Aggregator(RoundClosing):
                                spec=self.spec)
             self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
                                                    "finished"))
-            self._health.run_finished()
+            self._health.run_finished(never_online=set(self.allow_list()) - set(self.online))
             return params
         finally:
             self._link.close()
@@ -236,16 +236,25 @@ class Aggregator(RoundClosing):
         while len(self._online_agents()) < policy.min_agents and not self._stop.is_set():
             if time.monotonic() > deadline:
                 if len(self._online_agents()) >= policy.quorum:
-                    log.warning("only %d of %d agents online after %.0f s; starting with quorum",
-                                len(self._online_agents()), policy.min_agents, policy.start_timeout)
+                    log.warning("only %d of %d agents online after %.0f s; starting with "
+                                "quorum%s", len(self._online_agents()), policy.min_agents,
+                                policy.start_timeout, self._not_online())
                     return
                 raise RoundFailed(f"only {len(self._online_agents())} agents online after "
                                   f"{policy.start_timeout:g} s, quorum is {policy.quorum}")
             if time.monotonic() - last_log > 10:
-                log.info("waiting for agents: %d of %d online", len(self._online_agents()),
-                         policy.min_agents)
+                log.info("waiting for agents: %d of %d online%s", len(self._online_agents()),
+                         policy.min_agents, self._not_online())
                 last_log = time.monotonic()
             self._drain(None, 0.1)
+
+    def _not_online(self) -> str:
+        """'; enrolled, not online: a, b' for the waiting line (names from the allow-list)."""
+        missing = sorted(set(self.allow_list()) - self._online_agents())
+        if not missing:
+            return ""
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        return f"; enrolled, not online: {', '.join(missing[:20])}{more}"
 
     def _online_agents(self) -> frozenset[str]:
         return frozenset(a for a, up in self.online.items() if up)

@@ -36,9 +36,11 @@ from protocol.errors import CodecError, ProtocolError
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-_MAX_Q_BITS = 46  # |q| < 2^46: see exact_sums
-_LIMB = 23
-_CHUNK = 1 << 16
+# |q| <= 2^53: below that, v * 2^f is rounded exactly in float64, so each value moves by at
+# most half a step and the resolution below holds.
+_MAX_Q_BITS = 53
+_LIMB = 18  # q = a * 2^36 + b * 2^18 + c: every limb product stays below 2^36
+_CHUNK = 1 << 24  # rows per int64 partial sum: 2^24 * 2^36 < 2^63
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,16 @@ class StatsParams:
             raise CodecError("statistics max_abs must be a finite number >= 1")
         if self.q_max.bit_length() > _MAX_Q_BITS:
             raise CodecError(f"statistics max_abs * 2^fraction_bits must stay below "
-                             f"2^{_MAX_Q_BITS}; lower max_abs or fraction_bits")
+                             f"2^{_MAX_Q_BITS} (max_abs up to {self.max_abs_limit:.3g} with "
+                             f"fraction_bits {self.fraction_bits}); lower fraction_bits to "
+                             "raise max_abs further")
         if not 1 <= self.max_samples <= 1 << 24 or not 1 <= self.max_agents <= 1 << 24:
             raise CodecError("statistics max_samples and max_agents must be in 1..2^24")
+
+    @property
+    def max_abs_limit(self) -> float:
+        """The largest max_abs these fraction_bits allow."""
+        return float(2 ** (_MAX_Q_BITS - 1 - self.fraction_bits))
 
     @property
     def q_max(self) -> int:
@@ -105,31 +114,50 @@ def quantize(values: FloatArray, params: StatsParams) -> tuple[IntArray, int]:
 def exact_sums(q: IntArray) -> tuple[list[int], list[int]]:
     """Column sums of q and of q^2 as exact Python ints, at numpy speed.
 
-    q^2 reaches 2^92, beyond int64: split q = hi * 2^23 + lo (0 <= lo < 2^23,
-    |hi| <= 2^23), so every product is below 2^46 and a chunk of 2^16 rows sums
-    below 2^62; the chunks and limbs are then combined in Python ints.
+    q^2 reaches 2^106 and sums of q beyond 2^63, so q is split into three limbs,
+    q = a * 2^36 + b * 2^18 + c (0 <= b, c < 2^18, |a| <= 2^17): every limb product is
+    below 2^36, an int64 sum of 2^24 rows of them cannot overflow, and the limb sums
+    are combined in Python ints.
     """
     q = np.atleast_2d(np.asarray(q, dtype=np.int64))
     if q.size and int(np.abs(q).max()).bit_length() > _MAX_Q_BITS:
         raise CodecError(f"quantized values must stay below 2^{_MAX_Q_BITS}")
-    hi, lo = q >> _LIMB, q & ((1 << _LIMB) - 1)
+    mask = (1 << _LIMB) - 1
+    limbs = (q >> (2 * _LIMB), (q >> _LIMB) & mask, q & mask)  # a, b, c
     d = q.shape[1]
-    s1, hh, hl, ll = ([0] * d for _ in range(4))
+    # Sums of each limb, and of each product of two limbs (i <= j).
+    singles = [[0] * d for _ in range(3)]
+    pairs = {(i, j): [0] * d for i in range(3) for j in range(i, 3)}
     for start in range(0, q.shape[0], _CHUNK):
         rows = slice(start, start + _CHUNK)
-        for acc, part in ((s1, q[rows]), (hh, hi[rows] * hi[rows]),
-                          (hl, hi[rows] * lo[rows]), (ll, lo[rows] * lo[rows])):
-            for j, value in enumerate(part.sum(axis=0).tolist()):
-                acc[j] += int(value)
-    squares = [(a << (2 * _LIMB)) + (b << (_LIMB + 1)) + c for a, b, c in zip(hh, hl, ll,
-                                                                              strict=True)]
-    return s1, squares
+        parts = [limb[rows] for limb in limbs]
+        for i in range(3):
+            _add(singles[i], parts[i].sum(axis=0))
+        for (i, j), acc in pairs.items():
+            _add(acc, (parts[i] * parts[j]).sum(axis=0))
+    # Limb i has weight 2^(18 * (2 - i)).
+    weight = [2 * _LIMB, _LIMB, 0]
+    sums = [sum(singles[i][k] << weight[i] for i in range(3)) for k in range(d)]
+    squares = [sum((pairs[i, j][k] << (weight[i] + weight[j])) * (1 if i == j else 2)
+                   for (i, j) in pairs) for k in range(d)]
+    return sums, squares
+
+
+def _add(acc: list[int], column_sums: IntArray) -> None:
+    for k, value in enumerate(column_sums.tolist()):
+        acc[k] += int(value)
+
+
+class StatisticsRangeError(ProtocolError):
+    """Data beyond the contract's range: the pooled mean and std would be wrong."""
 
 
 def stats_length(spec: ModelSpec) -> int:
-    """Values in a statistics update: [sum q (d), sum q^2 (d), label part, clipped, n]."""
+    """Values in a statistics update: [sum q (d), sum q^2 (d), label part, clipped per
+    feature (d), clipped labels, n]; the label part is [sum q_y, sum q_y^2] for regression
+    and the class counts for classification."""
     label = 2 if spec.kind == "linear" else spec.n_classes
-    return 2 * spec.n_features + label + 2
+    return 3 * spec.n_features + label + 2
 
 
 @dataclass(frozen=True)
@@ -148,19 +176,23 @@ def local_statistics(X: FloatArray, y: FloatArray, spec: ModelSpec,
     y = np.asarray(y, dtype=np.float64)[: params.max_samples]
     if X.ndim != 2 or X.shape[1] != spec.n_features or X.shape[0] != y.shape[0] or not len(y):
         raise CodecError(f"statistics need rows of {spec.n_features} features and one label")
-    qx, clipped = quantize(X, params)
+    if not np.all(np.isfinite(X)):
+        raise CodecError("statistics take finite values only")
+    # Per feature, so the gateway can name the column that does not fit the range.
+    clipped_x = np.count_nonzero(np.abs(X) > params.max_abs, axis=0).tolist()
+    qx, _ = quantize(X, params)
     sums, squares = exact_sums(qx)
+    clipped_y = 0
     if spec.kind == "linear":
         qy, clipped_y = quantize(y, params)
         label_sums, label_squares = exact_sums(qy[:, None])
         label = [label_sums[0], label_squares[0]]
-        clipped += clipped_y
     else:
         # The model's own label check: the same reasons (and error codes) as in training.
         labels = make_model(spec)._check_targets(y, y.shape[0])
         label = np.bincount(labels, minlength=spec.n_classes).tolist()
-    return LocalSums(values=[*sums, *squares, *label, clipped, int(y.shape[0])],
-                     clipped=clipped, rows=int(y.shape[0]))
+    return LocalSums(values=[*sums, *squares, *label, *clipped_x, clipped_y, int(y.shape[0])],
+                     clipped=sum(clipped_x) + clipped_y, rows=int(y.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -170,10 +202,11 @@ class FleetStatistics:
     n: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    clipped: int
+    clipped: tuple[int, ...]  # values beyond +-max_abs, per feature
     label_mean: float | None = None
     label_std: float | None = None
     class_counts: tuple[int, ...] = ()
+    clipped_label: int = 0
 
     @classmethod
     def from_sums(cls, sums: Sequence[int], spec: ModelSpec,
@@ -181,15 +214,20 @@ class FleetStatistics:
         if len(sums) != stats_length(spec):
             raise CodecError(f"statistics sums have {len(sums)} values, the model needs "
                              f"{stats_length(spec)}")
-        d, n, clipped = spec.n_features, int(sums[-1]), int(sums[-2])
+        d, n = spec.n_features, int(sums[-1])
         if n < 1:
             raise CodecError(f"decoded statistics count {n} is not positive")
+        clipped = tuple(int(c) for c in sums[-2 - d:-2])
+        clipped_label = int(sums[-2])
+        if min(*clipped, clipped_label) < 0 or max(*clipped, clipped_label) > n:
+            raise CodecError("decoded clipped counts are not between 0 and the row count")
         mean, std = zip(*(_moments(sums[j], sums[d + j], n, params) for j in range(d)),
                         strict=True)
-        label = sums[2 * d:-2]
+        label = sums[2 * d:-2 - d]
         if spec.kind == "linear":
             label_mean, label_std = _moments(label[0], label[1], n, params)
-            return cls(n, mean, std, clipped, label_mean=label_mean, label_std=label_std)
+            return cls(n, mean, std, clipped, label_mean=label_mean, label_std=label_std,
+                       clipped_label=clipped_label)
         counts = tuple(int(c) for c in label)
         if sum(counts) != n or min(counts) < 0:
             raise CodecError("decoded class counts do not add up to the row count")
@@ -213,8 +251,11 @@ def scaled_spec(spec: ModelSpec, stats: FleetStatistics,
     """``spec`` with the pooled center/scale where the config gave none (datasheet wins).
 
     Returns the spec and the warnings worth a log line: constant features (scale 1)
-    and classes no device holds.
+    and classes no device holds. Raises StatisticsRangeError when a value the spec
+    needs from the fleet was clipped: a mean and std of clipped data are wrong, and
+    training on them would fail quietly.
     """
+    _check_range(spec, stats, params)
     warnings: list[str] = []
     scale = []
     for name, s in zip(spec.features, stats.std, strict=True):
@@ -241,8 +282,21 @@ def scaled_spec(spec: ModelSpec, stats: FleetStatistics,
                         f"{spec.n_classes} appear{'' if len(absent) > 1 else 's'} in no "
                         "contributing device's data: the model cannot learn "
                         f"{'them' if len(absent) > 1 else 'it'}")
-    if stats.clipped:
-        warnings.append(f"{stats.clipped} data values lay beyond +-{params.max_abs:g} and were "
-                        "clipped for the statistics; raise [statistics] max_abs")
     data = {**spec.to_dict(), **fields}
     return ModelSpec.from_dict(data), warnings
+
+
+def _check_range(spec: ModelSpec, stats: FleetStatistics, params: StatsParams) -> None:
+    derived = spec.center is None or spec.scale is None
+    beyond = [f"{name!r} ({count} values)" for name, count
+              in zip(spec.features, stats.clipped, strict=True) if count and derived]
+    if stats.clipped_label and (spec.target_center is None or spec.target_scale is None):
+        beyond.append(f"the label ({stats.clipped_label} values)")
+    if not beyond:
+        return
+    raise StatisticsRangeError(
+        f"values beyond +-{params.max_abs:g} in {', '.join(beyond)}: their mean and standard "
+        "deviation cannot be derived. Raise [statistics] max_abs above the largest "
+        f"magnitude in the data (up to {params.max_abs_limit:.3g} with fraction_bits "
+        f"{params.fraction_bits}; lower fraction_bits to go higher), or give [model] "
+        "center/scale")

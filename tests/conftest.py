@@ -47,8 +47,9 @@ def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
             topics=Topics("test"), spec=spec, mqtt=MqttSettings(port=port),
             policy=RoundPolicy(**{"rounds": 2, "round_timeout": 10.0, "quorum": 1,
                                   "min_agents": 1, "start_timeout": 20.0, **policy}),
-            training=TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
-            state_dir=str(tmp_path / "aggregator"), **(config or {}),
+            state_dir=str(tmp_path / "aggregator"), **{
+                "training": TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
+                **(config or {})},
         )
         return Aggregator(settings, keypair=keypair, signer=AGGREGATOR_SIGNER,
                           allow_list=EnrolledFleet(), on_round=on_round)

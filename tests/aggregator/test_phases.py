@@ -11,16 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import FEATURES, SPEC, agent_config, local_data
+from support import FEATURES, SPEC, agent_config, local_data, signer_for
 
 from aggregator.config import HealthPolicy
 from aggregator.runspec import FILE as STATISTICS_FILE
 from aggregator.runspec import load_run_spec
+from aggregator.service import RoundFailed
 from edge_agent.agent import EdgeAgent
 from edge_agent.data import LocalData
 from models import ModelSpec, load_model, make_model
 from models.evaluation import evaluate
 from protocol.codec import CodecParams
+from protocol.messages import TrainingSettings
 from protocol.statistics import StatsParams
 
 pytestmark = pytest.mark.slow
@@ -113,13 +115,14 @@ def test_a_device_that_skips_is_counted_and_the_round_does_not_wait_for_it(
                EdgeAgent(agent_config(broker_port, "agent-1"), data=local_data(1, 50)),
                EdgeAgent(agent_config(broker_port, "agent-bad"),
                          data=replace(good, y=good.y + 2)))  # classes 2, 3 of a 2-class model
-    aggregator = make_aggregator(broker_port, min_agents=3, rounds=2, round_timeout=60.0)
+    aggregator = make_aggregator(broker_port, min_agents=3, rounds=3, round_timeout=60.0)
     aggregator.run()
     assert all(r.skipped == {"class-outside-model": 1} for r in aggregator.results)
     assert all(r.closed_by == "all" and r.seconds < 30 for r in aggregator.results)
-    assert "agent-bad skips it (class-outside-model)" in caplog.text
-    assert [r["skipped"] for r in _rounds_csv(aggregator)][:2] == [
-        "class-outside-model:1", "class-outside-model:1"]
+    # Said in full once (with the fix), then counted: not a line per round.
+    assert caplog.text.count("agent-bad skips it (class-outside-model)") == 1
+    assert "fix: map its labels to 0..n_classes-1, or raise [model] n_classes" in caplog.text
+    assert [r["skipped"] for r in _rounds_csv(aggregator)][:3] == ["class-outside-model:1"] * 3
 
 
 def test_a_class_no_contributing_device_holds_is_flagged(
@@ -174,3 +177,59 @@ def test_a_resumed_run_keeps_the_statistics_it_trained_with(
     assert [r.round_id for r in second.results] == [2, 3]
     assert second.statistics is None and second.final_evaluation is not None
     assert "statistics round" not in caplog.text
+
+
+def test_a_class_held_only_by_offline_devices_names_them(
+        broker_port, make_aggregator, run_agents, caplog):
+    """Review of issue 10: with the holders of class 1 enrolled but never started, the
+    gateway said 'no device in the fleet holds it'; it names them now."""
+    caplog.set_level(logging.INFO)
+    spec = replace(SPEC, n_classes=3)
+    run_agents(*(EdgeAgent(agent_config(broker_port, f"agent-{i}"), data=local_data(i, 40))
+                 for i in range(2)))  # classes 0 and 1 only
+    enrolled = {a: signer_for(a).public_key for a in ("agent-0", "agent-1", "agent-7")}
+    aggregator = _with_allow_list(make_aggregator, broker_port, spec, enrolled)
+    aggregator.run()
+    assert ("class 2 has had no rows in the fleet's totals for 3 rounds (rounds 1-3): the "
+            "model is not learning it; no device that reported holds it; enrolled devices "
+            "not online: agent-7") in caplog.text
+    assert "1 enrolled device(s) were never online during this run: agent-7" in caplog.text
+
+
+def _with_allow_list(make_aggregator: Any, port: int, spec: ModelSpec,
+                     enrolled: dict[str, Any]) -> Any:
+    from support import AGGREGATOR_SIGNER
+
+    from aggregator.service import Aggregator
+
+    made = make_aggregator(port, spec=spec, min_agents=2, rounds=3, final_evaluation=False)
+    return Aggregator(made.config, keypair=(made.public_key, made._private_key),
+                      signer=AGGREGATOR_SIGNER, allow_list=enrolled)
+
+
+def test_a_loss_still_falling_at_the_end_is_pointed_out(
+        broker_port, make_aggregator, start_agents, caplog):
+    caplog.set_level(logging.INFO)
+    start_agents(broker_port, 2)
+    aggregator = make_aggregator(broker_port, min_agents=2, rounds=4, config={
+        "training": TrainingSettings(epochs=1, batch_size=8, learning_rate=0.02)})
+    aggregator.run()
+    assert "the fleet loss was still falling at the end" in caplog.text
+    assert "more [rounds] rounds" in caplog.text
+
+
+def test_a_column_beyond_the_statistics_range_stops_the_run_naming_it(
+        broker_port, make_aggregator, run_agents):
+    """Review of issue 10: a column around 5e8 was clipped to 1e6, called 'constant' and the
+    run trained on it; now the statistics round refuses, naming the column and the fix."""
+    def huge(seed: int) -> LocalData:
+        data = local_data(seed, 40)
+        return replace(data, X=data.X * (1.0, 1.0, 1e8))
+
+    run_agents(*(EdgeAgent(agent_config(broker_port, f"agent-{i}"), data=huge(i))
+                 for i in range(2)))
+    aggregator = make_aggregator(broker_port, spec=UNSCALED, min_agents=2, rounds=2)
+    with pytest.raises(RoundFailed, match=r"statistics round: values beyond \+-1e\+06 in "
+                       r"'x3' \(\d+ values\).*Raise \[statistics\] max_abs"):
+        aggregator.run()
+    assert aggregator.results == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from protocol.layout import layout_for
 from protocol.paillier import add_ciphertexts, decrypt_ints, encrypt_ints
 from protocol.statistics import (
     FleetStatistics,
+    StatisticsRangeError,
     StatsParams,
     exact_sums,
     local_statistics,
@@ -112,26 +114,42 @@ def test_datasheet_values_win_and_classes_are_counted() -> None:
     assert any("class 2 of 3" in w for w in warnings)
 
 
-def test_values_beyond_the_range_are_clipped_and_counted() -> None:
+def test_values_beyond_the_range_are_counted_per_feature_and_stop_the_derivation() -> None:
+    """A column in the millions, beyond max_abs, came out 'constant' and the run trained on
+    garbage (review of issue 10): now the column is named and nothing is derived from it."""
     params = StatsParams(max_abs=100.0)
     q, clipped = quantize(np.array([1.0, -250.0, 99.0, 1e9]), params)
     assert clipped == 2 and q[1] == -100 * 2**params.fraction_bits
-    spec = ModelSpec(kind="linear", features=("a",))
+    spec = ModelSpec(kind="linear", features=("a", "pressure"))
+    X = np.array([[1.0, 500.0], [2.0, 700.0], [3.0, 50.0]])
     stats = FleetStatistics.from_sums(
-        local_statistics(np.array([[1.0], [500.0]]), np.array([1.0, 2.0]), spec,
-                         params).values, spec, params)
-    assert stats.clipped == 1
-    assert any("max_abs" in w for w in scaled_spec(spec, stats, params)[1])
+        local_statistics(X, np.array([1.0, 2.0, 3.0]), spec, params).values, spec, params)
+    assert stats.clipped == (0, 2) and stats.clipped_label == 0
+    with pytest.raises(StatisticsRangeError, match=r"values beyond \+-100 in 'pressure' "
+                       r"\(2 values\).*Raise \[statistics\] max_abs"):
+        scaled_spec(spec, stats, params)
+    # Datasheet values for the features: the clipped column's statistics are not needed.
+    given = replace(spec, center=(0.0, 0.0), scale=(1.0, 100.0))
+    assert scaled_spec(given, stats, params)[0].scale == (1.0, 100.0)
+
+
+def test_the_range_goes_as_far_as_float_rounding_stays_exact() -> None:
+    assert StatsParams().max_abs_limit == 2.0**28
+    StatsParams(max_abs=2.0**28)
+    with pytest.raises(CodecError, match="lower fraction_bits to raise max_abs"):
+        StatsParams(max_abs=1e9)
+    assert StatsParams(fraction_bits=12, max_abs=1e11).max_abs == 1e11
 
 
 def test_exact_sums_beyond_int64() -> None:
     rng = np.random.default_rng(1)
-    q = rng.integers(-(2**45), 2**45, size=(70_000, 3), dtype=np.int64)
+    q = rng.integers(-(2**53), 2**53, size=(70_000, 3), dtype=np.int64)
+    q[:, 0] = np.abs(q[:, 0])  # a column whose sum needs more than 63 bits
     sums, squares = exact_sums(q)
     cols = q.T.tolist()
     assert sums == [sum(c) for c in cols]
     assert squares == [sum(v * v for v in c) for c in cols]
-    assert max(squares).bit_length() > 63
+    assert max(squares).bit_length() > 100 and max(map(abs, sums)).bit_length() > 63
 
 
 def test_forged_statistics_are_rejected(keypair: Any) -> None:
@@ -151,6 +169,6 @@ def test_forged_statistics_are_rejected(keypair: Any) -> None:
 
 def test_contract_bounds() -> None:
     with pytest.raises(CodecError):
-        StatsParams(max_abs=2.0**30, fraction_bits=24)
+        StatsParams(max_abs=2.0**30, fraction_bits=24)  # beyond 2^53 quantization steps
     assert StatsParams().resolution == 2.0**-25
     assert math.log2(StatsParams().bound_int) < 110
