@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output directory (default: data)")
     p.set_defaults(func=cmd_sample_data)
-    from benchmarks import flower, realdata, scale
+    from benchmarks import flower, inbound, realdata, scale
     from fedmq import model_cli, provision, relay_cli
 
     model_cli.register(sub)  # export, evaluate
@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay_cli.register(sub)  # relay, enroll-relay
     scale.register(sub)  # bench-scale
     flower.register(sub)  # bench-flower
+    inbound.register(sub)  # bench-inbound
     for command in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help="more log output")

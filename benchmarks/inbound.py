@@ -1,0 +1,235 @@
+"""``fedmq bench-inbound``: where the aggregator's time goes for one round of N updates.
+
+No broker: the payloads an MQTT client would hand over (benchmarks.inbound_fleet,
+real Paillier and Ed25519, distinct keys per agent) go through the aggregator's own
+code, stage by stage, on a fresh round each repeat:
+
+- admission: the size check on paho's thread (aggregator.admission);
+- decode: header parse, payload hash, every ciphertext validated (range and
+  gcd with n, i.e. in Z*_{n^2}) (protocol.wire.decode_update); the line below it
+  times the ciphertext validation alone and is part of decode, not added again;
+- checks: signature and round rules (RoundState's checks, as offer runs them);
+- running product: the homomorphic sum offer keeps (RoundState's add);
+- persist: the accepted payload written atomically (fsync) before it counts;
+- close: decrypt the sum, decode each section, check its bounds (outcome.close_round).
+
+Then the whole path once more, as the service runs it: Admission.admit then
+Inbound.handle for each payload, and close_round. Wall times, median of the
+repeats; the decrypted sum is checked against the plaintext sum every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aggregator.admission import Admission
+from aggregator.checkpoint import Checkpoints
+from aggregator.config import Limits
+from aggregator.culprits import Suspects
+from aggregator.inbound import Inbound
+from aggregator.outcome import Closing, close_round
+from aggregator.rounds import RoundState
+from benchmarks.inbound_fleet import RUN_ID, BenchFleet, build_fleet
+from protocol.codec import mean_from_sums
+from protocol.evaluation import FleetEvaluation
+from protocol.paillier import ciphertext_size, ciphertexts_from_bytes
+from protocol.wire import decode_update
+
+STAGES = ("admission", "decode", "checks (signature, round rules)", "running product",
+          "persist (fsync)", "close (decrypt, decode)")
+PART_OF_DECODE = "  of which ciphertext validation"
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    bits: int
+    d: int
+    updates: int
+    ciphertexts: int  # per update
+    payload_bytes: int  # per update
+    stages: dict[str, float]  # stage -> median seconds for all updates
+    validation: float  # seconds of ciphertext validation inside decode
+    end_to_end: float  # Admission.admit + Inbound.handle for all, then close_round
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages.values())
+
+    def table(self) -> str:
+        n = self.updates
+        lines = [f"\n{self.bits}-bit key, d = {self.d}: {n} updates of {self.ciphertexts} "
+                 f"ciphertexts ({self.payload_bytes} bytes each)",
+                 f"| {'stage':34s} | {'total s':>8s} | {'per update ms':>13s} | {'share':>6s} |",
+                 f"|{'-' * 36}|{'-' * 10}|{'-' * 15}|{'-' * 8}|"]
+
+        def row(name: str, seconds: float) -> str:
+            share = seconds / self.total if self.total else 0.0
+            return (f"| {name:34s} | {seconds:8.3f} | {seconds / n * 1000:13.3f} | "
+                    f"{share:6.1%} |")
+        for name, seconds in self.stages.items():
+            lines.append(row(name, seconds))
+            if name == "decode":
+                lines.append(row(PART_OF_DECODE, self.validation))
+        lines.append(row("sum of the stages", self.total))
+        lines.append(row("end to end (admit, handle, close)", self.end_to_end))
+        return "\n".join(lines)
+
+
+def open_round(fleet: BenchFleet) -> RoundState:
+    return RoundState(
+        fleet=fleet.topics.fleet, run_id=RUN_ID, round_id=1,
+        expected=frozenset(a for a, _ in fleet.payloads), deadline=float("inf"),
+        quorum=len(fleet.payloads), layout=fleet.layout, key_fingerprint=fleet.key_fingerprint,
+        codec_digest=fleet.codec_digest, max_agents=fleet.codec.max_agents,
+        public_key=fleet.public_key, allow_list=fleet.allow_list, opened_at=0.0)
+
+
+def _admission(fleet: BenchFleet) -> Admission:
+    body = fleet.layout.plaintext_count() * ciphertext_size(fleet.public_key)
+    admission = Admission(fleet.topics, update_body=body, limits=Limits())
+    admission.open_round(1, body)
+    return admission
+
+
+def _close(fleet: BenchFleet, state: RoundState) -> Closing:
+    return close_round(state, fleet.private_key, Suspects(), spec=fleet.spec, codec=fleet.codec,
+                       statistics=fleet.statistics)
+
+
+def check_sum(fleet: BenchFleet, closing: Closing) -> None:
+    """The decrypted round must equal the plaintext sum of every update, exactly."""
+    training, evaluation = fleet.plain_sums
+    mean, weight = mean_from_sums(training, fleet.codec)
+    want = FleetEvaluation.from_sums(evaluation, fleet.spec, fleet.statistics)
+    if (len(closing.kept) != len(fleet.payloads) or closing.avg_delta is None
+            or closing.total_weight != weight or (closing.avg_delta != mean).any()
+            or closing.evaluation != want):
+        raise AssertionError("the decrypted sum differs from the sum of the plaintexts")
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def stage_times(fleet: BenchFleet, state_dir: Path) -> tuple[dict[str, float], float]:
+    """One pass, stage by stage: seconds per stage, and of ciphertext validation."""
+    admission, state = _admission(fleet), open_round(fleet)
+    checkpoints = Checkpoints(state_dir)
+    t = dict.fromkeys(STAGES, 0.0)
+    pub, size = fleet.public_key, ciphertext_size(fleet.public_key)
+    count = fleet.layout.plaintext_count()
+    validation = 0.0
+    clock = time.perf_counter
+    for agent, payload in fleet.payloads:
+        topic = fleet.topic(agent)
+        t0 = clock()
+        if not admission.admit(topic, payload):
+            raise AssertionError(f"admission dropped {agent}'s genuine update")
+        t1 = clock()
+        update = decode_update(payload, pub)
+        t2 = clock()
+        # What offer does, one part at a time (RoundState.offer: checks, commit, add).
+        state._check(update, agent)
+        t3 = clock()
+        state._add(update.agent_id, (update.agent_id,), update.ciphertexts, update.signed_hash)
+        t4 = clock()
+        checkpoints.save_update(agent, payload)
+        t5 = clock()
+        body = payload[-64 - count * size:-64]
+        t6 = clock()
+        ciphertexts_from_bytes(pub, body, count)
+        validation += clock() - t6
+        for name, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+                                 strict=False):
+            t[name] += seconds
+    closing: list[Closing] = []
+    t[STAGES[-1]] = _timed(lambda: closing.append(_close(fleet, state)))
+    check_sum(fleet, closing[0])
+    return t, validation
+
+
+def end_to_end(fleet: BenchFleet, state_dir: Path) -> float:
+    """The service's path: admit (paho's thread), Inbound.handle (round loop), close."""
+    admission, state = _admission(fleet), open_round(fleet)
+    inbound = Inbound(fleet.topics, fleet.public_key, Checkpoints(state_dir))
+    closing: list[Closing] = []
+
+    def run() -> None:
+        for agent, payload in fleet.payloads:
+            topic = fleet.topic(agent)
+            if admission.admit(topic, payload):
+                inbound.handle(state, topic, payload)
+        closing.append(_close(fleet, state))
+    seconds = _timed(run)
+    if len(state.accepted) != len(fleet.payloads):
+        raise AssertionError(f"only {len(state.accepted)} of {len(fleet.payloads)} accepted")
+    check_sum(fleet, closing[0])
+    return seconds
+
+
+def measure(fleet: BenchFleet, *, repeats: int = 3, state_dir: Path | None = None
+            ) -> InboundResult:
+    runs, validations, whole = [], [], []
+    with tempfile.TemporaryDirectory(prefix="fedmq-inbound-", dir=state_dir) as tmp:
+        for i in range(repeats):
+            stages, validation = stage_times(fleet, Path(tmp) / f"stages-{i}")
+            runs.append(stages)
+            validations.append(validation)
+            whole.append(end_to_end(fleet, Path(tmp) / f"path-{i}"))
+    _, first = fleet.payloads[0]
+    return InboundResult(
+        bits=fleet.public_key.n.bit_length(), d=len(fleet.spec.features),
+        updates=len(fleet.payloads), ciphertexts=fleet.layout.plaintext_count(),
+        payload_bytes=len(first),
+        stages={s: statistics.median(r[s] for r in runs) for s in STAGES},
+        validation=statistics.median(validations), end_to_end=statistics.median(whole))
+
+
+def run(*, bits: int, dims: Sequence[int], updates: int, repeats: int, seed: int = 0,
+        state_dir: Path | None = None, progress: Callable[[str], None] = print
+        ) -> list[InboundResult]:
+    results = []
+    for d in dims:
+        start = time.perf_counter()
+        fleet = build_fleet(bits=bits, d=d, updates=updates, seed=seed)
+        progress(f"built {updates} signed updates (d = {d}) in "
+                 f"{time.perf_counter() - start:.1f} s")
+        result = measure(fleet, repeats=repeats, state_dir=state_dir)
+        progress(result.table())
+        results.append(result)
+    return results
+
+
+def cmd_bench_inbound(args: argparse.Namespace) -> int:
+    results = run(bits=args.bits, dims=args.dims, updates=args.updates, repeats=args.repeats,
+                  seed=args.seed, state_dir=args.state_dir)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            [{**asdict(r), "total": r.total} for r in results], indent=1) + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench-inbound", help="aggregator inbound path: seconds per stage for "
+                       "one round of N updates", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bits", type=int, default=2048, help="Paillier key size")
+    p.add_argument("--dims", type=int, nargs="+", default=[100, 10], help="features d")
+    p.add_argument("--updates", type=int, default=1000, help="updates (agents) per round")
+    p.add_argument("--repeats", type=int, default=3, help="medians over this many passes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="where the accepted payloads are persisted (default: a temp dir); "
+                        "put it on the gateway's state disk to include its fsync cost")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_inbound)
