@@ -33,6 +33,11 @@ class Rejected(Exception):
         self.code, self.update_key = code, update_key
 
 
+def _own_key(u: UpdateMessage) -> str:
+    """The key a validly self-signed update was signed with, or ""."""
+    return u.signer_key if u.signed_by_named_key() else ""
+
+
 class Redelivered(Rejected):
     """The very same signed payload again (QoS 1 redelivery): already counted, not an attack."""
 
@@ -183,14 +188,15 @@ class RoundState:
         if u.agent_id != topic_agent:
             raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic")
         key = self.allow_list.get(u.agent_id)
-        own_key = u.signer_key if u.signed_by_named_key() else ""
         if key is None:
             raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
-                           code=NOT_ENROLLED, update_key=own_key)
+                           code=NOT_ENROLLED, update_key=_own_key(u))
         try:
             u.verify(key)
         except ProtocolError as exc:
-            if own_key:
+            # Only a rejection asks whether the header's key signed it: an accepted
+            # update pays one Ed25519 verification, not two (the costliest check).
+            if own_key := _own_key(u):
                 # Validly signed, by a key the allow-list does not hold for this agent:
                 # a device whose key changed (new SD card, state_dir wiped), not a forgery
                 # of its enrolled key.

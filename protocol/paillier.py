@@ -11,6 +11,7 @@ which is the whole trick behind aggregating without seeing one update.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from math import gcd
@@ -37,6 +38,7 @@ __all__ = [
     "private_key_to_dict",
     "public_key_from_hex",
     "validate_ciphertext",
+    "validate_ciphertexts",
 ]
 
 MIN_KEY_BITS = 512
@@ -128,7 +130,7 @@ def add_ciphertexts(public_key: PaillierPublicKey, a: Sequence[int], b: Sequence
     """
     if len(a) != len(b):
         raise ValueError(f"cannot add {len(a)} ciphertexts to {len(b)}")
-    nsq = gmpy2.mpz(public_key.nsquare)
+    _, nsq = _moduli(public_key.n)
     return [gmpy2.f_mod(gmpy2.mpz(x) * y, nsq) for x, y in zip(a, b, strict=True)]
 
 
@@ -145,6 +147,35 @@ def validate_ciphertext(public_key: PaillierPublicKey, c: int) -> None:
         raise ProtocolError("ciphertext shares a factor with n")
 
 
+@functools.lru_cache(maxsize=16)
+def _moduli(n: int) -> tuple[Any, Any]:
+    """n and n^2 as gmpy2 integers, converted once per key rather than per ciphertext."""
+    return gmpy2.mpz(n), gmpy2.mpz(n) * n
+
+
+def validate_ciphertexts(public_key: PaillierPublicKey, ciphertexts: Sequence[int]) -> None:
+    """``validate_ciphertext`` for each, with one gcd instead of one per ciphertext.
+
+    A prime dividing n divides the product of the c_i (mod n) exactly when it
+    divides one of them, so gcd(prod c_i mod n, n) == 1 iff every gcd(c_i, n) == 1:
+    the same verdict for a quarter of the cost at four ciphertexts an update, and
+    less the more there are. When anything fails, the ciphertexts are checked one
+    by one, so the error names the first bad one exactly as before.
+    """
+    n, nsq = _moduli(public_key.n)
+    product = gmpy2.mpz(1)
+    for c in ciphertexts:
+        if not 0 < c < nsq:
+            break
+        product = gmpy2.f_mod(product * c, n)
+    else:
+        if gmpy2.gcd(product, n) == 1:
+            return
+    for c in ciphertexts:
+        validate_ciphertext(public_key, c)
+    raise ProtocolError("ciphertext shares a factor with n")  # not reached: see above
+
+
 def ciphertexts_to_bytes(public_key: PaillierPublicKey, ciphertexts: Sequence[int]) -> bytes:
     size = ciphertext_size(public_key)
     return b"".join(int(c).to_bytes(size, "big") for c in ciphertexts)
@@ -157,9 +188,6 @@ def ciphertexts_from_bytes(public_key: PaillierPublicKey, body: bytes, count: in
         raise KeyMismatchError(
             f"expected {count} ciphertexts of {size} bytes ({size * count}), got {len(body)} bytes"
         )
-    out = []
-    for i in range(count):
-        c = int.from_bytes(body[i * size:(i + 1) * size], "big")
-        validate_ciphertext(public_key, c)
-        out.append(c)
+    out = [int.from_bytes(body[i * size:(i + 1) * size], "big") for i in range(count)]
+    validate_ciphertexts(public_key, out)
     return out

@@ -93,6 +93,23 @@ def test_update_signed_with_another_key_is_not_enrolled_with_this_key(state):
     assert state.accepted == []
 
 
+def test_an_accepted_update_costs_one_signature_verification(state, monkeypatch):
+    """The header's own key is only asked about for a rejection (it names the key in
+    the notice): an honest update is verified once, with its enrolled key."""
+    calls = []
+    original = UpdateMessage.signed_by_named_key
+
+    def counted(self):
+        calls.append(self.agent_id)
+        return original(self)
+    monkeypatch.setattr(UpdateMessage, "signed_by_named_key", counted)
+    state.offer(update(state, "a"), "a")
+    assert calls == [] and state.accepted == ["a"]
+    with pytest.raises(Rejected) as caught:
+        state.offer(update(state, "b", signer=Signer.generate()), "b")
+    assert calls == ["b"] and caught.value.code == OTHER_KEY
+
+
 def test_tampered_update_is_forged_and_gets_no_notice(state):
     good = update(state, "a")
     tampered = replace(good, signed_hash=bytes(32))  # the signature no longer matches

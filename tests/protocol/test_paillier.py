@@ -14,6 +14,7 @@ from protocol.paillier import (
     private_key_to_dict,
     public_key_from_hex,
     validate_ciphertext,
+    validate_ciphertexts,
 )
 
 
@@ -61,6 +62,43 @@ def test_ciphertexts_outside_zstar_are_rejected(keypair, bad):
     c = {"zero": 0, "nsquare": pub.nsquare, "multiple_of_p": priv.p * 12345}[bad]
     with pytest.raises(ProtocolError):
         validate_ciphertext(pub, c)
+
+
+def _verdict(check, *args):
+    try:
+        check(*args)
+    except ProtocolError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_batched_validation_gives_each_single_checks_verdict(keypair):
+    """One gcd for all ciphertexts of an update (validate_ciphertexts) must reject
+    exactly what checking each one rejects, with the first bad one's reason."""
+    pub, priv = keypair
+    good = encrypt_ints(pub, list(range(6)))
+    bad = {"zero": 0, "n^2": pub.nsquare, "above n^2": pub.nsquare + 5, "p": priv.p,
+           "q times k": priv.q * 987654321, "n": pub.n, "n times k": pub.n * 3,
+           "p times a ciphertext": priv.p * good[0] % pub.nsquare}
+    for length in (1, 2, 4, 6):
+        assert validate_ciphertexts(pub, good[:length]) is None
+        for where in range(length):
+            for c in bad.values():
+                vector = [*good[:length]]
+                vector[where] = c
+                want = next(v for v in (_verdict(validate_ciphertext, pub, x) for x in vector)
+                            if v != "ok")
+                assert _verdict(validate_ciphertexts, pub, vector) == want
+    # Two bad ones: the first decides the reason, as it did one ciphertext at a time.
+    assert _verdict(validate_ciphertexts, pub, [good[0], priv.p, 0]) == \
+        "ciphertext shares a factor with n"
+    assert _verdict(validate_ciphertexts, pub, [0, good[0], priv.q]) == \
+        "ciphertext outside (0, n^2)"
+    # p in one ciphertext and q in another: the product is 0 mod n, still rejected.
+    assert _verdict(validate_ciphertexts, pub, [priv.p * 3, priv.q * 5]) != "ok"
+    body = ciphertexts_to_bytes(pub, [good[1], priv.p * 7, good[2]])
+    with pytest.raises(ProtocolError, match="shares a factor"):
+        ciphertexts_from_bytes(pub, body, 3)
 
 
 def test_truncated_ciphertext_body_is_rejected(keypair):
