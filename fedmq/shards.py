@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.agent import EdgeAgent
@@ -64,7 +65,18 @@ def connect_delays(n: int, spread: float, rng: random.Random) -> list[float]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set (ru_maxrss is in KiB on Linux)."""
+    """This process's peak resident set.
+
+    VmHWM where Linux has it: ru_maxrss survives fork and exec, so a spawned worker
+    reported the main process's peak at spawn time as its own (all three equal to
+    the byte at 1,000 agents). ru_maxrss (KiB on Linux) elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -84,3 +84,17 @@ def test_agents_of_one_worker_cost_one_thread_each_not_three():
                 t.join(5)
             assert not any(t.is_alive() for t in threads)  # stop() wakes the idle agents
             shared.close()
+
+
+def test_a_spawned_process_reports_its_own_peak_memory_not_its_parents():
+    import multiprocessing
+
+    from fedmq.shards import peak_rss_bytes
+
+    ballast = bytearray(300 * 2**20)  # the parent's peak: 300 MB more than a fresh child's
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        child = pool.apply(peak_rss_bytes)
+    assert peak_rss_bytes() > 300 * 2**20 > child
+    del ballast
