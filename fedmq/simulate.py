@@ -324,7 +324,9 @@ class Simulation:
                                start_timeout=120 + 2 * opts.spread),
             training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
                                       learning_rate=opts.learning_rate, l2=opts.l2),
-            codec=CodecParams(), state_dir=str(self.out_dir / "aggregator"),
+            # a round of the whole fleet must fit (the codec's default is 1,000 devices)
+            codec=CodecParams(max_agents=max(CodecParams().max_agents, opts.agents)),
+            state_dir=str(self.out_dir / "aggregator"),
             signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
             resume=False,  # every simulation is a new run on new data
         )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)

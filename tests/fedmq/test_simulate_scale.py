@@ -139,3 +139,17 @@ def test_simulated_agents_wait_and_keep_alive_for_the_fleet_size():
     assert (small.connect_timeout, small.keepalive) == (10.0, 30)  # a device's defaults
     assert large.connect_timeout >= 40 and large.keepalive >= 120
     assert memory_limit(20) == 512 * 2**20 and memory_limit(1000) >= 1000 * 2**20
+
+
+def test_a_fleet_above_a_thousand_fits_in_one_round(tmp_path):
+    from fedmq.rundirs import start_run
+    from protocol.topics import Topics
+    from runtime.transport import MqttSettings
+
+    sim = Simulation(SimulationOptions(**{**SMALL, "agents": 1500}, workers=0,
+                                       out_dir=str(tmp_path)), progress=lambda _: None)
+    run, _ = start_run(tmp_path, reuse_key=False)
+    sim.out_dir = run.run_dir
+    aggregator = sim._aggregator(run, Topics("sim"), MqttSettings())
+    # the codec's default of 1,000 refused 4,000 of 5,000 agents' updates every round
+    assert aggregator.config.codec.max_agents >= 1500
