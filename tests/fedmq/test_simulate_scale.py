@@ -153,3 +153,5 @@ def test_a_fleet_above_a_thousand_fits_in_one_round(tmp_path):
     aggregator = sim._aggregator(run, Topics("sim"), MqttSettings())
     # the codec's default of 1,000 refused 4,000 of 5,000 agents' updates every round
     assert aggregator.config.codec.max_agents >= 1500
+    # and so must the statistics round's sums (5,000 agents: its sums were rejected)
+    assert aggregator.config.statistics.max_agents >= 1500
