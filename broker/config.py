@@ -50,6 +50,8 @@ class BrokerTable(Table, frozen=True):
     topic_prefix: NonEmpty = "fedmq"
     aggregator_users: tuple[NonEmpty, ...] = ("aggregator",)
     agents: tuple[NonEmpty, ...] | None = None
+    max_pending_per_source: Annotated[int, Meta(ge=1)] = MAX_PENDING_PER_SOURCE
+    max_pending: Annotated[int, Meta(ge=1)] = MAX_PENDING_CONNECTIONS
 
 
 class BrokerFile(Table, frozen=True):

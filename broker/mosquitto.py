@@ -124,6 +124,13 @@ class MosquittoSetup:
         return (self.max_packet_size - _MIN_OVERHEAD - len(topic.encode())
                 - (_PACKET_ID if qos else 0))
 
+    @property
+    def max_queued_messages(self) -> int:
+        """Per-client queue: the aggregator receives one update (and a status) from every
+        agent at once, so a fleet above 500 needs more than the 1000 (5,000 agents:
+        "Outgoing messages are being dropped for client aggregator", a round short)."""
+        return max(MAX_QUEUED_MESSAGES, 2 * len(self.acl.agents) + 100)
+
     def users(self) -> tuple[str, ...]:
         return (*self.acl.aggregator_users, *self.acl.agents)
 
@@ -186,8 +193,9 @@ def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -
         "# (one agent flooding the aggregator) are dropped beyond these, and the heap is",
         "# capped: a message that would exceed memory_limit is dropped and its publisher",
         "# disconnected. Without them a flood of 4 MiB QoS 0 payloads grew Mosquitto",
-        "# 2.0.11 to 8 GB (QoS 0 to an online client is bounded only by count).",
-        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "# 2.0.11 to 8 GB (QoS 0 to an online client is bounded only by count). The count",
+        "# holds a round of the whole fleet for the aggregator (2 per agent, at least 1000).",
+        f"max_queued_messages {setup.max_queued_messages}",
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"memory_limit {setup.memory_limit_bytes}",
         "# fedmq uses QoS 0 and 1; a client publishing QoS 2 is disconnected.",

@@ -19,7 +19,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.data import DataError, DataFile, LocalData, split_holdout
 from edge_agent.health import RoundSkipped, public_detail, skip_line
 from edge_agent.notices import explain
-from edge_agent.obfuscator_pool import ObfuscatorPool
+from edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from edge_agent.phases import phase_line, phase_values
 from edge_agent.trainer import LocalUpdate, clip_note
 from edge_agent.trust import TrustedKeys, UntrustedKey
@@ -37,7 +37,7 @@ from protocol.signing import public_key_from_hex as signing_key_from_hex
 from protocol.wire import UpdateMessage, encode_update
 from runtime import __version__
 from runtime.files import load_or_create_signer, save_model
-from runtime.transport import Inbox, MqttLink
+from runtime.transport import Inbox, MqttLink, NetworkLoop
 
 log = logging.getLogger(__name__)
 clip_log = logging.getLogger(f"{__name__}.clipping")
@@ -46,9 +46,13 @@ clip_log = logging.getLogger(f"{__name__}.clipping")
 class EdgeAgent:
     def __init__(self, config: AgentConfig, *, data: LocalData | None = None,
                  signer: Signer | None = None,
-                 obfuscators: Callable[[PaillierPublicKey], ObfuscatorSource] | None = None
+                 obfuscators: Callable[[PaillierPublicKey], ObfuscatorSource] | None = None,
+                 network: NetworkLoop | None = None, filler: SharedFiller | None = None
                  ) -> None:
+        """``network``/``filler``: the threads a simulation shares among the agents of one
+        process (fedmq.shards); a device's agent has its own."""
         self.config = config
+        self._filler = filler
         # A simulation shares the public DJN table among its agents (fedmq.shards).
         self._obfuscators = obfuscators or (lambda key: make_obfuscators(config.obfuscators,
                                                                          key))
@@ -93,7 +97,7 @@ class EdgeAgent:
             config.mqtt, client_id=f"fedmq-agent-{config.agent_id}", on_message=self._inbox.put,
             subscriptions=[(topics.pubkey, 1), (topics.round, 1), (self._notice_topic, 1)],
             will=(self._status_topic, self._status("offline")),
-            on_connect=self._announce_online,
+            on_connect=self._announce_online, network=network,
         )
 
     def _status(self, state: str) -> bytes:
@@ -107,11 +111,13 @@ class EdgeAgent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._inbox.wake()
 
     def kill(self) -> None:
         """Vanish like a device losing power: no DISCONNECT, so the broker fires the Last Will."""
         self._killed = True
         self._stop.set()
+        self._inbox.wake()
         self._link.close(graceful=False)
         self._drop_pool()
 
@@ -132,8 +138,9 @@ class EdgeAgent:
             return
         try:
             while not self._stop.is_set():
-                item = self._inbox.get(timeout=0.2)
-                if item is None:
+                # stop() wakes it: a long wait, so idle agents do not keep waking up
+                item = self._inbox.get(timeout=2.0)
+                if item is None or not item[0]:
                     continue
                 if self._handle(*item) and self.config.exit_when_finished:
                     break
@@ -182,7 +189,7 @@ class EdgeAgent:
             # Obfuscators belong to one key: a new key starts a new pool.
             self._drop_pool()
             self._pool = ObfuscatorPool(self._obfuscators(key),
-                                        target=self.config.obfuscator_pool)
+                                        target=self.config.obfuscator_pool, filler=self._filler)
         self._key, self._announced = key, msg
         self._aggregator_key = signing_key_from_hex(msg.signing_key)
         self._codec = make_codec(msg.codec, key.n)

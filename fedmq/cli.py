@@ -184,8 +184,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedmq.simulate import Simulation, options_from
-    from fedmq.simulate_cli import scale_overrides
+    from fedmq.simulate_cli import interrupt_on_sigterm, scale_overrides
 
+    interrupt_on_sigterm()
     overrides = {
         "agents": args.agents, "rounds": args.rounds, "iid": args.iid or None,
         "task": args.task, "samples_per_device": args.samples, "key_bits": args.key_bits,

@@ -248,7 +248,9 @@ class Simulation:
     def _on_statistics(self, result: RoundResult) -> None:
         warnings: list[str] = []
         if result.statistics is not None:
-            _spec, warnings = scaled_spec(self.spec, result.statistics, StatsParams())
+            assert self.aggregator is not None
+            _spec, warnings = scaled_spec(self.spec, result.statistics,
+                                          self.aggregator.config.statistics)
         label = self.spec.kind == "linear" and self.spec.target_center is None
         derived = ("the label's center/scale" if self.spec.center is not None
                    else f"center/scale of {self.spec.n_features} features"
@@ -316,6 +318,7 @@ class Simulation:
 
     def _aggregator(self, run: Any, topics: Topics, mqtt: MqttSettings) -> Aggregator:
         opts = self.options
+        fleet = max(CodecParams().max_agents, opts.agents)
         config = AggregatorConfig(
             topics=topics, spec=self.spec, mqtt=mqtt,
             key_file=str(self.out_dir / "aggregator" / "paillier.key"), key_bits=opts.key_bits,
@@ -324,7 +327,9 @@ class Simulation:
                                start_timeout=120 + 2 * opts.spread),
             training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
                                       learning_rate=opts.learning_rate, l2=opts.l2),
-            codec=CodecParams(), state_dir=str(self.out_dir / "aggregator"),
+            # a round of the whole fleet must fit (the default is 1,000 devices)
+            codec=CodecParams(max_agents=fleet), statistics=StatsParams(max_agents=fleet),
+            state_dir=str(self.out_dir / "aggregator"),
             signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
             resume=False,  # every simulation is a new run on new data
         )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -27,7 +28,13 @@ from broker.acl import FleetAcl
 from broker.config import BrokerSettings
 from broker.embedded import EmbeddedBroker, free_port
 from broker.limits import MAX_PENDING_CONNECTIONS
-from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, MosquittoSetup, read_credentials
+from broker.mosquitto import (
+    CONF_FILE,
+    CREDENTIALS_FILE,
+    MEMORY_LIMIT,
+    MosquittoSetup,
+    read_credentials,
+)
 from broker.mosquitto import write_files as write_mosquitto_files
 from protocol.errors import ConfigError, FedmqError
 from protocol.topics import Topics
@@ -99,15 +106,48 @@ class RunEnd:
                 "warnings")
 
 
+def for_fleet(settings: MqttSettings, agents: int) -> MqttSettings:
+    """A simulated agent's [mqtt] for a fleet of ``agents`` on one machine.
+
+    Its CONNECT competes with the whole fleet's for the broker and for CPU: the
+    10 s a device waits for one CONNACK is too short when a thousand connect
+    within seconds (they gave up, backed off up to 60 s and missed the round).
+    A keepalive of 2 minutes: all agents are on loopback, and a dead one is
+    seen at once (its socket closes); 30 s PINGs of a thousand starved agents
+    are what the broker disconnected them for.
+    """
+    return replace(settings, connect_timeout=max(settings.connect_timeout, agents / 25),
+                   keepalive=max(settings.keepalive, 120 if agents > 100 else 0))
+
+
+def memory_limit(agents: int) -> int:
+    """Mosquitto's memory_limit for a simulated fleet: its 512 MB default ran out once
+    at 1,000 agents (a round announcement queued for each, updates in flight)."""
+    return max(MEMORY_LIMIT, agents * 1024 * 1024)
+
+
+def raise_open_files(needed: int) -> None:
+    """Lift this process's soft cap on open files (inherited by Mosquitto and the workers)
+    towards ``needed``: the usual 1024 is below a thousand agents' sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        log.warning("open files are capped at %d (ulimit -n) for a fleet needing %d; raise it "
+                    "if agents fail to connect", hard, needed)
+
+
 @dataclass
 class FleetBroker:
     aggregator: MqttSettings
     agent_settings: dict[str, MqttSettings]
     where: str
     end: BrokerEnd = field(default_factory=BrokerEnd)
+    fleet_size: int = 0
 
     def agent(self, agent_id: str) -> MqttSettings:
-        return self.agent_settings.get(agent_id, self.aggregator)
+        return for_fleet(self.agent_settings.get(agent_id, self.aggregator), self.fleet_size)
 
 
 class _Counter(logging.Handler):
@@ -192,7 +232,8 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
     port = free_port()
     setup = MosquittoSetup(acl=FleetAcl(topics, aggregator_users=(AGGREGATOR_USER,),
                                         agents=tuple(agent_ids)),
-                           host="127.0.0.1", port=port)
+                           host="127.0.0.1", port=port,
+                           memory_limit_bytes=memory_limit(len(agent_ids)))
     written = write_mosquitto_files(out_dir, setup)
     conf = written.conf
     if os.geteuid() == 0:  # as root it would switch to user mosquitto, which cannot read
@@ -217,7 +258,8 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
         yield FleetBroker(
             aggregator=replace(base, username=AGGREGATOR_USER, password=creds[AGGREGATOR_USER]),
             agent_settings={a: replace(base, username=a, password=creds[a]) for a in agent_ids},
-            where=f"Mosquitto on 127.0.0.1:{port} (config {conf})", end=end)
+            where=f"Mosquitto on 127.0.0.1:{port} (config {conf})", end=end,
+            fleet_size=len(agent_ids))
     finally:
         end.peak_rss = _vm_hwm(proc.pid)
         proc.terminate()
@@ -238,13 +280,15 @@ def fleet_broker(choice: BrokerChoice, *, topics: Topics, agent_ids: Sequence[st
                  out_dir: Path, own_process: bool) -> Iterator[FleetBroker]:
     """The broker for one simulated run, started (unless external) and stopped."""
     end = BrokerEnd()
+    raise_open_files(2 * len(agent_ids) + 256)  # the broker's sockets and the agents'
     if choice.kind == "mosquitto":
         with _mosquitto(out_dir / "mosquitto", topics, agent_ids, end) as fb:
             yield fb
         return
     if choice.kind == "external":
         settings = MqttSettings(host=choice.host, port=choice.port)
-        yield FleetBroker(settings, {}, f"broker {choice.host}:{choice.port}", end)
+        yield FleetBroker(settings, {}, f"broker {choice.host}:{choice.port}", end,
+                          fleet_size=len(agent_ids))
         return
     port = free_port()
     settings = MqttSettings(host="127.0.0.1", port=port)
@@ -256,13 +300,14 @@ def fleet_broker(choice: BrokerChoice, *, topics: Topics, agent_ids: Sequence[st
     where = f"embedded broker on 127.0.0.1:{port}"
     if own_process:
         with _embedded_process(broker, end):
-            yield FleetBroker(settings, {}, where + " (own process)", end)
+            yield FleetBroker(settings, {}, where + " (own process)", end,
+                              fleet_size=len(agent_ids))
     else:
         counter = _Counter()
         logging.getLogger("amqtt").addHandler(counter)
         try:
             with EmbeddedBroker(broker):
-                yield FleetBroker(settings, {}, where, end)
+                yield FleetBroker(settings, {}, where, end, fleet_size=len(agent_ids))
         finally:
             logging.getLogger("amqtt").removeHandler(counter)
             end.puback_timeouts, end.warnings = counter.puback, counter.other

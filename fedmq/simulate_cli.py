@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 
@@ -21,3 +22,14 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
 def scale_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in {"workers": args.workers, "broker": args.broker,
                               "connect_spread": args.connect_spread}.items() if v is not None}
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: the run's Mosquitto, broker and worker processes are
+    stopped by the ``with`` blocks that started them (killed, the run left Mosquitto
+    running on its port)."""
+    def handler(_sig: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -7,8 +7,10 @@ handler must not stall keepalives or kill the loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import random
 import ssl
 import threading
 import time
@@ -33,9 +35,10 @@ from runtime.connecting import (  # re-exported: the roles import them from here
 )
 from runtime.droplog import DropLog
 from runtime.mqtt_settings import MqttSettings  # re-exported: the roles import it from here
+from runtime.netloop import NetworkLoop, jittered
 
 __all__ = ["Backoff", "BrokerUnavailable", "BrokerUnreachable", "Inbox", "LoginRefused",
-           "MqttLink", "MqttSettings", "TlsMismatch"]
+           "MqttLink", "MqttSettings", "NetworkLoop", "TlsMismatch"]
 
 log = logging.getLogger(__name__)
 # CONNACK codes (as paho reports them, MQTT 5 numbering) that name a login problem.
@@ -84,6 +87,12 @@ class Inbox:
                     return
         self.drops.drop(topic, why)
 
+    def wake(self) -> None:
+        """Wake a waiting ``get`` with the empty topic ("", b""): the owner stops.
+        A full inbox needs no wake-up (its ``get`` returns at once)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(("", b""))
+
     def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
         """The next message, or None after ``timeout`` seconds (0: do not wait)."""
         try:
@@ -93,6 +102,63 @@ class Inbox:
         with self._lock:
             self._bytes -= len(item[1])
         return item
+
+
+class _Driven:
+    """A paho client whose socket a shared ``NetworkLoop`` drives (no thread of its own).
+
+    paho reconnects by itself only in its own loop thread; here a lost connection
+    is retried from the shared loop, with the same 1 to 30 s doubling backoff.
+    """
+
+    def __init__(self, client: mqtt.Client, network: NetworkLoop) -> None:
+        self.client, self.network = client, network
+        self.sock: Any = None
+        self._retry_at: float | None = None
+        self._delay = 1.0
+        self._rng = random.Random()
+        client.on_socket_open = lambda _c, _ud, sock: self._opened(sock)
+        client.on_socket_close = lambda _c, _ud, sock: self._closed(sock)
+        client.on_socket_register_write = lambda _c, _ud, _sock: network.want_write(self)
+
+    def _opened(self, sock: Any) -> None:
+        self.sock = sock
+        self.network.socket_open(self, sock)
+
+    def _closed(self, sock: Any) -> None:
+        if self.sock is sock:
+            self.sock = None
+        self.network.socket_close(self, sock)
+
+    def loop_read(self) -> int:
+        return int(self.client.loop_read())
+
+    def loop_write(self) -> int:
+        return int(self.client.loop_write())
+
+    def loop_misc(self) -> int:
+        return int(self.client.loop_misc())
+
+    def want_write(self) -> bool:
+        return self.client.want_write()
+
+    def connected(self) -> None:
+        self._retry_at, self._delay = None, 1.0
+
+    def lost(self) -> None:
+        self._retry_at = time.monotonic() + jittered(self._delay, self._rng)
+        self._delay = min(30.0, 2 * self._delay)
+
+    def reconnect_due(self, now: float) -> bool:
+        return self._retry_at is not None and now >= self._retry_at and self.sock is None
+
+    def reconnect(self) -> None:
+        self._retry_at = None
+        try:
+            self.client.reconnect()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("reconnect failed (%s); retrying in %.0f s", exc, self._delay)
+            self.lost()
 
 
 class MqttLink:
@@ -109,7 +175,10 @@ class MqttLink:
         on_connect: Callable[[], None] | None = None,
         clean_session: bool = True,
         backoff: Backoff = DEFAULT_BACKOFF,
+        network: NetworkLoop | None = None,
     ) -> None:
+        """``network``: drive the socket from that shared loop (a simulation's many agents
+        of one process) instead of a paho loop thread of its own (a device)."""
         self.settings = settings
         self._on_message = on_message
         self._subscriptions = list(subscriptions)
@@ -145,6 +214,7 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         self._client = client
+        self._driven = _Driven(client, network) if network is not None else None
 
     # paho callbacks: convert and hand off, nothing more
     def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
@@ -156,6 +226,8 @@ class MqttLink:
             return
         self._refused = None
         self._ever_connected = True
+        if self._driven is not None:
+            self._driven.connected()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
         self._connected.set()
@@ -170,6 +242,8 @@ class MqttLink:
             self._dropped = str(reason)
         elif reason.value != 0 and not self._closing:
             log.warning("lost connection to broker (%s); reconnecting with backoff", reason)
+            if self._driven is not None:
+                self._driven.lost()
 
     def _handle_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -195,12 +269,24 @@ class MqttLink:
             if s.tls and isinstance(exc, ConnectionResetError | ConnectionAbortedError):
                 raise tls_failed(where, exc) from exc
             raise unreachable(where, exc, s.connect_timeout) from exc
-        self._client.loop_start()
+        self._start_loop()
         deadline = time.monotonic() + s.connect_timeout
         while not self._connected.wait(0.05):
             if self._refused or self._dropped or time.monotonic() > deadline:
-                self._client.loop_stop()
+                self._stop_loop()
                 raise self._failure(where)
+
+    def _start_loop(self) -> None:
+        if self._driven is None:
+            self._client.loop_start()
+        else:
+            self._driven.network.add(self._driven)
+
+    def _stop_loop(self) -> None:
+        if self._driven is None:
+            self._client.loop_stop()
+        else:
+            self._driven.network.remove(self._driven)
 
     def _failure(self, where: str) -> BrokerUnavailable:
         s = self.settings
@@ -259,4 +345,4 @@ class MqttLink:
             sock = self._client.socket()
             if sock is not None:
                 sock.close()
-        self._client.loop_stop()
+        self._stop_loop()

@@ -25,6 +25,7 @@ from runtime.transport import MqttLink
      '[broker] aggregator_users: expected array, got str ("aggregator")'),
     ("max_payload_bytes = 1000", "[broker] max_payload_bytes: expected int >= 65536, got 1000"),
     ("tls_cert_file = 5", "[broker] tls_cert_file: expected str, got int (5)"),
+    ("max_pending_per_source = 0", "[broker] max_pending_per_source: expected int >= 1, got 0"),
     ("bogus = 1", "[broker]: unknown key 'bogus' (known: host, port,"),
 ])
 def test_each_mistyped_value_is_one_line(tmp_path, line, expected):
@@ -79,3 +80,10 @@ def test_tls_paths_on_both_sides_are_relative_to_their_configs(tmp_path, monkeyp
         link.connect()
         assert link.publish("t", b"over tls")
         link.close()
+
+
+def test_pending_connect_caps_come_from_broker_toml(tmp_path):
+    path = tmp_path / "broker.toml"
+    path.write_text("[broker]\nmax_pending_per_source = 2000\nmax_pending = 3000\n")
+    limits = load_settings(path).limits()
+    assert (limits.max_pending_per_source, limits.max_pending) == (2000, 3000)

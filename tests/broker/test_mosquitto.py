@@ -24,6 +24,7 @@ from broker.mosquitto import (
     PASSWORD_FILE,
     MosquittoSetup,
     acl_text,
+    config_text,
     hash_password,
     read_credentials,
     write_files,
@@ -271,3 +272,14 @@ def test_setup_checks():
     assert MosquittoSetup(acl=ACL).max_packet_size > MosquittoSetup(acl=ACL).max_payload_bytes
     with pytest.raises(ConfigError, match="memory limit"):
         MosquittoSetup(acl=ACL, memory_limit_bytes=MosquittoSetup(acl=ACL).max_payload_bytes)
+
+
+def test_the_per_client_queue_holds_a_round_of_the_whole_fleet(tmp_path):
+    # 5,000 agents: Mosquitto dropped updates for the aggregator at 1000 queued messages
+    agents = tuple(f"dev-{i}" for i in range(5000))
+    big = MosquittoSetup(acl=FleetAcl(T, ("aggregator",), agents))
+    text = config_text(big, password_file=tmp_path / "p", acl_file=tmp_path / "a")
+    assert "max_queued_messages 10100\n" in text
+    small = config_text(MosquittoSetup(acl=ACL), password_file=tmp_path / "p",
+                        acl_file=tmp_path / "a")
+    assert "max_queued_messages 1000\n" in small  # a small fleet keeps the flood bound

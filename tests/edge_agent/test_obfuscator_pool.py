@@ -68,3 +68,25 @@ def test_close_drops_every_precomputed_value(pool):
     pool.wait_full(timeout=5)
     pool.close()
     assert pool.ready == 0
+
+
+def test_one_shared_filler_thread_fills_many_pools_to_their_targets():
+    from edge_agent.obfuscator_pool import SharedFiller
+
+    before = threading.active_count()
+    filler = SharedFiller()
+    source = Counting()
+    pools = [ObfuscatorPool(source, target=5, filler=filler) for _ in range(40)]
+    try:
+        assert threading.active_count() - before == 1  # not one thread per pool
+        assert all(p.wait_full(timeout=5) for p in pools)
+        taken = pools[0].take(5)  # paused until refill: the filler leaves it alone
+        assert pools[0].ready == 0
+        pools[0].refill()
+        assert pools[0].wait_full(timeout=5)
+        values = taken + [v for p in pools for v in p.take(5)]
+        assert len(values) == len(set(values)) == 41 * 5  # each value handed out once
+    finally:
+        for p in pools:
+            p.close()
+        filler.close()

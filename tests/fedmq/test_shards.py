@@ -52,3 +52,49 @@ def test_a_table_of_another_key_is_refused():
     other, _ = paillier.generate_paillier_keypair(n_length=512)
     with pytest.raises(ValueError, match="another public key"):
         DjnObfuscators(public, table=DjnTable(other))
+
+
+def test_agents_of_one_worker_cost_one_thread_each_not_three():
+    import threading
+
+    from support import agent_config, local_data, wait_until
+
+    from broker.config import BrokerSettings
+    from broker.embedded import EmbeddedBroker, free_port
+    from edge_agent.agent import EdgeAgent
+    from fedmq.shards import SharedThreads, _start_staggered
+
+    port, n = free_port(), 20
+    with EmbeddedBroker(BrokerSettings(port=port)):
+        before = threading.active_count()
+        shared = SharedThreads()
+        agents = [EdgeAgent(agent_config(port, f"thr-{i}"), data=local_data(i, 20),
+                            network=shared.network, filler=shared.filler) for i in range(n)]
+        stop = threading.Event()
+        threads = _start_staggered(agents, 0.2, 0, stop)
+        try:
+            wait_until(lambda: all(a._link.connected for a in agents), "agents connected")
+            # its round loop; the network and the obfuscator threads are the worker's
+            assert threading.active_count() - before <= n + 2
+        finally:
+            stop.set()
+            for a in agents:
+                a.stop()
+            for t in threads:
+                t.join(5)
+            assert not any(t.is_alive() for t in threads)  # stop() wakes the idle agents
+            shared.close()
+
+
+def test_a_spawned_process_reports_its_own_peak_memory_not_its_parents():
+    import multiprocessing
+
+    from fedmq.shards import peak_rss_bytes
+
+    ballast = bytearray(300 * 2**20)  # the parent's peak: 300 MB more than a fresh child's
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        child = pool.apply(peak_rss_bytes)
+    assert peak_rss_bytes() > 300 * 2**20 > child
+    del ballast

@@ -92,3 +92,66 @@ def test_workers_default_to_the_cpus_on_the_command_line_and_are_checked():
         options_from(None, {"workers": -1})
     assert SimulationOptions(agents=400).spread == pytest.approx(2.0)
     assert SimulationOptions(agents=400, connect_spread=0).spread == 0
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_mosquitto_the_simulation_started(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support import wait_until
+
+    mosquitto_binary()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmq", "simulate", "--agents", "3", "--rounds", "200",
+         "--key-bits", "512", "--workers", "1", "--broker", "mosquitto", "--no-plot",
+         "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def mosquitto_pid() -> int | None:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return next((int(c) for c in children
+                     if "mosquitto" in Path(f"/proc/{c}/comm").read_text()), None)
+
+    try:
+        pid = wait_until(mosquitto_pid, "the simulation to start Mosquitto", timeout=60)
+        wait_until(lambda: (tmp_path / "latest" / "metrics.csv").exists()
+                   or list(tmp_path.glob("*/aggregator/*")), "the run to start", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 130, out
+        assert "interrupted" in out
+        wait_until(lambda: not Path(f"/proc/{pid}").exists()
+                   or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+                   "Mosquitto to be stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_simulated_agents_wait_and_keep_alive_for_the_fleet_size():
+    from fedmq.simulate_broker import for_fleet, memory_limit
+    from runtime.transport import MqttSettings
+
+    small, large = for_fleet(MqttSettings(), 20), for_fleet(MqttSettings(), 1000)
+    assert (small.connect_timeout, small.keepalive) == (10.0, 30)  # a device's defaults
+    assert large.connect_timeout >= 40 and large.keepalive >= 120
+    assert memory_limit(20) == 512 * 2**20 and memory_limit(1000) >= 1000 * 2**20
+
+
+def test_a_fleet_above_a_thousand_fits_in_one_round(tmp_path):
+    from fedmq.rundirs import start_run
+    from protocol.topics import Topics
+    from runtime.transport import MqttSettings
+
+    sim = Simulation(SimulationOptions(**{**SMALL, "agents": 1500}, workers=0,
+                                       out_dir=str(tmp_path)), progress=lambda _: None)
+    run, _ = start_run(tmp_path, reuse_key=False)
+    sim.out_dir = run.run_dir
+    aggregator = sim._aggregator(run, Topics("sim"), MqttSettings())
+    # the codec's default of 1,000 refused 4,000 of 5,000 agents' updates every round
+    assert aggregator.config.codec.max_agents >= 1500
+    # and so must the statistics round's sums (5,000 agents: its sums were rejected)
+    assert aggregator.config.statistics.max_agents >= 1500
