@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
+from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data, wait_until
 
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, start_point
 from aggregator.service import Aggregator, RoundFailed
@@ -144,6 +144,8 @@ def test_restarted_aggregator_resumes_the_open_round_with_its_accepted_updates(
 
         second = make(broker_port, tmp_path, keypair)
         final = second.run()
+        # "finished" is published as run() returns: let the agent take it before stopping.
+        wait_until(lambda: fast.final_params is not None, "agent-0 to take the final model")
     finally:
         for a in (fast, slow):
             a.stop()

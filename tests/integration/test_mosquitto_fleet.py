@@ -25,6 +25,7 @@ from support import (
     local_data,
     run_in_thread,
     signer_for,
+    wait_until,
 )
 
 from aggregator.fedavg import weighted_average
@@ -97,6 +98,10 @@ def run_fleet(broker: Mosquitto, make_aggregator: Callable[..., Aggregator],
         assert "error" not in out, out.get("error")
         rounds = {r: signed_round(watcher, TOPICS, r) for r in range(1, ROUNDS + 1)}
         rounds[ROUNDS + 1] = signed_round(watcher, TOPICS, ROUNDS + 1, state="finished")
+        # The watcher may see "finished" before the agents handled it: stopping them now
+        # would race their last message.
+        wait_until(lambda: all(a.final_params is not None for a in agents),
+                   "every agent to take the final model", timeout=15)
     finally:
         aggregator.stop()
         for a in agents:
