@@ -152,7 +152,8 @@ class Herald:
         self.retain(self._topics.pubkey, PubKeyMessage(
             fleet=self._topics.fleet, n_hex=self._n_hex, fingerprint=self._fingerprint,
             codec=codec, statistics=self._config.statistics,
-            signing_key=self._signer.public_hex).to_bytes(self._signer))
+            signing_key=self._signer.public_hex,
+            privacy=self._config.privacy).to_bytes(self._signer))
         log.info("public key %s published on %s", self._fingerprint[:16], self._topics.pubkey)
 
     def round(self, run_id: str, round_id: int, version: int, params: NDArray[np.float64], *,

@@ -24,6 +24,7 @@ from aggregator.culprits import Suspects
 from aggregator.health import FleetHealth, clipped_share
 from aggregator.inbound import Inbound
 from aggregator.outcome import Closing, RoundResult, close_round
+from aggregator.privacy import FleetBudget
 from aggregator.rounds import RoundState
 from aggregator.runspec import save_run_spec
 from aggregator.store import RunStore
@@ -71,6 +72,7 @@ class RoundClosing:
     _on_round: Callable[[RoundResult], None] | None
     _sent_at_open: int
     _model_digest: str
+    _budget: FleetBudget | None
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
         raise NotImplementedError  # aggregator.service.Aggregator.allow_list
@@ -93,14 +95,20 @@ class RoundClosing:
         state.rejected += self._admission.close_round()
         cfg = self.config
         closing = close_round(state, self._private_key, self._suspects, spec=self.spec,
-                              codec=cfg.codec, statistics=cfg.statistics, rng=self._rng)
+                              codec=cfg.codec, statistics=cfg.statistics, rng=self._rng,
+                              dp=cfg.privacy.device)
         for culprit in closing.named:
             self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
         if state.phase == "statistics":
             self._adopt_statistics(closing)
         new_params, new_version = params, version
+        epsilon = None if self._budget is None else self._budget.spent
         if closing.avg_delta is not None:
             new_params, new_version = params + closing.avg_delta, version + 1
+            if self._budget is not None:
+                # Charged (and persisted) before the model is saved or published: a crash
+                # in between re-runs the round and charges it again, never forgets it.
+                epsilon = self._budget.charge(state.round_id, len(closing.kept))
         elif state.phase == "training" or not closing.usable:
             reason = "rejected-sum"
         evaluation = closing.evaluation
@@ -122,7 +130,7 @@ class RoundClosing:
             excluded=closing.excluded, update_bytes=state.update_bytes,
             model_bytes=self._herald.sent_bytes - self._sent_at_open, phase=state.phase,
             evaluation=evaluation, statistics=closing.statistics, skipped=skipped,
-            clipped_share=share,
+            clipped_share=share, epsilon=epsilon,
         )
         if state.phase == "training":
             # Model first, then the checkpoint: a crash in between is recognised on
@@ -142,6 +150,9 @@ class RoundClosing:
         self._publish_metrics(result)
         fleet = "" if evaluation is None else f"; {evaluation.summary()} (model version " \
             f"{version})"
+        if epsilon is not None and self._budget is not None:
+            fleet += (f"; privacy: epsilon {epsilon:.3f} of {self._budget.params.epsilon:g} "
+                      f"spent (delta {self._budget.params.delta:g})")
         log.info("%s %d closed (%s): %d/%d agents, weight %.0f, %.2f s%s",
                  "round" if state.phase == "training" else f"{state.phase} round",
                  state.round_id, reason, len(state.accepted), len(state.expected),
@@ -178,5 +189,7 @@ class RoundClosing:
             update_norm=result.update_norm, closed_by=result.closed_by, phase=result.phase,
             evaluation=None if result.evaluation is None else result.evaluation.to_dict(),
             clipped_share=result.clipped_share, skipped=result.skipped,
+            epsilon=result.epsilon,
+            delta=None if self._budget is None else self._budget.params.delta,
         ).to_bytes(self.signer), qos=0, wait=False)
 

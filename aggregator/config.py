@@ -11,9 +11,11 @@ from typing import Any
 
 from msgspec.structs import asdict
 
+from aggregator.privacy import privacy_terms
 from aggregator.schema import AggregatorFile
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams
+from protocol.dpterms import PrivacyTerms
 from protocol.errors import ConfigError
 from protocol.messages import TrainingSettings
 from protocol.statistics import StatsParams
@@ -131,8 +133,16 @@ class AggregatorConfig:
     # False: never run a statistics round; [model] must then give center and scale.
     statistics_round: bool = True
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    privacy: PrivacyTerms = field(default_factory=PrivacyTerms)
 
     def __post_init__(self) -> None:
+        if self.needs_statistics and not self.privacy.evaluates:
+            raise ConfigError(
+                "[privacy] is on, but [model] gives no center and scale: the statistics "
+                "round would release the fleet's exact feature means and spreads, which the "
+                "privacy budget does not cover. Give [model] center and scale (datasheet "
+                "values; target_center/target_scale too for a linear model), or set "
+                "[privacy] exact_aggregates = true to release those totals anyway")
         if not self.statistics_round and (self.spec.center is None or self.spec.scale is None):
             raise ConfigError(
                 "[statistics] enabled = false, but [model] gives no center and scale: the "
@@ -177,11 +187,15 @@ class AggregatorConfig:
         with blame(source, "[statistics]"):
             statistics = StatsParams(fraction_bits=stats.fraction_bits, max_abs=stats.max_abs,
                                      max_samples=stats.max_samples, max_agents=codec.max_agents)
+        with blame(source, "[privacy]"):
+            privacy = privacy_terms(f.privacy, spec=spec, rounds=policy.rounds,
+                                    quorum=policy.quorum, codec=codec)
         rest = cls._rest(f, base, source, config_file)
         try:  # the checks across tables (AggregatorConfig.__post_init__)
             return cls(topics=topics, spec=spec, **rest,
                        policy=policy, training=training, codec=codec, limits=limits,
-                       statistics=statistics, statistics_round=stats.enabled, health=health)
+                       statistics=statistics, statistics_round=stats.enabled, health=health,
+                       privacy=privacy)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 

@@ -28,6 +28,7 @@ FIXES = {
     "feature-mismatch": "make its [data] features the [model] features, same names and order",
     "data-error": "fix its data file (the device's log names the line)",
     "diverged": "lower [training] learning_rate",
+    "privacy-budget": "its own privacy ledger is spent; it sits the rest out by design",
 }
 STILL_FALLING = 0.05  # relative drop of the fleet loss over the last rounds worth a word
 FALLING_OVER = 3  # rounds

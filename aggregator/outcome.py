@@ -21,6 +21,7 @@ from protocol.codec import CodecParams, mean_from_sums
 from protocol.errors import CodecError
 from protocol.evaluation import FleetEvaluation
 from protocol.paillier import PaillierPrivateKey
+from protocol.privacy import DpParams, mean_from_noisy_sums
 from protocol.statistics import FleetStatistics, StatsParams
 
 log = logging.getLogger("aggregator.service")
@@ -53,6 +54,7 @@ class RoundResult:
     statistics: FleetStatistics | None = None  # the statistics round's pooled statistics
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> expected agents
     clipped_share: float = 0.0  # of the kept updates' values, clipped by the training codec
+    epsilon: float | None = None  # device-level DP: the run's epsilon spent after this round
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Closing:
 
 def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Suspects, *,
                 spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
-                rng: random.Random | None = None) -> Closing:
+                rng: random.Random | None = None, dp: DpParams | None = None) -> Closing:
     """Decrypt the round's sum (or the sums the culprit search keeps) and decode each section."""
     # Members are devices and relays (whose partial sums the search cannot split);
     # everything reported and counted below is in devices.
@@ -96,10 +98,16 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Su
             return Closing(tuple(sorted(kept)), excluded, tuple(named),
                            statistics=FleetStatistics.from_sums(sections["statistics"], spec,
                                                                 statistics))
-        evaluation = _evaluation(state.round_id, sections["evaluation"], spec, statistics)
+        # Under DP without exact aggregates, training updates carry no evaluation section.
+        evaluation = (_evaluation(state.round_id, sections["evaluation"], spec, statistics)
+                      if "evaluation" in sections else None)
         if state.phase == "evaluation":
             return Closing(tuple(sorted(kept)), excluded, tuple(named), evaluation=evaluation)
-        avg_delta, total_weight = mean_from_sums(sections["training"], codec)
+        if dp is not None:  # device-level DP: a noised sum of unweighted, clipped deltas
+            avg_delta, devices = mean_from_noisy_sums(sections["training"], dp)
+            total_weight = float(devices)
+        else:
+            avg_delta, total_weight = mean_from_sums(sections["training"], codec)
     except CodecError as exc:
         # A forged or broken update in a fleet too small to split (or several
         # culprits): the round is dropped and the model kept.

@@ -89,6 +89,24 @@ class HealthTable(Table, frozen=True):
     missing_class_rounds: AtLeastOne = 3
 
 
+Probability = Annotated[float, Meta(gt=0, lt=1)]
+
+
+class PrivacyTable(Table, frozen=True):
+    # Device level: the run's budget; unset, no device-level DP.
+    epsilon: Positive | None = None
+    delta: Probability = 1e-5
+    # 0: the smallest multiplier whose [rounds] rounds at the quorum fit epsilon.
+    noise_multiplier: Annotated[float, Meta(ge=0)] = 0.0
+    clip: Positive = 1.0  # L2 norm bound of one device's model update
+    # Sample level (DP-SGD on each device); unset, off.
+    sample_epsilon: Positive | None = None
+    sample_delta: Probability = 1e-5
+    sample_clip: Positive = 1.0  # L2 norm bound of one example's gradient
+    # Release the statistics round's and the fleet evaluation's exact totals anyway.
+    exact_aggregates: bool = False
+
+
 class OutputTable(Table, frozen=True):
     state_dir: NonEmpty = "state/aggregator"
     resume: bool = True
@@ -107,5 +125,6 @@ class AggregatorFile(Table, frozen=True):
     codec: CodecTable = CodecTable()
     statistics: StatisticsTable = StatisticsTable()
     health: HealthTable = HealthTable()
+    privacy: PrivacyTable = PrivacyTable()
     output: OutputTable = OutputTable()
 

@@ -31,6 +31,7 @@ from aggregator.inbound import Inbound, offer_payload
 from aggregator.keys import load_aggregator_keys
 from aggregator.notices import Notifier
 from aggregator.outcome import RoundResult
+from aggregator.privacy import BudgetSpent, FleetBudget
 from aggregator.rounds import Rejected, RoundState
 from aggregator.runs import RunDirs, open_run, spec_digest
 from aggregator.store import RunStore
@@ -74,7 +75,7 @@ class Aggregator(RoundClosing):
         self.fingerprint = fingerprint(self.public_key)
         self.codec = make_codec(config.codec, self.public_key.n)
         self.codec_digest = contract_digest(config.codec, config.statistics,
-                                            self.fingerprint)
+                                            self.fingerprint, config.privacy)
         self._fixed_allow_list = allow_list
         self._last_allow_list: Mapping[str, Ed25519PublicKey] | None = None
         self._fixed_relays = relays  # enrolled relays (fedmq relay); default: the allow-list's
@@ -83,7 +84,11 @@ class Aggregator(RoundClosing):
         limits = config.limits
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
         self._layouts = {phase: layout_for(phase, config.spec, config.codec, config.statistics,
-                                           self.public_key.n) for phase in PHASES}
+                                           self.public_key.n, config.privacy)
+                         for phase in PHASES}
+        device_dp = config.privacy.device
+        self._budget = None if device_dp is None else FleetBudget(device_dp,
+                                                                  config.spec.n_params)
         self._admission = Admission(config.topics, limits=limits, update_body=max(
             self._body(layout) for layout in self._layouts.values()))
         # The spec this run trains: [model], completed by the statistics round.
@@ -179,13 +184,19 @@ class Aggregator(RoundClosing):
                 elif cfg.needs_statistics and round_id == 1 and resume is None:
                     self._run_round(run_id, 0, 0, params, phase="statistics")
                 while round_id <= cfg.policy.rounds and not self._stop.is_set():
+                    if self._budget is not None:
+                        try:
+                            self._budget.check_next(round_id)
+                        except BudgetSpent as exc:
+                            log.warning("%s", exc)
+                            break
                     # Only the first round of a restarted run can be a resumed one.
                     result = self._run_round(run_id, round_id, version, params, resume=resume)
                     params, version, round_id = result.params, result.model_version, round_id + 1
                     resume = None
                 if self._stop.is_set():  # between two rounds: the run is not finished
                     raise RoundFailed(f"stopped before round {round_id}")
-                if cfg.policy.final_evaluation:
+                if cfg.policy.final_evaluation and cfg.privacy.evaluates:
                     try:
                         self._run_round(run_id, round_id, version, params, phase="evaluation")
                     except NoEvaluation as exc:
@@ -216,6 +227,10 @@ class Aggregator(RoundClosing):
             for agent in saved.quarantined:
                 self._inbound.quarantine(agent, ())
                 log.warning("%s stays quarantined (named a culprit earlier in this run)", agent)
+        if self._budget is not None:
+            self._budget.use(self.store.run_dir)  # what the resumed run spent already
+        if cfg.privacy.enabled:
+            log.info("privacy: %s", cfg.privacy.describe())
         if start.round_id == 1 and start.open_round is None:
             log.info("starting run %s in %s", start.run_id, self.store.run_dir)
         else:

@@ -29,8 +29,10 @@ BASE_FIELDS = ("run_id", "round", "model_version", "closed_by", "reported", "exp
 # the final model in the "evaluation" round; empty where the task has no such metric),
 # and its health: the share of update values clipped, skip reasons ("code:count ...").
 FLEET_FIELDS = ("phase", "eval_rows", "fleet_loss", "fleet_accuracy", "fleet_balanced_accuracy",
-                "fleet_recall", "fleet_mse", "fleet_mae", "fleet_r2", "clipped_share", "skipped")
+                "fleet_recall", "fleet_mse", "fleet_mae", "fleet_r2", "clipped_share", "skipped",
+                "epsilon")  # device-level DP: the run's epsilon spent after the round
 ROUND_LOG_FIELDS = BASE_FIELDS + FLEET_FIELDS
+PRE_DP_FIELDS = ROUND_LOG_FIELDS[:-1]  # logs written before the epsilon column
 # Logs and audit rows written before the run id column: read with this run's id in front;
 # before the fleet columns: read with them empty.
 LEGACY_FIELDS = BASE_FIELDS[1:]
@@ -48,6 +50,7 @@ def _fleet_cells(result: RoundResult) -> list[str]:
     cells += [f"{metrics[m]:.6g}" if m in metrics else "" for m in ("mse", "mae", "r2")]
     cells.append(f"{result.clipped_share:.4f}")
     cells.append(" ".join(f"{code}:{n}" for code, n in sorted(result.skipped.items())))
+    cells.append("" if result.epsilon is None else f"{result.epsilon:.6g}")
     return cells
 
 
@@ -64,6 +67,8 @@ def _upgrade(row: list[str], run_id: str) -> list[str]:
         row = [run_id, *row]
     if len(row) == len(BASE_FIELDS):
         row = [*row, "training", *[""] * (len(FLEET_FIELDS) - 1)]
+    if len(row) == len(PRE_DP_FIELDS):
+        row = [*row, ""]
     return row
 
 
@@ -155,7 +160,7 @@ class RunStore:
             reason = exc.strerror if isinstance(exc, OSError) else exc
             raise ConfigError(f"cannot read round log {self.log_path}: {reason}; move it "
                               "away") from exc
-        if rows and tuple(rows[0]) in (LEGACY_FIELDS, BASE_FIELDS):
+        if rows and tuple(rows[0]) in (LEGACY_FIELDS, BASE_FIELDS, PRE_DP_FIELDS):
             # Rewritten in today's columns on the next append.
             return [_upgrade(r, self.run_id) for r in rows[1:]]
         if rows and tuple(rows[0]) != ROUND_LOG_FIELDS:

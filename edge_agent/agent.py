@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from edge_agent.config import AgentConfig
 from edge_agent.data import DataError, DataFile, LocalData, split_holdout
 from edge_agent.health import RoundSkipped, public_detail, skip_line
+from edge_agent.ledger import DeviceLedger
 from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from edge_agent.phases import phase_line, phase_values
@@ -57,6 +58,7 @@ class EdgeAgent:
         self._obfuscators = obfuscators or (lambda key: make_obfuscators(config.obfuscators,
                                                                          key))
         self._trusted = TrustedKeys(config)
+        self._ledger = DeviceLedger(config.state_dir, max_epsilon=config.max_epsilon)
         # A file is read again before a round when it changed; given rows never change.
         # Training uses train_data only; eval_data is the held-out share (all rows if none).
         self._file: DataFile | None = None
@@ -302,13 +304,20 @@ class EdgeAgent:
         assert announced is not None  # rounds are parsed only once a key is trusted
         started = time.perf_counter()
         self._reload()
+        privacy = announced.privacy
+        charge = None
+        if privacy.device is not None and msg.phase == "training":
+            # Before any work: a spent ledger means this device sits the round out.
+            charge = self._ledger.check(msg.fleet, msg.run_id, msg.round_id, privacy.device,
+                                        msg.spec.n_params)
         done = phase_values(msg, self.train_data, self.eval_data, codec.params,
-                            announced.statistics, seed=self.config.seed)
-        if done.update is not None and done.clipped:
+                            announced.statistics, privacy=privacy, seed=self.config.seed)
+        if done.update is not None and done.clipped and privacy.device is None:
             # Its own logger: the simulation sums these per round instead.
             clip_log.warning("%s", clip_note(msg.round_id, done.clipped,
                                              done.update.delta.size, codec.params.clip))
-        layout = layout_for(done.phase, msg.spec, announced.codec, announced.statistics, key.n)
+        layout = layout_for(done.phase, msg.spec, announced.codec, announced.statistics, key.n,
+                            privacy)
         computed = time.perf_counter()
         plaintexts = layout.encode(done.parts)
         pool = self._pool
@@ -323,7 +332,7 @@ class EdgeAgent:
         if self.config.obfuscator_pool == 0 and done.phase != "evaluation":
             # Refill while idle for what comes next: a training round.
             pool.set_target(layout_for("training", msg.spec, announced.codec,
-                                       announced.statistics, key.n).plaintext_count())
+                                       announced.statistics, key.n, privacy).plaintext_count())
         self._served.add(msg.round_id)
         if done.update is not None:
             self.history[msg.round_id] = done.update
@@ -333,6 +342,10 @@ class EdgeAgent:
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
             pool.refill()
             return
+        if charge is not None and privacy.device is not None:
+            # Recorded before the update leaves: a crash in between over-counts, never under.
+            log.info("round %d: %s", msg.round_id,
+                     self._ledger.commit(charge, privacy.device.delta))
         self._sent = (msg.run_id, msg.round_id, payload, frozenset({msg.issued_at}))
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
         pool.refill()

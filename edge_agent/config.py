@@ -53,6 +53,14 @@ class CryptoTable(Table, frozen=True):
     obfuscator_pool: Annotated[int, Meta(ge=0, le=100_000)] = 0  # 0: one round's worth
 
 
+class AgentPrivacyTable(Table, frozen=True):
+    # This device's own lifetime caps (over every run of the fleet it served): it refuses
+    # to contribute beyond them whatever the aggregator announces. Unset: the run's
+    # announced budget is the limit (checked with the device's own ledger).
+    max_epsilon: Annotated[float, Meta(gt=0)] | None = None  # device level
+    max_sample_epsilon: Annotated[float, Meta(gt=0)] | None = None  # DP-SGD
+
+
 class AgentFile(Table, frozen=True):
     """Schema of agent.toml."""
 
@@ -62,7 +70,7 @@ class AgentFile(Table, frozen=True):
     mqtt: MqttTable = MqttTable()
     simulation: SimulationTable = SimulationTable()
     crypto: CryptoTable = CryptoTable()
-
+    privacy: AgentPrivacyTable = AgentPrivacyTable()
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,8 @@ class AgentConfig:
     obfuscators: str = "djn"
     obfuscator_pool: int = 0  # 0: one round's worth, learned from the model size
     holdout: float = 0.0  # share of the local rows held out from training
+    max_epsilon: float | None = None  # [privacy]: this device's own lifetime caps
+    max_sample_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
@@ -150,4 +160,6 @@ class AgentConfig:
                 obfuscators=f.crypto.obfuscators,
                 obfuscator_pool=f.crypto.obfuscator_pool,
                 holdout=f.data.holdout,
+                max_epsilon=f.privacy.max_epsilon,
+                max_sample_epsilon=f.privacy.max_sample_epsilon,
             )

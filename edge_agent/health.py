@@ -23,6 +23,9 @@ FIXES = {
     "data-error": "fix the data file; the agent reads it again before each round",
     "diverged": "local training blew up: the gateway should lower [training] learning_rate "
                 "or scale the features ([model] center/scale)",
+    "privacy-budget": "this device's own privacy ledger is spent: it contributes no more "
+                      "(raise [privacy] max_epsilon in agent.toml only if its data owner "
+                      "agrees)",
 }
 
 

@@ -23,10 +23,12 @@ from edge_agent.trainer import LocalUpdate, train_round
 from models import ModelError, ModelSpec, make_model
 from models.base import as_label_vector
 from protocol.codec import CodecParams, quantize_update
+from protocol.dpterms import PrivacyTerms
 from protocol.errors import CodecError
 from protocol.evaluation import local_evaluation
 from protocol.layout import PHASES
 from protocol.messages import RoundMessage
+from protocol.privacy import noisy_update
 from protocol.statistics import StatsParams, local_statistics
 
 
@@ -77,11 +79,22 @@ def evaluation_values(spec: ModelSpec, params: ArrayLike, data: LocalData, stats
 
 
 def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
+                    privacy: PrivacyTerms | None = None,
                     seed: int | None = None) -> tuple[LocalUpdate, list[int]]:
-    """The training section: w * q(clip(delta)) and w; the update carries its clip count."""
+    """The training section: w * q(clip(delta)) and w; the update carries its clip count.
+
+    Under DP the weight is 1 (each device counts once); with device-level DP the
+    delta is clipped to its L2 norm and this device's noise share added.
+    """
+    privacy = privacy or PrivacyTerms()
     update = train_round(msg, data, max_weight=codec.max_weight, seed=seed)
     try:
-        values, n_clipped = quantize_update(update.delta, update.weight, codec)
+        if privacy.device is not None:
+            noisy = noisy_update(update.delta, privacy.device)
+            values, n_clipped = noisy.values, int(noisy.clipped)
+        else:
+            weight = 1 if privacy.enabled else update.weight
+            values, n_clipped = quantize_update(update.delta, weight, codec)
     except CodecError as exc:  # a non-finite delta: the model blew up on these rows
         raise RoundSkipped("diverged", f"local training: {exc}") from exc
     return replace(update, clipped=n_clipped), values
@@ -89,6 +102,7 @@ def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
 
 def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
                  codec: CodecParams, stats: StatsParams, *,
+                 privacy: PrivacyTerms | None = None,
                  seed: int | None = None) -> PhaseValues:
     """Everything one device sends for ``msg``'s phase; raises RoundSkipped."""
     phase = msg.phase
@@ -96,9 +110,15 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
         values = statistics_values(msg.spec, train, stats)
         return PhaseValues(phase, [values], rows=values[-1], clipped=values[-2])
     if phase == "training":
+        privacy = privacy or PrivacyTerms()
+        if not privacy.evaluates:  # DP: no exact evaluation sums leave the device
+            update, train_part = training_values(msg, train, codec, privacy=privacy,
+                                                 seed=seed)
+            return PhaseValues(phase, [train_part], rows=train.n_samples, update=update,
+                               clipped=update.clipped)
         # w_r first: cheap, and a device that cannot evaluate it skips before training.
         eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)
-        update, train_part = training_values(msg, train, codec, seed=seed)
+        update, train_part = training_values(msg, train, codec, privacy=privacy, seed=seed)
         # [..., clipped_train, clipped_eval, n] for both kinds (protocol.evaluation).
         eval_part[-3] = update.clipped
         return PhaseValues(phase, [train_part, eval_part], rows=update.weight,

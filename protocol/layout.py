@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 from models import ModelSpec
 from protocol.codec import Codec, CodecParams, _Slots, make_codec
+from protocol.dpterms import PrivacyTerms
 from protocol.errors import CodecError, CodecOverflowError
 from protocol.evaluation import eval_length
+from protocol.privacy import DpContract, DpParams
 from protocol.statistics import StatsParams, stats_length
 
 PHASES = ("statistics", "training", "evaluation")
@@ -39,17 +41,28 @@ class StatsCodec(_Slots):
         self.params = params
 
 
-def contract_digest(codec: CodecParams, statistics: StatsParams, key_fingerprint: str) -> str:
-    """Names the whole encoding contract (both codecs + key): updates carry it."""
-    canon = json.dumps({"codec": codec.to_dict(), "statistics": statistics.to_dict(),
-                        "key": key_fingerprint}, sort_keys=True)
+class DpCodec(_Slots):
+    """Packs device-level DP updates: noised integers whose bound includes the noise tail."""
+
+    def __init__(self, params: DpParams, n_values: int, max_agents: int, modulus: int) -> None:
+        super().__init__(DpContract(params, n_values, max_agents), modulus)
+        self.params = params
+
+
+def contract_digest(codec: CodecParams, statistics: StatsParams, key_fingerprint: str,
+                    privacy: PrivacyTerms | None = None) -> str:
+    """Names the whole encoding contract (codecs, DP terms if any, key): updates carry it."""
+    doc = {"codec": codec.to_dict(), "statistics": statistics.to_dict(), "key": key_fingerprint}
+    if privacy is not None and privacy.enabled:  # a fleet without DP keeps its digest
+        doc["privacy"] = privacy.to_dict()
+    canon = json.dumps(doc, sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class Section:
     name: str
-    codec: Codec | StatsCodec
+    codec: Codec | StatsCodec | DpCodec
     n_values: int
     max_count: int  # the section's last value (weight or rows) lies in [1, max_count]
 
@@ -112,17 +125,28 @@ class UpdateLayout:
 
 
 def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
-               modulus: int) -> UpdateLayout:
-    """The sections an update of ``phase`` carries for a model of ``spec``."""
-    training = Section("training", make_codec(codec, modulus), spec.n_params + 1,
-                       codec.max_weight)
+               modulus: int, privacy: PrivacyTerms | None = None) -> UpdateLayout:
+    """The sections an update of ``phase`` carries for a model of ``spec``.
+
+    Under DP every device counts once (count 1, so a group of k sums to exactly k), a
+    device-level DP update is packed with the noise's bound, and the exact evaluation
+    sums travel only where the terms allow them (PrivacyTerms.evaluates).
+    """
+    privacy = privacy or PrivacyTerms()
+    n_train = spec.n_params + 1
+    if privacy.device is not None:
+        training = Section("training", DpCodec(privacy.device, spec.n_params,
+                                               codec.max_agents, modulus), n_train, 1)
+    else:
+        training = Section("training", make_codec(codec, modulus), n_train,
+                           1 if privacy.enabled else codec.max_weight)
     evaluation = Section("evaluation", StatsCodec(statistics, modulus), eval_length(spec),
                          statistics.max_samples)
     if phase == "statistics":
         return UpdateLayout(phase, (Section("statistics", StatsCodec(statistics, modulus),
                                             stats_length(spec), statistics.max_samples),))
     if phase == "training":
-        return UpdateLayout(phase, (training, evaluation))
+        return UpdateLayout(phase, (training, evaluation) if privacy.evaluates else (training,))
     if phase == "evaluation":
         return UpdateLayout(phase, (evaluation,))
     raise CodecError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")

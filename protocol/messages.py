@@ -19,6 +19,7 @@ import numpy as np
 
 from models import ModelError, ModelSpec
 from protocol.codec import CodecParams, make_codec
+from protocol.dpterms import PrivacyTerms
 from protocol.errors import ProtocolError
 from protocol.health import Skip
 from protocol.layout import PHASES, StatsCodec, contract_digest
@@ -87,6 +88,8 @@ class PubKeyMessage:
     signing_key: str
     statistics: StatsParams = field(default_factory=StatsParams)
     issued_at: float = field(default_factory=time.time)
+    # Differential privacy the fleet applies (protocol.dpterms); absent on the wire if none.
+    privacy: PrivacyTerms = field(default_factory=PrivacyTerms)
 
     SCHEMA = "fedmq.pubkey/3"
 
@@ -99,7 +102,7 @@ class PubKeyMessage:
     @property
     def contract_digest(self) -> str:
         """The digest rounds and updates must carry: both codecs and this key."""
-        return contract_digest(self.codec, self.statistics, self.fingerprint)
+        return contract_digest(self.codec, self.statistics, self.fingerprint, self.privacy)
 
     def layout(self) -> dict[str, dict[str, int]]:
         """Slot width and slots per ciphertext of each codec, derived from contract and key.
@@ -117,8 +120,9 @@ class PubKeyMessage:
     def to_bytes(self, signer: Signer) -> bytes:
         if signer.public_hex != self.signing_key:
             raise ProtocolError("pubkey message must be signed by the key it announces")
+        extra = {"privacy": self.privacy.to_dict()} if self.privacy.enabled else {}
         return sign_document({
-            "schema": self.SCHEMA, "fleet": self.fleet, "n": self.n_hex,
+            **extra, "schema": self.SCHEMA, "fleet": self.fleet, "n": self.n_hex,
             "fingerprint": self.fingerprint, "codec": self.codec.to_dict(),
             "statistics": self.statistics.to_dict(),
             "codec_digest": self.contract_digest, "layout": self.layout(),
@@ -135,6 +139,7 @@ class PubKeyMessage:
             codec=CodecParams.from_dict(doc.get("codec")),
             statistics=StatsParams.from_dict(doc.get("statistics")),
             signing_key=_get(doc, "signing_key", str), issued_at=_number(doc, "issued_at"),
+            privacy=PrivacyTerms.from_dict(doc.get("privacy")),
         )
         verify_document(doc, public_key_from_hex(msg.signing_key))
         if doc.get("codec_digest") != msg.contract_digest:
@@ -342,6 +347,9 @@ class MetricsMessage:
     clipped_share: float = 0.0  # of the update values the training codec clipped
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> devices
     issued_at: float = field(default_factory=time.time)
+    # Device-level DP: the run's epsilon spent so far (at ``delta``), None without DP.
+    epsilon: float | None = None
+    delta: float | None = None
 
     SCHEMA = "fedmq.metrics/3"
 
@@ -356,6 +364,7 @@ class MetricsMessage:
         if verify_with is not None:
             verify_document(doc, verify_with)
         try:
-            return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+            # Fields with defaults may be absent (older gateways); required ones may not.
+            return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"bad metrics message: {exc}") from exc

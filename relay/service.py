@@ -198,7 +198,8 @@ class Relay:
             return
         assert self._pubkey is not None and self._public_key is not None
         pub, key = self._pubkey, self._public_key
-        layout = layout_for(msg.state, msg.spec, pub.codec, pub.statistics, key.n)
+        layout = layout_for(msg.state, msg.spec, pub.codec, pub.statistics, key.n,
+                            pub.privacy)
         self._participants = frozenset(msg.participants)
         self.state = RoundState(
             fleet=msg.fleet, run_id=msg.run_id, round_id=msg.round_id,

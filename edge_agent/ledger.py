@@ -1,0 +1,116 @@
+"""The device's own device-level privacy ledger: it need not trust the gateway's count.
+
+From the announced terms (noise multiplier, clip, quorum) the device computes
+what each update it sends costs, composes it with dp-accounting
+(protocol.accounting) and refuses to contribute once either limit would be
+passed: the run's announced budget (counted by the device itself, so an
+aggregator that miscounts cannot make it overspend within a run) or its own
+lifetime cap ``[privacy] max_epsilon`` (over every run it served: the same data
+answers again in each run).
+
+Each charge assumes the fewest devices that can close a round (the quorum): the
+device cannot see how many others reported, so it counts the worst honest case.
+It also logs what one update costs against a key holder that decrypts it alone
+(its own noise share only), which no gateway-side count can improve.
+
+The ledger lives in ``state_dir/privacy_ledger.json`` and is written atomically
+BEFORE the update is published; without a state_dir it is kept in memory and
+the agent says so once. A ledger file that cannot be read stops the device from
+contributing under DP (one line naming the file); it is never reset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge_agent.health import RoundSkipped
+from protocol.accounting import PrivacyLedger, RoundCharge
+from protocol.privacy import DpParams
+from runtime.files import write_atomic
+
+log = logging.getLogger("edge_agent.privacy")
+LEDGER_FILE = "privacy_ledger.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    fleet: str
+    run_id: str
+    round_id: int
+    rho: float  # with the quorum's noise shares in the sum
+    rho_alone: float  # this update decrypted on its own: the device's own share only
+
+
+class DeviceLedger:
+    def __init__(self, state_dir: str | None, *, max_epsilon: float | None) -> None:
+        self.path = None if state_dir is None else Path(state_dir) / LEDGER_FILE
+        self.max_epsilon = max_epsilon
+        self._entries: list[Entry] | None = None
+
+    def _load(self) -> list[Entry]:
+        if self._entries is not None:
+            return self._entries
+        if self.path is None:
+            log.warning("no [agent] state_dir: this device's privacy ledger lives in memory "
+                        "only and starts empty after a restart")
+            self._entries = []
+            return self._entries
+        entries: list[Entry] = []
+        if self.path.exists():
+            try:
+                doc = json.loads(self.path.read_bytes())
+                entries = [Entry(**e) for e in doc["entries"]]
+                for e in entries:
+                    if not (isinstance(e.rho, float) and e.rho >= 0):
+                        raise ValueError(f"bad rho {e.rho!r}")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RoundSkipped(
+                    "privacy-budget", f"{self.path}: unreadable privacy ledger ({exc}); this "
+                    "device contributes no DP updates until it is repaired (it is never reset "
+                    "by itself)", "the device's privacy ledger is unreadable") from None
+        self._entries = entries
+        return entries
+
+    def _epsilon(self, rhos: list[float], delta: float) -> float:
+        return PrivacyLedger(delta, [RoundCharge(i, r, 1) for i, r in enumerate(rhos)]
+                             ).epsilon()
+
+    def check(self, fleet: str, run_id: str, round_id: int, params: DpParams,
+              n_values: int) -> Entry:
+        """The charge of this round's update; RoundSkipped if a limit would be passed."""
+        entries = self._load()
+        entry = Entry(fleet, run_id, round_id, params.round_rho(n_values, params.quorum),
+                      params.round_rho(n_values, 1))
+        run = [e.rho for e in entries if (e.fleet, e.run_id) == (fleet, run_id)]
+        in_run = self._epsilon([*run, entry.rho], params.delta)
+        if in_run > params.epsilon:
+            raise RoundSkipped("privacy-budget", f"round {round_id} would reach epsilon "
+                               f"{in_run:.3g} in this run, beyond the announced "
+                               f"{params.epsilon:g}")
+        if self.max_epsilon is not None:
+            life = self._epsilon([*(e.rho for e in entries if e.fleet == fleet), entry.rho],
+                                 params.delta)
+            if life > self.max_epsilon:
+                raise RoundSkipped("privacy-budget", f"round {round_id} would reach epsilon "
+                                   f"{life:.3g} over this device's runs, beyond its own "
+                                   f"max_epsilon {self.max_epsilon:g}")
+        return entry
+
+    def commit(self, entry: Entry, delta: float) -> str:
+        """Record ``entry`` (before the update leaves) and return the line to log."""
+        entries = self._load()
+        entries.append(entry)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(
+                {"entries": [asdict(e) for e in entries]}, indent=1).encode())
+        run = [e for e in entries if (e.fleet, e.run_id) == (entry.fleet, entry.run_id)]
+        life = [e.rho for e in entries if e.fleet == entry.fleet]
+        spent = self._epsilon([e.rho for e in run], delta)
+        alone = self._epsilon([e.rho_alone for e in run], delta)
+        return (f"privacy (device level, delta {delta:g}): epsilon {spent:.3f} spent in this "
+                f"run, {self._epsilon(life, delta):.3f} over all runs; against a key holder "
+                f"decrypting these updates alone: {alone:.3f}")
