@@ -26,6 +26,7 @@ from models import ModelSpec
 from protocol.codec import Codec, CodecParams, _Slots, make_codec
 from protocol.errors import CodecError, CodecOverflowError
 from protocol.evaluation import eval_length
+from protocol.privacy import DpContract
 from protocol.statistics import StatsParams, stats_length
 
 PHASES = ("statistics", "training", "evaluation")
@@ -37,6 +38,14 @@ class StatsCodec(_Slots):
     def __init__(self, params: StatsParams, modulus: int) -> None:
         super().__init__(params, modulus)
         self.params = params
+
+
+class DpCodec(_Slots):
+    """Packs a device-level DP section: slots sized for the noised bound (protocol.privacy)."""
+
+    def __init__(self, contract: DpContract, modulus: int) -> None:
+        super().__init__(contract, modulus)
+        self.contract = contract
 
 
 def contract_digest(codec: CodecParams, statistics: StatsParams, key_fingerprint: str) -> str:
