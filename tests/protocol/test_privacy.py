@@ -56,7 +56,7 @@ def test_sum_of_device_shares_has_the_target_variance() -> None:
     # The sum of `quorum` devices' shares must carry variance (z * D2)^2. For s >> 1 the
     # discrete Gaussian's variance equals s^2 to within e^(-2 pi^2 s^2), and the sum of 20
     # of them is Gaussian to far better than the interval's width: chi-square applies.
-    devices, d, rounds = PARAMS.quorum, 2000, 3
+    devices, d, rounds = PARAMS.quorum, 5000, 8  # 40,000 sums: the interval is +-3.5%
     target = (PARAMS.noise_multiplier * PARAMS.sensitivity(d)) ** 2
     sums = np.concatenate([_shares(PARAMS, devices, d, seed=r).sum(axis=0)
                            for r in range(rounds)])
