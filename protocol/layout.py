@@ -27,7 +27,7 @@ from protocol.codec import Codec, CodecParams, _Slots, make_codec
 from protocol.dpterms import PrivacyTerms
 from protocol.errors import CodecError, CodecOverflowError
 from protocol.evaluation import eval_length
-from protocol.privacy import DpContract, DpParams
+from protocol.privacy import DpContract
 from protocol.statistics import StatsParams, stats_length
 
 PHASES = ("statistics", "training", "evaluation")
@@ -44,9 +44,9 @@ class StatsCodec(_Slots):
 class DpCodec(_Slots):
     """Packs device-level DP updates: noised integers whose bound includes the noise tail."""
 
-    def __init__(self, params: DpParams, n_values: int, max_agents: int, modulus: int) -> None:
-        super().__init__(DpContract(params, n_values, max_agents), modulus)
-        self.params = params
+    def __init__(self, contract: DpContract, modulus: int) -> None:
+        super().__init__(contract, modulus)
+        self.contract = contract
 
 
 def contract_digest(codec: CodecParams, statistics: StatsParams, key_fingerprint: str,
@@ -135,8 +135,8 @@ def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: Stat
     privacy = privacy or PrivacyTerms()
     n_train = spec.n_params + 1
     if privacy.device is not None:
-        training = Section("training", DpCodec(privacy.device, spec.n_params,
-                                               codec.max_agents, modulus), n_train, 1)
+        contract = DpContract(privacy.device, spec.n_params, codec.max_agents)
+        training = Section("training", DpCodec(contract, modulus), n_train, 1)
     else:
         training = Section("training", make_codec(codec, modulus), n_train,
                            1 if privacy.enabled else codec.max_weight)
