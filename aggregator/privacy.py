@@ -102,7 +102,15 @@ class FleetBudget:
                 "model so far")
 
     def charge(self, round_id: int, devices: int) -> float:
-        """Record round ``round_id``'s release with ``devices`` noise shares; the new total."""
+        """Record round ``round_id``'s release with ``devices`` noise shares; the new total.
+
+        A round charged before a crash (charged, then the process died before its model
+        was saved) is re-run on resume; its first charge stands.
+        """
+        if any(c.round_id == round_id for c in self.ledger.charges):
+            log.warning("round %d was charged before a restart; its first charge stands",
+                        round_id)
+            return self.spent
         self.ledger.charge(round_id, self.params.round_rho(self._d, devices), devices)
         if self._path is not None:
             write_atomic(self._path, json.dumps(self.ledger.to_dict(), indent=1).encode())
