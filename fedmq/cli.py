@@ -17,6 +17,7 @@ from typing import Any
 
 from fedmq import extras
 from fedmq.simulate_cli import add_scale_arguments
+from fedmq.simulate_privacy import add_privacy_arguments
 from protocol.errors import ConfigError, FedmqError
 from runtime import __version__
 
@@ -185,6 +186,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedmq.simulate import Simulation, options_from
     from fedmq.simulate_cli import interrupt_on_sigterm, scale_overrides
+    from fedmq.simulate_privacy import privacy_overrides
 
     interrupt_on_sigterm()
     overrides = {
@@ -194,7 +196,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
-        "scaling": args.scaling, **scale_overrides(args),
+        "scaling": args.scaling, **scale_overrides(args), **privacy_overrides(args),
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
     report = Simulation(opts).run()
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature center/scale from the statistics round over the devices' "
                    "encrypted sums (federated, default) or the sensors' datasheet values")
     add_scale_arguments(p)
+    add_privacy_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="benchmark encrypted updates: packed vs per-value codec",

@@ -36,6 +36,7 @@ from fedmq.rundirs import start_run
 from fedmq.shards import Clips, Fleet, ShardedFleet, ThreadFleet, peak_rss_bytes
 from fedmq.simulate_broker import BrokerChoice, RunEnd, fleet_broker
 from fedmq.simulate_config import SCALINGS, check_flags, file_options
+from fedmq.simulate_privacy import simulation_privacy
 from fedmq.simulate_table import (
     METRICS_COLUMNS,
     RoundRow,
@@ -81,15 +82,26 @@ class SimulationOptions:
     reuse_key: bool = False  # the aggregator key of out_dir/latest instead of a fresh one
     # "federated": the statistics round derives center/scale from the devices' encrypted
     # sums; "datasheet": the sensors' nominal values (synthetic.SENSOR_NOMINAL) in the spec.
-    scaling: str = "federated"
+    # None: "federated", or "datasheet" with differential privacy (the statistics round's
+    # exact totals are not covered by its budget).
+    scaling: str | None = None
     # Worker processes the agents are sharded over; 0: threads of this process (the
     # agents stay inspectable). The CLI defaults to os.cpu_count().
     workers: int = 0
     broker: str = "embedded"  # embedded, mosquitto or HOST:PORT (fedmq.simulate_broker)
     # Seconds over which the agents of a shard first connect; None: 5 ms per agent.
     connect_spread: float | None = None
+    dp_epsilon: float | None = None  # fedmq.simulate_privacy
+    dp_delta: float = 1e-5
+    dp_clip: float = 0.5
+    dp_noise: float = 0.0
+    dp_sample_epsilon: float | None = None
+    dp_sample_clip: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.scaling is None:
+            private = self.dp_epsilon is not None or self.dp_sample_epsilon is not None
+            object.__setattr__(self, "scaling", "datasheet" if private else "federated")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.scaling not in SCALINGS:
@@ -159,9 +171,12 @@ class Simulation:
         self.out_dir = Path(options.out_dir)  # until run() makes this run's directory
         self.run_id = ""
         self.latest: Path | None = None
-        self.spec = model_spec(options.task, options.scaling)  # as configured
+        self.spec = model_spec(options.task, options.scaling or "federated")  # as configured
         self.aggregator: Aggregator | None = None
         self._started_from: NDArray[np.float64] | None = None  # the open round's model
+        # Device-level DP: epsilon after the last round, and before it (None without DP).
+        self._epsilon: float | None = None
+        self._epsilon_before: float | None = None
         self.devices = synthetic.generate_fleet(synthetic.FleetSpec(
             n_devices=options.agents, samples_per_device=options.samples_per_device,
             iid=options.iid, seed=options.seed))
@@ -219,19 +234,26 @@ class Simulation:
         assert self.fleet is not None
         clips = Clips() if final else self.fleet.clipped(result.round_id, result.reported)
         fleet_loss, fleet_score, fleet_rows = fleet_metrics(result.evaluation)
+        # The row is about the model the round started from: the epsilon its release cost.
+        epsilon = self._epsilon if final else self._epsilon_before
+        self._epsilon_before = self._epsilon = result.epsilon
         row = RoundRow(result.round_id, len(result.reported), result.expected,
                        result.closed_by, loss, score, result.seconds,
                        update_bytes=result.update_bytes, model_bytes=result.model_bytes,
                        clipped=clips.clipped, phase=result.phase,
                        fleet_loss=fleet_loss, fleet_score=fleet_score, fleet_rows=fleet_rows,
-                       skipped=dict(result.skipped))
+                       skipped=dict(result.skipped), epsilon=epsilon)
         if not self.rows:
             self.progress(table_header(self.options.rounds, self.metric))
         self.rows.append(row)
         self.progress(row_line(row, self.options.rounds, self.metric))
         # The agents' own clipping warnings are held during a simulation (they would
         # interleave with this table); the fleet's total follows the round's line.
-        if clips.clipped:
+        dp = self.aggregator.config.privacy.device if self.aggregator else None
+        if clips.clipped and dp is not None:  # one per update: clipped to its L2 norm
+            self.progress(f"  round {row.round_id}: {clips.clipped} of {row.reported} updates "
+                          f"clipped to L2 norm {dp.clip:g} (device-level DP)")
+        elif clips.clipped:
             self.progress("  " + clip_note(row.round_id, clips.clipped, clips.values,
                                            CodecParams().clip, agents=clips.agents))
         if (skips := skipped_line(row)) is not None:
@@ -244,6 +266,16 @@ class Simulation:
             for agent_id in victims:
                 self.progress(f"killing agent {agent_id} (no DISCONNECT)")
             self.fleet.kill(victims)
+
+    def _final_row(self, aggregator: Aggregator, final: NDArray[np.float64]) -> None:
+        """The final model's test row when no final evaluation round ran (under DP the
+        fleet does not evaluate it: its exact totals are outside the budget)."""
+        last = aggregator.results[-1]
+        loss, score = self._evaluate(final)
+        row = RoundRow(last.round_id + 1, 0, 0, "all", loss, score, 0.0, phase="evaluation",
+                       epsilon=last.epsilon)
+        self.rows.append(row)
+        self.progress(row_line(row, self.options.rounds, self.metric))
 
     def _on_statistics(self, result: RoundResult) -> None:
         warnings: list[str] = []
@@ -301,6 +333,8 @@ class Simulation:
                     final = aggregator.run()
             finally:
                 fleet_end = self.fleet.stop()
+            if aggregator.final_evaluation is None and aggregator.results:
+                self._final_row(aggregator, final)
         self.end = RunEnd(main_rss=peak_rss_bytes(), broker=broker.end,
                           worker_rss=fleet_end.worker_rss)
         self.progress(self.end.line())
@@ -319,6 +353,13 @@ class Simulation:
     def _aggregator(self, run: Any, topics: Topics, mqtt: MqttSettings) -> Aggregator:
         opts = self.options
         fleet = max(CodecParams().max_agents, opts.agents)
+        privacy = simulation_privacy(opts, self.spec, opts.quorum, CodecParams(max_agents=fleet))
+        if privacy.device is not None:
+            self._epsilon_before = 0.0  # the first row's model (zeros) cost nothing
+        if privacy.enabled:
+            self.progress(f"privacy: {privacy.describe()}"
+                          + ("; the statistics round and fleet metrics are exact and outside "
+                             "the budget" if privacy.exact_aggregates else ""))
         config = AggregatorConfig(
             topics=topics, spec=self.spec, mqtt=mqtt,
             key_file=str(self.out_dir / "aggregator" / "paillier.key"), key_bits=opts.key_bits,
@@ -332,6 +373,7 @@ class Simulation:
             state_dir=str(self.out_dir / "aggregator"),
             signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
             resume=False,  # every simulation is a new run on new data
+            privacy=privacy,
         )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)
         t0 = time.perf_counter()
         self.aggregator = Aggregator(config, on_round=self._on_round,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta
 from msgspec.structs import fields
 
+from fedmq.simulate_privacy import FLAGS as PRIVACY_FLAGS
 from fedmq.synthetic import MIN_SAMPLES
 from protocol.errors import ConfigError
 from runtime.config import Table, convert, load_toml, resolve
@@ -43,12 +44,20 @@ class SimulateTable(Table, frozen=True):
     out_dir: Annotated[str, Meta(min_length=1)] = "runs"  # relative to the file
     plot: bool = True
     reuse_key: bool = False
-    scaling: Literal["federated", "datasheet"] = "federated"  # SCALINGS (test checks)
+    # SCALINGS (a test checks); unset: federated, or datasheet with differential privacy
+    scaling: Literal["federated", "datasheet"] | None = None
     # Worker processes for the agents (0: threads of the main process); the CLI's
     # default is os.cpu_count(). broker: embedded, mosquitto or HOST:PORT.
     workers: Annotated[int, Meta(ge=0, le=1024)] = 0
     broker: Annotated[str, Meta(min_length=1)] = "embedded"
     connect_spread: Annotated[float, Meta(ge=0, le=3600)] | None = None  # None: 5 ms/agent
+    # Differential privacy (aggregator.toml's [privacy]): device level, sample level.
+    dp_epsilon: Positive | None = None
+    dp_delta: Annotated[float, Meta(gt=0, lt=1)] = 1e-5
+    dp_clip: Positive = 0.5
+    dp_noise: Annotated[float, Meta(ge=0)] = 0.0  # 0: calibrated to dp_epsilon
+    dp_sample_epsilon: Positive | None = None
+    dp_sample_clip: Positive = 1.0
 
 
 class SimulateFile(Table, frozen=True):
@@ -59,7 +68,7 @@ class SimulateFile(Table, frozen=True):
 
 # Option name -> the `fedmq simulate` flag that sets it, for error messages.
 FLAGS = {"samples_per_device": "--samples", "learning_rate": "--lr", "out_dir": "--out",
-         "quorum_fraction": "--quorum", "plot": "--no-plot"}
+         "quorum_fraction": "--quorum", "plot": "--no-plot", **PRIVACY_FLAGS}
 
 
 def flag(name: str) -> str:

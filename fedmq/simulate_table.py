@@ -25,7 +25,7 @@ from protocol.statistics import FleetStatistics
 # reported), "deadline" (closed at the deadline without some) or "rejected-sum".
 METRICS_COLUMNS = ("round", "phase", "reported", "expected", "closed_by", "test_loss",
                    "test_{metric}", "fleet_loss", "fleet_{metric}", "seconds", "update_bytes",
-                   "model_bytes", "clipped_values", "skipped")
+                   "model_bytes", "clipped_values", "skipped", "epsilon")
 
 
 def metrics_header(metric: str) -> list[str]:
@@ -49,6 +49,8 @@ class RoundRow:
     fleet_score: float = math.nan
     fleet_rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> devices
+    # Device-level DP: the run's epsilon spent to release the model the row is about.
+    epsilon: float | None = None
 
     @property
     def final(self) -> bool:
@@ -70,8 +72,10 @@ def row_line(row: RoundRow, rounds: int, metric: str) -> str:
     fleet = ("fleet      n/a       " if math.isnan(row.fleet_score)
              else f"fleet {row.fleet_loss:8.4f} {row.fleet_score:7.4f}")
     late = "" if row.closed_by == "all" else f" ({row.closed_by})"
+    eps = "" if row.epsilon is None else f" | epsilon {row.epsilon:6.3f}"
     return (f"{what:<{width}s} | agents {row.reported:3d}/{row.expected:<3d} | test loss "
-            f"{row.loss:8.4f} {metric} {row.score:7.4f} | {fleet} | {row.seconds:6.2f} s{late}")
+            f"{row.loss:8.4f} {metric} {row.score:7.4f} | {fleet}{eps} | "
+            f"{row.seconds:6.2f} s{late}")
 
 
 def table_header(rounds: int, metric: str) -> str:
@@ -112,7 +116,8 @@ def write_metrics(path: Path, rows: Sequence[RoundRow], metric: str) -> None:
             writer.writerow([r.round_id, r.phase, r.reported, r.expected, r.closed_by,
                              f"{r.loss:.6f}", f"{r.score:.6f}", _num(r.fleet_loss),
                              _num(r.fleet_score), f"{r.seconds:.3f}", r.update_bytes,
-                             r.model_bytes, r.clipped, skipped])
+                             r.model_bytes, r.clipped, skipped,
+                             "" if r.epsilon is None else f"{r.epsilon:.6f}"])
 
 
 def _num(value: float) -> str:
