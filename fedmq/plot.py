@@ -40,6 +40,7 @@ class PlotRound:
     fleet_score: float = math.nan  # federated evaluation; NaN when the round had none
     fleet_loss: float = math.nan
     final: bool = False  # the final model's evaluation round (R + 1)
+    epsilon: float | None = None  # device-level DP: epsilon spent to release this model
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,18 @@ def figure(data: PlotInput) -> Any:
     ax_l.set_yscale("log")
     ax_l.set_xlabel(ROUND_AXIS)
     ax_l.set_ylabel("loss (log scale)")
-    ax_l.legend(fontsize=8)
+    spent = [(r.round_id, r.epsilon) for r in rows if r.epsilon is not None]
+    if spent:  # the privacy budget, on the loss panel's right axis
+        ax_e = ax_l.twinx()
+        ax_e.plot([p[0] for p in spent], [p[1] for p in spent], marker="^", color="tab:green",
+                  label="epsilon spent (device-level DP)")
+        ax_e.set_ylabel("epsilon spent")
+        ax_e.set_ylim(0, max(p[1] for p in spent) * 1.3 or 1)
+        lines, labels = ax_l.get_legend_handles_labels()
+        more = ax_e.get_legend_handles_labels()
+        ax_l.legend(lines + more[0], labels + more[1], fontsize=8)
+    else:
+        ax_l.legend(fontsize=8)
 
     kib_in = [r.update_bytes / 1024 for r in rows]
     kib_out = [r.model_bytes / 1024 for r in rows]

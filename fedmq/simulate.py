@@ -400,7 +400,8 @@ class Simulation:
             central_score=report.central_score, naive_score=report.naive_score,
             rounds=tuple(plot.PlotRound(r.round_id, r.score, r.loss, r.closed_by, r.seconds,
                                         r.update_bytes, r.model_bytes, fleet_score=r.fleet_score,
-                                        fleet_loss=r.fleet_loss, final=r.final)
+                                        fleet_loss=r.fleet_loss, final=r.final,
+                                        epsilon=r.epsilon)
                          for r in report.rows))
 
 
