@@ -207,3 +207,29 @@ def test_a_center_left_from_another_model_says_it_may_simply_go(tmp_path):
     with pytest.raises(ConfigError, match=r"\[model\]: center must have one entry per feature "
                        r"\(3\), got 2 \(or leave it out: a statistics round derives it"):
         AggregatorConfig.from_file(path)
+
+
+def test_the_privacy_table_calibrates_noise_to_the_budget_and_refuses_mistakes(tmp_path):
+    path = tmp_path / "aggregator.toml"
+    model = ("[model]\nkind = 'logistic'\nfeatures = ['a', 'b']\nn_classes = 2\n"
+             "center = [0.0, 1.0]\nscale = [1.0, 2.0]\n[rounds]\nrounds = 10\nquorum = 5\n")
+    path.write_text(model)
+    assert not AggregatorConfig.from_file(path).privacy.enabled
+    path.write_text(model + "[privacy]\nepsilon = 3.0\nclip = 0.5\n")
+    device = AggregatorConfig.from_file(path).privacy.device
+    assert device is not None and device.quorum == 5 and device.clip == 0.5
+    assert 4.0 < device.noise_multiplier < 6.0  # 10 rounds at epsilon 3, delta 1e-5
+    path.write_text(model + "[privacy]\nepsilon = 3.0\nnoise_multiplier = 1.5\n")
+    assert AggregatorConfig.from_file(path).privacy.device.noise_multiplier == 1.5
+    for bad, key in (("delta = 1.5", "delta"), ("epsilon = -1", "epsilon"),
+                     ("clip = 0", "clip"), ("epsilon = 'high'", "epsilon")):
+        path.write_text(model + f"[privacy]\n{bad}\n")
+        with pytest.raises(ConfigError, match=rf"\[privacy\] {key}"):
+            AggregatorConfig.from_file(path)
+    # Without datasheet scaling, DP needs the operator's word that exact totals may go.
+    path.write_text("[model]\nkind = 'logistic'\nfeatures = ['a']\nn_classes = 2\n"
+                    "[privacy]\nepsilon = 3.0\n")
+    with pytest.raises(ConfigError, match="exact_aggregates = true"):
+        AggregatorConfig.from_file(path)
+    path.write_text(path.read_text() + "exact_aggregates = true\n")
+    assert AggregatorConfig.from_file(path).privacy.exact_aggregates
