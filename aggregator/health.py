@@ -28,6 +28,8 @@ FIXES = {
     "feature-mismatch": "make its [data] features the [model] features, same names and order",
     "data-error": "fix its data file (the device's log names the line)",
     "diverged": "lower [training] learning_rate",
+    "privacy-budget": "none: its own sample-DP ledger is spent; raise [privacy] sample_epsilon "
+                      "or train fewer rounds next run",
 }
 STILL_FALLING = 0.05  # relative drop of the fleet loss over the last rounds worth a word
 FALLING_OVER = 3  # rounds

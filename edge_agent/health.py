@@ -23,6 +23,9 @@ FIXES = {
     "data-error": "fix the data file; the agent reads it again before each round",
     "diverged": "local training blew up: the gateway should lower [training] learning_rate "
                 "or scale the features ([model] center/scale)",
+    "privacy-budget": "none needed: this device's own ledger says its sample-level privacy "
+                      "budget for the run is spent (a new run starts a new budget); if the "
+                      "ledger file is unreadable, restore it from a backup",
 }
 
 

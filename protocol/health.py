@@ -14,7 +14,8 @@ from typing import Any
 from protocol.errors import ProtocolError
 from protocol.topics import check_name
 
-SKIP_CODES = ("bad-labels", "class-outside-model", "feature-mismatch", "data-error", "diverged")
+SKIP_CODES = ("bad-labels", "class-outside-model", "feature-mismatch", "data-error", "diverged",
+              "privacy-budget")
 MAX_DETAIL = 200  # characters
 
 
