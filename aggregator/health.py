@@ -28,7 +28,9 @@ FIXES = {
     "feature-mismatch": "make its [data] features the [model] features, same names and order",
     "data-error": "fix its data file (the device's log names the line)",
     "diverged": "lower [training] learning_rate",
-    "privacy-budget": "its own privacy ledger is spent; it sits the rest out by design",
+    "privacy-budget": "none: its own privacy ledger is spent, it sits the rest out by design "
+                      "(a larger [privacy] epsilon or sample_epsilon, or fewer rounds, next "
+                      "run)",
 }
 STILL_FALLING = 0.05  # relative drop of the fleet loss over the last rounds worth a word
 FALLING_OVER = 3  # rounds

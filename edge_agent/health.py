@@ -23,9 +23,10 @@ FIXES = {
     "data-error": "fix the data file; the agent reads it again before each round",
     "diverged": "local training blew up: the gateway should lower [training] learning_rate "
                 "or scale the features ([model] center/scale)",
-    "privacy-budget": "this device's own privacy ledger is spent: it contributes no more "
-                      "(raise [privacy] max_epsilon in agent.toml only if its data owner "
-                      "agrees)",
+    "privacy-budget": "this device's own privacy ledger is spent (device level: its run or "
+                      "lifetime limit, [privacy] max_epsilon in agent.toml; sample level: "
+                      "the run's sample_epsilon): it sits out by design; an unreadable "
+                      "ledger file must be restored, it is never reset",
 }
 
 

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 from edge_agent.data import LocalData
 from edge_agent.health import RoundSkipped, skip_code
 from models import ModelError, make_model
+from models.dpsgd import DpSgd, fit_dpsgd
 from protocol.messages import RoundMessage
 
 
@@ -43,8 +44,12 @@ def fleet_clip_note(round_id: int, updates: list[LocalUpdate], clip: float) -> s
 
 
 def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
-                seed: int | None = None) -> LocalUpdate:
+                seed: int | None = None, dpsgd: DpSgd | None = None) -> LocalUpdate:
     """Train E epochs from the global model on local data; delta = w_local - w_global.
+
+    With ``dpsgd`` (edge_agent.sample_privacy.SampleDpPlan.dpsgd(), charged to the
+    ledger first) it runs sample-level DP-SGD instead; its noise always comes from
+    fresh OS entropy, never from ``seed``: a noise seed in a config voids the guarantee.
 
     Raises RoundSkipped (with its skip code) when the data cannot serve this model.
     """
@@ -60,7 +65,10 @@ def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
         model = make_model(msg.spec, learning_rate=s.learning_rate, epochs=s.epochs,
                            batch_size=s.batch_size, l2=s.l2, seed=seed)
         before = float(model.set_params_vector(start).loss(data.X, data.y))
-        model.fit(data.X, data.y, init_params=start)
+        if dpsgd is None:
+            model.fit(data.X, data.y, init_params=start)
+        else:
+            fit_dpsgd(model, data.X, data.y, dpsgd, init_params=start)
         after = float(model.loss(data.X, data.y))
     except ModelError as exc:
         # Bad local labels or a diverging step skip this round; they must not

@@ -178,18 +178,9 @@ class BaseLinearMapModel(ABC):
         self: _Model, X: ArrayLike, y: ArrayLike, *, init_params: ArrayLike | None = None
     ) -> _Model:
         """Run ``epochs`` epochs of mini-batch SGD starting from ``init_params`` (or zeros)."""
-        # Re-checked because attributes may have been reassigned since __init__.
-        _check_hyperparameters(self.learning_rate, self.epochs, self.batch_size, self.l2, self.seed)
-        spec = self.spec
-        Z = self._standardize(as_float_matrix(X, spec.n_features))
+        Z, targets, params = self._prepare(X, y, init_params)
         n = Z.shape[0]
-        targets = self._check_targets(y, n)
-        if init_params is None:
-            params = np.zeros(spec.n_params, dtype=np.float64)
-        else:
-            params = as_param_vector(init_params, spec.n_params)
-
-        P = params.reshape(spec.n_outputs, spec.n_features + 1)
+        P = params.reshape(self.spec.n_outputs, self.spec.n_features + 1)
         rng = np.random.default_rng(self.seed)
         # Overflow can only happen when SGD diverges; that is detected and reported below
         # instead of leaking numpy RuntimeWarnings.
@@ -199,11 +190,7 @@ class BaseLinearMapModel(ABC):
                 for start in range(0, n, int(self.batch_size)):
                     batch = order[start : start + int(self.batch_size)]
                     self._sgd_step(P, Z[batch], targets[batch])
-                if not np.all(np.isfinite(P)):
-                    raise DivergedError(
-                        f"SGD diverged in epoch {epoch + 1}; lower learning_rate "
-                        f"(currently {self.learning_rate!r}) or check the feature scaling"
-                    )
+                self._check_finite(P, f"epoch {epoch + 1}")
         self.params_ = params
         self.n_samples_seen_ = n
         return self
@@ -219,6 +206,25 @@ class BaseLinearMapModel(ABC):
         return self._mean_loss(scores, self._check_targets(y, scores.shape[0]))
 
     # -- internals --------------------------------------------------------------------
+
+    def _prepare(self, X: ArrayLike, y: ArrayLike,
+                 init_params: ArrayLike | None) -> tuple[FloatArray, NDArray[Any], FloatArray]:
+        """(standardized Z, targets, a fresh copy of the start parameters) for a training loop."""
+        # Re-checked because attributes may have been reassigned since __init__.
+        _check_hyperparameters(self.learning_rate, self.epochs, self.batch_size, self.l2, self.seed)
+        spec = self.spec
+        Z = self._standardize(as_float_matrix(X, spec.n_features))
+        targets = self._check_targets(y, Z.shape[0])
+        if init_params is None:
+            return Z, targets, np.zeros(spec.n_params, dtype=np.float64)
+        return Z, targets, as_param_vector(init_params, spec.n_params)
+
+    def _check_finite(self, P: FloatArray, where: str) -> None:
+        if not np.all(np.isfinite(P)):
+            raise DivergedError(
+                f"SGD diverged in {where}; lower learning_rate "
+                f"(currently {self.learning_rate!r}) or check the feature scaling"
+            )
 
     def _sgd_step(self, P: FloatArray, Z: FloatArray, y: NDArray[Any]) -> None:
         d = self.spec.n_features

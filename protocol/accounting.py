@@ -6,8 +6,9 @@ Two levels, each with its own neighbouring relation:
   distributed discrete Gaussian (protocol.privacy), composed by the RDP
   accountant under REPLACE_SPECIAL ("zero-out": one device's update replaced by
   zeros). The aggregator keeps one in its checkpoint, every device its own.
-- sample level (``SampleLedger``): DP-SGD on one device, Poisson-sampled
-  Gaussian steps, RDP accountant under ADD_OR_REMOVE_ONE (one example).
+- sample level (``sample_level_event``, ``epsilon_spent``): DP-SGD on one device,
+  Poisson-sampled Gaussian steps, RDP accountant under ADD_OR_REMOVE_ONE (one example);
+  the device's ledger of them is edge_agent.sample_privacy.
 
 dp_accounting (and the scipy it pulls) is imported inside the functions, so a
 device of a fleet without DP imports this module without the ``dp`` extra.
@@ -16,7 +17,7 @@ device of a fleet without DP imports this module without the ``dp`` extra.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -203,73 +204,16 @@ def calibrate_dpsgd(epsilon: float, delta: float, sampling_rate: float, steps: i
     return _smallest(spent, epsilon, "DP-SGD noise multiplier")
 
 
-@dataclass(frozen=True)
-class SampleCharge:
-    """The DP-SGD steps one device ran in one round."""
-
-    round_id: int
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
-
-    def __post_init__(self) -> None:
-        _count(self.round_id, "round_id")
-        _positive(self.noise_multiplier, "noise_multiplier")
-        if not 0 < _positive(self.sampling_rate, "sampling_rate") <= 1:
-            raise ProtocolError(f"sampling_rate must lie in (0, 1], got {self.sampling_rate}")
-        _count(self.steps, "steps", 1)
-
-    def event(self) -> dp_accounting.DpEvent:
-        return sample_level_event(self.noise_multiplier, self.sampling_rate, self.steps)
+def epsilon_spent(events: Sequence[dp_accounting.DpEvent], delta: float) -> float:
+    """Epsilon at ``delta`` of sample-level ``events`` composed (add/remove one); 0 if none."""
+    if not events:
+        return 0.0
+    return _epsilon(_dp().ComposedDpEvent(list(events)), delta, "ADD_OR_REMOVE_ONE")
 
 
-class SampleLedger:
-    """Sample-level budget of one device over every round it trained with DP-SGD."""
-
-    def __init__(self, delta: float, charges: Iterable[SampleCharge] = ()) -> None:
-        self.delta = _delta(delta)
-        self._charges: list[SampleCharge] = []
-        for c in charges:
-            self.charge(c.round_id, c.noise_multiplier, c.sampling_rate, c.steps)
-
-    @property
-    def charges(self) -> tuple[SampleCharge, ...]:
-        return tuple(self._charges)
-
-    def charge(self, round_id: int, noise_multiplier: float, sampling_rate: float,
-               steps: int) -> SampleCharge:
-        if any(c.round_id == round_id for c in self._charges):
-            raise ProtocolError(f"round {round_id} is already charged to the sample ledger")
-        charge = SampleCharge(round_id, noise_multiplier, sampling_rate, steps)
-        self._charges.append(charge)
-        return charge
-
-    def dp_event(self) -> dp_accounting.DpEvent:
-        return _dp().ComposedDpEvent([c.event() for c in self._charges])
-
-    def epsilon(self) -> float:
-        return self._eps(self._charges)
-
-    def epsilon_with(self, noise_multiplier: float, sampling_rate: float, steps: int) -> float:
-        extra = SampleCharge(0, noise_multiplier, sampling_rate, steps)
-        return self._eps([*self._charges, extra])
-
-    def _eps(self, charges: list[SampleCharge]) -> float:
-        if not charges:
-            return 0.0
-        event = _dp().ComposedDpEvent([c.event() for c in charges])
-        return _epsilon(event, self.delta, "ADD_OR_REMOVE_ONE")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"level": "sample", "delta": self.delta,
-                "charges": [asdict(c) for c in self._charges]}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> SampleLedger:
-        rows = _rows(data, "sample")
-        try:
-            return cls(data["delta"], [SampleCharge(r["round_id"], r["noise_multiplier"],
-                                                    r["sampling_rate"], r["steps"])
-                                       for r in rows])
-        except (KeyError, TypeError) as exc:
-            raise ProtocolError(f"malformed sample-level ledger: {exc}") from exc
+def sample_level_epsilon(noise_multiplier: float, sampling_rate: float, steps: int,
+                         delta: float) -> float:
+    """Epsilon at ``delta`` after ``steps`` DP-SGD steps (0 for no step at all)."""
+    if steps == 0:
+        return 0.0
+    return epsilon_spent([sample_level_event(noise_multiplier, sampling_rate, steps)], delta)

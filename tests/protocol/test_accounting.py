@@ -12,9 +12,9 @@ from dp_accounting.rdp import RdpAccountant
 
 from protocol.accounting import (
     PrivacyLedger,
-    SampleLedger,
     calibrate_dpsgd,
     calibrate_noise_multiplier,
+    epsilon_spent,
     sample_level_event,
 )
 from protocol.errors import ConfigError, ProtocolError
@@ -96,16 +96,10 @@ def test_sample_level_epsilon_equals_dp_accounting() -> None:
         dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.2)), 300))
     mine = RdpAccountant(neighboring_relation=REL.ADD_OR_REMOVE_ONE).compose(event)
     assert mine.get_epsilon(1e-5) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
-    ledger = SampleLedger(1e-5)
-    for r in range(1, 4):
-        ledger.charge(r, 1.2, 0.05, 100)
-    assert ledger.epsilon() == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
-    again = SampleLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
-    assert again.epsilon() == ledger.epsilon()
-    with pytest.raises(ProtocolError):
-        SampleLedger.from_dict(ledger.to_dict() | {"level": "device"})
-    with pytest.raises(ProtocolError):
-        ledger.charge(4, 1.2, 1.5, 10)
+    # Three rounds of 100 steps compose to the 300 steps of one event.
+    rounds = [sample_level_event(1.2, 0.05, 100) for _ in range(3)]
+    assert epsilon_spent(rounds, 1e-5) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
+    assert epsilon_spent([], 1e-5) == 0.0
 
 
 def test_dpsgd_calibration_is_tight() -> None:
