@@ -22,6 +22,7 @@ from edge_agent.ledger import DeviceLedger
 from edge_agent.notices import explain
 from edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from edge_agent.phases import phase_line, phase_values
+from edge_agent.sample_privacy import SampleDp
 from edge_agent.trainer import LocalUpdate, clip_note
 from edge_agent.trust import TrustedKeys, UntrustedKey
 from protocol.codec import CODEC_NAMES, Codec, make_codec
@@ -59,6 +60,7 @@ class EdgeAgent:
                                                                          key))
         self._trusted = TrustedKeys(config)
         self._ledger = DeviceLedger(config.state_dir, max_epsilon=config.max_epsilon)
+        self._sample_dp = SampleDp(config.state_dir, max_epsilon=config.max_sample_epsilon)
         # A file is read again before a round when it changed; given rows never change.
         # Training uses train_data only; eval_data is the held-out share (all rows if none).
         self._file: DataFile | None = None
@@ -310,8 +312,11 @@ class EdgeAgent:
             # Before any work: a spent ledger means this device sits the round out.
             charge = self._ledger.check(msg.fleet, msg.run_id, msg.round_id, privacy.device,
                                         msg.spec.n_params)
+        dpsgd = self._sample_dp.round(msg, self.train_data.n_samples, privacy.sample) \
+            if privacy.sample is not None and msg.phase == "training" else None
         done = phase_values(msg, self.train_data, self.eval_data, codec.params,
-                            announced.statistics, privacy=privacy, seed=self.config.seed)
+                            announced.statistics, privacy=privacy, dpsgd=dpsgd,
+                            seed=self.config.seed)
         if done.update is not None and done.clipped and privacy.device is None:
             # Its own logger: the simulation sums these per round instead.
             clip_log.warning("%s", clip_note(msg.round_id, done.clipped,

@@ -22,6 +22,7 @@ from edge_agent.health import RoundSkipped, skip_code
 from edge_agent.trainer import LocalUpdate, train_round
 from models import ModelError, ModelSpec, make_model
 from models.base import as_label_vector
+from models.dpsgd import DpSgd
 from protocol.codec import CodecParams, quantize_update
 from protocol.dpterms import PrivacyTerms
 from protocol.errors import CodecError
@@ -79,7 +80,7 @@ def evaluation_values(spec: ModelSpec, params: ArrayLike, data: LocalData, stats
 
 
 def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
-                    privacy: PrivacyTerms | None = None,
+                    privacy: PrivacyTerms | None = None, dpsgd: DpSgd | None = None,
                     seed: int | None = None) -> tuple[LocalUpdate, list[int]]:
     """The training section: w * q(clip(delta)) and w; the update carries its clip count.
 
@@ -87,7 +88,7 @@ def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
     delta is clipped to its L2 norm and this device's noise share added.
     """
     privacy = privacy or PrivacyTerms()
-    update = train_round(msg, data, max_weight=codec.max_weight, seed=seed)
+    update = train_round(msg, data, max_weight=codec.max_weight, seed=seed, dpsgd=dpsgd)
     try:
         if privacy.device is not None:
             noisy = noisy_update(update.delta, privacy.device)
@@ -102,7 +103,7 @@ def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
 
 def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
                  codec: CodecParams, stats: StatsParams, *,
-                 privacy: PrivacyTerms | None = None,
+                 privacy: PrivacyTerms | None = None, dpsgd: DpSgd | None = None,
                  seed: int | None = None) -> PhaseValues:
     """Everything one device sends for ``msg``'s phase; raises RoundSkipped."""
     phase = msg.phase
@@ -113,12 +114,13 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
         privacy = privacy or PrivacyTerms()
         if not privacy.evaluates:  # DP: no exact evaluation sums leave the device
             update, train_part = training_values(msg, train, codec, privacy=privacy,
-                                                 seed=seed)
+                                                 dpsgd=dpsgd, seed=seed)
             return PhaseValues(phase, [train_part], rows=train.n_samples, update=update,
                                clipped=update.clipped)
         # w_r first: cheap, and a device that cannot evaluate it skips before training.
         eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)
-        update, train_part = training_values(msg, train, codec, privacy=privacy, seed=seed)
+        update, train_part = training_values(msg, train, codec, privacy=privacy, dpsgd=dpsgd,
+                                             seed=seed)
         # [..., clipped_train, clipped_eval, n] for both kinds (protocol.evaluation).
         eval_part[-3] = update.clipped
         return PhaseValues(phase, [train_part, eval_part], rows=update.weight,

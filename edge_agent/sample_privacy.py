@@ -15,6 +15,7 @@ starting from zero would silently reset the budget.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,32 +29,17 @@ from protocol.accounting import (
     sample_level_epsilon,
     sample_level_event,
 )
+from protocol.dpterms import SampleDpParams
 from protocol.errors import ConfigError
-from protocol.messages import TrainingSettings
+from protocol.messages import RoundMessage, TrainingSettings
 from runtime.files import write_text_atomic
 
+log = logging.getLogger("edge_agent.privacy")
 LEDGER_FILE = "sample_dp_ledger.json"
 SCHEMA = "fedmq.sample-dp-ledger/1"
 # Calibration lands a hair below the target; composing the same RDP curve round by
 # round may round the other way by ~1e-15, which is no privacy loss worth a refusal.
 _SLACK = 1e-9
-
-
-@dataclass(frozen=True)
-class SampleDpParams:
-    """What the gateway announces for sample-level DP (per fleet, per run)."""
-
-    epsilon: float
-    delta: float
-    clip: float
-
-    def __post_init__(self) -> None:
-        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise ConfigError(f"sample_epsilon must be a finite number > 0, got {self.epsilon!r}")
-        if not (0 < self.delta < 1):
-            raise ConfigError(f"sample_delta must lie in (0, 1), got {self.delta!r}")
-        if not (self.clip > 0 and math.isfinite(self.clip)):
-            raise ConfigError(f"sample_clip must be a finite number > 0, got {self.clip!r}")
 
 
 @dataclass(frozen=True)
@@ -193,3 +179,45 @@ class SampleDpLedger:
                 key = (e.noise_multiplier, e.sampling_rate)
                 steps[key] = steps.get(key, 0) + e.steps
         return [sample_level_event(z, q, t) for (z, q), t in steps.items()]
+
+
+class SampleDp:
+    """What the agent asks each DP-SGD round: the plan, charged to this device's ledger.
+
+    ``max_epsilon`` ([privacy] max_sample_epsilon in agent.toml) caps every run this
+    device has trained with DP-SGD together, whatever a gateway announces per run.
+    """
+
+    def __init__(self, state_dir: str | None, *, max_epsilon: float | None) -> None:
+        self._ledger = None if state_dir is None else SampleDpLedger.in_state_dir(state_dir)
+        self._max = max_epsilon
+        self._plans: dict[tuple[Any, ...], SampleDpPlan] = {}
+
+    def round(self, msg: RoundMessage, n: int, params: SampleDpParams) -> DpSgd:
+        if self._ledger is None:
+            raise RoundSkipped("privacy-budget", "sample-level DP needs [agent] state_dir: "
+                               "this device keeps its privacy ledger there",
+                               "the device has no state_dir for its privacy ledger")
+        key = (n, msg.settings, params)
+        if (plan := self._plans.get(key)) is None:
+            plan = self._plans[key] = SampleDpPlan.build(n, msg.settings, params.rounds, params)
+        if self._max is not None:
+            try:
+                past = self._ledger.entries()
+            except ConfigError as exc:
+                raise RoundSkipped("privacy-budget", str(exc),
+                                   "the device's privacy ledger is unreadable") from exc
+            events = [sample_level_event(e.noise_multiplier, e.sampling_rate, e.steps)
+                      for e in past]
+            life = epsilon_spent([*events, sample_level_event(
+                plan.noise_multiplier, plan.sampling_rate, plan.steps_per_round)], params.delta)
+            if life > self._max:
+                raise RoundSkipped("privacy-budget", f"round {msg.round_id} would take this "
+                                   f"device's sample-level epsilon to {life:.3g} over all runs, "
+                                   f"beyond its own max_sample_epsilon {self._max:g}")
+        spent = self._ledger.charge(msg.run_id, msg.round_id, plan)
+        log.info("round %d: DP-SGD (noise multiplier %.3g, sampling rate %.3g, %d steps): "
+                 "sample-level epsilon %.3f of %g spent in this run (delta %g)", msg.round_id,
+                 plan.noise_multiplier, plan.sampling_rate, plan.steps_per_round, spent,
+                 params.epsilon, params.delta)
+        return plan.dpsgd()

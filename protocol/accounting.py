@@ -16,8 +16,10 @@ device of a fleet without DP imports this module without the ``dp`` extra.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +40,26 @@ def _dp() -> Any:
     return dp_accounting
 
 
+@contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Mute dp_accounting's per-order convergence warnings (absl): the RDP accountant drops
+    an order whose series does not converge, harmlessly (it takes the minimum over the
+    others), and says so for every evaluation, dozens of lines a log has no use for."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _epsilon(event: dp_accounting.DpEvent, delta: float, relation: str) -> float:
     dp = _dp()
     accountant = dp.rdp.RdpAccountant(
         neighboring_relation=getattr(dp.NeighboringRelation, relation))
-    return float(accountant.compose(event).get_epsilon(delta))
+    with _quiet_absl():
+        return float(accountant.compose(event).get_epsilon(delta))
 
 
 def _count(value: Any, what: str, low: int = 0) -> int:

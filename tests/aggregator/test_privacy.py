@@ -159,3 +159,34 @@ def test_a_corrupt_run_ledger_stops_the_resume(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unreadable privacy ledger"):
         FleetBudget(terms.device, SPEC.n_params).use(tmp_path)
     assert threading is not None
+
+
+def test_sample_level_dpsgd_and_device_level_together_over_mqtt(
+        broker_port: int, make_aggregator: Any, run_agents: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from edge_agent.sample_privacy import SampleDpLedger
+    from protocol.accounting import epsilon_spent, sample_level_event
+
+    terms = _terms(3, 2, epsilon=30.0, sample_epsilon=4.0, sample_clip=1.0)
+    assert terms.device is not None and terms.sample is not None
+    aggregator = make_aggregator(broker_port, rounds=3, quorum=2, min_agents=3,
+                                 round_timeout=20.0, config={"privacy": terms})
+    # agent-2 caps its own DP-SGD budget below one run's (3 of 4: one round costs 2.6,
+    # two 3.4): it trains round 1 only.
+    agents = _agents(broker_port, 3, tmp_path,
+                     **{"agent-2": {"max_sample_epsilon": 3.0}})
+    run_agents(*agents)
+    with caplog.at_level(logging.INFO):
+        aggregator.run()
+    assert len(aggregator.results) == 3
+    assert "DP-SGD (noise multiplier" in caplog.text
+    for i in range(3):
+        entries = SampleDpLedger.in_state_dir(tmp_path / f"a{i}").entries()
+        spent = epsilon_spent([sample_level_event(e.noise_multiplier, e.sampling_rate,
+                                                  e.steps) for e in entries], 1e-5)
+        assert spent <= (4.0 if i < 2 else 3.0) + 1e-9
+        assert len(entries) == (3 if i < 2 else len(entries))
+    capped = SampleDpLedger.in_state_dir(tmp_path / "a2").entries()
+    assert len(capped) == 1
+    assert "beyond its own max_sample_epsilon 3" in caplog.text
+    assert any(r.skipped.get("privacy-budget") for r in aggregator.results)

@@ -10,15 +10,16 @@ from dp_accounting import rdp
 from support import local_data
 
 from edge_agent.health import RoundSkipped, skip_line
-from edge_agent.sample_privacy import LEDGER_FILE, SampleDpLedger, SampleDpParams, SampleDpPlan
+from edge_agent.sample_privacy import LEDGER_FILE, SampleDpLedger, SampleDpPlan
 from edge_agent.trainer import train_round
 from models import ModelSpec
 from protocol.accounting import calibrate_dpsgd, sample_level_epsilon
-from protocol.errors import ConfigError
+from protocol.dpterms import SampleDpParams
+from protocol.errors import ConfigError, ProtocolError
 from protocol.messages import RoundMessage, TrainingSettings
 
 SETTINGS = TrainingSettings(epochs=2, batch_size=16, learning_rate=0.1)
-PARAMS = SampleDpParams(epsilon=3.0, delta=1e-5, clip=1.0)
+PARAMS = SampleDpParams(epsilon=3.0, delta=1e-5, clip=1.0, rounds=10)
 ROUNDS = 10
 
 
@@ -63,12 +64,12 @@ def test_calibrated_noise_is_the_smallest_within_budget(epsilon: float) -> None:
 
 
 def test_params_are_validated() -> None:
-    with pytest.raises(ConfigError, match="sample_epsilon"):
-        SampleDpParams(epsilon=0.0, delta=1e-5, clip=1.0)
-    with pytest.raises(ConfigError, match="sample_delta"):
-        SampleDpParams(epsilon=1.0, delta=1.0, clip=1.0)
-    with pytest.raises(ConfigError, match="sample_clip"):
-        SampleDpParams(epsilon=1.0, delta=1e-5, clip=float("inf"))
+    with pytest.raises(ProtocolError, match="sample-level epsilon"):
+        SampleDpParams(epsilon=0.0, delta=1e-5, clip=1.0, rounds=10)
+    with pytest.raises(ProtocolError, match="sample-level delta"):
+        SampleDpParams(epsilon=1.0, delta=1.0, clip=1.0, rounds=10)
+    with pytest.raises(ProtocolError, match="sample-level clip"):
+        SampleDpParams(epsilon=1.0, delta=1e-5, clip=float("inf"), rounds=10)
 
 
 def test_ledger_charges_until_the_budget_then_refuses(tmp_path: Path,
