@@ -119,7 +119,17 @@ def quantize_update(delta: FloatArray, weight: int,
     return [*(q * weight).tolist(), weight], n_clipped
 
 
-def mean_from_sums(sums: Sequence[int], params: CodecParams) -> tuple[FloatArray, int]:
+class FixedPoint(Protocol):
+    """A fixed-point scale: |value| <= clip maps to |q| <= 2^precision_bits."""
+
+    @property
+    def precision_bits(self) -> int: ...
+
+    @property
+    def clip(self) -> float: ...
+
+
+def mean_from_sums(sums: Sequence[int], params: FixedPoint) -> tuple[FloatArray, int]:
     """(sum_k w_k q_k / sum_k w_k scaled back to floats, sum_k w_k) from exact sums."""
     total_weight = int(sums[-1])
     if total_weight < 1:

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from protocol.codec import mean_from_sums
 from protocol.errors import CodecError, ProtocolError
 
 FloatArray = NDArray[np.float64]
@@ -241,11 +242,6 @@ def noisy_update(delta: FloatArray, params: DpParams, *,
 
 
 def mean_from_noisy_sums(sums: Sequence[int], params: DpParams) -> tuple[FloatArray, int]:
-    """(noised sum / m, scaled back to floats, m) from the decrypted DP section."""
-    m = int(sums[-1])
-    if m < 1:
-        raise CodecError(f"decoded device count {m} is not positive")
-    denom = m << params.precision_bits
-    # int / int is correctly rounded in Python: no precision lost before the scale.
-    mean = np.array([s / denom for s in sums[:-1]], dtype=np.float64) * params.clip
-    return mean, m
+    """(noised sum / m, scaled back to floats, m) from the decrypted DP section: every
+    device's count is 1, so the codec's weighted mean is the mean over the m devices."""
+    return mean_from_sums(sums, params)
