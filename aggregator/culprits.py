@@ -52,8 +52,12 @@ class Search:
 
 
 def search(agents: Iterable[str], check: Check, *,
-           rng: random.Random | None = None) -> Search:
-    """Split the failing set of ``agents`` (T, already decrypted) as described above."""
+           rng: random.Random | None = None, min_group: int = MIN_GROUP) -> Search:
+    """Split the failing set of ``agents`` (T, already decrypted) as described above.
+
+    ``min_group``: the fewest members a decrypted group may have (device-level DP: the
+    quorum, so every decrypted sum carries the full noise its shares were sized for).
+    """
     rng = rng or secrets.SystemRandom()
     whole = frozenset(agents)
     decrypted, excluded = [whole], []
@@ -61,7 +65,7 @@ def search(agents: Iterable[str], check: Check, *,
     pending = [whole]
     while pending:
         group = pending.pop()
-        if len(group) < 2 * MIN_GROUP:
+        if len(group) < 2 * min_group:
             excluded.append(group)
             continue
         members = sorted(group)
@@ -86,7 +90,7 @@ def search(agents: Iterable[str], check: Check, *,
 
 
 def close_sum(round_id: int, agents: Iterable[str], check: Check, suspects: Suspects, *,
-              rng: random.Random | None = None
+              rng: random.Random | None = None, min_group: int = MIN_GROUP
               ) -> tuple[frozenset[str], list[int] | None, list[str]]:
     """The round's sum: of every update, or of the groups that pass after a search.
 
@@ -97,7 +101,7 @@ def close_sum(round_id: int, agents: Iterable[str], check: Check, suspects: Susp
     if sums is not None:
         suspects.record(round_id, (), kept=whole)
         return whole, sums, []
-    found = search(whole, check, rng=rng)
+    found = search(whole, check, rng=rng, min_group=min_group)
     for group in found.excluded:
         log.error("round %d: decrypted sum out of bounds; culprit among %s (excluded this "
                   "round); %s", round_id, ", ".join(sorted(group)),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from aggregator.culprits import Suspects, bounds_check, close_sum
+from aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_sum
 from aggregator.rounds import RoundState
 from models import ModelSpec
 from protocol.codec import CodecParams, mean_from_sums
@@ -83,7 +83,10 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Su
     members = state.members or {a: (a,) for a in state.vectors}
     check = bounds_check(state.layout, private_key, state.vectors, total=state.ciphertext_sum,
                          devices={m: len(d) for m, d in members.items()})
-    kept_members, sums, named = close_sum(state.round_id, members, check, suspects, rng=rng)
+    # Under device-level DP no decrypted sum may hold fewer noise shares than the quorum's.
+    min_group = MIN_GROUP if dp is None else max(MIN_GROUP, state.quorum)
+    kept_members, sums, named = close_sum(state.round_id, members, check, suspects, rng=rng,
+                                          min_group=min_group)
     kept = frozenset(d for m in kept_members for d in members[m])
     dropped = Closing((), tuple(sorted(state.accepted)), tuple(named))
     if sums is None or len(kept) < state.quorum:

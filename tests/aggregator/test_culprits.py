@@ -186,3 +186,17 @@ def test_the_whole_round_is_checked_on_its_running_sum():
     wrong = bounds_check(layout_of(codec), private, vectors, total=[c * c for c in total])
     assert wrong(frozenset(vectors)) is None  # the given sum, not a recomputed one
     assert wrong(frozenset(list(vectors)[:2])) is not None  # groups: recomputed
+
+
+def test_under_device_dp_no_group_smaller_than_the_quorum_is_decrypted():
+    """Each decrypted sum must hold at least the quorum's noise shares (issue 11)."""
+    _, private, codec, _, vectors, bad = world()
+    members = dict(list(vectors.items())[:11])
+    members["dev-bad"] = bad["random-plaintext"]
+    check = bounds_check(layout_of(codec), private, members)
+    calls: list[frozenset[str]] = []
+    kept, sums, _ = close_sum(1, members, lambda g: calls.append(g) or check(g), Suspects(),
+                              min_group=5)
+    assert all(len(group) >= 5 for group in calls)
+    assert len(calls) > 1 and "dev-bad" not in kept and sums is not None
+    assert len(kept) >= 6  # the half without the culprit (6 devices) is kept
