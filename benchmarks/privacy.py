@@ -250,9 +250,15 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def cmd_bench_privacy(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
+    root = logging.getLogger()
+    level = root.level
     if not getattr(args, "verbose", 0):  # dozens of runs: their INFO and health notes hidden
-        logging.getLogger().setLevel(logging.ERROR)
-    bench_dir, cells = measure(opts, progress=lambda m: print(m, file=sys.stderr, flush=True))
+        root.setLevel(logging.ERROR)
+    try:
+        bench_dir, cells = measure(opts,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:  # in-process callers (tests) get their logging back
+        root.setLevel(level)
     table = rows(cells, opts)
     text = markdown(table)
     write(bench_dir, table, text)
