@@ -136,6 +136,12 @@ class AggregatorConfig:
     privacy: PrivacyTerms = field(default_factory=PrivacyTerms)
 
     def __post_init__(self) -> None:
+        device = self.privacy.device
+        if device is not None and device.quorum > self.policy.quorum:
+            raise ConfigError(
+                f"[privacy]: the noise is sized for {device.quorum} devices but [rounds] "
+                f"quorum = {self.policy.quorum} lets a round close with fewer: it would be "
+                "under-noised. Size it for the quorum")
         if self.needs_statistics and not self.privacy.evaluates:
             raise ConfigError(
                 "[privacy] is on, but [model] gives no center and scale: the statistics "

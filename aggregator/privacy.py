@@ -39,6 +39,7 @@ def privacy_terms(table: PrivacyTable, *, spec: ModelSpec, rounds: int, quorum: 
             quorum=quorum, precision_bits=codec.precision_bits)
         device = DpParams(epsilon=table.epsilon, delta=table.delta, noise_multiplier=z,
                           clip=table.clip, quorum=quorum, precision_bits=codec.precision_bits)
+        device.round_rho(spec.n_params, quorum)  # a multiplier too small fails here, at load
     if table.sample_epsilon is not None:
         sample = SampleDpParams(epsilon=table.sample_epsilon, delta=table.sample_delta,
                                 clip=table.sample_clip, rounds=rounds)
@@ -105,13 +106,18 @@ class FleetBudget:
         """Record round ``round_id``'s release with ``devices`` noise shares; the new total.
 
         A round charged before a crash (charged, then the process died before its model
-        was saved) is re-run on resume; its first charge stands.
+        was saved) is re-run on resume; the larger of its two charges stands.
         """
-        if any(c.round_id == round_id for c in self.ledger.charges):
-            log.warning("round %d was charged before a restart; its first charge stands",
-                        round_id)
-            return self.spent
-        self.ledger.charge(round_id, self.params.round_rho(self._d, devices), devices)
+        rho = self.params.round_rho(self._d, devices)
+        earlier = [c for c in self.ledger.charges if c.round_id == round_id]
+        if earlier:  # re-run after a restart: the larger of the two charges stands
+            log.warning("round %d was charged before a restart (%d devices); now %d",
+                        round_id, earlier[0].devices, devices)
+            if earlier[0].rho >= rho:
+                return self.spent
+            self.ledger = PrivacyLedger(self.params.delta, [
+                c for c in self.ledger.charges if c.round_id != round_id])
+        self.ledger.charge(round_id, rho, devices)
         if self._path is not None:
             write_atomic(self._path, json.dumps(self.ledger.to_dict(), indent=1).encode())
         return self.spent

@@ -201,7 +201,8 @@ def why_not_resume(cp: RunCheckpoint | None, where: Path, *, identity: tuple[str
         raise ConfigError(f"{where / 'run.json'}: the run belongs to another fleet or key; "
                           "set [output] resume = false to start a new run beside it")
     if cp.codec_digest != codec_digest:
-        return f"run {cp.run_id} used other [codec] settings"
+        return (f"run {cp.run_id} used other [codec], [statistics] or [privacy] settings "
+                "(with differential privacy the new run starts a new budget)")
     if (cp.model_digest and cp.model_digest != model_digest) or (
             not cp.model_digest and store.saved_spec() not in (None, spec)):
         return f"run {cp.run_id} trained another model than [model] now describes"

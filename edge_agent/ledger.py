@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +43,20 @@ class Entry:
     round_id: int
     rho: float  # with the quorum's noise shares in the sum
     rho_alone: float  # this update decrypted on its own: the device's own share only
+
+
+def _check_entry(e: Entry) -> None:
+    """A tampered or broken entry must not lower the count (or crash the agent later)."""
+    for name in ("fleet", "run_id"):
+        if not isinstance(getattr(e, name), str):
+            raise ValueError(f"bad {name} {getattr(e, name)!r}")
+    if isinstance(e.round_id, bool) or not isinstance(e.round_id, int) or e.round_id < 0:
+        raise ValueError(f"bad round_id {e.round_id!r}")
+    for name in ("rho", "rho_alone"):
+        value = getattr(e, name)
+        if isinstance(value, bool) or not isinstance(value, float) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"bad {name} {value!r}")
 
 
 class DeviceLedger:
@@ -64,8 +79,7 @@ class DeviceLedger:
                 doc = json.loads(self.path.read_bytes())
                 entries = [Entry(**e) for e in doc["entries"]]
                 for e in entries:
-                    if not (isinstance(e.rho, float) and e.rho >= 0):
-                        raise ValueError(f"bad rho {e.rho!r}")
+                    _check_entry(e)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise RoundSkipped(
                     "privacy-budget", f"{self.path}: unreadable privacy ledger ({exc}); this "
@@ -102,11 +116,17 @@ class DeviceLedger:
     def commit(self, entry: Entry, delta: float) -> str:
         """Record ``entry`` (before the update leaves) and return the line to log."""
         entries = self._load()
-        entries.append(entry)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(
-                {"entries": [asdict(e) for e in entries]}, indent=1).encode())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.path, json.dumps(
+                    {"entries": [asdict(e) for e in [*entries, entry]]}, indent=1).encode())
+            except OSError as exc:  # a full disk: nothing recorded, so nothing is sent
+                raise RoundSkipped(
+                    "privacy-budget", f"{self.path}: cannot record this round's privacy charge "
+                    f"({exc.strerror}); the update is not sent",
+                    "the device cannot write its privacy ledger") from None
+        entries.append(entry)
         run = [e for e in entries if (e.fleet, e.run_id) == (entry.fleet, entry.run_id)]
         life = [e.rho for e in entries if e.fleet == entry.fleet]
         spent = self._epsilon([e.rho for e in run], delta)

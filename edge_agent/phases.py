@@ -107,6 +107,12 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
                  seed: int | None = None) -> PhaseValues:
     """Everything one device sends for ``msg``'s phase; raises RoundSkipped."""
     phase = msg.phase
+    if phase in ("statistics", "evaluation") and privacy is not None \
+            and not privacy.evaluates:
+        # The terms say nothing exact leaves a device: a gateway asking anyway gets nothing.
+        raise RoundSkipped("privacy-budget", f"the gateway asks for a {phase} round (exact "
+                           "totals), but its privacy terms release none (exact_aggregates is "
+                           "false); this device sends nothing for it")
     if phase == "statistics":
         values = statistics_values(msg.spec, train, stats)
         return PhaseValues(phase, [values], rows=values[-1], clipped=values[-2])
@@ -121,8 +127,9 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
         eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)
         update, train_part = training_values(msg, train, codec, privacy=privacy, dpsgd=dpsgd,
                                              seed=seed)
-        # [..., clipped_train, clipped_eval, n] for both kinds (protocol.evaluation).
-        eval_part[-3] = update.clipped
+        # [..., clipped_train, clipped_eval, n] for both kinds (protocol.evaluation). An L2
+        # clip (device-level DP) scales every value of the update.
+        eval_part[-3] = update.clipped * (msg.spec.n_params if privacy.device else 1)
         return PhaseValues(phase, [train_part, eval_part], rows=update.weight,
                            eval_rows=eval_part[-1], update=update, clipped=update.clipped)
     if phase == "evaluation":

@@ -97,9 +97,13 @@ class LedgerEntry:
             ok = (isinstance(value, int | float) if kind is float else isinstance(value, kind))
             if not ok or isinstance(value, bool):
                 raise ValueError(f"entry field {key!r} missing or not a {kind.__name__}")
-        return cls(run_id=doc["run_id"], round_id=doc["round_id"],
-                   noise_multiplier=float(doc["noise_multiplier"]),
-                   sampling_rate=float(doc["sampling_rate"]), steps=doc["steps"])
+        z, q, steps = float(doc["noise_multiplier"]), float(doc["sampling_rate"]), doc["steps"]
+        # Ranges too: negative steps would cancel real charges, and a z or q outside the
+        # accountant's domain would raise deep inside it on every later round.
+        if not (math.isfinite(z) and z >= 0) or not 0 < q <= 1 or steps < 1:
+            raise ValueError(f"entry out of range (z {z!r}, q {q!r}, steps {steps!r})")
+        return cls(run_id=doc["run_id"], round_id=doc["round_id"], noise_multiplier=z,
+                   sampling_rate=q, steps=steps)
 
 
 class SampleDpLedger:
@@ -166,7 +170,12 @@ class SampleDpLedger:
                 f"{budget:g} (delta {plan.params.delta:g}) in run {run_id}; round {round_id} "
                 f"would take it to {after:.3f}, so it sends nothing more this run")
         doc = {"schema": SCHEMA, "entries": [asdict(e) for e in [*entries, entry]]}
-        write_text_atomic(self.path, json.dumps(doc, indent=1) + "\n")
+        try:
+            write_text_atomic(self.path, json.dumps(doc, indent=1) + "\n")
+        except OSError as exc:  # a full disk: nothing recorded, so nothing is trained
+            raise RoundSkipped("privacy-budget", f"privacy ledger {self.path}: cannot record "
+                               f"this round's charge ({exc.strerror}); not training",
+                               "the device cannot write its privacy ledger") from exc
         return after
 
     @staticmethod

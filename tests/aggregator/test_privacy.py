@@ -144,10 +144,10 @@ def test_a_device_whose_own_ledger_is_spent_sits_out_and_the_fleet_goes_on(
 
 def test_dp_without_datasheet_scaling_is_refused_unless_exact_aggregates_allowed() -> None:
     unscaled = SPEC.__class__(kind="logistic", features=SPEC.features, n_classes=2)
-    terms = _terms(3, 2, epsilon=3.0)
+    terms = _terms(3, 1, epsilon=3.0)
     with pytest.raises(ConfigError, match="exact_aggregates"):
         AggregatorConfig(topics=Topics("t"), spec=unscaled, privacy=terms)
-    allowed = _terms(3, 2, epsilon=3.0, exact_aggregates=True)
+    allowed = _terms(3, 1, epsilon=3.0, exact_aggregates=True)
     assert AggregatorConfig(topics=Topics("t"), spec=unscaled, privacy=allowed).needs_statistics
 
 
@@ -190,3 +190,25 @@ def test_sample_level_dpsgd_and_device_level_together_over_mqtt(
     assert len(capped) == 1
     assert "beyond its own max_sample_epsilon 3" in caplog.text
     assert any(r.skipped.get("privacy-budget") for r in aggregator.results)
+
+
+def test_noise_sized_for_more_devices_than_the_quorum_is_refused() -> None:
+    from aggregator.config import RoundPolicy
+    with pytest.raises(ConfigError, match="under-noised"):
+        AggregatorConfig(topics=Topics("t"), spec=SPEC, privacy=_terms(3, 5, epsilon=3.0),
+                         policy=RoundPolicy(quorum=2))
+
+
+def test_a_round_rerun_after_a_restart_keeps_the_larger_charge(tmp_path: Path) -> None:
+    from aggregator.privacy import FleetBudget
+    terms = _terms(3, 2, epsilon=30.0)
+    assert terms.device is not None
+    budget = FleetBudget(terms.device, SPEC.n_params)
+    budget.use(tmp_path)
+    budget.charge(1, 5)
+    budget.charge(1, 3)  # re-run with fewer devices: less noise, a larger charge
+    again = FleetBudget(terms.device, SPEC.n_params)
+    again.use(tmp_path)
+    assert [(c.round_id, c.devices) for c in again.ledger.charges] == [(1, 3)]
+    again.charge(1, 4)
+    assert [(c.round_id, c.devices) for c in again.ledger.charges] == [(1, 3)]

@@ -104,7 +104,15 @@ def test_ledger_survives_a_restart(tmp_path: Path, plan: SampleDpPlan) -> None:
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"schema": "other"}',
                                      b'{"schema": "fedmq.sample-dp-ledger/1", "entries": '
-                                     b'[{"run_id": "r", "round_id": 1}]}', b"\xff\xfe"])
+                                     b'[{"run_id": "r", "round_id": 1}]}', b"\xff\xfe",
+                                     # tampered: negative steps would cancel real charges
+                                     b'{"schema": "fedmq.sample-dp-ledger/1", "entries": '
+                                     b'[{"run_id": "run-1", "round_id": 1, "noise_multiplier"'
+                                     b': 2.0, "sampling_rate": 0.08, "steps": -1000}]}',
+                                     # out of the accountant's domain: it would raise later
+                                     b'{"schema": "fedmq.sample-dp-ledger/1", "entries": '
+                                     b'[{"run_id": "run-1", "round_id": 1, "noise_multiplier"'
+                                     b': 2.0, "sampling_rate": 1.5, "steps": 3}]}'])
 def test_corrupt_ledger_refuses_with_one_line_naming_the_file(
         tmp_path: Path, plan: SampleDpPlan, content: bytes) -> None:
     path = tmp_path / LEDGER_FILE

@@ -1,0 +1,83 @@
+"""The device's own device-level ledger: it counts, refuses, and is never reset or cheated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import SPEC, local_data
+
+from edge_agent.data import split_holdout
+from edge_agent.health import RoundSkipped
+from edge_agent.ledger import LEDGER_FILE, DeviceLedger
+from edge_agent.phases import phase_values
+from protocol.codec import CodecParams
+from protocol.dpterms import PrivacyTerms
+from protocol.messages import RoundMessage, TrainingSettings
+from protocol.privacy import DpParams
+from protocol.statistics import StatsParams
+
+TRAIN, EVAL = split_holdout(local_data(3, 80), 0.25, "pi-1")
+
+
+def round_msg(phase: str, round_id: int) -> RoundMessage:
+    return RoundMessage(fleet="test", round_id=round_id, model_version=max(round_id, 0),
+                        state=phase, spec=SPEC, params=tuple(np.zeros(SPEC.n_params)),
+                        deadline=0.0, settings=TrainingSettings(), key_fingerprint="k" * 64,
+                        codec_digest="d" * 32, run_id="r1")
+
+
+DP = DpParams(epsilon=3.0, delta=1e-5, noise_multiplier=2.0, clip=1.0, quorum=2)
+D = SPEC.n_params
+
+
+def test_it_refuses_the_round_that_would_pass_the_run_budget_and_counts_across_runs(
+        tmp_path: Path) -> None:
+    ledger = DeviceLedger(str(tmp_path), max_epsilon=None)
+    entry = ledger.check("f", "run-1", 1, DP, D)
+    line = ledger.commit(entry, DP.delta)
+    assert "spent in this run" in line and "decrypting these updates alone" in line
+    with pytest.raises(RoundSkipped, match="beyond the announced 3") as info:
+        ledger.check("f", "run-1", 2, DP, D)  # two rounds at z = 2, quorum 2: epsilon > 3
+    assert info.value.code == "privacy-budget"
+    ledger.check("f", "run-2", 1, DP, D)  # a new run has its own announced budget ...
+    capped = DeviceLedger(str(tmp_path), max_epsilon=3.0)  # ... unless the device caps it
+    with pytest.raises(RoundSkipped, match="beyond its own max_epsilon 3"):
+        capped.check("f", "run-2", 1, DP, D)
+
+
+@pytest.mark.parametrize("entry", [
+    {"rho": -1.0}, {"rho_alone": "x"}, {"round_id": True}, {"rho": float("nan")},
+])
+def test_a_tampered_ledger_refuses_and_is_never_reset(tmp_path: Path, entry: dict) -> None:
+    good = {"fleet": "f", "run_id": "run-1", "round_id": 1, "rho": 0.1, "rho_alone": 0.2}
+    path = tmp_path / LEDGER_FILE
+    path.write_text(json.dumps({"entries": [good | entry]}))
+    before = path.read_bytes()
+    with pytest.raises(RoundSkipped, match="unreadable privacy ledger") as info:
+        DeviceLedger(str(tmp_path), max_epsilon=None).check("f", "run-1", 2, DP, D)
+    assert str(tmp_path) not in info.value.detail  # the gateway never sees local paths
+    assert path.read_bytes() == before
+
+
+def test_a_ledger_that_cannot_be_written_means_nothing_is_sent(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    ledger = DeviceLedger(str(blocked), max_epsilon=None)
+    entry = ledger.check("f", "run-1", 1, DP, D)
+    with pytest.raises(RoundSkipped, match="cannot record"):
+        ledger.commit(entry, DP.delta)
+
+
+@pytest.mark.parametrize("phase", ["statistics", "evaluation"])
+def test_under_dp_a_device_sends_no_exact_totals_whatever_the_gateway_asks(phase: str) -> None:
+    terms = PrivacyTerms(device=DP)
+    with pytest.raises(RoundSkipped, match="release none") as info:
+        phase_values(round_msg(phase, round_id=0 if phase == "statistics" else 2), TRAIN, EVAL,
+                     CodecParams(), StatsParams(), privacy=terms)
+    assert info.value.code == "privacy-budget"
+    allowed = PrivacyTerms(device=DP, exact_aggregates=True)
+    assert phase_values(round_msg(phase, round_id=0 if phase == "statistics" else 2), TRAIN,
+                        EVAL, CodecParams(), StatsParams(), privacy=allowed).parts
