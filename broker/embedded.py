@@ -67,6 +67,7 @@ async def serve(settings: BrokerSettings, stop: asyncio.Event,
     try:
         await stop.wait()
     finally:
+        await broker.drain(timeout=5.0)  # deliver what was accepted before closing
         await broker.shutdown()
         one_line.flush_held()
 
