@@ -16,10 +16,9 @@ import contextlib
 import hashlib
 import logging
 import multiprocessing
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from aggregator.config import AggregatorConfig, RoundPolicy
 from aggregator.keys import load_aggregator_keys
 from aggregator.outcome import RoundResult
 from aggregator.service import Aggregator
+from benchmarks.relay_processes import relay_processes
 from edge_agent.config import AgentConfig
 from fedmq import synthetic
 from fedmq.shards import ShardedFleet, peak_rss_bytes
@@ -194,50 +194,6 @@ class SetupResult:
     broker_complaints: int  # PUBACK timeouts and warnings of every broker
     wall_seconds: float
     relay_partials: int = 0  # partial sums the relays forwarded
-    notes: tuple[str, ...] = field(default=())
-
-
-def _relay_process(config: RelayConfig, conn: Any) -> None:
-    from relay.service import Relay
-
-    logging.basicConfig(level=logging.WARNING,
-                        format=f"%(levelname)s {config.relay_id} %(name)s: %(message)s")
-    relay = Relay(config)
-    thread = threading.Thread(target=relay.run, name=config.relay_id, daemon=True)
-    thread.start()
-    conn.send(("started",))
-    conn.recv()  # stop
-    relay.stop()
-    thread.join(10)
-    conn.send(("done", peak_rss_bytes(), len(relay.forwarded)))
-
-
-@contextlib.contextmanager
-def relay_processes(configs: Sequence[RelayConfig], out: dict[str, int]) -> Iterator[None]:
-    """Each relay in a spawned process; ``out`` gets their summed peak RSS and partials."""
-    ctx = multiprocessing.get_context("spawn")
-    started = []
-    for config in configs:
-        mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_relay_process, args=(config, theirs),
-                           name=f"fedmq-{config.relay_id}", daemon=True)
-        proc.start()
-        started.append((proc, mine))
-    try:
-        for _proc, conn in started:
-            conn.recv()  # started
-        yield
-    finally:
-        for proc, conn in started:
-            with contextlib.suppress(OSError):
-                conn.send(("stop",))
-            if conn.poll(30):
-                _done, rss, partials = conn.recv()
-                out["rss"] = out.get("rss", 0) + rss
-                out["partials"] = out.get("partials", 0) + partials
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
 
 
 def _complaints(ends: Sequence[BrokerEnd]) -> int:
