@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data", help="output directory (default: data)")
     p.set_defaults(func=cmd_sample_data)
     from benchmarks import flower, inbound, realdata, scale
-    from fedmq import model_cli, privacy_bench_cli, provision, relay_cli
+    from fedmq import model_cli, privacy_bench_cli, provision, relay_bench_cli, relay_cli
 
     model_cli.register(sub)  # export, evaluate
     provision.register(sub)  # init gateway, init device
@@ -385,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     flower.register(sub)  # bench-flower
     inbound.register(sub)  # bench-inbound
     privacy_bench_cli.register(sub)  # bench-privacy
+    relay_bench_cli.register(sub)  # bench-relay
     for command in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help="more log output")
