@@ -76,11 +76,8 @@ class PartialSum:
 
 
 def encode_partial(msg: PartialSum, public_key: PaillierPublicKey, signer: Signer) -> bytes:
-    return PARTIAL.encode({
-        "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id, "relay": msg.relay_id,
-        "key": msg.key_fingerprint, "codec": msg.codec_digest, "values": msg.n_values,
-        "summed": msg.summed, "contributors": list(msg.contributors),
-    }, msg.ciphertexts, public_key, signer)
+    return PARTIAL.encode(msg, {"relay": msg.relay_id, "summed": msg.summed,
+                                "contributors": list(msg.contributors)}, public_key, signer)
 
 
 def is_partial(payload: bytes) -> bool:
@@ -98,10 +95,5 @@ def decode_partial(payload: bytes, public_key: PaillierPublicKey) -> PartialSum:
     contributors = header["contributors"]
     if not all(isinstance(c, str) for c in contributors) or header["summed"] != len(contributors):
         raise ProtocolError("partial sum: 'summed' must equal the number of contributor ids")
-    return PartialSum(
-        fleet=header["fleet"], run_id=header["run"], round_id=header["round"],
-        relay_id=header["relay"], key_fingerprint=header["key"], codec_digest=header["codec"],
-        n_values=header["values"], ciphertexts=frame.ciphertexts,
-        contributors=tuple(contributors), signed_hash=frame.signed_hash,
-        signature=frame.signature,
-    )
+    return PartialSum(**frame.common(), relay_id=header["relay"],
+                      contributors=tuple(contributors))

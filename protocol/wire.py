@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from protocol.errors import KeyMismatchError, ProtocolError
 from protocol.paillier import (
@@ -45,6 +45,16 @@ SCHEMA = "fedmq.update/2"
 MAX_HEADER = 4096
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 _PREFIX = struct.Struct(">4sBH")
+# Header field -> message attribute, alike in updates and partial sums.
+_COMMON = {"fleet": "fleet", "run": "run_id", "round": "round_id", "key": "key_fingerprint",
+           "codec": "codec_digest", "values": "n_values"}
+
+
+class Framed(Protocol):
+    """An UpdateMessage or a PartialSum: the attributes of _COMMON, and ciphertexts."""
+
+    @property
+    def ciphertexts(self) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,12 @@ class Frame:
     ciphertexts: tuple[int, ...]
     signed_hash: bytes
     signature: bytes
+
+    def common(self) -> dict[str, Any]:
+        """The message fields every frame carries, as keyword arguments."""
+        return {attr: self.header[name] for name, attr in _COMMON.items()} | {
+            "ciphertexts": self.ciphertexts, "signed_hash": self.signed_hash,
+            "signature": self.signature}
 
 
 @dataclass(frozen=True)
@@ -80,10 +96,13 @@ class Framing:
         """Exact wire size of a frame with this header length and ciphertext body."""
         return self.prefix.size + header_len + body_bytes + SIGNATURE_BYTES
 
-    def encode(self, fields: Mapping[str, object], ciphertexts: Sequence[int],
-               public_key: PaillierPublicKey, signer: Signer) -> bytes:
+    def encode(self, msg: Framed, fields: Mapping[str, object], public_key: PaillierPublicKey,
+               signer: Signer) -> bytes:
+        """``msg`` signed by ``signer``; ``fields``: the header fields of its kind."""
+        ciphertexts = msg.ciphertexts
         header = json.dumps({
-            "schema": self.schema, **fields, "count": len(ciphertexts),
+            "schema": self.schema, **{name: getattr(msg, attr) for name, attr in _COMMON.items()},
+            **fields, "count": len(ciphertexts),
             "size": ciphertext_size(public_key), "signer": signer.public_hex,
         }, separators=(",", ":")).encode()
         if len(header) > self.max_header:
@@ -184,10 +203,7 @@ class UpdateMessage:
 
 
 def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey, signer: Signer) -> bytes:
-    return UPDATE.encode({
-        "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id, "agent": msg.agent_id,
-        "key": msg.key_fingerprint, "codec": msg.codec_digest, "values": msg.n_values,
-    }, msg.ciphertexts, public_key, signer)
+    return UPDATE.encode(msg, {"agent": msg.agent_id}, public_key, signer)
 
 
 def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessage:
@@ -203,9 +219,4 @@ def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessag
     signer_key = header.get("signer", "")
     if not isinstance(signer_key, str) or len(signer_key) > 64:
         raise ProtocolError("update header field 'signer' is not a public key")
-    return UpdateMessage(
-        fleet=header["fleet"], run_id=header["run"], round_id=header["round"],
-        agent_id=header["agent"], key_fingerprint=header["key"], codec_digest=header["codec"],
-        n_values=header["values"], ciphertexts=frame.ciphertexts,
-        signed_hash=frame.signed_hash, signature=frame.signature, signer_key=signer_key,
-    )
+    return UpdateMessage(**frame.common(), agent_id=header["agent"], signer_key=signer_key)
