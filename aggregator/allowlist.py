@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from protocol.errors import ConfigError, ProtocolError
@@ -58,6 +59,46 @@ def load_relays(path: str | Path) -> dict[str, Ed25519PublicKey]:
 
 def load_allow_list(path: str | Path) -> dict[str, Ed25519PublicKey]:
     return _keys(path, read_entries(path))
+
+
+Keys = Mapping[str, Ed25519PublicKey]
+
+
+class AllowListFile:
+    """The allow-list file, re-read at every call: enrolling or revoking a device or a
+    relay needs no restart.
+
+    A file broken mid-run (a bad hand edit) must not kill the run: the list read last
+    is kept, with an error line; a first read that fails raises ConfigError (at start a
+    broken file stops us). ``agents``/``relays``: fixed lists used instead of the file
+    (tests, embedders), each on its own.
+    """
+
+    def __init__(self, path: str | Path, *, agents: Keys | None = None,
+                 relays: Keys | None = None) -> None:
+        self.path = path
+        self._fixed = {"allow-list": agents, "relays": relays}
+        self._last: dict[str, Keys] = {}
+
+    def agents(self) -> Keys:
+        """Agent id -> key: the devices whose updates count."""
+        return self._read("allow-list", load_allow_list)
+
+    def relays(self) -> Keys:
+        """Relay id -> key: the relays whose partial sums count (fedmq relay)."""
+        return self._read("relays", load_relays)
+
+    def _read(self, what: str, load: Callable[[str | Path], Keys]) -> Keys:
+        fixed = self._fixed[what]
+        if fixed is not None:
+            return fixed
+        try:
+            self._last[what] = load(self.path)
+        except ConfigError as exc:
+            if what not in self._last:
+                raise
+            log.error("%s; keeping the %s read before", exc, what)
+        return self._last[what]
 
 
 def _keys(path: str | Path, entries: dict[str, str]) -> dict[str, Ed25519PublicKey]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from protocol.errors import ProtocolError
 from protocol.health import Skip
@@ -18,6 +19,8 @@ from protocol.paillier import PaillierPublicKey, add_ciphertexts
 from protocol.partial import PartialSum
 from protocol.signing import Ed25519PublicKey, public_key_hex
 from protocol.wire import UpdateMessage
+
+_Offered = TypeVar("_Offered", UpdateMessage, PartialSum)
 
 
 class Rejected(Exception):
@@ -102,37 +105,31 @@ class RoundState:
         ``commit`` (persisting the payload) runs after every check and before
         the update counts: if it raises, the update is rejected, not half-kept.
         """
-        try:
-            self._check(update, topic_agent)
-            if commit is not None:
-                try:
-                    commit(update)
-                except OSError as exc:
-                    raise Rejected(f"cannot persist the update: {exc}") from exc
-        except Redelivered:
-            raise
-        except Rejected:
-            self.rejected += 1
-            raise
+        self._offer(update, topic_agent, self._check, commit, "update")
         self._add(update.agent_id, (update.agent_id,), update.ciphertexts, update.signed_hash)
 
     def offer_partial(self, partial: PartialSum, topic_agent: str,
                       commit: Callable[[PartialSum], None] | None = None) -> None:
         """Add a relay's partial sum (all its contributors at once) or raise Rejected."""
+        self._offer(partial, topic_agent, self._check_partial, commit, "partial sum")
+        self._add(partial.relay_id, partial.contributors, partial.ciphertexts,
+                  partial.signed_hash)
+
+    def _offer(self, msg: _Offered, topic_agent: str, check: Callable[[_Offered, str], None],
+               commit: Callable[[_Offered], None] | None, what: str) -> None:
+        """Every check, then ``commit``; a rejection (not a redelivery) is counted."""
         try:
-            self._check_partial(partial, topic_agent)
+            check(msg, topic_agent)
             if commit is not None:
                 try:
-                    commit(partial)
+                    commit(msg)
                 except OSError as exc:
-                    raise Rejected(f"cannot persist the partial sum: {exc}") from exc
+                    raise Rejected(f"cannot persist the {what}: {exc}") from exc
         except Redelivered:
             raise
         except Rejected:
             self.rejected += 1
             raise
-        self._add(partial.relay_id, partial.contributors, partial.ciphertexts,
-                  partial.signed_hash)
 
     def _add(self, member: str, devices: tuple[str, ...], ciphertexts: tuple[int, ...],
              signed_hash: bytes) -> None:

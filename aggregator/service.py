@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from aggregator.admission import Admission
-from aggregator.allowlist import load_allow_list, load_relays
+from aggregator.allowlist import AllowListFile
 from aggregator.announcer import Announcer, Herald
 from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
 from aggregator.closing import NoEvaluation, RoundClosing, RoundFailed
@@ -37,7 +37,7 @@ from aggregator.runs import RunDirs, open_run, spec_digest
 from aggregator.store import RunStore
 from models import ModelSpec
 from protocol.codec import make_codec
-from protocol.errors import ConfigError, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.layout import PHASES, UpdateLayout, contract_digest, layout_for
 from protocol.paillier import (
     PaillierPrivateKey,
@@ -76,10 +76,8 @@ class Aggregator(RoundClosing):
         self.codec = make_codec(config.codec, self.public_key.n)
         self.codec_digest = contract_digest(config.codec, config.statistics,
                                             self.fingerprint, config.privacy)
-        self._fixed_allow_list = allow_list
-        self._last_allow_list: Mapping[str, Ed25519PublicKey] | None = None
-        self._fixed_relays = relays  # enrolled relays (fedmq relay); default: the allow-list's
-        self._last_relays: Mapping[str, Ed25519PublicKey] = {}
+        # Enrolled devices and relays (fedmq relay); by default the allow-list file's.
+        self.enrolled = AllowListFile(config.allow_list_file, agents=allow_list, relays=relays)
         self._on_round = on_round
         limits = config.limits
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
@@ -138,30 +136,11 @@ class Aggregator(RoundClosing):
         self._stop.set()
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
-        """Re-read every round: enrolling or revoking a device needs no restart.
-
-        A file broken mid-run (a bad hand edit) must not kill the run: the list
-        read last is kept, with an error line; at start a broken file stops us.
-        """
-        if self._fixed_allow_list is not None:
-            return self._fixed_allow_list
-        try:
-            self._last_allow_list = load_allow_list(self.config.allow_list_file)
-        except ConfigError as exc:
-            if self._last_allow_list is None:
-                raise
-            log.error("%s; keeping the allow-list read before", exc)
-        return self._last_allow_list
+        """Re-read every round (aggregator.allowlist.AllowListFile)."""
+        return self.enrolled.agents()
 
     def relays(self) -> Mapping[str, Ed25519PublicKey]:
-        """Enrolled relays, re-read with the allow-list (same rule for a broken file)."""
-        if self._fixed_relays is not None:
-            return self._fixed_relays
-        try:
-            self._last_relays = load_relays(self.config.allow_list_file)
-        except ConfigError as exc:
-            log.error("%s; keeping the relays read before", exc)
-        return self._last_relays
+        return self.enrolled.relays()
 
     # --- orchestration -------------------------------------------------------
     def run(self) -> FloatArray:
@@ -219,7 +198,9 @@ class Aggregator(RoundClosing):
     def _start_point(self) -> StartPoint:
         cfg = self.config
         self.runs.check_writable()
-        self.allow_list()  # a broken allow-list stops the start, not the first round
+        # A broken allow-list (or its relays) stops the start, not the first round.
+        self.allow_list()
+        self.relays()
         start, saved = open_run(self.runs, self.checkpoints, self.store, self.config,
                                 identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
                                 model_digest=self._model_digest, new_id=self._new_run_id)

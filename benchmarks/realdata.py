@@ -26,15 +26,16 @@ from pathlib import Path
 
 from fedmq import datasets
 from protocol.errors import ConfigError
+from protocol.messages import TrainingSettings
 
 TomlValue = str | int | float | bool | list[float] | list[str] | None
 
+
 @dataclass(frozen=True)
-class Training:
-    epochs: int = 2
-    batch_size: int = 16
-    learning_rate: float = 0.1
-    l2: float = 0.0
+class Training(TrainingSettings):
+    """The [training] settings (their defaults are fedmq init's), plus the run's rounds
+    and the [codec] clip the benchmark sets with them."""
+
     rounds: int = 10
     clip: float = 10.0
 
@@ -111,8 +112,7 @@ def aggregator_tables(sp: datasets.Split, options: Options,
         "model": {"kind": ds.kind, "features": list(ds.features), "n_classes": ds.n_classes,
                   "center": None if center is None else list(center),
                   "scale": None if scale is None else list(scale)},
-        "training": {"epochs": t.epochs, "batch_size": t.batch_size,
-                     "learning_rate": t.learning_rate, "l2": t.l2},
+        "training": t.to_dict(),
         "rounds": {"rounds": t.rounds, "round_timeout": options.round_timeout, "quorum": n,
                    "min_agents": n, "start_timeout": 120.0},
         "codec": {"clip": t.clip},

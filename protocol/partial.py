@@ -16,21 +16,14 @@ refuse a device counted twice (directly and via a relay, or via two relays).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import struct
 from dataclasses import dataclass
 
-from protocol.errors import KeyMismatchError, ProtocolError
-from protocol.paillier import (
-    PaillierPublicKey,
-    ciphertext_size,
-    ciphertexts_from_bytes,
-    ciphertexts_to_bytes,
-    fingerprint,
-)
-from protocol.signing import SIGNATURE_BYTES, Ed25519PublicKey, Signer, verify
+from protocol.errors import ProtocolError
+from protocol.paillier import PaillierPublicKey
+from protocol.signing import Ed25519PublicKey, Signer
 from protocol.topics import check_name
+from protocol.wire import Framing
 
 MAGIC = b"FMQP"
 VERSION = 1
@@ -38,13 +31,10 @@ SCHEMA = "fedmq.partial/1"
 PARTIAL_DOMAIN = b"fedmq/partial/1\x00"
 MAX_HEADER = 1 << 20  # room for ~15,000 contributor ids of 64 characters
 PREFIX = struct.Struct(">4sBI")
-_FIELDS = {"fleet": str, "run": str, "round": int, "relay": str, "key": str, "codec": str,
-           "values": int, "count": int, "size": int, "summed": int, "contributors": list}
-
-
-def partial_size(body_bytes: int, header_len: int) -> int:
-    """Exact wire size of a partial sum with this header length and ciphertext body."""
-    return PREFIX.size + header_len + body_bytes + SIGNATURE_BYTES
+PARTIAL = Framing("partial sum", MAGIC, VERSION, SCHEMA, PARTIAL_DOMAIN, PREFIX, MAX_HEADER, {
+    "fleet": str, "run": str, "round": int, "relay": str, "key": str, "codec": str,
+    "values": int, "count": int, "size": int, "summed": int, "contributors": list})
+partial_size = PARTIAL.size  # exact wire size for a header length and ciphertext body
 
 
 @dataclass(frozen=True)
@@ -82,24 +72,12 @@ class PartialSum:
 
     def verify(self, key: Ed25519PublicKey) -> None:
         """Raise ProtocolError unless the relay's key signed exactly this payload."""
-        if len(self.signature) != SIGNATURE_BYTES or len(self.signed_hash) != 32:
-            raise ProtocolError("partial sum is not signed")
-        verify(key, PARTIAL_DOMAIN, self.signed_hash, self.signature)
+        PARTIAL.verify(key, self.signed_hash, self.signature)
 
 
 def encode_partial(msg: PartialSum, public_key: PaillierPublicKey, signer: Signer) -> bytes:
-    header = json.dumps({
-        "schema": SCHEMA, "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id,
-        "relay": msg.relay_id, "key": msg.key_fingerprint, "codec": msg.codec_digest,
-        "values": msg.n_values, "count": len(msg.ciphertexts),
-        "size": ciphertext_size(public_key), "summed": msg.summed,
-        "contributors": list(msg.contributors), "signer": signer.public_hex,
-    }, separators=(",", ":")).encode()
-    if len(header) > MAX_HEADER:
-        raise ProtocolError(f"partial sum header of {len(header)} bytes exceeds {MAX_HEADER}")
-    body = PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
-        ciphertexts_to_bytes(public_key, msg.ciphertexts)
-    return body + signer.sign(PARTIAL_DOMAIN, hashlib.sha256(body).digest())
+    return PARTIAL.encode(msg, {"relay": msg.relay_id, "summed": msg.summed,
+                                "contributors": list(msg.contributors)}, public_key, signer)
 
 
 def is_partial(payload: bytes) -> bool:
@@ -112,39 +90,10 @@ def decode_partial(payload: bytes, public_key: PaillierPublicKey) -> PartialSum:
     Checks structure and every ciphertext (in Z*_{n^2}); the receiver checks the
     signature with the relay's enrolled key (``PartialSum.verify``).
     """
-    if len(payload) < PREFIX.size + SIGNATURE_BYTES:
-        raise ProtocolError("partial sum shorter than its fixed prefix and signature")
-    magic, version, header_len = PREFIX.unpack_from(payload)
-    if magic != MAGIC:
-        raise ProtocolError("not a fedmq partial sum (bad magic)")
-    if version != VERSION:
-        raise ProtocolError(f"unsupported partial sum version {version} (this is {VERSION})")
-    if header_len > MAX_HEADER or PREFIX.size + header_len + SIGNATURE_BYTES > len(payload):
-        raise ProtocolError("partial sum header length is out of range")
-    try:
-        header = json.loads(payload[PREFIX.size:PREFIX.size + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"partial sum header is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
-        raise ProtocolError("partial sum header has the wrong schema")
-    for name, kind in _FIELDS.items():
-        value = header.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ProtocolError(f"partial sum header field {name!r} missing or mistyped")
+    frame = PARTIAL.decode(payload, public_key)
+    header = frame.header
     contributors = header["contributors"]
     if not all(isinstance(c, str) for c in contributors) or header["summed"] != len(contributors):
         raise ProtocolError("partial sum: 'summed' must equal the number of contributor ids")
-    if header["key"] != fingerprint(public_key):
-        raise KeyMismatchError("partial sum was encrypted for another public key")
-    if header["size"] != ciphertext_size(public_key) or not 0 < header["count"] <= 1 << 20:
-        raise KeyMismatchError("partial sum ciphertext size or count does not fit this key")
-    signed, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
-    ciphertexts = ciphertexts_from_bytes(public_key, signed[PREFIX.size + header_len:],
-                                         header["count"])
-    return PartialSum(
-        fleet=header["fleet"], run_id=header["run"], round_id=header["round"],
-        relay_id=header["relay"], key_fingerprint=header["key"], codec_digest=header["codec"],
-        n_values=header["values"], ciphertexts=tuple(ciphertexts),
-        contributors=tuple(contributors), signed_hash=hashlib.sha256(signed).digest(),
-        signature=signature,
-    )
+    return PartialSum(**frame.common(), relay_id=header["relay"],
+                      contributors=tuple(contributors))

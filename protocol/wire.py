@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from protocol.errors import KeyMismatchError, ProtocolError
 from protocol.paillier import (
@@ -43,8 +45,117 @@ SCHEMA = "fedmq.update/2"
 MAX_HEADER = 4096
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 _PREFIX = struct.Struct(">4sBH")
-_FIELDS = {"fleet": str, "run": str, "round": int, "agent": str, "key": str, "codec": str,
-           "values": int, "count": int, "size": int}
+# Header field -> message attribute, alike in updates and partial sums.
+_COMMON = {"fleet": "fleet", "run": "run_id", "round": "round_id", "key": "key_fingerprint",
+           "codec": "codec_digest", "values": "n_values"}
+
+
+class Framed(Protocol):
+    """An UpdateMessage or a PartialSum: the attributes of _COMMON, and ciphertexts."""
+
+    @property
+    def ciphertexts(self) -> tuple[int, ...]: ...
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded signed frame: its checked header, ciphertexts, signed hash and signature."""
+
+    header: dict[str, Any]
+    ciphertexts: tuple[int, ...]
+    signed_hash: bytes
+    signature: bytes
+
+    def common(self) -> dict[str, Any]:
+        """The message fields every frame carries, as keyword arguments."""
+        return {attr: self.header[name] for name, attr in _COMMON.items()} | {
+            "ciphertexts": self.ciphertexts, "signed_hash": self.signed_hash,
+            "signature": self.signature}
+
+
+@dataclass(frozen=True)
+class Framing:
+    """The signed binary framing of updates and relays' partial sums (protocol.partial)::
+
+        magic | version u8 | header length | header (UTF-8 JSON) | ciphertexts | signature
+
+    Each kind has its own magic, schema and signature domain, so neither passes for the
+    other; ``what`` names the kind in errors.
+    """
+
+    what: str
+    magic: bytes
+    version: int
+    schema: str
+    domain: bytes
+    prefix: struct.Struct  # magic, version, header length
+    max_header: int
+    fields: Mapping[str, type]  # required header fields and their JSON types
+
+    def size(self, body_bytes: int, header_len: int) -> int:
+        """Exact wire size of a frame with this header length and ciphertext body."""
+        return self.prefix.size + header_len + body_bytes + SIGNATURE_BYTES
+
+    def encode(self, msg: Framed, fields: Mapping[str, object], public_key: PaillierPublicKey,
+               signer: Signer) -> bytes:
+        """``msg`` signed by ``signer``; ``fields``: the header fields of its kind."""
+        ciphertexts = msg.ciphertexts
+        header = json.dumps({
+            "schema": self.schema, **{name: getattr(msg, attr) for name, attr in _COMMON.items()},
+            **fields, "count": len(ciphertexts),
+            "size": ciphertext_size(public_key), "signer": signer.public_hex,
+        }, separators=(",", ":")).encode()
+        if len(header) > self.max_header:
+            raise ProtocolError(f"{self.what} header of {len(header)} bytes exceeds "
+                                f"{self.max_header}")
+        body = self.prefix.pack(self.magic, self.version, len(header)) + header + \
+            ciphertexts_to_bytes(public_key, ciphertexts)
+        return body + signer.sign(self.domain, hashlib.sha256(body).digest())
+
+    def decode(self, payload: bytes, public_key: PaillierPublicKey) -> Frame:
+        """Check structure, header fields and every ciphertext; ProtocolError otherwise
+        (KeyMismatchError for another key). The signature is checked by ``verify``."""
+        what, prefix = self.what, self.prefix
+        if len(payload) < prefix.size + SIGNATURE_BYTES:
+            raise ProtocolError(f"{what} shorter than its fixed prefix and signature")
+        magic, version, header_len = prefix.unpack_from(payload)
+        if magic != self.magic:
+            raise ProtocolError(f"not a fedmq {what} (bad magic)")
+        if version != self.version:
+            raise ProtocolError(f"unsupported {what} version {version} (this is {self.version})")
+        if header_len > self.max_header or \
+                prefix.size + header_len + SIGNATURE_BYTES > len(payload):
+            raise ProtocolError(f"{what} header length is out of range")
+        try:
+            header = json.loads(payload[prefix.size:prefix.size + header_len])
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ProtocolError(f"{what} header is not JSON: {exc}") from exc
+        if not isinstance(header, dict) or header.get("schema") != self.schema:
+            raise ProtocolError(f"{what} header has the wrong schema")
+        for name, kind in self.fields.items():
+            value = header.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ProtocolError(f"{what} header field {name!r} missing or mistyped")
+        if header["key"] != fingerprint(public_key):
+            raise KeyMismatchError(f"{what} was encrypted for another public key")
+        if header["size"] != ciphertext_size(public_key) or not 0 < header["count"] <= 1 << 20:
+            raise KeyMismatchError(f"{what} ciphertext size or count does not fit this key")
+        signed, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
+        ciphertexts = ciphertexts_from_bytes(public_key, signed[prefix.size + header_len:],
+                                             header["count"])
+        return Frame(header, tuple(ciphertexts), hashlib.sha256(signed).digest(), signature)
+
+    def verify(self, key: Ed25519PublicKey, signed_hash: bytes, signature: bytes) -> None:
+        """Raise ProtocolError unless ``key`` signed the frame with this hash."""
+        if len(signature) != SIGNATURE_BYTES or len(signed_hash) != 32:
+            raise ProtocolError(f"{self.what} is not signed")
+        # The signature is over the payload's hash; verify() hashes its input again.
+        verify(key, self.domain, signed_hash, signature)
+
+
+UPDATE = Framing("update", MAGIC, VERSION, SCHEMA, UPDATE_DOMAIN, _PREFIX, MAX_HEADER, {
+    "fleet": str, "run": str, "round": int, "agent": str, "key": str, "codec": str,
+    "values": int, "count": int, "size": int})
 
 
 @dataclass(frozen=True)
@@ -88,22 +199,11 @@ class UpdateMessage:
 
     def verify(self, key: Ed25519PublicKey) -> None:
         """Raise ProtocolError unless the agent's key signed exactly this payload."""
-        if len(self.signature) != SIGNATURE_BYTES or len(self.signed_hash) != 32:
-            raise ProtocolError("update is not signed")
-        # The signature is over the payload's hash; verify() hashes its input again.
-        verify(key, UPDATE_DOMAIN, self.signed_hash, self.signature)
+        UPDATE.verify(key, self.signed_hash, self.signature)
 
 
 def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey, signer: Signer) -> bytes:
-    header = json.dumps({
-        "schema": SCHEMA, "fleet": msg.fleet, "run": msg.run_id, "round": msg.round_id,
-        "agent": msg.agent_id, "key": msg.key_fingerprint, "codec": msg.codec_digest,
-        "values": msg.n_values, "count": len(msg.ciphertexts),
-        "size": ciphertext_size(public_key), "signer": signer.public_hex,
-    }, separators=(",", ":")).encode()
-    body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
-        ciphertexts_to_bytes(public_key, msg.ciphertexts)
-    return body + signer.sign(UPDATE_DOMAIN, hashlib.sha256(body).digest())
+    return UPDATE.encode(msg, {"agent": msg.agent_id}, public_key, signer)
 
 
 def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessage:
@@ -114,39 +214,9 @@ def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessag
     """
     if len(payload) > MAX_UPDATE_BYTES:
         raise ProtocolError(f"update of {len(payload)} bytes exceeds {MAX_UPDATE_BYTES}")
-    if len(payload) < _PREFIX.size + SIGNATURE_BYTES:
-        raise ProtocolError("update shorter than its fixed prefix and signature")
-    magic, version, header_len = _PREFIX.unpack_from(payload)
-    if magic != MAGIC:
-        raise ProtocolError("not a fedmq update (bad magic)")
-    if version != VERSION:
-        raise ProtocolError(f"unsupported update version {version} (this is {VERSION})")
-    if header_len > MAX_HEADER or _PREFIX.size + header_len + SIGNATURE_BYTES > len(payload):
-        raise ProtocolError("update header length is out of range")
-    try:
-        header = json.loads(payload[_PREFIX.size:_PREFIX.size + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"update header is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
-        raise ProtocolError("update header has the wrong schema")
-    for name, kind in _FIELDS.items():
-        value = header.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ProtocolError(f"update header field {name!r} missing or mistyped")
-    if header["key"] != fingerprint(public_key):
-        raise KeyMismatchError("update was encrypted for another public key")
-    if header["size"] != ciphertext_size(public_key) or not 0 < header["count"] <= 1 << 20:
-        raise KeyMismatchError("update ciphertext size or count does not fit this key")
+    frame = UPDATE.decode(payload, public_key)
+    header = frame.header
     signer_key = header.get("signer", "")
     if not isinstance(signer_key, str) or len(signer_key) > 64:
         raise ProtocolError("update header field 'signer' is not a public key")
-    signed, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
-    ciphertexts = ciphertexts_from_bytes(public_key, signed[_PREFIX.size + header_len:],
-                                         header["count"])
-    return UpdateMessage(
-        fleet=header["fleet"], run_id=header["run"], round_id=header["round"],
-        agent_id=header["agent"], key_fingerprint=header["key"], codec_digest=header["codec"],
-        n_values=header["values"], ciphertexts=tuple(ciphertexts),
-        signed_hash=hashlib.sha256(signed).digest(), signature=signature,
-        signer_key=signer_key,
-    )
+    return UpdateMessage(**frame.common(), agent_id=header["agent"], signer_key=signer_key)

@@ -25,10 +25,10 @@ import time
 from collections.abc import Mapping
 
 from aggregator.admission import Admission
-from aggregator.allowlist import load_allow_list
+from aggregator.allowlist import AllowListFile
 from aggregator.config import Limits
 from aggregator.rounds import Redelivered, Rejected, RoundState
-from protocol.errors import ConfigError, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.layout import PHASES, layout_for
 from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from protocol.paillier import PaillierPublicKey, ciphertext_size, fingerprint, public_key_from_hex
@@ -51,8 +51,7 @@ class Relay:
         self.config = config
         self.signer = signer or load_or_create_signer(config.signing_key_file)
         self._aggregator_key = signing_key_from_hex(config.aggregator_signing_key)
-        self._fixed_allow_list = allow_list
-        self._last_allow_list: Mapping[str, Ed25519PublicKey] | None = None
+        self.enrolled = AllowListFile(config.allow_list_file, agents=allow_list)  # its devices
         self._stop = threading.Event()
         self._up_inbox = Inbox(maxsize=1000, max_bytes=_LIMITS.inbox_bytes)
         self._local_inbox = Inbox(maxsize=_LIMITS.inbox_messages, max_bytes=_LIMITS.inbox_bytes)
@@ -91,15 +90,7 @@ class Relay:
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
         """This relay's devices, re-read every round (a broken file keeps the last one)."""
-        if self._fixed_allow_list is not None:
-            return self._fixed_allow_list
-        try:
-            self._last_allow_list = load_allow_list(self.config.allow_list_file)
-        except ConfigError as exc:
-            if self._last_allow_list is None:
-                raise
-            log.error("%s; keeping the allow-list read before", exc)
-        return self._last_allow_list
+        return self.enrolled.agents()
 
     def run(self) -> None:
         self.allow_list()  # a broken allow-list stops the start

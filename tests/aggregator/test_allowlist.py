@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from support import signer_for
 
-from aggregator.allowlist import enroll, enroll_many, read_entries, read_key_file, revoke
+from aggregator.allowlist import (
+    AllowListFile,
+    enroll,
+    enroll_many,
+    enroll_relay,
+    read_entries,
+    read_key_file,
+    revoke,
+)
 from aggregator.config import AggregatorConfig
 from aggregator.keys import load_aggregator_keys
 from protocol.errors import ConfigError
@@ -36,6 +44,45 @@ def test_enroll_replace_and_revoke(tmp_path: Path) -> None:
     assert read_entries(path) == {"a": b}
     assert revoke(path, "a") and not revoke(path, "a")
     assert read_entries(path) == {}
+
+
+def test_the_file_is_reread_and_a_broken_one_keeps_the_last_good_lists(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "allow.json"
+    path.write_text("null")
+    allow = AllowListFile(path)
+    with pytest.raises(ConfigError, match=r"allow\.json"):  # at start: stops us
+        allow.agents()
+    path.unlink()
+    enroll(path, "a", signer_for("a").public_hex)
+    enroll_relay(path, "relay-r", signer_for("relay-r").public_hex)
+    assert (list(allow.agents()), list(allow.relays())) == (["a"], ["relay-r"])
+    enroll(path, "b", signer_for("b").public_hex)  # no restart needed
+    assert sorted(allow.agents()) == ["a", "b"]
+    path.write_bytes(b"\x00\xff broken")  # a bad hand edit mid-run
+    assert (sorted(allow.agents()), list(allow.relays())) == (["a", "b"], ["relay-r"])
+    assert "keeping the allow-list read before" in caplog.text
+    assert "keeping the relays read before" in caplog.text
+
+
+def test_a_broken_relays_section_fails_its_first_read(tmp_path: Path) -> None:
+    path = tmp_path / "allow.json"
+    enroll(path, "a", signer_for("a").public_hex)
+    path.write_text(path.read_text().replace('"agents"', '"relays": [], "agents"'))
+    allow = AllowListFile(path)
+    assert list(allow.agents()) == ["a"]
+    with pytest.raises(ConfigError, match="'relays' must map"):
+        allow.relays()
+
+
+def test_fixed_lists_are_used_instead_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "allow.json"
+    path.write_text("null")  # never read for a fixed list
+    fixed = {"a": signer_for("a").public_key}
+    allow = AllowListFile(path, agents=fixed, relays={})
+    assert allow.agents() is fixed and allow.relays() == {}
+    with pytest.raises(ConfigError):  # each list on its own
+        AllowListFile(path, agents=fixed).relays()
 
 
 def test_batch_with_one_bad_key_writes_nothing(tmp_path: Path) -> None:

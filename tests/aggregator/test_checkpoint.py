@@ -288,12 +288,11 @@ def test_the_audit_row_of_a_round_survives_a_crash_in_any_window(
 
 def test_a_broken_allow_list_stops_the_start_but_never_a_running_round(
         tmp_path, keypair, broker_port, caplog):
-    from aggregator.allowlist import enroll
+    from aggregator.allowlist import AllowListFile, enroll
 
     agg = make(broker_port, tmp_path, keypair)
     path = tmp_path / "allow.json"
-    agg._fixed_allow_list = None
-    object.__setattr__(agg.config, "allow_list_file", str(path))
+    agg.enrolled = AllowListFile(path)
     path.write_text("null")
     with pytest.raises(ConfigError, match=r"allow\.json"):
         agg._start_point()
@@ -303,3 +302,11 @@ def test_a_broken_allow_list_stops_the_start_but_never_a_running_round(
     path.write_bytes(b"\x00\xff binary")  # broken mid-run
     assert list(agg.allow_list()) == ["dev-a"]
     assert "keeping the allow-list read before" in caplog.text
+    # A broken relays section stops the start too (it used to leave the relays out, with
+    # an error line every round).
+    path.unlink()
+    enroll(path, "dev-a", AGGREGATOR_SIGNER.public_hex)
+    path.write_text(path.read_text().replace('"agents"', '"relays": [], "agents"'))
+    agg.enrolled = AllowListFile(path)
+    with pytest.raises(ConfigError, match="'relays' must map"):
+        agg._start_point()

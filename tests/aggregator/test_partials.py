@@ -146,6 +146,18 @@ def test_a_redelivered_partial_is_counted_once(state):
                                            state.public_key), "relay-a")
 
 
+def test_a_partial_that_cannot_be_persisted_is_rejected_not_half_kept(state):
+    def fail(_p):
+        raise OSError("disk full")
+    payload = partial_payload(state, "relay-a", ["d1", "d2"])
+    with pytest.raises(Rejected, match="cannot persist the partial sum: disk full"):
+        state.offer_partial(decode_partial(payload, state.public_key), "relay-a", commit=fail)
+    assert (state.accepted, state.members, state.ciphertext_sum, state.rejected) == (
+        [], {}, None, 1)
+    state.offer_partial(decode_partial(payload, state.public_key), "relay-a")  # not "a second"
+    assert sorted(state.accepted) == ["d1", "d2"]
+
+
 def test_a_tampered_contributor_list_breaks_the_signature(state):
     payload = partial_payload(state, "relay-a", ["d1", "d2"])
     forged = payload.replace(b'"d2"', b'"d8"')

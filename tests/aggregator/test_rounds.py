@@ -172,7 +172,7 @@ def test_commit_failure_rejects_without_counting(state):
         raise OSError("disk full")
     with pytest.raises(Rejected, match="persist"):
         state.offer(update(state, "a"), "a", commit=fail)
-    assert state.accepted == [] and state.ciphertext_sum is None
+    assert state.accepted == [] and state.ciphertext_sum is None and state.rejected == 1
 
 
 def test_max_agents_is_enforced(state):

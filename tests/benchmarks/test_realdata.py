@@ -148,3 +148,10 @@ def test_options_take_tuned_settings_and_overrides():
     t = realdata.Options(tuned=True, rounds=7, overrides={"epochs": 4}).training("wine")
     assert (t.rounds, t.epochs, t.learning_rate) == (7, 4, realdata.TUNED["wine"].learning_rate)
     assert max(t.rounds for t in realdata.TUNED.values()) <= 40
+
+
+def test_a_bad_override_is_refused_before_any_gateway_is_made():
+    from protocol.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="epochs and batch_size must be at least 1"):
+        realdata.Options(overrides={"epochs": 0}).training("wine")
