@@ -123,6 +123,9 @@ class Aggregator(RoundClosing):
         self.statistics: RoundResult | None = None  # the statistics round, if one ran
         self.final_evaluation: RoundResult | None = None  # the final model's evaluation
         self._sent_at_open = 0  # the herald's byte count when the open round was announced
+        # How run() ended when it returned: "finished" (every round), "budget" (the privacy
+        # budget ended it early) or "stopped" (stop() before the broker answered).
+        self.ended = "finished"
 
     def _body(self, layout: UpdateLayout) -> int:
         return layout.plaintext_count() * ciphertext_size(self.public_key)
@@ -148,6 +151,7 @@ class Aggregator(RoundClosing):
         cfg = self.config
         start = self._start_point()
         if not self._link.connect_retrying(self._stop):  # stopped before the broker came up
+            self.ended = "stopped"
             return start.params
         try:
             self._herald.key(cfg.codec)
@@ -168,6 +172,7 @@ class Aggregator(RoundClosing):
                             self._budget.check_next(round_id)
                         except BudgetSpent as exc:
                             log.warning("%s", exc)
+                            self.ended = "budget"
                             break
                     # Only the first round of a restarted run can be a resumed one.
                     result = self._run_round(run_id, round_id, version, params, resume=resume)

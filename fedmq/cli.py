@@ -160,8 +160,14 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
              "= %s", aggregator.fingerprint, aggregator.signer.public_hex)
     _stop_on_sigterm(aggregator.stop)
     aggregator.run()
-    log.info("all %d rounds done; final model in %s", config.policy.rounds,
-             aggregator.store.model_path)
+    if aggregator.ended == "stopped":
+        log.warning("stopped before the broker answered: no round was run")
+    elif aggregator.ended == "budget":
+        log.info("run ended after %d of %d rounds (the privacy budget); final model in %s",
+                 len(aggregator.results), config.policy.rounds, aggregator.store.model_path)
+    else:
+        log.info("all %d rounds done; final model in %s", config.policy.rounds,
+                 aggregator.store.model_path)
     return 0
 
 

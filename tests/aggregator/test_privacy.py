@@ -92,6 +92,7 @@ def test_the_run_ends_before_a_round_that_could_pass_the_budget(
     _, saved, _ = load_model(aggregator.store.model_path)
     assert np.allclose(saved, params)  # the last model is saved ...
     assert aggregator.checkpoints.load().status == "finished"  # ... and the run ended
+    assert aggregator.ended == "budget"  # fedmq aggregator says "run ended after 1 of 5"
 
 
 def test_a_restarted_aggregator_keeps_the_run_ledger(

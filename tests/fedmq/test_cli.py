@@ -314,3 +314,27 @@ def test_broker_on_a_port_in_use_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         line for line in done.stderr.strip().splitlines() if line.startswith("fedmq: error:")]
     assert "address already in use" in done.stderr
+
+
+def test_an_aggregator_stopped_before_the_broker_answers_does_not_claim_its_rounds(
+        tmp_path, keypair):
+    """It used to log "all 10 rounds done; final model in ..." after a SIGTERM while it
+    was still waiting for the broker."""
+    import signal
+    import time
+
+    cfg, _state = gateway(tmp_path, keypair)
+    proc = subprocess.Popen([sys.executable, "-m", "fedmq", "aggregator", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        seen = ""
+        assert proc.stderr is not None
+        while "refused the connection" not in seen and time.monotonic() < deadline:
+            seen += proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "stopped before the broker answered" in seen + err
+    assert "rounds done" not in seen + err
