@@ -347,3 +347,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench-flood", help=help_text, description=__doc__)
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)

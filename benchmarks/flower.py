@@ -244,9 +244,8 @@ def cmd_bench_flower(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-flower", help="the same task in Flower (plaintext FedAvg, gRPC) "
-                       "and fedmq (encrypted, MQTT): round time, bytes, CPU, accuracy",
+def register(sub: argparse._SubParsersAction, help_text: str) -> None:
+    p = sub.add_parser("bench-flower", help=help_text,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=cmd_bench_flower)

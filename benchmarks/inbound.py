@@ -219,9 +219,8 @@ def cmd_bench_inbound(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench-inbound", help="aggregator inbound path: seconds per stage for "
-                       "one round of N updates", description=__doc__,
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench-inbound", help=help_text, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, default=2048, help="Paillier key size")
     p.add_argument("--dims", type=int, nargs="+", default=[100, 10], help="features d")

@@ -240,9 +240,8 @@ def cmd_bench_realdata(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench-realdata", help="real data sets, non-IID over devices, through "
-                       "the real CLI, against centralized scikit-learn", description=__doc__)
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench-realdata", help=help_text, description=__doc__)
     add_arguments(p)
     p.set_defaults(func=cmd_bench_realdata)
 

@@ -19,10 +19,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmarks.relay_setups import Plan, RoundRecord, SetupResult, prepare, run_setup
+if TYPE_CHECKING:  # the setups import the whole gateway: not when `fedmq` builds its parser
+    from benchmarks.relay_setups import Plan, RoundRecord, SetupResult
 from fedmq.rundirs import start_run
 from protocol.errors import ConfigError
 
@@ -91,6 +93,8 @@ class Comparison:
 
 
 def plan_from(args: argparse.Namespace, run_dir: Path) -> Plan:
+    from benchmarks.relay_setups import Plan
+
     per_relay = args.per_relay if args.per_relay is not None else (10 if args.quick else 500)
     bits = args.key_bits if args.key_bits is not None else (1024 if args.quick else 2048)
     if per_relay < 1 or args.relays < 1 or args.rounds < 1:
@@ -114,6 +118,8 @@ def plan_from(args: argparse.Namespace, run_dir: Path) -> Plan:
 
 
 def run(plan: Plan, *, timeout: float) -> Comparison | str:
+    from benchmarks.relay_setups import prepare, run_setup
+
     prepare(plan)
     results = []
     for name in ("single", "relayed"):

@@ -110,8 +110,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in rows) else 1
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench-scale", help="fleet size against broker: seconds per round, "
-                       "peak memory, dropped deliveries", description=__doc__)
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench-scale", help=help_text, description=__doc__)
     add_arguments(p)
     p.set_defaults(func=cmd_bench_scale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib
 import logging
 import signal
 import sys
@@ -139,12 +140,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_flood(args: argparse.Namespace) -> int:
-    from benchmarks.flood import run_from_args
-
-    return run_from_args(args)
-
-
 def cmd_aggregator(args: argparse.Namespace) -> int:
     from aggregator.config import AggregatorConfig
     from aggregator.keys import load_aggregator_keys
@@ -230,7 +225,28 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Benchmarks: name -> (the line `fedmq --help` shows, the module whose register() adds it).
+BENCHES = {
+    "bench-flood": ("aggregator memory and round times while an agent floods it with 4 MiB "
+                    "payloads (real processes)", "benchmarks.flood"),
+    "bench-realdata": ("real data sets, non-IID over devices, through the real CLI, against "
+                       "centralized scikit-learn", "benchmarks.realdata"),
+    "bench-scale": ("fleet size against broker: seconds per round, peak memory, dropped "
+                    "deliveries", "benchmarks.scale"),
+    "bench-flower": ("the same task in Flower (plaintext FedAvg, gRPC) and fedmq (encrypted, "
+                     "MQTT): round time, bytes, CPU, accuracy", "benchmarks.flower"),
+    "bench-inbound": ("aggregator inbound path: seconds per stage for one round of N updates",
+                      "benchmarks.inbound"),
+    "bench-privacy": ("privacy-utility table: accuracy at epsilon 1, 3, 8 and without DP, "
+                      "synthetic fleet and a real data set", "fedmq.privacy_bench_cli"),
+    "bench-relay": ("the same fleet behind one gateway and behind two relays: round times, "
+                    "bytes upstream, memory, exact equality", "fedmq.relay_bench_cli"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; ``command``: the subcommand about to run (a benchmark's arguments
+    are only built when it is that one)."""
     parser = argparse.ArgumentParser(
         prog="fedmq", description="Federated learning for IoT fleets over MQTT, with "
         "Paillier-encrypted model updates.")
@@ -363,13 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="runs/bench/crypto.json", help="where to write results")
     p.set_defaults(func=cmd_bench)
 
-    from benchmarks.flood import __doc__ as flood_doc
-    from benchmarks.flood import add_arguments as flood_arguments
-
-    p = sub.add_parser("bench-flood", help="aggregator memory and round times while an agent "
-                       "floods it with 4 MiB payloads (real processes)", description=flood_doc)
-    flood_arguments(p)
-    p.set_defaults(func=cmd_bench_flood)
 
     p = sub.add_parser("sample-data", help="write synthetic sensor CSV files for devices",
                        description="Write one CSV of synthetic machine sensor readings per "
@@ -380,26 +389,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output directory (default: data)")
     p.set_defaults(func=cmd_sample_data)
-    from benchmarks import flower, inbound, realdata, scale
-    from fedmq import model_cli, privacy_bench_cli, provision, relay_bench_cli, relay_cli
+    from fedmq import model_cli, provision, relay_cli
 
     model_cli.register(sub)  # export, evaluate
     provision.register(sub)  # init gateway, init device
-    realdata.register(sub)  # bench-realdata
     relay_cli.register(sub)  # relay, enroll-relay
-    scale.register(sub)  # bench-scale
-    flower.register(sub)  # bench-flower
-    inbound.register(sub)  # bench-inbound
-    privacy_bench_cli.register(sub)  # bench-privacy
-    relay_bench_cli.register(sub)  # bench-relay
-    for command in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
-        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+    for name, (help_text, module) in BENCHES.items():
+        # A benchmark's module imports half the gateway (~4 MB of a device's RSS): its
+        # arguments are built only when it is the command; otherwise only its help line.
+        if name == command:
+            importlib.import_module(module).register(sub, help_text)
+        else:
+            sub.add_parser(name, help=help_text)
+    for each in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
+        each.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help="more log output")
     return parser
 
 
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named in ``argv`` (the first word not an option), if any."""
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     _setup_logging(args.verbose, quiet_default=args.command == "simulate")
     if args.command == "broker" and args.action == "add-user" and not (
             args.password_file and args.username):

@@ -11,11 +11,10 @@ def cmd_bench_privacy(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     from benchmarks import privacy
 
-    p = sub.add_parser("bench-privacy", help="privacy-utility table: accuracy at epsilon "
-                       "1, 3, 8 and without DP, synthetic fleet and a real data set",
+    p = sub.add_parser("bench-privacy", help=help_text,
                        description=privacy.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     privacy.add_arguments(p)

@@ -11,11 +11,10 @@ def cmd_bench_relay(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     from benchmarks import relay
 
-    p = sub.add_parser("bench-relay", help="the same fleet behind one gateway and behind two "
-                       "relays: round times, bytes upstream, memory, exact equality",
+    p = sub.add_parser("bench-relay", help=help_text,
                        description=relay.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     relay.add_arguments(p)
