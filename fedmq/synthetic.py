@@ -294,12 +294,11 @@ def generate_fleet(spec: FleetSpec) -> list[DeviceData]:
         order = np.random.default_rng(deal_ss).permutation(len(pool))
         per_machine = np.array_split(pool[order], spec.n_devices)
 
-    if spec.spare_sensors:
-        spare_rngs = [np.random.default_rng(s) for s in spare_ss.spawn(spec.n_devices)]
-        per_machine = [_with_spares(r, rows, spec.spare_sensors)
-                       for r, rows in zip(spare_rngs, per_machine, strict=True)]
+    spare_rngs = [np.random.default_rng(s) for s in spare_ss.spawn(spec.n_devices)]
     devices = []
     for i, (rows, rng) in enumerate(zip(per_machine, split_rngs, strict=True)):
+        if spec.spare_sensors:  # one device at a time: the wide rows are most of the memory
+            rows = _with_spares(spare_rngs[i], rows, spec.spare_sensors)
         train, test = _split(rng, rows, spec.test_fraction)
         devices.append(DeviceData(f"dev-{i:03d}", spec.columns, train, test))
     return devices
