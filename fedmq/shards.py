@@ -93,11 +93,23 @@ class SharedThreads:
 
 
 class SharedDjn:
-    """One DJN table per public key for all agents of this process (see the module doc)."""
+    """One DJN table per public key for all agents of this process (see the module doc),
+    and one obfuscator computed at a time.
+
+    Why one at a time: a round starts the computation of all agents of a worker at
+    once (18 obfuscators each for the statistics round at d = 100, computed on demand
+    as the pools are still empty). 500 threads running Python loops of big-integer
+    products hand the GIL to each other every 5 ms, and the worker's one network
+    thread waited seconds for its turn: its PUBACKs came late, amqtt gave up on 2,853
+    deliveries in a 1,000-agent run. Behind a lock the waiting agents sleep, and the
+    network thread shares the GIL with one computing thread. The total work is the
+    same; a device computes its own anyway.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tables: dict[int, DjnTable] = {}
+        self._compute = threading.Lock()
 
     def table(self, key: PaillierPublicKey) -> DjnTable:
         with self._lock:  # agents receive the key at once: build it once
@@ -108,9 +120,22 @@ class SharedDjn:
     def source(self, kind: str) -> Callable[[PaillierPublicKey], ObfuscatorSource]:
         def make(key: PaillierPublicKey) -> ObfuscatorSource:
             if kind == "djn":
-                return DjnObfuscators(key, table=self.table(key))
-            return make_obfuscators(kind, key)
+                inner: ObfuscatorSource = DjnObfuscators(key, table=self.table(key))
+            else:
+                inner = make_obfuscators(kind, key)
+            return OneAtATime(inner, self._compute)
         return make
+
+
+class OneAtATime:
+    """An obfuscator source whose ``next`` holds ``lock`` (shared by a worker's agents)."""
+
+    def __init__(self, inner: ObfuscatorSource, lock: threading.Lock) -> None:
+        self.inner, self._lock = inner, lock
+
+    def next(self) -> Any:
+        with self._lock:
+            return self.inner.next()
 
 
 @dataclass(frozen=True)

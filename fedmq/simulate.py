@@ -67,6 +67,9 @@ class SimulationOptions:
     iid: bool = False
     task: str = "fault"
     samples_per_device: int = 400
+    # Uninformative extra channels spare_00.. per device (fedmq.synthetic): a wider
+    # model, d = 4 + K (+ 1 intercept), for measuring a fleet at a realistic size.
+    spare_sensors: int = 0
     key_bits: int = 2048
     epochs: int = 2
     batch_size: int = 16
@@ -109,6 +112,8 @@ class SimulationOptions:
                               f"{', '.join(SCALINGS)}")
         if self.agents < 1 or self.rounds < 1:
             raise ConfigError("--agents and --rounds must be at least 1")
+        if not 0 <= self.spare_sensors <= synthetic.MAX_SPARE_SENSORS:
+            raise ConfigError(f"--spare-sensors must be in [0, {synthetic.MAX_SPARE_SENSORS}]")
         if not 0 < self.quorum_fraction <= 1:
             raise ConfigError("--quorum must be a fraction in (0, 1]")
         if not 0 <= self.kill < self.agents:
@@ -171,7 +176,8 @@ class Simulation:
         self.out_dir = Path(options.out_dir)  # until run() makes this run's directory
         self.run_id = ""
         self.latest: Path | None = None
-        self.spec = model_spec(options.task, options.scaling or "federated")  # as configured
+        self.spec = model_spec(options.task, options.scaling or "federated",  # as configured
+                               options.spare_sensors)
         self.aggregator: Aggregator | None = None
         self._started_from: NDArray[np.float64] | None = None  # the open round's model
         # Device-level DP: epsilon after the last round, and before it (None without DP).
@@ -179,11 +185,12 @@ class Simulation:
         self._epsilon_before: float | None = None
         self.devices = synthetic.generate_fleet(synthetic.FleetSpec(
             n_devices=options.agents, samples_per_device=options.samples_per_device,
-            iid=options.iid, seed=options.seed))
+            iid=options.iid, seed=options.seed, spare_sensors=options.spare_sensors))
         self.test_rows = synthetic.pooled(self.devices, "test")
         label, kind, _ = TASKS[options.task]
-        seen = np.unique(synthetic.column(synthetic.pooled(self.devices, "train"),
-                                          synthetic.COLUMNS, label))
+        # the label column of each device, not every pooled column (~300 MB at d = 100)
+        seen = np.unique(np.concatenate([synthetic.column(d.train, d.columns, label)
+                                         for d in self.devices]))
         if kind == "logistic" and seen.size < 2:
             # Fault episodes are long and rare: a tiny fleet may never see one.
             raise ConfigError(
@@ -214,7 +221,7 @@ class Simulation:
         center/scale: the parameters mean nothing without them)."""
         assert self.aggregator is not None
         label = TASKS[self.options.task][0]
-        X, y = xy(self.test_rows, label)
+        X, y = xy(self.test_rows, label, self.options.spare_sensors)
         model = make_model(self.aggregator.spec).set_params_vector(params)
         return float(model.loss(X, y)), float(model.score(X, y))
 
@@ -305,14 +312,15 @@ class Simulation:
         with fleet_broker(BrokerChoice.parse(opts.broker), topics=topics, agent_ids=ids,
                           out_dir=self.out_dir, own_process=sharded) as broker:
             self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
-                          f"task {opts.task!r}, {opts.rounds} rounds, {opts.key_bits}-bit "
-                          f"Paillier, {opts.scaling} scaling, {broker.where}, "
+                          f"task {opts.task!r} (d = {self.spec.n_params}), {opts.rounds} "
+                          f"rounds, {opts.key_bits}-bit Paillier, {opts.scaling} scaling, "
+                          f"{broker.where}, "
                           + (f"agents in {opts.workers} worker processes" if sharded
                              else "agents on threads of this process"))
             aggregator = self._aggregator(run, topics, broker.aggregator)
             configs = [AgentConfig(
                 agent_id=dev.device_id, topics=topics, data_path=str(path),
-                features=synthetic.FEATURES, label=label, mqtt=broker.agent(dev.device_id),
+                features=self.spec.features, label=label, mqtt=broker.agent(dev.device_id),
                 key_fingerprint=aggregator.fingerprint,
                 aggregator_signing_key=aggregator.signer.public_hex,
                 state_dir=str(self.out_dir / "agents" / dev.device_id), seed=opts.seed)
@@ -340,12 +348,13 @@ class Simulation:
         self.progress(self.end.line())
         (self.out_dir / "resources.json").write_text(json.dumps(self.end.to_dict()) + "\n")
         central = central_baseline(opts.task, synthetic.pooled(self.devices, "train"),
-                                   self.test_rows)
+                                   self.test_rows, opts.spare_sensors)
         report = SimulationReport(
             rows=tuple(self.rows), metric=self.metric,
             federated_score=self._evaluate(final)[1],  # the final model's test score
             central_score=central, final_params=final, out_dir=self.out_dir,
-            naive_score=plot.naive_score(self.metric, xy(self.test_rows, label)[1]),
+            naive_score=plot.naive_score(
+                self.metric, xy(self.test_rows, label, opts.spare_sensors)[1]),
             run_id=run.run_id, latest=run.latest)
         self._write_metrics(report)
         return report

@@ -1,4 +1,5 @@
-"""``fedmq simulate``'s flags for fleets that scale: workers, broker, connect spread."""
+"""``fedmq simulate``'s flags for fleets that scale: workers, broker, connect spread,
+spare sensor channels (a wider model)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-spread", type=float, metavar="SECONDS",
                    help="the agents of each worker first connect over this many seconds "
                    "(default: 5 ms per agent)")
+    p.add_argument("--spare-sensors", type=int, metavar="K",
+                   help="K extra uninformative sensor channels per device (spare_00..): a "
+                   "wider model, d = 5 + K for the fault task (default 0)")
 
 
 def scale_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in {"workers": args.workers, "broker": args.broker,
-                              "connect_spread": args.connect_spread}.items() if v is not None}
+                              "connect_spread": args.connect_spread,
+                              "spare_sensors": args.spare_sensors}.items() if v is not None}
 
 
 def interrupt_on_sigterm() -> None:

@@ -14,7 +14,7 @@ from msgspec import Meta
 from msgspec.structs import fields
 
 from fedmq.simulate_privacy import FLAGS as PRIVACY_FLAGS
-from fedmq.synthetic import MIN_SAMPLES
+from fedmq.synthetic import MAX_SPARE_SENSORS, MIN_SAMPLES
 from protocol.errors import ConfigError
 from runtime.config import Table, convert, load_toml, resolve
 
@@ -31,6 +31,7 @@ class SimulateTable(Table, frozen=True):
     iid: bool = False
     task: Literal["fault", "fault_type", "next_temperature"] = "fault"  # TASKS (test checks)
     samples_per_device: Annotated[int, Meta(ge=MIN_SAMPLES)] = 400
+    spare_sensors: Annotated[int, Meta(ge=0, le=MAX_SPARE_SENSORS)] = 0  # d = 4 + K (+ 1)
     key_bits: Annotated[int, Meta(ge=512, le=8192)] = 2048
     epochs: AtLeastOne = 2
     batch_size: AtLeastOne = 16

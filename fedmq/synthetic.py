@@ -22,6 +22,11 @@ the simulated state rather than painted onto the features:
   Thermal lag, severity spread, noise and the machine-to-machine spread make
   the classes overlap, so a linear model learns them well but not perfectly.
 * Each sensor has its own calibration (gain / offset), as real fleets do.
+* Optionally ``spare_sensors`` extra channels ``spare_00``, ``spare_01``, ...
+  (``FleetSpec.spare_sensors``): unconnected inputs that read a per-device
+  offset plus noise, uninformative for every label. They make the model wider
+  (d = 4 + K features) for measuring a fleet at a realistic model size without
+  changing the four real channels (drawn from their own random stream).
 
 Non-IID (default) means each device is its own machine: own operating point,
 calibration, fault rate (Beta-distributed, so some devices hardly ever fault),
@@ -59,6 +64,8 @@ SENSOR_NOMINAL: dict[str, tuple[float, float]] = {
     "current_a": (12.0, 2.5),
     "rpm": (2050.0, 500.0),
 }
+SPARE_NOMINAL = (0.0, 1.0)  # datasheet center/scale of every spare channel
+MAX_SPARE_SENSORS = 1000
 
 MIN_SAMPLES = 50
 START_UNIX = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -79,11 +86,12 @@ class FleetSpec:
     iid: bool = False
     test_fraction: float = 0.2
     seed: int = 0
+    spare_sensors: int = 0  # extra uninformative channels spare_00.. (see the module doc)
 
     def __post_init__(self) -> None:
         # One exception type (ValueError, even for wrong types) so a caller loading a
         # spec from a config file has a single thing to catch.
-        for name in ("n_devices", "samples_per_device", "seed"):
+        for name in ("n_devices", "samples_per_device", "seed", "spare_sensors"):
             value = getattr(self, name)
             # bool is an int subclass; n_devices=True is surely a caller bug
             is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -103,6 +111,38 @@ class FleetSpec:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.spare_sensors <= MAX_SPARE_SENSORS:
+            raise ValueError(f"spare_sensors must be in [0, {MAX_SPARE_SENSORS}], "
+                             f"got {self.spare_sensors}")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return features(self.spare_sensors)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return columns(self.spare_sensors)
+
+
+def spare_names(k: int) -> tuple[str, ...]:
+    """``spare_00``, ``spare_01``, ... (three digits from 100 on, so names sort)."""
+    width = max(2, len(str(k - 1)))
+    return tuple(f"spare_{i:0{width}d}" for i in range(k))
+
+
+def features(spare_sensors: int = 0) -> tuple[str, ...]:
+    """FEATURES, then the spare channels."""
+    return (*FEATURES, *spare_names(spare_sensors))
+
+
+def columns(spare_sensors: int = 0) -> tuple[str, ...]:
+    """The CSV columns: COLUMNS with the spare channels after the real sensors."""
+    return ("timestamp", *features(spare_sensors), *LABELS)
+
+
+def nominal(feature: str) -> tuple[float, float]:
+    """Datasheet center/scale of ``feature`` (a real sensor or a spare channel)."""
+    return SENSOR_NOMINAL.get(feature, SPARE_NOMINAL)
 
 
 @dataclass(frozen=True)
@@ -219,10 +259,22 @@ def _split(
     )
 
 
+def _with_spares(rng: np.random.Generator, rows: np.ndarray, k: int) -> np.ndarray:
+    """``rows`` with k spare channels after the real sensors: a per-device offset plus
+    noise, rounded to a sensor's resolution (keeps the CSVs short)."""
+    offset = rng.normal(0.0, 0.5, k)
+    spares = np.round(offset + rng.normal(0.0, 0.8, (len(rows), k)), 3)
+    cut = 1 + len(FEATURES)
+    return np.column_stack((rows[:, :cut], spares, rows[:, cut:]))
+
+
 def generate_fleet(spec: FleetSpec) -> list[DeviceData]:
     """Simulate the fleet; the result depends only on ``spec`` (deterministic per seed)."""
     root = np.random.SeedSequence(spec.seed)
+    # spawn(3) first: the same streams as before spare channels existed, so the real
+    # columns do not depend on spare_sensors; the spares get a fourth stream.
     machine_ss, split_ss, deal_ss = root.spawn(3)
+    [spare_ss] = root.spawn(1)
     machine_rngs = [np.random.default_rng(s) for s in machine_ss.spawn(spec.n_devices)]
     split_rngs = [np.random.default_rng(s) for s in split_ss.spawn(spec.n_devices)]
 
@@ -242,10 +294,13 @@ def generate_fleet(spec: FleetSpec) -> list[DeviceData]:
         order = np.random.default_rng(deal_ss).permutation(len(pool))
         per_machine = np.array_split(pool[order], spec.n_devices)
 
+    spare_rngs = [np.random.default_rng(s) for s in spare_ss.spawn(spec.n_devices)]
     devices = []
     for i, (rows, rng) in enumerate(zip(per_machine, split_rngs, strict=True)):
+        if spec.spare_sensors:  # one device at a time: the wide rows are most of the memory
+            rows = _with_spares(spare_rngs[i], rows, spec.spare_sensors)
         train, test = _split(rng, rows, spec.test_fraction)
-        devices.append(DeviceData(f"dev-{i:03d}", COLUMNS, train, test))
+        devices.append(DeviceData(f"dev-{i:03d}", spec.columns, train, test))
     return devices
 
 

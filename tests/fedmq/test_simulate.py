@@ -287,3 +287,22 @@ def test_a_device_that_skips_is_shown_under_each_round(tmp_path):
         assert lines[at + 1] == f"  round {row.round_id}: devices skipped: 1 class-outside-model"
     assert {r["skipped"] for r in _metrics(tmp_path / "latest")[1]} == {
         "class-outside-model=1"}
+
+
+def test_spare_sensors_widen_the_model_and_the_fleet_still_learns(tmp_path):
+    """--spare-sensors 3: seven features (d = 8 with the intercept) in the spec, the
+    agents' CSVs and the centralized baseline; the uninformative channels do not stop
+    the fleet from learning the fault label."""
+    lines: list[str] = []
+    opts = SimulationOptions(agents=4, rounds=3, key_bits=512, samples_per_device=200,
+                             spare_sensors=3, out_dir=str(tmp_path), plot=False)
+    sim = Simulation(opts, progress=lines.append)
+    report = sim.run()
+    spares = ("spare_00", "spare_01", "spare_02")
+    assert sim.spec.features == (*synthetic.FEATURES, *spares)
+    assert sim.aggregator is not None and sim.aggregator.spec.n_params == 8
+    assert any("(d = 8)" in ln for ln in lines)
+    header = (tmp_path / "latest" / "data" / "dev-000.csv").read_text().splitlines()[0]
+    assert header.split(",") == list(synthetic.columns(3))
+    assert report.final_params.shape == (8,)
+    assert report.federated_score > 0.75 and abs(report.gap) < 0.1

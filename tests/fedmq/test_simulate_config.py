@@ -79,3 +79,15 @@ def test_scaling_from_the_file_and_the_flag(tmp_path):
 def test_the_example_config_loads():
     opts = options_from("configs/simulate.toml", {"agents": 3})
     assert opts.agents == 3 and opts.rounds == 10 and opts.out_dir.endswith("runs")
+
+
+def test_spare_sensors_from_the_file_and_the_flag(tmp_path, capsys):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[simulate]\nspare_sensors = 95\n")
+    assert options_from(str(cfg), {}).spare_sensors == 95
+    assert options_from(str(cfg), {"spare_sensors": 2}).spare_sensors == 2
+    assert main(["simulate", "--spare-sensors", "-1", "--no-plot"]) == 2
+    assert capsys.readouterr().err == "fedmq: error: --spare-sensors: expected int >= 0, got -1\n"
+    cfg.write_text('[simulate]\nspare_sensors = "95"\n')
+    with pytest.raises(ConfigError, match=r"\[simulate\] spare_sensors: expected int, got str"):
+        options_from(str(cfg), {})

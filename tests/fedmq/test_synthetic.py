@@ -213,3 +213,35 @@ def test_fleet_spec_validation(kwargs: dict[str, object]) -> None:
 def test_zero_test_fraction_gives_empty_test_sets() -> None:
     devices = generate_fleet(FleetSpec(n_devices=2, samples_per_device=60, test_fraction=0.0))
     assert all(d.test.shape == (0, len(COLUMNS)) for d in devices)
+
+
+def test_spare_sensors_are_extra_columns_and_leave_the_real_ones_alone(tmp_path) -> None:
+    """K spare channels sit between the sensors and the labels; every other column is
+    the fleet without spares, value for value (the spares have their own random stream)."""
+    plain = generate_fleet(FleetSpec(n_devices=6, samples_per_device=80, seed=2))
+    wide = generate_fleet(FleetSpec(n_devices=6, samples_per_device=80, seed=2,
+                                    spare_sensors=3))
+    spares = ("spare_00", "spare_01", "spare_02")
+    assert wide[0].columns == ("timestamp", *FEATURES, *spares, *LABELS)
+    real = [wide[0].columns.index(c) for c in COLUMNS]
+    for p, w in zip(plain, wide, strict=True):
+        np.testing.assert_array_equal(w.train[:, real], p.train)
+        np.testing.assert_array_equal(w.test[:, real], p.test)
+    # a per-device offset plus noise near the nominal center/scale, different per device
+    values = np.stack([column(d.train, d.columns, "spare_01")[:30] for d in wide])
+    assert abs(values.mean()) < 0.5 and 0.5 < values.std() < 1.5
+    assert len({round(float(v.mean()), 3) for v in values}) == len(wide)
+    [path] = write_fleet(FleetSpec(n_devices=1, seed=2, spare_sensors=3), tmp_path)
+    assert path.read_text().splitlines()[0] == ",".join(wide[0].columns)
+
+
+def test_no_spare_sensors_writes_exactly_the_old_columns(tmp_path) -> None:
+    [path] = write_fleet(FleetSpec(n_devices=1, seed=2), tmp_path)
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert FleetSpec(n_devices=1).columns == COLUMNS
+
+
+@pytest.mark.parametrize("k", [-1, 1001, 2.0, True])
+def test_a_bad_spare_count_is_refused(k) -> None:
+    with pytest.raises(ValueError, match="spare_sensors"):
+        FleetSpec(n_devices=1, spare_sensors=k)
