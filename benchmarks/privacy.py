@@ -265,3 +265,10 @@ def cmd_bench_privacy(args: argparse.Namespace) -> int:
     print(text)
     print(f"\ntable: {bench_dir / 'privacy.md'} and privacy.csv")
     return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench-privacy", help=help_text, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench_privacy)

@@ -168,3 +168,10 @@ def cmd_bench_relay(args: argparse.Namespace) -> int:
     (run_.run_dir / JSON_FILE).write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(f"table written to {run_.run_dir / TABLE_FILE}")
     return 0 if outcome.equal else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench-relay", help=help_text, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench_relay)

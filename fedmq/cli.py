@@ -238,9 +238,9 @@ BENCHES = {
     "bench-inbound": ("aggregator inbound path: seconds per stage for one round of N updates",
                       "benchmarks.inbound"),
     "bench-privacy": ("privacy-utility table: accuracy at epsilon 1, 3, 8 and without DP, "
-                      "synthetic fleet and a real data set", "fedmq.privacy_bench_cli"),
+                      "synthetic fleet and a real data set", "benchmarks.privacy"),
     "bench-relay": ("the same fleet behind one gateway and behind two relays: round times, "
-                    "bytes upstream, memory, exact equality", "fedmq.relay_bench_cli"),
+                    "bytes upstream, memory, exact equality", "benchmarks.relay"),
 }
 
 
