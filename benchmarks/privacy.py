@@ -18,8 +18,8 @@ in the bench's run directory under ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import logging
 import math
 import os
 import sys
@@ -31,6 +31,7 @@ from pathlib import Path
 from aggregator.runs import new_run_id
 from benchmarks.privacy_real import RealRun, RealTask, baselines, real_split, run_real
 from protocol.errors import ConfigError
+from runtime.quiet import quieted
 
 EPSILONS: tuple[float | None, ...] = (1.0, 3.0, 8.0, None)  # None: no DP
 DELTA = 1e-5
@@ -250,15 +251,12 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def cmd_bench_privacy(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
-    root = logging.getLogger()
-    level = root.level
-    if not getattr(args, "verbose", 0):  # dozens of runs: their INFO and health notes hidden
-        root.setLevel(logging.ERROR)
-    try:
+    # Dozens of runs: their INFO and health notes hidden (the root logger's level comes
+    # back afterwards, for in-process callers such as tests).
+    hush = contextlib.nullcontext() if getattr(args, "verbose", 0) else quieted("")
+    with hush:
         bench_dir, cells = measure(opts,
                                    progress=lambda m: print(m, file=sys.stderr, flush=True))
-    finally:  # in-process callers (tests) get their logging back
-        root.setLevel(level)
     table = rows(cells, opts)
     text = markdown(table)
     write(bench_dir, table, text)

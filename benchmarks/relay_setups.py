@@ -17,7 +17,7 @@ import hashlib
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from protocol.statistics import StatsParams
 from protocol.topics import Topics
 from relay.config import RelayConfig
 from runtime.files import load_or_create_signer
+from runtime.quiet import quieted
 from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def prepare(plan: Plan) -> None:
     for device_id, dev in zip(plan.agent_ids, devices, strict=True):
         synthetic.write_csv(plan.path("data", f"{device_id}.csv"), dev.columns, dev.train)
     load_aggregator_keys(aggregator_config(plan, MqttSettings(), "keys", 1))  # creates them
-    with _quiet("runtime.files"):  # a line per generated key: a thousand of them
+    with quieted("runtime.files", logging.WARNING):  # a line per generated key: a thousand of them
         _agent_and_relay_keys(plan)
 
 
@@ -108,17 +109,6 @@ def _agent_and_relay_keys(plan: Plan) -> None:
         pairs = [(a, load_or_create_signer(plan.path("agents", a, "signing.key")).public_hex)
                  for a in plan.subtree(relay)]
         enroll_many(plan.path("relays", f"{relay}-devices.json"), pairs)
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def aggregator_config(plan: Plan, mqtt: MqttSettings, setup: str, min_agents: int

@@ -166,18 +166,23 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_public_key(key_file: str, node_id: str, *, csv: bool) -> int:
+    """Print the Ed25519 public key (made on first use) of an agent or a relay; with
+    ``csv`` the ``id,public_key`` line `fedmq enroll --from-file` (or enroll-relay) reads."""
+    from runtime.files import load_or_create_signer
+
+    public_hex = load_or_create_signer(key_file).public_hex
+    print(f"{node_id},{public_hex}" if csv else public_hex)
+    return 0
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import AgentConfig
 
     config = AgentConfig.from_file(args.config)
     if args.show_public_key:
-        from runtime.files import load_or_create_signer
-
-        public_hex = load_or_create_signer(config.signing_key_path).public_hex
-        # --csv: the id,public_key line `fedmq enroll --from-file` reads.
-        print(f"{config.agent_id},{public_hex}" if args.csv else public_hex)
-        return 0
+        return show_public_key(config.signing_key_path, config.agent_id, csv=args.csv)
     agent = EdgeAgent(config)
     _stop_on_sigterm(agent.stop)
     agent.run()

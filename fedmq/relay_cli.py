@@ -7,17 +7,14 @@ from typing import Any
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
+    from fedmq.cli import _stop_on_sigterm, show_public_key
     from relay.config import RelayConfig
     from relay.service import Relay
-    from runtime.files import load_or_create_signer
 
     config = RelayConfig.from_file(args.config)
     if args.show_public_key:
-        public_hex = load_or_create_signer(config.signing_key_file).public_hex
-        print(f"{config.relay_id},{public_hex}" if args.csv else public_hex)
-        return 0
+        return show_public_key(config.signing_key_file, config.relay_id, csv=args.csv)
     relay = Relay(config)
-    from fedmq.cli import _stop_on_sigterm
 
     _stop_on_sigterm(relay.stop)
     relay.run()

@@ -12,12 +12,11 @@ federated learning has to come close to.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from protocol.signing import Ed25519PublicKey
 from protocol.statistics import StatsParams, scaled_spec
 from protocol.topics import Topics
 from runtime.files import load_or_create_signer
+from runtime.quiet import quieted
 from runtime.transport import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ class Simulation:
                 self.fleet = ThreadFleet(self.agents, spread=opts.spread, seed=opts.seed)
             self.fleet.start()
             try:
-                with _held(logging.getLogger("edge_agent.agent.clipping")):
+                with quieted("edge_agent.agent.clipping"):  # summarised per round instead
                     final = aggregator.run()
             finally:
                 fleet_end = self.fleet.stop()
@@ -416,15 +416,4 @@ class Simulation:
 
 __all__ = ["METRICS_COLUMNS", "TASKS", "RoundRow", "Simulation", "SimulationOptions",
            "SimulationReport", "central_baseline", "model_spec", "options_from"]
-
-
-@contextlib.contextmanager
-def _held(logger: logging.Logger) -> Iterator[None]:
-    """Silence ``logger``'s warnings for the block (they are summarised instead)."""
-    old = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
