@@ -44,14 +44,19 @@ class Sniffer:
             else:
                 self.updates.append((topic, payload))
 
-    def wait_round(self, round_id: int, timeout: float = 20.0) -> RoundMessage:
+    def wait_round(self, round_id: int, state: str | None = None,
+                   timeout: float = 20.0) -> RoundMessage:
+        # One round id carries several announcements (the final evaluation round is then
+        # re-announced "finished"), and the aggregator may return before the sniffer
+        # has received the last one: wait for the state asked for, not the first seen.
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self.lock:
-                if round_id in self.rounds:
-                    return self.rounds[round_id]
+                msg = self.rounds.get(round_id)
+                if msg is not None and (state is None or msg.state == state):
+                    return msg
             time.sleep(0.02)
-        raise AssertionError(f"round {round_id} was never announced")
+        raise AssertionError(f"round {round_id} was never announced {state or ''}".strip())
 
 
 @pytest.mark.parametrize("codec", ["packed/1", "per-value/1"])
@@ -64,8 +69,7 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
     final = aggregator.run()
 
     assert [r.closed_by for r in aggregator.results] == ["all", "all"]
-    finished = sniffer.wait_round(3)
-    assert finished.state == "finished"
+    finished = sniffer.wait_round(3, "finished")
     np.testing.assert_array_equal(finished.params_array, final)
     clip = aggregator.config.codec.clip
     for r in (1, 2):
