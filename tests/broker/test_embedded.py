@@ -11,6 +11,7 @@ import pytest
 from mqtt_support import Probe
 from support import wait_until
 
+from broker import amqtt_logging
 from broker.amqtt_logging import OneLineHandler
 from broker.cli import add_user, load_settings
 from broker.config import BrokerSettings
@@ -109,8 +110,13 @@ def _never_acking_subscriber(port: int, topic: str) -> socket.socket:
 
 
 @pytest.fixture
-def console() -> Iterator[io.StringIO]:
+def console(monkeypatch) -> Iterator[io.StringIO]:
     """What the console shows: a stream handler on the root logger, as the CLI sets up."""
+    # The rate limit is per process: an earlier test's PUBACK timeout in the last 30 s
+    # would hold this test's line back. Start from a handler that has said nothing.
+    handler_state = amqtt_logging.install()
+    monkeypatch.setattr(handler_state, "_last", {})
+    monkeypatch.setattr(handler_state, "_held", {})
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
