@@ -18,16 +18,21 @@ flagged ``extrapolated`` in the JSON and marked ``~`` in the table.
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.report import check_targets, tables, write_json
 from edge_agent.obfuscator_pool import ObfuscatorPool
 from protocol.codec import CodecParams, make_codec, mean_from_sums, quantize_update
+from protocol.errors import ConfigError
 from protocol.layout import contract_digest
 from protocol.obfuscation import make_obfuscators
 from protocol.paillier import (
@@ -221,3 +226,42 @@ def _machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "machine": platform.machine(),
             "processor": platform.processor(), "cpus": os.cpu_count(),
             "gmpy2": gmpy2.version(), "phe": getattr(phe, "__version__", "?")}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.bits, args.dims, args.agents, args.baseline_max = [1024], [100, 1000], [10, 100], 200
+    if min(args.bits) < 1024 or min(args.dims) < 1 or min(args.agents) < 1:
+        raise ConfigError("bench needs --bits >= 1024, --dims >= 1 and --agents >= 1")
+    results = run(BenchOptions(
+        bits=args.bits, dims=args.dims, agents=args.agents, baseline_max=args.baseline_max,
+        repeats=args.repeats, progress=lambda msg: print(msg, file=sys.stderr, flush=True)))
+    print(tables(results))
+    checks = check_targets(results)
+    if checks:
+        print("\nTargets at 2048 bits, d = 1000:")
+    for name, met, measured in checks:
+        print(f"  [{'met ' if met else 'MISS'}] {name}: {measured}")
+    write_json(results, Path(args.json))
+    print(f"\nresults written to {args.json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    p = sub.add_parser("bench", help=help_text,
+                       description="Measure agent encryption time, bytes on the wire and "
+                       "aggregator sum+decrypt for the packed codec with precomputed "
+                       "obfuscators against one ciphertext per value, in one run. Prints a "
+                       "table, checks the targets and writes JSON.")
+    p.add_argument("--bits", type=int, nargs="+", default=[2048, 3072], help="key sizes")
+    p.add_argument("--dims", type=int, nargs="+", default=[100, 1000, 10_000],
+                   help="model sizes (parameters)")
+    p.add_argument("--agents", type=int, nargs="+", default=[10, 100, 1000],
+                   help="fleet sizes for the aggregator")
+    p.add_argument("--baseline-max", type=int, default=1001,
+                   help="per-value baseline: values encrypted for real; beyond, scaled linearly")
+    p.add_argument("--repeats", type=int, default=5, help="online-time repetitions (median)")
+    p.add_argument("--quick", action="store_true",
+                   help="1024-bit key, d=100/1000, 10/100 agents: a smoke run in seconds")
+    p.add_argument("--json", default="runs/bench/crypto.json", help="where to write results")
+    p.set_defaults(func=cmd_bench)

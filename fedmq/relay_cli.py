@@ -7,7 +7,7 @@ from typing import Any
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from fedmq.cli import _stop_on_sigterm, show_public_key
+    from fedmq.cli_shared import show_public_key, stop_on_sigterm
     from relay.config import RelayConfig
     from relay.service import Relay
 
@@ -16,7 +16,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
         return show_public_key(config.signing_key_file, config.relay_id, csv=args.csv)
     relay = Relay(config)
 
-    _stop_on_sigterm(relay.stop)
+    stop_on_sigterm(relay.stop)
     relay.run()
     return 0
 

@@ -1,11 +1,15 @@
-"""``fedmq simulate``'s flags for fleets that scale: workers, broker, connect spread,
-spare sensor channels (a wider model)."""
+"""``fedmq simulate`` (a whole fleet on this machine) and ``fedmq sample-data``; the
+simulation's flags for fleets that scale: workers, broker, connect spread, spare sensor
+channels (a wider model)."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 from typing import Any
+
+from fedmq.simulate_privacy import add_privacy_arguments
+from protocol.errors import ConfigError
 
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,3 +42,87 @@ def interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fedmq.simulate import Simulation, options_from
+    from fedmq.simulate_privacy import privacy_overrides
+
+    interrupt_on_sigterm()
+    overrides = {
+        "agents": args.agents, "rounds": args.rounds, "iid": args.iid or None,
+        "task": args.task, "samples_per_device": args.samples, "key_bits": args.key_bits,
+        "epochs": args.epochs, "learning_rate": args.lr, "round_timeout": args.round_timeout,
+        "quorum_fraction": args.quorum, "kill": args.kill,
+        "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
+        "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
+        "scaling": args.scaling, **scale_overrides(args), **privacy_overrides(args),
+    }
+    opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
+    report = Simulation(opts).run()
+    gap = (f"{100 * report.gap:+.2f} pp" if report.metric == "accuracy"
+           else f"{report.gap:+.4f}")
+    print(f"final {report.metric}: federated {report.federated_score:.4f} | centralized "
+          f"sklearn {report.central_score:.4f} | gap {gap}")
+    where = report.latest or report.out_dir  # latest names this run's directory
+    print(f"metrics: {where / 'metrics.csv'}"
+          + (f", plot: {where / 'metrics.png'}" if opts.plot else "")
+          + f" (run {report.run_id} in {report.out_dir})")
+    return 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from fedmq import synthetic
+
+    try:
+        spec = synthetic.FleetSpec(n_devices=args.devices, samples_per_device=args.samples,
+                                   iid=args.iid, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    for path in synthetic.write_fleet(spec, args.out):
+        print(path)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("simulate", help="simulate a whole fleet on this machine",
+                       description="Start the embedded broker on a free port, the aggregator "
+                       "and N agents with synthetic sensor data; print progress per round and "
+                       "compare with a centralized scikit-learn baseline. Flags override "
+                       "--config.")
+    p.add_argument("--config", help="simulate TOML config ([simulate] table)")
+    p.add_argument("--agents", type=int, help="number of agents (default 20)")
+    p.add_argument("--rounds", type=int, help="number of rounds (default 10)")
+    p.add_argument("--iid", action="store_true", help="IID data instead of non-IID devices")
+    p.add_argument("--task", choices=["fault", "fault_type", "next_temperature"],
+                   help="what to learn (default: binary fault detection)")
+    p.add_argument("--samples", type=int, help="mean samples per device (default 400)")
+    p.add_argument("--key-bits", type=int, help="Paillier key size (default 2048)")
+    p.add_argument("--epochs", type=int, help="local epochs per round (default 2)")
+    p.add_argument("--lr", type=float, help="local learning rate (default 0.1)")
+    p.add_argument("--round-timeout", type=float, help="round deadline in seconds (default 20)")
+    p.add_argument("--quorum", type=float, help="fraction of agents for quorum (default 0.5)")
+    p.add_argument("--kill", type=int, help="agents to kill abruptly during the run")
+    p.add_argument("--kill-after-round", type=int, help="kill them after this round (1)")
+    p.add_argument("--seed", type=int, help="data and training seed (default 0)")
+    p.add_argument("--out", help="parent of the run directories: each run writes data, "
+                   "metrics and plot to OUT/<run_id>/, OUT/latest points to it (runs)")
+    p.add_argument("--reuse-key", action="store_true", help="reuse the aggregator key of "
+                   "OUT/latest instead of making a fresh one (saves key generation)")
+    p.add_argument("--no-plot", action="store_true", help="do not write metrics.png")
+    p.add_argument("--scaling", choices=["federated", "datasheet"],
+                   help="feature center/scale from the statistics round over the devices' "
+                   "encrypted sums (federated, default) or the sensors' datasheet values")
+    add_scale_arguments(p)
+    add_privacy_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("sample-data", help="write synthetic sensor CSV files for devices",
+                       description="Write one CSV of synthetic machine sensor readings per "
+                       "device, as an agent's [data] path expects.")
+    p.add_argument("--devices", type=int, default=3)
+    p.add_argument("--samples", type=int, default=400, help="mean readings per device")
+    p.add_argument("--iid", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="data", help="output directory (default: data)")
+    p.set_defaults(func=cmd_sample_data)
