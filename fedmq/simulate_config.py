@@ -24,7 +24,7 @@ Positive = Annotated[float, Meta(gt=0)]
 
 
 class SimulateTable(Table, frozen=True):
-    """``[simulate]``: defaults are those of fedmq.simulate.SimulationOptions."""
+    """``[simulate]``: defaults are those of fedmq.simulate_options.SimulationOptions."""
 
     agents: Annotated[int, Meta(ge=1, le=100_000)] = 20
     rounds: AtLeastOne = 10
