@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,11 +38,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from benchmarks.flower_task import Task, test_score, write_fleet
-from benchmarks.wire import CountingProxy, free_port, mean, process_cpu
+from benchmarks.wire import CountingProxy, free_port, mean, process_cpu, wait_listening
 from protocol.errors import ConfigError
 
 if TYPE_CHECKING:  # the fedmq side imports the gateway (amqtt): only when it runs
-    from benchmarks.flower_fedmq import FedmqResult
+    from benchmarks.flower_fedmq import FedmqResult, FedmqRound
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv-flower" / "bin" / "python"
@@ -88,6 +89,13 @@ def run_flower(task: Task, python: str, work: Path, *, timeout: float = 600.0) -
     server = subprocess.Popen(
         [python, "-m", "benchmarks.flower_side", "server", str(port), task.to_json()],
         stdout=subprocess.PIPE, stderr=(work / "server.log").open("wb"), text=True, env=_env())
+    # The proxy drops a client that connects before the server listens, and a Flower
+    # client does not retry: start the clients once the server is up.
+    if not wait_listening(port, 60.0, lambda: server.poll() is None):
+        server.kill()
+        server.wait()
+        raise ConfigError(f"Flower's server did not listen within 60 s; see "
+                          f"{work / 'server.log'}")
     proxy = CountingProxy(port)
     with (work / "clients.log").open("wb") as log:
         clients = subprocess.Popen(
@@ -148,37 +156,56 @@ def steady(rounds: list[FlowerRound] | list[object]) -> slice:
     return slice(1, None) if len(rounds) > 1 else slice(0, None)
 
 
-def table(task: Task, key_bits: int, fl: FlowerResult, fm: FedmqResult) -> list[str]:
+def _label(fm: FedmqResult) -> str:
+    return "fedmq" if fm.workers == 0 else f"fedmq w={fm.workers}"
+
+
+def table(task: Task, key_bits: int, fl: FlowerResult, fms: list[FedmqResult]) -> list[str]:
+    """One column per fedmq layout (``workers``), Flower's, and each fedmq/Flower ratio."""
     s = steady(fl.rounds)
     n = task.clients
-    f_rounds, m_rounds = fl.rounds[s], fm.rounds[s]
-    rows = [
-        ("round time (s)", mean([r.seconds for r in m_rounds]),
+    f_rounds = fl.rounds[s]
+    client_roles = ("agents", "obfuscators", "agents-mqtt")
+    metrics: list[tuple[str, Callable[[list[FedmqRound]], float], float, str]] = [
+        ("round time (s)", lambda rs: mean([r.seconds for r in rs]),
          mean([r.seconds for r in f_rounds]), ".3f"),
-        ("bytes per round (wire)", mean([r.wire_bytes for r in m_rounds]),
+        ("bytes per round (wire)", lambda rs: mean([r.wire_bytes for r in rs]),
          mean([r.wire_bytes for r in f_rounds]), ",.0f"),
-        ("  of which payload", mean([r.payload_bytes for r in m_rounds]),
+        ("  of which payload", lambda rs: mean([r.payload_bytes for r in rs]),
          mean([r.payload_bytes for r in f_rounds]), ",.0f"),
         ("CPU per client per round (s)",
-         mean([sum(r.cpu[k] for k in ("agents", "obfuscators", "agents-mqtt")) / n
-               for r in m_rounds]),
+         lambda rs: mean([sum(r.cpu.get(k, 0.0) for k in client_roles) / n for r in rs]),
          mean([r.client_cpu / n for r in f_rounds]), ".4f"),
         ("server-side CPU per round (s)",
-         mean([r.cpu["broker"] + r.cpu["aggregator"] for r in m_rounds]),
+         lambda rs: mean([r.cpu["broker"] + r.cpu["aggregator"] for r in rs]),
          mean([r.server_cpu for r in f_rounds]), ".3f"),
-        ("final accuracy", fm.accuracy, fl.accuracy, ".4f"),
     ]
     which = f"rounds {s.start + 1}..{task.rounds}" if s.start else "round 1"
+    labels = [_label(fm) for fm in fms]
     out = [f"{n} clients x {task.rounds} rounds, {task.samples_per_device} rows per client "
            f"({'IID' if task.iid else 'non-IID'}), fedmq {key_bits}-bit Paillier over MQTT "
            f"vs Flower {fl.version} FedAvg over gRPC (means over {which})",
-           f"{'':32}{'fedmq':>14}{'Flower':>14}{'fedmq/Flower':>14}"]
-    for name, a, b, fmt in rows:
-        ratio = a / b if b else float("nan")
-        out.append(f"{name:32}{a:>14{fmt}}{b:>14{fmt}}{ratio:>14.2f}")
-    diff = float(np.max(np.abs(fm.final_params - fl.final_params)))
-    out.append(f"final parameters differ by at most {diff:.2e} (fedmq quantizes and clips)")
-    return out + breakdown(fm, n, s)
+           f"{'':32}" + "".join(f"{x:>13}" for x in [*labels, "Flower"])
+           + "".join(f"{x + '/Flower':>19}" for x in labels)]
+
+    def row(name: str, ours: list[float], theirs: float, fmt: str) -> str:
+        ratios = [a / theirs if theirs else float("nan") for a in ours]
+        return (f"{name:32}" + "".join(f"{a:>13{fmt}}" for a in [*ours, theirs])
+                + "".join(f"{r:>19.2f}" for r in ratios))
+
+    for name, of, theirs, fmt in metrics:
+        out.append(row(name, [of(fm.rounds[s]) for fm in fms], theirs, fmt))
+    out.append(row("final accuracy", [fm.accuracy for fm in fms], fl.accuracy, ".4f"))
+    for fm, label in zip(fms, labels, strict=True):
+        diff = float(np.max(np.abs(fm.final_params - fl.final_params)))
+        out.append(f"{label}: final parameters differ from Flower's by at most {diff:.2e} "
+                   "(fedmq quantizes and clips)")
+    if any(fm.workers for fm in fms):
+        out.append("fedmq: broker, aggregator and agents are threads of one process; fedmq w=N: "
+                   "the agents in N worker processes, the broker in its own (Flower: a "
+                   "clients process and a server process); CPU per process, 10 ms ticks")
+    threads = next((fm for fm in fms if fm.workers == 0), None)
+    return out + (breakdown(threads, n, s) if threads is not None else [])
 
 
 def breakdown(fm: FedmqResult, n: int, s: slice) -> list[str]:
@@ -211,12 +238,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flower-python", default=None,
                    help="a Python with flwr (default: this one, else .venv-flower/bin/python)")
+    p.add_argument("--fedmq-workers", type=int, nargs="+", default=[0, 1], metavar="N",
+                   help="fedmq layouts to run: 0, every role a thread of one process; N, the "
+                   "agents in N worker processes and the broker in its own (default: 0 1)")
     p.add_argument("--keep", default=None, help="keep the work files (data, logs) here")
 
 
 def cmd_bench_flower(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.rounds < 1 or args.key_bits < 512:
         raise ConfigError("bench-flower needs --clients >= 1, --rounds >= 1, --key-bits >= 512")
+    if min(args.fedmq_workers) < 0 or len(set(args.fedmq_workers)) != len(args.fedmq_workers):
+        raise ConfigError("bench-flower --fedmq-workers: distinct numbers >= 0")
     if getattr(args, "verbose", 0) == 0:  # the table is the output, as in fedmq simulate
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("amqtt").setLevel(logging.ERROR)
@@ -231,16 +263,18 @@ def cmd_bench_flower(args: argparse.Namespace) -> int:
     try:
         print(f"Flower: {task.clients} clients x {task.rounds} rounds ...", flush=True)
         fl = run_flower(task, python, work / "flower")
-        print(f"fedmq: {task.clients} agents x {task.rounds} rounds, {args.key_bits}-bit keys "
-              "...", flush=True)
         from benchmarks.flower_fedmq import run_fedmq
 
-        fm = run_fedmq(task, key_bits=args.key_bits,
-                       out_dir=str(work / "fedmq") if args.keep else None)
+        fms = []
+        for workers in args.fedmq_workers:
+            print(f"fedmq: {task.clients} agents x {task.rounds} rounds, {args.key_bits}-bit "
+                  f"keys, {workers} worker processes ...", flush=True)
+            fms.append(run_fedmq(task, key_bits=args.key_bits, workers=workers,
+                                 out_dir=str(work / f"fedmq-w{workers}") if args.keep else None))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n".join(table(task, args.key_bits, fl, fm)))
+    print("\n".join(table(task, args.key_bits, fl, fms)))
     return 0
 
 

@@ -1,13 +1,18 @@
 """The fedmq half of ``fedmq bench-flower``: fedmq.simulate on the Task's fleet, timed.
 
-The simulation runs broker, aggregator and agents as threads of this process; CPU
-is read per thread from /proc at each round's close and summed by role, and the
-agents' own log lines give their compute and encryption times.
+With ``workers=0`` the simulation runs broker, aggregator and agents as threads of
+this process; CPU is read per thread from /proc at each round's close and summed by
+role, and the agents' own log lines give their compute and encryption times. With
+``workers=N`` the agents run in N worker processes and the broker in one of its own
+(Flower's side is a clients process and a server process): CPU is read per process,
+and the agents' timing lines stay in their processes.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
 import tempfile
 import time
@@ -21,7 +26,7 @@ import numpy as np
 import aggregator.culprits as culprits
 from aggregator.outcome import RoundResult
 from benchmarks.flower_task import SCALING, TASK, Task
-from benchmarks.wire import mqtt_publish_bytes, threads_cpu
+from benchmarks.wire import mqtt_publish_bytes, process_cpu, threads_cpu
 from fedmq.simulate import Simulation, SimulationOptions
 from protocol.topics import Topics
 
@@ -39,6 +44,20 @@ def role(name: str, agent_ids: frozenset[str]) -> str:
     if name == "fedmq-broker":
         return "broker"
     return "aggregator"  # the main thread runs aggregator.run(); its paho thread
+
+
+def processes_cpu() -> dict[str, float]:
+    """CPU seconds by role when agents and broker run in processes of their own (/proc
+    stat: 10 ms ticks). This process is the aggregator (and the simulation's table)."""
+    out = {"agents": 0.0, "broker": 0.0, "aggregator": process_cpu(os.getpid())}
+    for child in multiprocessing.active_children():
+        if child.pid is None:
+            continue
+        if child.name == "fedmq-broker":
+            out["broker"] += process_cpu(child.pid)
+        elif child.name.startswith("fedmq-shard-"):
+            out["agents"] += process_cpu(child.pid)
+    return out
 
 
 @dataclass
@@ -60,6 +79,7 @@ class FedmqResult:
     final_params: np.ndarray
     accuracy: float
     total_seconds: float
+    workers: int = 0  # fedmq.simulate's: 0, every role a thread of one process
 
 
 class _Timed(Simulation):
@@ -71,6 +91,8 @@ class _Timed(Simulation):
         self._cpu = self._snapshot()
 
     def _snapshot(self) -> dict[str, float]:
+        if self.options.workers:
+            return processes_cpu()
         ids = frozenset(d.device_id for d in self.devices)
         return threads_cpu(lambda name: role(name, ids))
 
@@ -126,14 +148,15 @@ def _timed_decrypt(sim: _Timed) -> Iterator[None]:
         culprits.decrypt_ints = real
 
 
-def run_fedmq(task: Task, *, key_bits: int, out_dir: str | None = None) -> FedmqResult:
+def run_fedmq(task: Task, *, key_bits: int, out_dir: str | None = None,
+              workers: int = 0) -> FedmqResult:
     with tempfile.TemporaryDirectory(prefix="fedmq-bench-flower-") as tmp:
         options = SimulationOptions(
             agents=task.clients, rounds=task.rounds, iid=task.iid, task=TASK,
             samples_per_device=task.samples_per_device, key_bits=key_bits,
             epochs=task.epochs, batch_size=task.batch_size, learning_rate=task.learning_rate,
             l2=task.l2, seed=task.seed, out_dir=out_dir or tmp, plot=False,
-            scaling=SCALING, quorum_fraction=1.0, round_timeout=120.0)
+            scaling=SCALING, quorum_fraction=1.0, round_timeout=120.0, workers=workers)
         sim = _Timed(options)
         agent_log = logging.getLogger("edge_agent.agent")
         handler = _Served(lambda c, e: sim.served.append((c, e)))
@@ -150,4 +173,4 @@ def run_fedmq(task: Task, *, key_bits: int, out_dir: str | None = None) -> Fedmq
             agent_log.setLevel(old_level)
             agent_log.propagate = True
         return FedmqResult(sim.timed, report.final_params, report.federated_score,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, workers)
