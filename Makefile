@@ -27,7 +27,7 @@ bench-flood: $(VENV)/.installed
 bench-flower: $(VENV)/.installed .venv-flower/.installed
 	$(BIN)/fedmq bench-flower $(BENCH_ARGS)
 
-.venv-flower/.installed: pyproject.toml
+.venv-flower/.installed: pyproject.toml $(VENV)/.installed  # the same Python checks first
 	$(PYTHON) -m venv .venv-flower
 	.venv-flower/bin/pip install -q --upgrade pip
 	.venv-flower/bin/pip install -q -e ".[flower]"

@@ -92,10 +92,11 @@ def run_flower(task: Task, python: str, work: Path, *, timeout: float = 600.0) -
     # The proxy drops a client that connects before the server listens, and a Flower
     # client does not retry: start the clients once the server is up.
     if not wait_listening(port, 60.0, lambda: server.poll() is None):
+        ended = server.poll()
         server.kill()
         server.wait()
-        raise ConfigError(f"Flower's server did not listen within 60 s; see "
-                          f"{work / 'server.log'}")
+        why = f"exited with code {ended}" if ended is not None else "did not listen within 60 s"
+        raise ConfigError(f"Flower's server {why}; see {work / 'server.log'}")
     proxy = CountingProxy(port)
     with (work / "clients.log").open("wb") as log:
         clients = subprocess.Popen(

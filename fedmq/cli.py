@@ -21,8 +21,6 @@ from runtime import __version__
 
 EXIT_ERROR = 2
 
-log = logging.getLogger("fedmq")
-
 
 def _setup_logging(verbosity: int, *, quiet_default: bool = False) -> None:
     level = logging.INFO if verbosity == 0 else logging.DEBUG
@@ -75,7 +73,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from fedmq import gateway_cli, model_cli, provision, relay_cli, simulate_cli
 
+    gateway_cli.register(sub)  # broker, aggregator, enroll
     p = sub.add_parser("agent", help="run an edge agent (device)",
                        description="Train on local CSV data each round and publish encrypted "
                        "updates. Raw data never leaves the device.")
@@ -87,9 +87,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="with --show-public-key: print id,public_key for fedmq enroll --from-file")
     p.set_defaults(func=cmd_agent)
 
-    from fedmq import gateway_cli, model_cli, provision, relay_cli, simulate_cli
-
-    gateway_cli.register(sub)  # broker, aggregator, enroll
     simulate_cli.register(sub)  # simulate, sample-data
     model_cli.register(sub)  # export, evaluate
     provision.register(sub)  # init gateway, init device

@@ -9,7 +9,14 @@ import time
 
 import numpy as np
 import pytest
-from support import agent_config, agent_process, local_data, run_in_thread, signer_for
+from support import (
+    agent_config,
+    agent_process,
+    local_data,
+    run_in_thread,
+    signer_for,
+    wait_until,
+)
 
 from aggregator.fedavg import weighted_average
 from edge_agent.agent import EdgeAgent
@@ -84,6 +91,8 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
 
     # What the broker carries is ciphertext: binary, fixed length, nothing readable.
     # Two training rounds and the final evaluation, three agents each.
+    # Each reached the aggregator; the sniffer's copies may still be on their way.
+    wait_until(lambda: len(sniffer.updates) >= 9, "the sniffer to see every update", timeout=10)
     assert len(sniffer.updates) == 9
     for _topic, payload in sniffer.updates:
         assert payload.startswith(MAGIC)
