@@ -223,7 +223,9 @@ def test_differential_privacy(tmp_path: Path) -> None:
     assert float(cells[3]) == pytest.approx(spent[-1], abs=1e-3)  # same accountant, same run
 
 
-# Fresh noise each run (OS entropy), so this cannot be exact: 15 more runs of the same
-# settings (1024-bit keys; the noise does not depend on them) gave 0.848-0.915, mean 0.890,
-# sd ~0.02; the README's worst of 5 was 0.863. 0.05 below it is ~3.8 sd under the mean.
-ACCURACY_SLACK = 0.05
+# Fresh noise each run (OS entropy), so this cannot be exact, and the spread has a heavy
+# lower tail: 100 runs of the same settings (1024-bit keys; the noise does not depend on
+# them) gave mean 0.895, sd 0.026, lowest 0.798; one CI run reached 0.781, 4.4 sd under the
+# mean. With the README's worst of 5 (0.863) - 0.05, 2 of 122 runs failed; - 0.11 (0.753)
+# is below every run seen. Epsilon, the exact claim of the section, is checked exactly.
+ACCURACY_SLACK = 0.11
