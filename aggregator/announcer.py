@@ -65,6 +65,10 @@ class Announcer:
         self._ours: dict[str, deque[bytes]] = {t: deque(maxlen=_OWN_HISTORY)
                                                for t in self._topics}
         self._seen: dict[str, bytes] = {}
+        # Our publishes whose echo has not come back yet: an echo of an earlier one that
+        # arrives after the next announcement is no stale copy. Counted, so a later
+        # replay of the same payload (by the broker or anyone) still is.
+        self._echoes: dict[str, dict[bytes, int]] = {t: {} for t in self._topics}
         self._reconnected = False
         self._connections = 0
         self._warned: set[bytes] = set()
@@ -84,6 +88,10 @@ class Announcer:
         with self._lock:
             self._latest[topic] = payload
             self._ours[topic].append(payload)
+            echoes = self._echoes[topic]
+            echoes[payload] = echoes.get(payload, 0) + 1
+            for old in [p for p in echoes if p not in self._ours[topic]]:  # as bounded
+                del echoes[old]
 
     def latest(self, topic: str) -> bytes | None:
         with self._lock:
@@ -97,7 +105,15 @@ class Announcer:
         if topic not in self._topics:
             return False
         with self._lock:
-            self._seen[topic] = payload
+            # Judged now, not at the next due(): by then our echo of round k may look
+            # like a stale copy of round k+1 (a republish to every agent, every other
+            # round of bench-flower). Late echoes of earlier announcements are ours too.
+            echoes = self._echoes[topic]
+            if echoes.get(payload, 0) > 0:
+                echoes[payload] -= 1
+                return True
+            if payload != self._latest.get(topic):
+                self._seen[topic] = payload
         return True
 
     def due(self) -> tuple[bool, list[str]]:
