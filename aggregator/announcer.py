@@ -6,7 +6,8 @@ replaced by someone else (a leaked aggregator login, an anonymous broker)
 stays on the broker for every agent that starts later. Subscribed to both
 topics, the aggregator sees each copy the broker hands out (its own echo, the
 retained copy on subscribe, a forgery) and puts its own back when the copy is
-not byte-identical to what it last published.
+not byte-identical to what it last published and not the echo of one of its
+own publishes (each publish is expected back once).
 
 Why it re-announces after every (re)connect: it runs a clean MQTT session.
 Mosquitto 2.0.11 with ``use_username_as_clientid`` keeps the client id an
