@@ -16,7 +16,7 @@ import pytest
 from mqtt_support import mosquitto_binary
 
 from benchmarks.relay import JSON_FILE, TABLE_FILE, Comparison
-from benchmarks.relay_setups import RoundRecord, SetupResult
+from benchmarks.relay_setups import Plan, RoundRecord, SetupResult
 from fedmq.cli import main
 
 
@@ -78,7 +78,5 @@ def test_a_difference_in_the_last_bit_is_reported():
     assert not Comparison(single, other_digest).equal  # the decrypted totals differ
 
 
-def _plan():  # type: ignore[no-untyped-def]
-    from benchmarks.relay_setups import Plan
-
+def _plan() -> Plan:
     return Plan(run_dir=str(Path(".")), per_relay=1)
