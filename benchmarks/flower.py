@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from benchmarks.flower_task import Task, test_score, write_fleet
-from benchmarks.wire import CountingProxy, free_port, mean, process_cpu, wait_listening
+from benchmarks.wire import CountingProxy, mean, process_cpu
+from broker.embedded import free_port, wait_listening
 from protocol.errors import ConfigError
 
 if TYPE_CHECKING:  # the fedmq side imports the gateway (amqtt): only when it runs

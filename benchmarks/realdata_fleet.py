@@ -17,7 +17,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.embedded import free_port
+from broker.embedded import free_port, wait_listening
 from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
 from fedmq.cli import main as fedmq_main
 from protocol.errors import ConfigError
@@ -201,18 +200,6 @@ class Processes:
                 proc.wait()
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > end:
-                raise ConfigError(f"the broker is not listening on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def running_fleet(gw: Gateway, broker: str) -> Iterator[Processes]:
     """The broker and one ``fedmq agent`` per device, until the block ends."""
@@ -222,7 +209,8 @@ def running_fleet(gw: Gateway, broker: str) -> Iterator[Processes]:
             proc = procs.start("broker", [mosquitto_binary(), "-c", str(mosquitto_conf(gw))])
         else:
             proc = procs.fedmq("broker", "broker", "--config", str(gw.root / "broker.toml"))
-        wait_listening(gw.port, proc)
+        if not wait_listening(gw.port, 15.0, lambda: proc.poll() is None):
+            raise ConfigError(f"the broker is not listening on 127.0.0.1:{gw.port}")
         for device in gw.devices:
             procs.fedmq(device, "agent", "--config", str(gw.agent_toml(device)))
         yield procs

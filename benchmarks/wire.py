@@ -7,9 +7,10 @@ import os
 import socket
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from broker.embedded import free_port
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -22,25 +23,6 @@ def _stat_cpu(path: Path) -> float:
         return 0.0
     fields = text.rsplit(")", 1)[1].split()  # the name may hold spaces; fields follow it
     return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float, alive: Callable[[], bool]) -> bool:
-    """Whether 127.0.0.1:``port`` accepts a connection within ``timeout`` seconds (False
-    as soon as ``alive()`` is not: the process that was to listen has ended)."""
-    end = time.monotonic() + timeout
-    while alive() and time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def mean(values: Iterable[float]) -> float:

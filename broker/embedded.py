@@ -10,6 +10,8 @@ import asyncio
 import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from broker import amqtt_logging
@@ -34,6 +36,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float, alive: Callable[[], bool]) -> bool:
+    """Whether 127.0.0.1:``port`` accepts a connection within ``timeout`` seconds (False
+    as soon as ``alive()`` is not: the process that was to listen has ended)."""
+    end = time.monotonic() + timeout
+    while alive() and time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 class _DropStartupFailure(logging.Filter):

@@ -16,9 +16,7 @@ import multiprocessing
 import os
 import resource
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 from broker.acl import FleetAcl
 from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
+from broker.embedded import EmbeddedBroker, free_port, wait_listening
 from broker.limits import MAX_PENDING_CONNECTIONS
 from broker.mosquitto import (
     CONF_FILE,
@@ -244,16 +242,9 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
     with log_path.open("wb") as out:
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise FedmqError(f"mosquitto did not start ({out_dir / CONF_FILE}): "
-                                     + log_path.read_text()[-500:]) from None
-                time.sleep(0.05)
+        if not wait_listening(port, 15.0, lambda: proc.poll() is None):
+            raise FedmqError(f"mosquitto did not start ({out_dir / CONF_FILE}): "
+                             + log_path.read_text()[-500:])
         base = MqttSettings(host="127.0.0.1", port=port)
         yield FleetBroker(
             aggregator=replace(base, username=AGGREGATOR_USER, password=creds[AGGREGATOR_USER]),

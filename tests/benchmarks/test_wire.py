@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
-from benchmarks.wire import (
-    CountingProxy,
-    free_port,
-    mqtt_publish_bytes,
-    process_cpu,
-    threads_cpu,
-    wait_listening,
-)
+from benchmarks.wire import CountingProxy, mqtt_publish_bytes, process_cpu, threads_cpu
 
 
 def test_the_relay_passes_and_counts_every_byte_each_way() -> None:
@@ -60,12 +52,3 @@ def test_cpu_readings_grow_with_work() -> None:
     assert threads_cpu(lambda name: "main" if name == "MainThread" else None)["main"] > before
     assert process_cpu(os.getpid()) >= start
 
-
-def test_wait_listening_sees_a_server_and_gives_up_when_its_process_ended() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        assert wait_listening(port, 5.0, lambda: True)
-    t0 = time.monotonic()
-    assert not wait_listening(port, 30.0, lambda: False)  # ended: no waiting out the timeout
-    assert time.monotonic() - t0 < 1.0
-    assert not wait_listening(free_port(), 0.3, lambda: True)  # nobody listens

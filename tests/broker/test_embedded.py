@@ -15,7 +15,7 @@ from broker import amqtt_logging
 from broker.amqtt_logging import OneLineHandler
 from broker.cli import add_user, load_settings
 from broker.config import BrokerSettings
-from broker.embedded import BrokerStartError, EmbeddedBroker, free_port
+from broker.embedded import BrokerStartError, EmbeddedBroker, free_port, wait_listening
 from protocol.errors import ConfigError
 from runtime.transport import BrokerUnavailable, MqttLink, MqttSettings
 
@@ -218,3 +218,13 @@ def test_the_broker_drains_its_broadcast_queue_before_shutting_down():
         return stuck, left
 
     assert asyncio.run(scenario()) == (5, 0)
+
+
+def test_wait_listening_sees_a_server_and_gives_up_when_its_process_ended() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert wait_listening(port, 5.0, lambda: True)
+    t0 = time.monotonic()
+    assert not wait_listening(port, 30.0, lambda: False)  # ended: no waiting out the timeout
+    assert time.monotonic() - t0 < 1.0
+    assert not wait_listening(free_port(), 0.3, lambda: True)  # nobody listens
