@@ -144,11 +144,13 @@ class SampleDpLedger:
         """Epsilon (at ``delta``) this device has spent in run ``run_id``."""
         return epsilon_spent(self._events(self.entries(), run_id), delta)
 
-    def charge(self, run_id: str, round_id: int, plan: SampleDpPlan) -> float:
+    def charge(self, run_id: str, round_id: int, plan: SampleDpPlan, *,
+               lifetime_max: float | None = None) -> float:
         """Record that round ``round_id`` is about to be trained; return epsilon spent after it.
 
         Raises RoundSkipped("privacy-budget") when the round would take the run past
-        plan.params.epsilon, or when the ledger cannot be read; nothing is written then.
+        plan.params.epsilon, or every run in this ledger past ``lifetime_max``, or when
+        the ledger cannot be read; nothing is written then.
         A round charged twice (retrained after a restart) costs twice: its first
         update may have left the device.
         """
@@ -160,6 +162,14 @@ class SampleDpLedger:
         entry = LedgerEntry(run_id=run_id, round_id=round_id,
                             noise_multiplier=plan.noise_multiplier,
                             sampling_rate=plan.sampling_rate, steps=plan.steps_per_round)
+        if lifetime_max is not None:  # every run, judged on the same read as the charge
+            events = [sample_level_event(e.noise_multiplier, e.sampling_rate, e.steps)
+                      for e in [*entries, entry]]
+            life = epsilon_spent(events, plan.params.delta)
+            if life > lifetime_max:
+                raise RoundSkipped("privacy-budget", f"round {round_id} would take this "
+                                   f"device's sample-level epsilon to {life:.3g} over all runs, "
+                                   f"beyond its own max_sample_epsilon {lifetime_max:g}")
         budget = plan.params.epsilon
         after = epsilon_spent(self._events([*entries, entry], run_id), plan.params.delta)
         if after > budget * (1 + _SLACK):
@@ -210,21 +220,7 @@ class SampleDp:
         key = (n, msg.settings, params)
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = SampleDpPlan.build(n, msg.settings, params.rounds, params)
-        if self._max is not None:
-            try:
-                past = self._ledger.entries()
-            except ConfigError as exc:
-                raise RoundSkipped("privacy-budget", str(exc),
-                                   "the device's privacy ledger is unreadable") from exc
-            events = [sample_level_event(e.noise_multiplier, e.sampling_rate, e.steps)
-                      for e in past]
-            life = epsilon_spent([*events, sample_level_event(
-                plan.noise_multiplier, plan.sampling_rate, plan.steps_per_round)], params.delta)
-            if life > self._max:
-                raise RoundSkipped("privacy-budget", f"round {msg.round_id} would take this "
-                                   f"device's sample-level epsilon to {life:.3g} over all runs, "
-                                   f"beyond its own max_sample_epsilon {self._max:g}")
-        spent = self._ledger.charge(msg.run_id, msg.round_id, plan)
+        spent = self._ledger.charge(msg.run_id, msg.round_id, plan, lifetime_max=self._max)
         log.info("round %d: DP-SGD (noise multiplier %.3g, sampling rate %.3g, %d steps): "
                  "sample-level epsilon %.3f of %g spent in this run (delta %g)", msg.round_id,
                  plan.noise_multiplier, plan.sampling_rate, plan.steps_per_round, spent,
