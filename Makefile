@@ -40,7 +40,7 @@ wheel: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy protocol models runtime edge_agent aggregator broker relay fedmq benchmarks
+	$(BIN)/python scripts/typecheck.py
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \

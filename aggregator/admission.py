@@ -30,14 +30,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aggregator.config import Limits
-from protocol import partial as pw
-from protocol.signing import SIGNATURE_BYTES
-from protocol.topics import Topics
-from protocol.wire import MAGIC, MAX_HEADER, VERSION
-from runtime.droplog import DropLog
+from fedmq.aggregator.config import Limits
+from fedmq.protocol import partial as pw
+from fedmq.protocol.crypto.signing import SIGNATURE_BYTES
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import MAGIC, MAX_HEADER, VERSION
+from fedmq.runtime.droplog import DropLog
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 
 # The update prefix of protocol.wire: magic, version, header length.
 _PREFIX = struct.Struct(">4sBH")

@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from protocol.errors import ConfigError, ProtocolError
-from protocol.signing import Ed25519PublicKey, public_key_from_hex
-from protocol.topics import check_name
-from runtime.files import write_atomic
-from runtime.locks import locked
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_from_hex
+from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.protocol.topics import check_name
+from fedmq.runtime.files import write_atomic
+from fedmq.runtime.locks import locked
 
 log = logging.getLogger(__name__)
 SCHEMA = "fedmq.allow-list/1"

@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from models import ModelSpec
-from protocol.codec import CodecParams
-from protocol.messages import PubKeyMessage, RoundMessage
-from protocol.signing import Signer
-from protocol.topics import Topics
-from runtime.transport import MqttLink
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.messages import PubKeyMessage, RoundMessage
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.transport import MqttLink
 
 if TYPE_CHECKING:
-    from aggregator.config import AggregatorConfig
+    from fedmq.aggregator.config import AggregatorConfig
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 
 _OWN_HISTORY = 8  # earlier payloads per topic still recognised as ours (late echoes)
 _WARNED_MAX = 1000

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from models import ModelSpec
-from protocol.errors import ConfigError
-from protocol.topics import check_name
-from runtime.files import write_atomic
+from fedmq.models import ModelSpec
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import check_name
+from fedmq.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 SCHEMA = "fedmq.aggregator-state/1"

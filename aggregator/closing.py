@@ -16,27 +16,27 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from aggregator.admission import Admission
-from aggregator.announcer import Herald
-from aggregator.checkpoint import Checkpoints, RunCheckpoint
-from aggregator.config import AggregatorConfig
-from aggregator.culprits import Suspects
-from aggregator.health import FleetHealth, clipped_share
-from aggregator.inbound import Inbound
-from aggregator.outcome import Closing, RoundResult, close_round
-from aggregator.privacy import FleetBudget
-from aggregator.rounds import RoundState
-from aggregator.runspec import save_run_spec
-from aggregator.store import RunStore
-from models import ModelSpec
-from protocol.errors import FedmqError
-from protocol.messages import MetricsMessage
-from protocol.paillier import PaillierPrivateKey
-from protocol.signing import Ed25519PublicKey, Signer
-from protocol.statistics import StatisticsRangeError, scaled_spec
-from runtime.transport import MqttLink
+from fedmq.aggregator.admission import Admission
+from fedmq.aggregator.announcer import Herald
+from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.culprits import Suspects
+from fedmq.aggregator.health import FleetHealth, clipped_share
+from fedmq.aggregator.inbound import Inbound
+from fedmq.aggregator.outcome import Closing, RoundResult, close_round
+from fedmq.aggregator.privacy import FleetBudget
+from fedmq.aggregator.rounds import RoundState
+from fedmq.aggregator.runspec import save_run_spec
+from fedmq.aggregator.store import RunStore
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.paillier import PaillierPrivateKey
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.errors import FedmqError
+from fedmq.protocol.messages import MetricsMessage
+from fedmq.protocol.sums.statistics import StatisticsRangeError, scaled_spec
+from fedmq.runtime.transport import MqttLink
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 FloatArray = NDArray[np.float64]
 
 

@@ -11,17 +11,17 @@ from typing import Any
 
 from msgspec.structs import asdict
 
-from aggregator.privacy import privacy_terms
-from aggregator.schema import AggregatorFile
-from models import ModelError, ModelSpec
-from protocol.codec import CodecParams
-from protocol.dpterms import PrivacyTerms
-from protocol.errors import ConfigError
-from protocol.messages import TrainingSettings
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from runtime.config import blame, convert, load_toml, resolve
-from runtime.mqtt_settings import MqttSettings, mqtt_settings
+from fedmq.aggregator.privacy import privacy_terms
+from fedmq.aggregator.schema import AggregatorFile
+from fedmq.models import ModelError, ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import TrainingSettings
+from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.config import blame, convert, load_toml, resolve
+from fedmq.runtime.mqtt_settings import MqttSettings, mqtt_settings
 
 
 @contextmanager

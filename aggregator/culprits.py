@@ -32,11 +32,16 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from protocol.errors import CodecError
-from protocol.layout import UpdateLayout
-from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, add_ciphertexts, decrypt_ints
+from fedmq.protocol.crypto.paillier import (
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    add_ciphertexts,
+    decrypt_ints,
+)
+from fedmq.protocol.errors import CodecError
+from fedmq.protocol.layout import UpdateLayout
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 
 #: A group's decoded sums, or None when its decrypted sum fails the codec's bounds.
 Check = Callable[[frozenset[str]], "list[int] | None"]

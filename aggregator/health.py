@@ -16,11 +16,11 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from aggregator.config import HealthPolicy
-from protocol.evaluation import FleetEvaluation
-from protocol.health import Skip
+from fedmq.aggregator.config import HealthPolicy
+from fedmq.protocol.health import Skip
+from fedmq.protocol.sums.evaluation import FleetEvaluation
 
-log = logging.getLogger("aggregator.health")
+log = logging.getLogger("fedmq.aggregator.health")
 
 FIXES = {
     "bad-labels": "fix its label column: class numbers 0..n_classes-1, no text or NaN",

@@ -9,18 +9,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from aggregator.checkpoint import Checkpoints
-from aggregator.notices import Notifier
-from aggregator.rounds import Redelivered, Rejected, RoundState
-from protocol.errors import KeyMismatchError, ProtocolError
-from protocol.health import Skip
-from protocol.messages import StatusMessage
-from protocol.paillier import PaillierPublicKey
-from protocol.partial import PartialSum, decode_partial, is_partial
-from protocol.topics import Topics
-from protocol.wire import decode_update
+from fedmq.aggregator.checkpoint import Checkpoints
+from fedmq.aggregator.notices import Notifier
+from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
+from fedmq.protocol.crypto.paillier import PaillierPublicKey
+from fedmq.protocol.errors import KeyMismatchError, ProtocolError
+from fedmq.protocol.health import Skip
+from fedmq.protocol.messages import StatusMessage
+from fedmq.protocol.partial import PartialSum, decode_partial, is_partial
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import decode_update
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 
 
 def offer_payload(state: RoundState, agent: str, payload: bytes, public_key: PaillierPublicKey,

@@ -13,8 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol.errors import ConfigError, ProtocolError
-from protocol.paillier import (
+from fedmq.protocol.crypto.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     fingerprint,
@@ -22,11 +21,12 @@ from protocol.paillier import (
     private_key_from_dict,
     private_key_to_dict,
 )
-from protocol.signing import Signer
-from runtime.files import create_signer, load_signer, warn_if_readable, write_atomic
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.runtime.files import create_signer, load_signer, warn_if_readable, write_atomic
 
 if TYPE_CHECKING:
-    from aggregator.config import AggregatorConfig
+    from fedmq.aggregator.config import AggregatorConfig
 
 log = logging.getLogger(__name__)
 Keypair = tuple[PaillierPublicKey, PaillierPrivateKey]

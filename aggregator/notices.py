@@ -25,10 +25,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from aggregator.rounds import Rejected, RoundState
-from protocol.errors import ProtocolError
-from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
-from protocol.signing import (
+from fedmq.aggregator.rounds import Rejected, RoundState
+from fedmq.protocol.crypto.signing import (
     SIGNATURE_BYTES,
     UPDATE_DOMAIN,
     Ed25519PublicKey,
@@ -36,9 +34,11 @@ from protocol.signing import (
     public_key_hex,
     verify,
 )
-from protocol.topics import Topics
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
+from fedmq.protocol.topics import Topics
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 
 MAX_NOTICES = 4096  # per round; beyond it the round sends none (and says so once)
 RECHECK_SECONDS = 2.0  # how often the allow-list is re-read while rejected agents wait

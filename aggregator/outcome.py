@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_sum
-from aggregator.rounds import RoundState
-from models import ModelSpec
-from protocol.codec import CodecParams, mean_from_sums
-from protocol.errors import CodecError
-from protocol.evaluation import FleetEvaluation
-from protocol.paillier import PaillierPrivateKey
-from protocol.privacy import DpParams, mean_from_noisy_sums
-from protocol.statistics import FleetStatistics, StatsParams
+from fedmq.aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_sum
+from fedmq.aggregator.rounds import RoundState
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams, mean_from_sums
+from fedmq.protocol.crypto.paillier import PaillierPrivateKey
+from fedmq.protocol.errors import CodecError
+from fedmq.protocol.privacy.noise import DpParams, mean_from_noisy_sums
+from fedmq.protocol.sums.evaluation import FleetEvaluation
+from fedmq.protocol.sums.statistics import FleetStatistics, StatsParams
 
-log = logging.getLogger("aggregator.service")
+log = logging.getLogger("fedmq.aggregator.service")
 FloatArray = NDArray[np.float64]
 
 

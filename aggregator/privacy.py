@@ -1,7 +1,7 @@
 """The gateway's side of differential privacy: the announced terms and the run's budget.
 
 The budget is a ledger of one device-level event per closed training round
-(protocol.accounting, dp-accounting's RDP accountant), charged with the number of
+(protocol.privacy.accounting, dp-accounting's RDP accountant), charged with the number of
 devices whose noise shares are in the decrypted sum. It lives in the run
 directory (``privacy.json``, written atomically BEFORE the round's model is saved
 or published), so a restarted aggregator resumes with what the run has spent and
@@ -16,16 +16,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aggregator.schema import PrivacyTable
-from models import ModelSpec
-from protocol.accounting import PrivacyLedger, RoundCharge, calibrate_noise_multiplier
-from protocol.codec import CodecParams
-from protocol.dpterms import PrivacyTerms, SampleDpParams
-from protocol.errors import ConfigError, FedmqError, ProtocolError
-from protocol.privacy import DpParams
-from runtime.files import write_atomic
+from fedmq.aggregator.schema import PrivacyTable
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.errors import ConfigError, FedmqError, ProtocolError
+from fedmq.protocol.privacy.accounting import PrivacyLedger, RoundCharge, calibrate_noise_multiplier
+from fedmq.protocol.privacy.noise import DpParams
+from fedmq.protocol.privacy.terms import PrivacyTerms, SampleDpParams
+from fedmq.runtime.files import write_atomic
 
-log = logging.getLogger("aggregator.privacy")
+log = logging.getLogger("fedmq.aggregator.privacy")
 LEDGER_FILE = "privacy.json"
 
 

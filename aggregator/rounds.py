@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from protocol.errors import ProtocolError
-from protocol.health import Skip
-from protocol.layout import UpdateLayout
-from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
-from protocol.paillier import PaillierPublicKey, add_ciphertexts
-from protocol.partial import PartialSum
-from protocol.signing import Ed25519PublicKey, public_key_hex
-from protocol.wire import UpdateMessage
+from fedmq.protocol.crypto.paillier import PaillierPublicKey, add_ciphertexts
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_hex
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.health import Skip
+from fedmq.protocol.layout import UpdateLayout
+from fedmq.protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
+from fedmq.protocol.partial import PartialSum
+from fedmq.protocol.wire import UpdateMessage
 
 _Offered = TypeVar("_Offered", UpdateMessage, PartialSum)
 

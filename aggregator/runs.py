@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
-from aggregator.runspec import load_run_spec
-from aggregator.store import RunStore
-from models import ModelSpec
-from protocol.errors import ConfigError
-from protocol.topics import check_name
-from runtime.files import write_atomic
+from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint, start_point
+from fedmq.aggregator.runspec import load_run_spec
+from fedmq.aggregator.store import RunStore
+from fedmq.models import ModelSpec
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import check_name
+from fedmq.runtime.files import write_atomic
 
 if TYPE_CHECKING:
-    from aggregator.config import AggregatorConfig
+    from fedmq.aggregator.config import AggregatorConfig
 
 log = logging.getLogger(__name__)
 # What a run owns; directly in state_dir they are the layout from before run directories.

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models import ModelError, ModelSpec
-from protocol.errors import ConfigError
-from protocol.statistics import FleetStatistics
-from runtime.files import write_atomic
+from fedmq.models import ModelError, ModelSpec
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.sums.statistics import FleetStatistics
+from fedmq.runtime.files import write_atomic
 
 SCHEMA = "fedmq.run-statistics/1"
 FILE = "statistics.json"

@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from runtime.config import Table
-from runtime.mqtt_settings import MqttTable, NonEmpty
+from fedmq.runtime.config import Table
+from fedmq.runtime.mqtt_settings import MqttTable, NonEmpty
 
 Positive = Annotated[float, Meta(gt=0)]
 AtLeastOne = Annotated[int, Meta(ge=1)]

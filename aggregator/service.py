@@ -19,34 +19,35 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from aggregator.admission import Admission
-from aggregator.allowlist import AllowListFile
-from aggregator.announcer import Announcer, Herald
-from aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
-from aggregator.closing import NoEvaluation, RoundClosing, RoundFailed
-from aggregator.config import AggregatorConfig
-from aggregator.culprits import Suspects
-from aggregator.health import FleetHealth
-from aggregator.inbound import Inbound, offer_payload
-from aggregator.keys import load_aggregator_keys
-from aggregator.notices import Notifier
-from aggregator.outcome import RoundResult
-from aggregator.privacy import BudgetSpent, FleetBudget
-from aggregator.rounds import Rejected, RoundState
-from aggregator.runs import RunDirs, open_run, spec_digest
-from aggregator.store import RunStore
-from models import ModelSpec
-from protocol.codec import make_codec
-from protocol.errors import ProtocolError
-from protocol.layout import PHASES, UpdateLayout, contract_digest, layout_for
-from protocol.paillier import (
+from fedmq.aggregator.admission import Admission
+from fedmq.aggregator.allowlist import AllowListFile
+from fedmq.aggregator.announcer import Announcer, Herald
+from fedmq.aggregator.attendance import Attendance
+from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
+from fedmq.aggregator.closing import NoEvaluation, RoundClosing, RoundFailed
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.culprits import Suspects
+from fedmq.aggregator.health import FleetHealth
+from fedmq.aggregator.inbound import Inbound
+from fedmq.aggregator.keys import load_aggregator_keys
+from fedmq.aggregator.notices import Notifier
+from fedmq.aggregator.outcome import RoundResult
+from fedmq.aggregator.privacy import BudgetSpent, FleetBudget
+from fedmq.aggregator.resume import carry_over, restore_updates
+from fedmq.aggregator.rounds import RoundState
+from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
+from fedmq.aggregator.store import RunStore
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import make_codec
+from fedmq.protocol.crypto.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     ciphertext_size,
     fingerprint,
 )
-from protocol.signing import Ed25519PublicKey, Signer
-from runtime.transport import Inbox, MqttLink
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.layout import PHASES, UpdateLayout, contract_digest, layout_for
+from fedmq.runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
 __all__ = ["Aggregator", "NoEvaluation", "RoundFailed"]
@@ -103,7 +104,10 @@ class Aggregator(RoundClosing):
                                 self._notifier, on_skip=self._health.skipped)
         self._suspects = Suspects()
         self._admit = self._admission.filter(self._inbox.put)
+        # Who is sampled and which halves the culprit search tries must not be predictable.
         self._rng = secrets.SystemRandom()
+        self._attendance = Attendance(config.policy, self._inbound.online, self.allow_list,
+                                      rng=self._rng)
         topics = config.topics
         self._announcer = Announcer((topics.pubkey, topics.round))
         # A clean session: a persistent one is what lets Mosquitto 2.0.11 deafen
@@ -161,7 +165,7 @@ class Aggregator(RoundClosing):
                 if resume is None:
                     # Also after a restart at a round boundary: the agents' retained statuses
                     # arrive only now, and a round opened before them would expect nobody.
-                    self._wait_for_agents()
+                    self._attendance.wait(self._stop, partial(self._drain, None))
                 if start.spec is not None:
                     self.spec = start.spec
                 elif cfg.needs_statistics and round_id == 1 and resume is None:
@@ -195,7 +199,7 @@ class Aggregator(RoundClosing):
                                spec=self.spec)
             self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
                                                    "finished"))
-            self._health.run_finished(never_online=set(self.allow_list()) - set(self.online))
+            self._health.run_finished(never_online=self._attendance.never_online())
             return params
         finally:
             self._link.close()
@@ -209,62 +213,11 @@ class Aggregator(RoundClosing):
         start, saved = open_run(self.runs, self.checkpoints, self.store, self.config,
                                 identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
                                 model_digest=self._model_digest, new_id=self._new_run_id)
-        if saved is not None and saved.run_id == start.run_id:
-            for agent in saved.quarantined:
-                self._inbound.quarantine(agent, ())
-                log.warning("%s stays quarantined (named a culprit earlier in this run)", agent)
-        if self._budget is not None:
-            self._budget.use(self.store.run_dir)  # what the resumed run spent already
         if cfg.privacy.enabled:
             log.info("privacy: %s", cfg.privacy.describe())
-        if start.round_id == 1 and start.open_round is None:
-            log.info("starting run %s in %s", start.run_id, self.store.run_dir)
-        else:
-            if start.open_round is not None:
-                self.checkpoints.load_updates()  # unreadable ones stop us here, before MQTT
-            elif self.store.recover_record():
-                log.warning("round %d: audit row recovered into %s", start.round_id - 1,
-                            self.store.log_path)
-            log.warning("resuming run %s at round %d (model version %d%s)", start.run_id,
-                        start.round_id, start.version,
-                        ", open round with its accepted updates" if start.open_round else "")
+        carry_over(start, saved, store=self.store, checkpoints=self.checkpoints,
+                   inbound=self._inbound, budget=self._budget)
         return start
-
-    def _wait_for_agents(self) -> None:
-        policy = self.config.policy
-        deadline = time.monotonic() + policy.start_timeout
-        last_log = 0.0
-        while len(self._online_agents()) < policy.min_agents and not self._stop.is_set():
-            if time.monotonic() > deadline:
-                if len(self._online_agents()) >= policy.quorum:
-                    log.warning("only %d of %d agents online after %.0f s; starting with "
-                                "quorum%s", len(self._online_agents()), policy.min_agents,
-                                policy.start_timeout, self._not_online())
-                    return
-                raise RoundFailed(f"only {len(self._online_agents())} agents online after "
-                                  f"{policy.start_timeout:g} s, quorum is {policy.quorum}")
-            if time.monotonic() - last_log > 10:
-                log.info("waiting for agents: %d of %d online%s", len(self._online_agents()),
-                         policy.min_agents, self._not_online())
-                last_log = time.monotonic()
-            self._drain(None, 0.1)
-
-    def _not_online(self) -> str:
-        """'; enrolled, not online: a, b' for the waiting line (names from the allow-list)."""
-        missing = sorted(set(self.allow_list()) - self._online_agents())
-        if not missing:
-            return ""
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        return f"; enrolled, not online: {', '.join(missing[:20])}{more}"
-
-    def _online_agents(self) -> frozenset[str]:
-        return frozenset(a for a, up in self.online.items() if up)
-
-    def _select(self) -> tuple[frozenset[str], bool]:
-        online, policy = sorted(self._online_agents()), self.config.policy
-        if not policy.samples:
-            return frozenset(online), False
-        return frozenset(self._rng.sample(online, policy.sample_size(len(online)))), True
 
     def _open(self, run_id: str, round_id: int, version: int,
               resume: RunCheckpoint | None, phase: str) -> RoundState:
@@ -277,38 +230,23 @@ class Aggregator(RoundClosing):
             opened_at, deadline = resume.opened_at, max(resume.deadline, now + min(
                 10.0, cfg.policy.round_timeout))
         else:
-            (expected, sampled), opened_at = self._select(), now
+            (expected, sampled), opened_at = self._attendance.select(phase), now
             deadline = now + cfg.policy.round_timeout
             if training:
                 self.checkpoints.clear_updates()
-        if not training:  # statistics and evaluation: every online agent, all their rows
-            expected, sampled = frozenset(self._online_agents()), False
         state = RoundState(
             fleet=cfg.topics.fleet, run_id=run_id, round_id=round_id, expected=expected,
-            deadline=deadline, quorum=self._quorum(phase), layout=self._layouts[phase],
+            deadline=deadline, quorum=self._attendance.quorum(phase), layout=self._layouts[phase],
             key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
             max_agents=cfg.codec.max_agents, public_key=self.public_key,
             allow_list=self.allow_list(), opened_at=opened_at, sampled=sampled,
             relays=self.relays(),
         )
         if resume is not None:
-            for agent, payload in self.checkpoints.load_updates():
-                try:
-                    offer_payload(state, agent, payload, self.public_key)
-                    state.update_bytes += len(payload)
-                except (ProtocolError, Rejected) as exc:
-                    log.error("persisted update of %s no longer valid: %s", agent, exc)
-            log.warning("round %d: %d accepted updates restored", round_id, len(state.accepted))
+            restore_updates(state, self.checkpoints, self.public_key)
         if training:  # only training rounds are resumed: the others are simply run again
             self._save_open(state, version)
         return state
-
-    def _quorum(self, phase: str) -> int:
-        """The final evaluation only measures: it closes at its deadline with what came,
-        but with at least two devices (one device's metric is never decrypted), unless the
-        fleet's quorum is 1 anyway."""
-        quorum = self.config.policy.quorum
-        return min(quorum, 2) if phase == "evaluation" else quorum
 
     def _save_open(self, state: RoundState, version: int, extensions: int = 0) -> None:
         self.checkpoints.save(self._checkpoint(state.run_id, state.round_id, version, "open",

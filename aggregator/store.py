@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from models import ModelError, ModelSpec, load_model
-from protocol.errors import ConfigError
-from runtime.files import save_model, write_atomic
+from fedmq.models import ModelError, ModelSpec, load_model
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.files import save_model, write_atomic
 
 if TYPE_CHECKING:
-    from aggregator.outcome import RoundResult
+    from fedmq.aggregator.outcome import RoundResult
 
 BASE_FIELDS = ("run_id", "round", "model_version", "closed_by", "reported", "expected",
                "rejected", "total_weight", "seconds", "update_norm", "agents", "excluded")

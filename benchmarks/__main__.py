@@ -1,4 +1,4 @@
-"""``python -m benchmarks [options]``: the same as ``fedmq bench``."""
+"""``python -m fedmq.benchmarks [options]``: the same as ``fedmq bench``."""
 
 import sys
 

@@ -29,13 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import check_targets, tables, write_json
-from edge_agent.obfuscator_pool import ObfuscatorPool
-from protocol.codec import CodecParams, make_codec, mean_from_sums, quantize_update
-from protocol.errors import ConfigError
-from protocol.layout import contract_digest
-from protocol.obfuscation import make_obfuscators
-from protocol.paillier import (
+from fedmq.benchmarks.report import check_targets, tables, write_json
+from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool
+from fedmq.protocol.crypto.codec import CodecParams, make_codec, mean_from_sums, quantize_update
+from fedmq.protocol.crypto.obfuscation import make_obfuscators
+from fedmq.protocol.crypto.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     add_ciphertexts,
@@ -44,9 +42,11 @@ from protocol.paillier import (
     fingerprint,
     generate_keypair,
 )
-from protocol.signing import Signer
-from protocol.statistics import StatsParams
-from protocol.wire import UpdateMessage, encode_update
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.layout import contract_digest
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.wire import UpdateMessage, encode_update
 
 _SIGNER = Signer.generate()  # the online time includes the update's Ed25519 signature
 DISTINCT_AGENTS = 8  # distinct encrypted updates; larger fleets cycle through them

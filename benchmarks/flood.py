@@ -1,6 +1,6 @@
 """Flood benchmark: the aggregator's memory and round times while an agent floods it.
 
-``python -m benchmarks.flood [--seconds 60] [--agents 3]``. Everything is a real
+``python -m fedmq.benchmarks.flood [--seconds 60] [--agents 3]``. Everything is a real
 process on 127.0.0.1: the embedded broker with logins and the topic ACL (its
 payload cap raised so 4 MiB payloads pass, as the attacker's broker allowed),
 the aggregator (``fedmq aggregator``), honest agents (``fedmq agent``) and one
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.allowlist import enroll
-from broker.acl import FleetAcl
-from broker.embedded import free_port
-from broker.mosquitto import MosquittoSetup, read_credentials, write_files
-from protocol.paillier import fingerprint, generate_keypair, private_key_to_dict
-from protocol.signing import Signer
-from protocol.topics import Topics
-from runtime.files import create_signer
+from fedmq.aggregator.allowlist import enroll
+from fedmq.broker.acl import FleetAcl
+from fedmq.broker.embedded import free_port
+from fedmq.broker.mosquitto import MosquittoSetup, read_credentials, write_files
+from fedmq.protocol.crypto.paillier import fingerprint, generate_keypair, private_key_to_dict
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.files import create_signer
 
 FEATURES = ("x1", "x2", "x3")
 FLEET = "bench"
@@ -273,7 +273,7 @@ def run_phase(gateway: Gateway, name: str, *, flood: bool) -> Phase:
         flooder = None
         if flood:
             flooder = gateway._spawn(
-                ["benchmarks.flooder", str(port), FLOODER, gateway.password(FLOODER), FLOODER,
+                ["fedmq.benchmarks.flooder", str(port), FLOODER, gateway.password(FLOODER), FLOODER,
                  gateway.n_hex, str(o.payload_bytes), str(o.seconds)], f"{name}-flooder.log")
         end = time.monotonic() + o.seconds
         while time.monotonic() < end and aggregator.poll() is None:
@@ -324,7 +324,7 @@ def report(options: FloodOptions, phases: tuple[Phase, Phase]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``python -m benchmarks.flood`` and ``fedmq bench-flood``."""
+    """Options shared by ``python -m fedmq.benchmarks.flood`` and ``fedmq bench-flood``."""
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each phase")
     parser.add_argument("--agents", type=int, default=3, help="honest agents")
     parser.add_argument("--bits", type=int, default=2048, help="Paillier key size")
@@ -340,7 +340,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.flood", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fedmq.benchmarks.flood", description=__doc__)
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 

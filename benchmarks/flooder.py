@@ -1,6 +1,6 @@
 """A logged-in agent flooding its own update topic with large payloads that pass the header checks.
 
-``python -m benchmarks.flooder PORT USER PASSWORD AGENT_ID N_HEX BYTES SECONDS``: for
+``python -m fedmq.benchmarks.flooder PORT USER PASSWORD AGENT_ID N_HEX BYTES SECONDS``: for
 SECONDS, publish update payloads of about BYTES bytes as fast as the broker takes
 them (QoS 0 over a raw socket). Each has the right magic, version, schema, key
 fingerprint and ciphertext size, and every ciphertext is a valid element of
@@ -18,10 +18,10 @@ import struct
 import sys
 import time
 
-from protocol.paillier import ciphertext_size, fingerprint, public_key_from_hex
-from protocol.signing import SIGNATURE_BYTES
-from protocol.topics import Topics
-from protocol.wire import MAGIC, SCHEMA, VERSION
+from fedmq.protocol.crypto.paillier import ciphertext_size, fingerprint, public_key_from_hex
+from fedmq.protocol.crypto.signing import SIGNATURE_BYTES
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import MAGIC, SCHEMA, VERSION
 
 
 def flood_payload(n_hex: str, agent_id: str, size: int) -> bytes:

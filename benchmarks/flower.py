@@ -1,7 +1,7 @@
 """``fedmq bench-flower``: the same federated task in Flower (plaintext FedAvg over gRPC)
 and in fedmq (Paillier-encrypted FedAvg over MQTT), one after the other on this machine.
 
-Same synthetic fleet and non-IID split (fedmq.synthetic, one CSV per client, loaded as a
+Same synthetic fleet and non-IID split (fedmq.simulation.synthetic, one CSV per client, loaded as a
 fedmq agent loads it), same model and local SGD (models.make_model with the same
 epochs, batch size, learning rate and seed), same zero start, same rounds. Flower runs
 as a server process and a clients process (one thread and one gRPC connection per
@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmarks.flower_task import Task, test_score, write_fleet
-from benchmarks.wire import CountingProxy, mean, process_cpu
-from broker.embedded import free_port, wait_listening
-from protocol.errors import ConfigError
+from fedmq.benchmarks.flower_task import Task, test_score, write_fleet
+from fedmq.benchmarks.wire import CountingProxy, mean, process_cpu
+from fedmq.broker.embedded import free_port, wait_listening
+from fedmq.protocol.errors import ConfigError
 
 if TYPE_CHECKING:  # the fedmq side imports the gateway (amqtt): only when it runs
-    from benchmarks.flower_fedmq import FedmqResult, FedmqRound
+    from fedmq.benchmarks.flower_fedmq import FedmqResult, FedmqRound
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv-flower" / "bin" / "python"
@@ -88,7 +88,7 @@ def run_flower(task: Task, python: str, work: Path, *, timeout: float = 600.0) -
     paths = [str(p) for p in write_fleet(task, work / "data")]
     port = free_port()
     server = subprocess.Popen(
-        [python, "-m", "benchmarks.flower_side", "server", str(port), task.to_json()],
+        [python, "-m", "fedmq.benchmarks.flower_side", "server", str(port), task.to_json()],
         stdout=subprocess.PIPE, stderr=(work / "server.log").open("wb"), text=True, env=_env())
     # The proxy drops a client that connects before the server listens, and a Flower
     # client does not retry: start the clients once the server is up.
@@ -101,7 +101,7 @@ def run_flower(task: Task, python: str, work: Path, *, timeout: float = 600.0) -
     proxy = CountingProxy(port)
     with (work / "clients.log").open("wb") as log:
         clients = subprocess.Popen(
-            [python, "-m", "benchmarks.flower_side", "clients", f"127.0.0.1:{proxy.port}",
+            [python, "-m", "fedmq.benchmarks.flower_side", "clients", f"127.0.0.1:{proxy.port}",
              task.to_json(), *paths], stdout=log, stderr=subprocess.STDOUT, env=_env())
     rounds: list[FlowerRound] = []
     last = (0, process_cpu(clients.pid), process_cpu(server.pid))
@@ -265,7 +265,7 @@ def cmd_bench_flower(args: argparse.Namespace) -> int:
     try:
         print(f"Flower: {task.clients} clients x {task.rounds} rounds ...", flush=True)
         fl = run_flower(task, python, work / "flower")
-        from benchmarks.flower_fedmq import run_fedmq
+        from fedmq.benchmarks.flower_fedmq import run_fedmq
 
         fms = []
         for workers in args.fedmq_workers:

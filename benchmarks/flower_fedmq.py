@@ -1,4 +1,4 @@
-"""The fedmq half of ``fedmq bench-flower``: fedmq.simulate on the Task's fleet, timed.
+"""The fedmq half of ``fedmq bench-flower``: fedmq.simulation.run on the Task's fleet, timed.
 
 With ``workers=0`` the simulation runs broker, aggregator and agents as threads of
 this process; CPU is read per thread from /proc at each round's close and summed by
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-import aggregator.culprits as culprits
-from aggregator.outcome import RoundResult
-from benchmarks.flower_task import SCALING, TASK, Task
-from benchmarks.wire import mqtt_publish_bytes, process_cpu, threads_cpu
-from fedmq.simulate import Simulation, SimulationOptions
-from protocol.topics import Topics
+import fedmq.aggregator.culprits as culprits
+from fedmq.aggregator.outcome import RoundResult
+from fedmq.benchmarks.flower_task import SCALING, TASK, Task
+from fedmq.benchmarks.wire import mqtt_publish_bytes, process_cpu, threads_cpu
+from fedmq.protocol.topics import Topics
+from fedmq.simulation.run import Simulation, SimulationOptions
 
 ROLES = ("agents", "obfuscators", "agents-mqtt", "broker", "aggregator")
 _SERVED = re.compile(r"compute (\d+) ms, encrypt ([\d.]+) ms")
@@ -79,7 +79,7 @@ class FedmqResult:
     final_params: np.ndarray
     accuracy: float
     total_seconds: float
-    workers: int = 0  # fedmq.simulate's: 0, every role a thread of one process
+    workers: int = 0  # fedmq.simulation.run's: 0, every role a thread of one process
 
 
 class _Timed(Simulation):
@@ -106,7 +106,7 @@ class _Timed(Simulation):
         n = len(result.reported)
         per_update = result.update_bytes // max(n, 1)
         fleet = self.options.agents
-        topics = Topics(fleet="sim")  # as fedmq.simulate names its fleet
+        topics = Topics(fleet="sim")  # as fedmq.simulation.run names its fleet
         wire = (2 * mqtt_publish_bytes([per_update] * n, topics.update(self.devices[0].device_id))
                 + (1 + fleet) * mqtt_publish_bytes([result.model_bytes], topics.round))
         served, self.served = self.served, []
@@ -158,7 +158,7 @@ def run_fedmq(task: Task, *, key_bits: int, out_dir: str | None = None,
             l2=task.l2, seed=task.seed, out_dir=out_dir or tmp, plot=False,
             scaling=SCALING, quorum_fraction=1.0, round_timeout=120.0, workers=workers)
         sim = _Timed(options)
-        agent_log = logging.getLogger("edge_agent.agent")
+        agent_log = logging.getLogger("fedmq.edge_agent.agent")
         handler = _Served(lambda c, e: sim.served.append((c, e)))
         old_level = agent_log.level
         agent_log.addHandler(handler)

@@ -2,9 +2,9 @@
 
 Run by benchmarks.flower with the Python of a venv that has flwr (``.[flower]``):
 
-    python -m benchmarks.flower_side server PORT TASK_JSON   # FedAvg, prints a JSON line a round
-    python -m benchmarks.flower_side clients ADDRESS TASK_JSON CSV...   # one thread per client
-    python -m benchmarks.flower_side describe TASK_JSON CSV...  # what the clients would start with
+    python -m fedmq.benchmarks.flower_side server PORT TASK_JSON  # FedAvg, a JSON line a round
+    python -m fedmq.benchmarks.flower_side clients ADDRESS TASK_JSON CSV...  # a thread a client
+    python -m fedmq.benchmarks.flower_side describe TASK_JSON CSV...  # what clients start with
 
 Flower's own deployment path (``flwr.server.start_server`` / ``flwr.client.start_client``,
 the gRPC transport; deprecated in favour of SuperLink/SuperNode but still Flower's
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.flower_task import Task, load_client, local_fit
+from fedmq.benchmarks.flower_task import Task, load_client, local_fit
 
 try:
     import flwr

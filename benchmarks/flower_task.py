@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.data import LocalData, load_csv
-from fedmq import synthetic
-from fedmq.simulate_tasks import TASKS, model_spec
-from models import ModelSpec, make_model
+from fedmq.edge_agent.data import LocalData, load_csv
+from fedmq.models import ModelSpec, make_model
+from fedmq.simulation import synthetic
+from fedmq.simulation.tasks import TASKS, model_spec
 
 TASK = "fault"
 # Datasheet center/scale on both sides: the spec is fixed before round 1, so fedmq runs no
@@ -49,7 +49,7 @@ class Task:
         return TASKS[TASK][0]
 
     def fleet(self) -> list[synthetic.DeviceData]:
-        """The same generator and FleetSpec fedmq.simulate.Simulation uses."""
+        """The same generator and FleetSpec fedmq.simulation.run.Simulation uses."""
         return synthetic.generate_fleet(synthetic.FleetSpec(
             n_devices=self.clients, samples_per_device=self.samples_per_device,
             iid=self.iid, seed=self.seed))
@@ -90,8 +90,8 @@ def local_fit(task: Task, data: LocalData, start: NDArray[np.float64]) -> NDArra
 
 
 def test_score(task: Task, params: NDArray[np.float64]) -> float:
-    """Accuracy on the pooled held-out rows, as fedmq.simulate scores its final model."""
-    from fedmq.simulate_tasks import xy
+    """Accuracy on the pooled held-out rows, as fedmq.simulation.run scores its final model."""
+    from fedmq.simulation.tasks import xy
 
     X, y = xy(synthetic.pooled(task.fleet(), "test"), task.label)
     return float(make_model(task.spec).set_params_vector(params).score(X, y))

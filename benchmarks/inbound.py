@@ -29,18 +29,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aggregator.admission import Admission
-from aggregator.checkpoint import Checkpoints
-from aggregator.config import Limits
-from aggregator.culprits import Suspects
-from aggregator.inbound import Inbound
-from aggregator.outcome import Closing, close_round
-from aggregator.rounds import RoundState
-from benchmarks.inbound_fleet import RUN_ID, BenchFleet, build_fleet
-from protocol.codec import mean_from_sums
-from protocol.evaluation import FleetEvaluation
-from protocol.paillier import ciphertext_size, ciphertexts_from_bytes
-from protocol.wire import decode_update
+from fedmq.aggregator.admission import Admission
+from fedmq.aggregator.checkpoint import Checkpoints
+from fedmq.aggregator.config import Limits
+from fedmq.aggregator.culprits import Suspects
+from fedmq.aggregator.inbound import Inbound
+from fedmq.aggregator.outcome import Closing, close_round
+from fedmq.aggregator.rounds import RoundState
+from fedmq.benchmarks.inbound_fleet import RUN_ID, BenchFleet, build_fleet
+from fedmq.protocol.crypto.codec import mean_from_sums
+from fedmq.protocol.crypto.paillier import ciphertext_size, ciphertexts_from_bytes
+from fedmq.protocol.sums.evaluation import FleetEvaluation
+from fedmq.protocol.wire import decode_update
 
 STAGES = ("admission", "decode", "checks (signature, round rules)", "running product",
           "persist (fsync)", "close (decrypt, decode)")

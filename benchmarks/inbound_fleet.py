@@ -18,21 +18,21 @@ from dataclasses import dataclass
 import gmpy2
 import numpy as np
 
-from models import ModelSpec, make_model
-from protocol.codec import CodecParams, quantize_update
-from protocol.evaluation import local_evaluation
-from protocol.layout import UpdateLayout, contract_digest, layout_for
-from protocol.paillier import (
+from fedmq.models import ModelSpec, make_model
+from fedmq.protocol.crypto.codec import CodecParams, quantize_update
+from fedmq.protocol.crypto.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     encrypt_ints,
     fingerprint,
     generate_keypair,
 )
-from protocol.signing import Ed25519PublicKey, Signer
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import UpdateMessage, encode_update
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.layout import UpdateLayout, contract_digest, layout_for
+from fedmq.protocol.sums.evaluation import local_evaluation
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import UpdateMessage, encode_update
 
 FLEET, RUN_ID, ROUND_ID = "bench", "0123456789abcdef", 1
 BASE_OBFUSCATORS = 16  # full r^n mod n^2 exponentiations; the rest are their products

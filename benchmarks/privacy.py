@@ -28,14 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aggregator.runs import new_run_id
-from benchmarks.privacy_real import RealRun, RealTask, baselines, real_split, run_real
-from protocol.errors import ConfigError
-from runtime.quiet import quieted
+from fedmq.aggregator.runs import new_run_id
+from fedmq.benchmarks.privacy_real import RealRun, RealTask, baselines, real_split, run_real
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.quiet import quieted
 
 EPSILONS: tuple[float | None, ...] = (1.0, 3.0, 8.0, None)  # None: no DP
 DELTA = 1e-5
-# Chosen by a sweep at epsilon 3 (README, "Differential privacy"); kept for every epsilon.
+# Chosen by a sweep at epsilon 3 (docs/privacy.md, "Differential privacy"); kept for every epsilon.
 SYNTHETIC_CLIP = 0.5
 REAL_CLIP = 0.25
 
@@ -111,9 +111,9 @@ def synthetic_run(opts: Options, epsilon: float | None, clip: float,
     """One ``fedmq simulate`` run in-process; (run, centralized, majority share)."""
     import json
 
-    from aggregator.privacy import LEDGER_FILE
-    from fedmq.simulate import Simulation, SimulationOptions
-    from protocol.accounting import PrivacyLedger
+    from fedmq.aggregator.privacy import LEDGER_FILE
+    from fedmq.protocol.privacy.accounting import PrivacyLedger
+    from fedmq.simulation.run import Simulation, SimulationOptions
 
     sim = Simulation(SimulationOptions(
         agents=opts.agents, rounds=opts.rounds, key_bits=opts.key_bits, dp_epsilon=epsilon,

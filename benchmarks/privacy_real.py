@@ -1,7 +1,7 @@
 """One real data set under device-level DP: an in-process fleet on an embedded broker.
 
 The data set (scikit-learn's breast_cancer by default) is split non-IID over the
-devices by fedmq.datasets, each device reads its own CSV of raw features, and the
+devices by fedmq.simulation.datasets, each device reads its own CSV of raw features, and the
 real Aggregator and EdgeAgents (worker processes, as ``fedmq simulate``) run the
 encrypted rounds on an embedded broker on 127.0.0.1. The raw features need
 center/scale and a public data set gives none that is not computed from its own
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedmq import datasets
+from fedmq.simulation import datasets
 
 if TYPE_CHECKING:
-    from aggregator.service import Aggregator
-    from edge_agent.config import AgentConfig
+    from fedmq.aggregator.service import Aggregator
+    from fedmq.edge_agent.config import AgentConfig
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,22 @@ def run_real(task: RealTask, sp: datasets.Split, *, epsilon: float | None, clip:
              delta: float, key_bits: int, workers: int, out: Path) -> RealRun:
     """One run of ``task`` (fresh noise: the devices draw it from OS entropy)."""
     # Here, not at the top: `fedmq --help` builds the parser from this package.
-    from aggregator.config import AggregatorConfig, RoundPolicy
-    from aggregator.privacy import LEDGER_FILE, privacy_terms
-    from aggregator.schema import PrivacyTable
-    from aggregator.service import Aggregator
-    from edge_agent.config import AgentConfig
-    from fedmq.rundirs import start_run
-    from fedmq.shards import ShardedFleet
-    from fedmq.simulate_broker import BrokerChoice, fleet_broker
-    from models import ModelSpec, make_model
-    from protocol.accounting import PrivacyLedger
-    from protocol.codec import CodecParams
-    from protocol.dpterms import PrivacyTerms
-    from protocol.messages import TrainingSettings
-    from protocol.statistics import StatsParams
-    from protocol.topics import Topics
-    from runtime.files import load_or_create_signer
+    from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
+    from fedmq.aggregator.privacy import LEDGER_FILE, privacy_terms
+    from fedmq.aggregator.schema import PrivacyTable
+    from fedmq.aggregator.service import Aggregator
+    from fedmq.edge_agent.config import AgentConfig
+    from fedmq.models import ModelSpec, make_model
+    from fedmq.protocol.crypto.codec import CodecParams
+    from fedmq.protocol.messages import TrainingSettings
+    from fedmq.protocol.privacy.accounting import PrivacyLedger
+    from fedmq.protocol.privacy.terms import PrivacyTerms
+    from fedmq.protocol.sums.statistics import StatsParams
+    from fedmq.protocol.topics import Topics
+    from fedmq.runtime.files import load_or_create_signer
+    from fedmq.simulation.broker import BrokerChoice, fleet_broker
+    from fedmq.simulation.rundirs import start_run
+    from fedmq.simulation.shards import ShardedFleet
 
     ds = sp.dataset
     run, _note = start_run(out)

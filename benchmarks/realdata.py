@@ -3,7 +3,7 @@ centralized scikit-learn.
 
 Each data set (scikit-learn's wine, breast_cancer, raw diabetes ...) is split with a
 held-out test share and the rest non-IID over ``--devices`` devices with raw,
-unscaled features (fedmq.datasets). A gateway is made with ``fedmq init gateway``,
+unscaled features (fedmq.simulation.datasets). A gateway is made with ``fedmq init gateway``,
 every device enrolled, and ``fedmq broker`` (or Mosquitto), one ``fedmq agent`` per
 device and ``fedmq aggregator`` run as separate processes on 127.0.0.1
 (benchmarks.realdata_fleet). The saved global model is scored on the test rows and
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fedmq import datasets
-from protocol.errors import ConfigError
-from protocol.messages import TrainingSettings
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import TrainingSettings
+from fedmq.simulation import datasets
 
 TomlValue = str | int | float | bool | list[float] | list[str] | None
 
@@ -121,10 +121,10 @@ def aggregator_tables(sp: datasets.Split, options: Options,
 
 def run_one(name: str, options: Options, work: Path) -> Result:
     """One data set through the real CLI; the saved global model against scikit-learn."""
-    from benchmarks import realdata_fleet as fleet
-    from models.evaluation import evaluate
-    from models.factory import make_model
-    from models.io import load_model
+    from fedmq.benchmarks import realdata_fleet as fleet
+    from fedmq.models.evaluation import evaluate
+    from fedmq.models.factory import make_model
+    from fedmq.models.io import load_model
 
     if options.scaling not in ("none", "pooled") or options.broker not in ("embedded",
                                                                            "mosquitto"):
@@ -246,8 +246,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
     p.set_defaults(func=cmd_bench_realdata)
 
 
-if __name__ == "__main__":  # python -m benchmarks.realdata [options]
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.realdata",
+if __name__ == "__main__":  # python -m fedmq.benchmarks.realdata [options]
+    parser = argparse.ArgumentParser(prog="python -m fedmq.benchmarks.realdata",
                                      description=__doc__)
     add_arguments(parser)
     sys.exit(cmd_bench_realdata(parser.parse_args()))

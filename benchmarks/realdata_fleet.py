@@ -24,10 +24,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.embedded import free_port, wait_listening
-from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
+from fedmq.broker.embedded import free_port, wait_listening
+from fedmq.broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
 from fedmq.cli import main as fedmq_main
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
 
 FLEET = "realdata"
 TomlValue = str | int | float | bool | Sequence[float] | Sequence[str] | None

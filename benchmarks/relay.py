@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the setups import the whole gateway: not when `fedmq` builds its parser
-    from benchmarks.relay_setups import Plan, RoundRecord, SetupResult
-from fedmq.rundirs import start_run
-from protocol.errors import ConfigError
+    from fedmq.benchmarks.relay_setups import Plan, RoundRecord, SetupResult
+from fedmq.protocol.errors import ConfigError
+from fedmq.simulation.rundirs import start_run
 
 MB = 1024 * 1024
 TABLE_FILE, JSON_FILE = "relay_bench.md", "relay_bench.json"
@@ -93,7 +93,7 @@ class Comparison:
 
 
 def plan_from(args: argparse.Namespace, run_dir: Path) -> Plan:
-    from benchmarks.relay_setups import Plan
+    from fedmq.benchmarks.relay_setups import Plan
 
     per_relay = args.per_relay if args.per_relay is not None else (10 if args.quick else 500)
     bits = args.key_bits if args.key_bits is not None else (1024 if args.quick else 2048)
@@ -103,7 +103,7 @@ def plan_from(args: argparse.Namespace, run_dir: Path) -> Plan:
         raise ConfigError("bench-relay: --key-bits must be at least 1024")
     broker = args.broker
     if broker == "auto":
-        from fedmq.simulate_broker import mosquitto_binary
+        from fedmq.simulation.broker import mosquitto_binary
 
         try:
             mosquitto_binary()
@@ -118,7 +118,7 @@ def plan_from(args: argparse.Namespace, run_dir: Path) -> Plan:
 
 
 def run(plan: Plan, *, timeout: float) -> Comparison | str:
-    from benchmarks.relay_setups import prepare, run_setup
+    from fedmq.benchmarks.relay_setups import prepare, run_setup
 
     prepare(plan)
     results = []

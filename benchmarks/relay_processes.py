@@ -14,12 +14,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from fedmq.shards import peak_rss_bytes
-from relay.config import RelayConfig
+from fedmq.relay.config import RelayConfig
+from fedmq.simulation.shards import peak_rss_bytes
 
 
 def _relay_process(config: RelayConfig, conn: Any) -> None:
-    from relay.service import Relay
+    from fedmq.relay.service import Relay
 
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(levelname)s {config.relay_id} %(name)s: %(message)s")

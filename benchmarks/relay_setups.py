@@ -24,26 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.allowlist import enroll_many
-from aggregator.config import AggregatorConfig, RoundPolicy
-from aggregator.keys import load_aggregator_keys
-from aggregator.outcome import RoundResult
-from aggregator.service import Aggregator
-from benchmarks.relay_processes import relay_processes
-from edge_agent.config import AgentConfig
-from fedmq import synthetic
-from fedmq.shards import ShardedFleet, peak_rss_bytes
-from fedmq.simulate_broker import BrokerChoice, BrokerEnd, FleetBroker, fleet_broker
-from fedmq.simulate_tasks import TASKS, model_spec
-from protocol.codec import CodecParams
-from protocol.messages import TrainingSettings
-from protocol.signing import Ed25519PublicKey
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from relay.config import RelayConfig
-from runtime.files import load_or_create_signer
-from runtime.quiet import quieted
-from runtime.transport import MqttSettings
+from fedmq.aggregator.allowlist import enroll_many
+from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
+from fedmq.aggregator.keys import load_aggregator_keys
+from fedmq.aggregator.outcome import RoundResult
+from fedmq.aggregator.service import Aggregator
+from fedmq.benchmarks.relay_processes import relay_processes
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.signing import Ed25519PublicKey
+from fedmq.protocol.messages import TrainingSettings
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.relay.config import RelayConfig
+from fedmq.runtime.files import load_or_create_signer
+from fedmq.runtime.quiet import quieted
+from fedmq.runtime.transport import MqttSettings
+from fedmq.simulation import synthetic
+from fedmq.simulation.broker import BrokerChoice, BrokerEnd, FleetBroker, fleet_broker
+from fedmq.simulation.shards import ShardedFleet, peak_rss_bytes
+from fedmq.simulation.tasks import TASKS, model_spec
 
 log = logging.getLogger(__name__)
 TOPICS = Topics(fleet="bench")
@@ -97,7 +97,8 @@ def prepare(plan: Plan) -> None:
     for device_id, dev in zip(plan.agent_ids, devices, strict=True):
         synthetic.write_csv(plan.path("data", f"{device_id}.csv"), dev.columns, dev.train)
     load_aggregator_keys(aggregator_config(plan, MqttSettings(), "keys", 1))  # creates them
-    with quieted("runtime.files", logging.WARNING):  # a line per generated key: a thousand of them
+    # a line per generated key: a thousand of them
+    with quieted("fedmq.runtime.files", logging.WARNING):
         _agent_and_relay_keys(plan)
 
 

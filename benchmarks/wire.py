@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from broker.embedded import free_port
+from fedmq.broker.embedded import free_port
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

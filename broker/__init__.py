@@ -1,5 +1,5 @@
 """Gateway side: the embedded amqtt broker and its configuration (needs the ``gateway`` extra)."""
 
-from broker.config import BrokerSettings
+from fedmq.broker.config import BrokerSettings
 
 __all__ = ["BrokerSettings"]

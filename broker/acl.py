@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import ConfigError
-from protocol.topics import Topics, check_name
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import Topics, check_name
 
 # amqtt files clients without a user name under this name; nobody may own it.
 ANONYMOUS = "anonymous"

@@ -44,14 +44,14 @@ from typing import Any
 from amqtt.plugins.authentication import FileAuthPlugin
 from amqtt.session import Session
 
-from broker.limits import (
+from fedmq.broker.limits import (
     HASH_WORKERS,
     LOGIN_FAILURE_WINDOW,
     MAX_HASH_WAITING,
     MAX_LOGIN_FAILURES,
     FailedLogins,
 )
-from runtime.droplog import DropLog
+from fedmq.runtime.droplog import DropLog
 
 log = logging.getLogger(__name__)
 MAX_GOOD_SOURCES = 100_000  # remembered addresses of successful logins (bounded memory)

@@ -47,10 +47,10 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
-from broker.amqtt_delivery import DeliveryRules
-from broker.amqtt_reader import FramedReader
-from broker.limits import ConnectionLimits, PendingConnections, session_key
-from protocol.errors import FedmqError
+from fedmq.broker.amqtt_delivery import DeliveryRules
+from fedmq.broker.amqtt_reader import FramedReader
+from fedmq.broker.limits import ConnectionLimits, PendingConnections, session_key
+from fedmq.protocol.errors import FedmqError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from amqtt.contexts import Action
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
-from broker.limits import ConnectionLimits
+from fedmq.broker.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.plugins.topic_checking import TopicAccessControlListPlugin
 from amqtt.session import Session
 
-from broker.acl import ANONYMOUS
+from fedmq.broker.acl import ANONYMOUS
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-TARGET = "broker.amqtt"
+TARGET = "fedmq.broker.amqtt"
 _SOURCE = "amqtt"
 _REPR = re.compile(r"<[^<>]*(?:<[^<>]*>[^<>]*)*>")  # <Task ... coro=<...> exception=...>
 _NUMBER = re.compile(r"\d+")

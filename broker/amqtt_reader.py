@@ -32,7 +32,7 @@ import logging
 
 from amqtt.adapters import ReaderAdapter
 
-from protocol.errors import FedmqError
+from fedmq.protocol.errors import FedmqError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protocol.errors import ConfigError
-from runtime.files import write_atomic
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.files import write_atomic
 
 CA_DAYS = 3650
 SERVER_DAYS = 825

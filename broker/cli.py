@@ -9,13 +9,13 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker.acl import FleetAcl
-from broker.config import BrokerSettings
-from broker.embedded import serve
-from broker.mosquitto import MosquittoSetup, write_files
-from broker.passwords import add_user
-from protocol.errors import ConfigError
-from protocol.topics import Topics
+from fedmq.broker.acl import FleetAcl
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import serve
+from fedmq.broker.mosquitto import MosquittoSetup, write_files
+from fedmq.broker.passwords import add_user
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 __all__ = ["add_user", "mosquitto_config", "run_broker"]  # add_user: broker.passwords

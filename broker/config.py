@@ -9,12 +9,12 @@ from typing import Annotated, Any
 from msgspec import Meta
 from msgspec.structs import asdict
 
-from broker.acl import FleetAcl, password_file_users
-from broker.limits import MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_SOURCE, ConnectionLimits
-from protocol.errors import ConfigError
-from protocol.messages import MAX_CONTROL_BYTES
-from protocol.topics import Topics
-from runtime.config import Table, blame, convert, existing_file, load_toml
+from fedmq.broker.acl import FleetAcl, password_file_users
+from fedmq.broker.limits import MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_SOURCE, ConnectionLimits
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import MAX_CONTROL_BYTES
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.config import Table, blame, convert, existing_file, load_toml
 
 # amqtt reads every non-payload field with a 2-byte length, so a cap below 64 KiB
 # could not be told apart from a long topic or password (see broker.amqtt_ext).
@@ -23,9 +23,9 @@ MQTT_MAX_PAYLOAD = 268_435_455  # the largest remaining length MQTT can encode
 
 # Dotted paths of fedmq's amqtt plugins; a string, so that reading a config does
 # not import amqtt (a gateway-only dependency).
-_ACL_PLUGIN = "broker.amqtt_ext.FleetAclPlugin"
-_WILL_PLUGIN = "broker.amqtt_ext.WillAclPlugin"
-_AUTH_PLUGIN = "broker.amqtt_auth.ThreadedFileAuthPlugin"
+_ACL_PLUGIN = "fedmq.broker.amqtt_ext.FleetAclPlugin"
+_WILL_PLUGIN = "fedmq.broker.amqtt_ext.WillAclPlugin"
+_AUTH_PLUGIN = "fedmq.broker.amqtt_auth.ThreadedFileAuthPlugin"
 
 
 NonEmpty = Annotated[str, Meta(min_length=1)]

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker import amqtt_logging
-from broker.config import BrokerSettings
-from protocol.errors import FedmqError
+from fedmq.broker import amqtt_logging
+from fedmq.broker.config import BrokerSettings
+from fedmq.protocol.errors import FedmqError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class _DropStartupFailure(logging.Filter):
 async def serve(settings: BrokerSettings, stop: asyncio.Event,
                 started: threading.Event | None = None) -> None:
     """Run the broker until ``stop`` is set."""
-    from broker.amqtt_broker import FedmqBroker  # gateway-only dependency: import lazily
+    from fedmq.broker.amqtt_broker import FedmqBroker  # gateway-only dependency: import lazily
 
     config = settings.amqtt_config()
     # amqtt's tracebacks (one per late PUBACK...) become one rate-limited line each.

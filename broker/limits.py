@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
 
 # A fleet client subscribes to at most 3 filters; these leave room for tools
 # while bounding what one SUBSCRIBE or one session can make the broker store.

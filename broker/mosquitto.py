@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.acl import FleetAcl
-from broker.config import MIN_PAYLOAD_CAP, MQTT_MAX_PAYLOAD
-from protocol.errors import ConfigError
-from protocol.messages import MAX_CONTROL_BYTES
-from protocol.topics import check_name
-from runtime.files import write_atomic
+from fedmq.broker.acl import FleetAcl
+from fedmq.broker.config import MIN_PAYLOAD_CAP, MQTT_MAX_PAYLOAD
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import MAX_CONTROL_BYTES
+from fedmq.protocol.topics import check_name
+from fedmq.runtime.files import write_atomic
 
 # What mosquitto_passwd 2.0 writes: PBKDF2-HMAC-SHA512, 101 iterations, 12-byte
 # salt. The passwords we generate are random 144-bit tokens, so more iterations

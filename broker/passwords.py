@@ -10,10 +10,10 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from protocol.errors import ConfigError
-from protocol.topics import check_name
-from runtime.files import write_atomic
-from runtime.locks import locked
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import check_name
+from fedmq.runtime.files import write_atomic
+from fedmq.runtime.locks import locked
 
 MIN_PASSWORD = 8
 

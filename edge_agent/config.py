@@ -9,11 +9,11 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
-from protocol.errors import ConfigError
-from protocol.obfuscation import OBFUSCATOR_KINDS
-from protocol.topics import Topics, check_name
-from runtime.config import Table, blame, convert, load_toml, resolve
-from runtime.mqtt_settings import MqttSettings, MqttTable, NonEmpty, mqtt_settings
+from fedmq.protocol.crypto.obfuscation import OBFUSCATOR_KINDS
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import Topics, check_name
+from fedmq.runtime.config import Table, blame, convert, load_toml, resolve
+from fedmq.runtime.mqtt_settings import MqttSettings, MqttTable, NonEmpty, mqtt_settings
 
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$",
                             description="64 lowercase hex characters")]

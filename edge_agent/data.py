@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
 
 
 class DataError(ConfigError):
@@ -156,3 +156,15 @@ class DataFile:
             return False
         self._read()
         return True
+
+
+class GivenRows:
+    """Rows handed to the agent in memory (a simulation, a test): they never change."""
+
+    def __init__(self, data: LocalData, *, holdout: float = 0.0, seed: str = "") -> None:
+        self.path: Path | None = None
+        self.data = data
+        self.train, self.evaluation = split_holdout(data, holdout, seed)
+
+    def refresh(self) -> bool:
+        return False

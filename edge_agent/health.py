@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from models.errors import DivergedError, LabelError
-from protocol.errors import ConfigError
-from protocol.health import SKIP_CODES
+from fedmq.models.errors import DivergedError, LabelError
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.health import SKIP_CODES
 
 FIXES = {
     "bad-labels": "the label column must hold finite numbers (class numbers 0, 1, ... for a "

@@ -2,7 +2,7 @@
 
 From the announced terms (noise multiplier, clip, quorum) the device computes
 what each update it sends costs, composes it with dp-accounting
-(protocol.accounting) and refuses to contribute once either limit would be
+(protocol.privacy.accounting) and refuses to contribute once either limit would be
 passed: the run's announced budget (counted by the device itself, so an
 aggregator that miscounts cannot make it overspend within a run) or its own
 lifetime cap ``[privacy] max_epsilon`` (over every run it served: the same data
@@ -27,12 +27,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge_agent.health import RoundSkipped
-from protocol.accounting import PrivacyLedger, RoundCharge
-from protocol.privacy import DpParams
-from runtime.files import write_atomic
+from fedmq.edge_agent.health import RoundSkipped
+from fedmq.protocol.privacy.accounting import PrivacyLedger, RoundCharge
+from fedmq.protocol.privacy.noise import DpParams
+from fedmq.runtime.files import write_atomic
 
-log = logging.getLogger("edge_agent.privacy")
+log = logging.getLogger("fedmq.edge_agent.privacy")
 LEDGER_FILE = "privacy_ledger.json"
 
 

@@ -23,7 +23,7 @@ from collections import deque
 
 import gmpy2
 
-from protocol.obfuscation import ObfuscatorSource
+from fedmq.protocol.crypto.obfuscation import ObfuscatorSource
 
 log = logging.getLogger(__name__)
 

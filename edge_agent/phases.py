@@ -1,6 +1,6 @@
 """What a device computes in each phase of a run: the integer sections of its update. Pure.
 
-- statistics (round 0): sums of the training rows (protocol.statistics), so the
+- statistics (round 0): sums of the training rows (protocol.sums.statistics), so the
   gateway can derive the pooled center/scale before round 1;
 - training: the weighted delta of local training on the training rows, plus the
   evaluation sums of the model the round STARTED from (the received one) on the
@@ -17,20 +17,20 @@ from dataclasses import dataclass, replace
 
 from numpy.typing import ArrayLike
 
-from edge_agent.data import LocalData
-from edge_agent.health import RoundSkipped, skip_code
-from edge_agent.trainer import LocalUpdate, train_round
-from models import ModelError, ModelSpec, make_model
-from models.base import as_label_vector
-from models.dpsgd import DpSgd
-from protocol.codec import CodecParams, quantize_update
-from protocol.dpterms import PrivacyTerms
-from protocol.errors import CodecError
-from protocol.evaluation import local_evaluation
-from protocol.layout import PHASES
-from protocol.messages import RoundMessage
-from protocol.privacy import noisy_update
-from protocol.statistics import StatsParams, local_statistics
+from fedmq.edge_agent.data import LocalData
+from fedmq.edge_agent.health import RoundSkipped, skip_code
+from fedmq.edge_agent.trainer import LocalUpdate, train_round
+from fedmq.models import ModelError, ModelSpec, make_model
+from fedmq.models.base import as_label_vector
+from fedmq.models.dpsgd import DpSgd
+from fedmq.protocol.crypto.codec import CodecParams, quantize_update
+from fedmq.protocol.errors import CodecError
+from fedmq.protocol.layout import PHASES
+from fedmq.protocol.messages import RoundMessage
+from fedmq.protocol.privacy.noise import noisy_update
+from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.sums.evaluation import local_evaluation
+from fedmq.protocol.sums.statistics import StatsParams, local_statistics
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
         eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)
         update, train_part = training_values(msg, train, codec, privacy=privacy, dpsgd=dpsgd,
                                              seed=seed)
-        # [..., clipped_train, clipped_eval, n] for both kinds (protocol.evaluation). An L2
+        # [..., clipped_train, clipped_eval, n] for both kinds (protocol.sums.evaluation). An L2
         # clip (device-level DP) scales every value of the update.
         eval_part[-3] = update.clipped * (msg.spec.n_params if privacy.device else 1)
         return PhaseValues(phase, [train_part, eval_part], rows=update.weight,

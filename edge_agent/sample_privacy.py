@@ -21,20 +21,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.health import RoundSkipped
-from models.dpsgd import DpSgd
-from protocol.accounting import (
+from fedmq.edge_agent.health import RoundSkipped
+from fedmq.models.dpsgd import DpSgd
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
+from fedmq.protocol.privacy.accounting import (
     calibrate_dpsgd,
     epsilon_spent,
     sample_level_epsilon,
     sample_level_event,
 )
-from protocol.dpterms import SampleDpParams
-from protocol.errors import ConfigError
-from protocol.messages import RoundMessage, TrainingSettings
-from runtime.files import write_text_atomic
+from fedmq.protocol.privacy.terms import SampleDpParams
+from fedmq.runtime.files import write_text_atomic
 
-log = logging.getLogger("edge_agent.privacy")
+log = logging.getLogger("fedmq.edge_agent.privacy")
 LEDGER_FILE = "sample_dp_ledger.json"
 SCHEMA = "fedmq.sample-dp-ledger/1"
 # Calibration lands a hair below the target; composing the same RDP curve round by

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.data import LocalData
-from edge_agent.health import RoundSkipped, skip_code
-from models import ModelError, make_model
-from models.dpsgd import DpSgd, fit_dpsgd
-from protocol.messages import RoundMessage
+from fedmq.edge_agent.data import LocalData
+from fedmq.edge_agent.health import RoundSkipped, skip_code
+from fedmq.models import ModelError, make_model
+from fedmq.models.dpsgd import DpSgd, fit_dpsgd
+from fedmq.protocol.messages import RoundMessage
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edge_agent.config import AgentConfig
-from protocol.errors import FedmqError
-from protocol.messages import PubKeyMessage
-from runtime.files import write_atomic
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.protocol.errors import FedmqError
+from fedmq.protocol.messages import PubKeyMessage
+from fedmq.runtime.files import write_atomic
 
-log = logging.getLogger("edge_agent.agent")
+log = logging.getLogger("fedmq.edge_agent.agent")
 
 
 class UntrustedKey(FedmqError):

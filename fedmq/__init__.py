@@ -1,5 +1,5 @@
 """fedmq: federated learning for IoT fleets over MQTT (CLI and fleet simulation)."""
 
-from runtime import __version__
+from fedmq.runtime import __version__
 
 __all__ = ["__version__"]

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from fedmq import extras
 from fedmq.cli_shared import show_public_key, stop_on_sigterm
-from protocol.errors import FedmqError
-from runtime import __version__
+from fedmq.protocol.errors import FedmqError
+from fedmq.runtime import __version__
 
 EXIT_ERROR = 2
 
@@ -32,8 +32,8 @@ def _setup_logging(verbosity: int, *, quiet_default: bool = False) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from edge_agent.agent import EdgeAgent
-    from edge_agent.config import AgentConfig
+    from fedmq.edge_agent.agent import EdgeAgent
+    from fedmq.edge_agent.config import AgentConfig
 
     config = AgentConfig.from_file(args.config)
     if args.show_public_key:
@@ -46,21 +46,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 # Benchmarks: name -> (the line `fedmq --help` shows, the module whose register() adds it).
 BENCHES = {
-    "bench": ("benchmark encrypted updates: packed vs per-value codec", "benchmarks.crypto"),
+    "bench": ("benchmark encrypted updates: packed vs per-value codec", "fedmq.benchmarks.crypto"),
     "bench-flood": ("aggregator memory and round times while an agent floods it with 4 MiB "
-                    "payloads (real processes)", "benchmarks.flood"),
+                    "payloads (real processes)", "fedmq.benchmarks.flood"),
     "bench-realdata": ("real data sets, non-IID over devices, through the real CLI, against "
-                       "centralized scikit-learn", "benchmarks.realdata"),
+                       "centralized scikit-learn", "fedmq.benchmarks.realdata"),
     "bench-scale": ("fleet size against broker: seconds per round, peak memory, dropped "
-                    "deliveries", "benchmarks.scale"),
+                    "deliveries", "fedmq.benchmarks.scale"),
     "bench-flower": ("the same task in Flower (plaintext FedAvg, gRPC) and fedmq (encrypted, "
-                     "MQTT): round time, bytes, CPU, accuracy", "benchmarks.flower"),
+                     "MQTT): round time, bytes, CPU, accuracy", "fedmq.benchmarks.flower"),
     "bench-inbound": ("aggregator inbound path: seconds per stage for one round of N updates",
-                      "benchmarks.inbound"),
+                      "fedmq.benchmarks.inbound"),
     "bench-privacy": ("privacy-utility table: accuracy at epsilon 1, 3, 8 and without DP, "
-                      "synthetic fleet and a real data set", "benchmarks.privacy"),
+                      "synthetic fleet and a real data set", "fedmq.benchmarks.privacy"),
     "bench-relay": ("the same fleet behind one gateway and behind two relays: round times, "
-                    "bytes upstream, memory, exact equality", "benchmarks.relay"),
+                    "bytes upstream, memory, exact equality", "fedmq.benchmarks.relay"),
 }
 
 

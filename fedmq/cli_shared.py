@@ -16,7 +16,7 @@ def stop_on_sigterm(stop: Any) -> None:
 def show_public_key(key_file: str, node_id: str, *, csv: bool) -> int:
     """Print the Ed25519 public key (made on first use) of an agent or a relay; with
     ``csv`` the ``id,public_key`` line `fedmq enroll --from-file` (or enroll-relay) reads."""
-    from runtime.files import load_or_create_signer
+    from fedmq.runtime.files import load_or_create_signer
 
     public_hex = load_or_create_signer(key_file).public_hex
     print(f"{node_id},{public_hex}" if csv else public_hex)

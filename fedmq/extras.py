@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from protocol.errors import FedmqError
+from fedmq.protocol.errors import FedmqError
 
 # Top-level module -> the extra that installs it.
 EXTRA_OF = {

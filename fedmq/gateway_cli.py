@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from fedmq.cli_shared import stop_on_sigterm
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
 
 log = logging.getLogger("fedmq")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from broker.cli import add_user, mosquitto_config, run_broker
+    from fedmq.broker.cli import add_user, mosquitto_config, run_broker
 
     if args.action == "add-user":
         return _add_user(args, add_user)
@@ -33,8 +33,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _add_user(args: argparse.Namespace, add_user: Any) -> int:
-    from broker.passwords import new_password
-    from runtime.files import write_text_atomic
+    from fedmq.broker.passwords import new_password
+    from fedmq.runtime.files import write_text_atomic
 
     if args.generate:
         password = new_password()
@@ -56,10 +56,10 @@ def _add_user(args: argparse.Namespace, add_user: Any) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from aggregator.allowlist import enroll_many, read_key_file, revoke
-    from aggregator.config import AggregatorConfig
-    from aggregator.keys import load_aggregator_keys
-    from protocol.paillier import fingerprint
+    from fedmq.aggregator.allowlist import enroll_many, read_key_file, revoke
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.aggregator.keys import load_aggregator_keys
+    from fedmq.protocol.crypto.paillier import fingerprint
 
     config = AggregatorConfig.from_file(args.config)
     if args.revoke:
@@ -92,9 +92,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregator(args: argparse.Namespace) -> int:
-    from aggregator.config import AggregatorConfig
-    from aggregator.keys import load_aggregator_keys
-    from aggregator.service import Aggregator
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.aggregator.keys import load_aggregator_keys
+    from fedmq.aggregator.service import Aggregator
 
     config = AggregatorConfig.from_file(args.config)
     keypair, signer = load_aggregator_keys(config, new_keys=args.new_keys)

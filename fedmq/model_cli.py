@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
-    from models import ModelSpec
-    from models.base import FloatArray
+    from fedmq.models import ModelSpec
+    from fedmq.models.base import FloatArray
 
 FORMATS = ("sklearn", "onnx", "json")
 
@@ -27,8 +27,8 @@ FORMATS = ("sklearn", "onnx", "json")
 def load_any(path: str) -> tuple[ModelSpec, FloatArray]:
     """A fedmq model file (.npz/.json, as the aggregator writes) or a JSON export."""
     # Imported here: the parser is built for every fedmq command, numpy is slow to load.
-    from models import ModelError, load_model
-    from models.export import from_portable
+    from fedmq.models import ModelError, load_model
+    from fedmq.models.export import from_portable
 
     p = Path(path)
     try:
@@ -66,8 +66,8 @@ def _need(module: str, extra: str) -> Any:
 
 def export_bytes(spec: ModelSpec, params: FloatArray, fmt: str) -> bytes:
     """The exported model as the bytes of the output file."""
-    from models import make_model
-    from models.export import to_portable
+    from fedmq.models import make_model
+    from fedmq.models.export import to_portable
 
     if fmt == "json":
         return (json.dumps(to_portable(spec, params), indent=2) + "\n").encode()
@@ -90,9 +90,9 @@ def export_bytes(spec: ModelSpec, params: FloatArray, fmt: str) -> bytes:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from models import make_model
-    from models.export import SCHEMA
-    from runtime.files import write_atomic
+    from fedmq.models import make_model
+    from fedmq.models.export import SCHEMA
+    from fedmq.runtime.files import write_atomic
 
     spec, params = load_any(args.model)
     data = export_bytes(spec, params, args.format)
@@ -111,9 +111,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from edge_agent.data import load_csv
-    from models import ModelError, make_model
-    from models.evaluation import evaluate
+    from fedmq.edge_agent.data import load_csv
+    from fedmq.models import ModelError, make_model
+    from fedmq.models.evaluation import evaluate
 
     if len(args.delimiter) != 1:
         raise ConfigError(f"--delimiter must be one character, got {args.delimiter!r}")

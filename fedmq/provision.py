@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from protocol.errors import ConfigError
-from protocol.topics import check_name
-from runtime.files import write_atomic, write_text_atomic
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import check_name
+from fedmq.runtime.files import write_atomic, write_text_atomic
 
 RECORD = "gateway.json"  # what `init device` needs to know about the gateway
 LOOPBACK = "127.0.0.1"
@@ -80,10 +80,10 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
                  devices: Sequence[str], bits: int, rounds: int, loopback: bool = False,
                  host: str | None = None) -> list[str]:
     """Write a gateway directory; return the lines to show the operator."""
-    from aggregator.config import AggregatorConfig
-    from aggregator.keys import load_aggregator_keys
-    from broker.certs import make_tls, parse_san
-    from broker.passwords import add_users, new_password
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.aggregator.keys import load_aggregator_keys
+    from fedmq.broker.certs import make_tls, parse_san
+    from fedmq.broker.passwords import add_users, new_password
 
     check_name(fleet, "fleet name")
     for flag, value, low, high in (("--port", port, 1, 65535), ("--bits", bits, 512, 8192),
@@ -141,10 +141,10 @@ def _load_gateway(directory: Path) -> Gateway:
 
 def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
     """A login in passwords.txt and a bundle under devices/<id>/ for each device."""
-    from aggregator.config import AggregatorConfig
-    from aggregator.keys import load_aggregator_keys
-    from broker.passwords import add_users, new_password
-    from protocol.paillier import fingerprint
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.aggregator.keys import load_aggregator_keys
+    from fedmq.broker.passwords import add_users, new_password
+    from fedmq.protocol.crypto.paillier import fingerprint
 
     if not devices:
         return []

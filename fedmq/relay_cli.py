@@ -8,8 +8,8 @@ from typing import Any
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from fedmq.cli_shared import show_public_key, stop_on_sigterm
-    from relay.config import RelayConfig
-    from relay.service import Relay
+    from fedmq.relay.config import RelayConfig
+    from fedmq.relay.service import Relay
 
     config = RelayConfig.from_file(args.config)
     if args.show_public_key:
@@ -22,9 +22,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll_relay(args: argparse.Namespace) -> int:
-    from aggregator.allowlist import enroll_relay
-    from aggregator.config import AggregatorConfig
-    from protocol.errors import ConfigError
+    from fedmq.aggregator.allowlist import enroll_relay
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.protocol.errors import ConfigError
 
     config = AggregatorConfig.from_file(args.config)
     if args.from_file:

@@ -8,8 +8,8 @@ import argparse
 import signal
 from typing import Any
 
-from fedmq.simulate_privacy import add_privacy_arguments
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
+from fedmq.simulation.privacy import add_privacy_arguments
 
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,8 +45,8 @@ def interrupt_on_sigterm() -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedmq.simulate import Simulation, options_from
-    from fedmq.simulate_privacy import privacy_overrides
+    from fedmq.simulation.privacy import privacy_overrides
+    from fedmq.simulation.run import Simulation, options_from
 
     interrupt_on_sigterm()
     overrides = {
@@ -72,7 +72,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from fedmq import synthetic
+    from fedmq.simulation import synthetic
 
     try:
         spec = synthetic.FleetSpec(n_devices=args.devices, samples_per_device=args.samples,

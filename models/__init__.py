@@ -5,13 +5,13 @@ the aggregator can average deltas without knowing which model produced them.
 Nothing here performs I/O except ``load_model`` (``dump_model`` returns bytes).
 """
 
-from models.errors import DivergedError, LabelError, ModelError
-from models.factory import make_model
-from models.io import dump_model, load_model
-from models.linear import LinearRegressionModel
-from models.logistic import LogisticRegressionModel
-from models.metrics import accuracy, log_loss, mae, mse, r2_score
-from models.spec import ModelSpec
+from fedmq.models.errors import DivergedError, LabelError, ModelError
+from fedmq.models.factory import make_model
+from fedmq.models.io import dump_model, load_model
+from fedmq.models.linear import LinearRegressionModel
+from fedmq.models.logistic import LogisticRegressionModel
+from fedmq.models.metrics import accuracy, log_loss, mae, mse, r2_score
+from fedmq.models.spec import ModelSpec
 
 __all__ = [
     "DivergedError",

@@ -10,8 +10,8 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.errors import DivergedError, LabelError, ModelError
-from models.spec import ModelSpec
+from fedmq.models.errors import DivergedError, LabelError, ModelError
+from fedmq.models.spec import ModelSpec
 
 FloatArray: TypeAlias = NDArray[np.float64]
 IntArray: TypeAlias = NDArray[np.int64]

@@ -9,7 +9,7 @@ every coordinate and divides by a FIXED expected batch size (the plan's
 batch size would reveal it, and recomputing it from the rows at hand would let
 one added row rescale every other row's step. Adding or removing one row
 therefore moves the noise-free sum of a step by at most ``clip`` and changes
-nothing else, which is the sensitivity ``protocol.accounting.sample_level_event``
+nothing else, which is the sensitivity ``protocol.privacy.accounting.sample_level_event``
 accounts for.
 
 The L2 penalty depends on no row, so it is added after the noise, unclipped.
@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.base import BaseLinearMapModel, FloatArray
-from models.errors import ModelError
+from fedmq.models.base import BaseLinearMapModel, FloatArray
+from fedmq.models.errors import ModelError
 
 _Model = TypeVar("_Model", bound=BaseLinearMapModel)
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.base import FloatArray
-from models.errors import ModelError
-from models.linear import LinearRegressionModel
-from models.logistic import LogisticRegressionModel
-from models.metrics import accuracy, log_loss, mae, mse, r2_score
+from fedmq.models.base import FloatArray
+from fedmq.models.errors import ModelError
+from fedmq.models.linear import LinearRegressionModel
+from fedmq.models.logistic import LogisticRegressionModel
+from fedmq.models.metrics import accuracy, log_loss, mae, mse, r2_score
 
 
 def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> NDArray[np.int64]:

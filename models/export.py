@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from models.base import FloatArray, as_float_matrix, as_param_vector
-from models.errors import ModelError
-from models.spec import ModelSpec
+from fedmq.models.base import FloatArray, as_float_matrix, as_param_vector
+from fedmq.models.errors import ModelError
+from fedmq.models.spec import ModelSpec
 
 SCHEMA = "fedmq.model-export/1"
 _KEYS = ("schema", "kind", "link", "features", "classes", "center", "scale", "coefficients",

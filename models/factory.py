@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.errors import ModelError
-from models.linear import LinearRegressionModel
-from models.logistic import LogisticRegressionModel
-from models.spec import ModelSpec
+from fedmq.models.errors import ModelError
+from fedmq.models.linear import LinearRegressionModel
+from fedmq.models.logistic import LogisticRegressionModel
+from fedmq.models.spec import ModelSpec
 
 _CLASSES: dict[str, type[LinearRegressionModel] | type[LogisticRegressionModel]] = {
     "linear": LinearRegressionModel,

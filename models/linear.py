@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.base import BaseLinearMapModel, FloatArray, as_float_vector, as_label_vector
-from models.metrics import r2_score
+from fedmq.models.base import BaseLinearMapModel, FloatArray, as_float_vector, as_label_vector
+from fedmq.models.metrics import r2_score
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LinearRegression
@@ -65,7 +65,7 @@ class LinearRegressionModel(BaseLinearMapModel):
     def to_sklearn(self) -> LinearRegression:
         """A fitted ``sklearn.linear_model.LinearRegression`` on raw features, in label units."""
         # Imported lazily and optional: a device install has no scikit-learn.
-        from models.sklearn_import import linear_model
+        from fedmq.models.sklearn_import import linear_model
 
         coef, intercept = self.raw_coefficients()
         est: LinearRegression = linear_model().LinearRegression()

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.base import BaseLinearMapModel, FloatArray, IntArray, as_label_vector
-from models.errors import LabelError
-from models.metrics import accuracy
+from fedmq.models.base import BaseLinearMapModel, FloatArray, IntArray, as_label_vector
+from fedmq.models.errors import LabelError
+from fedmq.models.metrics import accuracy
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -104,7 +104,7 @@ class LogisticRegressionModel(BaseLinearMapModel):
     def to_sklearn(self) -> LogisticRegression:
         """A fitted ``sklearn.linear_model.LogisticRegression`` that accepts raw features."""
         # Imported lazily and optional: a device install has no scikit-learn.
-        from models.sklearn_import import linear_model
+        from fedmq.models.sklearn_import import linear_model
 
         W_raw, b_raw = self._raw_coefficients()
         est: LogisticRegression = linear_model().LogisticRegression()

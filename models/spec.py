@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
-from models.errors import ModelError
+from fedmq.models.errors import ModelError
 
 KINDS: tuple[str, ...] = ("linear", "logistic")
 

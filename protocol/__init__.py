@@ -3,7 +3,7 @@
 Pure: no MQTT client, no files, no clocks beyond message timestamps.
 """
 
-from protocol.codec import (
+from fedmq.protocol.crypto.codec import (
     CodecParams,
     PackedCodec,
     PerValueCodec,
@@ -11,7 +11,7 @@ from protocol.codec import (
     mean_from_sums,
     quantize_update,
 )
-from protocol.errors import (
+from fedmq.protocol.errors import (
     CodecError,
     CodecOverflowError,
     ConfigError,
@@ -19,7 +19,7 @@ from protocol.errors import (
     KeyMismatchError,
     ProtocolError,
 )
-from protocol.topics import Topics
+from fedmq.protocol.topics import Topics
 
 __all__ = [
     "CodecError",

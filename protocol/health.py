@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import ProtocolError
-from protocol.topics import check_name
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.topics import check_name
 
 SKIP_CODES = ("bad-labels", "class-outside-model", "feature-mismatch", "data-error", "diverged",
               "privacy-budget")

@@ -22,13 +22,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models import ModelSpec
-from protocol.codec import Codec, CodecParams, _Slots, make_codec
-from protocol.dpterms import PrivacyTerms
-from protocol.errors import CodecError, CodecOverflowError
-from protocol.evaluation import eval_length
-from protocol.privacy import DpContract
-from protocol.statistics import StatsParams, stats_length
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import Codec, CodecParams, _Slots, make_codec
+from fedmq.protocol.errors import CodecError, CodecOverflowError
+from fedmq.protocol.privacy.noise import DpContract
+from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.sums.evaluation import eval_length
+from fedmq.protocol.sums.statistics import StatsParams, stats_length
 
 PHASES = ("statistics", "training", "evaluation")
 

@@ -17,21 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from models import ModelError, ModelSpec
-from protocol.codec import CodecParams, make_codec
-from protocol.dpterms import PrivacyTerms
-from protocol.errors import ProtocolError
-from protocol.health import Skip
-from protocol.layout import PHASES, StatsCodec, contract_digest
-from protocol.signing import (
+from fedmq.models import ModelError, ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams, make_codec
+from fedmq.protocol.crypto.signing import (
     Ed25519PublicKey,
     Signer,
     public_key_from_hex,
     sign_document,
     verify_document,
 )
-from protocol.statistics import StatsParams
-from protocol.topics import check_name
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.health import Skip
+from fedmq.protocol.layout import PHASES, StatsCodec, contract_digest
+from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import check_name
 
 MAX_CONTROL_BYTES = 4 * 1024 * 1024
 # "statistics", "training", "evaluation": a working round of that phase (protocol.layout).
@@ -88,7 +88,7 @@ class PubKeyMessage:
     signing_key: str
     statistics: StatsParams = field(default_factory=StatsParams)
     issued_at: float = field(default_factory=time.time)
-    # Differential privacy the fleet applies (protocol.dpterms); absent on the wire if none.
+    # Differential privacy the fleet applies (protocol.privacy.terms); absent on the wire if none.
     privacy: PrivacyTerms = field(default_factory=PrivacyTerms)
 
     SCHEMA = "fedmq.pubkey/3"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from protocol.errors import ProtocolError
-from protocol.messages import _get, _number, loads
-from protocol.signing import Ed25519PublicKey, Signer, sign_document, verify_document
-from protocol.topics import check_name
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer, sign_document, verify_document
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.messages import _get, _number, loads
+from fedmq.protocol.topics import check_name
 
 # Codes an agent knows how to explain; an unknown code is logged with its text.
 NOT_ENROLLED = "not-enrolled"  # the agent id is not in the allow-list

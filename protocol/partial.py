@@ -19,11 +19,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from protocol.errors import ProtocolError
-from protocol.paillier import PaillierPublicKey
-from protocol.signing import Ed25519PublicKey, Signer
-from protocol.topics import check_name
-from protocol.wire import Framing
+from fedmq.protocol.crypto.paillier import PaillierPublicKey
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.topics import check_name
+from fedmq.protocol.wire import Framing
 
 MAGIC = b"FMQP"
 VERSION = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from protocol.errors import ConfigError, FedmqError
+from fedmq.protocol.errors import ConfigError, FedmqError
 
 # Agent ids and fleet names end up inside topic levels and file names, so we
 # keep them to a conservative alphabet: no wildcards, separators or spaces.

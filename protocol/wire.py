@@ -21,15 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from protocol.errors import KeyMismatchError, ProtocolError
-from protocol.paillier import (
+from fedmq.protocol.crypto.paillier import (
     PaillierPublicKey,
     ciphertext_size,
     ciphertexts_from_bytes,
     ciphertexts_to_bytes,
     fingerprint,
 )
-from protocol.signing import (
+from fedmq.protocol.crypto.signing import (
     SIGNATURE_BYTES,
     UPDATE_DOMAIN,
     Ed25519PublicKey,
@@ -37,7 +36,8 @@ from protocol.signing import (
     public_key_from_hex,
     verify,
 )
-from protocol.topics import check_name
+from fedmq.protocol.errors import KeyMismatchError, ProtocolError
+from fedmq.protocol.topics import check_name
 
 MAGIC = b"FMQU"
 VERSION = 2

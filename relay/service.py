@@ -24,22 +24,27 @@ import threading
 import time
 from collections.abc import Mapping
 
-from aggregator.admission import Admission
-from aggregator.allowlist import AllowListFile
-from aggregator.config import Limits
-from aggregator.rounds import Redelivered, Rejected, RoundState
-from protocol.errors import ProtocolError
-from protocol.layout import PHASES, layout_for
-from protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
-from protocol.paillier import PaillierPublicKey, ciphertext_size, fingerprint, public_key_from_hex
-from protocol.partial import PartialSum, encode_partial
-from protocol.signing import Ed25519PublicKey, Signer
-from protocol.signing import public_key_from_hex as signing_key_from_hex
-from protocol.wire import decode_update
-from relay.config import RelayConfig
-from runtime import __version__
-from runtime.files import load_or_create_signer
-from runtime.transport import Inbox, MqttLink
+from fedmq.aggregator.admission import Admission
+from fedmq.aggregator.allowlist import AllowListFile
+from fedmq.aggregator.config import Limits
+from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
+from fedmq.protocol.crypto.paillier import (
+    PaillierPublicKey,
+    ciphertext_size,
+    fingerprint,
+    public_key_from_hex,
+)
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.crypto.signing import public_key_from_hex as signing_key_from_hex
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.layout import PHASES, layout_for
+from fedmq.protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
+from fedmq.protocol.partial import PartialSum, encode_partial
+from fedmq.protocol.wire import decode_update
+from fedmq.relay.config import RelayConfig
+from fedmq.runtime import __version__
+from fedmq.runtime.files import load_or_create_signer
+from fedmq.runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
 _LIMITS = Limits()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from protocol.errors import ConfigError, FedmqError
+from fedmq.protocol.errors import ConfigError, FedmqError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.errors import FedmqError
+from fedmq.protocol.errors import FedmqError
 
 log = logging.getLogger(__name__)
 

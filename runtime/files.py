@@ -15,10 +15,10 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
-from models.io import dump_model
-from models.spec import ModelSpec
-from protocol.errors import ConfigError, ProtocolError
-from protocol.signing import Signer
+from fedmq.models.io import dump_model
+from fedmq.models.spec import ModelSpec
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
 

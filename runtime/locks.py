@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError
 
 LOCK_TIMEOUT = 60.0  # seconds; an Argon2 hash per user keeps a batch add-user busy for a while
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from protocol.errors import ConfigError
-from runtime.config import Table, convert, existing_file, warn_if_exposed
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.config import Table, convert, existing_file, warn_if_exposed
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

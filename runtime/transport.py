@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from runtime.connecting import (  # re-exported: the roles import them from here
+from fedmq.runtime.connecting import (  # re-exported: the roles import them from here
     DEFAULT_BACKOFF,
     Backoff,
     BrokerUnavailable,
@@ -33,9 +33,9 @@ from runtime.connecting import (  # re-exported: the roles import them from here
     tls_failed,
     unreachable,
 )
-from runtime.droplog import DropLog
-from runtime.mqtt_settings import MqttSettings  # re-exported: the roles import it from here
-from runtime.netloop import NetworkLoop, jittered
+from fedmq.runtime.droplog import DropLog
+from fedmq.runtime.mqtt_settings import MqttSettings  # re-exported: the roles import it from here
+from fedmq.runtime.netloop import NetworkLoop, jittered
 
 __all__ = ["Backoff", "BrokerUnavailable", "BrokerUnreachable", "Inbox", "LoginRefused",
            "MqttLink", "MqttSettings", "NetworkLoop", "TlsMismatch"]

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
 
-from aggregator.config import AggregatorConfig, RoundPolicy
-from aggregator.outcome import RoundResult
-from aggregator.service import Aggregator
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from edge_agent.agent import EdgeAgent
-from models import ModelSpec
-from protocol.codec import CodecParams
-from protocol.messages import TrainingSettings
-from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
-from protocol.topics import Topics
-from runtime.transport import MqttSettings
+from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
+from fedmq.aggregator.outcome import RoundResult
+from fedmq.aggregator.service import Aggregator
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
+from fedmq.protocol.messages import TrainingSettings
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.transport import MqttSettings
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from support import AGGREGATOR_SIGNER, wait_until
 
-from broker.embedded import free_port
-from broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
+from fedmq.broker.embedded import free_port
+from fedmq.broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
 from fedmq.cli import main
-from protocol.messages import RoundMessage
-from protocol.topics import Topics
-from runtime.transport import MqttSettings
+from fedmq.protocol.messages import RoundMessage
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.transport import MqttSettings
 
 # Logins of the broker tests' password file (tests/broker/conftest.py ``password_file``).
 USERS = {"aggregator": "aggregator-pw", "dev-a": "dev-a-password", "dev-b": "dev-b-password"}

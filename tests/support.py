@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.config import AgentConfig
-from edge_agent.data import LocalData
-from models import ModelSpec
-from protocol.signing import Ed25519PublicKey, Signer
-from protocol.topics import Topics
-from runtime.transport import MqttSettings
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.edge_agent.data import LocalData
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.transport import MqttSettings
 
 FEATURES = ("x1", "x2", "x3")
 SPEC = ModelSpec(kind="logistic", features=FEATURES, n_classes=2,
@@ -142,7 +142,7 @@ straggle_seconds = {straggle}
 def training_sections(values: list[int], spec: ModelSpec = SPEC) -> list[list[int]]:
     """A training update's sections as an agent makes them: ``values`` (weighted delta and
     weight, from quantize_update) and an evaluation of one row (class 0, predicted 0)."""
-    from protocol.evaluation import eval_length
+    from fedmq.protocol.sums.evaluation import eval_length
 
     evaluation = [0] * eval_length(spec)
     evaluation[-1] = 1  # rows
@@ -154,8 +154,8 @@ def training_sections(values: list[int], spec: ModelSpec = SPEC) -> list[list[in
 def training_plaintexts(values: list[int], modulus: int, codec: Any,
                         spec: ModelSpec = SPEC) -> tuple[list[int], int]:
     """(plaintexts, n_values) of a training update with ``values`` under ``codec``."""
-    from protocol.layout import layout_for
-    from protocol.statistics import StatsParams
+    from fedmq.protocol.layout import layout_for
+    from fedmq.protocol.sums.statistics import StatsParams
 
     layout = layout_for("training", spec, codec, StatsParams(), modulus)
     return layout.encode(training_sections(values, spec)), layout.n_values

@@ -78,6 +78,32 @@ def test_the_wheel_carries_the_templates_fedmq_init_writes(device_venv):
         "agent.toml", "aggregator.toml", "broker.toml"}
 
 
+def installed_top_level_names(device_venv: Path) -> set[str]:
+    """First path component of every file the fedmq wheel installed into site-packages."""
+    (site,) = device_venv.glob("lib/python3*/site-packages")
+    (record,) = site.glob("fedmq-*.dist-info/RECORD")
+    names = {line.split(",")[0].split("/")[0] for line in record.read_text().splitlines()}
+    return {n for n in names if not n.endswith(".dist-info") and n != ".."}  # .. = bin/fedmq
+
+
+def test_the_wheel_installs_one_top_level_name_fedmq(device_venv):
+    assert installed_top_level_names(device_venv) == {"fedmq"}
+
+
+def test_fedmq_imports_beside_a_users_own_models_protocol_and_runtime(device_venv, tmp_path):
+    """A notebook folder with its own models.py, protocol/ and runtime.py shadows nothing."""
+    for name in ("models.py", "runtime.py", "protocol/__init__.py", "broker.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"raise SystemExit('the user\'s own {name} was imported')\n")
+    probe = run(device_venv / "bin" / "python", "-c",
+                "import fedmq.cli, fedmq.models, fedmq.protocol, fedmq.runtime;"
+                "from fedmq.edge_agent.agent import EdgeAgent;"
+                "from fedmq.models import make_model; print('ok')", cwd=tmp_path)
+    assert probe.returncode == 0 and probe.stdout.strip() == "ok", probe.stderr
+    helped = run(device_venv / "bin" / "fedmq", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "agent" in helped.stdout, helped.stderr
+
+
 def test_the_wheel_without_extras_installs_no_gateway_packages_and_fits(device_venv):
     python = device_venv / "bin" / "python"
     for module in ABSENT:

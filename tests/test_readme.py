@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.embedded import free_port
+from fedmq.broker.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.M | re.S)

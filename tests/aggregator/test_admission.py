@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from support import SPEC, signer_for
 
-from aggregator.admission import MAX_BUCKETS, Admission, RateLimiter
-from aggregator.config import Limits
-from protocol.codec import CodecParams, make_codec, quantize_update
-from protocol.layout import contract_digest
-from protocol.paillier import ciphertext_size, encrypt_ints, fingerprint
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import MAX_HEADER, UpdateMessage, encode_update
+from fedmq.aggregator.admission import MAX_BUCKETS, Admission, RateLimiter
+from fedmq.aggregator.config import Limits
+from fedmq.protocol.crypto.codec import CodecParams, make_codec, quantize_update
+from fedmq.protocol.crypto.paillier import ciphertext_size, encrypt_ints, fingerprint
+from fedmq.protocol.layout import contract_digest
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import MAX_HEADER, UpdateMessage, encode_update
 
 TOPICS = Topics("test")
 
@@ -127,6 +127,6 @@ def test_buckets_for_invented_ids_are_bounded():
                                  {"drain_seconds": float("nan")}, {"updates_per_round": True},
                                  {"status_bytes": "4k"}])
 def test_limits_reject_nonsense(bad):
-    from protocol.errors import ConfigError
+    from fedmq.protocol.errors import ConfigError
     with pytest.raises(ConfigError, match=r"limits\."):
         Limits(**bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import signer_for
 
-from aggregator.allowlist import (
+from fedmq.aggregator.allowlist import (
     AllowListFile,
     enroll,
     enroll_many,
@@ -20,9 +20,9 @@ from aggregator.allowlist import (
     read_key_file,
     revoke,
 )
-from aggregator.config import AggregatorConfig
-from aggregator.keys import load_aggregator_keys
-from protocol.errors import ConfigError
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.keys import load_aggregator_keys
+from fedmq.protocol.errors import ConfigError
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 

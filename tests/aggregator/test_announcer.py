@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aggregator.announcer import Announcer
+from fedmq.aggregator.announcer import Announcer
 
 KEY, ROUND = "fedmq/t/pubkey", "fedmq/t/round"
 

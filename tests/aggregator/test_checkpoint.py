@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data, wait_until
 
-from aggregator.checkpoint import Checkpoints, RunCheckpoint, start_point
-from aggregator.service import Aggregator, RoundFailed
-from edge_agent.agent import EdgeAgent
-from protocol.errors import ConfigError
+from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint, start_point
+from fedmq.aggregator.service import Aggregator, RoundFailed
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.errors import ConfigError
 
 
 def checkpoint(**kw):
@@ -52,16 +52,16 @@ def test_agent_ids_cannot_escape_the_state_dir(tmp_path):
 
 def earlier_run(tmp_path, run_id="r1"):
     """The directory of an earlier run that ``latest`` names, for a test to fill."""
-    from aggregator.runs import RunDirs
+    from fedmq.aggregator.runs import RunDirs
 
     return RunDirs(tmp_path / "aggregator").create(run_id)
 
 
 def make(port, tmp_path, keypair, **policy):
-    from aggregator.config import AggregatorConfig, RoundPolicy
-    from protocol.messages import TrainingSettings
-    from protocol.topics import Topics
-    from runtime.transport import MqttSettings
+    from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
+    from fedmq.protocol.messages import TrainingSettings
+    from fedmq.protocol.topics import Topics
+    from fedmq.runtime.transport import MqttSettings
 
     config = AggregatorConfig(
         topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=port),
@@ -288,7 +288,7 @@ def test_the_audit_row_of_a_round_survives_a_crash_in_any_window(
 
 def test_a_broken_allow_list_stops_the_start_but_never_a_running_round(
         tmp_path, keypair, broker_port, caplog):
-    from aggregator.allowlist import AllowListFile, enroll
+    from fedmq.aggregator.allowlist import AllowListFile, enroll
 
     agg = make(broker_port, tmp_path, keypair)
     path = tmp_path / "allow.json"

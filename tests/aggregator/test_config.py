@@ -6,8 +6,8 @@ from typing import get_args
 import pytest
 from msgspec.structs import asdict, fields
 
-from aggregator.config import AggregatorConfig, HealthPolicy, Limits, RoundPolicy
-from aggregator.schema import (
+from fedmq.aggregator.config import AggregatorConfig, HealthPolicy, Limits, RoundPolicy
+from fedmq.aggregator.schema import (
     CodecTable,
     HealthTable,
     LimitsTable,
@@ -15,10 +15,10 @@ from aggregator.schema import (
     StatisticsTable,
     TrainingTable,
 )
-from protocol.codec import CODEC_NAMES, CodecParams
-from protocol.errors import ConfigError
-from protocol.messages import TrainingSettings
-from protocol.statistics import StatsParams
+from fedmq.protocol.crypto.codec import CODEC_NAMES, CodecParams
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import TrainingSettings
+from fedmq.protocol.sums.statistics import StatsParams
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -135,10 +135,10 @@ def test_tls_and_key_paths_are_relative_to_the_config(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("table", "settings"), [
-    ("RoundsTable", "aggregator.config:RoundPolicy"),
-    ("LimitsTable", "aggregator.config:Limits"),
-    ("TrainingTable", "protocol.messages:TrainingSettings"),
-    ("CodecTable", "protocol.codec:CodecParams"),
+    ("RoundsTable", "fedmq.aggregator.config:RoundPolicy"),
+    ("LimitsTable", "fedmq.aggregator.config:Limits"),
+    ("TrainingTable", "fedmq.protocol.messages:TrainingSettings"),
+    ("CodecTable", "fedmq.protocol.crypto.codec:CodecParams"),
 ])
 def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
     # The msgspec table validates the file, the frozen dataclass is what the roles use:
@@ -148,7 +148,7 @@ def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
 
     import msgspec
 
-    from aggregator import schema
+    from fedmq.aggregator import schema
 
     module, name = settings.split(":")
     cls = getattr(importlib.import_module(module), name)

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.culprits import Suspects, bounds_check, close_sum, group_sum, search
-from protocol.codec import Codec, CodecParams, make_codec, quantize_update
-from protocol.layout import Section, UpdateLayout
-from protocol.paillier import encrypt_ints, generate_keypair
+from fedmq.aggregator.culprits import Suspects, bounds_check, close_sum, group_sum, search
+from fedmq.protocol.crypto.codec import Codec, CodecParams, make_codec, quantize_update
+from fedmq.protocol.crypto.paillier import encrypt_ints, generate_keypair
+from fedmq.protocol.layout import Section, UpdateLayout
 
 N_VALUES = 5
 PARAMS = CodecParams(max_agents=64)

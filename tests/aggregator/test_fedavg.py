@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aggregator.fedavg import weighted_average
+from fedmq.aggregator.fedavg import weighted_average
 
 
 def test_weighted_average():

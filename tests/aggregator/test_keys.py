@@ -4,9 +4,9 @@ import stat
 
 import pytest
 
-from aggregator.keys import load_or_create_keypair
-from protocol.errors import ConfigError
-from protocol.paillier import fingerprint
+from fedmq.aggregator.keys import load_or_create_keypair
+from fedmq.protocol.crypto.paillier import fingerprint
+from fedmq.protocol.errors import ConfigError
 
 
 def test_key_is_created_0600_and_reloaded(tmp_path):
@@ -27,8 +27,8 @@ def test_corrupt_key_file_is_a_config_error(tmp_path):
 def _config(tmp_path):
     from support import SPEC
 
-    from aggregator.config import AggregatorConfig
-    from protocol.topics import Topics
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.protocol.topics import Topics
 
     state = tmp_path / "gw"
     return AggregatorConfig(topics=Topics("test"), spec=SPEC, key_bits=512,
@@ -38,7 +38,7 @@ def _config(tmp_path):
 
 
 def test_keys_are_created_on_first_use_only(tmp_path):
-    from aggregator.keys import load_aggregator_keys
+    from fedmq.aggregator.keys import load_aggregator_keys
 
     config = _config(tmp_path)
     (pub, _), signer = load_aggregator_keys(config)  # nothing yet: true first use
@@ -48,7 +48,7 @@ def test_keys_are_created_on_first_use_only(tmp_path):
 
 @pytest.mark.parametrize("lost", ["paillier.key", "signing.key"])
 def test_a_lost_key_is_never_replaced_silently(tmp_path, lost):
-    from aggregator.keys import load_aggregator_keys
+    from fedmq.aggregator.keys import load_aggregator_keys
 
     config = _config(tmp_path)
     (pub, _), signer = load_aggregator_keys(config)
@@ -64,7 +64,7 @@ def test_a_lost_key_is_never_replaced_silently(tmp_path, lost):
 @pytest.mark.parametrize("state_file", ["runs", "latest", "run.json", "global_model.npz",
                                         "rounds.csv", "allow_list.json"])
 def test_no_keys_beside_run_state_is_not_a_first_use(tmp_path, state_file):
-    from aggregator.keys import load_aggregator_keys
+    from fedmq.aggregator.keys import load_aggregator_keys
 
     config = _config(tmp_path)
     (tmp_path / "gw").mkdir()

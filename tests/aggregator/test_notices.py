@@ -7,18 +7,18 @@ from dataclasses import replace
 import pytest
 from support import AGGREGATOR_SIGNER, EnrolledFleet, signer_for
 
-from aggregator import notices
-from aggregator.notices import Notifier, signed_by
-from aggregator.rounds import Rejected, RoundState
-from protocol.codec import CodecParams, make_codec
-from protocol.errors import ProtocolError
-from protocol.layout import Section, UpdateLayout, contract_digest
-from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
-from protocol.paillier import encrypt_ints, fingerprint, generate_keypair
-from protocol.signing import Signer
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import UpdateMessage, encode_update
+from fedmq.aggregator import notices
+from fedmq.aggregator.notices import Notifier, signed_by
+from fedmq.aggregator.rounds import Rejected, RoundState
+from fedmq.protocol.crypto.codec import CodecParams, make_codec
+from fedmq.protocol.crypto.paillier import encrypt_ints, fingerprint, generate_keypair
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.layout import Section, UpdateLayout, contract_digest
+from fedmq.protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import UpdateMessage, encode_update
 
 T = Topics("f")
 

@@ -11,20 +11,20 @@ from dataclasses import replace
 import pytest
 from support import SPEC, EnrolledFleet, signer_for, training_sections
 
-from aggregator.checkpoint import Checkpoints
-from aggregator.culprits import Suspects
-from aggregator.inbound import Inbound
-from aggregator.outcome import close_round
-from aggregator.rounds import Redelivered, Rejected, RoundState
-from protocol.codec import CodecParams
-from protocol.errors import ProtocolError
-from protocol.layout import contract_digest, layout_for
-from protocol.paillier import add_ciphertexts, decrypt_ints, encrypt_ints, fingerprint
-from protocol.partial import PartialSum, decode_partial, encode_partial
-from protocol.signing import Signer
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import UpdateMessage, decode_update, encode_update
+from fedmq.aggregator.checkpoint import Checkpoints
+from fedmq.aggregator.culprits import Suspects
+from fedmq.aggregator.inbound import Inbound
+from fedmq.aggregator.outcome import close_round
+from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import add_ciphertexts, decrypt_ints, encrypt_ints, fingerprint
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.layout import contract_digest, layout_for
+from fedmq.protocol.partial import PartialSum, decode_partial, encode_partial
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import UpdateMessage, decode_update, encode_update
 
 RELAYS = {"relay-a": signer_for("relay-a").public_key, "relay-b": signer_for("relay-b").public_key}
 PARAMS = CodecParams(max_agents=6, max_weight=1000)
@@ -176,7 +176,7 @@ def test_malformed_partials_fail_to_decode(state):
 def test_the_inbound_path_logs_why_a_partial_is_rejected(state, tmp_path, caplog):
     inbound = Inbound(Topics("test"), state.public_key, Checkpoints(tmp_path))
     topic = Topics("test").update
-    caplog.set_level(logging.WARNING, "aggregator.service")
+    caplog.set_level(logging.WARNING, "fedmq.aggregator.service")
     inbound.handle(state, topic("relay-z"), partial_payload(state, "relay-z", ["d1"]))
     inbound.handle(state, topic("relay-a"),
                    partial_payload(state, "relay-a", ["d1"], signer=signer_for("relay-b")))

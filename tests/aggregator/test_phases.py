@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from support import FEATURES, SPEC, agent_config, local_data, signer_for
 
-from aggregator.config import HealthPolicy
-from aggregator.runspec import FILE as STATISTICS_FILE
-from aggregator.runspec import load_run_spec
-from aggregator.service import RoundFailed
-from edge_agent.agent import EdgeAgent
-from edge_agent.data import LocalData
-from models import ModelSpec, load_model, make_model
-from models.evaluation import evaluate
-from protocol.codec import CodecParams
-from protocol.messages import TrainingSettings
-from protocol.statistics import StatsParams
+from fedmq.aggregator.config import HealthPolicy
+from fedmq.aggregator.runspec import FILE as STATISTICS_FILE
+from fedmq.aggregator.runspec import load_run_spec
+from fedmq.aggregator.service import RoundFailed
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.edge_agent.data import LocalData
+from fedmq.models import ModelSpec, load_model, make_model
+from fedmq.models.evaluation import evaluate
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.messages import TrainingSettings
+from fedmq.protocol.sums.statistics import StatsParams
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +200,7 @@ def _with_allow_list(make_aggregator: Any, port: int, spec: ModelSpec,
                      enrolled: dict[str, Any]) -> Any:
     from support import AGGREGATOR_SIGNER
 
-    from aggregator.service import Aggregator
+    from fedmq.aggregator.service import Aggregator
 
     made = make_aggregator(port, spec=spec, min_agents=2, rounds=3, final_evaluation=False)
     return Aggregator(made.config, keypair=(made.public_key, made._private_key),

@@ -14,16 +14,16 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 from support import SPEC, agent_config, local_data
 
-from aggregator.config import AggregatorConfig
-from aggregator.privacy import LEDGER_FILE, privacy_terms
-from aggregator.schema import PrivacyTable
-from aggregator.service import RoundFailed
-from edge_agent.agent import EdgeAgent
-from models import load_model
-from protocol.codec import CodecParams
-from protocol.dpterms import PrivacyTerms
-from protocol.errors import ConfigError
-from protocol.topics import Topics
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.privacy import LEDGER_FILE, privacy_terms
+from fedmq.aggregator.schema import PrivacyTable
+from fedmq.aggregator.service import RoundFailed
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.models import load_model
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.topics import Topics
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_dp_without_datasheet_scaling_is_refused_unless_exact_aggregates_allowed
 
 
 def test_a_corrupt_run_ledger_stops_the_resume(tmp_path: Path) -> None:
-    from aggregator.privacy import FleetBudget
+    from fedmq.aggregator.privacy import FleetBudget
     terms = _terms(3, 2, epsilon=3.0)
     assert terms.device is not None
     (tmp_path / LEDGER_FILE).write_text("{not json")
@@ -163,8 +163,8 @@ def test_a_corrupt_run_ledger_stops_the_resume(tmp_path: Path) -> None:
 def test_sample_level_dpsgd_and_device_level_together_over_mqtt(
         broker_port: int, make_aggregator: Any, run_agents: Any, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    from edge_agent.sample_privacy import SampleDpLedger
-    from protocol.accounting import epsilon_spent, sample_level_event
+    from fedmq.edge_agent.sample_privacy import SampleDpLedger
+    from fedmq.protocol.privacy.accounting import epsilon_spent, sample_level_event
 
     terms = _terms(3, 2, epsilon=30.0, sample_epsilon=4.0, sample_clip=1.0)
     assert terms.device is not None and terms.sample is not None
@@ -192,14 +192,14 @@ def test_sample_level_dpsgd_and_device_level_together_over_mqtt(
 
 
 def test_noise_sized_for_more_devices_than_the_quorum_is_refused() -> None:
-    from aggregator.config import RoundPolicy
+    from fedmq.aggregator.config import RoundPolicy
     with pytest.raises(ConfigError, match="under-noised"):
         AggregatorConfig(topics=Topics("t"), spec=SPEC, privacy=_terms(3, 5, epsilon=3.0),
                          policy=RoundPolicy(quorum=2))
 
 
 def test_a_round_rerun_after_a_restart_keeps_the_larger_charge(tmp_path: Path) -> None:
-    from aggregator.privacy import FleetBudget
+    from fedmq.aggregator.privacy import FleetBudget
     terms = _terms(3, 2, epsilon=30.0)
     assert terms.device is not None
     budget = FleetBudget(terms.device, SPEC.n_params)

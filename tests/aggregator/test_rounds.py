@@ -6,14 +6,14 @@ import gmpy2
 import pytest
 from support import EnrolledFleet, signer_for
 
-from aggregator.rounds import Redelivered, Rejected, RoundState
-from protocol.codec import CodecParams, make_codec
-from protocol.layout import Section, UpdateLayout, contract_digest
-from protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
-from protocol.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
-from protocol.signing import Signer
-from protocol.statistics import StatsParams
-from protocol.wire import UpdateMessage, decode_update, encode_update
+from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
+from fedmq.protocol.crypto.codec import CodecParams, make_codec
+from fedmq.protocol.crypto.paillier import ciphertext_size, decrypt_ints, encrypt_ints, fingerprint
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.layout import Section, UpdateLayout, contract_digest
+from fedmq.protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, WRONG_MODEL
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.wire import UpdateMessage, decode_update, encode_update
 
 
 def layout(params: CodecParams, modulus: int) -> UpdateLayout:

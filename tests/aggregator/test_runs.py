@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet
 
-from aggregator.checkpoint import Checkpoints, RunCheckpoint
-from aggregator.runs import RunDirs, new_run_id, point_latest
-from aggregator.store import LEGACY_FIELDS, RunStore
+from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint
+from fedmq.aggregator.runs import RunDirs, new_run_id, point_latest
+from fedmq.aggregator.store import LEGACY_FIELDS, RunStore
 
 
 class _Crash(Exception):
@@ -67,7 +67,7 @@ def test_resume_false_starts_a_new_run_and_leaves_the_old_one_untouched(
 def test_a_changed_model_spec_starts_a_new_run_instead_of_failing(
         make_aggregator, broker_port, start_agents, tmp_path, caplog, keypair):
     """It failed with 'global_model.npz holds another model than the config'."""
-    from aggregator.service import Aggregator
+    from fedmq.aggregator.service import Aggregator
 
     first = _unfinished_run(make_aggregator, broker_port, start_agents)
     old_dir = first.store.model_path.parent

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.crypto import BenchOptions, run
-from benchmarks.report import check_targets, tables
+from fedmq.benchmarks.crypto import BenchOptions, run
+from fedmq.benchmarks.report import check_targets, tables
 from fedmq.cli import main
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.flower import _env, flower_python, run_flower, table
-from benchmarks.flower_task import SCALING, TASK, Task, write_fleet
-from fedmq.simulate import Simulation, SimulationOptions
+from fedmq.benchmarks.flower import _env, flower_python, run_flower, table
+from fedmq.benchmarks.flower_task import SCALING, TASK, Task, write_fleet
+from fedmq.simulation.run import Simulation, SimulationOptions
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_flower_and_fedmq_get_the_same_split_model_and_start(tmp_path: Path, flo
     assert (sim.options.epochs, sim.options.batch_size, sim.options.learning_rate) == (
         task.epochs, task.batch_size, task.learning_rate)
     got = json.loads(subprocess.run(
-        [flower, "-m", "benchmarks.flower_side", "describe", task.to_json(),
+        [flower, "-m", "fedmq.benchmarks.flower_side", "describe", task.to_json(),
          *map(str, flower_files)], capture_output=True, text=True, check=True,
         env=_env()).stdout)
     assert got["samples"] == [len(d.train) for d in sim.devices]  # the FedAvg weights
@@ -57,7 +57,7 @@ def test_flower_and_fedmq_get_the_same_split_model_and_start(tmp_path: Path, flo
 
 @pytest.mark.slow
 def test_a_tiny_run_of_both_sides_learns_the_same_model(tmp_path: Path, flower: str) -> None:
-    from benchmarks.flower_fedmq import run_fedmq
+    from fedmq.benchmarks.flower_fedmq import run_fedmq
 
     task = Task(clients=3, rounds=1)
     fl = run_flower(task, flower, tmp_path / "flower", timeout=120)
@@ -83,8 +83,8 @@ def test_a_tiny_run_of_both_sides_learns_the_same_model(tmp_path: Path, flower: 
 
 
 def test_the_table_has_a_column_and_a_ratio_per_fedmq_layout() -> None:
-    from benchmarks.flower import FlowerResult, FlowerRound
-    from benchmarks.flower_fedmq import FedmqResult, FedmqRound
+    from fedmq.benchmarks.flower import FlowerResult, FlowerRound
+    from fedmq.benchmarks.flower_fedmq import FedmqResult, FedmqRound
 
     task = Task(clients=2, rounds=2)
     # Round 1 pays start-up: its numbers (9 s, 9 CPU-s) must not reach the table.

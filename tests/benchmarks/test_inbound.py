@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from benchmarks.inbound import STAGES, _close, check_sum, end_to_end, measure, open_round
-from benchmarks.inbound_fleet import build_fleet
+from fedmq.benchmarks.inbound import STAGES, _close, check_sum, end_to_end, measure, open_round
+from fedmq.benchmarks.inbound_fleet import build_fleet
 from fedmq.cli import main
-from protocol.errors import ProtocolError
-from protocol.signing import public_key_hex
-from protocol.wire import decode_update
+from fedmq.protocol.crypto.signing import public_key_hex
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.wire import decode_update
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.privacy import COLUMNS, markdown
+from fedmq.benchmarks.privacy import COLUMNS, markdown
 from fedmq.cli import main
-from protocol.accounting import PrivacyLedger
+from fedmq.protocol.privacy.accounting import PrivacyLedger
 
 # The ledger composes the rounds one event each; calibration composed them as one event
 # of rounds * rho. zCDP composition is additive, so both are the same number up to

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.config import AggregatorConfig
-from benchmarks import realdata
-from benchmarks.realdata_fleet import set_tables
-from edge_agent.config import AgentConfig
-from edge_agent.data import load_csv
-from fedmq import datasets
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.benchmarks import realdata
+from fedmq.benchmarks.realdata_fleet import set_tables
 from fedmq.cli import main
-from protocol.errors import ConfigError
-from runtime.config import tomllib
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.edge_agent.data import load_csv
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.config import tomllib
+from fedmq.simulation import datasets
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_gateway_configs_carry_the_data_set_and_no_scaling_unless_pooled(tmp_pat
     assert main(["init", "gateway", str(tmp_path / "gw"), "--loopback", "--bits", "512",
                  "--device-count", "1"]) == 0
     aggregator_toml = tmp_path / "gw" / "aggregator.toml"
-    from benchmarks.realdata_fleet import edit_toml
+    from fedmq.benchmarks.realdata_fleet import edit_toml
 
     edit_toml(aggregator_toml, realdata.aggregator_tables(sp, options, t))
     config = AggregatorConfig.from_file(aggregator_toml)
@@ -151,7 +151,7 @@ def test_options_take_tuned_settings_and_overrides():
 
 
 def test_a_bad_override_is_refused_before_any_gateway_is_made():
-    from protocol.errors import ProtocolError
+    from fedmq.protocol.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="epochs and batch_size must be at least 1"):
         realdata.Options(overrides={"epochs": 0}).training("wine")

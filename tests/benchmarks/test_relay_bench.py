@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from mqtt_support import mosquitto_binary
 
-from benchmarks.relay import JSON_FILE, TABLE_FILE, Comparison
-from benchmarks.relay_setups import Plan, RoundRecord, SetupResult
+from fedmq.benchmarks.relay import JSON_FILE, TABLE_FILE, Comparison
+from fedmq.benchmarks.relay_setups import Plan, RoundRecord, SetupResult
 from fedmq.cli import main
 
 

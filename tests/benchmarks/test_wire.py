@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from benchmarks.wire import CountingProxy, mqtt_publish_bytes, process_cpu, threads_cpu
+from fedmq.benchmarks.wire import CountingProxy, mqtt_publish_bytes, process_cpu, threads_cpu
 
 
 def test_the_relay_passes_and_counts_every_byte_each_way() -> None:

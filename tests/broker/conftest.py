@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mqtt_support import USERS, Probe
 
-from broker.cli import add_user
+from fedmq.broker.cli import add_user
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,15 @@ import pytest
 from mqtt_support import USERS
 from support import AGGREGATOR_SIGNER, EnrolledFleet, agent_config, local_data
 
-from aggregator.service import Aggregator
-from broker.acl import FleetAcl, password_file_users
-from broker.cli import load_settings
-from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from edge_agent.agent import EdgeAgent
-from protocol.errors import ConfigError
-from protocol.topics import Topics
-from runtime.transport import MqttSettings
+from fedmq.aggregator.service import Aggregator
+from fedmq.broker.acl import FleetAcl, password_file_users
+from fedmq.broker.cli import load_settings
+from fedmq.broker.config import MIN_PAYLOAD_CAP, BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import Topics
+from fedmq.runtime.transport import MqttSettings
 
 T = Topics("plant", "fedmq")
 

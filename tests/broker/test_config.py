@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import load_settings
-from broker.config import BrokerTable
-from broker.embedded import EmbeddedBroker, free_port
-from edge_agent.config import AgentConfig
-from protocol.errors import ConfigError
-from runtime.transport import MqttLink
+from fedmq.broker.cli import load_settings
+from fedmq.broker.config import BrokerTable
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.transport import MqttLink
 
 
 @pytest.mark.parametrize("line,expected", [

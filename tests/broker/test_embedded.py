@@ -11,13 +11,13 @@ import pytest
 from mqtt_support import Probe
 from support import wait_until
 
-from broker import amqtt_logging
-from broker.amqtt_logging import OneLineHandler
-from broker.cli import add_user, load_settings
-from broker.config import BrokerSettings
-from broker.embedded import BrokerStartError, EmbeddedBroker, free_port, wait_listening
-from protocol.errors import ConfigError
-from runtime.transport import BrokerUnavailable, MqttLink, MqttSettings
+from fedmq.broker import amqtt_logging
+from fedmq.broker.amqtt_logging import OneLineHandler
+from fedmq.broker.cli import add_user, load_settings
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import BrokerStartError, EmbeddedBroker, free_port, wait_listening
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.transport import BrokerUnavailable, MqttLink, MqttSettings
 
 
 def link(port: int, name: str, **kw) -> MqttLink:
@@ -85,7 +85,7 @@ def test_short_passwords_are_refused(tmp_path):
 
 def test_subscription_table_survives_subscribes_during_a_connect():
     """amqtt walks this table across awaits on CONNECT while others subscribe."""
-    from broker.amqtt_broker import _SnapshotDict
+    from fedmq.broker.amqtt_broker import _SnapshotDict
 
     table = _SnapshotDict({"fedmq/demo/round": []})
     for topic in table:
@@ -150,10 +150,10 @@ def test_amqtt_tracebacks_become_one_rate_limited_line(broker_port, console):
     assert not [ln for ln in lines if " amqtt." in ln], "amqtt's records must be re-routed"
     # Three deliveries failed; one line says so, naming the exception, not a <Task> repr.
     assert [ln for ln in lines if "skipped" in ln] == [
-        "ERROR broker.amqtt: Task failed and will be skipped: TimeoutError: Timeout waiting "
+        "ERROR fedmq.broker.amqtt: Task failed and will be skipped: TimeoutError: Timeout waiting "
         "for PUBACK for packet ID 1"], lines
     assert [ln for ln in lines if "Timeout waiting" in ln and "skipped" not in ln] == [
-        "WARNING broker.amqtt: Timeout waiting for PUBACK for packet ID 1"], lines
+        "WARNING fedmq.broker.amqtt: Timeout waiting for PUBACK for packet ID 1"], lines
 
 
 def test_one_line_handler_counts_what_it_holds_back(caplog):
@@ -197,7 +197,7 @@ def test_the_broker_drains_its_broadcast_queue_before_shutting_down():
     statuses ("993 messages not broadcasted"); serve() now waits for the queue (bounded)."""
     import asyncio
 
-    from broker.amqtt_broker import FedmqBroker
+    from fedmq.broker.amqtt_broker import FedmqBroker
 
     async def scenario() -> tuple[int, int]:
         settings = BrokerSettings(port=free_port())

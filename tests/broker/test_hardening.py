@@ -21,9 +21,9 @@ import pytest
 from mqtt_support import USERS, Probe
 from support import wait_until
 
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from protocol.topics import Topics
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.protocol.topics import Topics
 
 T = Topics("plant", "fedmq")
 AGG_ID = "fedmq-aggregator"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.limits import ConnectionLimits, FailedLogins, PendingConnections, session_key
-from protocol.errors import ConfigError
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.limits import ConnectionLimits, FailedLogins, PendingConnections, session_key
+from fedmq.protocol.errors import ConfigError
 
 
 class Clock:

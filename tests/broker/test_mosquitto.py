@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from mqtt_support import mosquitto_binary, running_mosquitto
 
-from broker.acl import FleetAcl
-from broker.config import MIN_PAYLOAD_CAP
-from broker.embedded import free_port
-from broker.mosquitto import (
+from fedmq.broker.acl import FleetAcl
+from fedmq.broker.config import MIN_PAYLOAD_CAP
+from fedmq.broker.embedded import free_port
+from fedmq.broker.mosquitto import (
     CREDENTIALS_FILE,
     PASSWORD_FILE,
     MosquittoSetup,
@@ -30,8 +30,8 @@ from broker.mosquitto import (
     write_files,
 )
 from fedmq.cli import main
-from protocol.errors import ConfigError
-from protocol.topics import Topics
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import Topics
 
 T = Topics("plant")
 ACL = FleetAcl(T, ("aggregator",), ("dev-a", "dev-b"))

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
 from tests.support import wait_until
 
 

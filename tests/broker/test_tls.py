@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from protocol.errors import ConfigError
-from runtime.transport import MqttLink, MqttSettings
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.protocol.errors import ConfigError
+from fedmq.runtime.transport import MqttLink, MqttSettings
 
 
 def tls_broker(tls_files: dict[str, str], **kw) -> BrokerSettings:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from runtime.transport import MqttLink, MqttSettings, TlsMismatch
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.runtime.transport import MqttLink, MqttSettings, TlsMismatch
 
 
 def link(**settings) -> MqttLink:

@@ -9,14 +9,14 @@ import pytest
 from mqtt_support import Probe
 from support import AGGREGATOR_SIGNER, agent_config, local_data, wait_until
 
-from edge_agent.agent import EdgeAgent
 from fedmq.cli import main
-from protocol.codec import CodecParams
-from protocol.messages import PubKeyMessage
-from protocol.notices import NOT_ENROLLED, WRONG_MODEL, NoticeMessage
-from protocol.paillier import PaillierPublicKey, fingerprint, generate_keypair
-from protocol.signing import Signer
-from protocol.topics import Topics
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import PaillierPublicKey, fingerprint, generate_keypair
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.messages import PubKeyMessage
+from fedmq.protocol.notices import NOT_ENROLLED, WRONG_MODEL, NoticeMessage
+from fedmq.protocol.topics import Topics
 
 
 def test_agent_persists_only_trusted_key_and_final_model(tmp_path, broker_port,
@@ -126,7 +126,7 @@ def test_agent_explains_genuine_notices_once_and_ignores_forged_ones(
         thread.join(5)
         aggregator.close()
     said = [r.getMessage() for r in caplog.records
-            if r.name == "edge_agent.agent" and r.levelno >= logging.WARNING
+            if r.name == "fedmq.edge_agent.agent" and r.levelno >= logging.WARNING
             and "TRUST ON FIRST USE" not in r.getMessage()]
     assert said == [
         "ignoring a notice not signed by the trusted aggregator: bad signature",

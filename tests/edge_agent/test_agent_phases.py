@@ -19,17 +19,17 @@ import pytest
 from mqtt_support import Probe
 from support import AGGREGATOR_SIGNER, SPEC, agent_config, local_data, signer_for, wait_until
 
-from edge_agent.agent import EdgeAgent
-from edge_agent.trainer import train_round
-from models import make_model
-from protocol.codec import CodecParams, quantize_update
-from protocol.evaluation import local_evaluation
-from protocol.layout import layout_for
-from protocol.messages import PubKeyMessage, RoundMessage, TrainingSettings
-from protocol.paillier import decrypt_ints, fingerprint
-from protocol.statistics import StatsParams, local_statistics
-from protocol.topics import Topics
-from protocol.wire import decode_update
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.edge_agent.trainer import train_round
+from fedmq.models import make_model
+from fedmq.protocol.crypto.codec import CodecParams, quantize_update
+from fedmq.protocol.crypto.paillier import decrypt_ints, fingerprint
+from fedmq.protocol.layout import layout_for
+from fedmq.protocol.messages import PubKeyMessage, RoundMessage, TrainingSettings
+from fedmq.protocol.sums.evaluation import local_evaluation
+from fedmq.protocol.sums.statistics import StatsParams, local_statistics
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import decode_update
 
 TOPICS = Topics("test")
 UPDATES = TOPICS.update("pi-1")
@@ -96,7 +96,7 @@ def fleet(broker_port: int, keypair: Any) -> Iterator[tuple[Gateway, EdgeAgent]]
 
 
 def test_each_phase_sends_its_sections_and_resends_the_same_bytes(fleet, caplog):
-    caplog.set_level(logging.INFO, logger="edge_agent.agent")
+    caplog.set_level(logging.INFO, logger="fedmq.edge_agent.agent")
     gateway, agent = fleet
     train, held = agent.train_data, agent.eval_data
     assert (train.n_samples, held.n_samples) == (60, 20)

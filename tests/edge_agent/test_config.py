@@ -7,9 +7,9 @@ from typing import get_args
 import pytest
 from msgspec.structs import fields
 
-from edge_agent.config import AgentConfig, CryptoTable
-from protocol.errors import ConfigError
-from protocol.obfuscation import OBFUSCATOR_KINDS
+from fedmq.edge_agent.config import AgentConfig, CryptoTable
+from fedmq.protocol.crypto.obfuscation import OBFUSCATOR_KINDS
+from fedmq.protocol.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BASE = "[agent]\nid='pi-1'\n[data]\npath='d.csv'\nfeatures=['a']\nlabel='y'\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.data import DataError, DataFile, load_csv, split_holdout
+from fedmq.edge_agent.data import DataError, DataFile, load_csv, split_holdout
 
 
 def write(tmp_path, text):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from support import local_data
 
-from edge_agent.health import FIXES, RoundSkipped, public_detail, skip_code, skip_line
-from models import ModelError, ModelSpec, make_model
-from models.errors import DivergedError, LabelError
-from protocol.health import SKIP_CODES
+from fedmq.edge_agent.health import FIXES, RoundSkipped, public_detail, skip_code, skip_line
+from fedmq.models import ModelError, ModelSpec, make_model
+from fedmq.models.errors import DivergedError, LabelError
+from fedmq.protocol.health import SKIP_CODES
 
 
 def test_every_code_has_a_fix():

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from support import SPEC, local_data
 
-from edge_agent.data import split_holdout
-from edge_agent.health import RoundSkipped
-from edge_agent.ledger import LEDGER_FILE, DeviceLedger
-from edge_agent.phases import phase_values
-from protocol.codec import CodecParams
-from protocol.dpterms import PrivacyTerms
-from protocol.messages import RoundMessage, TrainingSettings
-from protocol.privacy import DpParams
-from protocol.statistics import StatsParams
+from fedmq.edge_agent.data import split_holdout
+from fedmq.edge_agent.health import RoundSkipped
+from fedmq.edge_agent.ledger import LEDGER_FILE, DeviceLedger
+from fedmq.edge_agent.phases import phase_values
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
+from fedmq.protocol.privacy.noise import DpParams
+from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.sums.statistics import StatsParams
 
 TRAIN, EVAL = split_holdout(local_data(3, 80), 0.25, "pi-1")
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from edge_agent.obfuscator_pool import ObfuscatorPool
+from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool
 
 
 class Counting:
@@ -71,7 +71,7 @@ def test_close_drops_every_precomputed_value(pool):
 
 
 def test_one_shared_filler_thread_fills_many_pools_to_their_targets():
-    from edge_agent.obfuscator_pool import SharedFiller
+    from fedmq.edge_agent.obfuscator_pool import SharedFiller
 
     before = threading.active_count()
     filler = SharedFiller()

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from support import FEATURES, SPEC, local_data
 
-from edge_agent.data import LocalData, split_holdout
-from edge_agent.health import RoundSkipped
-from edge_agent.phases import PhaseValues, phase_line, phase_values
-from edge_agent.trainer import train_round
-from models import ModelSpec, make_model
-from protocol.codec import CodecParams, quantize_update
-from protocol.evaluation import local_evaluation
-from protocol.layout import layout_for
-from protocol.messages import RoundMessage, TrainingSettings
-from protocol.statistics import StatsParams, local_statistics
+from fedmq.edge_agent.data import LocalData, split_holdout
+from fedmq.edge_agent.health import RoundSkipped
+from fedmq.edge_agent.phases import PhaseValues, phase_line, phase_values
+from fedmq.edge_agent.trainer import train_round
+from fedmq.models import ModelSpec, make_model
+from fedmq.protocol.crypto.codec import CodecParams, quantize_update
+from fedmq.protocol.layout import layout_for
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
+from fedmq.protocol.sums.evaluation import local_evaluation
+from fedmq.protocol.sums.statistics import StatsParams, local_statistics
 
 STATS = StatsParams()
 CODEC = CodecParams()

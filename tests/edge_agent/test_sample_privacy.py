@@ -9,14 +9,14 @@ import pytest
 from dp_accounting import rdp
 from support import local_data
 
-from edge_agent.health import RoundSkipped, skip_line
-from edge_agent.sample_privacy import LEDGER_FILE, SampleDpLedger, SampleDpPlan
-from edge_agent.trainer import train_round
-from models import ModelSpec
-from protocol.accounting import calibrate_dpsgd, sample_level_epsilon
-from protocol.dpterms import SampleDpParams
-from protocol.errors import ConfigError, ProtocolError
-from protocol.messages import RoundMessage, TrainingSettings
+from fedmq.edge_agent.health import RoundSkipped, skip_line
+from fedmq.edge_agent.sample_privacy import LEDGER_FILE, SampleDpLedger, SampleDpPlan
+from fedmq.edge_agent.trainer import train_round
+from fedmq.models import ModelSpec
+from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
+from fedmq.protocol.privacy.accounting import calibrate_dpsgd, sample_level_epsilon
+from fedmq.protocol.privacy.terms import SampleDpParams
 
 SETTINGS = TrainingSettings(epochs=2, batch_size=16, learning_rate=0.1)
 PARAMS = SampleDpParams(epsilon=3.0, delta=1e-5, clip=1.0, rounds=10)

@@ -25,12 +25,12 @@ from support import (
     wait_until,
 )
 
-from aggregator.service import Aggregator, RoundResult
-from edge_agent.agent import EdgeAgent
-from edge_agent.data import LocalData
-from protocol.health import Skip
-from protocol.messages import StatusMessage
-from protocol.topics import Topics
+from fedmq.aggregator.service import Aggregator, RoundResult
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.edge_agent.data import LocalData
+from fedmq.protocol.health import Skip
+from fedmq.protocol.messages import StatusMessage
+from fedmq.protocol.topics import Topics
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_an_agent_whose_data_does_not_fit_the_model_publishes_why_it_skipped(
     assert status.skipped.run_id == RUN
     assert detail in status.skipped.detail
     said = [r.getMessage() for r in caplog.records
-            if r.name == "edge_agent.agent" and "skipped" in r.getMessage()]
+            if r.name == "fedmq.edge_agent.agent" and "skipped" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"round 1 skipped ({code}): ")
     assert "fix: " in said[0]
     thread.join(20)
@@ -142,7 +142,7 @@ def test_a_data_file_broken_mid_run_skips_rounds_until_it_is_fixed(
     assert sorted(bad.history) == [1, 3]
     assert bad.history[3].weight == 70  # the rows of the fixed file
     said = [r.getMessage() for r in caplog.records
-            if r.name == "edge_agent.agent" and "skipped" in r.getMessage()]
+            if r.name == "fedmq.edge_agent.agent" and "skipped" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("round 2 skipped (data-error): ")
     assert "pi-bad.csv:52" in said[0] and "fix: fix the data file" in said[0]
     statuses = [StatusMessage.from_bytes(p) for p in watcher.got(STATUS)]

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from support import local_data
 
-from edge_agent.health import RoundSkipped
-from edge_agent.trainer import train_round
-from models import ModelSpec
-from protocol.errors import ConfigError
-from protocol.messages import RoundMessage, TrainingSettings
+from fedmq.edge_agent.health import RoundSkipped
+from fedmq.edge_agent.trainer import train_round
+from fedmq.models import ModelSpec
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
 
 
 def round_for(spec, params=None):
@@ -61,7 +61,7 @@ def test_non_integer_class_labels_are_bad_labels():
 
 
 def test_clip_notes_name_the_count_the_bound_and_the_likely_cause():
-    from edge_agent.trainer import LocalUpdate, clip_note, fleet_clip_note
+    from fedmq.edge_agent.trainer import LocalUpdate, clip_note, fleet_clip_note
 
     assert clip_note(3, 12, 304, 10.0) == (
         "round 3: clipped 12 of 304 values to \u00b110 (missing scaling or too small [codec] "

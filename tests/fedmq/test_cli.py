@@ -8,7 +8,7 @@ import sys
 import pytest
 from support import AGGREGATOR_SIGNER, signer_for, spec_toml
 
-from broker.embedded import free_port
+from fedmq.broker.embedded import free_port
 from fedmq.cli import main
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -128,7 +128,7 @@ def run_without_root_override(*args: str) -> subprocess.CompletedProcess[str]:
 
 def gateway(tmp_path, keypair):
     """An aggregator config with its keys in place, pointing at a port nobody listens on."""
-    from protocol.paillier import private_key_to_dict
+    from fedmq.protocol.crypto.paillier import private_key_to_dict
 
     state = tmp_path / "gw"
     state.mkdir()
@@ -155,10 +155,10 @@ state_dir = "{state}"
 
 def identity(state):
     """(key fingerprint, codec digest) of the gateway's key: its run state must match them."""
-    from protocol.codec import CodecParams
-    from protocol.layout import contract_digest
-    from protocol.paillier import fingerprint, private_key_from_dict
-    from protocol.statistics import StatsParams
+    from fedmq.protocol.crypto.codec import CodecParams
+    from fedmq.protocol.crypto.paillier import fingerprint, private_key_from_dict
+    from fedmq.protocol.layout import contract_digest
+    from fedmq.protocol.sums.statistics import StatsParams
 
     fp = fingerprint(private_key_from_dict(
         json.loads((state / "paillier.key").read_text())).public_key)
@@ -246,7 +246,7 @@ MALFORMED_STATE = {
 @pytest.mark.parametrize("case", sorted(MALFORMED_STATE))
 def test_malformed_state_files_end_in_one_line(tmp_path, keypair, case):
     prepare, names, says = MALFORMED_STATE[case]
-    from aggregator.runs import RunDirs
+    from fedmq.aggregator.runs import RunDirs
 
     cfg, state = gateway(tmp_path, keypair)
     RunDirs(state).create("r1")  # the run being resumed

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fedmq.cli import main
-from models import ModelSpec, make_model
-from models.export import from_portable, predict_portable, to_portable
-from runtime.files import save_model
+from fedmq.models import ModelSpec, make_model
+from fedmq.models.export import from_portable, predict_portable, to_portable
+from fedmq.runtime.files import save_model
 
 FEATURES = ("vibration_rms", "temperature_c", "current_a")
 CENTER, SCALE = (1.0, 60.0, 5.0), (0.5, 10.0, 2.0)

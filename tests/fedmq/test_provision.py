@@ -15,14 +15,14 @@ import pytest
 from cryptography import x509
 from support import fedmq_process, wait_until
 
-from aggregator.config import AggregatorConfig
-from aggregator.keys import load_aggregator_keys
-from broker.cli import load_settings
-from broker.embedded import EmbeddedBroker, free_port
-from edge_agent.config import AgentConfig
-from fedmq import synthetic
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.keys import load_aggregator_keys
+from fedmq.broker.cli import load_settings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
 from fedmq.cli import main
-from protocol.paillier import fingerprint
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.protocol.crypto.paillier import fingerprint
+from fedmq.simulation import synthetic
 
 
 def init(tmp_path: Path, *extra: str, devices: str = "dev-a,dev-b", port: int = 8883) -> Path:

@@ -88,16 +88,14 @@ from support import (
     wait_until,
 )
 
-from aggregator.fedavg import weighted_average
-from aggregator.outcome import RoundResult
-from aggregator.service import Aggregator
-from broker.config import MIN_PAYLOAD_CAP, BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from edge_agent.agent import EdgeAgent
-from protocol.codec import CodecParams, quantize_update
-from protocol.layout import contract_digest, layout_for
-from protocol.messages import RoundMessage, StatusMessage
-from protocol.paillier import (
+from fedmq.aggregator.fedavg import weighted_average
+from fedmq.aggregator.outcome import RoundResult
+from fedmq.aggregator.service import Aggregator
+from fedmq.broker.config import MIN_PAYLOAD_CAP, BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.codec import CodecParams, quantize_update
+from fedmq.protocol.crypto.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     ciphertext_size,
@@ -107,11 +105,13 @@ from protocol.paillier import (
     fingerprint,
     generate_keypair,
 )
-from protocol.signing import SIGNATURE_BYTES, UPDATE_DOMAIN, Signer
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import UpdateMessage, decode_update, encode_update
-from runtime.transport import MqttSettings
+from fedmq.protocol.crypto.signing import SIGNATURE_BYTES, UPDATE_DOMAIN, Signer
+from fedmq.protocol.layout import contract_digest, layout_for
+from fedmq.protocol.messages import RoundMessage, StatusMessage
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import UpdateMessage, decode_update, encode_update
+from fedmq.runtime.transport import MqttSettings
 
 FloatArray = NDArray[np.float64]
 
@@ -213,7 +213,7 @@ def truncate(payload: bytes, signer: Signer) -> bytes:
 def rejections(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The aggregator's logged rejections so far (records come from its thread too, and
     from paho's thread for payloads admission drops before they are queued)."""
-    return [m for r in list(caplog.records) if r.name == "aggregator.service"
+    return [m for r in list(caplog.records) if r.name == "fedmq.aggregator.service"
             and r.levelno >= logging.WARNING
             and (m := r.getMessage()).startswith(("rejected", "dropped"))]
 
@@ -334,7 +334,7 @@ def attacked_fleet(acl_broker: int, fleet_client: Callable[..., FleetClient],
                       (np.clip(GATE_DELTA * r, -clip, clip), GATE_WEIGHT)]
                   for r in range(1, ROUNDS + 1)}
         errors = [rec.getMessage() for rec in list(caplog.records)
-                  if rec.name == "aggregator.service" and rec.levelno >= logging.ERROR]
+                  if rec.name == "fedmq.aggregator.service" and rec.levelno >= logging.ERROR]
         return Outcome(results=list(aggregator.results), rounds=rounds, honest=honest,
                        expected=expected, rejections=rejections(caplog), errors=errors,
                        auditor=auditor)

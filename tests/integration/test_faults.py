@@ -24,10 +24,10 @@ from support import (
     wait_until,
 )
 
-from aggregator.allowlist import enroll
-from broker.embedded import free_port
-from models import load_model
-from protocol.paillier import private_key_to_dict
+from fedmq.aggregator.allowlist import enroll
+from fedmq.broker.embedded import free_port
+from fedmq.models import load_model
+from fedmq.protocol.crypto.paillier import private_key_to_dict
 
 pytestmark = pytest.mark.slow
 def test_killing_30_percent_of_agents_mid_round(tmp_path, broker_port, make_aggregator,
@@ -222,8 +222,8 @@ def test_aggregator_restarted_at_a_round_boundary_waits_for_the_agents(
         tmp_path, broker_port, keypair, start_agents):
     """Killed right after round 1 closed (before round 2 opened): the restarted aggregator
     must not open round 2 "expecting 0 agents" and sit out its deadline."""
-    from aggregator.config import AggregatorConfig
-    from aggregator.service import Aggregator
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.aggregator.service import Aggregator
 
     ids = ["agent-0", "agent-1", "agent-2"]
     config = _aggregator_config(tmp_path, broker_port, keypair, ids)

@@ -18,16 +18,16 @@ from support import (
     wait_until,
 )
 
-from aggregator.fedavg import weighted_average
-from edge_agent.agent import EdgeAgent
-from protocol.codec import CodecParams
-from protocol.layout import contract_digest, layout_for
-from protocol.messages import RoundMessage
-from protocol.paillier import encrypt_ints, generate_keypair
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
-from runtime.transport import MqttLink, MqttSettings
+from fedmq.aggregator.fedavg import weighted_average
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import encrypt_ints, generate_keypair
+from fedmq.protocol.layout import contract_digest, layout_for
+from fedmq.protocol.messages import RoundMessage
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
+from fedmq.runtime.transport import MqttLink, MqttSettings
 
 TOPICS = Topics("test")
 

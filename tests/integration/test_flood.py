@@ -1,7 +1,7 @@
 """Item 8 of issue 8: a logged-in agent flooding 4 MiB payloads cannot blow up the aggregator.
 
 Real processes on 127.0.0.1, started by ``benchmarks.flood`` (whose full 60 s run
-is ``python -m benchmarks.flood``): the broker with logins, the ACL and a payload
+is ``python -m fedmq.benchmarks.flood``): the broker with logins, the ACL and a payload
 cap raised to let 4 MiB through (the embedded one, and Mosquitto with the
 generated config); the aggregator (``fedmq aggregator``); three honest agents;
 one enrolled agent flooding its update topic with payloads whose header, key
@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 from mqtt_support import mosquitto_binary
 
-from benchmarks.flood import FloodOptions, Gateway, run_phase
+from fedmq.benchmarks.flood import FloodOptions, Gateway, run_phase
 
 pytestmark = pytest.mark.slow
 

@@ -28,16 +28,21 @@ from support import (
     wait_until,
 )
 
-from aggregator.fedavg import weighted_average
-from aggregator.service import Aggregator
-from edge_agent.agent import EdgeAgent
-from protocol.codec import CodecParams, make_codec, quantize_update
-from protocol.layout import contract_digest
-from protocol.messages import RoundMessage, StatusMessage
-from protocol.paillier import PaillierPrivateKey, PaillierPublicKey, encrypt_ints, fingerprint
-from protocol.statistics import StatsParams
-from protocol.topics import Topics
-from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
+from fedmq.aggregator.fedavg import weighted_average
+from fedmq.aggregator.service import Aggregator
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.codec import CodecParams, make_codec, quantize_update
+from fedmq.protocol.crypto.paillier import (
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    encrypt_ints,
+    fingerprint,
+)
+from fedmq.protocol.layout import contract_digest
+from fedmq.protocol.messages import RoundMessage, StatusMessage
+from fedmq.protocol.sums.statistics import StatsParams
+from fedmq.protocol.topics import Topics
+from fedmq.protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
 
 TOPICS = Topics("test")
 AGENTS = ("dev-a", "dev-b", "dev-c")

@@ -25,13 +25,13 @@ from support import (
     wait_until,
 )
 
-from aggregator.service import Aggregator
-from edge_agent.agent import EdgeAgent
-from protocol.codec import CodecParams
-from protocol.messages import PubKeyMessage
-from protocol.paillier import fingerprint
-from protocol.signing import Signer
-from protocol.topics import Topics
+from fedmq.aggregator.service import Aggregator
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import fingerprint
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.messages import PubKeyMessage
+from fedmq.protocol.topics import Topics
 
 TOPICS = Topics("test")
 AGENTS = ("dev-a", "dev-b", "dev-c")
@@ -181,7 +181,7 @@ def test_update_sent_while_the_broker_restarts_reaches_the_aggregator(
         mosquitto.process.terminate()
         mosquitto.process.wait(10)
         dev_c = agents[2][0]
-        wait_until(lambda: dev_c._sent is not None, "dev-c to publish into the void")
+        wait_until(lambda: dev_c._memory.sent is not None, "dev-c to publish into the void")
         with running_mosquitto(mosquitto.conf, mosquitto.port, tmp_path / "mosquitto-2.log"):
             witness = fleet_client(mosquitto.port, "auditor", mosquitto.credentials["auditor"])
             assert witness.subscribe(TOPICS.update("dev-c"))

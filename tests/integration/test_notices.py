@@ -21,9 +21,9 @@ from support import (
     wait_until,
 )
 
-from aggregator.allowlist import enroll
-from aggregator.service import Aggregator, RoundFailed
-from edge_agent.agent import EdgeAgent
+from fedmq.aggregator.allowlist import enroll
+from fedmq.aggregator.service import Aggregator, RoundFailed
+from fedmq.edge_agent.agent import EdgeAgent
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_an_unenrolled_agent_is_told_and_counts_once_enrolled(
                                  quorum=2, min_agents=3, round_timeout=4.0)
     start_agents(broker_port, 3)
     thread, out = run_in_thread(aggregator.run)
-    line = wait_until(lambda: lines(caplog, "edge_agent.agent", enroll_command("agent-1")),
+    line = wait_until(lambda: lines(caplog, "fedmq.edge_agent.agent", enroll_command("agent-1")),
                       "agent-1's notice", timeout=20)
     assert line[0].startswith("round 1: the aggregator does not know this device's signing "
                               "key: on the gateway run  fedmq enroll")
@@ -65,15 +65,16 @@ def test_an_unenrolled_agent_is_told_and_counts_once_enrolled(
     assert not thread.is_alive() and "error" not in out, out.get("error")
     assert [sorted(r.reported) for r in aggregator.results] == [["agent-0", "agent-1"]] * 2
     # One line per code and run on the device, although a notice came every round.
-    assert len(lines(caplog, "edge_agent.agent", enroll_command("agent-2"))) == 1
+    assert len(lines(caplog, "fedmq.edge_agent.agent", enroll_command("agent-2"))) == 1
     # Rounds 1, 2 and the final evaluation (3).
-    assert len(lines(caplog, "aggregator.service", "notice not-enrolled sent to agent-2")) == 3
-    assert lines(caplog, "aggregator.service", "agent-1 enrolled now")
+    sent = lines(caplog, "fedmq.aggregator.service", "notice not-enrolled sent to agent-2")
+    assert len(sent) == 3
+    assert lines(caplog, "fedmq.aggregator.service", "agent-1 enrolled now")
 
 
 def test_enrolling_mid_round_rescues_a_round_that_waits_for_quorum(
         tmp_path, broker_port, make_aggregator, keypair, start_agents, caplog):
-    """The README's loopback try-out: quorum 2, one device not enrolled. Enrolling it
+    """The loopback try-out of docs/deployment.md: quorum 2, one device not enrolled. Enrolling it
     mid-round used to change nothing (the round kept the allow-list it opened with and
     never asked again): the run failed after its extensions."""
     caplog.set_level(logging.INFO)
@@ -83,7 +84,7 @@ def test_enrolling_mid_round_rescues_a_round_that_waits_for_quorum(
                                  quorum=2, min_agents=2, round_timeout=3.0, max_extensions=2)
     start_agents(broker_port, 2)
     thread, out = run_in_thread(aggregator.run)
-    wait_until(lambda: lines(caplog, "aggregator.service", "rejected update from agent-1"),
+    wait_until(lambda: lines(caplog, "fedmq.aggregator.service", "rejected update from agent-1"),
                "agent-1's rejection", timeout=20)
     enroll(allow, "agent-1", signer_for("agent-1").public_hex)
     thread.join(30)
@@ -110,7 +111,7 @@ def test_a_failed_run_stops_the_agents_that_wait_for_it(
             assert not thread.is_alive() and "error" not in out
             assert agent.run_failed is not None and "quorum 4 not reached" in agent.run_failed
         assert runs[2][0].is_alive()  # exit_when_finished = false: waits for the next run
-        failed = lines(caplog, "edge_agent.agent", "the aggregator gave up run")
+        failed = lines(caplog, "fedmq.edge_agent.agent", "the aggregator gave up run")
         assert any(line.endswith("; exiting") for line in failed)
         assert any(line.endswith("; waiting for a new run") for line in failed)
     finally:
@@ -132,7 +133,7 @@ def test_a_late_agent_does_not_stop_for_an_earlier_failed_run(broker_port, make_
     thread = threading.Thread(target=late.run, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: lines(caplog, "edge_agent.agent", "an earlier run failed"),
+        wait_until(lambda: lines(caplog, "fedmq.edge_agent.agent", "an earlier run failed"),
                    "the late agent's line")
         assert thread.is_alive() and late.run_failed is None
     finally:

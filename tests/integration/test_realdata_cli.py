@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 from mqtt_support import mosquitto_binary
 
-from benchmarks import realdata
-from fedmq import datasets
+from fedmq.benchmarks import realdata
+from fedmq.simulation import datasets
 
 TOLERANCE = {"accuracy": 0.03, "r2": 0.05}
 

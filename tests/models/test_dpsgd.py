@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fedmq.synthetic import FEATURES, SENSOR_NOMINAL, FleetSpec, column, generate_fleet, pooled
-from models import DivergedError, ModelError, ModelSpec, make_model
-from models.dpsgd import DpSgd, clipped_gradient_sum, fit_dpsgd
+from fedmq.models import DivergedError, ModelError, ModelSpec, make_model
+from fedmq.models.dpsgd import DpSgd, clipped_gradient_sum, fit_dpsgd
+from fedmq.simulation.synthetic import (
+    FEATURES,
+    SENSOR_NOMINAL,
+    FleetSpec,
+    column,
+    generate_fleet,
+    pooled,
+)
 
 Data = tuple[NDArray[np.float64], NDArray[Any]]
 Blobs = Callable[[int, int, int], Data]

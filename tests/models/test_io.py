@@ -9,8 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models import LinearRegressionModel, LogisticRegressionModel, ModelError, ModelSpec, load_model
-from runtime.files import save_model
+from fedmq.models import (
+    LinearRegressionModel,
+    LogisticRegressionModel,
+    ModelError,
+    ModelSpec,
+    load_model,
+)
+from fedmq.runtime.files import save_model
 
 SPEC = ModelSpec("logistic", ("a", "b"), n_classes=3, center=(1.0, -2.0), scale=(0.5, 3.0))
 PARAMS = np.random.default_rng(0).normal(size=SPEC.n_params) * 1e3

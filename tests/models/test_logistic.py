@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models import (
+from fedmq.models import (
     DivergedError,
     LabelError,
     LogisticRegressionModel,

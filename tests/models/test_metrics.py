@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from models import ModelError, accuracy, log_loss, mae, mse, r2_score
+from fedmq.models import ModelError, accuracy, log_loss, mae, mse, r2_score
 
 rng = np.random.default_rng(0)
 Y_TRUE = rng.normal(size=50)

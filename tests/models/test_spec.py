@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import ModelError, ModelSpec
+from fedmq.models import ModelError, ModelSpec
 
 
 def test_model_error_is_value_error() -> None:

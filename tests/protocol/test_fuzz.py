@@ -17,19 +17,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models import ModelSpec
-from protocol.codec import CodecParams
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import encrypt_ints, fingerprint
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.messages import (
     MetricsMessage,
     PubKeyMessage,
     RoundMessage,
     StatusMessage,
     TrainingSettings,
 )
-from protocol.paillier import encrypt_ints, fingerprint
-from protocol.signing import Signer
-from protocol.wire import UpdateMessage, decode_update, encode_update
+from fedmq.protocol.wire import UpdateMessage, decode_update, encode_update
 
 SIGNER = Signer.from_seed(b"fuzz")
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from protocol.errors import ProtocolError
-from protocol.health import MAX_DETAIL, SKIP_CODES, Skip
-from protocol.messages import StatusMessage
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.health import MAX_DETAIL, SKIP_CODES, Skip
+from fedmq.protocol.messages import StatusMessage
 
 
 def _status(**kw: object) -> StatusMessage:

@@ -7,18 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import ModelSpec
-from protocol.codec import CodecParams
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from fedmq.models import ModelSpec
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.signing import Signer, sign_document
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.messages import (
     MetricsMessage,
     PubKeyMessage,
     RoundMessage,
     StatusMessage,
     TrainingSettings,
 )
-from protocol.signing import Signer, sign_document
-from protocol.statistics import StatsParams
+from fedmq.protocol.sums.statistics import StatsParams
 
 SPEC = ModelSpec(kind="logistic", features=("a", "b"), n_classes=2)
 SIGNER = Signer.from_seed(b"messages-test")

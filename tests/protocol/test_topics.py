@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import ConfigError
-from protocol.topics import Topics
+from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.topics import Topics
 
 
 def test_topic_layout():

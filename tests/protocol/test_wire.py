@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import KeyMismatchError, ProtocolError
-from protocol.paillier import encrypt_ints, fingerprint, generate_keypair
-from protocol.signing import Signer
-from protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
+from fedmq.protocol.crypto.paillier import encrypt_ints, fingerprint, generate_keypair
+from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.errors import KeyMismatchError, ProtocolError
+from fedmq.protocol.wire import MAGIC, UpdateMessage, decode_update, encode_update
 
 SIGNER = Signer.from_seed(b"wire-test")
 

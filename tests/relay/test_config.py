@@ -7,10 +7,10 @@ import json
 import pytest
 from support import AGGREGATOR_SIGNER
 
-from aggregator.allowlist import enroll, load_allow_list, load_relays
+from fedmq.aggregator.allowlist import enroll, load_allow_list, load_relays
 from fedmq.cli import main
-from protocol.errors import ConfigError
-from relay.config import RelayConfig
+from fedmq.protocol.errors import ConfigError
+from fedmq.relay.config import RelayConfig
 
 KEY = AGGREGATOR_SIGNER.public_hex
 

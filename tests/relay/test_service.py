@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from support import AGGREGATOR_SIGNER, EnrolledFleet, signer_for, wait_until
 
-from aggregator.service import Aggregator
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from protocol.codec import CodecParams
-from protocol.topics import Topics
-from relay.config import RelayConfig
-from relay.service import Relay
-from runtime.transport import MqttSettings
+from fedmq.aggregator.service import Aggregator
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.topics import Topics
+from fedmq.relay.config import RelayConfig
+from fedmq.relay.service import Relay
+from fedmq.runtime.transport import MqttSettings
 
 SUBTREES = {"relay-a": (0, 3), "relay-b": (3, 2)}  # relay -> (first seed, devices)
 DEVICES = 5

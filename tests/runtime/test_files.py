@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.files import write_atomic
+from fedmq.runtime.files import write_atomic
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 

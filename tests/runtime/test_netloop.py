@@ -8,9 +8,9 @@ import threading
 import pytest
 from support import wait_until
 
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from runtime.transport import Inbox, MqttLink, MqttSettings, NetworkLoop
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.runtime.transport import Inbox, MqttLink, MqttSettings, NetworkLoop
 
 N = 30
 

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from runtime.quiet import quieted
+from fedmq.runtime.quiet import quieted
 
 
 def test_a_quieted_logger_gets_its_level_back_even_after_an_error(caplog):

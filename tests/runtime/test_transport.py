@@ -10,12 +10,12 @@ import threading
 import pytest
 from support import agent_config, local_data, run_in_thread, wait_until
 
-from broker.cli import add_user
-from broker.config import BrokerSettings
-from broker.embedded import EmbeddedBroker, free_port
-from edge_agent.agent import EdgeAgent
-from runtime.droplog import MAX_KEYS, DropLog
-from runtime.transport import Backoff, BrokerUnavailable, Inbox, MqttLink, MqttSettings
+from fedmq.broker.cli import add_user
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.runtime.droplog import MAX_KEYS, DropLog
+from fedmq.runtime.transport import Backoff, BrokerUnavailable, Inbox, MqttLink, MqttSettings
 
 
 def test_inbox_bounds_payload_bytes_not_only_messages(caplog):
