@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from fedmq.data_sample import DEFAULT, FleetColumns, read_columns
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import check_name
 from fedmq.runtime.files import write_atomic, write_text_atomic
@@ -34,6 +35,10 @@ class Gateway:
     fleet: str
     port: int
     device_host: str  # the address devices connect to (a SAN of the server certificate)
+    # The devices' [data] columns (from --data-sample), so init device writes them too.
+    features: tuple[str, ...] = DEFAULT.features
+    label: str = DEFAULT.label
+    delimiter: str = DEFAULT.delimiter
 
 
 def _template(name: str, **values: object) -> str:
@@ -78,7 +83,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
                  devices: Sequence[str], bits: int, rounds: int, loopback: bool = False,
-                 host: str | None = None) -> list[str]:
+                 host: str | None = None, columns: FleetColumns = DEFAULT) -> list[str]:
     """Write a gateway directory; return the lines to show the operator."""
     from fedmq.aggregator.config import AggregatorConfig
     from fedmq.aggregator.keys import load_aggregator_keys
@@ -98,7 +103,9 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
         raise ConfigError(f"{directory / taken[0]} exists: init gateway makes a new gateway "
                           f"(add devices with: fedmq init device ID --gateway {directory})")
     listen, device_host = _hosts(sans, loopback, host)
-    gateway = Gateway(fleet=fleet, port=port, device_host=device_host)
+    gateway = Gateway(fleet=fleet, port=port, device_host=device_host,
+                      features=columns.features, label=columns.label,
+                      delimiter=columns.delimiter)
     tls = make_tls(directory / "tls", fleet, sans)
     all_sans = ", ".join(dict.fromkeys(["IP:127.0.0.1", "DNS:localhost", *sans]))
     write_text_atomic(directory / "broker.toml", _template(
@@ -108,7 +115,8 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     add_users(directory / "passwords.txt", {"aggregator": password})
     write_text_atomic(directory / "aggregator.toml", _template(
         "aggregator.toml", fleet=fleet, port=port, bits=bits, rounds=rounds,
-        quorum=max(1, (len(devices) + 1) // 2), min_agents=max(1, len(devices))))
+        quorum=max(1, (len(devices) + 1) // 2), min_agents=max(1, len(devices)),
+        **columns.toml()))
     # The aggregator's keys now, so every device bundle pins their fingerprints.
     load_aggregator_keys(AggregatorConfig.from_file(directory / "aggregator.toml"))
     write_text_atomic(directory / RECORD, json.dumps(asdict(gateway), indent=2) + "\n")
@@ -118,7 +126,8 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     busy = [f"note: {listen}:{port} is in use now (another broker?): fedmq broker cannot "
             f"start until it is free; or make the gateway again with another --port"
             ] if port_in_use(listen, port) else []
-    return [f"gateway {directory}: broker.toml (TLS, logins, ACL on {listen}:{port}), "
+    said = columns.describe() if columns is not DEFAULT else []
+    return [*said, f"gateway {directory}: broker.toml (TLS, logins, ACL on {listen}:{port}), "
             f"aggregator.toml, passwords.txt, CA {tls.ca_cert} (key 0600, stays here), "
             f"server certificate for {all_sans}",
             *made,
@@ -131,7 +140,10 @@ def _load_gateway(directory: Path) -> Gateway:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         return Gateway(fleet=str(doc["fleet"]), port=int(doc["port"]),
-                       device_host=str(doc["device_host"]))
+                       device_host=str(doc["device_host"]),
+                       features=tuple(str(f) for f in doc.get("features", DEFAULT.features)),
+                       label=str(doc.get("label", DEFAULT.label)),
+                       delimiter=str(doc.get("delimiter", DEFAULT.delimiter)))
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: is {directory} made by fedmq init gateway?") \
             from None
@@ -166,17 +178,32 @@ def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
         write_text_atomic(bundle / "agent.toml", _template(
             "agent.toml", id=device, fleet=gateway.fleet, port=gateway.port,
             device_host=gateway.device_host, key_fingerprint=fingerprint(public),
-            aggregator_signing_key=signer.public_hex))
+            aggregator_signing_key=signer.public_hex,
+            features=json.dumps(list(gateway.features)), label=json.dumps(gateway.label),
+            delimiter=json.dumps(gateway.delimiter)))
     return [f"device {d}: login added to passwords.txt, bundle {directory / 'devices' / d}"
             for d in devices]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     if args.what == "gateway":
+        columns = DEFAULT
+        if args.data_sample:
+            if not args.label:
+                raise ConfigError("init gateway --data-sample needs --label COLUMN: the column "
+                                  "the fleet learns to predict")
+            columns = read_columns(Path(args.data_sample), args.label,
+                                   delimiter=args.delimiter, kind=args.kind,
+                                   n_classes=args.n_classes,
+                                   exclude=tuple(c.strip() for c in args.exclude.split(",")
+                                                 if c.strip()))
+        elif args.label or args.kind or args.exclude or args.n_classes is not None:
+            raise ConfigError("init gateway: --label, --kind, --n-classes and --exclude go "
+                              "with --data-sample FILE.csv")
         lines = init_gateway(
             Path(args.target), fleet=args.fleet, sans=args.san, port=args.port,
             devices=_device_ids(args.devices, args.device_count), bits=args.bits,
-            rounds=args.rounds, loopback=args.loopback, host=args.host)
+            rounds=args.rounds, loopback=args.loopback, host=args.host, columns=columns)
     else:
         if not args.gateway:
             raise ConfigError("init device needs --gateway DIR (made by fedmq init gateway)")
@@ -209,5 +236,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "without --san)")
     g.add_argument("--host", help="broker listen address (default: 0.0.0.0 with --san, else "
                    "127.0.0.1)")
+    d = p.add_argument_group(
+        "the fleet's columns (init gateway; without them, those of fedmq sample-data)")
+    d.add_argument("--data-sample", metavar="FILE.csv", help="a CSV with the devices' header "
+                   "(and a few rows): its numeric columns become the features of the "
+                   "aggregator's [model] and of every device's [data]")
+    d.add_argument("--label", metavar="COLUMN", help="the column to predict")
+    d.add_argument("--kind", choices=["logistic", "linear"], help="the model (default: "
+                   "logistic when the label holds class numbers 0, 1, ..., else linear)")
+    d.add_argument("--n-classes", type=int, metavar="N", help="classes of a classifier "
+                   "(default: the largest class number in the sample, plus one)")
+    d.add_argument("--exclude", default="", metavar="COL,COL", help="numeric columns that "
+                   "are not features (a row number, a device id)")
+    d.add_argument("--delimiter", default=",", help="the CSV's separator (default: ,)")
     p.add_argument("--gateway", metavar="DIR", help="init device: the gateway directory")
     p.set_defaults(func=cmd_init)

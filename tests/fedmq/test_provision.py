@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import ipaddress
 import json
@@ -11,6 +12,7 @@ import ssl
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography import x509
 from support import fedmq_process, wait_until
@@ -21,6 +23,7 @@ from fedmq.broker.cli import load_settings
 from fedmq.broker.embedded import EmbeddedBroker, free_port
 from fedmq.cli import main
 from fedmq.edge_agent.config import AgentConfig
+from fedmq.models import load_model, make_model
 from fedmq.protocol.crypto.paillier import fingerprint
 from fedmq.simulation import synthetic
 
@@ -39,8 +42,8 @@ def mode(path: Path) -> int:
 def give_data(gw: Path, devices: list[str]) -> None:
     paths = synthetic.write_fleet(synthetic.FleetSpec(n_devices=len(devices),
                                                       samples_per_device=80), gw / "data")
-    for device, csv in zip(devices, paths, strict=True):
-        shutil.copy(csv, gw / "devices" / device / "data.csv")
+    for device, path in zip(devices, paths, strict=True):
+        shutil.copy(path, gw / "devices" / device / "data.csv")
 
 
 def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
@@ -140,23 +143,20 @@ def test_init_gateway_never_overwrites_a_gateway(tmp_path: Path, capsys) -> None
     assert (gw / "passwords.txt").read_bytes() == before
 
 
-@pytest.mark.slow
-def test_a_provisioned_fleet_completes_its_rounds_over_tls(tmp_path: Path) -> None:
-    """init gateway -> device keys (--csv) -> enroll --from-file -> 2 rounds, TLS+logins+ACL."""
-    devices = ["dev-a", "dev-b"]
-    gw = init(tmp_path, devices=",".join(devices), port=free_port())
-    give_data(gw, devices)
+def run_fleet(gw: Path, devices: list[str], tmp_path: Path) -> str:
+    """Device keys (--csv) -> enroll --from-file -> every round over TLS+logins+ACL; the
+    aggregator's log."""
     keys = tmp_path / "keys.csv"
     for device in devices:  # on each device: make its key, print id,public_key
         proc = fedmq_process("agent", "--config", str(gw / "devices" / device / "agent.toml"),
                              "--show-public-key", "--csv", log=tmp_path / "keys.log")
         assert proc.wait(timeout=60) == 0
     lines = [ln for ln in (tmp_path / "keys.log").read_text().splitlines()
-             if ln.startswith("dev-")]  # the log also holds the key-made INFO lines
+             if ln.startswith(tuple(f"{d}," for d in devices))]  # not the key-made INFO lines
     keys.write_text("\n".join(lines) + "\n")
     assert main(["enroll", "--config", str(gw / "aggregator.toml"), "--from-file", str(keys)]) == 0
     allow = json.loads((gw / "state" / "allow_list.json").read_text())["agents"]
-    assert sorted(allow) == devices
+    assert sorted(allow) == sorted(devices)
     with EmbeddedBroker(load_settings(gw / "broker.toml")):
         agents = [fedmq_process("agent", "--config", str(gw / "devices" / d / "agent.toml"),
                                 log=tmp_path / f"{d}.log") for d in devices]
@@ -170,8 +170,68 @@ def test_a_provisioned_fleet_completes_its_rounds_over_tls(tmp_path: Path) -> No
             for p in (*agents, aggregator):
                 if p.poll() is None:
                     p.kill()
-    log = (tmp_path / "aggregator.log").read_text()
-    assert "round 2 closed" in log and "2/2 agents" in log
     for d in devices:
         wait_until(lambda d=d: (gw / "devices" / d / "state" / "final_model.npz").exists(),
                    f"{d}'s final model")
+    return (tmp_path / "aggregator.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_provisioned_fleet_completes_its_rounds_over_tls(tmp_path: Path) -> None:
+    devices = ["dev-a", "dev-b"]
+    gw = init(tmp_path, devices=",".join(devices), port=free_port())
+    give_data(gw, devices)
+    log = run_fleet(gw, devices, tmp_path)
+    assert "round 2 closed" in log and "2/2 agents" in log
+
+
+def write_wine(path: Path, rows: slice) -> None:
+    """scikit-learn's wine (13 raw features, 3 classes) with a timestamp column first and
+    the label in the middle: a CSV no one here shaped for fedmq."""
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    names = [*wine.feature_names[:6], "cultivar", *wine.feature_names[6:]]
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["timestamp", *names])
+        for i in range(len(wine.target))[rows]:
+            x = [f"{v:g}" for v in wine.data[i]]
+            out.writerow([f"2024-05-01T{i % 24:02d}:00:00", *x[:6], wine.target[i], *x[6:]])
+
+
+@pytest.mark.slow
+def test_a_fleet_from_a_data_sample_trains_without_editing_a_config(tmp_path: Path,
+                                                                     capsys) -> None:
+    """init gateway --data-sample writes the features and label into every config: the
+    devices' own CSVs (any columns, any order) train a model that beats the majority class."""
+    from sklearn.datasets import load_wine
+
+    devices = ["dev-a", "dev-b", "dev-c"]
+    sample = tmp_path / "sample.csv"
+    write_wine(sample, slice(0, None, 9))  # 20 rows of every class
+    gw = tmp_path / "gw"
+    assert main(["init", "gateway", str(gw), "--bits", "1024", "--rounds", "5", "--port",
+                 str(free_port()), "--devices", ",".join(devices), "--data-sample", str(sample),
+                 "--label", "cultivar"]) == 0
+    out = capsys.readouterr().out
+    assert "logistic regression over 3 classes (0..2; " in out
+    assert "of 'cultivar' from 13 features" in out
+    assert "not a feature: 'timestamp'" in out
+    order = np.random.default_rng(7).permutation(178)
+    for i, device in enumerate(devices):  # non-IID enough: sorted by class within devices
+        write_wine(tmp_path / "all.csv", slice(None))
+        rows = (tmp_path / "all.csv").read_text().splitlines()
+        mine = sorted(order[i::3])
+        (gw / "devices" / device / "data.csv").write_text(
+            "\n".join([rows[0], *(rows[1 + j] for j in mine)]) + "\n")
+    agg = AggregatorConfig.from_file(gw / "aggregator.toml")
+    assert agg.spec.features == tuple(load_wine().feature_names)
+    assert (agg.spec.kind, agg.spec.n_classes) == ("logistic", 3)
+    log = run_fleet(gw, devices, tmp_path)
+    assert "round 5 closed" in log
+    spec, params, _ = load_model(gw / "devices" / "dev-a" / "state" / "final_model.npz")
+    model = make_model(spec).set_params_vector(params)
+    wine = load_wine()
+    accuracy = float(np.mean(model.predict(wine.data) == wine.target))
+    assert accuracy > 0.85, accuracy  # majority class: 0.40

@@ -1,0 +1,93 @@
+"""fedmq.data_sample: a sample CSV's header becomes the fleet's features, label and model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedmq.data_sample import read_columns
+from fedmq.edge_agent.data import load_csv
+from fedmq.protocol.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str, name: str = "s.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_numeric_columns_but_the_label_are_the_features_in_file_order(tmp_path: Path) -> None:
+    names = [f"s{i:02d}" for i in range(23)]
+    rows = [",".join([*(str(i * j) for j in range(23)), str(i % 4)]) for i in range(40)]
+    path = write(tmp_path, ",".join([*names, "state"]) + "\n" + "\n".join(rows) + "\n")
+    cols = read_columns(path, "state")
+    assert cols.features == tuple(names) and cols.label == "state"
+    assert (cols.kind, cols.n_classes) == ("logistic", 4)
+    # what the device then reads with the written config
+    assert load_csv(path, cols.features, cols.label).X.shape == (40, 23)
+
+
+def test_a_continuous_label_is_a_regression(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,b,y\n1,2,0.5\n3,4,1.25\n5,6,7\n")
+    assert read_columns(path, "y").kind == "linear"
+    assert read_columns(path, "y").n_classes == 0
+    many = write(tmp_path, "a,y\n" + "".join(f"{i},{i}\n" for i in range(200)), "many.csv")
+    assert read_columns(many, "y").kind == "linear"  # 200 integer values: a count, not classes
+
+
+def test_kind_can_be_forced_and_a_forced_classifier_needs_class_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,y\n1,0\n2,1\n3,1\n")
+    assert read_columns(path, "y", kind="linear").kind == "linear"
+    assert read_columns(write(tmp_path, "a,y\n1,0\n", "one.csv"), "y").n_classes == 2
+    with pytest.raises(ConfigError, match="class numbers"):
+        read_columns(write(tmp_path, "a,y\n1,0.5\n", "f.csv"), "y", kind="logistic")
+
+
+def test_n_classes_covers_classes_the_sample_does_not_show(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,y\n1,0\n2,1\n")
+    assert read_columns(path, "y", n_classes=5).n_classes == 5
+    assert read_columns(path, "y", n_classes=5).kind == "logistic"
+    with pytest.raises(ConfigError, match=r"--n-classes 1: .* at least 2"):
+        read_columns(path, "y", n_classes=1)
+
+
+def test_text_columns_are_left_out_and_said_so(tmp_path: Path) -> None:
+    path = write(tmp_path, "time,device,temp,rpm,y\n2024-01-01,pump-3,20.5,1500,0\n"
+                           "2024-01-02,pump-3,,1490,1\n")
+    cols = read_columns(path, "y")
+    assert cols.features == ("rpm",)  # temp has an empty cell: the device would refuse it
+    assert any("'time'" in line and "2024-01-01" in line for line in cols.left_out)
+
+
+def test_exclude_and_delimiter(tmp_path: Path) -> None:
+    path = write(tmp_path, "row;a;b;y\n1;2;3;0\n2;3;4;1\n")
+    cols = read_columns(path, "y", delimiter=";", exclude=("row",))
+    assert cols.features == ("a", "b") and cols.delimiter == ";"
+    with pytest.raises(ConfigError, match="--exclude nope: not a column"):
+        read_columns(path, "y", delimiter=";", exclude=("nope",))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a,b\n1,2\n", "has no column 'y' (--label); its columns: a, b"),
+    ("a;b;y\n1;2;3\n", "give --delimiter"),
+    ("", "empty file"),
+    ("a,y\n", "a header but no rows"),
+    ("a,,y\n1,2,3\n", "column 2 of the header has no name"),
+    ("a,a,y\n1,2,3\n", "names a twice"),
+    ("a,y\n1,walk\n", "s.csv:2: label 'y' is 'walk', not a number"),
+    ("y,t\n1,x\n", "no numeric column besides the label"),
+])
+def test_a_bad_sample_is_one_line_naming_the_file(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        read_columns(write(tmp_path, text), "y")
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_or_binary_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        read_columns(tmp_path / "nope.csv", "y")
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=r"--data-sample .*b\.csv"):
+        read_columns(binary, "y")
