@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --agents 20 --rounds 10
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bench bench-flood bench-flower wheel clean
+.PHONY: demo test lint bench bench-flood bench-flower wheel docs clean
 
 demo: $(VENV)/.installed
 	$(BIN)/fedmq simulate $(ARGS)
@@ -37,6 +37,10 @@ bench-flower: $(VENV)/.installed .venv-flower/.installed
 wheel: $(VENV)/.installed
 	$(BIN)/pip wheel -q --no-deps . -w build/wheels
 	@ls build/wheels/fedmq-*.whl
+
+# The docs site (docs/, mkdocs.yml) into build/site; strict: a broken link or anchor fails.
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict -d build/site
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
