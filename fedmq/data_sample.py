@@ -9,8 +9,10 @@ sample stays on the gateway's disk: only its column names and the label's range 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,10 @@ from fedmq.protocol.errors import ConfigError
 MAX_ROWS = 200_000  # enough to see every class of a sample file; bounds the time it takes
 MAX_CLASSES = 50  # integer labels with more distinct values than this are a regression target
 SHOWN = 12  # column names shown in a line
+RISING_ROWS = 10  # a column that rises on every one of at least this many rows: a counter
+# Names that usually mean a row's time or identity rather than a reading.
+NOT_A_READING = re.compile(r"(?i)^(id|index|row|n|no|time|timestamp|date|datetime|ts|epoch|"
+                           r"unnamed: ?0)$|(_id|_time|_ts|_timestamp|_date)$")
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,13 @@ def read_columns(path: Path, label: str, *, delimiter: str = ",", exclude: tuple
                     if i >= len(row) or _number(row[i]) is None), None)
         if bad is None:
             features.append(name)
+            values = [float(row[i]) for _, row in rows]
+            rising = len(values) >= RISING_ROWS and all(
+                b > a for a, b in itertools.pairwise(values))
+            if NOT_A_READING.search(name) or rising:
+                why = "its name" if NOT_A_READING.search(name) else "it rises on every row"
+                left_out.append(f"note: {name!r} looks like a time or a row id ({why}): "
+                                f"--exclude {name} unless the model should learn from it")
         else:
             left_out.append(f"not a feature: {name!r} ({path}:{bad[0]} holds {bad[1]!r}, not a "
                             "number)")

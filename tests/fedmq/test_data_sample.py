@@ -60,6 +60,21 @@ def test_text_columns_are_left_out_and_said_so(tmp_path: Path) -> None:
     assert any("'time'" in line and "2024-01-01" in line for line in cols.left_out)
 
 
+def test_a_numeric_time_or_row_id_is_kept_but_named(tmp_path: Path) -> None:
+    """A numeric column could be a reading: it stays a feature, with a note to --exclude it."""
+    path = write(tmp_path, "epoch,sample_no,temp,y\n1700000000,3,20.5,0\n1700000060,1,21,1\n"
+                           "1700000120,2,22,0\n")
+    cols = read_columns(path, "y")
+    assert cols.features == ("epoch", "sample_no", "temp")
+    notes = "\n".join(cols.left_out)
+    assert "'epoch' looks like a time or a row id (its name)" in notes
+    assert "sample_no" not in notes and "'temp'" not in notes
+    rising = write(tmp_path, "counter,temp,y\n" + "".join(
+        f"{3 * i + 1},{20 + i % 3},{i % 2}\n" for i in range(12)), "r.csv")
+    assert "'counter' looks like a time or a row id (it rises on every row): --exclude counter" \
+        in "\n".join(read_columns(rising, "y").left_out)
+
+
 def test_exclude_and_delimiter(tmp_path: Path) -> None:
     path = write(tmp_path, "row;a;b;y\n1;2;3;0\n2;3;4;1\n")
     cols = read_columns(path, "y", delimiter=";", exclude=("row",))

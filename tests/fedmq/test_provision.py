@@ -135,6 +135,17 @@ def test_bad_options_are_one_line_and_write_nothing(tmp_path: Path, capsys, args
     assert not (tmp_path / "gw").exists()
 
 
+def test_a_data_sample_without_the_label_column_is_one_line(tmp_path: Path, capsys) -> None:
+    sample = tmp_path / "readings.csv"
+    sample.write_text("timestamp,temp,rpm\n2024-05-01T00:00,20.5,1500\n")
+    assert main(["init", "gateway", str(tmp_path / "gw"), "--data-sample", str(sample),
+                 "--label", "fault"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no column 'fault' (--label)" in err
+    assert "its columns: timestamp, temp, rpm" in err
+    assert not (tmp_path / "gw").exists()
+
+
 def test_init_gateway_never_overwrites_a_gateway(tmp_path: Path, capsys) -> None:
     gw = init(tmp_path)
     before = (gw / "passwords.txt").read_bytes()
