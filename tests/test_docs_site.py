@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 
@@ -34,20 +36,17 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         assert (tmp_path / "site" / name).exists(), name
 
 
-def test_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault, named", [
+    ("\nSee [nowhere](no-such-page.md).\n", "no-such-page.md"),  # a broken link
+    ("\nSee [faults](deployment.md#no-such-heading).\n", "no-such-heading"),  # an anchor
+])
+def test_strict_build_fails_on_a_broken_link_or_anchor(tmp_path: Path, fault: str,
+                                                       named: str) -> None:
     root = copy_site_sources(tmp_path)
     with (root / "docs" / "index.md").open("a") as fh:
-        fh.write("\nSee [nowhere](no-such-page.md).\n")
+        fh.write(fault)
     ran = build(root, tmp_path / "site")
-    assert ran.returncode != 0 and "no-such-page.md" in ran.stdout + ran.stderr
-
-
-def test_strict_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
-    root = copy_site_sources(tmp_path)
-    with (root / "docs" / "index.md").open("a") as fh:
-        fh.write("\nSee [faults](deployment.md#no-such-heading).\n")
-    ran = build(root, tmp_path / "site")
-    assert ran.returncode != 0 and "no-such-heading" in ran.stdout + ran.stderr
+    assert ran.returncode != 0 and named in ran.stdout + ran.stderr
 
 
 def test_strict_build_fails_on_a_page_missing_from_nav(tmp_path: Path) -> None:
