@@ -3,11 +3,11 @@
 amqtt logs every failed delivery task with its traceback: a fleet of 100 agents
 whose PUBACKs come late prints ~1,500 lines before round 1, all saying the same
 thing. ``install()`` takes amqtt's records off the root logger and re-emits
-each as ONE line on ``broker.amqtt``: the exception collapsed to its last line
+each as ONE line on ``fedmq.broker.amqtt``: the exception collapsed to its last line
 (``TimeoutError: Timeout waiting for PUBACK for packet ID 7``), at most one line
 per kind (logger, level, message with numbers and object reprs blanked) per
 ``interval`` seconds, the next one carrying the count of those held back.
-With ``-v`` (``broker.amqtt`` at DEBUG) the traceback is kept.
+With ``-v`` (``fedmq.broker.amqtt`` at DEBUG) the traceback is kept.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def one_line(record: logging.LogRecord) -> str:
 
 
 class OneLineHandler(logging.Handler):
-    """Re-emits amqtt records on ``broker.amqtt``, one line each, rate-limited per kind."""
+    """Re-emits amqtt records on ``fedmq.broker.amqtt``, one line each, rate-limited per kind."""
 
     def __init__(self, *, interval: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:

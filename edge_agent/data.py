@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,8 +41,8 @@ def load_csv(path: str | Path, features: tuple[str, ...], label: str, *,
              delimiter: str = ",") -> LocalData:
     p = Path(path)
     try:
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(_text_lines(fh, p), delimiter=delimiter)
+        with open_csv(p) as fh:
+            reader = csv.reader(text_lines(fh, f"data file {p}"), delimiter=delimiter)
             header = next(reader, None)
             if header is None:
                 raise DataError(f"data file {p} is empty")
@@ -77,11 +78,27 @@ def load_csv(path: str | Path, features: tuple[str, ...], label: str, *,
     return LocalData(X=table[:, :-1], y=table[:, -1], features=tuple(features), label=label)
 
 
-def _text_lines(fh: Iterable[str], path: Path) -> Iterator[str]:
-    # A NUL byte never occurs in a text CSV; it means a binary file or a torn write.
-    for line_no, line in enumerate(fh, start=1):
+MAX_LINE = 1 << 20  # characters: a CSV row of readings is far shorter; a file without
+# newlines (a binary file, /dev/zero) would otherwise be read whole into memory
+
+
+def open_csv(path: Path) -> TextIO:
+    """A CSV as text; "utf-8-sig" so a byte-order mark (Excel's "CSV UTF-8") is not taken
+    for part of the first column's name."""
+    return path.open(newline="", encoding="utf-8-sig")
+
+
+def text_lines(fh: TextIO, what: str) -> Iterator[str]:
+    """The lines of ``fh``, each read with a bound, checked to be text."""
+    line_no = 0
+    while line := fh.readline(MAX_LINE + 1):
+        line_no += 1
+        if len(line) > MAX_LINE:
+            raise DataError(f"{what}:{line_no} is longer than {MAX_LINE:,} characters: not a "
+                            "CSV file of readings")
+        # A NUL byte never occurs in a text CSV; it means a binary file or a torn write.
         if "\0" in line:
-            raise DataError(f"data file {path}:{line_no} holds a NUL byte: not a text CSV file")
+            raise DataError(f"{what}:{line_no} holds a NUL byte: not a text CSV file")
         yield line
 
 

@@ -136,10 +136,12 @@ def _guess_label(path: Path, spec: ModelSpec, delimiter: str) -> str:
     """The one CSV column that is neither a feature nor a timestamp, if there is one."""
     import csv
 
+    from fedmq.edge_agent.data import open_csv, text_lines
+
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh, delimiter=delimiter), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
+        with open_csv(path) as fh:
+            header = next(csv.reader(text_lines(fh, str(path)), delimiter=delimiter), [])
+    except (OSError, UnicodeDecodeError, csv.Error, ConfigError):
         header = []  # load_csv reports the file problem in its own words
     others = [h.strip() for h in header if h.strip() not in (*spec.features, "timestamp")]
     if len(others) == 1:

@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+import msgspec
+
 from fedmq.data_sample import DEFAULT, FleetColumns, read_columns
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import check_name
@@ -138,17 +140,17 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
 def _load_gateway(directory: Path) -> Gateway:
     path = directory / RECORD
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return Gateway(fleet=str(doc["fleet"]), port=int(doc["port"]),
-                       device_host=str(doc["device_host"]),
-                       features=tuple(str(f) for f in doc.get("features", DEFAULT.features)),
-                       label=str(doc.get("label", DEFAULT.label)),
-                       delimiter=str(doc.get("delimiter", DEFAULT.delimiter)))
+        gateway = msgspec.json.decode(path.read_bytes(), type=Gateway)
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: is {directory} made by fedmq init gateway?") \
             from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, msgspec.DecodeError) as exc:
         raise ConfigError(f"{path}: not a fedmq gateway record ({exc})") from None
+    if not gateway.features or "" in gateway.features or not gateway.label \
+            or len(gateway.delimiter) != 1:
+        raise ConfigError(f"{path}: not a fedmq gateway record (features, label or delimiter "
+                          "empty)")
+    return gateway
 
 
 def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
@@ -194,12 +196,10 @@ def cmd_init(args: argparse.Namespace) -> int:
                                   "the fleet learns to predict")
             columns = read_columns(Path(args.data_sample), args.label,
                                    delimiter=args.delimiter, kind=args.kind,
-                                   n_classes=args.n_classes,
-                                   exclude=tuple(c.strip() for c in args.exclude.split(",")
-                                                 if c.strip()))
-        elif args.label or args.kind or args.exclude or args.n_classes is not None:
-            raise ConfigError("init gateway: --label, --kind, --n-classes and --exclude go "
-                              "with --data-sample FILE.csv")
+                                   n_classes=args.n_classes, exclude=args.exclude)
+        elif _column_options(args):
+            raise ConfigError(f"init gateway: {_column_options(args)} go with --data-sample "
+                              "FILE.csv")
         lines = init_gateway(
             Path(args.target), fleet=args.fleet, sans=args.san, port=args.port,
             devices=_device_ids(args.devices, args.device_count), bits=args.bits,
@@ -207,10 +207,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         if not args.gateway:
             raise ConfigError("init device needs --gateway DIR (made by fedmq init gateway)")
+        if args.data_sample or _column_options(args):
+            raise ConfigError("init device takes the gateway's columns (its gateway.json); "
+                              "--data-sample, --label, --kind, --n-classes and --exclude go "
+                              "with init gateway")
         lines = add_devices(Path(args.gateway), [args.target])
         lines.append("restart the broker so it reads the new login")
     print("\n".join(lines))
     return 0
+
+
+def _column_options(args: argparse.Namespace) -> str:
+    """The --data-sample companions given on the command line, as they were typed."""
+    given = {"--label": args.label, "--kind": args.kind, "--exclude": args.exclude,
+             "--n-classes": args.n_classes, "--delimiter": args.delimiter != ","}
+    return ", ".join(flag for flag, value in given.items() if value not in (None, [], False))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -246,8 +257,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "logistic when the label holds class numbers 0, 1, ..., else linear)")
     d.add_argument("--n-classes", type=int, metavar="N", help="classes of a classifier "
                    "(default: the largest class number in the sample, plus one)")
-    d.add_argument("--exclude", default="", metavar="COL,COL", help="numeric columns that "
-                   "are not features (a row number, a device id)")
-    d.add_argument("--delimiter", default=",", help="the CSV's separator (default: ,)")
+    d.add_argument("--exclude", action="append", default=[], metavar="COL[,COL...]",
+                   help="numeric columns that are not features (a time, a row number, a "
+                   "device id); repeatable, and a name that holds a comma is taken whole")
+    d.add_argument("--delimiter", default=",", help="the CSV's separator, one character "
+                   "(default: ,; \\t or tab for a tab)")
     p.add_argument("--gateway", metavar="DIR", help="init device: the gateway directory")
     p.set_defaults(func=cmd_init)

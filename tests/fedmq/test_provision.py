@@ -142,8 +142,29 @@ def test_a_data_sample_without_the_label_column_is_one_line(tmp_path: Path, caps
                  "--label", "fault"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no column 'fault' (--label)" in err
-    assert "its columns: timestamp, temp, rpm" in err
+    assert "its columns: 'timestamp', 'temp', 'rpm'" in err
     assert not (tmp_path / "gw").exists()
+
+
+def test_init_device_takes_the_gateways_columns_and_checks_its_record(tmp_path: Path,
+                                                                      capsys) -> None:
+    sample = tmp_path / "readings.csv"
+    sample.write_text("temp,rpm,state\n20.5,1500,0\n21.0,1490,2\n")
+    gw = tmp_path / "gw"
+    assert main(["init", "gateway", str(gw), "--bits", "512", "--devices", "dev-a",
+                 "--data-sample", str(sample), "--label", "state"]) == 0
+    assert main(["init", "device", "dev-b", "--gateway", str(gw), "--data-sample",
+                 str(sample), "--label", "state"]) == 2
+    assert "init device takes the gateway's columns" in capsys.readouterr().err
+    assert main(["init", "device", "dev-b", "--gateway", str(gw)]) == 0
+    agent = AgentConfig.from_file(gw / "devices" / "dev-b" / "agent.toml")
+    assert (agent.features, agent.label) == (("temp", "rpm"), "state")
+    record = json.loads((gw / "gateway.json").read_text())
+    (gw / "gateway.json").write_text(json.dumps({**record, "features": "abc", "label": 5}))
+    capsys.readouterr()
+    assert main(["init", "device", "dev-c", "--gateway", str(gw)]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.json: not a fedmq gateway record" in err and err.count("\n") == 1
 
 
 def test_init_gateway_never_overwrites_a_gateway(tmp_path: Path, capsys) -> None:
@@ -226,8 +247,7 @@ def test_a_fleet_from_a_data_sample_trains_without_editing_a_config(tmp_path: Pa
                  str(free_port()), "--devices", ",".join(devices), "--data-sample", str(sample),
                  "--label", "cultivar"]) == 0
     out = capsys.readouterr().out
-    assert "logistic regression over 3 classes (0..2; " in out
-    assert "of 'cultivar' from 13 features" in out
+    assert "logistic regression over 3 classes (0..2) of 'cultivar' from 13 features" in out
     assert "not a feature: 'timestamp'" in out
     order = np.random.default_rng(7).permutation(178)
     for i, device in enumerate(devices):  # non-IID enough: sorted by class within devices
