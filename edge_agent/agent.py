@@ -18,23 +18,21 @@ from numpy.typing import NDArray
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.contract import FleetContract
 from fedmq.edge_agent.data import DataError, DataFile, GivenRows, LocalData
-from fedmq.edge_agent.health import RoundSkipped, public_detail, skip_line
+from fedmq.edge_agent.health import RoundSkipped, public_detail
 from fedmq.edge_agent.ledger import DeviceLedger
 from fedmq.edge_agent.memory import RunMemory
 from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from fedmq.edge_agent.phases import phase_line, phase_values
 from fedmq.edge_agent.sample_privacy import SampleDp
+from fedmq.edge_agent.status import DeviceStatus
 from fedmq.edge_agent.trainer import LocalUpdate, clip_note
 from fedmq.edge_agent.trust import TrustedKeys, UntrustedKey
-from fedmq.protocol.crypto.codec import CODEC_NAMES
 from fedmq.protocol.crypto.obfuscation import ObfuscatorSource, make_obfuscators
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.errors import ConfigError, ProtocolError
-from fedmq.protocol.health import Skip
-from fedmq.protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
-from fedmq.runtime import __version__
+from fedmq.protocol.messages import PubKeyMessage, RoundMessage
 from fedmq.runtime.files import load_or_create_signer, save_model
 from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop
 
@@ -63,7 +61,6 @@ class EdgeAgent:
             data, holdout=config.holdout, seed=config.agent_id) if data is not None else DataFile(
             config.data_path, config.features, config.label, delimiter=config.delimiter,
             holdout=config.holdout, seed=config.agent_id)
-        self._skipped: Skip | None = None  # the round this agent last sat out, and why
         self.signer = signer or load_or_create_signer(config.signing_key_path)
         self._memory = RunMemory()
         self.final_params: NDArray[np.float64] | None = None
@@ -78,14 +75,15 @@ class EdgeAgent:
         # Set when the aggregator announced that the run failed (its reason).
         self.run_failed: str | None = None
         topics = config.topics
-        self._status_topic = topics.status(config.agent_id)
         self._notice_topic = topics.notice(config.agent_id)
+        self._status = DeviceStatus(config.agent_id, topics.status(config.agent_id), log)
         self._link = MqttLink(
             config.mqtt, client_id=f"fedmq-agent-{config.agent_id}", on_message=self._inbox.put,
             subscriptions=[(topics.pubkey, 1), (topics.round, 1), (self._notice_topic, 1)],
-            will=(self._status_topic, self._status("offline")),
-            on_connect=self._announce_online, network=network,
+            will=(self._status.topic, self._status.payload("offline")),
+            on_connect=self._status.online, network=network,
         )
+        self._status.attach(self._link.publish)
 
     @property
     def data(self) -> LocalData:
@@ -110,15 +108,6 @@ class EdgeAgent:
     @property
     def _aggregator_key(self) -> Ed25519PublicKey | None:
         return self._contract.aggregator_key if self._contract else None
-
-    def _status(self, state: str) -> bytes:
-        return StatusMessage(agent_id=self.config.agent_id, state=state,
-                             software=f"fedmq/{__version__}", codecs=CODEC_NAMES,
-                             skipped=self._skipped if state == "online" else None).to_bytes()
-
-    def _announce_online(self) -> None:
-        # Runs on paho's thread after every (re)connect: queue it, never wait.
-        self._link.publish(self._status_topic, self._status("online"), retain=True, wait=False)
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,8 +147,7 @@ class EdgeAgent:
         finally:
             self._drop_pool()
             if not self._killed:
-                self._link.publish(self._status_topic, self._status("offline"), retain=True,
-                                   timeout=2)
+                self._status.offline()
                 self._link.close()
 
     def _handle(self, topic: str, payload: bytes) -> bool:
@@ -238,7 +226,7 @@ class EdgeAgent:
         try:
             self._serve(msg, contract)
         except RoundSkipped as exc:
-            self._skip(msg, exc)
+            self._status.sat_out(msg, exc)
         except (ConfigError, ProtocolError) as exc:
             log.error("round %d skipped: %s", msg.round_id, exc)
         return False
@@ -254,15 +242,6 @@ class EdgeAgent:
         log.error("the aggregator gave up run %s at round %d: %s; %s", msg.run_id,
                   msg.round_id, self.run_failed, then)
         return True
-
-    def _skip(self, msg: RoundMessage, exc: RoundSkipped) -> None:
-        """Sit the round out: say why in the retained status and in one log line."""
-        skip = Skip.make(msg.run_id, msg.round_id, exc.code, exc.detail)
-        if skip == self._skipped:
-            return  # the same round announced again, failing the same way: said already
-        self._skipped = skip
-        self._link.publish(self._status_topic, self._status("online"), retain=True)
-        log.error("%s", skip_line(msg.round_id, exc.code, str(exc)))
 
     def _reload(self) -> None:
         """Read the data file again if it changed (a logger appends to it)."""
@@ -305,9 +284,7 @@ class EdgeAgent:
             pool.set_target(contract.layout("training", msg.spec).plaintext_count())
         payload = sealed.payload
         self._memory.answered(msg, done.update)
-        if self._skipped is not None:  # serving again: the status no longer names a skip
-            self._skipped = None
-            self._link.publish(self._status_topic, self._status("online"), retain=True)
+        self._status.serving()
         if self.config.straggle_seconds and self._stop.wait(self.config.straggle_seconds):
             pool.refill()
             return

@@ -146,7 +146,7 @@ def test_a_device_whose_labels_the_model_has_no_class_for_skips_the_statistics_r
     thread.start()
     try:
         gateway.announce("statistics", 0)
-        skipped = wait_until(lambda: agent._skipped, "the skip")
+        skipped = wait_until(lambda: agent._status._skipped, "the skip")
         assert (skipped.round_id, skipped.code) == (0, "class-outside-model")
         assert not gateway.probe.got(UPDATES)
     finally:

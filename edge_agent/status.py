@@ -1,0 +1,61 @@
+"""This device's retained status on ``status/<id>``: online or offline, its software and
+codecs, and the round it last sat out with the reason (the gateway counts skips from it).
+
+Published retained on every (re)connect, when a skip starts or ends, and as "offline" on a
+clean stop; the Last Will says "offline" for a device that vanished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fedmq.edge_agent.health import RoundSkipped, skip_line
+from fedmq.protocol.crypto.codec import CODEC_NAMES
+from fedmq.protocol.health import Skip
+from fedmq.protocol.messages import RoundMessage, StatusMessage
+from fedmq.runtime import __version__
+
+Publish = Callable[..., bool]  # MqttLink.publish(topic, payload, *, retain, wait, timeout)
+
+
+class DeviceStatus:
+    def __init__(self, agent_id: str, topic: str, log: logging.Logger) -> None:
+        self.agent_id, self.topic = agent_id, topic
+        self._log = log
+        self._skipped: Skip | None = None  # the round this device last sat out, and why
+        self._publish: Publish | None = None
+
+    def attach(self, publish: Publish) -> None:
+        self._publish = publish
+
+    def payload(self, state: str) -> bytes:
+        return StatusMessage(agent_id=self.agent_id, state=state,
+                             software=f"fedmq/{__version__}", codecs=CODEC_NAMES,
+                             skipped=self._skipped if state == "online" else None).to_bytes()
+
+    def _send(self, state: str, **kw: object) -> None:
+        assert self._publish is not None  # attached before the link connects
+        self._publish(self.topic, self.payload(state), retain=True, **kw)
+
+    def online(self) -> None:
+        """After every (re)connect, on paho's thread: queued, never waited for."""
+        self._send("online", wait=False)
+
+    def offline(self) -> None:
+        self._send("offline", timeout=2)
+
+    def sat_out(self, msg: RoundMessage, exc: RoundSkipped) -> None:
+        """Sit the round out: say why in the retained status and in one log line."""
+        skip = Skip.make(msg.run_id, msg.round_id, exc.code, exc.detail)
+        if skip == self._skipped:
+            return  # the same round announced again, failing the same way: said already
+        self._skipped = skip
+        self._send("online")
+        self._log.error("%s", skip_line(msg.round_id, exc.code, str(exc)))
+
+    def serving(self) -> None:
+        """Serving again: the status no longer names a skip."""
+        if self._skipped is not None:
+            self._skipped = None
+            self._send("online")
