@@ -18,6 +18,7 @@ from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.data import LocalData
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttSettings
 
@@ -32,6 +33,15 @@ def spec_toml(spec: ModelSpec = SPEC) -> str:
     return (f'[model]\nkind = "{d["kind"]}"\nfeatures = {list(d["features"])!r}\n'
             f'n_classes = {d["n_classes"]}\ncenter = {list(d["center"])!r}\n'
             f'scale = {list(d["scale"])!r}\n').replace("'", '"')
+
+
+def announcement(round_id: int, *, run_id: str = "r1", issued_at: float = 1.0,
+                 state: str = "training", spec: ModelSpec = SPEC) -> RoundMessage:
+    """A round announcement as an agent receives it (unsigned: for the pure parts)."""
+    return RoundMessage(fleet="f", round_id=round_id, model_version=round_id, state=state,
+                        spec=spec, params=tuple(np.zeros(spec.n_params)), deadline=0.0,
+                        settings=TrainingSettings(), key_fingerprint="k" * 64,
+                        codec_digest="d" * 32, run_id=run_id, issued_at=issued_at)
 
 
 def local_data(seed: int, n: int) -> LocalData:

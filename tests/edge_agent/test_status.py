@@ -1,0 +1,54 @@
+"""edge_agent.status: the retained status says once why the device sits a round out."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from support import announcement as announce
+
+from fedmq.edge_agent.health import RoundSkipped
+from fedmq.edge_agent.status import DeviceStatus
+from fedmq.protocol.messages import StatusMessage
+
+
+@pytest.fixture
+def sent() -> list[tuple[str, StatusMessage, dict[str, object]]]:
+    return []
+
+
+def status(sent: list[tuple[str, StatusMessage, dict[str, object]]]) -> DeviceStatus:
+    device = DeviceStatus("pi-1", "fedmq/f/status/pi-1", logging.getLogger("t.status"))
+
+    def publish(topic: str, payload: bytes, **kw: object) -> bool:
+        sent.append((topic, StatusMessage.from_bytes(payload), kw))
+        return True
+
+    device.attach(publish)
+    return device
+
+
+def test_a_skip_is_published_once_and_cleared_when_serving_again(sent, caplog) -> None:
+    device = status(sent)
+    skipped = RoundSkipped("data-error", "data file x.csv is empty", "data file is empty")
+    device.sat_out(announce(2), skipped)
+    device.sat_out(announce(2, issued_at=9.0), skipped)  # announced again, same failure
+    assert len(sent) == 1 and sent[0][1].state == "online" and sent[0][2]["retain"]
+    skip = sent[0][1].skipped
+    assert skip is not None and (skip.round_id, skip.code) == (2, "data-error")
+    lines = [r.getMessage() for r in caplog.records if r.name == "t.status"]
+    assert len(lines) == 1 and "skipped (data-error)" in lines[0], lines
+    device.serving()
+    device.serving()  # nothing to clear the second time
+    assert len(sent) == 2 and sent[1][1].skipped is None
+
+
+def test_online_on_connect_never_waits_and_offline_names_no_skip(sent) -> None:
+    device = status(sent)
+    device.sat_out(announce(1), RoundSkipped("diverged", "blew up", "blew up"))
+    device.online()
+    device.offline()
+    (_, online, kw), (_, offline, _) = sent[1:]
+    assert kw["wait"] is False and online.skipped is not None
+    assert offline.state == "offline" and offline.skipped is None
+    assert StatusMessage.from_bytes(device.payload("offline")).state == "offline"
