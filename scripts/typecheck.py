@@ -6,13 +6,15 @@ packaging maps them beneath ``fedmq`` (``[tool.setuptools.package-dir]``). mypy 
 imports from directories, not through setuptools' editable-install finder, so it would read
 ``from fedmq.models import ...`` as a missing module. This builds the namespace as a tree of
 symbolic links under build/typecheck (from the same mapping the wheel uses, so the two cannot
-drift apart) and runs ``mypy -p fedmq`` there. Errors name ``fedmq/<folder>/<file>.py``.
+drift apart) and runs ``mypy -p fedmq`` there, with the scripts beside it. Errors name
+``fedmq/<folder>/<file>.py``.
 
     python scripts/typecheck.py [extra mypy arguments]
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -47,9 +49,13 @@ def build_tree() -> Path:
 
 def main(argv: list[str]) -> int:
     tree = build_tree()
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-           "--cache-dir", str(ROOT / ".mypy_cache"), "-p", "fedmq", *argv]
-    return subprocess.run(cmd, cwd=tree).returncode
+    mypy = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+            "--cache-dir", str(ROOT / ".mypy_cache"), *argv]
+    package = subprocess.run([*mypy, "-p", "fedmq"], cwd=tree).returncode
+    # The scripts: top-level modules that import fedmq (found in the tree) and each other.
+    scripts = sorted(str(p) for p in (ROOT / "scripts").glob("*.py"))
+    env = {**os.environ, "MYPYPATH": str(tree)}
+    return package or subprocess.run([*mypy, *scripts], cwd=ROOT / "scripts", env=env).returncode
 
 
 if __name__ == "__main__":
