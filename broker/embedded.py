@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,18 @@ def wait_listening(port: int, timeout: float, alive: Callable[[], bool]) -> bool
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Terminate ``proc`` if it still runs (a broker, an agent); kill it if it outlives
+    ``grace`` seconds, and reap it either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class _DropStartupFailure(logging.Filter):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from fedmq.broker.embedded import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "arm64"
 SYSROOT = BUILD / "sysroot"
@@ -158,15 +160,7 @@ class Session:
         return env
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate ``proc`` if it still runs; kill it if it lingers 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = stop_process  # terminate; kill after 10 s
 
 
 def in_sysroot(guest: str) -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 
 from fedmq.broker.acl import FleetAcl
 from fedmq.broker.config import BrokerSettings
-from fedmq.broker.embedded import EmbeddedBroker, free_port, wait_listening
+from fedmq.broker.embedded import EmbeddedBroker, free_port, stop_process, wait_listening
 from fedmq.broker.limits import MAX_PENDING_CONNECTIONS
 from fedmq.broker.mosquitto import (
     CONF_FILE,
@@ -253,12 +253,7 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
             fleet_size=len(agent_ids))
     finally:
         end.peak_rss = _vm_hwm(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         lines = log_path.read_text(errors="replace").splitlines()
         bad = [ln for ln in lines if "run as root" not in ln and any(
             w in ln.lower() for w in ("error", "warning", "out of memory", "dropped",

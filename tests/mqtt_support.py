@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from support import AGGREGATOR_SIGNER, wait_until
 
-from fedmq.broker.embedded import free_port
+from fedmq.broker.embedded import free_port, stop_process
 from fedmq.broker.mosquitto import CONF_FILE, CREDENTIALS_FILE, read_credentials
 from fedmq.cli import main
 from fedmq.protocol.messages import RoundMessage
@@ -280,12 +280,7 @@ def running_mosquitto(conf: Path, port: int, log: Path) -> Iterator[subprocess.P
                 time.sleep(0.05)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=5)
 
 
 @dataclass(frozen=True)
