@@ -106,9 +106,11 @@ def split_holdout(data: LocalData, share: float, seed: str) -> tuple[LocalData, 
     """(training rows, evaluation rows): ``round(share * n)`` rows (at least one) held out.
 
     Which rows is decided by a hash of ``seed`` (the agent id) and each row's values,
-    not by position: rows a logger appends, or rows read again unchanged, keep
-    their side, so a reload does not move held-out rows into training. With
-    ``share == 0`` nothing is held out and the evaluation rows are all rows.
+    not by position: rows read again unchanged keep their side. Rows a logger appends
+    take their place by hash, so a new row with a smaller hash moves one held-out row
+    into training (a few per reload, not a reshuffle; exact stability would need a
+    per-row threshold and a held-out count that varies). With ``share == 0`` nothing is
+    held out and the evaluation rows are all rows.
     """
     if not 0 <= share <= 0.5:
         raise DataError(f"[data] holdout must lie in [0, 0.5], got {share!r}")

@@ -166,9 +166,14 @@ def read_columns(path: Path, label: str, *, delimiter: str = ",",
     if not features:
         raise ConfigError(f"{where}: no numeric column besides the label {label!r} to learn "
                           f"from ({'; '.join(notes[:3]) or 'every other column is excluded'})")
+    if n_classes is not None and kind is None and all(v.is_integer() and v >= 0 for v in labels):
+        kind = "logistic"  # a class count given: a classifier, however many values there are
     model_kind, classes, why = _model(labels, kind, label)
     if n_classes is not None:
-        if model_kind != "logistic" or not classes <= n_classes <= MAX_CLASSES:
+        if model_kind != "logistic":
+            raise ConfigError(f"--n-classes goes with a classifier, and {label!r} is a "
+                              f"regression target here ({why.split(';')[0]})")
+        if not classes <= n_classes <= MAX_CLASSES:
             raise ConfigError(f"--n-classes {n_classes}: a classifier of {label!r} needs "
                               f"{classes} to {MAX_CLASSES} classes (the sample holds class "
                               f"{classes - 1})")

@@ -198,8 +198,9 @@ def cmd_init(args: argparse.Namespace) -> int:
                                    delimiter=args.delimiter, kind=args.kind,
                                    n_classes=args.n_classes, exclude=args.exclude)
         elif _column_options(args):
-            raise ConfigError(f"init gateway: {_column_options(args)} go with --data-sample "
-                              "FILE.csv")
+            given = _column_options(args)
+            raise ConfigError(f"init gateway: {given} {'goes' if ',' not in given else 'go'} "
+                              "with --data-sample FILE.csv")
         lines = init_gateway(
             Path(args.target), fleet=args.fleet, sans=args.san, port=args.port,
             devices=_device_ids(args.devices, args.device_count), bits=args.bits,

@@ -52,6 +52,18 @@ def test_n_classes_covers_classes_the_sample_does_not_show(tmp_path: Path) -> No
         read_columns(path, "y", n_classes=1)
 
 
+def test_n_classes_makes_a_classifier_and_refuses_a_regression_target(tmp_path: Path) -> None:
+    counts = write(tmp_path, "a,y\n" + "".join(f"{i},{i}\n" for i in range(60)), "c.csv")
+    assert read_columns(counts, "y").kind == "linear"  # 60 values: a count by default
+    assert (read_columns(counts, "y", n_classes=80).kind, read_columns(
+        counts, "y", n_classes=80).n_classes) == ("logistic", 80)
+    with pytest.raises(ConfigError, match="--n-classes goes with a classifier, and 'y' is a "
+                                          "regression target here"):
+        read_columns(counts, "y", n_classes=80, kind="linear")
+    with pytest.raises(ConfigError, match="not all class numbers"):
+        read_columns(write(tmp_path, "a,y\n1,0.5\n", "f.csv"), "y", n_classes=3)
+
+
 def test_text_columns_are_left_out_and_said_so(tmp_path: Path) -> None:
     path = write(tmp_path, "time,device,temp,rpm,y\n2024-01-01,pump-3,20.5,1500,0\n"
                            "2024-01-02,pump-3,,1490,1\n")

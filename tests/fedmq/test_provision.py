@@ -122,6 +122,8 @@ def test_init_gateway_says_when_its_port_is_taken(tmp_path: Path, capsys) -> Non
 
 
 @pytest.mark.parametrize("args, says", [
+    (["--label", "y"], "init gateway: --label goes with --data-sample FILE.csv"),
+    (["--label", "y", "--kind", "linear"], "--label, --kind go with --data-sample"),
     (["--san", "IP:300.1.1.1"], "--san IP:300.1.1.1: '300.1.1.1' is not an IP address"),
     (["--san", "gw.local"], "expected IP:<address> or DNS:<name>"),
     (["--devices", "dev-a,dev-a"], "names a device twice"),
