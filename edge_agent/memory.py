@@ -39,9 +39,6 @@ class RunMemory:
         self.not_selected.clear()
         return True
 
-    def handled(self, round_id: int) -> bool:
-        return round_id in self.served or round_id in self.not_selected
-
     def answered(self, msg: RoundMessage, update: LocalUpdate | None) -> None:
         """Round ``msg`` is answered (``update``: a training round's plaintext update)."""
         self.served.add(msg.round_id)

@@ -44,10 +44,9 @@ class FleetColumns:
     why: str = ""  # why this model kind
 
     def toml(self) -> dict[str, str]:
-        """The template values: TOML literals (JSON strings are valid TOML basic strings)."""
-        return {"features": json.dumps(list(self.features)), "label": json.dumps(self.label),
-                "delimiter": json.dumps(self.delimiter), "kind": json.dumps(self.kind),
-                "n_classes": str(self.n_classes)}
+        """The aggregator template's values (the devices' ``data_toml`` and the model)."""
+        return {**data_toml(self.features, self.label, self.delimiter),
+                "kind": json.dumps(self.kind), "n_classes": str(self.n_classes)}
 
     def describe(self) -> list[str]:
         model = (f"logistic regression over {self.n_classes} classes (0..{self.n_classes - 1})"
@@ -55,6 +54,13 @@ class FleetColumns:
         why = f"; {self.why}" if self.why else ""
         return [f"model: {model} of {self.label!r} from {len(self.features)} features "
                 f"({names(self.features)}){why}", *self.notes]
+
+
+def data_toml(features: Sequence[str], label: str, delimiter: str) -> dict[str, str]:
+    """A device's ``[data]`` columns as template values: TOML literals (JSON strings are
+    valid TOML basic strings)."""
+    return {"features": json.dumps(list(features)), "label": json.dumps(label),
+            "delimiter": json.dumps(delimiter)}
 
 
 DEFAULT = FleetColumns(  # what `fedmq sample-data` writes: the synthetic motor fleet
@@ -195,8 +201,9 @@ def _judge(name: str, cells: list[str], lines: list[int], labels: list[float], p
     features.append(name)
     numbers = [v for v in values if v is not None]
     rising = len(numbers) >= RISING_ROWS and all(b > a for a, b in itertools.pairwise(numbers))
-    if NOT_A_READING.search(name) or rising:
-        why = "its name" if NOT_A_READING.search(name) else "it rises on every row"
+    named = NOT_A_READING.search(name) is not None
+    if named or rising:
+        why = "its name" if named else "it rises on every row"
         notes.append(f"note: {name!r} looks like a time or a row id ({why}): --exclude "
                      f"{name} unless the model should learn from it")
     elif _determines(numbers, labels):

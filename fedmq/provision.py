@@ -23,7 +23,7 @@ from string import Template
 
 import msgspec
 
-from fedmq.data_sample import DEFAULT, FleetColumns, read_columns
+from fedmq.data_sample import DEFAULT, FleetColumns, data_toml, read_columns
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import check_name
 from fedmq.runtime.files import write_atomic, write_text_atomic
@@ -181,8 +181,7 @@ def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
             "agent.toml", id=device, fleet=gateway.fleet, port=gateway.port,
             device_host=gateway.device_host, key_fingerprint=fingerprint(public),
             aggregator_signing_key=signer.public_hex,
-            features=json.dumps(list(gateway.features)), label=json.dumps(gateway.label),
-            delimiter=json.dumps(gateway.delimiter)))
+            **data_toml(gateway.features, gateway.label, gateway.delimiter)))
     return [f"device {d}: login added to passwords.txt, bundle {directory / 'devices' / d}"
             for d in devices]
 
@@ -197,8 +196,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             columns = read_columns(Path(args.data_sample), args.label,
                                    delimiter=args.delimiter, kind=args.kind,
                                    n_classes=args.n_classes, exclude=args.exclude)
-        elif _column_options(args):
-            given = _column_options(args)
+        elif given := _column_options(args):
             raise ConfigError(f"init gateway: {given} {'goes' if ',' not in given else 'go'} "
                               "with --data-sample FILE.csv")
         lines = init_gateway(

@@ -14,9 +14,9 @@ def test_a_new_run_forgets_the_rounds_of_the_last_one() -> None:
     assert memory.join("r1") and not memory.join("r1")
     memory.answered(announce(1), None)
     memory.not_selected.add(2)
-    assert memory.handled(1) and memory.handled(2) and not memory.handled(3)
+    assert (memory.served, memory.not_selected) == ({1}, {2})
     assert memory.join("r2")
-    assert not memory.handled(1) and not memory.handled(2)
+    assert (memory.served, memory.not_selected, memory.history) == (set(), set(), {})
 
 
 def test_a_repeated_announcement_gets_the_same_bytes_once_per_issue_time() -> None:

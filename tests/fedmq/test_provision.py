@@ -252,9 +252,9 @@ def test_a_fleet_from_a_data_sample_trains_without_editing_a_config(tmp_path: Pa
     assert "logistic regression over 3 classes (0..2) of 'cultivar' from 13 features" in out
     assert "not a feature: 'timestamp'" in out
     order = np.random.default_rng(7).permutation(178)
+    write_wine(tmp_path / "all.csv", slice(None))
+    rows = (tmp_path / "all.csv").read_text().splitlines()
     for i, device in enumerate(devices):  # non-IID enough: sorted by class within devices
-        write_wine(tmp_path / "all.csv", slice(None))
-        rows = (tmp_path / "all.csv").read_text().splitlines()
         mine = sorted(order[i::3])
         (gw / "devices" / device / "data.csv").write_text(
             "\n".join([rows[0], *(rows[1 + j] for j in mine)]) + "\n")
