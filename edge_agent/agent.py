@@ -54,7 +54,9 @@ class EdgeAgent:
         self._obfuscators = obfuscators or (lambda key: make_obfuscators(config.obfuscators,
                                                                          key))
         self._trusted = TrustedKeys(config)
-        self._ledger = DeviceLedger(config.state_dir, max_epsilon=config.max_epsilon)
+        self._ledger = DeviceLedger(config.state_dir, max_epsilon=config.max_epsilon,
+                                    max_quorum=config.max_quorum,
+                                    max_alone_epsilon=config.max_alone_epsilon)
         self._sample_dp = SampleDp(config.state_dir, max_epsilon=config.max_sample_epsilon)
         # A file is read again before a round when it changed; given rows never change.
         self._rows: DataFile | GivenRows = GivenRows(
@@ -257,8 +259,11 @@ class EdgeAgent:
     def _serve(self, msg: RoundMessage, contract: FleetContract) -> None:
         announced, codec = contract.announced, contract.codec
         started = time.perf_counter()
-        self._reload()
         privacy = announced.privacy
+        if privacy.device is not None:
+            # Terms outside this device's limits get nothing, in any phase.
+            self._ledger.admit(privacy.device)
+        self._reload()
         charge = None
         if privacy.device is not None and msg.phase == "training":
             # Before any work: a spent ledger means this device sits the round out.

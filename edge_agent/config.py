@@ -54,11 +54,15 @@ class CryptoTable(Table, frozen=True):
 
 
 class AgentPrivacyTable(Table, frozen=True):
-    # This device's own lifetime caps (over every run of the fleet it served): it refuses
-    # to contribute beyond them whatever the aggregator announces. Unset: the run's
-    # announced budget is the limit (checked with the device's own ledger).
-    max_epsilon: Annotated[float, Meta(gt=0)] | None = None  # device level
+    # This device's own limits (edge_agent.ledger): it refuses to contribute beyond them
+    # whatever the aggregator announces. Unset: the run's announced terms are the limit.
+    max_epsilon: Annotated[float, Meta(gt=0)] | None = None  # device level, over its runs
     max_sample_epsilon: Annotated[float, Meta(gt=0)] | None = None  # DP-SGD
+    # The largest announced quorum it sends a noise share for: the share shrinks as
+    # 1/sqrt(quorum), and a sum of fewer devices than announced would be under-noised.
+    max_quorum: Annotated[int, Meta(ge=1, le=1 << 24)] | None = None
+    # Device level against a key holder decrypting this device's updates alone.
+    max_alone_epsilon: Annotated[float, Meta(gt=0)] | None = None
 
 
 class AgentFile(Table, frozen=True):
@@ -92,8 +96,10 @@ class AgentConfig:
     obfuscators: str = "djn"
     obfuscator_pool: int = 0  # 0: one round's worth, learned from the model size
     holdout: float = 0.0  # share of the local rows held out from training
-    max_epsilon: float | None = None  # [privacy]: this device's own lifetime caps
+    max_epsilon: float | None = None  # [privacy]: this device's own limits
     max_sample_epsilon: float | None = None
+    max_quorum: int | None = None
+    max_alone_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
@@ -162,4 +168,6 @@ class AgentConfig:
                 holdout=f.data.holdout,
                 max_epsilon=f.privacy.max_epsilon,
                 max_sample_epsilon=f.privacy.max_sample_epsilon,
+                max_quorum=f.privacy.max_quorum,
+                max_alone_epsilon=f.privacy.max_alone_epsilon,
             )

@@ -23,10 +23,12 @@ FIXES = {
     "data-error": "fix the data file; the agent reads it again before each round",
     "diverged": "local training blew up: the gateway should lower [training] learning_rate "
                 "or scale the features ([model] center/scale)",
-    "privacy-budget": "this device's own privacy ledger is spent (device level: its run or "
-                      "lifetime limit, [privacy] max_epsilon in agent.toml; sample level: "
-                      "the run's sample_epsilon): it sits out by design; an unreadable "
-                      "ledger file must be restored, it is never reset",
+    "privacy-budget": "this device's own privacy limits say no (device level: the run's "
+                      "budget or [privacy] max_epsilon, max_alone_epsilon or max_quorum in "
+                      "agent.toml; sample level: the run's sample_epsilon or "
+                      "max_sample_epsilon): it sits out by design; raise a limit only if the "
+                      "gateway's terms are what you agreed to; an unreadable ledger file must "
+                      "be restored, it is never reset",
 }
 
 
@@ -34,15 +36,19 @@ class RoundSkipped(ConfigError):
     """This device cannot serve the round with its data; ``code`` is a SKIP_CODES entry.
 
     ``detail`` goes to the gateway, so it names columns and ranges, never row values
-    or local paths; the message (for the local log) may say more.
+    or local paths; the message (for the local log) may say more. ``refusal``: the
+    gateway's terms are outside this device's own limits, not a fault of the device:
+    the log says it once per run, as a WARNING (the status still names every round).
     """
 
-    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
+    def __init__(self, code: str, message: str, detail: str | None = None, *,
+                 refusal: bool = False) -> None:
         if code not in SKIP_CODES:
             raise ValueError(f"skip code must be one of {SKIP_CODES}, got {code!r}")
         super().__init__(message)
         self.code = code
         self.detail = message if detail is None else detail  # Skip.make cuts it to fit
+        self.refusal = refusal
 
 
 def skip_code(exc: BaseException) -> str:

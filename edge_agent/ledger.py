@@ -2,16 +2,21 @@
 
 From the announced terms (noise multiplier, clip, quorum) the device computes
 what each update it sends costs, composes it with dp-accounting
-(protocol.privacy.accounting) and refuses to contribute once either limit would be
+(protocol.privacy.accounting) and refuses to contribute once a limit would be
 passed: the run's announced budget (counted by the device itself, so an
-aggregator that miscounts cannot make it overspend within a run) or its own
+aggregator that miscounts cannot make it overspend within a run), its own
 lifetime cap ``[privacy] max_epsilon`` (over every run it served: the same data
-answers again in each run).
+answers again in each run) and, if set, ``max_alone_epsilon``.
 
-Each charge assumes the fewest devices that can close a round (the quorum): the
-device cannot see how many others reported, so it counts the worst honest case.
-It also logs what one update costs against a key holder that decrypts it alone
-(its own noise share only), which no gateway-side count can improve.
+Each charge assumes the sum the gateway decrypts holds the announced quorum of
+noise shares (the fewest that can close a round): the device cannot see how many
+others reported. That holds only against a gateway that decrypts sums of at least
+the quorum; the key holder could decrypt fewer, down to this update alone (its own
+share only: rho_alone = quorum * rho at most). So the announced quorum itself is
+capped (``max_quorum``, checked for every phase before anything is computed): the
+gateway cannot shrink a device's share below 1/sqrt(max_quorum) of the full noise,
+and rho_alone stays below max_quorum times what the ledger counts. The "alone"
+count is kept beside the other, logged, and capped by ``max_alone_epsilon``.
 
 The ledger lives in ``state_dir/privacy_ledger.json`` and is written atomically
 BEFORE the update is published; without a state_dir it is kept in memory and
@@ -60,10 +65,27 @@ def _check_entry(e: Entry) -> None:
 
 
 class DeviceLedger:
-    def __init__(self, state_dir: str | None, *, max_epsilon: float | None) -> None:
+    def __init__(self, state_dir: str | None, *, max_epsilon: float | None,
+                 max_quorum: int | None = None,
+                 max_alone_epsilon: float | None = None) -> None:
         self.path = None if state_dir is None else Path(state_dir) / LEDGER_FILE
         self.max_epsilon = max_epsilon
+        self.max_quorum = max_quorum
+        self.max_alone_epsilon = max_alone_epsilon
         self._entries: list[Entry] | None = None
+
+    def admit(self, params: DpParams) -> None:
+        """Refuse (RoundSkipped, a refusal) terms whose quorum is above ``max_quorum``."""
+        if self.max_quorum is None or params.quorum <= self.max_quorum:
+            return
+        raise RoundSkipped(
+            "privacy-budget", f"the gateway sizes the device-level DP noise for a quorum of "
+            f"{params.quorum} devices, above this device's [privacy] max_quorum = "
+            f"{self.max_quorum}: each share would be 1/sqrt({params.quorum}) of the noise, "
+            "too little if fewer devices are in a decrypted sum; this device sends nothing "
+            "under these terms (charging nothing to its ledger)",
+            f"announced DP quorum {params.quorum} is above this device's max_quorum "
+            f"{self.max_quorum}", refusal=True)
 
     def _load(self) -> list[Entry]:
         if self._entries is not None:
@@ -111,6 +133,15 @@ class DeviceLedger:
                 raise RoundSkipped("privacy-budget", f"round {round_id} would reach epsilon "
                                    f"{life:.3g} over this device's runs, beyond its own "
                                    f"max_epsilon {self.max_epsilon:g}")
+        if self.max_alone_epsilon is not None:
+            alone = self._epsilon(
+                [*(e.rho_alone for e in entries if e.fleet == fleet), entry.rho_alone],
+                params.delta)
+            if alone > self.max_alone_epsilon:
+                raise RoundSkipped("privacy-budget", f"round {round_id} would reach epsilon "
+                                   f"{alone:.3g} over this device's runs against a key holder "
+                                   "decrypting its updates alone, beyond its own "
+                                   f"max_alone_epsilon {self.max_alone_epsilon:g}")
         return entry
 
     def commit(self, entry: Entry, delta: float) -> str:

@@ -24,6 +24,7 @@ class DeviceStatus:
         self.agent_id, self.topic = agent_id, topic
         self._log = log
         self._skipped: Skip | None = None  # the round this device last sat out, and why
+        self._refused: set[tuple[str, str]] = set()  # (run, message) refusals logged
         self._publish: Publish | None = None
 
     def attach(self, publish: Publish) -> None:
@@ -52,7 +53,13 @@ class DeviceStatus:
             return  # the same round announced again, failing the same way: said already
         self._skipped = skip
         self._send("online")
-        self._log.error("%s", skip_line(msg.round_id, exc.code, str(exc)))
+        line = skip_line(msg.round_id, exc.code, str(exc))
+        if not exc.refusal:
+            self._log.error("%s", line)
+        elif (msg.run_id, str(exc)) not in self._refused:
+            # The same terms refuse every round of the run: one line says it.
+            self._refused.add((msg.run_id, str(exc)))
+            self._log.warning("%s", line)
 
     def serving(self) -> None:
         """Serving again: the status no longer names a skip."""

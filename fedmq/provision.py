@@ -41,6 +41,19 @@ class Gateway:
     features: tuple[str, ...] = DEFAULT.features
     label: str = DEFAULT.label
     delimiter: str = DEFAULT.delimiter
+    # Every device's [privacy] max_quorum (None in a record older than the key).
+    max_quorum: int | None = None
+
+
+def max_quorum_for(devices: int) -> int:
+    """The announced DP quorum above which a device of a fleet of ``devices`` refuses.
+
+    An honest gateway never needs a quorum above the fleet's size (a round closes only
+    with that many updates); twice it leaves room for the fleet to double before the
+    devices made first must be told, and still refuses a gateway that sizes each noise
+    share for a fleet far larger than the real one.
+    """
+    return 2 * max(1, devices)
 
 
 def _template(name: str, **values: object) -> str:
@@ -107,7 +120,7 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     listen, device_host = _hosts(sans, loopback, host)
     gateway = Gateway(fleet=fleet, port=port, device_host=device_host,
                       features=columns.features, label=columns.label,
-                      delimiter=columns.delimiter)
+                      delimiter=columns.delimiter, max_quorum=max_quorum_for(len(devices)))
     tls = make_tls(directory / "tls", fleet, sans)
     all_sans = ", ".join(dict.fromkeys(["IP:127.0.0.1", "DNS:localhost", *sans]))
     write_text_atomic(directory / "broker.toml", _template(
@@ -147,9 +160,9 @@ def _load_gateway(directory: Path) -> Gateway:
     except (OSError, msgspec.DecodeError) as exc:
         raise ConfigError(f"{path}: not a fedmq gateway record ({exc})") from None
     if not gateway.features or "" in gateway.features or not gateway.label \
-            or len(gateway.delimiter) != 1:
+            or len(gateway.delimiter) != 1 or (gateway.max_quorum or 1) < 1:
         raise ConfigError(f"{path}: not a fedmq gateway record (features, label or delimiter "
-                          "empty)")
+                          "empty, or max_quorum below 1)")
     return gateway
 
 
@@ -171,6 +184,8 @@ def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
     (public, _), signer = load_aggregator_keys(
         AggregatorConfig.from_file(directory / "aggregator.toml"))
     ca = (directory / "tls" / "ca.crt").read_bytes()
+    max_quorum = gateway.max_quorum or max_quorum_for(
+        len(set(_bundles(directory)) | set(devices)))
     passwords = {device: new_password() for device in devices}
     add_users(directory / "passwords.txt", passwords)
     for device, password in passwords.items():
@@ -180,10 +195,16 @@ def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
         write_text_atomic(bundle / "agent.toml", _template(
             "agent.toml", id=device, fleet=gateway.fleet, port=gateway.port,
             device_host=gateway.device_host, key_fingerprint=fingerprint(public),
-            aggregator_signing_key=signer.public_hex,
+            aggregator_signing_key=signer.public_hex, max_quorum=max_quorum,
             **data_toml(gateway.features, gateway.label, gateway.delimiter)))
     return [f"device {d}: login added to passwords.txt, bundle {directory / 'devices' / d}"
             for d in devices]
+
+
+def _bundles(directory: Path) -> list[str]:
+    """The devices provisioned so far (their bundles under devices/)."""
+    folder = directory / "devices"
+    return [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -33,6 +33,14 @@ def test_holdout_is_read_from_the_data_table(tmp_path):
     assert load(tmp_path, BASE + "holdout = 0.25\n").holdout == 0.25
 
 
+def test_the_privacy_limits_are_read_and_unset_by_default(tmp_path):
+    old = load(tmp_path, BASE)  # an agent.toml from before the keys: no limit, as before
+    assert (old.max_epsilon, old.max_quorum, old.max_alone_epsilon) == (None, None, None)
+    cfg = load(tmp_path, BASE + "[privacy]\nmax_epsilon = 10.0\nmax_quorum = 16\n"
+               "max_alone_epsilon = 50\n")
+    assert (cfg.max_epsilon, cfg.max_quorum, cfg.max_alone_epsilon) == (10.0, 16, 50.0)
+
+
 @pytest.mark.parametrize("extra,match", [
     ("[fleet]\nkey_fingerprint='abc'\n", "64 lowercase hex"),
     ("[simulation]\nstraggle_seconds=-1\n", "straggle"),
@@ -42,6 +50,10 @@ def test_holdout_is_read_from_the_data_table(tmp_path):
     ("[crypto]\nobfuscator_pool=-1\n", "obfuscator_pool"),
     ("holdout=0.6\n", r"\[data\] holdout: expected float <= 0.5, got 0.6"),
     ("holdout=-0.1\n", r"\[data\] holdout: expected float >= 0.0, got -0.1"),
+    ("[privacy]\nmax_quorum=0\n", r"\[privacy\] max_quorum: expected int >= 1, got 0"),
+    ("[privacy]\nmax_quorum=2.5\n", r"\[privacy\] max_quorum: expected int, got float"),
+    ("[privacy]\nmax_alone_epsilon=0\n",
+     r"\[privacy\] max_alone_epsilon: expected float > 0.0, got 0"),
 ])
 def test_bad_options(tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,33 @@ def test_under_dp_a_device_sends_no_exact_totals_whatever_the_gateway_asks(phase
     allowed = PrivacyTerms(device=DP, exact_aggregates=True)
     assert phase_values(round_msg(phase, round_id=0 if phase == "statistics" else 2), TRAIN,
                         EVAL, CodecParams(), StatsParams(), privacy=allowed).parts
+
+
+def test_a_quorum_above_max_quorum_is_refused_before_anything_is_charged(
+        tmp_path: Path) -> None:
+    ledger = DeviceLedger(str(tmp_path), max_epsilon=None, max_quorum=8)
+    ledger.admit(DP)  # quorum 2
+    ledger.admit(replace(DP, quorum=8))  # at the cap
+    with pytest.raises(RoundSkipped, match="quorum of 1000 devices, above this device's "
+                       r"\[privacy\] max_quorum = 8") as info:
+        ledger.admit(replace(DP, quorum=1000))
+    assert info.value.code == "privacy-budget" and info.value.refusal
+    assert info.value.detail == "announced DP quorum 1000 is above this device's max_quorum 8"
+    assert not (tmp_path / LEDGER_FILE).exists()
+    DeviceLedger(str(tmp_path), max_epsilon=None).admit(replace(DP, quorum=1000))  # no cap
+
+
+def test_the_alone_charge_is_the_quorum_times_the_charge_and_max_alone_epsilon_caps_it(
+        tmp_path: Path) -> None:
+    """Decrypted alone, one update carries only its own share: rho times the quorum (the
+    cap on the quorum bounds it), which max_alone_epsilon caps over the device's runs."""
+    wide = replace(DP, epsilon=50.0, quorum=8)
+    entry = DeviceLedger(str(tmp_path), max_epsilon=None).check("f", "run-1", 1, wide, D)
+    assert entry.rho_alone == pytest.approx(8 * entry.rho)
+    one_alone = DeviceLedger(None, max_epsilon=None)._epsilon([entry.rho_alone], DP.delta)
+    capped = DeviceLedger(str(tmp_path), max_epsilon=None, max_alone_epsilon=one_alone * 1.5)
+    capped.commit(capped.check("f", "run-1", 1, wide, D), DP.delta)
+    with pytest.raises(RoundSkipped, match="decrypting its updates alone, beyond its own "
+                       "max_alone_epsilon") as info:
+        capped.check("f", "run-2", 1, wide, D)  # counted over every run of the fleet
+    assert info.value.code == "privacy-budget" and not info.value.refusal

@@ -7,7 +7,7 @@ import logging
 import pytest
 from support import announcement as announce
 
-from fedmq.edge_agent.health import RoundSkipped
+from fedmq.edge_agent.health import FIXES, RoundSkipped
 from fedmq.edge_agent.status import DeviceStatus
 from fedmq.protocol.messages import StatusMessage
 
@@ -52,3 +52,18 @@ def test_online_on_connect_never_waits_and_offline_names_no_skip(sent) -> None:
     assert kw["wait"] is False and online.skipped is not None
     assert offline.state == "offline" and offline.skipped is None
     assert StatusMessage.from_bytes(device.payload("offline")).state == "offline"
+
+
+def test_a_refusal_of_the_gateways_terms_is_one_warning_per_run_and_a_skip_per_round(
+        sent, caplog) -> None:
+    device = status(sent)
+    refused = RoundSkipped("privacy-budget", "quorum above max_quorum", "above max_quorum",
+                           refusal=True)
+    for run_id, round_id in (("r1", 1), ("r1", 2), ("r1", 3), ("r2", 1)):
+        device.sat_out(announce(round_id, run_id=run_id), refused)
+    assert [(s.skipped.run_id, s.skipped.round_id) for _, s, _ in sent if s.skipped] == [
+        ("r1", 1), ("r1", 2), ("r1", 3), ("r2", 1)]
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "t.status"]
+    assert said == [(logging.WARNING, line) for line in (
+        "round 1 skipped (privacy-budget): quorum above max_quorum; fix: "
+        + FIXES["privacy-budget"],) * 2]

@@ -69,6 +69,8 @@ def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
         assert agent.aggregator_signing_key == signer.public_hex
         assert mode(bundle / "mqtt.password") == 0o600
         assert not (bundle / "state").exists()  # the device makes its own signing key
+        # The device's own DP limits are on: twice the fleet's 2 devices for the quorum.
+        assert (agent.max_epsilon, agent.max_quorum) == (10.0, 4)
     for secret in ("tls/ca.key", "tls/server.key", "passwords.txt", "aggregator.password",
                    "state/paillier.key", "state/signing.key"):
         assert mode(gw / secret) == 0o600, secret
@@ -105,6 +107,16 @@ def test_init_device_adds_a_login_and_a_bundle(tmp_path: Path, capsys) -> None:
     assert first.replace("dev-a", "dev-c") == later  # same pins, host, port and CA
     assert main(["init", "device", "dev-c", "--gateway", str(gw)]) == 2
     assert "already provisioned" in capsys.readouterr().err
+
+
+def test_a_gateway_record_from_before_max_quorum_sizes_it_from_the_bundles(
+        tmp_path: Path) -> None:
+    gw = init(tmp_path, devices="dev-a,dev-b,dev-c")
+    record = json.loads((gw / "gateway.json").read_text())
+    assert record.pop("max_quorum") == 6
+    (gw / "gateway.json").write_text(json.dumps(record))
+    assert main(["init", "device", "dev-d", "--gateway", str(gw)]) == 0
+    assert AgentConfig.from_file(gw / "devices" / "dev-d" / "agent.toml").max_quorum == 8
 
 
 def test_init_gateway_says_when_its_port_is_taken(tmp_path: Path, capsys) -> None:
@@ -211,12 +223,24 @@ def run_fleet(gw: Path, devices: list[str], tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_a_provisioned_fleet_completes_its_rounds_over_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_provisioned_fleet_completes_its_rounds_over_tls(tmp_path: Path, dp: bool) -> None:
+    """With DP turned on in aggregator.toml only, the devices' written limits (max_epsilon
+    10, max_quorum 4) admit the gateway's terms (epsilon 8, quorum 1)."""
     devices = ["dev-a", "dev-b"]
     gw = init(tmp_path, devices=",".join(devices), port=free_port())
+    if dp:
+        toml = gw / "aggregator.toml"
+        toml.write_text(toml.read_text().replace("# epsilon = 3.0", "epsilon = 8.0").replace(
+            "exact_aggregates = false", "exact_aggregates = true"))
     give_data(gw, devices)
     log = run_fleet(gw, devices, tmp_path)
     assert "round 2 closed" in log and "2/2 agents" in log
+    assert ("privacy: epsilon" in log) == dp
+    for device in devices:
+        ledger = gw / "devices" / device / "state" / "privacy_ledger.json"
+        assert ledger.exists() == dp
+        assert "WARNING" not in (tmp_path / f"{device}.log").read_text()
 
 
 def write_wine(path: Path, rows: slice) -> None:
