@@ -3,14 +3,18 @@
 A JSON file on the gateway, written by ``fedmq enroll`` and re-read at the start
 of every round, so enrolling or revoking a device needs no restart. Every change
 is a read-modify-write under a file lock, so parallel enrolls keep every entry.
+Its optional ``relays`` section (``fedmq enroll-relay``) maps a relay id to its key,
+or to ``{"key": HEX, "devices": [ids]}``: the devices it serves (its assignment).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_from_hex
 from fedmq.protocol.errors import ConfigError, ProtocolError
@@ -37,8 +41,22 @@ def read_entries(path: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in agents.items()}
 
 
-def read_relay_entries(path: str | Path) -> dict[str, str]:
-    """Relay id -> public key hex: the optional ``relays`` section (``fedmq relay enroll``).
+@dataclass(frozen=True)
+class RelayEntry:
+    """An enrolled relay: its key, and the devices it serves (None: no assignment)."""
+
+    key: str  # Ed25519 public key, hex
+    devices: tuple[str, ...] | None = None
+
+    def to_json(self) -> object:
+        # The plain string is the form without an assignment, as older versions wrote it.
+        return self.key if self.devices is None else {"key": self.key,
+                                                      "devices": list(self.devices)}
+
+
+def read_relay_entries(path: str | Path) -> dict[str, RelayEntry]:
+    """Relay id -> entry: the optional ``relays`` section (``fedmq enroll-relay``), checked
+    whole (ids, keys, assignments, a device assigned twice); ConfigError naming the key.
 
     A relay (``fedmq relay``) forwards one signed partial sum for its devices; it is
     never an agent, and an agent entry never makes anyone a relay.
@@ -50,11 +68,53 @@ def read_relay_entries(path: str | Path) -> dict[str, str]:
     relays = json.loads(p.read_text()).get("relays", {})
     if not isinstance(relays, dict):
         raise ConfigError(f"{p}: 'relays' must map relay ids to public keys")
-    return {str(k): str(v) for k, v in relays.items()}
+    out = {str(r): _relay_entry(v, f"allow-list {p}: relay {r!r}") for r, v in relays.items()}
+    _one_relay_per_device(out, f"allow-list {p}")
+    return out
+
+
+def _one_relay_per_device(relays: Mapping[str, RelayEntry], where: str) -> None:
+    owner: dict[str, str] = {}
+    for relay_id, entry in relays.items():
+        for device in entry.devices or ():
+            if device in owner:
+                raise ConfigError(f"{where}: relay {relay_id!r}: device {device!r} is already "
+                                  f"assigned to relay {owner[device]!r}")
+            owner[device] = relay_id
+
+
+def _relay_entry(value: object, where: str) -> RelayEntry:
+    if isinstance(value, dict):
+        key, devices = value.get("key"), value.get("devices")
+        if set(value) - {"key", "devices"} or not isinstance(key, str) or not (
+                isinstance(devices, list) and all(isinstance(d, str) for d in devices)):
+            raise ConfigError(f"{where}: expected a public key or {{\"key\": HEX, "
+                              f"\"devices\": [ids]}}")
+        entry = RelayEntry(key, tuple(devices))
+    elif isinstance(value, str):
+        entry = RelayEntry(value)
+    else:
+        raise ConfigError(f"{where}: expected a public key or {{\"key\": HEX, "
+                          f"\"devices\": [ids]}}")
+    try:
+        for device in entry.devices or ():
+            check_name(device, "device id")
+        if entry.devices is not None and len(set(entry.devices)) != len(entry.devices):
+            raise ConfigError("a device is listed twice")
+        public_key_from_hex(entry.key)
+    except (ConfigError, ProtocolError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return entry
 
 
 def load_relays(path: str | Path) -> dict[str, Ed25519PublicKey]:
-    return _keys(path, read_relay_entries(path))
+    return _keys(path, {r: e.key for r, e in read_relay_entries(path).items()})
+
+
+def load_relay_devices(path: str | Path) -> dict[str, frozenset[str]]:
+    """Relay id -> the devices it serves, for the relays enrolled with an assignment."""
+    return {r: frozenset(e.devices) for r, e in read_relay_entries(path).items()
+            if e.devices is not None}
 
 
 def load_allow_list(path: str | Path) -> dict[str, Ed25519PublicKey]:
@@ -62,6 +122,8 @@ def load_allow_list(path: str | Path) -> dict[str, Ed25519PublicKey]:
 
 
 Keys = Mapping[str, Ed25519PublicKey]
+Assignments = Mapping[str, frozenset[str]]
+_V = TypeVar("_V")
 
 
 class AllowListFile:
@@ -71,14 +133,18 @@ class AllowListFile:
     A file broken mid-run (a bad hand edit) must not kill the run: the list read last
     is kept, with an error line; a first read that fails raises ConfigError (at start a
     broken file stops us). ``agents``/``relays``: fixed lists used instead of the file
-    (tests, embedders), each on its own.
+    (tests, embedders), each on its own; ``relay_devices`` goes with fixed ``relays``
+    (none given: no relay has an assignment).
     """
 
     def __init__(self, path: str | Path, *, agents: Keys | None = None,
-                 relays: Keys | None = None) -> None:
+                 relays: Keys | None = None, relay_devices: Assignments | None = None) -> None:
         self.path = path
-        self._fixed = {"allow-list": agents, "relays": relays}
-        self._last: dict[str, Keys] = {}
+        if relays is not None and relay_devices is None:
+            relay_devices = {}
+        self._fixed: dict[str, Mapping[str, object] | None] = {
+            "allow-list": agents, "relays": relays, "relay assignments": relay_devices}
+        self._last: dict[str, Mapping[str, object]] = {}
 
     def agents(self) -> Keys:
         """Agent id -> key: the devices whose updates count."""
@@ -88,17 +154,21 @@ class AllowListFile:
         """Relay id -> key: the relays whose partial sums count (fedmq relay)."""
         return self._read("relays", load_relays)
 
-    def _read(self, what: str, load: Callable[[str | Path], Keys]) -> Keys:
+    def relay_devices(self) -> Assignments:
+        """Relay id -> the devices it may list, for relays enrolled with an assignment."""
+        return self._read("relay assignments", load_relay_devices)
+
+    def _read(self, what: str, load: Callable[[str | Path], Mapping[str, _V]]) -> Mapping[str, _V]:
         fixed = self._fixed[what]
         if fixed is not None:
-            return fixed
+            return cast(Mapping[str, _V], fixed)
         try:
             self._last[what] = load(self.path)
         except ConfigError as exc:
             if what not in self._last:
                 raise
             log.error("%s; keeping the %s read before", exc, what)
-        return self._last[what]
+        return cast(Mapping[str, _V], self._last[what])
 
 
 def _keys(path: str | Path, entries: dict[str, str]) -> dict[str, Ed25519PublicKey]:
@@ -113,22 +183,31 @@ def _keys(path: str | Path, entries: dict[str, str]) -> dict[str, Ed25519PublicK
 
 
 def _write(path: str | Path, entries: dict[str, str],
-           relays: dict[str, str] | None = None) -> None:
+           relays: dict[str, RelayEntry] | None = None) -> None:
     relays = read_relay_entries(path) if relays is None else relays  # kept as they are
     doc: dict[str, object] = {"schema": SCHEMA, "agents": dict(sorted(entries.items()))}
     if relays:
-        doc["relays"] = dict(sorted(relays.items()))
+        doc["relays"] = {r: e.to_json() for r, e in sorted(relays.items())}
     write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n")
 
 
-def enroll_relay(path: str | Path, relay_id: str, public_hex: str) -> bool:
-    """Add or replace a relay's key; True if the list changed."""
+def enroll_relay(path: str | Path, relay_id: str, public_hex: str,
+                 devices: Sequence[str] | None = None, *, clear_devices: bool = False) -> bool:
+    """Add or replace a relay's key; True if the list changed.
+
+    ``devices``: its assignment (replaces the one before); None keeps the one it has (a
+    new key is no new subtree), ``clear_devices`` drops it.
+    """
     _check(relay_id, public_hex)
     with locked(path):
         relays = read_relay_entries(path)
-        if relays.get(relay_id) == public_hex:
+        old = relays.get(relay_id)
+        kept = None if clear_devices or old is None else old.devices
+        entry = RelayEntry(public_hex, kept if devices is None else tuple(sorted(devices)))
+        if old == entry:
             return False
-        relays[relay_id] = public_hex
+        relays[relay_id] = _relay_entry(entry.to_json(), f"relay {relay_id!r}")
+        _one_relay_per_device(relays, f"enroll-relay {relay_id!r}")
         _write(path, read_entries(path), relays)
     return True
 

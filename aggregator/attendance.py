@@ -26,14 +26,27 @@ class Attendance:
     """Presence of the enrolled devices, read from ``online`` (agent id -> online now)."""
 
     def __init__(self, policy: RoundPolicy, online: Mapping[str, bool],
-                 enrolled: Callable[[], Mapping[str, object]], *, rng: random.Random) -> None:
+                 enrolled: Callable[[], Mapping[str, object]], *, rng: random.Random,
+                 relays: Callable[[], Mapping[str, object]] = dict) -> None:
         self._policy = policy
         self._online = online  # updated in place by the inbound handler
         self._enrolled = enrolled  # re-read every time: devices enrol during a run
+        self._relays = relays  # enrolled relays: each stands for its subtree
         self._rng = rng  # a SystemRandom: who is sampled must not be predictable
+        self._told: set[str] = set()  # unenrolled ids already logged
 
     def online(self) -> frozenset[str]:
-        return frozenset(a for a, up in self._online.items() if up)
+        """The enrolled agents and relays online now. Any login may say "online" on its
+        status topic; an id that is neither must not delay rounds nor count toward
+        ``min_agents`` (its updates would be refused anyway)."""
+        enrolled, relays = self._enrolled(), self._relays()
+        up = {a for a, is_up in self._online.items() if is_up}
+        counted = frozenset(a for a in up if a in enrolled or a in relays)
+        for agent in sorted(up - counted - self._told):
+            self._told.add(agent)
+            log.warning("%s says it is online but is neither an enrolled agent nor an "
+                        "enrolled relay: not counted, no round waits for it", agent)
+        return counted
 
     def not_online(self) -> str:
         """'; enrolled, not online: a, b' for the waiting line (names from the allow-list)."""
@@ -55,17 +68,18 @@ class Attendance:
         policy = self._policy
         deadline = time.monotonic() + policy.start_timeout
         last_log = 0.0
-        while len(self.online()) < policy.min_agents and not stop.is_set():
+        # One allow-list read per pass: the file is re-read at every call.
+        while (online := len(self.online())) < policy.min_agents and not stop.is_set():
             if time.monotonic() > deadline:
-                if len(self.online()) >= policy.quorum:
+                if online >= policy.quorum:
                     log.warning("only %d of %d agents online after %.0f s; starting with "
-                                "quorum%s", len(self.online()), policy.min_agents,
+                                "quorum%s", online, policy.min_agents,
                                 policy.start_timeout, self.not_online())
                     return
-                raise RoundFailed(f"only {len(self.online())} agents online after "
+                raise RoundFailed(f"only {online} agents online after "
                                   f"{policy.start_timeout:g} s, quorum is {policy.quorum}")
             if time.monotonic() - last_log > WAIT_LOG_EVERY:
-                log.info("waiting for agents: %d of %d online%s", len(self.online()),
+                log.info("waiting for agents: %d of %d online%s", online,
                          policy.min_agents, self.not_online())
                 last_log = time.monotonic()
             drain(0.1)

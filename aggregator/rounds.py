@@ -41,6 +41,11 @@ def _own_key(u: UpdateMessage) -> str:
     return u.signer_key if u.signed_by_named_key() else ""
 
 
+def _names(devices: list[str], shown: int = 10) -> str:
+    more = f" and {len(devices) - shown} more" if len(devices) > shown else ""
+    return ", ".join(devices[:shown]) + more
+
+
 class Redelivered(Rejected):
     """The very same signed payload again (QoS 1 redelivery): already counted, not an attack."""
 
@@ -65,6 +70,8 @@ class RoundState:
     sampled: bool = False  # only the expected (selected) agents may contribute
     # Enrolled relays (fedmq relay): their signed partial sums count as all their devices.
     relays: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    # Relay -> the devices it serves, for relays enrolled with an assignment.
+    relay_devices: Mapping[str, frozenset[str]] = field(default_factory=dict)
     accepted: list[str] = field(default_factory=list)  # DEVICES counted, direct or via a relay
     # Member (a device, or a relay) -> the devices its ciphertexts sum: the culprit
     # search splits members, never a relay's partial sum (it cannot see inside it).
@@ -171,6 +178,7 @@ class RoundState:
             if self._hashes[p.relay_id] == p.signed_hash:
                 raise Redelivered("duplicate delivery of an accepted partial sum, counted once")
             raise Rejected("second, different partial sum from this relay in this round")
+        self._check_contributors(p)
         twice = sorted(d for d in p.contributors if d in self._counted or d in self.relays)
         if twice:
             shown = ", ".join(f"{d} (via {self._counted.get(d, 'a relay id')})" for d in twice[:5])
@@ -180,6 +188,29 @@ class RoundState:
         if len(self.accepted) + p.summed > self.max_agents:
             raise Rejected(f"partial sum of {p.summed} devices would exceed max_agents="
                            f"{self.max_agents} (holding {len(self.accepted)})")
+
+    def _check_contributors(self, p: PartialSum) -> None:
+        """Each contributor is the relay's to list and attested this very round itself: the
+        relay's signature alone would let it count stale sums under other devices' ids."""
+        own = self.relay_devices.get(p.relay_id)
+        if own is not None:
+            outside = [d for d in p.contributors if d not in own]
+            where = "outside its assignment"
+        else:  # an open relay: any device but those assigned to a relay
+            assigned = frozenset().union(*self.relay_devices.values())
+            outside = [d for d in p.contributors if d in assigned]
+            where = "assigned to another relay"
+        if outside:
+            raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) {where}: "
+                           f"{_names(outside)}; refused whole")
+        bad = p.unattested(self.allow_list, fleet=self.fleet, run_id=self.run_id,
+                           round_id=self.round_id, key_fingerprint=self.key_fingerprint,
+                           codec_digest=self.codec_digest, n_values=self.n_values)
+        if bad:
+            raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) "
+                           f"{_names(bad)} without their valid attestation of round "
+                           f"{self.round_id} (missing, of another round, key or contract, or "
+                           "not signed by the device's enrolled key); refused whole")
 
     def _check(self, u: UpdateMessage, topic_agent: str) -> None:
         if u.agent_id != topic_agent:

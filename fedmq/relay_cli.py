@@ -30,7 +30,11 @@ def cmd_enroll_relay(args: argparse.Namespace) -> int:
     if args.from_file:
         if args.relay or args.public_key:
             raise ConfigError("enroll-relay: use --from-file or --relay/--public-key, not both")
-        text = open(args.from_file, encoding="utf-8").read().strip()  # noqa: SIM115
+        try:
+            with open(args.from_file, encoding="utf-8") as fh:
+                text = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {args.from_file}: {exc}") from None
         relay_id, _, public_hex = text.partition(",")
     elif args.relay and args.public_key:
         relay_id, public_hex = args.relay, args.public_key
@@ -38,10 +42,40 @@ def cmd_enroll_relay(args: argparse.Namespace) -> int:
         raise ConfigError("enroll-relay needs --relay ID --public-key HEX or --from-file "
                           "relay.csv (on the relay: fedmq relay --config relay.toml "
                           "--show-public-key --csv)")
-    changed = enroll_relay(config.allow_list_file, relay_id.strip(), public_hex.strip())
+    devices = _devices(args)
+    changed = enroll_relay(config.allow_list_file, relay_id.strip(), public_hex.strip(),
+                           devices, clear_devices=args.clear_devices)
+    serves = "" if devices is None else f", serving {len(devices)} device(s)"
     print(f"relay {relay_id} {'enrolled' if changed else 'already enrolled'} in "
-          f"{config.allow_list_file}")
+          f"{config.allow_list_file}{serves}")
     return 0
+
+
+def _devices(args: argparse.Namespace) -> list[str] | None:
+    """The assignment --devices or --devices-file gives (ids split on commas, blanks and
+    lines; # comments), or None: keep the relay's assignment as it is."""
+    from fedmq.protocol.errors import ConfigError
+
+    given = [o for o in ("--devices", "--devices-file", "--clear-devices")
+             if getattr(args, o[2:].replace("-", "_")) not in (None, False)]
+    if len(given) > 1:
+        raise ConfigError(f"enroll-relay: {' and '.join(given)} exclude each other")
+    if args.devices is not None:
+        text, source = args.devices, "--devices"
+    elif args.devices_file is not None:
+        try:
+            with open(args.devices_file, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {args.devices_file}: {exc}") from None
+        source = args.devices_file
+    else:
+        return None
+    lines = (line.split("#", 1)[0] for line in text.splitlines())
+    devices = [d for line in lines for d in line.replace(",", " ").split()]
+    if not devices:
+        raise ConfigError(f"enroll-relay: {source} names no device")
+    return devices
 
 
 def register(sub: Any) -> None:
@@ -59,4 +93,10 @@ def register(sub: Any) -> None:
     p.add_argument("--relay", help="relay id")
     p.add_argument("--public-key", help="the relay's Ed25519 public key (hex)")
     p.add_argument("--from-file", help="a file with one id,public_key line")
+    p.add_argument("--devices", help="the device ids it serves, comma-separated: the top "
+                   "aggregator then refuses its partial sums naming any other device")
+    p.add_argument("--devices-file", help="as --devices, from a file (ids on lines or "
+                   "comma-separated, # comments)")
+    p.add_argument("--clear-devices", action="store_true",
+                   help="drop its device assignment (without --devices the one it has is kept)")
     p.set_defaults(func=cmd_enroll_relay)

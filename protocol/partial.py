@@ -12,13 +12,21 @@ every section (training, evaluation, statistics): the top aggregator multiplies 
 partial sum into its running product like n updates at once and decodes the grand
 total with n_summed = the number of DEVICES. ``contributors`` (sorted, unique) lets it
 refuse a device counted twice (directly and via a relay, or via two relays).
+
+Version 2 (``fedmq.partial/2``) adds ``attestations``: per contributor, in the same order,
+``[SHA-256 of its update's ciphertext bytes, its attestation signature]`` (hex;
+protocol.attestation), so the top aggregator checks with each device's enrolled key that
+the device itself sent an update for this round; a relay's signature alone names nobody.
+A version 1 partial is refused at the prefix with its version named.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedmq.protocol.attestation import Attestation, Statement
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.errors import ProtocolError
@@ -26,14 +34,16 @@ from fedmq.protocol.topics import check_name
 from fedmq.protocol.wire import Framing
 
 MAGIC = b"FMQP"
-VERSION = 1
-SCHEMA = "fedmq.partial/1"
-PARTIAL_DOMAIN = b"fedmq/partial/1\x00"
-MAX_HEADER = 1 << 20  # room for ~15,000 contributor ids of 64 characters
+VERSION = 2
+SCHEMA = "fedmq.partial/2"
+PARTIAL_DOMAIN = b"fedmq/partial/2\x00"
+# Room for ~15,000 contributors: an id of 64 characters and an attestation (199 bytes).
+MAX_HEADER = 1 << 22
 PREFIX = struct.Struct(">4sBI")
 PARTIAL = Framing("partial sum", MAGIC, VERSION, SCHEMA, PARTIAL_DOMAIN, PREFIX, MAX_HEADER, {
     "fleet": str, "run": str, "round": int, "relay": str, "key": str, "codec": str,
-    "values": int, "count": int, "size": int, "summed": int, "contributors": list})
+    "values": int, "count": int, "size": int, "summed": int, "contributors": list,
+    "attestations": list})
 partial_size = PARTIAL.size  # exact wire size for a header length and ciphertext body
 
 
@@ -50,6 +60,7 @@ class PartialSum:
     n_values: int
     ciphertexts: tuple[int, ...]
     contributors: tuple[str, ...]
+    attestations: tuple[Attestation, ...]  # one per contributor, in the same order
     signed_hash: bytes = b""
     signature: bytes = b""
 
@@ -65,6 +76,9 @@ class PartialSum:
                 or not self.contributors:
             raise ProtocolError("partial sum needs round >= 0, n_values >= 1, ciphertexts "
                                 "and at least one contributor")
+        if len(self.attestations) != len(self.contributors):
+            raise ProtocolError(f"partial sum has {len(self.attestations)} attestations for "
+                                f"{len(self.contributors)} contributors")
 
     @property
     def summed(self) -> int:
@@ -74,10 +88,30 @@ class PartialSum:
         """Raise ProtocolError unless the relay's key signed exactly this payload."""
         PARTIAL.verify(key, self.signed_hash, self.signature)
 
+    def unattested(self, keys: Mapping[str, Ed25519PublicKey], *, fleet: str, run_id: str,
+                   round_id: int, key_fingerprint: str, codec_digest: str,
+                   n_values: int) -> list[str]:
+        """The contributors whose attestation ``keys`` (their enrolled keys) do not confirm
+        for the given round, key and contract: unenrolled, another round, another signer."""
+        bad = []
+        for device, att in zip(self.contributors, self.attestations, strict=True):
+            key = keys.get(device)
+            statement = Statement(fleet, run_id, round_id, device, key_fingerprint,
+                                  codec_digest, n_values, att.ciphertext_hash)
+            try:
+                if key is None:
+                    raise ProtocolError("not enrolled")
+                statement.verify(key, att.signature)
+            except ProtocolError:
+                bad.append(device)
+        return bad
+
 
 def encode_partial(msg: PartialSum, public_key: PaillierPublicKey, signer: Signer) -> bytes:
     return PARTIAL.encode(msg, {"relay": msg.relay_id, "summed": msg.summed,
-                                "contributors": list(msg.contributors)}, public_key, signer)
+                                "contributors": list(msg.contributors),
+                                "attestations": [a.to_json() for a in msg.attestations]},
+                          public_key, signer)
 
 
 def is_partial(payload: bytes) -> bool:
@@ -95,5 +129,6 @@ def decode_partial(payload: bytes, public_key: PaillierPublicKey) -> PartialSum:
     contributors = header["contributors"]
     if not all(isinstance(c, str) for c in contributors) or header["summed"] != len(contributors):
         raise ProtocolError("partial sum: 'summed' must equal the number of contributor ids")
+    attestations = tuple(Attestation.from_json(a) for a in header["attestations"])
     return PartialSum(**frame.common(), relay_id=header["relay"],
-                      contributors=tuple(contributors))
+                      contributors=tuple(contributors), attestations=attestations)

@@ -9,7 +9,9 @@ a receiver can reject a payload meant for another key, contract or run before
 it touches a single ciphertext. Ciphertexts are ``count`` blocks of exactly
 ``size`` bytes (the byte length of n^2): no decimal strings, no base64. The
 64-byte signature covers everything before it, so neither a header field nor a
-re-randomised ciphertext can be changed without the agent's key.
+re-randomised ciphertext can be changed without the agent's key. The optional
+header field ``attest`` is the device's attestation (protocol.attestation), which
+a relay forwards upstream; older readers ignore it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fedmq.protocol.attestation import (
+    Attestation,
+    Statement,
+    ciphertext_hash,
+    signature_from_hex,
+)
 from fedmq.protocol.crypto.paillier import (
     PaillierPublicKey,
     ciphertext_size,
@@ -97,19 +105,22 @@ class Framing:
         return self.prefix.size + header_len + body_bytes + SIGNATURE_BYTES
 
     def encode(self, msg: Framed, fields: Mapping[str, object], public_key: PaillierPublicKey,
-               signer: Signer) -> bytes:
-        """``msg`` signed by ``signer``; ``fields``: the header fields of its kind."""
+               signer: Signer,
+               body_fields: Callable[[bytes], Mapping[str, object]] | None = None) -> bytes:
+        """``msg`` signed by ``signer``; ``fields``: the header fields of its kind;
+        ``body_fields``: more header fields made from the ciphertext bytes."""
         ciphertexts = msg.ciphertexts
+        cipher_bytes = ciphertexts_to_bytes(public_key, ciphertexts)
         header = json.dumps({
             "schema": self.schema, **{name: getattr(msg, attr) for name, attr in _COMMON.items()},
             **fields, "count": len(ciphertexts),
             "size": ciphertext_size(public_key), "signer": signer.public_hex,
+            **(body_fields(cipher_bytes) if body_fields is not None else {}),
         }, separators=(",", ":")).encode()
         if len(header) > self.max_header:
             raise ProtocolError(f"{self.what} header of {len(header)} bytes exceeds "
                                 f"{self.max_header}")
-        body = self.prefix.pack(self.magic, self.version, len(header)) + header + \
-            ciphertexts_to_bytes(public_key, ciphertexts)
+        body = self.prefix.pack(self.magic, self.version, len(header)) + header + cipher_bytes
         return body + signer.sign(self.domain, hashlib.sha256(body).digest())
 
     def decode(self, payload: bytes, public_key: PaillierPublicKey) -> Frame:
@@ -180,6 +191,8 @@ class UpdateMessage:
     # aggregator tell "signed, but with a key it has not enrolled" from a forgery.
     # Optional (older agents omit it); it grants nothing, the enrolled key decides.
     signer_key: str = ""
+    # The device's attestation signature (protocol.attestation), b"" if the header has none.
+    attestation: bytes = b""
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
@@ -201,9 +214,34 @@ class UpdateMessage:
         """Raise ProtocolError unless the agent's key signed exactly this payload."""
         UPDATE.verify(key, self.signed_hash, self.signature)
 
+    def statement(self, digest: bytes) -> Statement:
+        """What this update's attestation says, for ciphertext bytes hashing to ``digest``."""
+        return Statement(self.fleet, self.run_id, self.round_id, self.agent_id,
+                         self.key_fingerprint, self.codec_digest, self.n_values, digest)
 
-def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey, signer: Signer) -> bytes:
-    return UPDATE.encode(msg, {"agent": msg.agent_id}, public_key, signer)
+    def attested(self, key: Ed25519PublicKey, public_key: PaillierPublicKey) -> Attestation:
+        """This update's attestation, checked with the device's enrolled ``key`` against its
+        own header and ciphertexts (a relay forwards it); ProtocolError if missing or wrong."""
+        if not self.attestation:
+            raise ProtocolError("update carries no attestation (the device's fedmq predates "
+                                "relayed attestations: upgrade it)")
+        digest = ciphertext_hash(ciphertexts_to_bytes(public_key, self.ciphertexts))
+        try:
+            self.statement(digest).verify(key, self.attestation)
+        except ProtocolError as exc:
+            raise ProtocolError(f"the update's attestation does not verify: {exc}") from exc
+        return Attestation(digest, self.attestation)
+
+
+def encode_update(msg: UpdateMessage, public_key: PaillierPublicKey, signer: Signer, *,
+                  attest: bool = True) -> bytes:
+    """The signed frame; with ``attest`` it carries a fresh attestation by ``signer`` (the
+    device's key), else ``msg.attestation`` as it is (tests: missing or foreign ones)."""
+    def attestation(cipher_bytes: bytes) -> dict[str, str]:
+        signature = msg.statement(ciphertext_hash(cipher_bytes)).sign(signer) if attest \
+            else msg.attestation
+        return {"attest": signature.hex()} if signature else {}
+    return UPDATE.encode(msg, {"agent": msg.agent_id}, public_key, signer, attestation)
 
 
 def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessage:
@@ -219,4 +257,5 @@ def decode_update(payload: bytes, public_key: PaillierPublicKey) -> UpdateMessag
     signer_key = header.get("signer", "")
     if not isinstance(signer_key, str) or len(signer_key) > 64:
         raise ProtocolError("update header field 'signer' is not a public key")
-    return UpdateMessage(**frame.common(), agent_id=header["agent"], signer_key=signer_key)
+    return UpdateMessage(**frame.common(), agent_id=header["agent"], signer_key=signer_key,
+                         attestation=signature_from_hex(header.get("attest")))

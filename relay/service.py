@@ -6,10 +6,11 @@ re-publishes them byte for byte (retained) to its own devices' broker, so device
 verify the very signature the aggregator made. Downstream it checks every device's
 signed update exactly as the aggregator would (``aggregator.rounds.RoundState``
 with this relay's allow-list: fleet, run, round, key and contract digest, size,
-every ciphertext in Z*_{n^2}) and multiplies the ciphertexts. When all its online
-devices reported, or ``margin_seconds`` before the round's deadline, it sends ONE
-partial sum (protocol.partial) signed with its own Ed25519 key on its update topic
-upstream, naming every contributing device.
+every ciphertext in Z*_{n^2}), and the device's attestation (protocol.attestation), then
+multiplies the ciphertexts. When all its online enrolled devices reported, or
+``margin_seconds`` before the round's deadline, it sends ONE partial sum (protocol.partial)
+signed with its own Ed25519 key on its update topic upstream, naming every contributing
+device with its attestation, which the top aggregator checks with the device's key.
 
 Not done here (documented limits): notices to devices (a device rejected by the relay
 learns it only from the relay's log), forwarding device skips upstream, persisting an
@@ -28,6 +29,7 @@ from fedmq.aggregator.admission import Admission
 from fedmq.aggregator.allowlist import AllowListFile
 from fedmq.aggregator.config import Limits
 from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
+from fedmq.protocol.attestation import Attestation
 from fedmq.protocol.crypto.paillier import (
     PaillierPublicKey,
     ciphertext_size,
@@ -40,7 +42,7 @@ from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.layout import PHASES, layout_for
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from fedmq.protocol.partial import PartialSum, encode_partial
-from fedmq.protocol.wire import decode_update
+from fedmq.protocol.wire import UpdateMessage, decode_update
 from fedmq.relay.config import RelayConfig
 from fedmq.runtime import __version__
 from fedmq.runtime.files import load_or_create_signer
@@ -68,6 +70,7 @@ class Relay:
         self.state: RoundState | None = None
         self._participants: frozenset[str] = frozenset()
         self._sent: bytes | None = None  # the open round's partial sum, once forwarded
+        self._attested: dict[str, Attestation] = {}  # the open round's accepted devices'
         self._said_online = False
         self.forwarded: list[PartialSum] = []  # every partial sum sent (tests, operators)
         up, local = config.upstream_topics, config.local_topics
@@ -131,11 +134,6 @@ class Relay:
             item = self._local_inbox.get(0)
         while (up := self._up_inbox.get(0)) is not None:
             self._on_upstream(*up)
-        if not self._said_online and sum(self.online.values()) >= self.config.min_devices:
-            self._said_online = True
-            log.info("relay %s: %d devices online; online upstream", self.config.relay_id,
-                     sum(self.online.values()))
-            self._announce_online()
         self._maybe_forward(time.time())
 
     # --- upstream: the aggregator's announcements --------------------------------
@@ -197,20 +195,34 @@ class Relay:
         layout = layout_for(msg.state, msg.spec, pub.codec, pub.statistics, key.n,
                             pub.privacy)
         self._participants = frozenset(msg.participants)
+        enrolled = self.allow_list()
         self.state = RoundState(
             fleet=msg.fleet, run_id=msg.run_id, round_id=msg.round_id,
-            expected=frozenset(a for a, up in self.online.items() if up and self._takes(a)),
+            expected=frozenset(a for a, up in self.online.items()
+                               if up and self._takes(a) and a in enrolled),
             deadline=self._deadline(msg.deadline), quorum=1, layout=layout,
             key_fingerprint=pub.fingerprint, codec_digest=pub.contract_digest,
-            max_agents=pub.codec.max_agents, public_key=key, allow_list=self.allow_list(),
+            max_agents=pub.codec.max_agents, public_key=key, allow_list=enrolled,
             opened_at=time.time())
-        self._sent = None
+        self._sent, self._attested = None, {}
         body = layout.plaintext_count() * ciphertext_size(key)
         admission = Admission(self.config.local_topics, update_body=body, limits=_LIMITS)
         admission.open_round(msg.round_id, body)
         self._admission = admission
         log.info("relay: %s round %d open, expecting %d devices", msg.phase, msg.round_id,
                  len(self.state.expected))
+
+    def _maybe_online(self) -> None:
+        """Online upstream once ``min_devices`` ENROLLED devices are: any login may say
+        "online" on a status topic."""
+        if self._said_online:
+            return
+        enrolled = self.allow_list()
+        n = sum(1 for d, up in self.online.items() if up and d in enrolled)
+        if n >= self.config.min_devices:
+            self._said_online = True
+            log.info("relay %s: %d devices online; online upstream", self.config.relay_id, n)
+            self._announce_online()
 
     def _takes(self, device: str) -> bool:
         return not self._participants or device in self._participants
@@ -236,11 +248,17 @@ class Relay:
             return
         if (device := local.agent_of(topic, "update")) is None:
             return
-        if state is None or self._sent is not None or self._public_key is None:
+        if state is None or self._sent is not None or (key := self._public_key) is None:
             log.info("relay: update from %s dropped: no round open here", device)
             return
+
+        def attested(update: UpdateMessage) -> None:  # after every other check, before counting
+            try:
+                self._attested[device] = update.attested(state.allow_list[device], key)
+            except ProtocolError as exc:
+                raise Rejected(str(exc)) from exc
         try:
-            state.offer(decode_update(payload, self._public_key), device)
+            state.offer(decode_update(payload, key), device, attested)
         except Redelivered:
             return
         except (ProtocolError, Rejected) as exc:
@@ -257,10 +275,11 @@ class Relay:
         if status.agent_id != device:
             return
         self.online[device] = status.state == "online"
+        self._maybe_online()
         state = self.state
         if state is None or self._sent is not None:
             return
-        if self.online[device] and self._takes(device):
+        if self.online[device] and self._takes(device) and device in state.allow_list:
             state.expected = state.expected | {device}  # came online during the round
         if status.skipped is not None:
             state.skip(device, status.skipped)
@@ -275,7 +294,8 @@ class Relay:
             relay_id=self.config.relay_id, key_fingerprint=state.key_fingerprint,
             codec_digest=state.codec_digest, n_values=state.n_values,
             ciphertexts=tuple(int(c) for c in state.ciphertext_sum),
-            contributors=tuple(sorted(state.accepted)))
+            contributors=(devices := tuple(sorted(state.accepted))),
+            attestations=tuple(self._attested[d] for d in devices))
         self._sent = encode_partial(partial, self._public_key, self.signer)
         self._up.publish(self.config.upstream_topics.update(self.config.relay_id), self._sent,
                          wait=False)

@@ -26,14 +26,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fedmq.protocol.errors import ProtocolError
 
 __all__ = [
-    "CONTROL_DOMAIN", "SIGNATURE_BYTES", "UPDATE_DOMAIN", "Ed25519PublicKey", "Signer",
-    "canonical_json", "public_key_from_hex", "public_key_hex", "sign_document", "verify",
+    "ATTEST_DOMAIN", "CONTROL_DOMAIN", "SIGNATURE_BYTES", "UPDATE_DOMAIN", "Ed25519PublicKey",
+    "Signer", "canonical_json", "public_key_from_hex", "public_key_hex", "sign_document", "verify",
     "verify_document",
 ]
 
 SIGNATURE_BYTES = 64
 UPDATE_DOMAIN = b"fedmq/update/2\x00"
 CONTROL_DOMAIN = b"fedmq/control/1\x00"
+# A device's attestation of its update for a relay's partial sum (protocol.attestation).
+ATTEST_DOMAIN = b"fedmq/attest/1\x00"
 
 
 class Signer:

@@ -135,3 +135,50 @@ def test_20_parallel_enrolls_keep_all_20_entries(tmp_path: Path) -> None:
         assert p.returncode == 0, err
     doc = json.loads((tmp_path / "st" / "allow.json").read_text())
     assert sorted(doc["agents"]) == [f"dev-{i:02d}" for i in range(20)]
+
+
+def test_a_relay_may_carry_its_devices_and_the_old_plain_form_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "allow.json"
+    old, new = signer_for("relay-a").public_hex, signer_for("relay-a2").public_hex
+    path.write_text(json.dumps({"schema": "fedmq.allow-list/1", "agents": {},
+                                "relays": {"relay-a": old}}))  # as older versions wrote it
+    allow = AllowListFile(path)
+    assert list(allow.relays()) == ["relay-a"] and allow.relay_devices() == {}
+    assert enroll_relay(path, "relay-a", old, ["d2", "d1"])
+    assert json.loads(path.read_text())["relays"]["relay-a"] == {"key": old,
+                                                                 "devices": ["d1", "d2"]}
+    assert allow.relay_devices() == {"relay-a": frozenset({"d1", "d2"})}
+    assert enroll_relay(path, "relay-a", new)  # a new key keeps the assignment
+    enroll(path, "d1", signer_for("d1").public_hex)  # so does an agent's enrollment
+    assert allow.relay_devices() == {"relay-a": frozenset({"d1", "d2"})}
+    assert not enroll_relay(path, "relay-a", new, ["d1", "d2"])
+    with pytest.raises(ConfigError, match="device 'd2' is already assigned to relay 'relay-a'"):
+        enroll_relay(path, "relay-b", signer_for("relay-b").public_hex, ["d2", "d3"])
+    assert enroll_relay(path, "relay-a", new, clear_devices=True)
+    assert json.loads(path.read_text())["relays"]["relay-a"] == new
+    assert AllowListFile(path, relays={}).relay_devices() == {}  # fixed relays: fixed, none
+
+
+@pytest.mark.parametrize("entry,says", [
+    (42, "expected a public key or"),
+    ({"key": "KEY", "devices": "d1"}, "expected a public key or"),
+    ({"key": "KEY", "devices": ["d1"], "extra": 1}, "expected a public key or"),
+    ({"devices": ["d1"]}, "expected a public key or"),
+    ({"key": "zz", "devices": ["d1"]}, "bad Ed25519 public key"),
+    ({"key": "KEY", "devices": ["d1", "d1"]}, "listed twice"),
+    ({"key": "KEY", "devices": ["bad id!"]}, "device id"),
+])
+def test_a_bad_relay_entry_is_one_line_naming_the_file_and_relay(tmp_path: Path, entry: object,
+                                                                 says: str) -> None:
+    path = tmp_path / "allow.json"
+    key = signer_for("relay-a").public_hex
+    entry = json.loads(json.dumps(entry).replace("KEY", key))
+    path.write_text(json.dumps({"schema": "fedmq.allow-list/1", "agents": {},
+                                "relays": {"relay-a": entry}}))
+    with pytest.raises(ConfigError, match=rf"allow-list .*allow\.json: relay 'relay-a': .*{says}"):
+        AllowListFile(path).relay_devices()
+    path.write_text(json.dumps({"schema": "fedmq.allow-list/1", "agents": {}, "relays": {
+        "relay-a": {"key": key, "devices": ["d1"]}, "relay-b": {"key": key, "devices": ["d1"]}}}))
+    with pytest.raises(ConfigError, match=r"allow\.json: relay 'relay-b': device 'd1' is "
+                                          "already assigned to relay 'relay-a'"):
+        AllowListFile(path).relays()

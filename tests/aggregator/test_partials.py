@@ -16,8 +16,15 @@ from fedmq.aggregator.culprits import Suspects
 from fedmq.aggregator.inbound import Inbound
 from fedmq.aggregator.outcome import close_round
 from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
+from fedmq.protocol.attestation import Attestation, Statement, ciphertext_hash
 from fedmq.protocol.crypto.codec import CodecParams
-from fedmq.protocol.crypto.paillier import add_ciphertexts, decrypt_ints, encrypt_ints, fingerprint
+from fedmq.protocol.crypto.paillier import (
+    add_ciphertexts,
+    ciphertexts_to_bytes,
+    decrypt_ints,
+    encrypt_ints,
+    fingerprint,
+)
 from fedmq.protocol.crypto.signing import Signer
 from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.layout import contract_digest, layout_for
@@ -61,16 +68,31 @@ def close(state, priv):
                        statistics=StatsParams())
 
 
-def partial_payload(state, relay, devices, values=None, signer: Signer | None = None, **kw):
-    """A relay's partial sum of ``devices`` (each sending ``values``), as it goes on the wire."""
-    total = None
-    for _ in devices:
+def attestation(state, device, ciphertexts, *, round_id=1, signer: Signer | None = None):
+    """``device``'s attestation of its update ``ciphertexts`` for ``round_id``."""
+    digest = ciphertext_hash(ciphertexts_to_bytes(state.public_key, ciphertexts))
+    statement = Statement("test", "run1", round_id, device, state.key_fingerprint,
+                          state.codec_digest, state.n_values, digest)
+    return Attestation(digest, statement.sign(signer or signer_for(device)))
+
+
+def partial_payload(state, relay, devices, values=None, signer: Signer | None = None,
+                    attest_round=1, attesters=None, **kw):
+    """A relay's partial sum of ``devices`` (each sending ``values``, attesting it for
+    ``attest_round``; ``attesters``: device -> whose key signed its attestation instead),
+    as it goes on the wire."""
+    total, attested = None, {}
+    for device in devices:
         v = vector(state, values or (10, 20))
+        by = signer_for((attesters or {}).get(device, device))
+        attested[device] = attestation(state, device, v, round_id=attest_round, signer=by)
         total = list(v) if total is None else add_ciphertexts(state.public_key, total, v)
+    contributors = tuple(sorted(devices))
     msg = PartialSum(fleet="test", run_id="run1", round_id=1, relay_id=relay,
                      key_fingerprint=state.key_fingerprint, codec_digest=state.codec_digest,
                      n_values=state.n_values, ciphertexts=tuple(int(c) for c in total or ()),
-                     contributors=tuple(sorted(devices)))
+                     contributors=contributors,
+                     attestations=tuple(attested[d] for d in contributors))
     return encode_partial(replace(msg, **kw), state.public_key, signer or signer_for(relay))
 
 
@@ -189,3 +211,63 @@ def test_the_inbound_path_logs_why_a_partial_is_rejected(state, tmp_path, caplog
     assert sorted(state.accepted) == ["d1", "d2"] and state.rejected == 3
     # The accepted partial was persisted like an update, for a resumed round.
     assert (tmp_path / "open_round").exists()
+
+
+def test_a_stale_partial_under_stolen_ids_is_refused_and_blocks_no_victim(state, tmp_path,
+                                                                          caplog):
+    # relay-a re-sends its devices' sum, attested by d1..d3, under d1 and the ids of
+    # relay-b's device d7 and the direct device d9: whoever reports first must not win.
+    pub, inbound = state.public_key, Inbound(Topics("test"), state.public_key,
+                                             Checkpoints(tmp_path))
+    stolen = partial_payload(state, "relay-a", ["d1", "d7", "d9"], attest_round=0,
+                             attesters={"d7": "d2", "d9": "d3"})
+    caplog.set_level(logging.WARNING, "fedmq.aggregator.service")
+    inbound.handle(state, Topics("test").update("relay-a"), stolen)
+    assert "lists device(s) d1, d7, d9 without their valid attestation of round 1" in \
+        caplog.text and "refused whole" in caplog.text
+    assert (state.accepted, state.ciphertext_sum, state.rejected) == ([], None, 1)
+    state.offer(direct(state, "d9"), "d9")  # the victims' genuine updates count
+    state.offer_partial(decode_partial(partial_payload(state, "relay-b", ["d7", "d8"]), pub),
+                        "relay-b")
+    state.offer_partial(decode_partial(partial_payload(state, "relay-a", ["d1", "d2"]), pub),
+                        "relay-a")  # and the relay's own genuine partial after all
+    assert sorted(state.accepted) == ["d1", "d2", "d7", "d8", "d9"]
+
+
+@pytest.mark.parametrize("attest_round,attesters,names", [
+    (0, {}, "d1, d2"),  # the previous round's attestations, relabelled for this one
+    (1, {"d2": "relay-a"}, "d2"),  # the relay signed for its device
+    (1, {"d2": "d1"}, "d2"),  # another device's key
+])
+def test_a_partial_without_this_rounds_device_attestations_is_refused(state, attest_round,
+                                                                      attesters, names):
+    payload = partial_payload(state, "relay-a", ["d1", "d2"], attest_round=attest_round,
+                              attesters=attesters)
+    with pytest.raises(Rejected, match=f"device.s. {names} without their valid attestation"):
+        state.offer_partial(decode_partial(payload, state.public_key), "relay-a")
+    assert state.accepted == [] and state.rejected == 1
+
+
+def test_an_unenrolled_contributor_is_refused(state):
+    payload = partial_payload(state, "relay-a", ["d1", "unenrolled-x"])
+    with pytest.raises(Rejected, match=r"device\(s\) unenrolled-x without"):
+        state.offer_partial(decode_partial(payload, state.public_key), "relay-a")
+
+
+def test_relays_list_only_their_assigned_devices(state):
+    pub = state.public_key
+    state.relay_devices = {"relay-a": frozenset({"d1", "d2"})}
+    with pytest.raises(Rejected, match=r"relay .relay-a. lists device\(s\) outside its "
+                                       "assignment: d3; refused whole"):
+        state.offer_partial(decode_partial(partial_payload(state, "relay-a", ["d1", "d3"]),
+                                           pub), "relay-a")
+    # relay-b has no assignment: any device, but not one assigned to relay-a.
+    with pytest.raises(Rejected, match="assigned to another relay: d2"):
+        state.offer_partial(decode_partial(partial_payload(state, "relay-b", ["d2", "d5"]),
+                                           pub), "relay-b")
+    state.offer_partial(decode_partial(partial_payload(state, "relay-b", ["d3", "d5"]), pub),
+                        "relay-b")
+    state.offer_partial(decode_partial(partial_payload(state, "relay-a", ["d1"]), pub),
+                        "relay-a")
+    state.offer(direct(state, "d2"), "d2")  # an assigned device may still report directly
+    assert sorted(state.accepted) == ["d1", "d2", "d3", "d5"]

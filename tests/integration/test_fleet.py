@@ -108,11 +108,12 @@ def test_three_agents_two_rounds_match_plaintext_fedavg(broker_port, make_aggreg
         assert len(msg.ciphertexts) == per_update
         assert all(c > aggregator.public_key.n for c in msg.ciphertexts)
         # The only plaintext is the routing header: no weight, no values, no loss
-        # (the agent's public signing key: so the gateway can say "enrolled with another key").
+        # (the agent's public signing key: so the gateway can say "enrolled with another key";
+        # its attestation: what a relay forwards so the top can check the device sent it).
         header_len = int.from_bytes(payload[5:7], "big")
         header = json.loads(payload[7:7 + header_len])
         assert set(header) == {"schema", "fleet", "run", "round", "agent", "key", "codec",
-                               "values", "count", "size", "signer"}
+                               "values", "count", "size", "signer", "attest"}
         assert len(payload) == 7 + header_len + per_update * 128 + 64  # + Ed25519 signature
 
 

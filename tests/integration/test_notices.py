@@ -48,12 +48,13 @@ def test_an_unenrolled_agent_is_told_and_counts_once_enrolled(
         tmp_path, broker_port, make_aggregator, keypair, start_agents, caplog):
     """agent-1 is enrolled only after its notice arrived: its update of that very round
     is asked for again and counts, and so do the next round's. agent-2 is never enrolled:
-    its notice comes every round, its line is logged once."""
+    its notice comes every round, its line is logged once. The round opens with the one
+    enrolled device online (min_agents 1): unenrolled devices do not count as online."""
     caplog.set_level(logging.INFO)
     allow = tmp_path / "allow_list.json"
     enroll(allow, "agent-0", signer_for("agent-0").public_hex)
     aggregator = file_aggregator(make_aggregator, broker_port, allow, keypair, rounds=2,
-                                 quorum=2, min_agents=3, round_timeout=4.0)
+                                 quorum=2, min_agents=1, round_timeout=4.0)
     start_agents(broker_port, 3)
     thread, out = run_in_thread(aggregator.run)
     line = wait_until(lambda: lines(caplog, "fedmq.edge_agent.agent", enroll_command("agent-1")),
@@ -81,7 +82,7 @@ def test_enrolling_mid_round_rescues_a_round_that_waits_for_quorum(
     allow = tmp_path / "allow_list.json"
     enroll(allow, "agent-0", signer_for("agent-0").public_hex)
     aggregator = file_aggregator(make_aggregator, broker_port, allow, keypair, rounds=1,
-                                 quorum=2, min_agents=2, round_timeout=3.0, max_extensions=2)
+                                 quorum=2, min_agents=1, round_timeout=3.0, max_extensions=2)
     start_agents(broker_port, 2)
     thread, out = run_in_thread(aggregator.run)
     wait_until(lambda: lines(caplog, "fedmq.aggregator.service", "rejected update from agent-1"),
@@ -101,7 +102,8 @@ def test_a_failed_run_stops_the_agents_that_wait_for_it(
               for i, (name, kw) in enumerate([("agent-0", {}), ("unenrolled-1", {}),
                                               ("agent-2", {"exit_when_finished": False})])]
     runs = [run_in_thread(a.run) for a in agents]
-    aggregator = make_aggregator(broker_port, rounds=2, quorum=4, min_agents=3,
+    # Only enrolled devices count as online: unenrolled-1 does not.
+    aggregator = make_aggregator(broker_port, rounds=2, quorum=4, min_agents=2,
                                  round_timeout=1.0, max_extensions=1)
     try:
         with pytest.raises(RoundFailed, match="quorum 4 not reached after 1 extensions"):

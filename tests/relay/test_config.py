@@ -7,7 +7,7 @@ import json
 import pytest
 from support import AGGREGATOR_SIGNER
 
-from fedmq.aggregator.allowlist import enroll, load_allow_list, load_relays
+from fedmq.aggregator.allowlist import enroll, load_allow_list, load_relay_devices, load_relays
 from fedmq.cli import main
 from fedmq.protocol.errors import ConfigError
 from fedmq.relay.config import RelayConfig
@@ -65,3 +65,23 @@ def test_enroll_relay_marks_a_relay_and_agent_enrolls_keep_it(tmp_path, capsys):
     assert set(load_relays(allow)) == {"relay-a"}
     assert set(load_allow_list(allow)) == {"dev-1"}  # a relay is never an agent
     assert json.loads(allow.read_text())["relays"]["relay-a"] == line.split(",")[1]
+
+
+def test_enroll_relay_with_its_devices(tmp_path, capsys):
+    aggregator_toml = tmp_path / "aggregator.toml"
+    aggregator_toml.write_text('[keys]\nallow_list_file = "allow.json"\n'
+                               '[model]\nkind = "linear"\nfeatures = ["x"]\n')
+    enroll_relay = ["enroll-relay", "--config", str(aggregator_toml), "--relay", "relay-a",
+                    "--public-key", KEY]
+    assert main([*enroll_relay, "--devices", "dev-1,dev-2"]) == 0
+    assert "serving 2 device(s)" in capsys.readouterr().out
+    (tmp_path / "devices.txt").write_text("# relay-a's subtree\ndev-1\ndev-3, dev-4\n")
+    assert main([*enroll_relay, "--devices-file", str(tmp_path / "devices.txt")]) == 0
+    assert load_relay_devices(tmp_path / "allow.json") == {
+        "relay-a": frozenset({"dev-1", "dev-3", "dev-4"})}
+    for extra, says in [(["--devices-file", str(tmp_path / "none.txt")], "cannot read"),
+                        (["--devices", " , "], "--devices names no device"),
+                        (["--devices", "a", "--clear-devices"], "exclude each other")]:
+        assert main([*enroll_relay, *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1  # one line, no traceback
