@@ -8,7 +8,6 @@ checkpoint that says the round is closed, then the audit row (see aggregator.sto
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -20,6 +19,7 @@ from fedmq.aggregator.admission import Admission
 from fedmq.aggregator.announcer import Herald
 from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint
 from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.consistency import datasheet_check
 from fedmq.aggregator.culprits import Suspects
 from fedmq.aggregator.health import FleetHealth, clipped_share
 from fedmq.aggregator.inbound import Inbound
@@ -68,11 +68,11 @@ class RoundClosing:
     _health: FleetHealth
     _herald: Herald
     _link: MqttLink
-    _rng: random.Random
     _on_round: Callable[[RoundResult], None] | None
     _sent_at_open: int
     _model_digest: str
     _budget: FleetBudget | None
+    _statistics_rows: dict[frozenset[str], int]
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
         raise NotImplementedError  # aggregator.service.Aggregator.allow_list
@@ -95,8 +95,8 @@ class RoundClosing:
         state.rejected += self._admission.close_round()
         cfg = self.config
         closing = close_round(state, self._private_key, self._suspects, spec=self.spec,
-                              codec=cfg.codec, statistics=cfg.statistics, rng=self._rng,
-                              dp=cfg.privacy.device)
+                              codec=cfg.codec, statistics=cfg.statistics, robust=cfg.robust,
+                              statistics_rows=self._statistics_rows, dp=cfg.privacy.device)
         for culprit in closing.named:
             self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
         if state.phase == "statistics":
@@ -166,12 +166,17 @@ class RoundClosing:
         if closing.statistics is None:
             raise RoundFailed("statistics round: the decrypted sums were rejected, so "
                               "center/scale cannot be derived")
+        self._statistics_rows = closing.group_rows
         try:
             spec, warnings = scaled_spec(self.config.spec, closing.statistics,
                                          self.config.statistics)
         except StatisticsRangeError as exc:
             raise RoundFailed(f"statistics round: {exc}") from None
-        path = save_run_spec(self.store.run_dir, spec, closing.statistics, warnings)
+        if self.config.ranges is not None:
+            spec, lines = datasheet_check(self.config.spec, spec, self.config.ranges)
+            warnings += lines
+        path = save_run_spec(self.store.run_dir, spec, closing.statistics, warnings,
+                             closing.group_rows)
         self.spec = spec
         for warning in warnings:
             log.warning("statistics round: %s", warning)

@@ -11,6 +11,8 @@ from typing import Any
 
 from msgspec.structs import asdict
 
+from fedmq.aggregator.consistency import Tolerances
+from fedmq.aggregator.groups import RULES
 from fedmq.aggregator.privacy import privacy_terms
 from fedmq.aggregator.schema import AggregatorFile
 from fedmq.models import ModelError, ModelSpec
@@ -113,6 +115,39 @@ class HealthPolicy:
                               "health.missing_class_rounds at least 1")
 
 
+def _ranges(ranges: list[tuple[float, float]] | None, spec: ModelSpec,
+            source: str) -> tuple[tuple[float, float], ...] | None:
+    if ranges is None:
+        return None
+    if len(ranges) != len(spec.features):
+        raise ConfigError(f"{source}: [statistics] ranges has {len(ranges)} entries; give one "
+                          f"[low, high] per [model] feature ({len(spec.features)})")
+    for name, (lo, hi) in zip(spec.features, ranges, strict=True):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ConfigError(f"{source}: [statistics] ranges: the range of {name!r} must be "
+                              f"[low, high] with low < high, got [{lo!r}, {hi!r}]")
+    return tuple((float(lo), float(hi)) for lo, hi in ranges)
+
+
+@dataclass(frozen=True)
+class RobustPolicy:
+    """How a round's updates are combined (aggregator.groups) and checked
+    (aggregator.consistency): ``rule`` across disjoint groups of >= ``min_group`` devices."""
+
+    rule: str = "filtered-mean"
+    groups: int = 5  # at most this many groups a round (fewer when the fleet is small)
+    min_group: int = 2
+    trim: int = 1  # trimmed-mean: groups cut from each side, per coordinate
+    tolerances: Tolerances = field(default_factory=Tolerances)
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"robust.rule must be one of {', '.join(RULES)}")
+        if self.groups < 1 or self.min_group < 2 or self.trim < 0:
+            raise ConfigError("robust.groups must be at least 1, robust.min_group at least 2 "
+                              "and robust.trim not negative")
+
+
 @dataclass(frozen=True)
 class AggregatorConfig:
     topics: Topics
@@ -133,6 +168,9 @@ class AggregatorConfig:
     # False: never run a statistics round; [model] must then give center and scale.
     statistics_round: bool = True
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    # [statistics] ranges: datasheet (low, high) per feature, or None.
+    ranges: tuple[tuple[float, float], ...] | None = None
+    robust: RobustPolicy = field(default_factory=RobustPolicy)
     privacy: PrivacyTerms = field(default_factory=PrivacyTerms)
 
     def __post_init__(self) -> None:
@@ -189,7 +227,13 @@ class AggregatorConfig:
             limits = Limits(**asdict(f.limits))
         with blame(source, "[health]"):
             health = HealthPolicy(**asdict(f.health))
+        r = f.robust
+        with blame(source, "[robust]"):
+            robust = RobustPolicy(r.rule, r.groups, r.min_group, r.trim, Tolerances(
+                scale_factor=r.scale_factor, metric=r.metric_tolerance, growth=r.growth,
+                rows=r.rows_factor, trim=r.trim))
         stats = f.statistics
+        ranges = _ranges(stats.ranges, spec, source)
         with blame(source, "[statistics]"):
             statistics = StatsParams(fraction_bits=stats.fraction_bits, max_abs=stats.max_abs,
                                      max_samples=stats.max_samples, max_agents=codec.max_agents)
@@ -201,7 +245,7 @@ class AggregatorConfig:
             return cls(topics=topics, spec=spec, **rest,
                        policy=policy, training=training, codec=codec, limits=limits,
                        statistics=statistics, statistics_round=stats.enabled, health=health,
-                       privacy=privacy)
+                       robust=robust, ranges=ranges, privacy=privacy)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 

@@ -2,12 +2,17 @@
 
 An enrolled device can encrypt plaintexts outside the codec's bounds; nothing
 shows before decryption, and the decrypted SUM then fails its bounds. Instead
-of dropping the round, ``search`` splits the failing set T into two random
-halves A and B, decrypts the sum of each (the homomorphic product of its
-members' ciphertexts) and recurses into the halves that fail, but splits a
-group only while both halves keep at least two members (so |group| >= 4). A
-failing group of 2 or 3 is excluded from this round; the round closes with
-the sum of the passing groups.
+of dropping the round, ``search`` splits the failing set T into two halves A
+and B, decrypts the sum of each (the homomorphic product of its members'
+ciphertexts) and recurses into the halves that fail, but splits a group only
+while both halves keep at least ``min_group`` (2) DEVICES: a relay's partial
+sum is one member of many devices, so a relay whose partial fails is left out
+on its own. A failing group too small to split is excluded from this round;
+the round closes with the sum of the passing groups. The halves are drawn
+from a generator seeded with the failing set and the round id, so the same
+failing set is split the same way in the same round of every run: an
+operator who repeats runs with an out-of-range device of its own learns no
+new groups (the statistics round is always round 0).
 
 What the aggregator learns: the sums over the decrypted groups, which form a
 laminar family (a binary tree: every split group is the disjoint union of its
@@ -26,9 +31,9 @@ common to all of them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -56,27 +61,58 @@ class Search:
     decrypted: tuple[frozenset[str], ...]  # every group whose sum was decrypted, T first
 
 
-def search(agents: Iterable[str], check: Check, *,
-           rng: random.Random | None = None, min_group: int = MIN_GROUP) -> Search:
+def _seeded(group: Iterable[str], salt: str) -> random.Random:
+    """The same halves for the same failing set and ``salt`` (the round id) in every run:
+    repeating a run must not decrypt new groups of the same devices, whose differences
+    would add up. Another round of the same run draws other halves, so a persistent
+    culprit ends up the only device common to its excluded groups (Suspects)."""
+    ids = "\x00".join(["fedmq/search/1", salt, *sorted(group)])
+    return random.Random(hashlib.sha256(ids.encode()).digest())
+
+
+def _halves(group: frozenset[str], size: Callable[[Iterable[str]], int], min_group: int,
+            rng: random.Random) -> tuple[frozenset[str], frozenset[str]] | None:
+    """Two halves of about equal DEVICE counts (a relay's partial is one member of many
+    devices), each of at least ``min_group`` devices, or None when no such split exists."""
+    if len(group) < 2:
+        return None
+    members = sorted(group)
+    rng.shuffle(members)
+    members.sort(key=lambda m: -size((m,)))  # stable: the shuffle orders equal sizes
+    halves: tuple[list[str], list[str]] = ([], [])
+    for member in members:
+        min(halves, key=size).append(member)
+    if min(size(halves[0]), size(halves[1])) < min_group:
+        return None
+    return frozenset(halves[0]), frozenset(halves[1])
+
+
+def search(agents: Iterable[str], check: Check, *, rng: random.Random | None = None,
+           min_group: int = MIN_GROUP, devices: Mapping[str, int] | None = None,
+           salt: str = "") -> Search:
     """Split the failing set of ``agents`` (T, already decrypted) as described above.
 
-    ``min_group``: the fewest members a decrypted group may have (device-level DP: the
+    ``min_group``: the fewest DEVICES a decrypted group may have (device-level DP: the
     quorum, so every decrypted sum carries the full noise its shares were sized for).
+    ``devices``: member -> devices its ciphertexts sum (a relay's partial), 1 if absent.
+    ``rng``: the halves' randomness; by default seeded from the failing set and ``salt``.
     """
-    rng = rng or secrets.SystemRandom()
+    weight = devices or {}
+
+    def size(members: Iterable[str]) -> int:
+        return sum(weight.get(m, 1) for m in members)
+
     whole = frozenset(agents)
     decrypted, excluded = [whole], []
     passing: list[tuple[frozenset[str], list[int]]] = []
     pending = [whole]
     while pending:
         group = pending.pop()
-        if len(group) < 2 * min_group:
+        halves = _halves(group, size, min_group, rng or _seeded(group, salt))
+        if halves is None:
             excluded.append(group)
             continue
-        members = sorted(group)
-        rng.shuffle(members)
-        half = len(members) // 2
-        for part in (frozenset(members[:half]), frozenset(members[half:])):
+        for part in halves:
             decrypted.append(part)
             sums = check(part)
             if sums is None:
@@ -94,29 +130,67 @@ def search(agents: Iterable[str], check: Check, *,
     return Search(kept=kept, sums=total, excluded=tuple(excluded), decrypted=tuple(decrypted))
 
 
+@dataclass(frozen=True)
+class GroupSums:
+    """What a round's groups yield: each kept group's decoded sums, and what was excluded."""
+
+    sums: dict[frozenset[str], list[int]]  # a group (or the part of it kept) -> its sums
+    excluded: tuple[frozenset[str], ...]  # failing groups too small to split
+    named: tuple[str, ...]  # devices newly named culprits
+
+    @property
+    def kept(self) -> frozenset[str]:
+        return frozenset().union(*self.sums)
+
+
+def close_groups(round_id: int, groups: Sequence[frozenset[str]], check: Check,
+                 suspects: Suspects, *, rng: random.Random | None = None,
+                 min_group: int = MIN_GROUP, devices: Mapping[str, int] | None = None
+                 ) -> GroupSums:
+    """Decrypt each group's sum; search a failing group for its culprit (never below
+    ``min_group`` devices) and keep what passes."""
+    sums: dict[frozenset[str], list[int]] = {}
+    excluded: list[frozenset[str]] = []
+    for group in groups:
+        found_sums = check(group)
+        if found_sums is not None:
+            sums[group] = found_sums
+            continue
+        found = search(group, check, rng=rng, min_group=min_group, devices=devices,
+                       salt=str(round_id))
+        excluded += found.excluded
+        if found.sums is not None:
+            sums[found.kept] = found.sums
+        size = sum((devices or {}).get(m, 1) for m in group)
+        left = size - sum((devices or {}).get(m, 1) for m in found.kept)
+        for bad in found.excluded:
+            log.error("round %d: decrypted sum out of bounds; culprit among %s (excluded this "
+                      "round); %s", round_id, ", ".join(sorted(bad)),
+                      f"{left} of the group's {size} devices left out" if found.kept
+                      else ("round dropped" if len(groups) == 1 else "its group left out"))
+    result = GroupSums(sums, tuple(excluded), ())
+    named = suspects.record(round_id, excluded, kept=result.kept)
+    for agent in named:
+        log.error("%s is the culprit: the only device in every excluded group of rounds %s; "
+                  "its updates are rejected for the rest of the run", agent,
+                  ", ".join(map(str, suspects.culprits[agent])))
+    return GroupSums(sums, tuple(excluded), tuple(named))
+
+
 def close_sum(round_id: int, agents: Iterable[str], check: Check, suspects: Suspects, *,
-              rng: random.Random | None = None, min_group: int = MIN_GROUP
+              rng: random.Random | None = None, min_group: int = MIN_GROUP,
+              devices: Mapping[str, int] | None = None
               ) -> tuple[frozenset[str], list[int] | None, list[str]]:
     """The round's sum: of every update, or of the groups that pass after a search.
 
     Returns (kept devices, their decoded sums or None, devices newly named culprits).
     """
-    whole = frozenset(agents)
-    sums = check(whole)
-    if sums is not None:
-        suspects.record(round_id, (), kept=whole)
-        return whole, sums, []
-    found = search(whole, check, rng=rng, min_group=min_group)
-    for group in found.excluded:
-        log.error("round %d: decrypted sum out of bounds; culprit among %s (excluded this "
-                  "round); %s", round_id, ", ".join(sorted(group)),
-                  f"closed with {len(found.kept)} devices" if found.kept else "round dropped")
-    named = suspects.record(round_id, found.excluded, kept=found.kept)
-    for agent in named:
-        log.error("%s is the culprit: the only device in every excluded group of rounds %s; "
-                  "its updates are rejected for the rest of the run", agent,
-                  ", ".join(map(str, suspects.culprits[agent])))
-    return found.kept, found.sums, named
+    found = close_groups(round_id, [frozenset(agents)], check, suspects, rng=rng,
+                         min_group=min_group, devices=devices)
+    if not found.sums:
+        return frozenset(), None, list(found.named)
+    ((kept, sums),) = found.sums.items()
+    return kept, sums, list(found.named)
 
 
 def group_sum(public_key: PaillierPublicKey, vectors: Mapping[str, Sequence[int]],

@@ -7,14 +7,36 @@ codec's bounds, the sums the culprit search allows (aggregator.culprits)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_sum
+from fedmq.aggregator.config import RobustPolicy
+from fedmq.aggregator.consistency import (
+    Group,
+    Tolerances,
+    evaluation_outliers,
+    growth_check,
+    rows_check,
+    statistics_invalid,
+    statistics_outliers,
+    step_outliers,
+)
+from fedmq.aggregator.consistency import named as named_group
+from fedmq.aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_groups
+from fedmq.aggregator.groups import (
+    FAR,
+    MIN_GROUPS,
+    WEIGHT_CAP,
+    combine,
+    far_from_median,
+    partition,
+)
 from fedmq.aggregator.rounds import RoundState
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import CodecParams, mean_from_sums
@@ -25,6 +47,7 @@ from fedmq.protocol.sums.evaluation import FleetEvaluation
 from fedmq.protocol.sums.statistics import FleetStatistics, StatsParams
 
 log = logging.getLogger("fedmq.aggregator.service")
+LEFT_OUT = -1  # statistics_rows: the group's statistics were left out as implausible
 FloatArray = NDArray[np.float64]
 
 
@@ -68,6 +91,9 @@ class Closing:
     total_weight: float = 0.0
     evaluation: FleetEvaluation | None = None
     statistics: FleetStatistics | None = None
+    groups: int = 1  # groups whose sums were decrypted and used
+    # Statistics round: rows per group of devices (for the growth check of later rounds).
+    group_rows: dict[frozenset[str], int] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -76,53 +102,170 @@ class Closing:
 
 def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Suspects, *,
                 spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
+                robust: RobustPolicy | None = None,
+                statistics_rows: Mapping[frozenset[str], int] | None = None,
                 rng: random.Random | None = None, dp: DpParams | None = None) -> Closing:
-    """Decrypt the round's sum (or the sums the culprit search keeps) and decode each section."""
-    # Members are devices and relays (whose partial sums the search cannot split);
-    # everything reported and counted below is in devices.
+    """Decrypt the sums of the round's groups (one group when the fleet is too small, or the
+    rule is plain ``mean``), check them against each other and decode what the phase yields.
+
+    ``statistics_rows``: the statistics round's rows per group of devices, for the growth check.
+    """
+    robust = robust or RobustPolicy()
+    # Members are devices and relays (whose partial sums cannot be split); everything
+    # reported and counted below is in devices.
     members = state.members or {a: (a,) for a in state.vectors}
+    sizes = {m: len(d) for m, d in members.items()}
     check = bounds_check(state.layout, private_key, state.vectors, total=state.ciphertext_sum,
-                         devices={m: len(d) for m, d in members.items()})
+                         devices=sizes)
     # Under device-level DP no decrypted sum may hold fewer noise shares than the quorum's.
-    min_group = MIN_GROUP if dp is None else max(MIN_GROUP, state.quorum)
-    kept_members, sums, named = close_sum(state.round_id, members, check, suspects, rng=rng,
-                                          min_group=min_group)
-    kept = frozenset(d for m in kept_members for d in members[m])
-    dropped = Closing((), tuple(sorted(state.accepted)), tuple(named))
-    if sums is None or len(kept) < state.quorum:
+    min_group = max(robust.min_group, MIN_GROUP if dp is None else state.quorum)
+    groups = (frozenset(members),) if robust.rule == "mean" else partition(
+        sizes, fleet=state.fleet, min_group=min_group, groups=robust.groups)
+    found = close_groups(state.round_id, groups, check, suspects, rng=rng,
+                         min_group=min_group, devices=sizes)
+    named = found.named
+    group_sums = dict(found.sums)
+    left_out: dict[frozenset[str], int] = {}
+    if state.phase == "statistics" and len(group_sums) >= MIN_GROUPS:
+        stats = {g: state.layout.split(s)["statistics"] for g, s in group_sums.items()}
+        flagged = statistics_invalid(stats, spec, statistics)
+        if len(flagged) > robust.tolerances.trim:
+            flagged = []  # most of the fleet: a config matter (max_abs), said when adopted
+        for group, _ in flagged:
+            del stats[group]
+        flagged += statistics_outliers(stats, spec, statistics, robust.tolerances)
+        for group, why in flagged:
+            log.warning("statistics round: group %s left out of the fleet's center/scale: %s",
+                        named_group(group, members), why)
+            del group_sums[group]
+            left_out[frozenset(d for m in group for d in members[m])] = LEFT_OUT
+    kept = frozenset(d for g in group_sums for m in g for d in members[m])
+    dropped = Closing((), tuple(sorted(state.accepted)), named)
+    if not group_sums or len(kept) < state.quorum:
         log.error("round %d: decrypted sum rejected (no group of at least the quorum passes "
                   "its bounds); %s", state.round_id,
                   "keeping the model" if state.phase == "training" else "nothing learned")
         return dropped
-    sections = state.layout.split(sums)
+    sections = {g: state.layout.split(s) for g, s in group_sums.items()}
+    total = state.layout.split([sum(c) for c in zip(*group_sums.values(), strict=True)])
     excluded = tuple(sorted(set(state.accepted) - kept))
+    done = functools.partial(Closing, tuple(sorted(kept)), excluded, named,
+                             groups=len(group_sums))
     try:
         if state.phase == "statistics":
-            return Closing(tuple(sorted(kept)), excluded, tuple(named),
-                           statistics=FleetStatistics.from_sums(sections["statistics"], spec,
-                                                                statistics))
+            rows = {frozenset(d for m in g for d in members[m]): s["statistics"][-1]
+                    for g, s in sections.items()} | left_out
+            return done(statistics=FleetStatistics.from_sums(total["statistics"], spec,
+                                                             statistics), group_rows=rows)
         # Under DP without exact aggregates, training updates carry no evaluation section.
-        evaluation = (_evaluation(state.round_id, sections["evaluation"], spec, statistics)
-                      if "evaluation" in sections else None)
+        evaluation = (_evaluation(state, sections, members, spec, statistics, codec,
+                                  robust.tolerances, statistics_rows or {})
+                      if "evaluation" in total else None)
         if state.phase == "evaluation":
-            return Closing(tuple(sorted(kept)), excluded, tuple(named), evaluation=evaluation)
-        if dp is not None:  # device-level DP: a noised sum of unweighted, clipped deltas
-            avg_delta, devices = mean_from_noisy_sums(sections["training"], dp)
-            total_weight = float(devices)
-        else:
-            avg_delta, total_weight = mean_from_sums(sections["training"], codec)
+            return done(evaluation=evaluation)
+        avg_delta, total_weight = _step(state, sections, members, codec, robust, dp,
+                                        statistics_rows or {})
     except CodecError as exc:
         # A forged or broken update in a fleet too small to split (or several
         # culprits): the round is dropped and the model kept.
         log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                   exc)
         return dropped
-    return Closing(tuple(sorted(kept)), excluded, tuple(named), avg_delta=avg_delta,
-                   total_weight=total_weight, evaluation=evaluation)
+    return done(avg_delta=avg_delta, total_weight=total_weight, evaluation=evaluation)
 
 
-def _evaluation(round_id: int, sums: list[int], spec: ModelSpec,
-                statistics: StatsParams) -> FleetEvaluation | None:
+def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
+          members: Mapping[str, tuple[str, ...]], codec: CodecParams, robust: RobustPolicy,
+          dp: DpParams | None, statistics_rows: Mapping[frozenset[str], int]
+          ) -> tuple[FloatArray, float]:
+    """The training step: ``robust.rule`` across the groups' mean updates, each group
+    weighing at most the rows its devices reported in the statistics round (a group
+    without that figure: at most WEIGHT_CAP median groups); returns it and the weight of
+    the groups it used."""
+    means: dict[Group, FloatArray] = {}
+    weights: dict[Group, float] = {}
+    uncapped: set[Group] = set()
+    for group, parts in sections.items():
+        name = named_group(group, members)
+        rows = statistics_rows.get(frozenset(d for m in group for d in members[m]))
+        if dp is not None:  # device-level DP: a noised sum of unweighted, clipped deltas
+            mean, devices = mean_from_noisy_sums(parts["training"], dp)
+            means[group], weights[group] = mean, float(devices)
+            continue
+        mean, weight = mean_from_sums(parts["training"], codec)
+        means[group], weights[group] = mean, float(weight)
+        rows = None if rows == LEFT_OUT else rows
+        if why := growth_check(weight, rows, robust.tolerances):
+            log.warning("round %d: group %s: %s", state.round_id, name, why)
+        if robust.rule == "mean" or len(sections) == 1:
+            continue  # plain FedAvg: the weights as claimed
+        if rows is None:
+            uncapped.add(group)
+        else:  # an honest device trains on the rows it summed, or on rows added since
+            weights[group] = min(float(weight), float(rows))
+    if uncapped:
+        limit = WEIGHT_CAP * float(np.median(list(weights.values())))
+        for group in uncapped:
+            weights[group] = min(weights[group], limit)
+    order = list(means)
+    kept = order
+    # With three groups one that differs cannot be told from a liar (the median sits on
+    # one of the other two): the filter needs four, the weight caps still hold.
+    if robust.rule == "filtered-mean" and len(order) > MIN_GROUPS:
+        far = set(far_from_median([means[g] for g in order], FAR))
+        kept = [g for i, g in enumerate(order) if i not in far]
+        for i in sorted(far):
+            log.warning("round %d: group %s left out of the step: its mean update lies more "
+                        "than %g times the groups' typical spacing from the coordinate-wise "
+                        "median of the group means", state.round_id,
+                        named_group(order[i], members), FAR)
+    step = combine(robust.rule, [means[g] for g in kept], [weights[g] for g in kept],
+                   robust.trim)
+    if robust.rule != "filtered-mean":
+        for group, why in step_outliers(means, step):
+            log.warning("round %d: group %s outvoted by the robust rule: %s", state.round_id,
+                        named_group(group, members), why)
+    return step, sum(weights[g] for g in kept)
+
+
+def _evaluation(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
+                members: Mapping[str, tuple[str, ...]], spec: ModelSpec,
+                statistics: StatsParams, codec: CodecParams, tol: Tolerances,
+                statistics_rows: Mapping[frozenset[str], int]) -> FleetEvaluation | None:
+    """The fleet metric over the groups whose evaluation sums can be honest."""
+    evals = {g: s["evaluation"] for g, s in sections.items()}
+    impossible: list[tuple[Group, str]] = []
+    weighted = state.layout.sections[0].name == "training" and \
+        state.layout.sections[0].max_count > 1  # weight = rows (no DP)
+    for group, parts in sections.items():
+        rows = statistics_rows.get(frozenset(d for m in group for d in members[m]))
+        why = None
+        if rows == LEFT_OUT:
+            why = "the same devices' sums were left out of the statistics round"
+        elif weighted:
+            why = rows_check(parts["training"][-1], parts["evaluation"][-1], codec.max_weight,
+                             sum(len(members[m]) for m in group))
+        if why is None and rows is not None and rows != LEFT_OUT:
+            why = growth_check(parts["evaluation"][-1], rows, tol)
+            why = why and why.replace("training weight", "evaluation row count")
+        if why:
+            impossible.append((group, why))
+    flagged = evaluation_outliers(evals, spec, statistics, tol, impossible) \
+        if len(evals) >= 3 else impossible
+    what = "round" if state.phase == "training" else "evaluation round"
+    for group, why in flagged:
+        log.warning("%s %d: group %s left out of the fleet metric: %s", what, state.round_id,
+                    named_group(group, members), why)
+    left = {g for g, _ in flagged}
+    rest = [s for g, s in evals.items() if g not in left]
+    if not rest:
+        return None
+    return _metric(state.round_id, [sum(c) for c in zip(*rest, strict=True)], spec,
+                   statistics)
+
+
+def _metric(round_id: int, sums: list[int], spec: ModelSpec,
+            statistics: StatsParams) -> FleetEvaluation | None:
     # Inconsistent metric sums (that passed the bounds) cost the round its metrics,
     # never its model update: the training section is checked on its own.
     try:

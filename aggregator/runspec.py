@@ -9,6 +9,7 @@ with, and an operator can read what the fleet's data looks like in aggregate.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedmq.models import ModelError, ModelSpec
@@ -21,10 +22,15 @@ FILE = "statistics.json"
 
 
 def save_run_spec(run_dir: Path, spec: ModelSpec, stats: FleetStatistics,
-                  warnings: list[str]) -> Path:
+                  warnings: list[str], group_rows: Mapping[frozenset[str], int] | None = None
+                  ) -> Path:
+    """``group_rows``: the rows of each group of devices whose sums were decrypted (-1: left
+    out), so the consistency checks of later rounds survive a restart."""
     path = run_dir / FILE
     doc = {"schema": SCHEMA, "spec": spec.to_dict(), "statistics": stats.to_dict(),
-           "warnings": warnings}
+           "warnings": warnings, "groups": [{"devices": sorted(g), "rows": rows} for g, rows
+                                            in sorted((group_rows or {}).items(),
+                                                      key=lambda item: sorted(item[0]))]}
     try:
         write_atomic(path, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
     except OSError as exc:
@@ -57,3 +63,13 @@ def load_run_spec(run_dir: Path, config_spec: ModelSpec) -> ModelSpec | None:
         raise ConfigError(f"{path} describes another model than [model]; set [output] "
                           "resume = false to start a new run")
     return spec
+
+
+def load_group_rows(run_dir: Path) -> dict[frozenset[str], int]:
+    """The statistics round's rows per group of devices, as ``save_run_spec`` wrote them;
+    empty when the file has none (an older run: the checks that need them are skipped)."""
+    try:
+        groups = json.loads((run_dir / FILE).read_bytes()).get("groups", [])
+        return {frozenset(str(d) for d in g["devices"]): int(g["rows"]) for g in groups}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}

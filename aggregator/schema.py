@@ -82,6 +82,19 @@ class StatisticsTable(Table, frozen=True):
     fraction_bits: Annotated[int, Meta(ge=8, le=32)] = 24
     max_abs: Annotated[float, Meta(ge=1)] = 1_000_000.0
     max_samples: Annotated[int, Meta(ge=1, le=2**24)] = 2**20
+    # Datasheet [low, high] per feature: a derived center/scale they rule out is replaced.
+    ranges: list[tuple[float, float]] | None = None
+
+
+class RobustTable(Table, frozen=True):
+    rule: Literal["filtered-mean", "trimmed-mean", "median", "mean"] = "filtered-mean"
+    groups: Annotated[int, Meta(ge=1, le=1000)] = 5
+    min_group: Annotated[int, Meta(ge=2)] = 2
+    trim: Annotated[int, Meta(ge=0)] = 1
+    scale_factor: Annotated[float, Meta(gt=1)] = 3.0
+    metric_tolerance: Annotated[float, Meta(gt=0, le=1)] = 0.05
+    growth: Annotated[float, Meta(ge=1)] = 4.0
+    rows_factor: Annotated[float, Meta(ge=1)] = 10.0
 
 
 class HealthTable(Table, frozen=True):
@@ -125,6 +138,7 @@ class AggregatorFile(Table, frozen=True):
     codec: CodecTable = CodecTable()
     statistics: StatisticsTable = StatisticsTable()
     health: HealthTable = HealthTable()
+    robust: RobustTable = RobustTable()
     privacy: PrivacyTable = PrivacyTable()
     output: OutputTable = OutputTable()
 

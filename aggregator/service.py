@@ -36,6 +36,7 @@ from fedmq.aggregator.privacy import BudgetSpent, FleetBudget
 from fedmq.aggregator.resume import carry_over, restore_updates
 from fedmq.aggregator.rounds import RoundState
 from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
+from fedmq.aggregator.runspec import load_group_rows
 from fedmq.aggregator.store import RunStore
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import make_codec
@@ -103,11 +104,13 @@ class Aggregator(RoundClosing):
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints,
                                 self._notifier, on_skip=self._health.skipped)
         self._suspects = Suspects()
+        self._statistics_rows: dict[frozenset[str], int] = {}  # the statistics round's groups
         self._admit = self._admission.filter(self._inbox.put)
-        # Who is sampled and which halves the culprit search tries must not be predictable.
+        # Who is sampled must not be predictable (the culprit search's halves are: the
+        # same failing set is split the same way, see aggregator.culprits).
         self._rng = secrets.SystemRandom()
         self._attendance = Attendance(config.policy, self._inbound.online, self.allow_list,
-                                      rng=self._rng)
+                                      rng=self._rng, relays=self.relays)
         topics = config.topics
         self._announcer = Announcer((topics.pubkey, topics.round))
         # A clean session: a persistent one is what lets Mosquitto 2.0.11 deafen
@@ -168,6 +171,7 @@ class Aggregator(RoundClosing):
                     self._attendance.wait(self._stop, partial(self._drain, None))
                 if start.spec is not None:
                     self.spec = start.spec
+                    self._statistics_rows = load_group_rows(self.store.run_dir)
                 elif cfg.needs_statistics and round_id == 1 and resume is None:
                     self._run_round(run_id, 0, 0, params, phase="statistics")
                 while round_id <= cfg.policy.rounds and not self._stop.is_set():
@@ -210,6 +214,7 @@ class Aggregator(RoundClosing):
         # A broken allow-list (or its relays) stops the start, not the first round.
         self.allow_list()
         self.relays()
+        self.enrolled.relay_devices()
         start, saved = open_run(self.runs, self.checkpoints, self.store, self.config,
                                 identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
                                 model_digest=self._model_digest, new_id=self._new_run_id)
@@ -240,7 +245,7 @@ class Aggregator(RoundClosing):
             key_fingerprint=self.fingerprint, codec_digest=self.codec_digest,
             max_agents=cfg.codec.max_agents, public_key=self.public_key,
             allow_list=self.allow_list(), opened_at=opened_at, sampled=sampled,
-            relays=self.relays(),
+            relays=self.relays(), relay_devices=self.enrolled.relay_devices(),
         )
         if resume is not None:
             restore_updates(state, self.checkpoints, self.public_key)

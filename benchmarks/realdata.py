@@ -65,6 +65,7 @@ class Options:
     round_timeout: float = 30.0
     work_dir: Path | None = None  # default: a temporary directory, removed afterwards
     overrides: dict[str, float | int] = field(default_factory=dict)  # epochs=..., etc.
+    rule: str | None = None  # [robust] rule; None: the aggregator's default
 
     def training(self, name: str) -> Training:
         t = TUNED.get(name, DEFAULT) if self.tuned else DEFAULT
@@ -116,6 +117,7 @@ def aggregator_tables(sp: datasets.Split, options: Options,
         "rounds": {"rounds": t.rounds, "round_timeout": options.round_timeout, "quorum": n,
                    "min_agents": n, "start_timeout": 120.0},
         "codec": {"clip": t.clip},
+        **({"robust": {"rule": options.rule}} if options.rule else {}),
     }
 
 
@@ -217,6 +219,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, help="keep gateways, logs and data here "
                    "(default: a temporary directory)")
     p.add_argument("--show-rounds", action="store_true", help="print each run's rounds.csv")
+    p.add_argument("--rule", choices=["filtered-mean", "trimmed-mean", "median", "mean"],
+                   help="the aggregator's [robust] rule (default: its default; mean: plain "
+                   "FedAvg, the baseline the robust rules are measured against)")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -227,7 +232,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    key_bits=args.key_bits, scaling=args.scaling, tuned=args.tuned,
                    rounds=args.rounds, alpha=args.alpha, seed=args.seed,
                    round_timeout=args.round_timeout, work_dir=args.work_dir,
-                   overrides=overrides)
+                   overrides=overrides, rule=args.rule)
 
 
 def cmd_bench_realdata(args: argparse.Namespace) -> int:

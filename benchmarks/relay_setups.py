@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedmq.aggregator.allowlist import enroll_many
-from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
+from fedmq.aggregator.config import AggregatorConfig, RobustPolicy, RoundPolicy
 from fedmq.aggregator.keys import load_aggregator_keys
 from fedmq.aggregator.outcome import RoundResult
 from fedmq.aggregator.service import Aggregator
@@ -126,7 +126,10 @@ def aggregator_config(plan: Plan, mqtt: MqttSettings, setup: str, min_agents: in
                            start_timeout=120 + 2 * plan.spread),
         training=TrainingSettings(),
         codec=CodecParams(max_agents=fleet), statistics=StatsParams(max_agents=fleet),
-        state_dir=str(plan.path(setup, "aggregator")), resume=False)
+        state_dir=str(plan.path(setup, "aggregator")), resume=False,
+        # Plain FedAvg: the check is that sums compose exactly; robust rules group a
+        # round's MEMBERS (a relay's partial is one), so topologies would group differently.
+        robust=RobustPolicy(rule="mean"))
 
 
 def enrolled(plan: Plan) -> dict[str, Ed25519PublicKey]:
@@ -220,7 +223,8 @@ def run_relayed(plan: Plan) -> SetupResult:
                       for r in plan.relays}
         aggregator = Aggregator(aggregator_config(plan, top.aggregator, "relayed",
                                                   len(plan.relays)),
-                                allow_list={}, relays=relay_keys)  # it knows relays only
+                                # The devices too: it checks each one's attestation.
+                                allow_list=enrolled(plan), relays=relay_keys)
         configs = [RelayConfig(
             relay_id=r, aggregator_signing_key=aggregator.signer.public_hex,
             signing_key_file=str(plan.path("relays", f"{r}.key")),

@@ -1,16 +1,24 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import get_args
 
 import pytest
 from msgspec.structs import asdict, fields
 
-from fedmq.aggregator.config import AggregatorConfig, HealthPolicy, Limits, RoundPolicy
+from fedmq.aggregator.config import (
+    AggregatorConfig,
+    HealthPolicy,
+    Limits,
+    RobustPolicy,
+    RoundPolicy,
+)
 from fedmq.aggregator.schema import (
     CodecTable,
     HealthTable,
     LimitsTable,
+    RobustTable,
     RoundsTable,
     StatisticsTable,
     TrainingTable,
@@ -114,9 +122,15 @@ def test_schema_defaults_are_the_settings_defaults():
     assert Limits(**asdict(LimitsTable())) == Limits()
     assert TrainingSettings(**asdict(TrainingTable())) == TrainingSettings()
     assert CodecParams(**asdict(CodecTable())) == CodecParams()
-    stats = {k: v for k, v in asdict(StatisticsTable()).items() if k != "enabled"}
+    stats = {k: v for k, v in asdict(StatisticsTable()).items() if k not in ("enabled", "ranges")}
     assert StatsParams(**stats) == StatsParams()
     assert HealthPolicy(**asdict(HealthTable())) == HealthPolicy()
+    robust, policy = RobustTable(), RobustPolicy()
+    assert (robust.rule, robust.groups, robust.min_group, robust.trim) == (
+        policy.rule, policy.groups, policy.min_group, policy.trim)
+    tol = policy.tolerances
+    assert (robust.scale_factor, robust.metric_tolerance, robust.growth,
+            robust.rows_factor) == (tol.scale_factor, tol.metric, tol.growth, tol.rows)
     [names] = [f.type for f in fields(CodecTable) if f.name == "name"]
     assert get_args(names) == CODEC_NAMES
 
@@ -233,3 +247,13 @@ def test_the_privacy_table_calibrates_noise_to_the_budget_and_refuses_mistakes(t
         AggregatorConfig.from_file(path)
     path.write_text(path.read_text() + "exact_aggregates = true\n")
     assert AggregatorConfig.from_file(path).privacy.exact_aggregates
+
+
+def test_statistics_ranges_need_one_low_high_pair_per_feature():
+    base = {"model": {"kind": "logistic", "features": ["a", "b"], "n_classes": 2}}
+    ok = AggregatorConfig.from_dict({**base, "statistics": {"ranges": [[0, 1], [-5, 5]]}})
+    assert ok.ranges == ((0.0, 1.0), (-5.0, 5.0))
+    for bad, said in (([[0, 1]], "one [low, high] per [model] feature"),
+                      ([[0, 1], [5, -5]], "'b' must be [low, high] with low < high")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            AggregatorConfig.from_dict({**base, "statistics": {"ranges": bad}})

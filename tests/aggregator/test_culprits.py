@@ -200,3 +200,28 @@ def test_under_device_dp_no_group_smaller_than_the_quorum_is_decrypted():
     assert all(len(group) >= 5 for group in calls)
     assert len(calls) > 1 and "dev-bad" not in kept and sums is not None
     assert len(kept) >= 6  # the half without the culprit (6 devices) is kept
+
+
+def test_the_same_failing_set_is_split_the_same_way_in_every_run():
+    # Repeating a run with the same out-of-range device must not decrypt new groups.
+    _, private, codec, _, vectors, bad = world()
+    devices = dict(list(vectors.items())[:9]) | {"mallory": bad["huge-weight"]}
+    check = bounds_check(layout_of(codec), private, devices)
+    first, again = search(devices, check), search(devices, check)
+    assert first.decrypted == again.decrypted and first.excluded == again.excluded
+    assert any("mallory" in g for g in first.excluded)
+
+
+def test_a_failing_relay_partial_is_decrypted_and_left_out_on_its_own():
+    # Three members (one relay summing 3 devices, two direct devices): splitting by
+    # devices isolates the relay's partial (3 devices >= min_group) instead of dropping all.
+    public, private, codec, _, vectors, bad = world()
+    names = list(vectors)
+    relay = group_sum(public, {**vectors, "bad": bad["huge-weight"]}, [names[0], names[1], "bad"])
+    members = {"relay-a": tuple(relay), names[2]: vectors[names[2]], names[3]: vectors[names[3]],
+               names[4]: vectors[names[4]]}
+    sizes = {"relay-a": 3}
+    check = bounds_check(layout_of(codec), private, members, devices=sizes)
+    found = search(members, check, devices=sizes)
+    assert found.excluded == (frozenset({"relay-a"}),)
+    assert found.kept == frozenset(names[2:5])
