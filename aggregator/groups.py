@@ -27,11 +27,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from fedmq.aggregator.fedavg import weighted_average
+
 FloatArray = NDArray[np.float64]
 RULES = ("filtered-mean", "trimmed-mean", "median", "mean")
 MIN_GROUPS = 3  # below three groups no rule can outvote one bad group
 WEIGHT_CAP = 2.0  # a group weighs at most this many median groups (not in "mean")
 FAR = 3.0  # filtered-mean: a group this many typical distances from the median is left out
+# With three groups one that differs cannot be told from a liar (the median sits on one of
+# the other two): the filter needs four; the weight caps hold either way.
+MIN_FILTER = 4
 
 
 def rank(fleet: str, member: str) -> bytes:
@@ -125,15 +130,14 @@ def far_from_median(means: Sequence[FloatArray], factor: float) -> list[int]:
 
 
 def filtered_mean(means: Sequence[FloatArray], weights: Sequence[float],
-                  factor: float = FAR) -> FloatArray:
+                  factor: float = FAR) -> tuple[FloatArray, list[int]]:
     """The weighted mean of the groups that are not far from the median (see
-    ``far_from_median``), ``weights`` as given (the caller caps them): FedAvg over the
-    groups when none is far, and a group that is far is left out whole."""
-    far = set(far_from_median(means, factor))
+    ``far_from_median``; with fewer than MIN_FILTER groups none is), ``weights`` as given
+    (the caller caps them), and the indices of those left out: FedAvg over the groups when
+    none is far, and a group that is far is left out whole."""
+    far = far_from_median(means, factor) if len(means) >= MIN_FILTER else []
     kept = [i for i in range(len(means)) if i not in far]
-    w = np.asarray(weights, dtype=np.float64)[kept]
-    stacked = np.stack([np.asarray(means[i], dtype=np.float64) for i in kept])
-    return np.asarray((w[:, None] * stacked).sum(axis=0) / w.sum(), dtype=np.float64)
+    return weighted_average([means[i] for i in kept], [weights[i] for i in kept]), far
 
 
 def combine(rule: str, means: Sequence[FloatArray], weights: Sequence[float],
@@ -145,13 +149,11 @@ def combine(rule: str, means: Sequence[FloatArray], weights: Sequence[float],
     if not means:
         raise ValueError("no group means to combine")
     if rule == "mean" or len(means) < MIN_GROUPS:
-        w = np.asarray(weights, dtype=np.float64)
-        stacked = np.stack([np.asarray(m, dtype=np.float64) for m in means])
-        return np.asarray((w[:, None] * stacked).sum(axis=0) / w.sum(), dtype=np.float64)
+        return weighted_average(means, weights)
     if rule == "median":
         return median(means)
     if rule == "filtered-mean":
-        return filtered_mean(means, weights)
+        return filtered_mean(means, weights)[0]
     if rule == "trimmed-mean":
         return trimmed_mean(means, min(trim, (len(means) - 1) // 2), weights)
     raise ValueError(f"unknown robust rule {rule!r}; known: {', '.join(RULES)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,9 +32,9 @@ from fedmq.aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_g
 from fedmq.aggregator.groups import (
     FAR,
     MIN_GROUPS,
-    WEIGHT_CAP,
+    capped,
     combine,
-    far_from_median,
+    filtered_mean,
     partition,
 )
 from fedmq.aggregator.rounds import RoundState
@@ -100,6 +100,11 @@ class Closing:
         return bool(self.kept)
 
 
+def _devices(group: Iterable[str], members: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
+    """The devices behind a group of members (a relay's partial stands for several)."""
+    return frozenset(d for m in group for d in members[m])
+
+
 def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Suspects, *,
                 spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
                 robust: RobustPolicy | None = None,
@@ -126,8 +131,9 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Su
     named = found.named
     group_sums = dict(found.sums)
     left_out: dict[frozenset[str], int] = {}
+    sections = {g: state.layout.split(s) for g, s in group_sums.items()}
     if state.phase == "statistics" and len(group_sums) >= MIN_GROUPS:
-        stats = {g: state.layout.split(s)["statistics"] for g, s in group_sums.items()}
+        stats = {g: parts["statistics"] for g, parts in sections.items()}
         flagged = statistics_invalid(stats, spec, statistics)
         if len(flagged) > robust.tolerances.trim:
             flagged = []  # most of the fleet: a config matter (max_abs), said when adopted
@@ -137,23 +143,22 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Su
         for group, why in flagged:
             log.warning("statistics round: group %s left out of the fleet's center/scale: %s",
                         named_group(group, members), why)
-            del group_sums[group]
-            left_out[frozenset(d for m in group for d in members[m])] = LEFT_OUT
-    kept = frozenset(d for g in group_sums for m in g for d in members[m])
+            del group_sums[group], sections[group]
+            left_out[_devices(group, members)] = LEFT_OUT
+    kept = _devices((m for g in group_sums for m in g), members)
     dropped = Closing((), tuple(sorted(state.accepted)), named)
     if not group_sums or len(kept) < state.quorum:
         log.error("round %d: decrypted sum rejected (no group of at least the quorum passes "
                   "its bounds); %s", state.round_id,
                   "keeping the model" if state.phase == "training" else "nothing learned")
         return dropped
-    sections = {g: state.layout.split(s) for g, s in group_sums.items()}
     total = state.layout.split([sum(c) for c in zip(*group_sums.values(), strict=True)])
     excluded = tuple(sorted(set(state.accepted) - kept))
     done = functools.partial(Closing, tuple(sorted(kept)), excluded, named,
                              groups=len(group_sums))
     try:
         if state.phase == "statistics":
-            rows = {frozenset(d for m in g for d in members[m]): s["statistics"][-1]
+            rows = {_devices(g, members): s["statistics"][-1]
                     for g, s in sections.items()} | left_out
             return done(statistics=FleetStatistics.from_sums(total["statistics"], spec,
                                                              statistics), group_rows=rows)
@@ -187,7 +192,7 @@ def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
     uncapped: set[Group] = set()
     for group, parts in sections.items():
         name = named_group(group, members)
-        rows = statistics_rows.get(frozenset(d for m in group for d in members[m]))
+        rows = statistics_rows.get(_devices(group, members))
         if dp is not None:  # device-level DP: a noised sum of unweighted, clipped deltas
             mean, devices = mean_from_noisy_sums(parts["training"], dp)
             means[group], weights[group] = mean, float(devices)
@@ -204,28 +209,22 @@ def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
         else:  # an honest device trains on the rows it summed, or on rows added since
             weights[group] = min(float(weight), float(rows))
     if uncapped:
-        limit = WEIGHT_CAP * float(np.median(list(weights.values())))
+        limits = dict(zip(weights, capped(list(weights.values())), strict=True))
         for group in uncapped:
-            weights[group] = min(weights[group], limit)
+            weights[group] = limits[group]
     order = list(means)
-    kept = order
-    # With three groups one that differs cannot be told from a liar (the median sits on
-    # one of the other two): the filter needs four, the weight caps still hold.
-    if robust.rule == "filtered-mean" and len(order) > MIN_GROUPS:
-        far = set(far_from_median([means[g] for g in order], FAR))
-        kept = [g for i, g in enumerate(order) if i not in far]
-        for i in sorted(far):
-            log.warning("round %d: group %s left out of the step: its mean update lies more "
-                        "than %g times the groups' typical spacing from the coordinate-wise "
-                        "median of the group means", state.round_id,
-                        named_group(order[i], members), FAR)
-    step = combine(robust.rule, [means[g] for g in kept], [weights[g] for g in kept],
-                   robust.trim)
     if robust.rule != "filtered-mean":
+        step = combine(robust.rule, list(means.values()), list(weights.values()), robust.trim)
         for group, why in step_outliers(means, step):
             log.warning("round %d: group %s outvoted by the robust rule: %s", state.round_id,
                         named_group(group, members), why)
-    return step, sum(weights[g] for g in kept)
+        return step, sum(weights.values())
+    step, far = filtered_mean(list(means.values()), list(weights.values()))
+    for i in far:
+        log.warning("round %d: group %s left out of the step: its mean update lies more than "
+                    "%g times the groups' typical spacing from the coordinate-wise median of "
+                    "the group means", state.round_id, named_group(order[i], members), FAR)
+    return step, sum(weights[g] for i, g in enumerate(order) if i not in far)
 
 
 def _evaluation(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
@@ -238,7 +237,7 @@ def _evaluation(state: RoundState, sections: Mapping[Group, dict[str, list[int]]
     weighted = state.layout.sections[0].name == "training" and \
         state.layout.sections[0].max_count > 1  # weight = rows (no DP)
     for group, parts in sections.items():
-        rows = statistics_rows.get(frozenset(d for m in group for d in members[m]))
+        rows = statistics_rows.get(_devices(group, members))
         why = None
         if rows == LEFT_OUT:
             why = "the same devices' sums were left out of the statistics round"
