@@ -190,6 +190,7 @@ def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
     means: dict[Group, FloatArray] = {}
     weights: dict[Group, float] = {}
     uncapped: set[Group] = set()
+    grown: list[tuple[Group, str]] = []
     for group, parts in sections.items():
         name = named_group(group, members)
         rows = statistics_rows.get(_devices(group, members))
@@ -200,14 +201,26 @@ def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
         mean, weight = mean_from_sums(parts["training"], codec)
         means[group], weights[group] = mean, float(weight)
         rows = None if rows == LEFT_OUT else rows
-        if why := growth_check(weight, rows, robust.tolerances):
-            log.warning("round %d: group %s: %s", state.round_id, name, why)
+        why = growth_check(weight, rows, robust.tolerances)
         if robust.rule == "mean" or len(sections) == 1:
+            if why:
+                log.warning("round %d: group %s: %s", state.round_id, name, why)
             continue  # plain FedAvg: the weights as claimed
+        if why:
+            # A weight no honest device can claim also skews its group's mean toward the
+            # device that claimed it: the group's update cannot be trusted at any weight.
+            grown.append((group, why))
         if rows is None:
             uncapped.add(group)
         else:  # an honest device trains on the rows it summed, or on rows added since
             weights[group] = min(float(weight), float(rows))
+    leave = len(grown) < len(means)  # never every group: then they all count, capped
+    for group, why in grown:
+        log.warning("round %d: group %s%s: %s", state.round_id, named_group(group, members),
+                    " left out of the step" if leave else "", why)
+        if leave:
+            del means[group], weights[group]
+            uncapped.discard(group)
     if uncapped:
         limits = dict(zip(weights, capped(list(weights.values())), strict=True))
         for group in uncapped:
