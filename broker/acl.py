@@ -35,45 +35,60 @@ def password_file_users(path: str | Path) -> list[str]:
 
 @dataclass(frozen=True)
 class FleetAcl:
-    """Aggregator users run the rounds; each agent writes only its own topics.
+    """Aggregator users run the rounds; each agent and each trustee writes only its own topics.
 
     | user       | publish                          | subscribe / receive        |
     |------------|----------------------------------|----------------------------|
     | aggregator | pubkey, round, metrics, notice/+ | update/+, status/+,        |
-    |            |                                  | pubkey, round              |
+    |            | trustee/request                  | pubkey, round,             |
+    |            |                                  | trustee/reply/+            |
     | agent id   | update/<own id>, status/<own id> | pubkey, round, metrics,    |
     |            |                                  | notice/<own id>            |
+    | trustee id | trustee/reply/<own id>           | update/+, pubkey, round,   |
+    |            |                                  | trustee/request            |
 
     Anyone else, including clients without a user name, may do nothing. The
     aggregator reads its own pubkey and round back to notice (and replace) a
-    retained copy it did not publish.
+    retained copy it did not publish. A trustee (one share of a threshold
+    Paillier key) reads every update to add up the sums it is asked to decrypt
+    partially itself; it reads no notices, statuses or other trustees' replies.
+    Agents never see a trustee topic.
     """
 
     topics: Topics
     aggregator_users: tuple[str, ...]
     agents: tuple[str, ...]
+    trustee_users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.aggregator_users:
             raise ConfigError("the topic ACL needs at least one aggregator user")
-        for name in (*self.aggregator_users, *self.agents):
+        for name in (*self.aggregator_users, *self.agents, *self.trustee_users):
             check_name(name, "user name")
             if name == ANONYMOUS:
                 raise ConfigError(f"{ANONYMOUS!r} cannot be a fleet user: amqtt files clients "
                                   "without a user name under it")
-        both = sorted(set(self.aggregator_users) & set(self.agents))
-        if both:
-            raise ConfigError(f"user(s) {', '.join(both)} cannot be both aggregator and agent")
-        for group in (self.aggregator_users, self.agents):
+        roles = (("aggregator", self.aggregator_users), ("agent", self.agents),
+                 ("trustee", self.trustee_users))
+        for i, (role, group) in enumerate(roles):
+            for other, others in roles[i + 1:]:
+                both = sorted(set(group) & set(others))
+                if both:
+                    raise ConfigError(f"user(s) {', '.join(both)} cannot be both {role} "
+                                      f"and {other}")
+        for _role, group in roles:
             if len(set(group)) != len(group):
                 raise ConfigError("a user name is listed twice in the topic ACL")
 
     @classmethod
     def from_users(cls, topics: Topics, aggregator_users: Iterable[str],
-                   users: Iterable[str]) -> FleetAcl:
-        """Every user that is not an aggregator is an agent (e.g. all of a password file)."""
-        aggregators = tuple(aggregator_users)
-        return cls(topics, aggregators, tuple(u for u in users if u not in aggregators))
+                   users: Iterable[str], trustee_users: Iterable[str] = ()) -> FleetAcl:
+        """Every user that is neither an aggregator nor a trustee is an agent (e.g. all of
+        a password file)."""
+        aggregators, trustees = tuple(aggregator_users), tuple(trustee_users)
+        return cls(topics, aggregators,
+                   tuple(u for u in users if u not in aggregators and u not in trustees),
+                   trustees)
 
     def broadcast(self) -> list[str]:
         """What the aggregator publishes for every agent to read."""
@@ -81,11 +96,11 @@ class FleetAcl:
         return [t.pubkey, t.round, t.metrics]
 
     def aggregator_publish(self) -> list[str]:
-        return [*self.broadcast(), self.topics.notices_filter]
+        return [*self.broadcast(), self.topics.notices_filter, self.topics.trustee_request]
 
     def aggregator_subscribe(self) -> list[str]:
         t = self.topics
-        return [t.updates_filter, t.status_filter, t.pubkey, t.round]
+        return [t.updates_filter, t.status_filter, t.pubkey, t.round, t.trustee_replies_filter]
 
     def agent_publish(self, agent_id: str) -> list[str]:
         return [self.topics.update(agent_id), self.topics.status(agent_id)]
@@ -94,12 +109,24 @@ class FleetAcl:
         """The broadcasts, and the notices to this agent only (they name its problems)."""
         return [*self.broadcast(), self.topics.notice(agent_id)]
 
+    def trustee_publish(self, trustee_id: str) -> list[str]:
+        """Its own reply topic only (the aggregator tells the replies apart by topic)."""
+        return [self.topics.trustee_reply(trustee_id)]
+
+    def trustee_subscribe(self) -> list[str]:
+        """Every update (to add up the sums it decrypts itself), the key, the round and
+        the requests; no notices, statuses, metrics or other trustees' replies."""
+        t = self.topics
+        return [t.updates_filter, t.pubkey, t.round, t.trustee_request]
+
     def publish_lists(self) -> dict[str, list[str]]:
         lists = {user: self.aggregator_publish() for user in self.aggregator_users}
         lists.update({agent: self.agent_publish(agent) for agent in self.agents})
+        lists.update({user: self.trustee_publish(user) for user in self.trustee_users})
         return lists
 
     def subscribe_lists(self) -> dict[str, list[str]]:
         lists = {user: self.aggregator_subscribe() for user in self.aggregator_users}
         lists.update({agent: self.agent_subscribe(agent) for agent in self.agents})
+        lists.update({user: self.trustee_subscribe() for user in self.trustee_users})
         return lists

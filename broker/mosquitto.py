@@ -9,6 +9,14 @@ section, because a pattern without ``%u``/``%c`` draws a warning per line.
 id, and the listener sets ``use_username_as_clientid`` so that one user cannot
 take over another user's session either. Adding a device means running the
 generator again with it (it keeps every existing password).
+
+Patterns apply to every user, so they would also let a trustee or an aggregator
+write ``update/<its name>`` and ``status/<its name>`` (which the aggregator
+reads). Mosquitto has no way to exempt a user from a pattern, but a ``topic
+deny`` line in a user's section is checked before any pattern (Mosquitto 2.0's
+acl_file: the user's own entries first, denials among them first, then the
+patterns), so the section of every user that is not an agent denies what the
+patterns would grant it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ _PACKET_ID = 2
 MAX_QUEUED_MESSAGES = 1000
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 MEMORY_LIMIT = 512 * 1024 * 1024
+
+# The per-agent rights of the ACL file, as (access, kind): ``pattern <access>
+# <base>/<kind>/%u``. They apply to every user: aggregators and trustees deny each.
+_PATTERNS = (("write", "update"), ("write", "status"), ("read", "notice"))
 
 CONF_FILE, PASSWORD_FILE, ACL_FILE, CREDENTIALS_FILE = (
     "mosquitto.conf", "passwords", "acl", "credentials.txt")
@@ -114,8 +126,10 @@ class MosquittoSetup:
         (``largest_payload``), far above any real fedmq message.
         """
         t, acl = self.acl.topics, self.acl
-        topics = [*acl.broadcast(), *(topic for agent in acl.agents for topic in (
-            t.update(agent), t.status(agent), t.notice(agent)))]
+        topics = [*acl.broadcast(), t.trustee_request,
+                  *(topic for agent in acl.agents
+                    for topic in (t.update(agent), t.status(agent), t.notice(agent))),
+                  *(t.trustee_reply(trustee) for trustee in acl.trustee_users)]
         shortest = min(len(topic.encode()) for topic in topics)
         return self.max_payload_bytes + shortest + _MIN_OVERHEAD
 
@@ -132,29 +146,38 @@ class MosquittoSetup:
         return max(MAX_QUEUED_MESSAGES, 2 * len(self.acl.agents) + 100)
 
     def users(self) -> tuple[str, ...]:
-        return (*self.acl.aggregator_users, *self.acl.agents)
+        return (*self.acl.aggregator_users, *self.acl.agents, *self.acl.trustee_users)
 
 
 def acl_text(acl: FleetAcl) -> str:
     t = acl.topics
     lines = [
         f"# Topic ACL of fedmq fleet {t.fleet!r}, written by `fedmq broker mosquitto-config`.",
-        "# Every user may write only the update and status topics named after its user",
+        "# Every agent may write only the update and status topics named after its user",
         "# name (%u: the agent id), read only the notices to it, and read the",
         "# aggregator's broadcasts (one section per user: Mosquitto warns about patterns",
-        "# without %u).",
-        f"pattern write {t.base}/update/%u",
-        f"pattern write {t.base}/status/%u",
-        f"pattern read {t.base}/notice/%u",
+        "# without %u). The patterns apply to every user: the aggregator and trustee",
+        "# sections deny them (Mosquitto checks a user's own lines, denials first, before",
+        "# any pattern).",
+        *(f"pattern {access} {t.base}/{kind}/%u" for access, kind in _PATTERNS),
     ]
     for agent in acl.agents:
         lines += ["", f"user {agent}"]
         lines += [f"topic read {topic}" for topic in acl.broadcast()]
     for user in acl.aggregator_users:
-        lines += ["", f"user {user}"]
+        lines += ["", f"user {user}", *_deny_patterns(acl, user)]
         lines += [f"topic write {topic}" for topic in acl.aggregator_publish()]
         lines += [f"topic read {topic}" for topic in acl.aggregator_subscribe()]
+    for user in acl.trustee_users:
+        lines += ["", f"user {user}", *_deny_patterns(acl, user)]
+        lines += [f"topic write {topic}" for topic in acl.trustee_publish(user)]
+        lines += [f"topic read {topic}" for topic in acl.trustee_subscribe()]
     return "\n".join(lines) + "\n"
+
+
+def _deny_patterns(acl: FleetAcl, user: str) -> list[str]:
+    """Take back what the patterns grant every user: ``user`` is not an agent."""
+    return [f"topic deny {acl.topics.base}/{kind}/{user}" for _access, kind in _PATTERNS]
 
 
 def password_file_text(credentials: Mapping[str, str]) -> str:

@@ -27,7 +27,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
             agents_file=args.agents_file, host=args.host, port=args.port,
             max_payload_bytes=args.max_payload_bytes,
             memory_limit_bytes=args.memory_limit_bytes, tls_cert=args.tls_cert,
-            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca))
+            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            trustee_users=args.trustee))
         return 0
     return run_broker(args.config)
 
@@ -142,6 +143,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--agent", action="append", default=[], metavar="ID",
                    help="agent id = its MQTT user name, repeatable")
     g.add_argument("--agents-file", metavar="FILE", help="agent ids, one a line")
+    g.add_argument("--trustee", action="append", default=[], metavar="NAME",
+                   help="trustee user name (fedmq init gateway --trustees), repeatable: it "
+                   "reads updates and requests and writes only its own reply topic")
     g.add_argument("--host", default="0.0.0.0", help="listen address (default: 0.0.0.0)")
     g.add_argument("--port", type=int, help="listen port (default: 1883, 8883 with TLS)")
     g.add_argument("--max-payload-bytes", type=int, metavar="N",

@@ -143,9 +143,15 @@ class FleetBroker:
     where: str
     end: BrokerEnd = field(default_factory=BrokerEnd)
     fleet_size: int = 0
+    # Trustee logins (Mosquitto); elsewhere a trustee connects like the aggregator.
+    trustee_settings: dict[str, MqttSettings] = field(default_factory=dict)
 
     def agent(self, agent_id: str) -> MqttSettings:
         return for_fleet(self.agent_settings.get(agent_id, self.aggregator), self.fleet_size)
+
+    def trustee(self, trustee_id: str) -> MqttSettings:
+        """A trustee reads every update, as the aggregator does: the same fleet timeouts."""
+        return for_fleet(self.trustee_settings.get(trustee_id, self.aggregator), self.fleet_size)
 
 
 class _Counter(logging.Handler):
@@ -225,11 +231,12 @@ def _vm_hwm(pid: int) -> int:
 
 @contextlib.contextmanager
 def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
-               end: BrokerEnd) -> Iterator[FleetBroker]:
+               end: BrokerEnd, trustee_users: Sequence[str] = ()) -> Iterator[FleetBroker]:
     binary = mosquitto_binary()
     port = free_port()
     setup = MosquittoSetup(acl=FleetAcl(topics, aggregator_users=(AGGREGATOR_USER,),
-                                        agents=tuple(agent_ids)),
+                                        agents=tuple(agent_ids),
+                                        trustee_users=tuple(trustee_users)),
                            host="127.0.0.1", port=port,
                            memory_limit_bytes=memory_limit(len(agent_ids)))
     written = write_mosquitto_files(out_dir, setup)
@@ -250,7 +257,9 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
             aggregator=replace(base, username=AGGREGATOR_USER, password=creds[AGGREGATOR_USER]),
             agent_settings={a: replace(base, username=a, password=creds[a]) for a in agent_ids},
             where=f"Mosquitto on 127.0.0.1:{port} (config {conf})", end=end,
-            fleet_size=len(agent_ids))
+            fleet_size=len(agent_ids),
+            trustee_settings={t: replace(base, username=t, password=creds[t])
+                              for t in trustee_users})
     finally:
         end.peak_rss = _vm_hwm(proc.pid)
         stop_process(proc)
@@ -263,12 +272,18 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
 
 @contextlib.contextmanager
 def fleet_broker(choice: BrokerChoice, *, topics: Topics, agent_ids: Sequence[str],
-                 out_dir: Path, own_process: bool) -> Iterator[FleetBroker]:
-    """The broker for one simulated run, started (unless external) and stopped."""
+                 out_dir: Path, own_process: bool,
+                 trustee_users: Sequence[str] = ()) -> Iterator[FleetBroker]:
+    """The broker for one simulated run, started (unless external) and stopped.
+
+    ``trustee_users`` get logins of their own on Mosquitto (the embedded and
+    external brokers of a simulation take anonymous clients, trustees included).
+    """
     end = BrokerEnd()
     raise_open_files(2 * len(agent_ids) + 256)  # the broker's sockets and the agents'
     if choice.kind == "mosquitto":
-        with _mosquitto(out_dir / "mosquitto", topics, agent_ids, end) as fb:
+        with _mosquitto(out_dir / "mosquitto", topics, agent_ids, end,
+                        trustee_users) as fb:
             yield fb
         return
     if choice.kind == "external":

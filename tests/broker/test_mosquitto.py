@@ -217,12 +217,17 @@ def test_acl_patterns_carry_the_user_and_fixed_topics_go_in_user_sections():
                        "topic read fedmq/plant/metrics"]
     for user in ("aggregator", "backup-agg"):
         section = text.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
-        assert section == ["topic write fedmq/plant/pubkey", "topic write fedmq/plant/round",
-                           "topic write fedmq/plant/metrics", "topic write fedmq/plant/notice/+",
-                           "topic read fedmq/plant/update/+",
-                           "topic read fedmq/plant/status/+",
-                           # read back to notice a retained copy it did not publish
-                           "topic read fedmq/plant/pubkey", "topic read fedmq/plant/round"]
+        assert section == [
+            # the patterns apply to every user: an aggregator is no agent
+            f"topic deny fedmq/plant/update/{user}", f"topic deny fedmq/plant/status/{user}",
+            f"topic deny fedmq/plant/notice/{user}",
+            "topic write fedmq/plant/pubkey", "topic write fedmq/plant/round",
+            "topic write fedmq/plant/metrics", "topic write fedmq/plant/notice/+",
+            "topic write fedmq/plant/trustee/request",
+            "topic read fedmq/plant/update/+", "topic read fedmq/plant/status/+",
+            # read back to notice a retained copy it did not publish
+            "topic read fedmq/plant/pubkey", "topic read fedmq/plant/round",
+            "topic read fedmq/plant/trustee/reply/+"]
 
 
 def test_files_secrets_and_reruns(tmp_path, tls_files):
