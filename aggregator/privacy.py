@@ -2,7 +2,9 @@
 
 The budget is a ledger of one device-level event per closed training round
 (protocol.privacy.accounting, dp-accounting's RDP accountant), charged with the number of
-devices whose noise shares are in the decrypted sum. It lives in the run
+devices whose noise shares are in the decrypted sum (of which ``[privacy]
+colluding_devices`` count for no noise: the guarantee is stated against the aggregator
+colluding with that many of them; DpParams.round_rho). It lives in the run
 directory (``privacy.json``, written atomically BEFORE the round's model is saved
 or published), so a restarted aggregator resumes with what the run has spent and
 never with a fresh budget. A round whose worst case (only the quorum reporting)
@@ -33,12 +35,18 @@ def privacy_terms(table: PrivacyTable, *, spec: ModelSpec, rounds: int, quorum: 
                   codec: CodecParams) -> PrivacyTerms:
     """The terms aggregator.toml's [privacy] asks for (noise calibrated if not given)."""
     device = sample = None
+    colluding = table.colluding_devices
+    if colluding >= quorum:
+        raise ConfigError(f"colluding_devices = {colluding} must be below [rounds] quorum = "
+                          f"{quorum}: each noise share is sized for quorum - colluding_devices "
+                          "honest devices, at least one")
     if table.epsilon is not None:
         z = table.noise_multiplier or calibrate_noise_multiplier(
             epsilon=table.epsilon, delta=table.delta, rounds=rounds, d=spec.n_params,
-            quorum=quorum, precision_bits=codec.precision_bits)
+            quorum=quorum, precision_bits=codec.precision_bits, colluding_devices=colluding)
         device = DpParams(epsilon=table.epsilon, delta=table.delta, noise_multiplier=z,
-                          clip=table.clip, quorum=quorum, precision_bits=codec.precision_bits)
+                          clip=table.clip, quorum=quorum, precision_bits=codec.precision_bits,
+                          colluding_devices=colluding)
         device.round_rho(spec.n_params, quorum)  # a multiplier too small fails here, at load
     if table.sample_epsilon is not None:
         sample = SampleDpParams(epsilon=table.sample_epsilon, delta=table.sample_delta,
@@ -95,15 +103,21 @@ class FleetBudget:
         worst = PrivacyLedger(self.params.delta, [RoundCharge(i, worst_rho, self.params.quorum)
                                                   for i in range(rounds)]).epsilon()
         if worst > self.params.epsilon:
+            c = self.params.colluding_devices
+            colluding = f", {c} of them colluding" if c else ""
             raise BudgetSpent(
                 f"privacy budget: {rounds} rounds at the quorum ({self.params.quorum} "
-                f"devices) could spend epsilon {worst:.4g} (at delta {self.params.delta:g}), "
+                f"devices{colluding}) could spend epsilon {worst:.4g} (at delta "
+                f"{self.params.delta:g}), "
                 f"beyond [privacy] epsilon = {self.params.epsilon:g}; {self.spent:.4g} spent "
                 f"in {rounds - 1} rounds; ending the run before round {round_id} with the "
                 "model so far")
 
     def charge(self, round_id: int, devices: int) -> float:
         """Record round ``round_id``'s release with ``devices`` noise shares; the new total.
+
+        Charged against the colluding view: ``colluding_devices`` of the shares count for
+        nothing (DpParams.round_rho), so a round closed by the quorum costs z's full rho.
 
         A round charged before a crash (charged, then the process died before its model
         was saved) is re-run on resume; the larger of its two charges stands.

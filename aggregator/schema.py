@@ -28,6 +28,9 @@ class KeysTable(Table, frozen=True):
     bits: Annotated[int, Meta(ge=512, le=8192)] = 2048
     signing_key_file: NonEmpty = "state/aggregator/signing.key"
     allow_list_file: NonEmpty = "state/aggregator/allow_list.json"
+    # Threshold decryption (fedmq init gateway --trustees K --threshold T): the public key
+    # and the trustees' verification keys; the aggregator then holds no private key at all.
+    trustees_file: NonEmpty | None = None
 
 
 class RoundsTable(Table, frozen=True):
@@ -112,6 +115,8 @@ class PrivacyTable(Table, frozen=True):
     # 0: the smallest multiplier whose [rounds] rounds at the quorum fit epsilon.
     noise_multiplier: Annotated[float, Meta(ge=0)] = 0.0
     clip: Positive = 1.0  # L2 norm bound of one device's model update
+    # Devices of a decrypted sum that may collude with the aggregator (below [rounds] quorum).
+    colluding_devices: Annotated[int, Meta(ge=0)] = 0
     # Sample level (DP-SGD on each device); unset, off.
     sample_epsilon: Positive | None = None
     sample_delta: Probability = 1e-5

@@ -58,8 +58,8 @@ class AgentPrivacyTable(Table, frozen=True):
     # whatever the aggregator announces. Unset: the run's announced terms are the limit.
     max_epsilon: Annotated[float, Meta(gt=0)] | None = None  # device level, over its runs
     max_sample_epsilon: Annotated[float, Meta(gt=0)] | None = None  # DP-SGD
-    # The largest announced quorum it sends a noise share for: the share shrinks as
-    # 1/sqrt(quorum), and a sum of fewer devices than announced would be under-noised.
+    # The largest announced quorum (less its colluding devices) it sends a noise share for:
+    # the share shrinks as 1/sqrt(that), and a sum of fewer devices would be under-noised.
     max_quorum: Annotated[int, Meta(ge=1, le=1 << 24)] | None = None
     # Device level against a key holder decrypting this device's updates alone.
     max_alone_epsilon: Annotated[float, Meta(gt=0)] | None = None

@@ -9,14 +9,19 @@ lifetime cap ``[privacy] max_epsilon`` (over every run it served: the same data
 answers again in each run) and, if set, ``max_alone_epsilon``.
 
 Each charge assumes the sum the gateway decrypts holds the announced quorum of
-noise shares (the fewest that can close a round): the device cannot see how many
-others reported. That holds only against a gateway that decrypts sums of at least
-the quorum; the key holder could decrypt fewer, down to this update alone (its own
-share only: rho_alone = quorum * rho at most). So the announced quorum itself is
-capped (``max_quorum``, checked for every phase before anything is computed): the
-gateway cannot shrink a device's share below 1/sqrt(max_quorum) of the full noise,
-and rho_alone stays below max_quorum times what the ledger counts. The "alone"
-count is kept beside the other, logged, and capped by ``max_alone_epsilon``.
+noise shares (the fewest that can close a round), of which the announced
+``colluding_devices`` c count for nothing (they may reveal theirs to the
+aggregator): the device cannot see how many others reported. Its share is sized for
+the quorum less c (DpParams.device_sigma), so such a sum carries the full noise and
+the charge is rho = round_rho(quorum). That holds only against a gateway that
+decrypts sums of at least the quorum; the key holder could decrypt fewer, down to
+this update alone (its own share only, which no colluder can subtract: rho_alone =
+shares_rho(1) = (quorum - c) * rho at most). So the number of shares the noise is
+sized for (quorum - c) is capped (``max_quorum``, checked for every phase before
+anything is computed): the gateway cannot shrink a device's share below
+1/sqrt(max_quorum) of the full noise, and rho_alone stays below max_quorum times what
+the ledger counts. The "alone" count is kept beside the other, logged, and capped by
+``max_alone_epsilon``.
 
 The ledger lives in ``state_dir/privacy_ledger.json`` and is written atomically
 BEFORE the update is published; without a state_dir it is kept in memory and
@@ -46,7 +51,7 @@ class Entry:
     fleet: str
     run_id: str
     round_id: int
-    rho: float  # with the quorum's noise shares in the sum
+    rho: float  # with the quorum's noise shares in the sum, less the colluding devices'
     rho_alone: float  # this update decrypted on its own: the device's own share only
 
 
@@ -75,17 +80,22 @@ class DeviceLedger:
         self._entries: list[Entry] | None = None
 
     def admit(self, params: DpParams) -> None:
-        """Refuse (RoundSkipped, a refusal) terms whose quorum is above ``max_quorum``."""
-        if self.max_quorum is None or params.quorum <= self.max_quorum:
+        """Refuse (RoundSkipped, a refusal) terms that size the noise shares for more than
+        ``max_quorum`` devices (the quorum less the colluding devices)."""
+        sized = params.honest_quorum
+        if self.max_quorum is None or sized <= self.max_quorum:
             return
+        c = params.colluding_devices
+        quorum = f"{params.quorum} devices" + (f" less {c} colluding ({sized})" if c else "")
         raise RoundSkipped(
             "privacy-budget", f"the gateway sizes the device-level DP noise for a quorum of "
-            f"{params.quorum} devices, above this device's [privacy] max_quorum = "
-            f"{self.max_quorum}: each share would be 1/sqrt({params.quorum}) of the noise, "
+            f"{quorum}, above this device's [privacy] max_quorum = "
+            f"{self.max_quorum}: each share would be 1/sqrt({sized}) of the noise, "
             "too little if fewer devices are in a decrypted sum; this device sends nothing "
             "under these terms (charging nothing to its ledger)",
-            f"announced DP quorum {params.quorum} is above this device's max_quorum "
-            f"{self.max_quorum}", refusal=True)
+            f"announced DP quorum {params.quorum}"
+            + (f" less {c} colluding devices" if c else "")
+            + f" is above this device's max_quorum {self.max_quorum}", refusal=True)
 
     def _load(self) -> list[Entry]:
         if self._entries is not None:
@@ -119,7 +129,7 @@ class DeviceLedger:
         """The charge of this round's update; RoundSkipped if a limit would be passed."""
         entries = self._load()
         entry = Entry(fleet, run_id, round_id, params.round_rho(n_values, params.quorum),
-                      params.round_rho(n_values, 1))
+                      params.shares_rho(n_values, 1))
         run = [e.rho for e in entries if (e.fleet, e.run_id) == (fleet, run_id)]
         in_run = self._epsilon([*run, entry.rho], params.delta)
         if in_run > params.epsilon:

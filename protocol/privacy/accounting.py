@@ -183,17 +183,21 @@ def _smallest(epsilon_of: Callable[[float], float], target: float, what: str) ->
 
 def calibrate_noise_multiplier(*, epsilon: float, delta: float, rounds: int, d: int,
                                quorum: int, clip: float = 1.0, precision_bits: int = 20,
-                               tail: float = 12.0) -> float:
+                               tail: float = 12.0, colluding_devices: int = 0) -> float:
     """Smallest z such that ``rounds`` rounds closed by ``quorum`` devices spend <= epsilon.
 
-    ``clip`` does not change z (the noise scales with it); it only fills the contract.
+    Spent as DpParams.round_rho counts it: against the aggregator with
+    ``colluding_devices`` of the quorum (whose shares are sized for the others), so z
+    barely depends on them; the shares do. ``clip`` does not change z (the noise scales
+    with it); it only fills the contract.
     """
     if rounds < 1:
         raise ConfigError(f"calibration needs rounds >= 1, got {rounds}")
 
     def spent(z: float) -> float:
         p = DpParams(epsilon=epsilon, delta=delta, noise_multiplier=z, clip=clip,
-                     quorum=quorum, precision_bits=precision_bits, tail=tail)
+                     quorum=quorum, precision_bits=precision_bits, tail=tail,
+                     colluding_devices=colluding_devices)
         try:
             rho = p.round_rho(d, quorum)
         except ProtocolError:  # shares below the theorem's sigma >= 1/2: no guarantee

@@ -9,9 +9,14 @@ Integer domain (d = number of model parameters, p = precision_bits):
 q = rint(clip_C(delta) * 2^p / C). Rounding moves each coordinate by <= 1/2, so
 ||q||_2 <= 2^p + sqrt(d)/2 =: D2 (the L2 sensitivity of the sum) and
 |q_j| <= 2^p. Every device adds N_Z(0, s^2) iid per coordinate with
-s = z * D2 / sqrt(quorum): any sum of at least ``quorum`` devices carries noise
-of variance >= (z * D2)^2, so a round closed by the quorum is never
-under-noised; accounting uses the m devices that actually reported.
+s = z * D2 / sqrt(quorum - c), c = ``colluding_devices`` (0 by default): any sum
+of at least ``quorum`` devices carries noise of variance >= (z * D2)^2 from its
+honest devices alone, even if c of them collude with the aggregator and subtract
+their own shares (Truex et al. 2019, "A hybrid approach to privacy-preserving
+federated learning", arXiv:1812.03224), so a round closed by the quorum is never
+under-noised; accounting uses the m devices that actually reported, of which only
+m - c shares are counted as noise (the colluding view; whoever does not collude
+sees m shares, m / (m - c) times the variance charged).
 
 Neighbouring relation: zero-out (Kairouz et al. 2021, "Practical and private
 (deep) learning without sampling or shuffling", arXiv:2103.00039, Def. 1.1;
@@ -32,6 +37,10 @@ charge rho = D2^2 / (2 m s^2) + tau * d, which dominates both for every
 alpha >= 1 (all RDP orders dp_accounting uses), so it is an upper bound whichever
 reading is right; with fedmq's scales (s >> 1) tau underflows to 0 and rho is
 exactly the continuous Gaussian's 1 / (2 z_eff^2), z_eff = z * sqrt(m / quorum).
+With colluders the theorem is applied to the m - c honest shares (the c known
+shares are a public shift: post-processing), so a round of m reporting devices
+costs the rho above with m - c in place of m, and z_eff = z * sqrt((m - c) /
+(quorum - c)): exactly z for a round closed by the quorum, as without colluders.
 
 Tail: a share with |x| > ceil(tail * s) is redrawn, i.e. each value is drawn
 from N_Z conditioned on |x| <= T. One value is truncated with probability
@@ -74,6 +83,10 @@ class DpParams:
     precision_bits: int = 20
     tail: float = 12.0
     mechanism: str = "ddg/1"
+    # c: devices of a sum that may collude with the aggregator (reveal their own shares);
+    # shares are sized for the quorum less them. Left out of to_dict when 0, so a fleet
+    # without colluders keeps the contract (digest) it had before the field existed.
+    colluding_devices: int = 0
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -96,6 +109,16 @@ class DpParams:
         # Below 8 the truncation would cost a visible share of delta (2 e^-32 per value).
         if not 8 <= self.tail <= 64:
             raise CodecError(f"privacy tail must be between 8 and 64, got {self.tail}")
+        c = self.colluding_devices
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < self.quorum:
+            raise CodecError(f"privacy colluding_devices must be an integer from 0 to the "
+                             f"quorum less one ({self.quorum - 1}), got {c!r}")
+
+    @property
+    def honest_quorum(self) -> int:
+        """quorum - c: the fewest honest noise shares in a sum of at least the quorum; the
+        shares are sized so that these alone carry the full noise."""
+        return self.quorum - self.colluding_devices
 
     def sensitivity(self, d: int) -> float:
         """D2: the largest L2 norm of one device's quantized, clipped update."""
@@ -104,7 +127,7 @@ class DpParams:
 
     def device_sigma(self, d: int) -> float:
         """s: the std of each device's noise share, per coordinate."""
-        return self.noise_multiplier * self.sensitivity(d) / math.sqrt(self.quorum)
+        return self.noise_multiplier * self.sensitivity(d) / math.sqrt(self.honest_quorum)
 
     def tail_bound(self, d: int) -> int:
         """The largest |noise share| a device ever adds."""
@@ -115,18 +138,36 @@ class DpParams:
         return (1 << self.precision_bits) + self.tail_bound(d)
 
     def round_rho(self, d: int, reporting: int) -> float:
-        """zCDP rho of one round whose sum holds ``reporting`` devices (see module doc)."""
+        """zCDP rho of one round whose sum holds ``reporting`` devices (see module doc).
+
+        Stated against the aggregator colluding with ``colluding_devices`` of them: only
+        the other reporting - c shares count as noise.
+        """
         if reporting < 1:
             raise ProtocolError(f"a round needs at least one reporting device, got {reporting}")
+        honest = reporting - self.colluding_devices
+        if honest < 1:
+            raise ProtocolError(f"a sum of {reporting} devices, {self.colluding_devices} of "
+                                "them possibly colluding, holds no honest noise share")
+        return self.shares_rho(d, honest)
+
+    def shares_rho(self, d: int, shares: int) -> float:
+        """zCDP rho of a release whose noise is ``shares`` device shares unknown to the
+        adversary (e.g. 1: one update decrypted alone, protected by its own share only)."""
+        if shares < 1:
+            raise ProtocolError(f"a release needs at least one noise share, got {shares}")
         s = self.device_sigma(d)
         if s < 0.5:  # the theorem's precondition
             raise ProtocolError(f"device noise std {s:.3g} below 1/2: raise noise_multiplier")
         tau = 10.0 * sum(math.exp(-2 * math.pi**2 * s**2 * k / (k + 1))
-                         for k in range(1, reporting))
-        return self.sensitivity(d) ** 2 / (2 * reporting * s**2) + tau * d
+                         for k in range(1, shares))
+        return self.sensitivity(d) ** 2 / (2 * shares * s**2) + tau * d
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        if not self.colluding_devices:  # the wire format (and digest) from before the field
+            del doc["colluding_devices"]
+        return doc
 
     @classmethod
     def from_dict(cls, data: Any) -> DpParams:
@@ -137,7 +178,8 @@ class DpParams:
                        noise_multiplier=float(data["noise_multiplier"]),
                        clip=float(data["clip"]), quorum=_int(data["quorum"]),
                        precision_bits=_int(data["precision_bits"]),
-                       tail=float(data["tail"]), mechanism=str(data["mechanism"]))
+                       tail=float(data["tail"]), mechanism=str(data["mechanism"]),
+                       colluding_devices=_int(data.get("colluding_devices", 0)))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"bad privacy parameters: {exc}") from exc
 
@@ -243,5 +285,10 @@ def noisy_update(delta: FloatArray, params: DpParams, *,
 
 def mean_from_noisy_sums(sums: Sequence[int], params: DpParams) -> tuple[FloatArray, int]:
     """(noised sum / m, scaled back to floats, m) from the decrypted DP section: every
-    device's count is 1, so the codec's weighted mean is the mean over the m devices."""
+    device's count is 1, so the codec's weighted mean is the mean over the m devices.
+
+    All m shares are in the sum, colluding devices' too, so the mean's noise has std
+    z * D2 * sqrt(m / (quorum - c)) / m per coordinate (in the integer domain): with
+    c > 0 more than the m - c honest shares the accounting counts (round_rho).
+    """
     return mean_from_sums(sums, params)

@@ -102,9 +102,11 @@ class PrivacyTerms:
         parts = []
         if self.device is not None:
             d = self.device
+            colluding = (f", {d.colluding_devices} of them possibly colluding"
+                         if d.colluding_devices else "")
             parts.append(f"device-level DP (epsilon {d.epsilon:g} at delta {d.delta:g}, noise "
                          f"multiplier {d.noise_multiplier:.3g}, clip {d.clip:g}, calibrated "
-                         f"to {d.quorum} devices)")
+                         f"to {d.quorum} devices{colluding})")
         if self.sample is not None:
             s = self.sample
             parts.append(f"sample-level DP-SGD (epsilon {s.epsilon:g} at delta {s.delta:g} "

@@ -249,6 +249,33 @@ def test_the_privacy_table_calibrates_noise_to_the_budget_and_refuses_mistakes(t
     assert AggregatorConfig.from_file(path).privacy.exact_aggregates
 
 
+def test_colluding_devices_size_the_shares_and_must_stay_below_the_quorum(tmp_path):
+    path = tmp_path / "aggregator.toml"
+    model = ("[model]\nkind = 'logistic'\nfeatures = ['a', 'b']\nn_classes = 2\n"
+             "center = [0.0, 1.0]\nscale = [1.0, 2.0]\n[rounds]\nrounds = 10\nquorum = 5\n"
+             "[privacy]\nepsilon = 3.0\n")
+    path.write_text(model)
+    plain = AggregatorConfig.from_file(path).privacy.device
+    assert plain is not None and plain.colluding_devices == 0
+    path.write_text(model + "colluding_devices = 2\n")
+    device = AggregatorConfig.from_file(path).privacy.device
+    assert device is not None and device.colluding_devices == 2 and device.honest_quorum == 3
+    assert device.noise_multiplier == pytest.approx(plain.noise_multiplier, rel=1e-5)
+    for bad, said in (
+            ("5", r"\[privacy\]: colluding_devices = 5 must be below \[rounds\] quorum = 5"),
+            ("9", r"\[privacy\]: colluding_devices = 9 must be below \[rounds\] quorum = 5"),
+            ("-1", r"\[privacy\] colluding_devices"),
+            ("1.5", r"\[privacy\] colluding_devices")):
+        path.write_text(model + f"colluding_devices = {bad}\n")
+        with pytest.raises(ConfigError, match=said) as info:
+            AggregatorConfig.from_file(path)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+    # Checked without device-level DP too: the key never silently means nothing wrong.
+    path.write_text(model.replace("epsilon = 3.0", "") + "colluding_devices = 5\n")
+    with pytest.raises(ConfigError, match="colluding_devices = 5 must be below"):
+        AggregatorConfig.from_file(path)
+
+
 def test_statistics_ranges_need_one_low_high_pair_per_feature():
     base = {"model": {"kind": "logistic", "features": ["a", "b"], "n_classes": 2}}
     ok = AggregatorConfig.from_dict({**base, "statistics": {"ranges": [[0, 1], [-5, 5]]}})

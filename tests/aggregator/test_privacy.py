@@ -211,3 +211,23 @@ def test_a_round_rerun_after_a_restart_keeps_the_larger_charge(tmp_path: Path) -
     assert [(c.round_id, c.devices) for c in again.ledger.charges] == [(1, 3)]
     again.charge(1, 4)
     assert [(c.round_id, c.devices) for c in again.ledger.charges] == [(1, 3)]
+
+
+def test_the_budget_counts_a_round_against_the_colluding_devices(tmp_path: Path) -> None:
+    """Charged as if the colluders' shares were no noise: a round closed by the quorum
+    costs z's full rho whatever c, one with more devices less; the stop says why."""
+    from fedmq.aggregator.privacy import BudgetSpent, FleetBudget
+    terms = _terms(3, 4, epsilon=3.0, noise_multiplier=2.0, colluding_devices=2)
+    assert terms.device is not None and terms.device.colluding_devices == 2
+    z, d = terms.device.noise_multiplier, SPEC.n_params
+    budget = FleetBudget(terms.device, d)
+    budget.use(tmp_path)
+    budget.charge(1, 4)
+    budget.charge(2, 6)  # 4 honest shares sized for 2: half the rho
+    assert [c.rho for c in budget.ledger.charges] == pytest.approx(
+        [1 / (2 * z**2), 1 / (4 * z**2)], rel=1e-12)
+    assert budget.spent == pytest.approx(_direct_epsilon(terms, [4, 6]), rel=1e-9)
+    with pytest.raises(BudgetSpent, match=r"at the quorum \(4 devices, 2 of them colluding\)"):
+        budget.check_next(3)
+    with pytest.raises(ConfigError, match="colluding_devices = 4 must be below"):
+        _terms(3, 4, epsilon=3.0, colluding_devices=4)

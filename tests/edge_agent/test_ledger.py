@@ -112,3 +112,29 @@ def test_the_alone_charge_is_the_quorum_times_the_charge_and_max_alone_epsilon_c
                        "max_alone_epsilon") as info:
         capped.check("f", "run-2", 1, wide, D)  # counted over every run of the fleet
     assert info.value.code == "privacy-budget" and not info.value.refusal
+
+
+def test_with_colluding_devices_the_ledger_uses_the_same_share_size(tmp_path: Path) -> None:
+    """Shares sized for quorum - c: the charge at the quorum stays z's rho, the alone
+    charge is (quorum - c) times it (the device's own, larger share), and max_quorum caps
+    the devices the share is sized for."""
+    wide = replace(DP, epsilon=50.0, quorum=8, colluding_devices=3)
+    entry = DeviceLedger(str(tmp_path), max_epsilon=None).check("f", "run-1", 1, wide, D)
+    z = wide.noise_multiplier
+    assert entry.rho == pytest.approx(1 / (2 * z**2), rel=1e-12)
+    assert entry.rho == pytest.approx(wide.round_rho(D, wide.quorum), rel=1e-12)
+    assert entry.rho_alone == pytest.approx(5 * entry.rho, rel=1e-12)
+    assert entry.rho_alone == pytest.approx(
+        wide.sensitivity(D) ** 2 / (2 * wide.device_sigma(D) ** 2), rel=1e-12)
+    # Against the same quorum without colluders: same charge, smaller alone charge.
+    plain = DeviceLedger(None, max_epsilon=None).check(
+        "f", "run-1", 1, replace(wide, colluding_devices=0), D)
+    assert plain.rho == pytest.approx(entry.rho) and plain.rho_alone > entry.rho_alone
+    capped = DeviceLedger(str(tmp_path), max_epsilon=None, max_quorum=5)
+    capped.admit(wide)  # shares sized for 8 - 3 = 5 devices: at the cap
+    with pytest.raises(RoundSkipped, match=r"quorum of 8 devices less 2 colluding \(6\), "
+                       r"above this device's \[privacy\] max_quorum = 5: each share would "
+                       r"be 1/sqrt\(6\)") as info:
+        capped.admit(replace(wide, colluding_devices=2))
+    assert info.value.refusal and info.value.detail == (
+        "announced DP quorum 8 less 2 colluding devices is above this device's max_quorum 5")

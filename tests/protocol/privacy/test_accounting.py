@@ -122,3 +122,18 @@ def test_without_the_dp_extra_import_works_and_use_names_the_fix(
     monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import now raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'fedmq\[dp\]'"):
         _reference_ledger().epsilon()
+
+
+def test_calibration_with_colluding_devices_meets_the_budget_against_them() -> None:
+    z = calibrate_noise_multiplier(epsilon=3.0, delta=1e-5, rounds=10, d=D, quorum=5,
+                                   colluding_devices=2)
+    p = DpParams(epsilon=3.0, delta=1e-5, noise_multiplier=z, clip=1.0, quorum=5,
+                 colluding_devices=2)
+    ledger = PrivacyLedger(1e-5)
+    for r in range(10):
+        ledger.charge(r, p.round_rho(D, 5), 5)
+    assert ledger.epsilon() <= 3.0
+    # The colluding view of a round closed by the quorum is z's full noise, as with no
+    # colluders: the multiplier is the same; the shares are what grows.
+    plain = calibrate_noise_multiplier(epsilon=3.0, delta=1e-5, rounds=10, d=D, quorum=5)
+    assert z == pytest.approx(plain, rel=1e-5)

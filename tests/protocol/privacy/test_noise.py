@@ -214,3 +214,78 @@ def test_round_rho_is_the_gaussian_rho_when_tau_underflows() -> None:
     weak = replace(params, precision_bits=8, noise_multiplier=0.004, quorum=1)
     s, d2 = weak.device_sigma(21), weak.sensitivity(21)
     assert weak.round_rho(21, 3) > d2**2 / (2 * 3 * s**2)
+
+
+# ---- colluding devices: shares sized for quorum - c honest devices ---------------------
+
+
+def test_the_share_std_scales_as_one_over_the_root_of_the_honest_quorum() -> None:
+    d = 5000
+    for c in range(PARAMS.quorum):
+        params = replace(PARAMS, colluding_devices=c)
+        expected = PARAMS.noise_multiplier * PARAMS.sensitivity(d) / math.sqrt(
+            PARAMS.quorum - c)
+        assert params.honest_quorum == PARAMS.quorum - c
+        assert params.device_sigma(d) == pytest.approx(expected, rel=1e-12)
+        # The same share as a fleet without colluders whose quorum is the honest devices.
+        alike = replace(PARAMS, quorum=PARAMS.quorum - c)
+        assert params.device_sigma(d) == alike.device_sigma(d)
+        assert params.bound_int(d) == alike.bound_int(d)  # the codec's headroom follows
+    ratio = (replace(PARAMS, colluding_devices=15).device_sigma(d)
+             / PARAMS.device_sigma(d))
+    assert ratio == pytest.approx(math.sqrt(20 / 5), rel=1e-12)
+
+
+def test_a_quorum_sum_less_the_colluders_shares_keeps_the_target_variance() -> None:
+    # 6 devices close the round, 2 collude and subtract their shares: the 4 honest shares
+    # must still carry (z * D2)^2; the whole sum (a non-colluding view) carries 6/4 of it.
+    params = replace(PARAMS, quorum=6, colluding_devices=2)
+    d, rounds = 5000, 8  # 40,000 sums: the ALPHA interval is about +-3.5%
+    target = (params.noise_multiplier * params.sensitivity(d)) ** 2
+    shares = [_shares(params, params.quorum, d, seed=100 + r) for r in range(rounds)]
+    honest = np.concatenate([s[params.colluding_devices:].sum(axis=0) for s in shares])
+    lo, _ = _variance_interval(honest.size, target)
+    assert float(np.mean(honest.astype(np.float64) ** 2)) >= lo
+    whole = np.concatenate([s.sum(axis=0) for s in shares]).astype(np.float64)
+    lo, hi = _variance_interval(whole.size, target * params.quorum / params.honest_quorum)
+    assert lo <= float(np.mean(whole**2)) <= hi
+    # Shares sized for the whole quorum would leave the colluders' victims short.
+    naive = replace(params, colluding_devices=0)
+    short = np.concatenate([
+        _shares(naive, naive.quorum, d, seed=200 + r)[2:].sum(axis=0) for r in range(2)])
+    assert float(np.mean(short.astype(np.float64) ** 2)) < 0.8 * target
+
+
+def test_accounting_counts_only_the_honest_shares() -> None:
+    params = DpParams(epsilon=3.0, delta=1e-5, noise_multiplier=1.1, clip=1.0, quorum=5,
+                      colluding_devices=2)
+    z = params.noise_multiplier
+    # Closed by the quorum: exactly z's rho, as without colluders (the colluding view).
+    assert params.round_rho(21, 5) == pytest.approx(1 / (2 * z**2), rel=1e-12)
+    assert params.round_rho(21, 5) == pytest.approx(
+        replace(params, colluding_devices=0).round_rho(21, 5), rel=1e-12)
+    for m in (5, 6, 9):  # m reporting, m - 2 honest shares sized for 3
+        z_eff = z * math.sqrt((m - 2) / 3)
+        assert params.round_rho(21, m) == pytest.approx(1 / (2 * z_eff**2), rel=1e-12)
+    # One update alone: its own (larger) share, (quorum - c) times the quorum's charge.
+    assert params.shares_rho(21, 1) == pytest.approx(3 * params.round_rho(21, 5), rel=1e-12)
+    for too_few in (0, 1, 2):
+        with pytest.raises(ProtocolError):
+            params.round_rho(21, too_few)
+    with pytest.raises(ProtocolError):
+        params.shares_rho(21, 0)
+
+
+def test_colluding_devices_validate_and_keep_the_old_wire_format() -> None:
+    doc = PARAMS.to_dict()
+    assert "colluding_devices" not in doc  # c = 0: the contract of before the field
+    assert DpParams.from_dict(doc).colluding_devices == 0
+    five = replace(PARAMS, colluding_devices=5)
+    assert five.to_dict()["colluding_devices"] == 5
+    assert DpParams.from_dict(five.to_dict()) == five
+    for bad in (-1, PARAMS.quorum, PARAMS.quorum + 1, True, 2.0):
+        with pytest.raises(CodecError, match="colluding_devices"):
+            replace(PARAMS, colluding_devices=bad)
+    for value in (2.5, True, "x", PARAMS.quorum):
+        with pytest.raises(ProtocolError):
+            DpParams.from_dict({**doc, "colluding_devices": value})

@@ -72,3 +72,29 @@ def test_under_dp_an_update_is_one_unweighted_training_section() -> None:
     # A weight above 1 does not fit a DP section: the device cannot weight by its rows.
     with pytest.raises(CodecError, match="count 2"):
         sample.encode([[0] * SPEC.n_params + [2]])
+
+
+def test_colluding_devices_are_part_of_the_signed_terms_and_the_digest() -> None:
+    from dataclasses import replace
+
+    def digest(device: DpParams) -> str:
+        return contract_digest(CodecParams(), StatsParams(), "ab" * 32,
+                               PrivacyTerms(device=device))
+
+    # c = 0 keeps the digest of terms written before the field existed (no key in them).
+    assert "colluding_devices" not in PrivacyTerms(device=DEVICE).to_dict()["device"]
+    assert digest(replace(DEVICE, colluding_devices=0)) == digest(DEVICE)
+    digests = {digest(replace(DEVICE, colluding_devices=c)) for c in range(DEVICE.quorum)}
+    assert len(digests) == DEVICE.quorum  # every c is another contract
+    terms = PrivacyTerms(device=replace(DEVICE, colluding_devices=2))
+    assert "2 of them possibly colluding" in terms.describe()
+    msg = PubKeyMessage(fleet="f", n_hex=format(N, "x"), fingerprint="0" * 64,
+                        codec=CodecParams(), signing_key=AGGREGATOR_SIGNER.public_hex,
+                        privacy=terms)
+    payload = msg.to_bytes(AGGREGATOR_SIGNER)
+    back = PubKeyMessage.from_bytes(payload)
+    assert back.privacy == terms and back.contract_digest == msg.contract_digest
+    tampered = payload.replace(b'"colluding_devices":2', b'"colluding_devices":0')
+    assert tampered != payload
+    with pytest.raises(ProtocolError):
+        PubKeyMessage.from_bytes(tampered)
