@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,8 @@ _V = TypeVar("_V")
 
 
 class AllowListFile:
-    """The allow-list file, re-read at every call: enrolling or revoking a device or a
-    relay needs no restart.
+    """The allow-list file, read again at every call once it changed: enrolling or
+    revoking a device or a relay needs no restart.
 
     A file broken mid-run (a bad hand edit) must not kill the run: the list read last
     is kept, with an error line; a first read that fails raises ConfigError (at start a
@@ -145,6 +146,7 @@ class AllowListFile:
         self._fixed: dict[str, Mapping[str, object] | None] = {
             "allow-list": agents, "relays": relays, "relay assignments": relay_devices}
         self._last: dict[str, Mapping[str, object]] = {}
+        self._stamps: dict[str, tuple[int, int, int]] = {}  # what -> the file read last
 
     def agents(self) -> Keys:
         """Agent id -> key: the devices whose updates count."""
@@ -162,8 +164,19 @@ class AllowListFile:
         fixed = self._fixed[what]
         if fixed is not None:
             return cast(Mapping[str, _V], fixed)
+        # Parsed again only when the file changed (enroll writes a new file and renames
+        # it): a trustee consults the list for every update, 1,000 keys each time.
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp is not None and what in self._last and self._stamps.get(what) == stamp:
+            return cast(Mapping[str, _V], self._last[what])
         try:
             self._last[what] = load(self.path)
+            if stamp is not None:
+                self._stamps[what] = stamp
         except ConfigError as exc:
             if what not in self._last:
                 raise

@@ -28,6 +28,7 @@ from fedmq.aggregator.privacy import FleetBudget
 from fedmq.aggregator.rounds import RoundState
 from fedmq.aggregator.runspec import save_run_spec
 from fedmq.aggregator.store import RunStore
+from fedmq.aggregator.trustees import TrusteePanel
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.paillier import PaillierPrivateKey
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
@@ -61,7 +62,8 @@ class RoundClosing:
     results: list[RoundResult]
     statistics: RoundResult | None
     final_evaluation: RoundResult | None
-    _private_key: PaillierPrivateKey
+    _private_key: PaillierPrivateKey | None
+    _panel: TrusteePanel | None
     _suspects: Suspects
     _inbound: Inbound
     _admission: Admission
@@ -94,7 +96,9 @@ class RoundClosing:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
         state.rejected += self._admission.close_round()
         cfg = self.config
-        closing = close_round(state, self._private_key, self._suspects, spec=self.spec,
+        key = self._private_key if self._panel is None else self._panel.for_round(state)
+        assert key is not None  # checked when the aggregator was made
+        closing = close_round(state, key, self._suspects, spec=self.spec,
                               codec=cfg.codec, statistics=cfg.statistics, robust=cfg.robust,
                               statistics_rows=self._statistics_rows, dp=cfg.privacy.device)
         for culprit in closing.named:

@@ -157,6 +157,7 @@ class AggregatorConfig:
     key_bits: int = 2048
     signing_key_file: str = "state/aggregator/signing.key"
     allow_list_file: str = "state/aggregator/allow_list.json"
+    trustees_file: str | None = None  # set: the key is split among trustees (aggregator.trustees)
     resume: bool = True
     policy: RoundPolicy = field(default_factory=RoundPolicy)
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -258,5 +259,6 @@ class AggregatorConfig:
             key_bits=f.keys.bits,
             signing_key_file=resolve(base, f.keys.signing_key_file) or "",
             allow_list_file=resolve(base, f.keys.allow_list_file) or "",
+            trustees_file=resolve(base, f.keys.trustees_file),
             resume=f.output.resume, state_dir=resolve(base, f.output.state_dir) or "",
         )

@@ -36,6 +36,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fedmq.protocol.crypto.paillier import (
     PaillierPrivateKey,
@@ -51,6 +52,25 @@ log = logging.getLogger("fedmq.aggregator.service")
 #: A group's decoded sums, or None when its decrypted sum fails the codec's bounds.
 Check = Callable[[frozenset[str]], "list[int] | None"]
 MIN_GROUP = 2  # never decrypt a sum over fewer devices
+
+
+class Decryptor(Protocol):
+    """Who decrypts a group's sum: the trustees (aggregator.trustees), told which members'
+    updates it is the product of, so each can recompute and check it."""
+
+    @property
+    def public_key(self) -> PaillierPublicKey: ...
+
+    def decrypt(self, group: frozenset[str], ciphertexts: Sequence[int]) -> list[int]: ...
+
+
+def decryptor(key: PaillierPrivateKey | Decryptor
+              ) -> tuple[PaillierPublicKey, Callable[[frozenset[str], Sequence[int]], list[int]]]:
+    """The public key and the decryption of a group's sum, with the whole key or trustees."""
+    if isinstance(key, PaillierPrivateKey):
+        private = key
+        return private.public_key, lambda _group, ciphertexts: decrypt_ints(private, ciphertexts)
+    return key.public_key, key.decrypt
 
 
 @dataclass(frozen=True)
@@ -203,7 +223,7 @@ def group_sum(public_key: PaillierPublicKey, vectors: Mapping[str, Sequence[int]
     return total
 
 
-def bounds_check(layout: UpdateLayout, private_key: PaillierPrivateKey,
+def bounds_check(layout: UpdateLayout, private_key: PaillierPrivateKey | Decryptor,
                  vectors: Mapping[str, Sequence[int]], *,
                  total: Sequence[int] | None = None,
                  devices: Mapping[str, int] | None = None) -> Check:
@@ -221,7 +241,7 @@ def bounds_check(layout: UpdateLayout, private_key: PaillierPrivateKey,
     the member named.
     """
     weight = devices or {}
-    public_key = private_key.public_key
+    public_key, decrypt = decryptor(private_key)
     everyone = frozenset(vectors)
 
     def check(group: frozenset[str]) -> list[int] | None:
@@ -233,7 +253,7 @@ def bounds_check(layout: UpdateLayout, private_key: PaillierPrivateKey,
         ciphertexts = total if total is not None and group == everyone else group_sum(
             public_key, vectors, group)
         try:
-            sections = layout.decode(decrypt_ints(private_key, ciphertexts), n_devices)
+            sections = layout.decode(decrypt(group, ciphertexts), n_devices)
         except CodecError:
             return None
         return [value for sums in sections for value in sums]

@@ -96,6 +96,7 @@ class Inbound:
                 self.notifier.rejected(state, agent, exc)
             return
         state.update_bytes += len(payload)
+        state.payloads[agent] = payload
         if isinstance(update, PartialSum):
             log.info("accepted relay %s's partial sum of %d devices (%d devices counted)",
                      agent, update.summed, len(state.accepted))

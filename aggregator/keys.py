@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fedmq.aggregator.config import AggregatorConfig
 
 log = logging.getLogger(__name__)
-Keypair = tuple[PaillierPublicKey, PaillierPrivateKey]
+Keypair = tuple[PaillierPublicKey, PaillierPrivateKey | None]
 # Run state in state_dir (runs/ and latest; directly in it before run directories).
 RUN_STATE_FILES = ("runs", "latest", "run.json", "global_model.npz", "rounds.csv", "open_round")
 REPIN = ("every agent must then re-pin [fleet] key_fingerprint and aggregator_signing_key "
@@ -38,7 +38,13 @@ REPIN = ("every agent must then re-pin [fleet] key_fingerprint and aggregator_si
 
 def load_aggregator_keys(config: AggregatorConfig, *,
                          new_keys: bool = False) -> tuple[Keypair, Signer]:
-    """Both keys of the aggregator; a missing one is created only on first use or on request."""
+    """Both keys of the aggregator; a missing one is created only on first use or on request.
+
+    With trustees (``[keys] trustees_file``) there is no private key: the public key comes
+    from the trustees file and the private half is None.
+    """
+    if config.trustees_file:
+        return _threshold_keys(config)
     paillier, signing = Path(config.key_file), Path(config.signing_key_file)
     missing = [p for p in (paillier, signing) if not p.exists()]
     if missing and not new_keys:
@@ -58,7 +64,19 @@ def load_aggregator_keys(config: AggregatorConfig, *,
     return keypair, signer
 
 
-def load_keypair(path: Path, bits: int | None = None) -> Keypair:
+def _threshold_keys(config: AggregatorConfig) -> tuple[Keypair, Signer]:
+    from fedmq.aggregator.trustees import TrusteeSet
+
+    trustees = TrusteeSet.load(config.trustees_file or "")
+    signing = Path(config.signing_key_file)
+    if not signing.exists():
+        raise ConfigError(f"{signing} is missing: a gateway with trustees gets its signing key "
+                          "from fedmq init gateway --trustees")
+    return (trustees.public.public_key, None), load_signer(signing)
+
+
+def load_keypair(path: Path, bits: int | None = None) -> tuple[PaillierPublicKey,
+                                                               PaillierPrivateKey]:
     try:
         warn_if_readable(path)
         text = path.read_bytes().decode()
@@ -82,7 +100,7 @@ def load_keypair(path: Path, bits: int | None = None) -> Keypair:
     return private.public_key, private
 
 
-def create_keypair(path: Path, bits: int) -> Keypair:
+def create_keypair(path: Path, bits: int) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
     public, private = generate_keypair(bits)
     try:
         write_atomic(path, json.dumps(private_key_to_dict(private)).encode(), private=True)
@@ -92,7 +110,8 @@ def create_keypair(path: Path, bits: int) -> Keypair:
     return public, private
 
 
-def load_or_create_keypair(path: str | Path, bits: int) -> Keypair:
+def load_or_create_keypair(path: str | Path, bits: int) -> tuple[PaillierPublicKey,
+                                                                 PaillierPrivateKey]:
     """Load the keypair at ``path``, or create it there (no first-use check: tools, tests)."""
     p = Path(path)
     return load_keypair(p, bits) if p.exists() else create_keypair(p, bits)

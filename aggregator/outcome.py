@@ -28,7 +28,13 @@ from fedmq.aggregator.consistency import (
     step_outliers,
 )
 from fedmq.aggregator.consistency import named as named_group
-from fedmq.aggregator.culprits import MIN_GROUP, Suspects, bounds_check, close_groups
+from fedmq.aggregator.culprits import (
+    MIN_GROUP,
+    Decryptor,
+    Suspects,
+    bounds_check,
+    close_groups,
+)
 from fedmq.aggregator.groups import (
     FAR,
     MIN_GROUPS,
@@ -41,7 +47,7 @@ from fedmq.aggregator.rounds import RoundState
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import CodecParams, mean_from_sums
 from fedmq.protocol.crypto.paillier import PaillierPrivateKey
-from fedmq.protocol.errors import CodecError
+from fedmq.protocol.errors import CodecError, DecryptionUnavailable
 from fedmq.protocol.privacy.noise import DpParams, mean_from_noisy_sums
 from fedmq.protocol.sums.evaluation import FleetEvaluation
 from fedmq.protocol.sums.statistics import FleetStatistics, StatsParams
@@ -105,7 +111,8 @@ def _devices(group: Iterable[str], members: Mapping[str, tuple[str, ...]]) -> fr
     return frozenset(d for m in group for d in members[m])
 
 
-def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Suspects, *,
+def close_round(state: RoundState, private_key: PaillierPrivateKey | Decryptor,
+                suspects: Suspects, *,
                 spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
                 robust: RobustPolicy | None = None,
                 statistics_rows: Mapping[frozenset[str], int] | None = None,
@@ -126,8 +133,14 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey, suspects: Su
     min_group = max(robust.min_group, MIN_GROUP if dp is None else state.quorum)
     groups = (frozenset(members),) if robust.rule == "mean" else partition(
         sizes, fleet=state.fleet, min_group=min_group, groups=robust.groups)
-    found = close_groups(state.round_id, groups, check, suspects, rng=rng,
-                         min_group=min_group, devices=sizes)
+    dropped = Closing((), tuple(sorted(state.accepted)), ())
+    try:
+        found = close_groups(state.round_id, groups, check, suspects, rng=rng,
+                             min_group=min_group, devices=sizes)
+    except DecryptionUnavailable as exc:
+        log.error("%s; %s", exc, "keeping the model" if state.phase == "training"
+                  else "nothing learned")
+        return dropped
     named = found.named
     group_sums = dict(found.sums)
     left_out: dict[frozenset[str], int] = {}

@@ -51,6 +51,7 @@ def restore_updates(state: RoundState, checkpoints: Checkpoints,
         try:
             offer_payload(state, agent, payload, public_key)
             state.update_bytes += len(payload)
+            state.payloads[agent] = payload
         except (ProtocolError, Rejected) as exc:
             log.error("persisted update of %s no longer valid: %s", agent, exc)
     log.warning("round %d: %d accepted updates restored", state.round_id, len(state.accepted))

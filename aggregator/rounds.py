@@ -84,9 +84,16 @@ class RoundState:
     # (bounded: at most max_agents members of the one size the round takes).
     vectors: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _hashes: dict[str, bytes] = field(default_factory=dict)
+    # Each accepted member's signed payload, for trustees that missed it (aggregator.trustees).
+    payloads: dict[str, bytes] = field(default_factory=dict)
     # Expected agents that said (in their status) why they skip this round: the round
     # does not wait for them, and the gateway counts the reasons.
     skipped: dict[str, Skip] = field(default_factory=dict)
+
+    @property
+    def hashes(self) -> Mapping[str, bytes]:
+        """Member -> the signed hash of the update (or partial sum) the round accepted."""
+        return self._hashes
 
     @property
     def phase(self) -> str:

@@ -38,6 +38,7 @@ from fedmq.aggregator.rounds import RoundState
 from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
 from fedmq.aggregator.runspec import load_group_rows
 from fedmq.aggregator.store import RunStore
+from fedmq.aggregator.trustees import TrusteePanel, TrusteeSet
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import make_codec
 from fedmq.protocol.crypto.paillier import (
@@ -47,6 +48,7 @@ from fedmq.protocol.crypto.paillier import (
     fingerprint,
 )
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.layout import PHASES, UpdateLayout, contract_digest, layout_for
 from fedmq.runtime.transport import Inbox, MqttLink
 
@@ -60,7 +62,7 @@ class Aggregator(RoundClosing):
         self,
         config: AggregatorConfig,
         *,
-        keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
+        keypair: tuple[PaillierPublicKey, PaillierPrivateKey | None] | None = None,
         signer: Signer | None = None,
         allow_list: Mapping[str, Ed25519PublicKey] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
@@ -117,11 +119,27 @@ class Aggregator(RoundClosing):
         # us for good after one unauthenticated CONNECT with our user name as
         # client id (see aggregator.announcer). Whatever agents sent while we
         # were away comes back as their re-send of the re-announced round.
+        subscriptions = [(topics.updates_filter, 1), (topics.status_filter, 1),
+                         (topics.pubkey, 1), (topics.round, 1)]
+        # Trustees hold the key (aggregator.trustees): every decryption is theirs.
+        self._panel: TrusteePanel | None = None
+        if config.trustees_file:
+            self._panel = TrusteePanel(
+                TrusteeSet.load(config.trustees_file), topics,
+                lambda topic, payload: self._link.publish(topic, payload, qos=1, wait=False),
+                timeout=config.policy.round_timeout, attempts=config.policy.max_extensions)
+            subscriptions.append((topics.trustee_replies_filter, 1))
+            public = self._panel.set.public
+            log.info("Paillier key %s is split among %d trustees (%d needed to decrypt); this "
+                     "aggregator holds no private key", self.fingerprint[:16], public.trustees,
+                     public.threshold)
+        elif self._private_key is None:
+            raise ConfigError("the aggregator has neither a private key nor [keys] "
+                              "trustees_file")
         self._link = MqttLink(
             config.mqtt, client_id=config.client_id, on_message=self._on_message,
-            subscriptions=[(topics.updates_filter, 1), (topics.status_filter, 1),
-                           (topics.pubkey, 1), (topics.round, 1)],
-            on_connect=self._announcer.connected, clean_session=True,
+            subscriptions=subscriptions, on_connect=self._announcer.connected,
+            clean_session=True,
         )
         self._herald = Herald(config, self._link, self.signer, self._announcer,
                               n_hex=format(self.public_key.n, "x"), fingerprint=self.fingerprint,
@@ -310,6 +328,8 @@ class Aggregator(RoundClosing):
     def _on_message(self, topic: str, payload: bytes) -> None:
         # paho's thread: our own retained topics go to the announcer, the rest
         # through admission to the inbox; both only store, the aggregator's thread acts.
+        if self._panel is not None and self._panel.deliver(topic, payload):
+            return
         if not self._announcer.observe(topic, payload):
             self._admit(topic, payload)
 

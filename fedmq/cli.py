@@ -61,6 +61,8 @@ BENCHES = {
                       "synthetic fleet and a real data set", "fedmq.benchmarks.privacy"),
     "bench-relay": ("the same fleet behind one gateway and behind two relays: round times, "
                     "bytes upstream, memory, exact equality", "fedmq.benchmarks.relay"),
+    "bench-trustees": ("threshold decryption's cost per round: trustees' and aggregator's CPU, "
+                       "messages, key generation", "fedmq.benchmarks.trustees"),
 }
 
 
@@ -73,7 +75,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from fedmq import gateway_cli, model_cli, provision, relay_cli, simulate_cli
+    from fedmq import gateway_cli, model_cli, provision, relay_cli, simulate_cli, trustee_cli
 
     gateway_cli.register(sub)  # broker, aggregator, enroll
     p = sub.add_parser("agent", help="run an edge agent (device)",
@@ -91,6 +93,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     model_cli.register(sub)  # export, evaluate
     provision.register(sub)  # init gateway, init device
     relay_cli.register(sub)  # relay, enroll-relay
+    trustee_cli.register(sub)  # trustee, trustee enroll
     for name, (help_text, module) in BENCHES.items():
         # A benchmark's module imports half the gateway (~4 MB of a device's RSS): its
         # arguments are built only when it is the command; otherwise only its help line.

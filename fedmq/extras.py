@@ -29,6 +29,7 @@ _NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     # gateway-side files: Argon2 password hashes, and locks for the allow-list/password file
     "init": ("gateway", ("pwdlib", "filelock")),
     "enroll": ("gateway", ("filelock",)),
+    "trustee": ("gateway", ("filelock",)),  # its allow-list: enroll locks it; run reads it
 }
 # Subcommand actions that need no extra (they only write text files).
 _LIGHT_ACTIONS = {("broker", "mosquitto-config")}

@@ -43,6 +43,32 @@ class Gateway:
     delimiter: str = DEFAULT.delimiter
     # Every device's [privacy] max_quorum (None in a record older than the key).
     max_quorum: int | None = None
+    # The trustees holding the key's shares (init gateway --trustees), if any.
+    trustees: tuple[str, ...] = ()
+
+
+KEY_LINE = 'private_key_file = "state/paillier.key"     # made by fedmq init, mode 0600: back it up'
+TRUSTEES_LINE = ('trustees_file = "state/trustees.json"      # the key is split among trustees: '
+                 'no private key here')
+MAX_TRUSTEES = 16
+
+
+def majority(trustees: int) -> int:
+    return trustees // 2 + 1
+
+
+def check_trustees(trustees: int, threshold: int, where: str = "init gateway") -> None:
+    """A majority of k, and at least 2: one trustee alone must never decrypt, and two
+    disjoint groups of trustees must never both decrypt (each keeps its own ledger, so two
+    disjoint quorums could each allow one of two sets whose difference is one device)."""
+    if not 2 <= trustees <= MAX_TRUSTEES:
+        raise ConfigError(f"{where}: --trustees {trustees} is not in 2..{MAX_TRUSTEES}")
+    low = max(2, majority(trustees))
+    if not low <= threshold <= trustees:
+        raise ConfigError(f"{where}: --threshold {threshold} is not in {low}..{trustees}: "
+                          "a decryption needs a majority of the trustees, and at least 2 (one "
+                          "trustee alone, or two disjoint groups of them, could otherwise "
+                          "decrypt what the others refuse)")
 
 
 def max_quorum_for(devices: int) -> int:
@@ -98,8 +124,13 @@ def port_in_use(host: str, port: int) -> bool:
 
 def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
                  devices: Sequence[str], bits: int, rounds: int, loopback: bool = False,
-                 host: str | None = None, columns: FleetColumns = DEFAULT) -> list[str]:
-    """Write a gateway directory; return the lines to show the operator."""
+                 host: str | None = None, columns: FleetColumns = DEFAULT,
+                 trustees: int = 0, threshold: int = 0) -> list[str]:
+    """Write a gateway directory; return the lines to show the operator.
+
+    ``trustees`` > 0: deal the Paillier key ``threshold``-of-``trustees`` (fedmq.ceremony);
+    the gateway then gets the public key and verification keys only.
+    """
     from fedmq.aggregator.config import AggregatorConfig
     from fedmq.aggregator.keys import load_aggregator_keys
     from fedmq.broker.certs import make_tls, parse_san
@@ -110,6 +141,8 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
                                    ("--rounds", rounds, 1, 1_000_000)):
         if not low <= value <= high:
             raise ConfigError(f"init gateway: {flag} {value} is not in {low}..{high}")
+    if trustees or threshold:
+        check_trustees(trustees, threshold)
     for san in sans:
         parse_san(san)  # a typo stops us before anything is written
     taken = [p for p in ("broker.toml", "aggregator.toml", "passwords.txt", RECORD)
@@ -118,20 +151,30 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
         raise ConfigError(f"{directory / taken[0]} exists: init gateway makes a new gateway "
                           f"(add devices with: fedmq init device ID --gateway {directory})")
     listen, device_host = _hosts(sans, loopback, host)
+    trustee_ids = tuple(f"trustee-{i}" for i in range(1, trustees + 1))
     gateway = Gateway(fleet=fleet, port=port, device_host=device_host,
                       features=columns.features, label=columns.label,
-                      delimiter=columns.delimiter, max_quorum=max_quorum_for(len(devices)))
+                      delimiter=columns.delimiter, max_quorum=max_quorum_for(len(devices)),
+                      trustees=trustee_ids)
     tls = make_tls(directory / "tls", fleet, sans)
     all_sans = ", ".join(dict.fromkeys(["IP:127.0.0.1", "DNS:localhost", *sans]))
-    write_text_atomic(directory / "broker.toml", _template(
-        "broker.toml", host=listen, port=port, fleet=fleet, sans=all_sans))
+    broker_toml = _template("broker.toml", host=listen, port=port, fleet=fleet, sans=all_sans)
+    write_text_atomic(directory / "broker.toml", broker_toml.replace(
+        "trustee_users = []", f"trustee_users = {json.dumps(list(trustee_ids))}"))
     password = new_password()
     write_text_atomic(directory / "aggregator.password", password + "\n", private=True)
     add_users(directory / "passwords.txt", {"aggregator": password})
-    write_text_atomic(directory / "aggregator.toml", _template(
+    aggregator_toml = _template(
         "aggregator.toml", fleet=fleet, port=port, bits=bits, rounds=rounds,
         quorum=max(1, (len(devices) + 1) // 2), min_agents=max(1, len(devices)),
-        **columns.toml()))
+        **columns.toml())
+    if trustees:
+        aggregator_toml = aggregator_toml.replace(KEY_LINE, TRUSTEES_LINE)
+    write_text_atomic(directory / "aggregator.toml", aggregator_toml)
+    dealt: list[str] = []
+    if trustees:
+        from fedmq.ceremony import deal_trustees
+        dealt = deal_trustees(directory, gateway, bits=bits, threshold=threshold)
     # The aggregator's keys now, so every device bundle pins their fingerprints.
     load_aggregator_keys(AggregatorConfig.from_file(directory / "aggregator.toml"))
     write_text_atomic(directory / RECORD, json.dumps(asdict(gateway), indent=2) + "\n")
@@ -145,6 +188,7 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     return [*said, f"gateway {directory}: broker.toml (TLS, logins, ACL on {listen}:{port}), "
             f"aggregator.toml, passwords.txt, CA {tls.ca_cert} (key 0600, stays here), "
             f"server certificate for {all_sans}",
+            *dealt,
             *made,
             f"devices connect to {device_host}:{port}; copy each devices/<id>/ to its device",
             *busy]
@@ -223,7 +267,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         lines = init_gateway(
             Path(args.target), fleet=args.fleet, sans=args.san, port=args.port,
             devices=_device_ids(args.devices, args.device_count), bits=args.bits,
-            rounds=args.rounds, loopback=args.loopback, host=args.host, columns=columns)
+            rounds=args.rounds, loopback=args.loopback, host=args.host, columns=columns,
+            trustees=args.trustees,
+            threshold=args.threshold or (majority(args.trustees) if args.trustees else 0))
     else:
         if not args.gateway:
             raise ConfigError("init device needs --gateway DIR (made by fedmq init gateway)")
@@ -261,6 +307,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--devices", metavar="ID,ID,...", help="device ids")
     g.add_argument("--device-count", type=int, metavar="N", help="devices dev-000 ... dev-N-1")
     g.add_argument("--bits", type=int, default=2048, help="Paillier key size (default: 2048)")
+    g.add_argument("--trustees", type=int, default=0, metavar="K",
+                   help="split the key among K trustees (threshold decryption); this command "
+                   "then acts as the dealer: run it offline, see docs/security.md")
+    g.add_argument("--threshold", type=int, default=0, metavar="T",
+                   help="with --trustees: how many trustees must take part in a decryption "
+                   "(2..K; default: a majority)")
     g.add_argument("--rounds", type=int, default=10, help="training rounds (default: 10)")
     g.add_argument("--loopback", action="store_true",
                    help="one-machine try-out: broker and devices on 127.0.0.1 (the default "

@@ -56,7 +56,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
-        "scaling": args.scaling, **scale_overrides(args), **privacy_overrides(args),
+        "scaling": args.scaling, "trustees": args.trustees, "threshold": args.threshold,
+        **scale_overrides(args), **privacy_overrides(args),
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
     report = Simulation(opts).run()
@@ -113,6 +114,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--scaling", choices=["federated", "datasheet"],
                    help="feature center/scale from the statistics round over the devices' "
                    "encrypted sums (federated, default) or the sensors' datasheet values")
+    p.add_argument("--trustees", type=int, metavar="K", help="split the key among K trustees, "
+                   "each its own process; every decryption needs --threshold of them")
+    p.add_argument("--threshold", type=int, metavar="T", help="with --trustees: trustees "
+                   "needed to decrypt (default: a majority)")
     add_scale_arguments(p)
     add_privacy_arguments(p)
     p.set_defaults(func=cmd_simulate)

@@ -32,3 +32,7 @@ class CodecOverflowError(CodecError):
 
 class KeyMismatchError(ProtocolError):
     """A payload was made for another Paillier key or other codec parameters."""
+
+
+class DecryptionUnavailable(FedmqError):
+    """The trustees did not decrypt a sum: silent through every extension, or refusing."""

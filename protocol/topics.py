@@ -77,6 +77,19 @@ class Topics:
     def status(self, agent_id: str) -> str:
         return f"{self.base}/status/{check_name(agent_id, 'agent id')}"
 
+    @property
+    def trustee_request(self) -> str:
+        """The aggregator asks the trustees for partial decryptions here (not retained)."""
+        return f"{self.base}/trustee/request"
+
+    @property
+    def trustee_replies_filter(self) -> str:
+        return f"{self.base}/trustee/reply/+"
+
+    def trustee_reply(self, trustee_id: str) -> str:
+        """One trustee's partial decryptions (or refusals); only that trustee writes here."""
+        return f"{self.base}/trustee/reply/{check_name(trustee_id, 'trustee id')}"
+
     def agent_of(self, topic: str, kind: str) -> str | None:
         """The agent id in ``<base>/<kind>/<id>``, or None if the topic is not of that shape."""
         head = f"{self.base}/{kind}/"

@@ -59,6 +59,8 @@ class SimulateTable(Table, frozen=True):
     dp_noise: Annotated[float, Meta(ge=0)] = 0.0  # 0: calibrated to dp_epsilon
     dp_sample_epsilon: Positive | None = None
     dp_sample_clip: Positive = 1.0
+    trustees: Annotated[int, Meta(ge=0, le=16)] = 0
+    threshold: Annotated[int, Meta(ge=0, le=16)] = 0
 
 
 class SimulateFile(Table, frozen=True):

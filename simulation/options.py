@@ -55,6 +55,9 @@ class SimulationOptions:
     dp_noise: float = 0.0
     dp_sample_epsilon: float | None = None
     dp_sample_clip: float = 1.0
+    # Threshold decryption: the key dealt threshold-of-trustees, one process per trustee.
+    trustees: int = 0
+    threshold: int = 0  # 0: a majority of the trustees
 
     def __post_init__(self) -> None:
         if self.scaling is None:
@@ -73,12 +76,28 @@ class SimulationOptions:
             raise ConfigError("--quorum must be a fraction in (0, 1]")
         if not 0 <= self.kill < self.agents:
             raise ConfigError("--kill must leave at least one agent alive")
+        if self.trustees:
+            low = max(2, self.trustees // 2 + 1)  # as fedmq init gateway: a majority
+            if not 2 <= self.trustees <= 16:
+                raise ConfigError(f"--trustees {self.trustees} is not in 2..16")
+            if not low <= self.effective_threshold <= self.trustees:
+                raise ConfigError(f"--threshold {self.threshold} is not in {low}..{self.trustees}"
+                                  ": a decryption needs a majority of the trustees")
+        if self.threshold and not self.trustees:
+            raise ConfigError("--threshold goes with --trustees K")
+        if self.trustees and self.reuse_key:
+            raise ConfigError("--reuse-key reuses a whole aggregator key; with --trustees "
+                              "every run deals its own")
         if self.workers < 0:
             raise ConfigError("--workers must be 0 (threads of this process) or more")
         BrokerChoice.parse(self.broker)
         if self.agents - self.kill < self.quorum:
             raise ConfigError(f"killing {self.kill} of {self.agents} agents leaves fewer than "
                               f"the quorum of {self.quorum}")
+
+    @property
+    def effective_threshold(self) -> int:
+        return self.threshold or self.trustees // 2 + 1
 
     @property
     def quorum(self) -> int:

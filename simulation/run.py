@@ -12,6 +12,7 @@ federated learning has to come close to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -56,6 +57,7 @@ from fedmq.simulation.table import (
     write_metrics,
 )
 from fedmq.simulation.tasks import TASKS, central_baseline, model_spec, xy
+from fedmq.simulation.trustees import SimulatedTrustees, deal_trustees, running, write_configs
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class Simulation:
         self.fleet: Fleet | None = None
         self.end: RunEnd | None = None  # peak memory and broker complaints, once run
         self._enrolled: dict[str, Ed25519PublicKey] = {}  # fedmq enroll, for the aggregator
+        self.trustees: SimulatedTrustees | None = None
 
     def _write_data(self) -> list[Path]:
         data_dir = self.out_dir / "data"
@@ -217,15 +220,26 @@ class Simulation:
         label = TASKS[opts.task][0]
         ids = [dev.device_id for dev in self.devices]
         sharded = opts.workers > 0
+        trustees = None
+        if opts.trustees:
+            self.progress(f"dealing the {opts.key_bits}-bit key {opts.effective_threshold}-of-"
+                          f"{opts.trustees} to trustees (this process is the dealer) ...")
+            trustees, shares = deal_trustees(self.out_dir, trustees=opts.trustees,
+                                             threshold=opts.effective_threshold,
+                                             bits=opts.key_bits)
+            del shares  # in the bundles now; this process keeps no share
+            self.trustees = trustees
         with fleet_broker(BrokerChoice.parse(opts.broker), topics=topics, agent_ids=ids,
-                          out_dir=self.out_dir, own_process=sharded) as broker:
+                          out_dir=self.out_dir, own_process=sharded,
+                          trustee_users=trustees.ids if trustees else ()) as broker, \
+                contextlib.ExitStack() as stack:
             self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
                           f"task {opts.task!r} (d = {self.spec.n_params}), {opts.rounds} "
                           f"rounds, {opts.key_bits}-bit Paillier, {opts.scaling} scaling, "
                           f"{broker.where}, "
                           + (f"agents in {opts.workers} worker processes" if sharded
                              else "agents on threads of this process"))
-            aggregator = self._aggregator(run, topics, broker.aggregator)
+            aggregator = self._aggregator(run, topics, broker.aggregator, trustees)
             configs = [AgentConfig(
                 agent_id=dev.device_id, topics=topics, data_path=str(path),
                 features=self.spec.features, label=label, mqtt=broker.agent(dev.device_id),
@@ -236,6 +250,15 @@ class Simulation:
             for cfg in configs:  # fedmq enroll: the agent loads this key from its state_dir
                 self._enrolled[cfg.agent_id] = load_or_create_signer(
                     cfg.signing_key_path).public_key
+            if trustees is not None:
+                write_configs(trustees, topics=topics, aggregator_key=aggregator.signer.public_hex,
+                              enrolled=self._enrolled,
+                              mqtt={t: broker.trustee(t) for t in trustees.ids})
+                stack.enter_context(running(trustees, verbose=log.isEnabledFor(logging.DEBUG)))
+                self.progress(f"trustees: {', '.join(trustees.ids)} (own processes, logs in "
+                              f"{self.out_dir / 'trustees'}); every decryption needs "
+                              f"{opts.effective_threshold} of them; key dealt in "
+                              f"{trustees.seconds_to_deal:.1f} s")
             if sharded:
                 self.fleet = ShardedFleet(configs, workers=opts.workers, spread=opts.spread,
                                           seed=opts.seed,
@@ -267,7 +290,8 @@ class Simulation:
         self._write_metrics(report)
         return report
 
-    def _aggregator(self, run: Any, topics: Topics, mqtt: MqttSettings) -> Aggregator:
+    def _aggregator(self, run: Any, topics: Topics, mqtt: MqttSettings,
+                    trustees: SimulatedTrustees | None = None) -> Aggregator:
         opts = self.options
         fleet = max(CodecParams().max_agents, opts.agents)
         privacy = simulation_privacy(opts, self.spec, opts.quorum, CodecParams(max_agents=fleet))
@@ -291,7 +315,10 @@ class Simulation:
             signing_key_file=str(self.out_dir / "aggregator" / "signing.key"),
             resume=False,  # every simulation is a new run on new data
             privacy=privacy,
+            trustees_file=None if trustees is None else str(trustees.path),
         )  # keys: fresh in the new run directory, or copied there by start_run (--reuse-key)
+        if trustees is not None:  # the aggregator's own signing key, before it starts
+            load_or_create_signer(config.signing_key_file)
         t0 = time.perf_counter()
         self.aggregator = Aggregator(config, on_round=self._on_round,
                                      allow_list=self._enrolled,  # filled before agents start

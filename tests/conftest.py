@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
+from trustee_support import (
+    TRUSTEES_ON,
+    RunningTrustees,
+    ThresholdKey,
+    make_threshold_key,
+    start_trustees,
+)
 
 from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
 from fedmq.aggregator.outcome import RoundResult
@@ -18,15 +26,44 @@ from fedmq.broker.embedded import EmbeddedBroker, free_port
 from fedmq.edge_agent.agent import EdgeAgent
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import CodecParams
-from fedmq.protocol.crypto.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
+from fedmq.protocol.crypto.paillier import PaillierPrivateKey, PaillierPublicKey
+from fedmq.protocol.crypto.signing import Ed25519PublicKey
 from fedmq.protocol.messages import TrainingSettings
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttSettings
 
 
 @pytest.fixture(scope="session")
-def keypair() -> tuple[PaillierPublicKey, PaillierPrivateKey]:
-    return generate_keypair(512)
+def threshold_key() -> ThresholdKey:
+    return make_threshold_key()
+
+
+@pytest.fixture(scope="session")
+def keypair(threshold_key: ThresholdKey) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
+    """A 512-bit key from safe primes: the whole key, and the trustees' shares of it."""
+    return threshold_key.private.public_key, threshold_key.private
+
+
+@pytest.fixture
+def trustees_on(threshold_key: ThresholdKey, tmp_path: Path
+                ) -> Iterator[Callable[..., RunningTrustees]]:
+    """Start trustees on a broker port (the key's shares); all stopped at teardown."""
+    started: dict[int, RunningTrustees] = {}
+
+    def start(port: int, *, relays: Mapping[str, Ed25519PublicKey] | None = None
+              ) -> RunningTrustees:
+        """One set of trustees per broker (their client ids are their names); asked again
+        for the same broker, the running ones enroll ``relays`` too."""
+        if port in started:
+            started[port].enroll_relays(relays or {})
+            return started[port]
+        started[port] = start_trustees(threshold_key, port, tmp_path / f"trustees-{port}",
+                                       relays=relays)
+        return started[port]
+
+    yield start
+    for running in started.values():
+        running.stop()
 
 
 @pytest.fixture
@@ -37,7 +74,8 @@ def broker_port() -> Iterator[int]:
 
 
 @pytest.fixture
-def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
+def make_aggregator(tmp_path: Path, keypair: Any,
+                    trustees_on: Callable[..., RunningTrustees]) -> Callable[..., Aggregator]:
     def make(port: int, codec: CodecParams | None = None, *, spec: ModelSpec = SPEC,
              on_round: Callable[[RoundResult], None] | None = None,
              config: dict[str, Any] | None = None, **policy: Any) -> Aggregator:
@@ -51,6 +89,11 @@ def make_aggregator(tmp_path: Path, keypair: Any) -> Callable[..., Aggregator]:
                 "training": TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1),
                 **(config or {})},
         )
+        if TRUSTEES_ON:  # FEDMQ_TEST_TRUSTEES=1: no private key here, trustees decrypt
+            running = trustees_on(port)
+            settings = replace(settings, trustees_file=str(running.path))
+            return Aggregator(settings, keypair=(keypair[0], None), signer=AGGREGATOR_SIGNER,
+                              allow_list=EnrolledFleet(), on_round=on_round)
         return Aggregator(settings, keypair=keypair, signer=AGGREGATOR_SIGNER,
                           allow_list=EnrolledFleet(), on_round=on_round)
     return make

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from mqtt_support import Probe
 from support import AGGREGATOR_SIGNER, FEATURES, EnrolledFleet, signer_for, wait_until
+from trustee_support import RunningTrustees
 
 from fedmq.aggregator.culprits import group_sum
 from fedmq.aggregator.fedavg import weighted_average
@@ -81,13 +82,26 @@ def relays() -> Iterator[list[tuple[Relay, threading.Thread]]]:
         thread.join(5)
 
 
+_TRUSTEES: list[Callable[..., RunningTrustees]] = []  # this test's conftest.trustees_on
+
+
+@pytest.fixture(autouse=True)
+def _trustees(trustees_on: Callable[..., RunningTrustees]) -> Iterator[None]:
+    _TRUSTEES.append(trustees_on)
+    yield
+    _TRUSTEES.clear()
+
+
 def top_aggregator(made: Aggregator, port: int, tmp_path: Any, **policy: Any) -> Aggregator:
-    """``made`` (conftest's make_aggregator) on the top broker, relays enrolled."""
-    cfg = made.config
-    return Aggregator(replace(cfg, mqtt=MqttSettings(port=port), state_dir=str(tmp_path / "top"),
-                              policy=replace(cfg.policy, **policy)),
-                      keypair=(made.public_key, made._private_key), signer=AGGREGATOR_SIGNER,
-                      allow_list=EnrolledFleet(), relays=RELAYS, on_round=made._on_round)
+    """``made`` (conftest's make_aggregator) on the top broker, relays enrolled; with
+    FEDMQ_TEST_TRUSTEES=1 its trustees on the top broker, the relays on their lists too."""
+    cfg = replace(made.config, mqtt=MqttSettings(port=port), state_dir=str(tmp_path / "top"),
+                  policy=replace(made.config.policy, **policy))
+    if cfg.trustees_file:
+        cfg = replace(cfg, trustees_file=str(_TRUSTEES[0](port, relays=RELAYS).path))
+    return Aggregator(cfg, keypair=(made.public_key, made._private_key),
+                      signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet(), relays=RELAYS,
+                      on_round=made._on_round)
 
 
 def _fleet_behind_relays(brokers, start_agents, relays, tmp_path) -> dict[str, Relay]:

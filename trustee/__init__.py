@@ -1,0 +1,1 @@
+"""A trustee: holds one share of the fleet's Paillier key and decrypts only sums it verified."""

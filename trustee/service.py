@@ -1,0 +1,203 @@
+"""The trustee process: verify the fleet's updates, and partially decrypt only sums it verified.
+
+It reads the fleet's update topics (and the aggregator's signed pubkey, for the
+DP terms the devices sized their noise for) and the aggregator's decryption
+requests; it writes only its own reply topic. For each request it recomputes the
+product of the named members' updates from what it verified itself, checks the
+decryption policy (protocol.disclosure over its ledger), records the device set,
+and only then publishes its partial decryption with the proof that it is correct.
+The MQTT callback only queues; one thread acts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedmq.aggregator.allowlist import AllowListFile
+from fedmq.protocol.crypto.paillier import add_ciphertexts, fingerprint
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer, public_key_from_hex
+from fedmq.protocol.crypto.threshold import KeyShare, partial_decrypt
+from fedmq.protocol.decryption import DecryptReply, DecryptRequest
+from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.protocol.messages import PubKeyMessage
+from fedmq.runtime.files import load_signer, warn_if_readable
+from fedmq.runtime.transport import Inbox, MqttLink
+from fedmq.trustee.config import TrusteeConfig
+from fedmq.trustee.holdings import Enrolled, Holdings, Verified
+from fedmq.trustee.ledger import Ledger
+
+log = logging.getLogger(__name__)
+CACHED_REPLIES = 256
+NO_TERMS = ("no signed pubkey announcement of the updates' contract seen: the trustee cannot "
+            "tell the DP quorum the devices sized noise for")
+
+
+def load_share(path: str | Path) -> KeyShare:
+    p = Path(path)
+    try:
+        warn_if_readable(p)
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read key share {p}: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read key share {p}: not a JSON file ({exc})") from None
+    try:
+        return KeyShare.from_dict(doc)
+    except ProtocolError as exc:
+        raise ConfigError(f"cannot read key share {p}: {exc}") from None
+
+
+class Trustee:
+    def __init__(self, config: TrusteeConfig, *, share: KeyShare | None = None,
+                 signer: Signer | None = None,
+                 allow_list: Mapping[str, Ed25519PublicKey] | None = None,
+                 relays: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+        """``allow_list``/``relays``: instead of the allow-list file's (tests, simulations)."""
+        self.config = config
+        self.share = share or load_share(config.share_file)
+        self.signer = signer or load_signer(config.signing_key_file)
+        self.public = self.share.public
+        self.enrolled = AllowListFile(config.allow_list_file, agents=allow_list, relays=relays)
+        self.holdings = Holdings(config.topics.fleet, self.public.public_key,
+                                 config.keep_rounds)
+        self.ledger = Ledger(config.ledger_file)
+        self._aggregator_key = public_key_from_hex(config.aggregator_signing_key)
+        self._dp_quorum: dict[str, int] = {}  # contract digest -> quorum its DP shares assume
+        self._replies: OrderedDict[str, bytes] = OrderedDict()
+        self._inbox = Inbox(maxsize=100_000, max_bytes=1 << 30)
+        self._stop = threading.Event()
+        self.served = 0  # partial decryptions published (tests, operators)
+        self.refused = 0
+        topics = config.topics
+        self._link = MqttLink(
+            config.mqtt, client_id=config.client_id, on_message=self._inbox.put,
+            subscriptions=[(topics.updates_filter, 1), (topics.trustee_request, 1),
+                           (topics.pubkey, 1)], clean_session=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.wake()
+
+    def run(self) -> None:
+        """Serve until stop(); a broker that is down is retried, never fatal."""
+        enrolled = self._enrolled()
+        log.info("trustee %s holds share %d of a %d-of-%d key (fingerprint %s); %d devices "
+                 "and %d relays on its allow-list; min_group %d", self.config.trustee_id,
+                 self.share.index, self.public.threshold, self.public.trustees,
+                 fingerprint(self.public.public_key)[:16], len(enrolled.agents),
+                 len(enrolled.relays), self.config.min_group)
+        if not self._link.connect_retrying(self._stop):
+            return
+        try:
+            while not self._stop.is_set():
+                item = self._inbox.get(0.5)
+                if item is not None:
+                    self.handle(*item)
+        finally:
+            self._link.close()
+
+    def _enrolled(self) -> Enrolled:
+        return Enrolled(self.enrolled.agents(), self.enrolled.relays(),
+                        self.enrolled.relay_devices())
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """One message from the broker; nothing here raises into the loop."""
+        topics = self.config.topics
+        try:
+            if topic == topics.trustee_request:
+                self._request(DecryptRequest.from_bytes(payload))
+            elif topic == topics.pubkey:
+                self._pubkey(payload)
+            elif (member := topics.agent_of(topic, "update")) is not None:
+                self.holdings.offer(payload, self._enrolled(), member)
+        except ProtocolError as exc:
+            log.info("ignored message on %s: %s", topic, exc)
+        except ConfigError as exc:  # the allow-list file broke under us: said, retried
+            log.error("%s", exc)
+
+    def _pubkey(self, payload: bytes) -> None:
+        msg = PubKeyMessage.from_bytes(payload)
+        if msg.signing_key != self.config.aggregator_signing_key:
+            raise ProtocolError("pubkey announcement not signed by the pinned aggregator key")
+        if msg.fingerprint != fingerprint(self.public.public_key):
+            raise ProtocolError("pubkey announcement is for another Paillier key")
+        device = msg.privacy.device
+        self._dp_quorum[msg.contract_digest] = 1 if device is None else device.quorum
+
+    def _request(self, req: DecryptRequest) -> None:
+        if req.fleet != self.config.topics.fleet:
+            raise ProtocolError(f"request for fleet {req.fleet!r}")
+        if (cached := self._replies.get(req.request_id)) is not None:
+            self._publish(cached)
+            return
+        enrolled = self._enrolled()
+        for payload in req.supply:
+            try:
+                self.holdings.offer(payload, enrolled)
+            except ProtocolError as exc:
+                log.warning("supplied update for request %s not kept: %s", req.request_id, exc)
+        found: list[Verified] = []
+        missing: list[str] = []
+        for member, signed_hash in sorted(req.members.items()):
+            v = self.holdings.get(req.run_id, req.round_id, member, signed_hash)
+            if v is None:
+                missing.append(member)
+            else:
+                found.append(v)
+        if missing:
+            self._reply(req, "missing", missing=tuple(missing), cache=False)
+            return
+        devices, why = self._policy(req, found)
+        if why is not None:
+            self.refused += 1
+            log.warning("refused to decrypt %d member(s) of run %s round %d: %s",
+                        len(found), req.run_id, req.round_id, why)
+            # Not knowing the contract yet passes once the announcement arrives: the
+            # aggregator's re-sent request must be judged again, not answered from the cache.
+            self._reply(req, "refused", reason=why, cache=why != NO_TERMS)
+            return
+        self.ledger.record(req.fleet, req.run_id, req.round_id, devices)
+        product = list(found[0].ciphertexts)
+        for v in found[1:]:
+            product = add_ciphertexts(self.public.public_key, product, v.ciphertexts)
+        partial = partial_decrypt(self.share, product, context=req.context())
+        self.served += 1
+        log.info("partially decrypted the sum of %d devices of run %s round %d",
+                 len(devices), req.run_id, req.round_id)
+        self._reply(req, "ok", partial=partial)
+
+    def _policy(self, req: DecryptRequest, found: Sequence[Verified]
+                ) -> tuple[frozenset[str], str | None]:
+        """The device set, and why it must not be decrypted (None: it may)."""
+        devices = [d for v in found for d in v.devices]
+        every = frozenset(devices)
+        if len(every) != len(devices):
+            return every, "a device is counted twice (directly and in a relay's partial sum)"
+        if len({(v.codec_digest, v.n_values, len(v.ciphertexts)) for v in found}) != 1:
+            return every, "the members' updates are made for different contracts or layouts"
+        digest = found[0].codec_digest
+        if digest not in self._dp_quorum:
+            return every, NO_TERMS
+        min_group = max(self.config.min_group, self._dp_quorum[digest])
+        why = self.ledger.refusal(req.fleet, req.run_id, req.round_id, every, min_group)
+        return every, why
+
+    def _reply(self, req: DecryptRequest, status: str, *, cache: bool = True,
+               **fields: object) -> None:
+        payload = DecryptReply(fleet=req.fleet, request_id=req.request_id,
+                               trustee=self.config.trustee_id, status=status,
+                               **fields).to_bytes(self.signer)  # type: ignore[arg-type]
+        if cache:
+            self._replies[req.request_id] = payload
+            while len(self._replies) > CACHED_REPLIES:
+                self._replies.popitem(last=False)
+        self._publish(payload)
+
+    def _publish(self, payload: bytes) -> None:
+        self._link.publish(self.config.topics.trustee_reply(self.config.trustee_id), payload,
+                           qos=1, wait=False)
