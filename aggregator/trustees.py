@@ -14,7 +14,6 @@ with the model kept.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import time
@@ -35,6 +34,7 @@ from fedmq.protocol.crypto.threshold import (
 from fedmq.protocol.decryption import DecryptReply, DecryptRequest
 from fedmq.protocol.errors import ConfigError, DecryptionUnavailable, ProtocolError
 from fedmq.protocol.topics import Topics, check_name
+from fedmq.runtime.files import read_json
 
 log = logging.getLogger("fedmq.aggregator.service")
 SCHEMA = "fedmq.trustees/1"
@@ -64,12 +64,7 @@ class TrusteeSet:
     @classmethod
     def load(cls, path: str | Path) -> TrusteeSet:
         p = Path(path)
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read trustees file {p}: {exc.strerror}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read trustees file {p}: not JSON ({exc})") from None
+        doc = read_json(p, "trustees file")
         try:
             if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
                 raise ProtocolError(f"not a fedmq trustees file ({SCHEMA})")

@@ -57,9 +57,10 @@ def _add_user(args: argparse.Namespace, add_user: Any) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from fedmq.aggregator.allowlist import enroll_many, read_key_file, revoke
+    from fedmq.aggregator.allowlist import revoke
     from fedmq.aggregator.config import AggregatorConfig
     from fedmq.aggregator.keys import load_aggregator_keys
+    from fedmq.cli_shared import enroll_and_say, key_pairs
     from fedmq.protocol.crypto.paillier import fingerprint
 
     config = AggregatorConfig.from_file(args.config)
@@ -70,22 +71,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"{args.agent} {'revoked' if changed else 'was not enrolled'} "
               f"({config.allow_list_file})")
         return 0
-    if args.from_file:
-        if args.agent or args.public_key:
-            raise ConfigError("enroll: use --from-file or --agent/--public-key, not both")
-        pairs = read_key_file(args.from_file)  # every line checked before anything is written
-    elif args.agent and args.public_key:
-        pairs = [(args.agent, args.public_key)]
-    else:
-        raise ConfigError("enroll needs --agent ID --public-key HEX or --from-file keys.csv "
-                          "(on the device: fedmq agent --config agent.toml --show-public-key "
-                          "--csv)")
+    pairs = key_pairs(args, "enroll", "enroll needs --agent ID --public-key HEX or --from-file "
+                      "keys.csv (on the device: fedmq agent --config agent.toml "
+                      "--show-public-key --csv)")
     # Keys first: a lost key must stop us before the allow-list changes.
     (public, _), signer = load_aggregator_keys(config, new_keys=args.new_keys)
-    new = set(enroll_many(config.allow_list_file, pairs))
-    for agent_id, _key in pairs:
-        print(f"{agent_id} {'enrolled' if agent_id in new else 'already enrolled'} in "
-              f"{config.allow_list_file}")
+    enroll_and_say(config.allow_list_file, pairs)
     print("pin these in the agent's config:\n[fleet]\n"
           f'key_fingerprint = "{fingerprint(public)}"\n'
           f'aggregator_signing_key = "{signer.public_hex}"')

@@ -22,7 +22,8 @@ def cmd_trustee(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace, allow_list: str) -> int:
-    from fedmq.aggregator.allowlist import enroll_many, enroll_relay, read_key_file, revoke
+    from fedmq.aggregator.allowlist import enroll_relay, revoke
+    from fedmq.cli_shared import enroll_and_say, key_pairs
     from fedmq.protocol.errors import ConfigError
 
     if args.revoke:
@@ -39,21 +40,10 @@ def _enroll(args: argparse.Namespace, allow_list: str) -> int:
         print(f"relay {args.relay} {'enrolled' if changed else 'already enrolled'} in "
               f"{allow_list}")
         return 0
-    if args.from_file:
-        if args.agent or args.public_key:
-            raise ConfigError("trustee enroll: use --from-file or --agent/--public-key, "
-                              "not both")
-        pairs = read_key_file(args.from_file)
-    elif args.agent and args.public_key:
-        pairs = [(args.agent, args.public_key)]
-    else:
-        raise ConfigError("trustee enroll needs --from-file keys.csv (the id,public_key lines "
-                          "the devices print), --agent ID --public-key HEX, or --relay ID "
-                          "--public-key HEX")
-    new = set(enroll_many(allow_list, pairs))
-    for agent_id, _key in pairs:
-        print(f"{agent_id} {'enrolled' if agent_id in new else 'already enrolled'} in "
-              f"{allow_list}")
+    pairs = key_pairs(args, "trustee enroll", "trustee enroll needs --from-file keys.csv (the "
+                      "id,public_key lines the devices print), --agent ID --public-key HEX, "
+                      "or --relay ID --public-key HEX")
+    enroll_and_say(allow_list, pairs)
     return 0
 
 

@@ -6,6 +6,7 @@ one, never half of each; secrets are created with mode 0600 from the first byte.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -63,6 +64,20 @@ def save_model(path: str | Path, spec: ModelSpec, params: ArrayLike, *,
     """``models.dump_model`` written atomically (models/ stays free of file writes)."""
     p = Path(path)
     write_atomic(p, dump_model(spec, params, metadata=metadata, suffix=p.suffix))
+
+
+def read_json(path: str | Path, what: str, *, secret: bool = False) -> Any:
+    """The JSON document in ``path``; ConfigError "cannot read WHAT PATH: ..." otherwise.
+    ``secret``: a key file, warned about when others can read it."""
+    p = Path(path)
+    try:
+        if secret:
+            warn_if_readable(p)
+        return json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {p}: not a JSON file ({exc})") from None
 
 
 def warn_if_readable(path: Path) -> None:

@@ -280,6 +280,47 @@ def test_one_gateway_and_n_devices(tmp_path: Path) -> None:
         assert f"features = {FEATURES}" in agent and 'label = "fault"' in agent, agent
 
 
+TRUSTEES = (DEPLOY, "No single party can decrypt: trustees")
+
+
+@section_test(*TRUSTEES)
+def test_trustees(tmp_path: Path) -> None:
+    devices = ["dev-000", "dev-001", "dev-002"]
+    ran = run_section(
+        TRUSTEES, tmp_path, timeout=300,
+        # a port of its own (another broker may hold 8883), and a 1024-bit key to deal fast
+        replace={"--device-count 3": f"--device-count 3 --port {free_port()} --bits 1024",
+                 "fedmq aggregator --config vault/aggregator.toml":
+                 "sed -i 's/^round_timeout = .*/round_timeout = 20/' vault/aggregator.toml\n"
+                 "fedmq aggregator --config vault/aggregator.toml"},
+        # the agents save the final model once they hear "finished"
+        after="for _ in $(seq 100); do [ $(ls vault/devices/*/state/final_model.npz "
+              "2>/dev/null | wc -l) = 3 ] && break; sleep 0.1; done")
+    assert "the gateway holds no private key" in ran.stdout, ran.stdout
+    assert not any("paillier" in p.name for p in (ran.cwd / "vault").rglob("*"))
+    agents_finished(ran.cwd, ran.cwd / "vault" / "devices", devices)
+    assert "round 3 closed (all)" in ran.stderr, ran.stderr[-3000:]
+    for trustee in ("trustee-1", "trustee-2", "trustee-3"):
+        log = (ran.cwd / f"{trustee}.log").read_text()
+        # (a trustee started before the broker listens says so, and retries: not asserted)
+        assert "refused to decrypt" not in log and "ERROR" not in log, log
+    served = sum((ran.cwd / f"{t}.log").read_text().count("partially decrypted the sum of 3")
+                 for t in ("trustee-1", "trustee-2", "trustee-3"))
+    assert served >= 2 * 5, served  # statistics, 3 rounds, final evaluation: 2 of 3 each
+
+
+SIM_TRUSTEES = ("docs/simulation.md", "Trustees")
+
+
+@section_test(*SIM_TRUSTEES)
+def test_simulation_with_trustees(tmp_path: Path) -> None:
+    ran = run_section(SIM_TRUSTEES, tmp_path, timeout=300)
+    assert "every decryption needs 2 of them" in ran.stdout, ran.stdout
+    assert re.search(r"^final accuracy: federated 0\.9", ran.stdout, re.M), ran.stdout
+    assert (ran.cwd / "runs" / "latest" / "trustees" / "trustee-1" / "share.json").exists()
+    assert "waiting for trustee" not in ran.stderr and "ERROR" not in ran.stderr, ran.stderr
+
+
 SECURING = (DEPLOY, "Securing the gateway broker")
 
 

@@ -11,7 +11,6 @@ The MQTT callback only queues; one thread acts.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -25,7 +24,7 @@ from fedmq.protocol.crypto.threshold import KeyShare, partial_decrypt
 from fedmq.protocol.decryption import DecryptReply, DecryptRequest
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.messages import PubKeyMessage
-from fedmq.runtime.files import load_signer, warn_if_readable
+from fedmq.runtime.files import load_signer, read_json
 from fedmq.runtime.transport import Inbox, MqttLink
 from fedmq.trustee.config import TrusteeConfig
 from fedmq.trustee.holdings import Enrolled, Holdings, Verified
@@ -38,18 +37,11 @@ NO_TERMS = ("no signed pubkey announcement of the updates' contract seen: the tr
 
 
 def load_share(path: str | Path) -> KeyShare:
-    p = Path(path)
-    try:
-        warn_if_readable(p)
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read key share {p}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read key share {p}: not a JSON file ({exc})") from None
+    doc = read_json(path, "key share", secret=True)
     try:
         return KeyShare.from_dict(doc)
     except ProtocolError as exc:
-        raise ConfigError(f"cannot read key share {p}: {exc}") from None
+        raise ConfigError(f"cannot read key share {path}: {exc}") from None
 
 
 class Trustee:
