@@ -97,7 +97,7 @@ class _Answers:
 
 
 class TrusteePanel:
-    """The aggregator's side of threshold decryption (one request at a time)."""
+    """The aggregator's side of threshold decryption: requests, proofs, combination."""
 
     def __init__(self, trustees: TrusteeSet, topics: Topics,
                  publish: Callable[[str, bytes], object], *, timeout: float,
@@ -109,6 +109,11 @@ class TrusteePanel:
         self.attempts = attempts
         self._replies: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
         self.bad: dict[str, str] = {}  # trustee -> why its last partial was not used
+        # Requests sent ahead (announce) and the replies to them that came in while
+        # another group was being decrypted: the trustees work on the next group while
+        # this process checks the proofs of the one before.
+        self._ahead: dict[tuple[str, int, frozenset[str]], DecryptRequest] = {}
+        self._early: dict[str, list[tuple[str, DecryptReply]]] = {}
 
     @property
     def public_key(self) -> PaillierPublicKey:
@@ -126,11 +131,29 @@ class TrusteePanel:
             self._replies.put_nowait((topic, payload))
         return True
 
+    def announce(self, state: RoundState, groups: Sequence[frozenset[str]]) -> None:
+        """Ask for every group's decryption now; ``decrypt`` then waits for its own."""
+        self._ahead = {k: r for k, r in self._ahead.items() if k[:2] == (state.run_id,
+                                                                          state.round_id)}
+        live = {r.request_id for r in self._ahead.values()}
+        self._early = {i: got for i, got in self._early.items() if i in live}
+        for group in groups:
+            key = (state.run_id, state.round_id, group)
+            if key not in self._ahead:
+                self._ahead[key] = self._request(state, group)
+                self._early[self._ahead[key].request_id] = []
+                self._publish(self.topics.trustee_request, self._ahead[key].to_bytes())
+
+    @staticmethod
+    def _request(state: RoundState, group: frozenset[str]) -> DecryptRequest:
+        return DecryptRequest(fleet=state.fleet, run_id=state.run_id, round_id=state.round_id,
+                              members={m: state.hashes[m].hex() for m in group})
+
     def decrypt(self, state: RoundState, group: frozenset[str],
                 ciphertexts: Sequence[int]) -> list[int]:
         """The plaintexts of ``ciphertexts`` (the product of ``group``'s updates)."""
-        req = DecryptRequest(fleet=state.fleet, run_id=state.run_id, round_id=state.round_id,
-                             members={m: state.hashes[m].hex() for m in group})
+        ahead = self._ahead.pop((state.run_id, state.round_id, group), None)
+        req = ahead or self._request(state, group)
         got = _Answers()
         public = self.set.public
         # A request reaches only trustees subscribed when it is sent (a trustee that is
@@ -139,6 +162,12 @@ class TrusteePanel:
         start = time.monotonic()
         end = start + self.timeout * (self.attempts + 1)
         next_send = warned = 0.0
+        if ahead is not None:  # sent already: first what came back meanwhile
+            next_send = start + min(RESEND, self.timeout)
+            for trustee, answer in self._early.pop(req.request_id, []):
+                self._take(state, req, ciphertexts, trustee, answer, got)
+                if (done := self._done(state, ciphertexts, got)) is not None:
+                    return done
         while (now := time.monotonic()) < end:
             if now >= next_send:
                 self._publish(self.topics.trustee_request, req.to_bytes())
@@ -153,22 +182,31 @@ class TrusteePanel:
                 topic, payload = self._replies.get(timeout=max(0.0, min(next_send, end) - now))
             except queue.Empty:
                 continue
-            if (reply := self._reply(topic, payload, req)) is not None:
-                self._take(state, req, ciphertexts, *reply, got)
-            if len(got.partials) >= public.threshold:
-                return combine(public, ciphertexts, list(got.partials.values()))
-            if len(got.refused) + len(got.unusable) > public.trustees - public.threshold:
-                raise DecryptionUnavailable(
-                    f"round {state.round_id}: decryption needs {public.threshold} of "
-                    f"{public.trustees} trustees; refused by "
-                    f"{', '.join(sorted(got.refused)) or 'none'}" + (
-                        f"; proof failed: {', '.join(sorted(got.unusable))}"
-                        if got.unusable else ""))
+            if (reply := self._reply(topic, payload, req)) is None:
+                continue
+            self._take(state, req, ciphertexts, *reply, got)
+            if (done := self._done(state, ciphertexts, got)) is not None:
+                return done
         raise DecryptionUnavailable(
             f"round {state.round_id}: decryption needs {public.threshold} of {public.trustees} "
             f"trustees, got {len(got.partials)}; silent: "
             f"{', '.join(got.silent(self.set.trustees)) or 'none'}"
             + (f"; refused: {', '.join(sorted(got.refused))}" if got.refused else ""))
+
+    def _done(self, state: RoundState, ciphertexts: Sequence[int], got: _Answers
+              ) -> list[int] | None:
+        """The plaintexts once T partials are valid; None while they may still come."""
+        public = self.set.public
+        if len(got.partials) >= public.threshold:
+            return combine(public, ciphertexts, list(got.partials.values()))
+        if len(got.refused) + len(got.unusable) > public.trustees - public.threshold:
+            raise DecryptionUnavailable(
+                f"round {state.round_id}: decryption needs {public.threshold} of "
+                f"{public.trustees} trustees; refused by "
+                f"{', '.join(sorted(got.refused)) or 'none'}" + (
+                    f"; proof failed: {', '.join(sorted(got.unusable))}"
+                    if got.unusable else ""))
+        return None
 
     def _take(self, state: RoundState, req: DecryptRequest, ciphertexts: Sequence[int],
               trustee: str, answer: DecryptReply, got: _Answers) -> None:
@@ -197,8 +235,12 @@ class TrusteePanel:
         except ProtocolError as exc:
             log.warning("ignoring a reply of trustee %s: %s", trustee, exc)
             return None
-        if reply.request_id != req.request_id or reply.trustee != trustee:
-            return None  # an answer to an earlier request (already decrypted or given up)
+        if reply.trustee != trustee:
+            return None
+        if reply.request_id != req.request_id:
+            if reply.request_id in self._early:  # a group asked ahead: kept for its turn
+                self._early[reply.request_id].append((trustee, reply))
+            return None  # else an answer to an earlier request (decrypted or given up)
         return trustee, reply
 
     def _valid(self, trustee: str, partial: PartialDecryption, ciphertexts: Sequence[int],
@@ -252,3 +294,6 @@ class RoundDecryptor:
 
     def decrypt(self, group: frozenset[str], ciphertexts: Sequence[int]) -> list[int]:
         return self.panel.decrypt(self.state, group, ciphertexts)
+
+    def announce(self, groups: Sequence[frozenset[str]]) -> None:
+        self.panel.announce(self.state, groups)

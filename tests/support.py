@@ -17,8 +17,11 @@ import numpy as np
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.data import LocalData
 from fedmq.models import ModelSpec
+from fedmq.protocol.attestation import Attestation, Statement, ciphertext_hash
+from fedmq.protocol.crypto.paillier import ciphertexts_to_bytes, encrypt_ints, fingerprint
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.messages import RoundMessage, TrainingSettings
+from fedmq.protocol.partial import PartialSum
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttSettings
 
@@ -169,3 +172,24 @@ def training_plaintexts(values: list[int], modulus: int, codec: Any,
 
     layout = layout_for("training", spec, codec, StatsParams(), modulus)
     return layout.encode(training_sections(values, spec)), layout.n_values
+
+
+# A relay's partial sums (protocol.partial): its key and its devices' keys.
+PARTIAL_RELAY = Signer.from_seed(b"partial-relay")
+PARTIAL_DEVICES = {d: Signer.from_seed(d.encode()) for d in ("d1", "d2", "d3")}
+PARTIAL_KEYS = {d: s.public_key for d, s in PARTIAL_DEVICES.items()}
+
+
+def make_partial(pub: Any, devices: tuple[str, ...] = ("d1", "d2"), *, attest_round: int = 4,
+                 signers: dict[str, Signer] | None = None) -> PartialSum:
+    """A relay's partial sum of ``devices`` for round 4 of run r1 of fleet f, attested."""
+    ciphertexts = tuple(encrypt_ints(pub, [1, 2, 3]))  # stands for the devices' product
+    digest = ciphertext_hash(ciphertexts_to_bytes(pub, ciphertexts))
+    attestations = tuple(
+        Attestation(digest, Statement("f", "r1", attest_round, d, fingerprint(pub), "c" * 32,
+                                      3, digest).sign((signers or PARTIAL_DEVICES)[d]))
+        for d in devices)
+    return PartialSum(fleet="f", run_id="r1", round_id=4, relay_id="relay-a",
+                      key_fingerprint=fingerprint(pub), codec_digest="c" * 32, n_values=3,
+                      ciphertexts=ciphertexts, contributors=tuple(devices),
+                      attestations=attestations)

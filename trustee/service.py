@@ -24,6 +24,7 @@ from fedmq.protocol.crypto.threshold import KeyShare, partial_decrypt
 from fedmq.protocol.decryption import DecryptReply, DecryptRequest
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.messages import PubKeyMessage
+from fedmq.runtime.droplog import DropLog
 from fedmq.runtime.files import load_signer, read_json
 from fedmq.runtime.transport import Inbox, MqttLink
 from fedmq.trustee.config import TrusteeConfig
@@ -61,7 +62,10 @@ class Trustee:
         self._aggregator_key = public_key_from_hex(config.aggregator_signing_key)
         self._dp_quorum: dict[str, int] = {}  # contract digest -> quorum its DP shares assume
         self._replies: OrderedDict[str, bytes] = OrderedDict()
-        self._inbox = Inbox(maxsize=100_000, max_bytes=1 << 30)
+        # Bounded: a flood from a device fills it and is dropped by the broker client,
+        # never the trustee's memory (its own share of a round is a few MB at 1,000 devices).
+        self._inbox = Inbox(maxsize=100_000, max_bytes=256 << 20)
+        self._ignored = DropLog(log, level=logging.INFO)
         self._stop = threading.Event()
         self.served = 0  # partial decryptions published (tests, operators)
         self.refused = 0
@@ -107,8 +111,8 @@ class Trustee:
                 self._pubkey(payload)
             elif (member := topics.agent_of(topic, "update")) is not None:
                 self.holdings.offer(payload, self._enrolled(), member)
-        except ProtocolError as exc:
-            log.info("ignored message on %s: %s", topic, exc)
+        except ProtocolError as exc:  # at most one line per topic every 5 s: no log flood
+            self._ignored.drop(topic, f"ignored message on {topic}: {exc}")
         except ConfigError as exc:  # the allow-list file broke under us: said, retried
             log.error("%s", exc)
 

@@ -6,29 +6,14 @@ import struct
 from dataclasses import replace
 
 import pytest
+from support import PARTIAL_DEVICES as DEVICES
+from support import PARTIAL_KEYS as KEYS
+from support import PARTIAL_RELAY as RELAY
+from support import make_partial
 
-from fedmq.protocol.attestation import Attestation, Statement, ciphertext_hash
-from fedmq.protocol.crypto.paillier import ciphertexts_to_bytes, encrypt_ints, fingerprint
-from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.crypto.paillier import fingerprint
 from fedmq.protocol.errors import ProtocolError
-from fedmq.protocol.partial import PARTIAL, PREFIX, PartialSum, decode_partial, encode_partial
-
-RELAY = Signer.from_seed(b"partial-relay")
-DEVICES = {d: Signer.from_seed(d.encode()) for d in ("d1", "d2", "d3")}
-KEYS = {d: s.public_key for d, s in DEVICES.items()}
-
-
-def make_partial(pub, devices=("d1", "d2"), *, attest_round=4, signers=None):
-    ciphertexts = tuple(encrypt_ints(pub, [1, 2, 3]))  # stands for the devices' product
-    digest = ciphertext_hash(ciphertexts_to_bytes(pub, ciphertexts))
-    attestations = tuple(
-        Attestation(digest, Statement("f", "r1", attest_round, d, fingerprint(pub), "c" * 32,
-                                      3, digest).sign((signers or DEVICES)[d]))
-        for d in devices)
-    return PartialSum(fleet="f", run_id="r1", round_id=4, relay_id="relay-a",
-                      key_fingerprint=fingerprint(pub), codec_digest="c" * 32, n_values=3,
-                      ciphertexts=ciphertexts, contributors=tuple(devices),
-                      attestations=attestations)
+from fedmq.protocol.partial import PARTIAL, PREFIX, decode_partial, encode_partial
 
 
 def unattested(p, pub, **kw):
