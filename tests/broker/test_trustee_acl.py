@@ -220,6 +220,7 @@ def test_embedded_broker_enforces_the_trustee_acl(trustee_broker, probe):
     assert agg.wait_for(T.trustee_reply("trustee-2"), b"reply 2")
     assert t2.wait_for(T.trustee_request, b"request 2")
     assert dev_b.wait_for(T.round, b"round 2")
+    assert t2.wait_for(T.round, b"round 2")  # each subscriber gets it in its own time
     assert agg.got(T.trustee_reply("trustee-2")) == [b"reply 2"]
     assert t2.got(T.trustee_request) == [b"request 1", b"request 2"]
     assert t2.got(T.round) == [b"round 2"] and dev_b.got(T.round) == [b"round 2"]
