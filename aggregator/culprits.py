@@ -63,9 +63,6 @@ class Decryptor(Protocol):
 
     def decrypt(self, group: frozenset[str], ciphertexts: Sequence[int]) -> list[int]: ...
 
-    def announce(self, groups: Sequence[frozenset[str]]) -> None:
-        """The groups the round will decrypt first: asked for all at once."""
-
 
 def decryptor(key: PaillierPrivateKey | Decryptor
               ) -> tuple[PaillierPublicKey, Callable[[frozenset[str], Sequence[int]], list[int]]]:

@@ -134,8 +134,6 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey | Decryptor,
     groups = (frozenset(members),) if robust.rule == "mean" else partition(
         sizes, fleet=state.fleet, min_group=min_group, groups=robust.groups)
     dropped = Closing((), tuple(sorted(state.accepted)), ())
-    if not isinstance(private_key, PaillierPrivateKey):
-        private_key.announce(groups)  # the trustees start on every group at once
     try:
         found = close_groups(state.round_id, groups, check, suspects, rng=rng,
                              min_group=min_group, devices=sizes)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fedmq.aggregator.rounds import RoundState
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
-from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_from_hex
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_from_hex, verify
 from fedmq.protocol.crypto.threshold import (
     PartialDecryption,
     ProofError,
@@ -32,6 +32,14 @@ from fedmq.protocol.crypto.threshold import (
     verify_partial,
 )
 from fedmq.protocol.decryption import DecryptReply, DecryptRequest
+from fedmq.protocol.decryption_log import (
+    LOG_DOMAIN,
+    LogEntry,
+    certified,
+    chain_of,
+    entry_hash,
+    hashes,
+)
 from fedmq.protocol.errors import ConfigError, DecryptionUnavailable, ProtocolError
 from fedmq.protocol.topics import Topics, check_name
 from fedmq.runtime.files import read_json
@@ -40,6 +48,7 @@ log = logging.getLogger("fedmq.aggregator.service")
 SCHEMA = "fedmq.trustees/1"
 SUPPLY_BYTES = 1 << 20  # signed payloads per supply message (the broker caps payloads)
 RESEND = 2.0  # seconds between copies of an unanswered request
+LOG_CATCH_UPS = 5  # longer logs adopted for one decryption before giving up
 
 
 @dataclass(frozen=True)
@@ -88,16 +97,25 @@ class _Answers:
     """What the trustees answered one request so far."""
 
     partials: dict[str, PartialDecryption] = field(default_factory=dict)
+    votes: dict[str, bytes] = field(default_factory=dict)  # with the partials
     refused: dict[str, str] = field(default_factory=dict)
     unusable: set[str] = field(default_factory=set)  # their partial failed its proof
     supplied: dict[str, set[str]] = field(default_factory=dict)  # members sent to each
+    longer: tuple[LogEntry, ...] = ()  # a certified log longer than the request's
+    pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # entry -> votes
 
     def silent(self, trustees: Iterable[str]) -> list[str]:
         return sorted(set(trustees) - set(self.partials) - set(self.refused) - self.unusable)
 
 
 class TrusteePanel:
-    """The aggregator's side of threshold decryption: requests, proofs, combination."""
+    """The aggregator's side of threshold decryption: requests, proofs, the log, combination.
+
+    Every decryption is the next entry of its round's certified log
+    (protocol.decryption_log); the panel keeps the logs it has seen and, when a trustee
+    answers with a longer one (after a restart of this process, or another aggregator's
+    entries), adopts it and asks again.
+    """
 
     def __init__(self, trustees: TrusteeSet, topics: Topics,
                  publish: Callable[[str, bytes], object], *, timeout: float,
@@ -109,11 +127,8 @@ class TrusteePanel:
         self.attempts = attempts
         self._replies: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
         self.bad: dict[str, str] = {}  # trustee -> why its last partial was not used
-        # Requests sent ahead (announce) and the replies to them that came in while
-        # another group was being decrypted: the trustees work on the next group while
-        # this process checks the proofs of the one before.
-        self._ahead: dict[tuple[str, int, frozenset[str]], DecryptRequest] = {}
-        self._early: dict[str, list[tuple[str, DecryptReply]]] = {}
+        self._keys = {t: i.signing_key for t, i in trustees.trustees.items()}
+        self.logs: dict[str, list[LogEntry]] = {}  # chain -> its certified entries
 
     @property
     def public_key(self) -> PaillierPublicKey:
@@ -131,29 +146,29 @@ class TrusteePanel:
             self._replies.put_nowait((topic, payload))
         return True
 
-    def announce(self, state: RoundState, groups: Sequence[frozenset[str]]) -> None:
-        """Ask for every group's decryption now; ``decrypt`` then waits for its own."""
-        self._ahead = {k: r for k, r in self._ahead.items() if k[:2] == (state.run_id,
-                                                                          state.round_id)}
-        live = {r.request_id for r in self._ahead.values()}
-        self._early = {i: got for i, got in self._early.items() if i in live}
-        for group in groups:
-            key = (state.run_id, state.round_id, group)
-            if key not in self._ahead:
-                self._ahead[key] = self._request(state, group)
-                self._early[self._ahead[key].request_id] = []
-                self._publish(self.topics.trustee_request, self._ahead[key].to_bytes())
-
-    @staticmethod
-    def _request(state: RoundState, group: frozenset[str]) -> DecryptRequest:
-        return DecryptRequest(fleet=state.fleet, run_id=state.run_id, round_id=state.round_id,
-                              members={m: state.hashes[m].hex() for m in group})
-
     def decrypt(self, state: RoundState, group: frozenset[str],
                 ciphertexts: Sequence[int]) -> list[int]:
         """The plaintexts of ``ciphertexts`` (the product of ``group``'s updates)."""
-        ahead = self._ahead.pop((state.run_id, state.round_id, group), None)
-        req = ahead or self._request(state, group)
+        chain = chain_of(state.run_id, state.round_id)
+        for _ in range(LOG_CATCH_UPS):
+            got = self._ask(state, group, ciphertexts, chain)
+            if not got.longer:
+                return combine(self.set.public, ciphertexts, list(got.partials.values()))
+            self.logs[chain] = list(got.longer)
+            log.info("round %d: the trustees' %s log has %d entries; asking again after it",
+                     state.round_id, chain, len(got.longer))
+        raise DecryptionUnavailable(f"round {state.round_id}: the trustees' {chain} log kept "
+                                    "growing under this aggregator (another one running?)")
+
+    def _ask(self, state: RoundState, group: frozenset[str], ciphertexts: Sequence[int],
+             chain: str) -> _Answers:
+        """T valid partial decryptions (their votes appended to the log), or a longer log."""
+        own = self.logs.setdefault(chain, [])
+        req = DecryptRequest(fleet=state.fleet, run_id=state.run_id, round_id=state.round_id,
+                             members={m: state.hashes[m].hex() for m in group}, log=tuple(own))
+        devices = {d for m in group for d in state.members.get(m, (m,))}
+        prev = hashes(own, fleet=state.fleet, chain=chain)
+        digest = entry_hash(state.fleet, chain, len(own), prev[-1] if prev else b"", devices)
         got = _Answers()
         public = self.set.public
         # A request reaches only trustees subscribed when it is sent (a trustee that is
@@ -162,12 +177,6 @@ class TrusteePanel:
         start = time.monotonic()
         end = start + self.timeout * (self.attempts + 1)
         next_send = warned = 0.0
-        if ahead is not None:  # sent already: first what came back meanwhile
-            next_send = start + min(RESEND, self.timeout)
-            for trustee, answer in self._early.pop(req.request_id, []):
-                self._take(state, req, ciphertexts, trustee, answer, got)
-                if (done := self._done(state, ciphertexts, got)) is not None:
-                    return done
         while (now := time.monotonic()) < end:
             if now >= next_send:
                 self._publish(self.topics.trustee_request, req.to_bytes())
@@ -184,44 +193,82 @@ class TrusteePanel:
                 continue
             if (reply := self._reply(topic, payload, req)) is None:
                 continue
-            self._take(state, req, ciphertexts, *reply, got)
-            if (done := self._done(state, ciphertexts, got)) is not None:
-                return done
+            self._take(state, req, ciphertexts, digest, *reply, got)
+            if got.longer:
+                return got
+            if len(got.partials) >= public.threshold:
+                own.append(LogEntry(tuple(sorted(devices)), dict(got.votes)))
+                return got
+            if len(got.refused) + len(got.unusable) > public.trustees - public.threshold:
+                raise DecryptionUnavailable(
+                    f"round {state.round_id}: decryption needs {public.threshold} of "
+                    f"{public.trustees} trustees; refused by "
+                    f"{', '.join(sorted(got.refused)) or 'none'}" + (
+                        f"; proof failed: {', '.join(sorted(got.unusable))}"
+                        if got.unusable else ""))
         raise DecryptionUnavailable(
             f"round {state.round_id}: decryption needs {public.threshold} of {public.trustees} "
             f"trustees, got {len(got.partials)}; silent: "
             f"{', '.join(got.silent(self.set.trustees)) or 'none'}"
             + (f"; refused: {', '.join(sorted(got.refused))}" if got.refused else ""))
 
-    def _done(self, state: RoundState, ciphertexts: Sequence[int], got: _Answers
-              ) -> list[int] | None:
-        """The plaintexts once T partials are valid; None while they may still come."""
-        public = self.set.public
-        if len(got.partials) >= public.threshold:
-            return combine(public, ciphertexts, list(got.partials.values()))
-        if len(got.refused) + len(got.unusable) > public.trustees - public.threshold:
-            raise DecryptionUnavailable(
-                f"round {state.round_id}: decryption needs {public.threshold} of "
-                f"{public.trustees} trustees; refused by "
-                f"{', '.join(sorted(got.refused)) or 'none'}" + (
-                    f"; proof failed: {', '.join(sorted(got.unusable))}"
-                    if got.unusable else ""))
-        return None
-
     def _take(self, state: RoundState, req: DecryptRequest, ciphertexts: Sequence[int],
-              trustee: str, answer: DecryptReply, got: _Answers) -> None:
+              digest: bytes, trustee: str, answer: DecryptReply, got: _Answers) -> None:
         if answer.status == "missing":
             self._supply(state, req, answer, got.supplied.setdefault(trustee, set()))
+        elif answer.status == "log":
+            self._catch_up(state, req, trustee, answer, got)
         elif answer.status == "refused":
             if trustee not in got.refused:
                 log.error("round %d: trustee %s refused to decrypt a sum of %d member(s): %s",
                           state.round_id, trustee, len(req.members), answer.reason)
             got.refused[trustee] = answer.reason
         elif answer.partial is not None and trustee not in got.partials:
+            try:
+                verify(self._keys[trustee], LOG_DOMAIN, digest, answer.vote)
+            except ProtocolError:
+                got.unusable.add(trustee)
+                log.error("trustee %s voted for another log entry than this request's: not "
+                          "used", trustee)
+                return
             if self._valid(trustee, answer.partial, ciphertexts, req):
                 got.partials[trustee] = answer.partial
+                got.votes[trustee] = answer.vote
             else:
                 got.unusable.add(trustee)
+
+    def _catch_up(self, state: RoundState, req: DecryptRequest, trustee: str,
+                  answer: DecryptReply, got: _Answers) -> None:
+        """A trustee knows a longer certified log: adopt it if it extends the request's."""
+        chain = chain_of(state.run_id, state.round_id)
+        try:
+            theirs = certified(answer.log, fleet=state.fleet, chain=chain, keys=self._keys,
+                               threshold=self.set.public.threshold)
+        except ProtocolError as exc:
+            log.error("trustee %s sent a %s log that is not certified: %s", trustee, chain, exc)
+            return
+        ours = hashes(req.log, fleet=state.fleet, chain=chain)
+        if theirs[:len(ours)] != ours[:len(theirs)]:
+            log.error("trustee %s sent a %s log that does not extend this aggregator's",
+                      trustee, chain)
+            return
+        longest = list(answer.log) if len(theirs) > len(ours) else list(req.log)
+        if answer.pending is not None and len(answer.log) == len(longest):
+            # Its vote after that log: T of them for one entry certify it again (this
+            # process lost the certificate, e.g. it restarted right after a decryption).
+            entry = answer.pending
+            digest = hashes([*longest, entry], fleet=state.fleet, chain=chain)[-1].hex()
+            votes = got.pending.setdefault(digest, {})
+            votes.update(entry.votes)
+            candidate = [*longest, LogEntry(entry.devices, dict(votes))]
+            try:
+                certified(candidate, fleet=state.fleet, chain=chain, keys=self._keys,
+                          threshold=self.set.public.threshold)
+                longest = candidate
+            except ProtocolError:
+                pass  # fewer than T votes for it so far
+        if len(longest) > len(req.log):
+            got.longer = tuple(longest)
 
     def _reply(self, topic: str, payload: bytes, req: DecryptRequest
                ) -> tuple[str, DecryptReply] | None:
@@ -235,12 +282,8 @@ class TrusteePanel:
         except ProtocolError as exc:
             log.warning("ignoring a reply of trustee %s: %s", trustee, exc)
             return None
-        if reply.trustee != trustee:
-            return None
-        if reply.request_id != req.request_id:
-            if reply.request_id in self._early:  # a group asked ahead: kept for its turn
-                self._early[reply.request_id].append((trustee, reply))
-            return None  # else an answer to an earlier request (decrypted or given up)
+        if reply.request_id != req.request_id or reply.trustee != trustee:
+            return None  # an answer to an earlier request (already decrypted or given up)
         return trustee, reply
 
     def _valid(self, trustee: str, partial: PartialDecryption, ciphertexts: Sequence[int],
@@ -294,6 +337,3 @@ class RoundDecryptor:
 
     def decrypt(self, group: frozenset[str], ciphertexts: Sequence[int]) -> list[int]:
         return self.panel.decrypt(self.state, group, ciphertexts)
-
-    def announce(self, groups: Sequence[frozenset[str]]) -> None:
-        self.panel.announce(self.state, groups)

@@ -150,10 +150,6 @@ class Timed:
     def public_key(self) -> PaillierPublicKey:
         return self.inner.public_key
 
-    def announce(self, groups: Sequence[frozenset[str]]) -> None:
-        # The trustees answer inline here (Wire.publish), their time counted per request.
-        self.inner.announce(groups)
-
     def decrypt(self, group: frozenset[str], ciphertexts: Sequence[int]) -> list[int]:
         inside, start = self.wire.inside, clock()
         out = self.inner.decrypt(group, ciphertexts)
@@ -172,14 +168,17 @@ def trustees_for(fleet: BenchFleet, key: Ceremony, root: Path) -> list[Trustee]:
         fingerprint=fleet.key_fingerprint, codec=fleet.codec, statistics=fleet.statistics,
         signing_key=AGGREGATOR.public_hex).to_bytes(AGGREGATOR)
     out = []
+    signers = {f"trustee-{s.index}": Signer.from_seed(f"bench-trustees:trustee-{s.index}"
+                                                      .encode()) for s in key.shares}
+    roster = TrusteeSet(key.public, {f"trustee-{s.index}": TrusteeInfo(
+        s.index, signers[f"trustee-{s.index}"].public_key) for s in key.shares})
     for share in key.shares:
         tid = f"trustee-{share.index}"
         config = TrusteeConfig(
             trustee_id=tid, share_file="", signing_key_file="", allow_list_file=str(allow),
             state_dir=str(root / tid), aggregator_signing_key=AGGREGATOR.public_hex,
             mqtt=MqttSettings(), topics=fleet.topics)
-        trustee = Trustee(config, share=share,
-                          signer=Signer.from_seed(f"bench-trustees:{tid}".encode()))
+        trustee = Trustee(config, share=share, signer=signers[tid], roster=roster)
         trustee.handle(fleet.topics.pubkey, announce)
         out.append(trustee)
     return out

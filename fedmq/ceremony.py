@@ -59,7 +59,10 @@ def deal_trustees(directory: Path, gateway: Gateway, *, bits: int, threshold: in
             device_host=gateway.device_host, port=gateway.port))
     del shares  # nothing of the key stays referenced here once the bundles are written
     path = directory / "state" / "trustees.json"
-    write_text_atomic(path, json.dumps(TrusteeSet(public, infos).to_dict(), indent=1) + "\n")
+    roster = json.dumps(TrusteeSet(public, infos).to_dict(), indent=1) + "\n"
+    write_text_atomic(path, roster)
+    for trustee in gateway.trustees:  # each checks the others' votes on the decryption log
+        write_text_atomic(directory / "trustees" / trustee / "trustees.json", roster)
     return [f"key {fingerprint(public.public_key)[:16]} dealt {threshold}-of-"
             f"{len(gateway.trustees)}: the gateway holds no private key ({path}: public and "
             "verification keys only)",

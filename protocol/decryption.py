@@ -23,11 +23,12 @@ from typing import Any
 
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer, sign_document, verify_document
 from fedmq.protocol.crypto.threshold import PartialDecryption
+from fedmq.protocol.decryption_log import LogEntry
 from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.messages import _get, dumps, loads
 from fedmq.protocol.topics import check_name
 
-REPLY_STATES = ("ok", "refused", "missing")
+REPLY_STATES = ("ok", "refused", "missing", "log")
 MAX_MEMBERS = 1 << 20
 MAX_REASON = 500
 
@@ -53,8 +54,10 @@ class DecryptRequest:
     members: Mapping[str, str]
     request_id: str = field(default_factory=lambda: secrets.token_hex(16))
     supply: tuple[bytes, ...] = ()
+    # The round's certified log so far (protocol.decryption_log): this sum is entry len(log).
+    log: tuple[LogEntry, ...] = ()
 
-    SCHEMA = "fedmq.decrypt-request/1"
+    SCHEMA = "fedmq.decrypt-request/2"
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
@@ -79,6 +82,8 @@ class DecryptRequest:
                                "members": dict(sorted(self.members.items()))}
         if self.supply:
             doc["supply"] = [base64.b64encode(p).decode() for p in self.supply]
+        if self.log:
+            doc["log"] = [e.to_dict() for e in self.log]
         return dumps(doc)
 
     @classmethod
@@ -96,13 +101,21 @@ class DecryptRequest:
             raise ProtocolError("members must map ids to update hashes")
         return cls(fleet=_get(doc, "fleet", str), run_id=_get(doc, "run", str),
                    round_id=_get(doc, "round", int), members=members,
-                   request_id=_get(doc, "request", str), supply=raw)
+                   request_id=_get(doc, "request", str), supply=raw,
+                   log=_log(doc.get("log", [])))
+
+
+def _log(raw: object) -> tuple[LogEntry, ...]:
+    if not isinstance(raw, list):
+        raise ProtocolError("log must be a list of entries")
+    return tuple(LogEntry.from_dict(e) for e in raw)
 
 
 @dataclass(frozen=True)
 class DecryptReply:
-    """One trustee's answer: ``ok`` with a partial decryption, ``refused`` with the rule,
-    or ``missing`` with the members whose updates it has not verified."""
+    """One trustee's answer: ``ok`` with a partial decryption and its vote for the log
+    entry, ``refused`` with the rule, ``missing`` with the members whose updates it has
+    not verified, or ``log`` with the longer certified log the request must extend."""
 
     fleet: str
     request_id: str
@@ -111,8 +124,13 @@ class DecryptReply:
     partial: PartialDecryption | None = None
     reason: str = ""
     missing: tuple[str, ...] = ()
+    vote: bytes = b""
+    log: tuple[LogEntry, ...] = ()
+    # With ``log``: the entry after it this trustee voted for (its vote only), so that an
+    # aggregator that lost the entry's certificate can gather it again from T trustees.
+    pending: LogEntry | None = None
 
-    SCHEMA = "fedmq.decrypt-reply/1"
+    SCHEMA = "fedmq.decrypt-reply/2"
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet name", ProtocolError)
@@ -123,6 +141,10 @@ class DecryptReply:
             raise ProtocolError("a partial decryption comes with status ok, and only then")
         if self.status == "missing" and not self.missing:
             raise ProtocolError("a 'missing' reply names the members it lacks")
+        if (self.status == "ok") != bool(self.vote) or (self.status == "log") != bool(
+                self.log or self.pending):
+            raise ProtocolError("a partial decryption comes with a vote, a 'log' reply with "
+                                "its log, and only then")
 
     def to_bytes(self, signer: Signer) -> bytes:
         doc: dict[str, Any] = {"schema": self.SCHEMA, "fleet": self.fleet,
@@ -131,6 +153,11 @@ class DecryptReply:
                                "missing": list(self.missing)}
         if self.partial is not None:
             doc["partial"] = self.partial.to_dict()
+            doc["vote"] = self.vote.hex()
+        if self.log:
+            doc["log"] = [e.to_dict() for e in self.log]
+        if self.pending is not None:
+            doc["pending"] = self.pending.to_dict()
         return sign_document(doc, signer)
 
     @classmethod
@@ -144,7 +171,14 @@ class DecryptReply:
         partial = doc.get("partial")
         if partial is not None and not isinstance(partial, dict):
             raise ProtocolError("partial must be an object")
+        try:
+            vote = bytes.fromhex(str(doc.get("vote", "")))
+        except ValueError:
+            raise ProtocolError("vote must be a hex signature") from None
         return cls(fleet=_get(doc, "fleet", str), request_id=_get(doc, "request", str),
                    trustee=_get(doc, "trustee", str), status=_get(doc, "status", str),
                    partial=None if partial is None else PartialDecryption.from_dict(partial),
-                   reason=str(doc.get("reason", ""))[:MAX_REASON], missing=tuple(missing))
+                   reason=str(doc.get("reason", ""))[:MAX_REASON], missing=tuple(missing),
+                   vote=vote, log=_log(doc.get("log", [])),
+                   pending=None if doc.get("pending") is None
+                   else LogEntry.from_dict(doc["pending"]))

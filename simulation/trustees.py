@@ -61,6 +61,8 @@ def deal_trustees(out_dir: Path, *, trustees: int, threshold: int, bits: int
     found = TrusteeSet(public, infos)
     path = out_dir / "aggregator" / "trustees.json"
     write_text_atomic(path, json.dumps(found.to_dict(), indent=1) + "\n")
+    for bundle in bundles.values():  # each trustee checks the others' votes on the log
+        write_text_atomic(bundle / "trustees.json", json.dumps(found.to_dict()) + "\n")
     return SimulatedTrustees(ids, found, path, bundles, seconds_to_deal=seconds), shares
 
 
@@ -88,6 +90,7 @@ def write_configs(sim: SimulatedTrustees, *, topics: Topics, aggregator_key: str
         write_text_atomic(bundle / "trustee.toml", "\n".join([
             "[trustee]", f'id = "{trustee}"', 'share_file = "share.json"',
             'signing_key_file = "signing.key"', 'allow_list_file = "allow_list.json"',
+            'trustees_file = "trustees.json"',
             'state_dir = "state"', f"min_group = {MIN_GROUP}", "",
             "[fleet]", f'name = "{topics.fleet}"', f'topic_prefix = "{topics.prefix}"',
             f'aggregator_signing_key = "{aggregator_key}"', "",

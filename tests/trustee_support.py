@@ -75,12 +75,13 @@ def start_trustees(key: ThresholdKey, port: int, work: Path, *, fleet: str = "te
     """Trustees trustee-1.. on ``port``, enrolling every test agent (EnrolledFleet) and
     ``relays``; returns them with the trustees.json an aggregator config names."""
     work.mkdir(parents=True, exist_ok=True)
-    infos = {}
+    infos = {f"trustee-{s.index}": TrusteeInfo(s.index, signer_for(f"trustee-{s.index}")
+                                               .public_key) for s in key.shares}
+    roster = TrusteeSet(key.public, infos)
     running = RunningTrustees(key, work / "trustees.json")
     for share in key.shares:
         name = f"trustee-{share.index}"
         signer = signer_for(name)
-        infos[name] = TrusteeInfo(share.index, signer.public_key)
         config = TrusteeConfig(
             trustee_id=name, share_file="", signing_key_file="",
             allow_list_file=str(work / f"{name}-allow.json"), state_dir=str(work / name),
@@ -88,9 +89,9 @@ def start_trustees(key: ThresholdKey, port: int, work: Path, *, fleet: str = "te
             mqtt=MqttSettings(port=port), topics=Topics(fleet))
         trustee = Trustee(config, share=share, signer=signer,
                           allow_list=agents if agents is not None else EnrolledFleet(),
-                          relays=relays or {})
+                          relays=relays or {}, roster=roster)
         thread = threading.Thread(target=trustee.run, daemon=True, name=name)
         thread.start()
         running.trustees.append((trustee, thread))
-    running.path.write_text(json.dumps(TrusteeSet(key.public, infos).to_dict()))
+    running.path.write_text(json.dumps(roster.to_dict()))
     return running

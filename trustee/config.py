@@ -6,6 +6,7 @@ id = "trustee-1"
 share_file = "share.json"              # this trustee's key share (0600; made by fedmq init)
 signing_key_file = "signing.key"       # signs its replies (the aggregator holds its public key)
 allow_list_file = "allow_list.json"    # fedmq trustee enroll --from-file keys.csv
+trustees_file = "trustees.json"        # every trustee's signing key (from the dealer)
 state_dir = "state"                    # the ledger of device sets it has decrypted
 min_group = 2                          # fewest devices a decrypted sum may span
 [fleet]
@@ -36,6 +37,9 @@ class TrusteeTable(Table, frozen=True):
     share_file: NonEmpty
     signing_key_file: NonEmpty
     allow_list_file: NonEmpty
+    # Every trustee's index and signing key (the dealer's trustees.json): the votes of the
+    # others on the decryption log are checked with them.
+    trustees_file: NonEmpty = "trustees.json"
     state_dir: NonEmpty = "state"
     min_group: Annotated[int, Meta(ge=2, le=1 << 20)] = 2
     # Signed updates kept per round, for this many most recent rounds.
@@ -66,6 +70,7 @@ class TrusteeConfig:
     topics: Topics
     min_group: int = 2
     keep_rounds: int = 4
+    trustees_file: str = ""
 
     @property
     def client_id(self) -> str:
@@ -93,6 +98,7 @@ class TrusteeConfig:
             trustee_id=t.id, share_file=resolve(base, t.share_file) or "",
             signing_key_file=resolve(base, t.signing_key_file) or "",
             allow_list_file=resolve(base, t.allow_list_file) or "",
+            trustees_file=resolve(base, t.trustees_file) or "",
             state_dir=resolve(base, t.state_dir) or "",
             aggregator_signing_key=f.fleet.aggregator_signing_key,
             mqtt=mqtt_settings(f.mqtt, base=base, source=f"{source} [mqtt]"),

@@ -1,31 +1,31 @@
-"""The device sets a trustee has decrypted, kept on disk before any partial decryption leaves.
+"""What a trustee approved and saw certified, on disk before any partial decryption leaves.
 
-One JSON line per decryption (fleet, run, round, devices), appended and fsynced
-before the reply is published: a trustee killed and restarted mid-round still
-knows what it decrypted and keeps refusing what would combine with it into a
-small group (protocol.disclosure). Within a round the sets of that round are
-compared; the statistics round (round 0), whose sums do not change from run to
-run, is compared with the statistics sets of EVERY run of the fleet.
+Per log (protocol.decryption_log: one per round, one per fleet for the statistics
+round) the trustee keeps the certified entries it has seen and its own votes, one
+per position. Every change is one JSON line, appended and fsynced before the reply
+is published: a trustee killed and restarted never votes twice at one position and
+still knows every set decrypted before.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from fedmq.protocol.disclosure import refusal
-from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.decryption_log import LogEntry
+from fedmq.protocol.errors import ConfigError, ProtocolError
 
-STATISTICS_ROUND = 0
+Chain = tuple[str, str]  # (fleet, chain id)
 
 
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._rounds: dict[tuple[str, str, int], list[frozenset[str]]] = {}
-        self._statistics: dict[str, list[frozenset[str]]] = {}
+        self._logs: dict[Chain, list[LogEntry]] = {}
+        # position -> (the hash of the entry this trustee voted for, its devices)
+        self._votes: dict[Chain, dict[int, tuple[bytes, tuple[str, ...]]]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -39,41 +39,29 @@ class Ledger:
             if not line.strip():
                 continue
             try:
-                doc = json.loads(line)
-                fleet, run, round_id = str(doc["fleet"]), str(doc["run"]), int(doc["round"])
-                devices = frozenset(str(d) for d in doc["devices"])
-            except (ValueError, KeyError, TypeError):
+                self._apply(json.loads(line))
+            except (ValueError, KeyError, TypeError, ProtocolError):
                 if n == len(lines):  # a write cut short by a crash: it was never answered
                     break
-                raise ConfigError(f"{self.path}:{n}: not a ledger line (fleet, run, round, "
-                                  "devices); the ledger must not be edited") from None
-            self._note(fleet, run, round_id, devices)
+                raise ConfigError(f"{self.path}:{n}: not a ledger line; the ledger must not "
+                                  "be edited") from None
 
-    def _note(self, fleet: str, run: str, round_id: int, devices: frozenset[str]) -> None:
-        self._rounds.setdefault((fleet, run, round_id), []).append(devices)
-        if round_id == STATISTICS_ROUND:
-            self._statistics.setdefault(fleet, []).append(devices)
+    def _apply(self, doc: dict[str, Any]) -> None:
+        chain = (str(doc["fleet"]), str(doc["chain"]))
+        position = int(doc["position"])
+        if doc["kind"] == "entry":
+            log = self._logs.setdefault(chain, [])
+            if position != len(log):
+                raise ValueError("entries out of order")
+            log.append(LogEntry.from_dict(doc["entry"]))
+        elif doc["kind"] == "vote":
+            self._votes.setdefault(chain, {})[position] = (
+                bytes.fromhex(doc["hash"]), tuple(str(d) for d in doc["devices"]))
+        else:
+            raise ValueError("unknown ledger line")
 
-    def decrypted(self, fleet: str, run: str, round_id: int) -> list[frozenset[str]]:
-        """The sets this decryption must be compared with."""
-        if round_id == STATISTICS_ROUND:
-            return list(self._statistics.get(fleet, []))
-        return list(self._rounds.get((fleet, run, round_id), []))
-
-    def refusal(self, fleet: str, run: str, round_id: int, devices: frozenset[str],
-                min_group: int) -> str | None:
-        why = refusal(self.decrypted(fleet, run, round_id), devices, min_group)
-        if why and round_id == STATISTICS_ROUND and len(devices) >= min_group:
-            why += "; the statistics round is compared across all runs of the fleet"
-        return why
-
-    def record(self, fleet: str, run: str, round_id: int, devices: Iterable[str]) -> None:
-        """Append and fsync before the partial decryption is published."""
-        members = frozenset(devices)
-        if members in self.decrypted(fleet, run, round_id):
-            return
-        line = json.dumps({"fleet": fleet, "run": run, "round": round_id,
-                           "devices": sorted(members)}, separators=(",", ":")) + "\n"
+    def _append(self, doc: dict[str, Any]) -> None:
+        line = json.dumps(doc, separators=(",", ":")) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -81,4 +69,26 @@ class Ledger:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._note(fleet, run, round_id, members)
+        self._apply(doc)
+
+    def log(self, fleet: str, chain: str) -> list[LogEntry]:
+        return list(self._logs.get((fleet, chain), []))
+
+    def adopt(self, fleet: str, chain: str, entries: list[LogEntry]) -> None:
+        """Append certified entries beyond those known (checked by the caller)."""
+        known = len(self._logs.get((fleet, chain), []))
+        for position, entry in enumerate(entries[known:], known):
+            self._append({"fleet": fleet, "chain": chain, "kind": "entry",
+                          "position": position, "entry": entry.to_dict()})
+
+    def voted(self, fleet: str, chain: str, position: int
+              ) -> tuple[bytes, tuple[str, ...]] | None:
+        """The hash and devices of the entry this trustee approved at ``position``."""
+        return self._votes.get((fleet, chain), {}).get(position)
+
+    def vote(self, fleet: str, chain: str, position: int, digest: bytes,
+             devices: frozenset[str]) -> None:
+        if (self.voted(fleet, chain, position) or (b"",))[0] == digest:
+            return
+        self._append({"fleet": fleet, "chain": chain, "kind": "vote", "position": position,
+                      "hash": digest.hex(), "devices": sorted(devices)})

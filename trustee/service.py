@@ -18,10 +18,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedmq.aggregator.allowlist import AllowListFile
+from fedmq.aggregator.trustees import TrusteeSet
 from fedmq.protocol.crypto.paillier import add_ciphertexts, fingerprint
-from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer, public_key_from_hex
+from fedmq.protocol.crypto.signing import (
+    Ed25519PublicKey,
+    Signer,
+    public_key_from_hex,
+    public_key_hex,
+)
 from fedmq.protocol.crypto.threshold import KeyShare, partial_decrypt
 from fedmq.protocol.decryption import DecryptReply, DecryptRequest
+from fedmq.protocol.decryption_log import (
+    STATISTICS,
+    LogEntry,
+    certified,
+    chain_of,
+    entry_hash,
+    hashes,
+    vote,
+)
+from fedmq.protocol.disclosure import refusal
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.messages import PubKeyMessage
 from fedmq.runtime.droplog import DropLog
@@ -49,12 +65,17 @@ class Trustee:
     def __init__(self, config: TrusteeConfig, *, share: KeyShare | None = None,
                  signer: Signer | None = None,
                  allow_list: Mapping[str, Ed25519PublicKey] | None = None,
-                 relays: Mapping[str, Ed25519PublicKey] | None = None) -> None:
-        """``allow_list``/``relays``: instead of the allow-list file's (tests, simulations)."""
+                 relays: Mapping[str, Ed25519PublicKey] | None = None,
+                 roster: TrusteeSet | None = None) -> None:
+        """``allow_list``/``relays``: instead of the allow-list file's (tests, simulations);
+        ``roster``: instead of ``[trustee] trustees_file``."""
         self.config = config
         self.share = share or load_share(config.share_file)
         self.signer = signer or load_signer(config.signing_key_file)
         self.public = self.share.public
+        self.roster = roster or TrusteeSet.load(config.trustees_file)
+        self._keys = {t: i.signing_key for t, i in self.roster.trustees.items()}
+        self._check_roster()
         self.enrolled = AllowListFile(config.allow_list_file, agents=allow_list, relays=relays)
         self.holdings = Holdings(config.topics.fleet, self.public.public_key,
                                  config.keep_rounds)
@@ -74,6 +95,24 @@ class Trustee:
             config.mqtt, client_id=config.client_id, on_message=self._inbox.put,
             subscriptions=[(topics.updates_filter, 1), (topics.trustee_request, 1),
                            (topics.pubkey, 1)], clean_session=True)
+
+    def _check_roster(self) -> None:
+        """The share, this trustee's key and the others' must be of one ceremony."""
+        me, where = self.roster.trustees.get(self.config.trustee_id), \
+            self.config.trustees_file or "the trustees file"
+        if self.roster.public.n != self.public.n:
+            raise ConfigError(f"{where} is for another key than {self.config.share_file}")
+        if me is None or me.index != self.share.index:
+            raise ConfigError(f"{self.config.share_file} holds share {self.share.index}, but "
+                              f"{where} gives trustee {self.config.trustee_id!r} "
+                              f"{'no share' if me is None else f'share {me.index}'}")
+        if public_key_hex(me.signing_key) != self.signer.public_hex:
+            raise ConfigError(f"{self.config.signing_key_file} is not the signing key {where} "
+                              f"names for {self.config.trustee_id!r}")
+        if 2 * self.public.threshold <= self.public.trustees:
+            raise ConfigError(f"a {self.public.threshold}-of-{self.public.trustees} key: the "
+                              "threshold must be a majority, or two disjoint groups of "
+                              "trustees could each decrypt what the other refuses")
 
     def stop(self) -> None:
         self._stop.set()
@@ -148,40 +187,86 @@ class Trustee:
         if missing:
             self._reply(req, "missing", missing=tuple(missing), cache=False)
             return
-        devices, why = self._policy(req, found)
-        if why is not None:
-            self.refused += 1
-            log.warning("refused to decrypt %d member(s) of run %s round %d: %s",
-                        len(found), req.run_id, req.round_id, why)
-            # Not knowing the contract yet passes once the announcement arrives: the
-            # aggregator's re-sent request must be judged again, not answered from the cache.
-            self._reply(req, "refused", reason=why, cache=why != NO_TERMS)
+        devices, why, min_group = self._policy(req, found)
+        if why is None:
+            self._log_step(req, found, devices, min_group)
+        else:
+            self._refuse(req, why, cache=why != NO_TERMS)
+
+    def _refuse(self, req: DecryptRequest, why: str, *, cache: bool = True) -> None:
+        self.refused += 1
+        log.warning("refused to decrypt %d member(s) of run %s round %d: %s", len(req.members),
+                    req.run_id, req.round_id, why)
+        # Not knowing the contract yet passes once the announcement arrives: the
+        # aggregator's re-sent request must be judged again, not answered from the cache.
+        self._reply(req, "refused", reason=why, cache=cache)
+
+    def _log_step(self, req: DecryptRequest, found: Sequence[Verified],
+                  devices: frozenset[str], min_group: int) -> None:
+        """Check the request's log against what this trustee knows, judge the new set
+        against every set in it, vote, record, and only then decrypt."""
+        fleet, chain = req.fleet, chain_of(req.run_id, req.round_id)
+        try:
+            shown = certified(req.log, fleet=fleet, chain=chain, keys=self._keys,
+                              threshold=self.public.threshold)
+        except ProtocolError as exc:
+            self._refuse(req, f"the request's log is not certified: {exc}")
             return
-        self.ledger.record(req.fleet, req.run_id, req.round_id, devices)
+        known = self.ledger.log(fleet, chain)
+        mine = hashes(known, fleet=fleet, chain=chain)
+        if any(a != b for a, b in zip(shown, mine, strict=False)):
+            self._refuse(req, f"the request's {chain} log differs from the one this trustee "
+                         "knows: the certified log is one sequence, never forked")
+            return
+        self.ledger.adopt(fleet, chain, list(req.log))
+        known = self.ledger.log(fleet, chain)
+        position = len(req.log)
+        digest = entry_hash(fleet, chain, position, shown[-1] if shown else b"", devices)
+        voted = self.ledger.voted(fleet, chain, len(known))
+        if len(known) > position or (voted is not None and voted[0] != digest):
+            # The aggregator is behind: the certified entries it lacks, and this trustee's
+            # vote after them (it never votes twice at one position).
+            pending = None if voted is None else LogEntry(
+                voted[1], {self.config.trustee_id: vote(self.signer, voted[0])})
+            self._reply(req, "log", log=tuple(known), pending=pending, cache=False)
+            return
+        why = refusal([frozenset(e.devices) for e in req.log], devices, min_group)
+        if why is not None:
+            if chain == STATISTICS and len(devices) >= min_group:
+                why += "; the statistics round is compared across all runs of the fleet"
+            self._refuse(req, why)
+            return
+        self.ledger.vote(fleet, chain, position, digest, devices)
         product = list(found[0].ciphertexts)
         for v in found[1:]:
             product = add_ciphertexts(self.public.public_key, product, v.ciphertexts)
         partial = partial_decrypt(self.share, product, context=req.context())
         self.served += 1
-        log.info("partially decrypted the sum of %d devices of run %s round %d",
-                 len(devices), req.run_id, req.round_id)
-        self._reply(req, "ok", partial=partial)
+        log.info("partially decrypted the sum of %d devices of run %s round %d (entry %d of "
+                 "its log)", len(devices), req.run_id, req.round_id, position)
+        self._reply(req, "ok", partial=partial, vote=vote(self.signer, digest))
 
     def _policy(self, req: DecryptRequest, found: Sequence[Verified]
-                ) -> tuple[frozenset[str], str | None]:
-        """The device set, and why it must not be decrypted (None: it may)."""
+                ) -> tuple[frozenset[str], str | None, int]:
+        """The device set, why it must not be decrypted whatever was before (None: it
+        may), and the fewest devices a sum may span (min_group, or the DP quorum)."""
         devices = [d for v in found for d in v.devices]
         every = frozenset(devices)
+        min_group = self.config.min_group
         if len(every) != len(devices):
-            return every, "a device is counted twice (directly and in a relay's partial sum)"
+            return every, "a device is counted twice (directly and in a relay's partial " \
+                "sum)", min_group
         if len({(v.codec_digest, v.n_values, len(v.ciphertexts)) for v in found}) != 1:
-            return every, "the members' updates are made for different contracts or layouts"
-        digest = found[0].codec_digest
-        if digest not in self._dp_quorum:
-            return every, NO_TERMS
-        min_group = max(self.config.min_group, self._dp_quorum[digest])
-        why = self.ledger.refusal(req.fleet, req.run_id, req.round_id, every, min_group)
-        return every, why
+            return every, "the members' updates are made for different contracts or " \
+                "layouts", min_group
+        if found[0].codec_digest not in self._dp_quorum:
+            return every, NO_TERMS, min_group
+        min_group = max(min_group, self._dp_quorum[found[0].codec_digest])
+        if len(every) < min_group:
+            return every, (f"the set has {len(every)} device(s), fewer than min_group = "
+                           f"{min_group} (rule: every decrypted sum spans at least min_group "
+                           "devices)"), min_group
+        return every, None, min_group
 
     def _reply(self, req: DecryptRequest, status: str, *, cache: bool = True,
                **fields: object) -> None:

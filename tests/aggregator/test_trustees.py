@@ -33,6 +33,9 @@ class Wire:
 
     def __init__(self, key: ThresholdKey, tmp: Path) -> None:
         self.trustees: list[Trustee] = []
+        roster = TrusteeSet(key.public, {
+            f"trustee-{s.index}": TrusteeInfo(s.index, signer_for(f"trustee-{s.index}")
+                                              .public_key) for s in key.shares})
         self.silent: set[str] = set()
         self.requests = 0
         self.panel: TrusteePanel | None = None
@@ -43,7 +46,7 @@ class Wire:
                 state_dir=str(tmp / name), aggregator_signing_key=AGGREGATOR_SIGNER.public_hex,
                 mqtt=MqttSettings(), topics=TOPICS)
             trustee = Trustee(config, share=share, signer=signer_for(name),
-                              allow_list=EnrolledFleet(), relays={})
+                              allow_list=EnrolledFleet(), relays={}, roster=roster)
             trustee._publish = self._reply_from(name)  # type: ignore[method-assign]
             self.trustees.append(trustee)
 
@@ -81,7 +84,7 @@ def fleet(threshold_key: ThresholdKey, tmp_path: Path) -> Any:
         vectors[device] = msg.ciphertexts
         hashes[device] = decode_update(payload, public).signed_hash
     state = SimpleNamespace(fleet="test", run_id="run1", round_id=1, payloads={},
-                            hashes=hashes)
+                            hashes=hashes, members={d: (d,) for d in DEVICES})
     infos = {f"trustee-{s.index}": TrusteeInfo(s.index, signer_for(f"trustee-{s.index}")
                                                .public_key) for s in threshold_key.shares}
     panel = TrusteePanel(TrusteeSet(threshold_key.public, infos), TOPICS, wire.publish,
@@ -99,15 +102,30 @@ def product(fleet: Any, group: frozenset[str]) -> list[int]:
     return total
 
 
-def test_every_group_is_asked_at_once_and_decrypted_in_turn(fleet: Any) -> None:
+def test_each_group_is_the_next_entry_of_the_rounds_certified_log(fleet: Any) -> None:
     groups = [frozenset(DEVICES[:2]), frozenset(DEVICES[2:4]), frozenset(DEVICES[4:])]
-    fleet.panel.announce(fleet.state, groups)
-    assert fleet.wire.requests == 3  # all answered before the first is decrypted
     for group in groups:
         rows = sorted(int(d.split("-")[1]) for d in group)
         assert fleet.panel.decrypt(fleet.state, group, product(fleet, group)) == [
             sum(rows), 10 * sum(rows)]
     assert fleet.wire.requests == 3  # nothing asked twice
+    entries = fleet.panel.logs["run1/1"]
+    assert [set(e.devices) for e in entries] == [set(g) for g in groups]
+    assert all(len(e.votes) >= 2 for e in entries)  # T votes certify each entry
+
+
+def test_a_restarted_aggregator_catches_up_with_the_trustees_log(fleet: Any) -> None:
+    first = frozenset(DEVICES[:3])
+    fleet.panel.decrypt(fleet.state, first, product(fleet, first))
+    fleet.panel.logs.clear()  # a new process: it knows no log; the trustees send theirs
+    second = frozenset(DEVICES[3:])
+    rows = sum(int(d.split("-")[1]) for d in second)
+    assert fleet.panel.decrypt(fleet.state, second, product(fleet, second)) == [rows, 10 * rows]
+    assert len(fleet.panel.logs["run1/1"]) == 2
+    # A set that would combine with the first into one device is refused by the log.
+    third = frozenset(DEVICES[:2])
+    with pytest.raises(DecryptionUnavailable, match="refused"):
+        fleet.panel.decrypt(fleet.state, third, product(fleet, third))
 
 
 def test_fewer_than_t_answering_names_the_silent_trustees(fleet: Any) -> None:

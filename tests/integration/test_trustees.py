@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -62,6 +62,7 @@ from fedmq.protocol.crypto.threshold import (
     verify_partial,
 )
 from fedmq.protocol.decryption import DecryptReply, DecryptRequest
+from fedmq.protocol.decryption_log import LogEntry, chain_of
 from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.messages import PubKeyMessage
 from fedmq.protocol.topics import Topics
@@ -115,6 +116,9 @@ class Harness:
     attacker: Probe  # the aggregator's MQTT powers: reads updates and replies, asks
     devices: Probe  # the honest devices' link
     aggregator_dir: Path
+    # The certified decryption log of each round, as the attacker has it: like the honest
+    # aggregator it must name it in every request (protocol.decryption_log).
+    logs: dict[str, list[LogEntry]] = field(default_factory=dict)
 
     @property
     def public(self) -> ThresholdPublic:
@@ -210,13 +214,21 @@ class Harness:
             lambda a, b: add_ciphertexts(pub, a, b), vectors[1:], vectors[0])]
 
     def ask(self, run_id: str, round_id: int, named: Mapping[str, bytes], *,
-            supply: Sequence[bytes] = (), answering: Sequence[str] | None = None) -> Outcome:
+            supply: Sequence[bytes] = (), answering: Sequence[str] | None = None,
+            log: Sequence[LogEntry] | None = None) -> Outcome:
         """Publish a request naming ``named`` (member -> the signed payload whose hash it
         names) until each trustee in ``answering`` (default: all) replied; then verify the
-        ok partials against the attacker's own product and combine them if it can."""
+        ok partials against the attacker's own product and combine them if it can.
+
+        ``log``: the round's log the request names (default: the attacker's whole log;
+        a shorter one is how it would hide earlier decryptions). A decryption it gets
+        (T votes) becomes the log's next entry."""
+        chain = chain_of(run_id, round_id)
+        own = self.logs.setdefault(chain, [])
+        shown = list(own if log is None else log)
         req = DecryptRequest(fleet=TOPICS.fleet, run_id=run_id, round_id=round_id,
                              members={m: self.signed_hash(p) for m, p in named.items()},
-                             supply=tuple(supply))
+                             supply=tuple(supply), log=tuple(shown))
         wanted = set(self.trustees.trustees if answering is None else answering)
         since = len(self.attacker.received)
         end = time.monotonic() + REPLY_TIMEOUT
@@ -247,12 +259,21 @@ class Harness:
         plaintext = None
         if len(partials) >= self.public.threshold:
             plaintext = combine(self.public, product, list(partials.values()))
+            if len(shown) == len(own):  # the next entry, certified by the partials' votes
+                own.append(LogEntry(tuple(sorted(named)), {
+                    t: latest[t].vote for t in partials}))
         return Outcome(req, latest, product, partials, plaintext)
 
     def assert_not_decrypted(self, out: Outcome) -> None:
         """No trustee answered ok, and the attacker cannot combine anything."""
         assert out.plaintext is None
         assert "ok" not in out.statuses().values(), out.statuses()
+        with pytest.raises(ProtocolError, match="are needed"):
+            combine(self.public, out.product, list(out.partials.values()))
+
+    def assert_not_decrypted_alone(self, out: Outcome) -> None:
+        """Fewer than T partials: the attacker cannot combine anything."""
+        assert out.plaintext is None and len(out.partials) < self.public.threshold
         with pytest.raises(ProtocolError, match="are needed"):
             combine(self.public, out.product, list(out.partials.values()))
 
@@ -446,6 +467,10 @@ class RoundView:
     hashes: Mapping[str, bytes]
     payloads: Mapping[str, bytes]
 
+    @property
+    def members(self) -> dict[str, tuple[str, ...]]:
+        return {d: (d,) for d in self.hashes}  # every member a device, none a relay
+
 
 def test_a_tampered_partial_fails_its_proof_naming_the_trustee(
         harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
@@ -488,7 +513,8 @@ def test_a_tampered_partial_fails_its_proof_naming_the_trustee(
     assert "ciphertext 1" in str(caught.value)
     liar_key = load_signer(h.sim.bundles[liar] / "signing.key")
     lying_reply = DecryptReply(fleet=TOPICS.fleet, request_id=req.request_id, trustee=liar,
-                               status="ok", partial=lie).to_bytes(liar_key)
+                               status="ok", partial=lie,
+                               vote=genuine[liar][2].vote).to_bytes(liar_key)
 
     topic3, payload3, _ = genuine["trustee-3"]
     doc = json.loads(payload3)
@@ -517,8 +543,9 @@ def test_a_restarted_trustee_keeps_refusing_and_still_serves(harness: Harness) -
     h.assert_decrypted(h.ask(RUN, 7, pick(payloads, first(5))), first(5), RUN, 7)
     h.kill(victim)
     ledger = h.sim.bundles[victim] / "state" / "ledger.jsonl"
-    assert {"fleet": TOPICS.fleet, "run": RUN, "round": 7, "devices": list(first(5))} in [
-        json.loads(line) for line in ledger.read_text().splitlines()]
+    votes = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert any(v["chain"] == f"{RUN}/7" and v["kind"] == "vote" and v["position"] == 0
+               and v["devices"] == list(first(5)) for v in votes), votes
     h.restart(victim)
 
     # It lost the updates it held in memory: it asks for them first ...
@@ -545,9 +572,10 @@ def test_a_restarted_trustee_keeps_refusing_and_still_serves(harness: Harness) -
 
 
 def test_a_trustee_that_missed_a_decryption_cannot_be_used_alone(harness: Harness) -> None:
-    """trustee-3 is down while {d1..d5} is decrypted by the other two; back up, its ledger
-    does not know that set and it serves {d1..d4}. The attacker still holds one partial:
-    with 2 of 3 trustees, any two quorums share one, and that one refuses."""
+    """trustee-3 is down while {d1..d5} is decrypted by the other two. Back up, it learns
+    that entry from the round's log and refuses {d1..d4} like them; a request that hides
+    the entry gets trustee-3's partial alone: the two that voted for it answer with the
+    log instead."""
     h = harness
     absent = "trustee-3"
     payloads = h.publish_round(RUN, 8)
@@ -558,9 +586,45 @@ def test_a_trustee_that_missed_a_decryption_cannot_be_used_alone(harness: Harnes
     assert absent not in out.replies
     h.restart(absent)
     supply = list(pick(payloads, first(4)).values())
-    out = h.ask(RUN, 8, pick(payloads, first(4)), supply=supply)
-    assert out.statuses() == {"trustee-1": "refused", "trustee-2": "refused", absent: "ok"}
-    assert set(out.partials) == {absent}
+    hidden = h.ask(RUN, 8, pick(payloads, first(4)), supply=supply, log=[])
+    assert hidden.statuses() == {"trustee-1": "log", "trustee-2": "log", absent: "ok"}
+    h.assert_not_decrypted_alone(hidden)
+    h.assert_refused(h.ask(RUN, 8, pick(payloads, first(4)), supply=supply), SINGLED_OUT)
+
+
+def test_routing_requests_to_different_trustee_pairs_does_not_isolate_a_device(
+        harness: Harness) -> None:
+    """The gateway runs the broker, so it chooses which trustees see which request:
+    {d1..d5} by trustees 1 and 2, {d1, d2} by 2 and 3, {d3, d4} by 1 and 3 (each trustee
+    would see two harmless sets; the three isolate d5). The round's certified log makes
+    every set decrypted before known to whoever extends it."""
+    h = harness
+    payloads = h.publish_round(RUN, 9)
+    everything = list(payloads.values())
+    h.kill("trustee-3")
+    out = h.ask(RUN, 9, pick(payloads, first(5)), answering=["trustee-1", "trustee-2"])
+    assert out.plaintext is not None
+    h.restart("trustee-3")
+    h.kill("trustee-1")
+    out = h.ask(RUN, 9, pick(payloads, ["d1", "d2"]), supply=everything,
+                answering=["trustee-2", "trustee-3"])
+    assert out.plaintext is not None  # entry 1, voted by trustees 2 and 3
+    h.restart("trustee-1")
+    h.kill("trustee-2")
+    two = ["trustee-1", "trustee-3"]
+    x1, x2 = h.logs[f"{RUN}/9"]
+    # Hiding {d1, d2}: trustee-3 voted for it and answers with the log instead.
+    hide = h.ask(RUN, 9, pick(payloads, ["d3", "d4"]), supply=everything, answering=two,
+                 log=[x1])
+    assert hide.replies["trustee-3"].status == "log"
+    h.assert_not_decrypted_alone(hide)
+    # Hiding both: each knows {d1..d5} (trustee-1 voted for it, trustee-3 saw it certified).
+    hide = h.ask(RUN, 9, pick(payloads, ["d3", "d4"]), answering=two, log=[])
+    assert {r.status for r in hide.replies.values()} == {"log"}
+    h.assert_not_decrypted_alone(hide)
+    # The whole log: both see that {d3, d4} would single out d5.
+    out = h.ask(RUN, 9, pick(payloads, ["d3", "d4"]), answering=two, log=[x1, x2])
+    assert {r.status for r in out.replies.values()} == {"refused"}
+    assert all(SINGLED_OUT in r.reason for r in out.replies.values())
     assert out.plaintext is None
-    with pytest.raises(ProtocolError, match="are needed"):
-        combine(h.public, out.product, list(out.partials.values()))
+    h.restart("trustee-2")

@@ -1,4 +1,4 @@
-"""trustee.ledger: decrypted sets survive a restart; the statistics round spans runs."""
+"""trustee.ledger: certified entries and the trustee's own votes survive a restart."""
 
 from __future__ import annotations
 
@@ -6,34 +6,33 @@ from pathlib import Path
 
 import pytest
 
+from fedmq.protocol.decryption_log import LogEntry
 from fedmq.protocol.errors import ConfigError
 from fedmq.trustee.ledger import Ledger
 
+ENTRY = LogEntry(("a", "b", "c"), {"trustee-1": b"\x01" * 64, "trustee-2": b"\x02" * 64})
 
-def test_a_restarted_trustee_still_refuses_what_combines_with_its_past(tmp_path: Path) -> None:
+
+def test_entries_and_votes_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    Ledger(path).record("f", "run1", 3, {"a", "b", "c"})
+    ledger = Ledger(path)
+    ledger.adopt("f", "run1/3", [ENTRY])
+    ledger.vote("f", "run1/3", 1, b"\x09" * 32, frozenset({"d", "e"}))
     again = Ledger(path)
-    assert again.refusal("f", "run1", 3, frozenset({"a", "b"}), 2) is not None
-    assert again.refusal("f", "run1", 4, frozenset({"a", "b"}), 2) is None  # another round
+    assert again.log("f", "run1/3") == [ENTRY]
+    assert again.voted("f", "run1/3", 1) == (b"\x09" * 32, ("d", "e"))
+    assert again.voted("f", "run1/3", 2) is None and again.log("f", "run1/4") == []
     assert path.stat().st_mode & 0o777 == 0o600
-
-
-def test_statistics_sets_are_compared_across_runs(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.jsonl")
-    ledger.record("f", "run1", 0, {"a", "b", "c"})
-    why = ledger.refusal("f", "run2", 0, frozenset({"a", "b"}), 2)
-    assert why is not None and "across all runs" in why
-    assert ledger.refusal("f", "run2", 0, frozenset({"a", "b", "c"}), 2) is None
-    assert ledger.refusal("g", "run2", 0, frozenset({"a", "b"}), 2) is None  # another fleet
+    again.adopt("f", "run1/3", [ENTRY])  # known entries are not written twice
+    assert len(path.read_text().splitlines()) == 2
 
 
 def test_a_torn_last_line_is_dropped_but_an_edited_ledger_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    Ledger(path).record("f", "r", 1, {"a", "b"})
+    Ledger(path).adopt("f", "statistics", [ENTRY])
     with path.open("a") as fh:
-        fh.write('{"fleet": "f", "run": "r", "rou')
-    assert Ledger(path).decrypted("f", "r", 1) == [frozenset({"a", "b"})]
-    path.write_text('garbage\n{"fleet": "f", "run": "r", "round": 1, "devices": ["a"]}\n')
+        fh.write('{"fleet": "f", "chain": "statis')
+    assert Ledger(path).log("f", "statistics") == [ENTRY]
+    path.write_text('garbage\n' + path.read_text())
     with pytest.raises(ConfigError, match=r"ledger\.jsonl:1"):
         Ledger(path)

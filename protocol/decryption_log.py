@@ -1,0 +1,99 @@
+"""A round's decryptions as a log certified by the trustees: one order all honest ones share.
+
+A trustee that judged each request only against its own record could be played: the
+gateway runs the broker, so it can send {a..e} to trustees 1 and 2, {a, b} to 2 and
+3, {c, d} to 1 and 3; each trustee sees two harmless sets, and the three sums isolate
+e. So every decryption is an entry of a hash-chained log per round (per fleet for the
+statistics round, whose sums do not change between runs): entry p names its device
+set and the hash of entry p - 1, and a trustee approves (signs, "votes for") at most
+one entry per position. An entry counts only with the votes of T trustees. T is a
+majority, so two entries at one position would need a trustee to vote twice: the
+certified log is one sequence, and a trustee asked to extend it sees, and checks the
+new set against, every set decrypted before in that round, whoever decrypted it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer, verify
+from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.topics import check_name
+
+LOG_DOMAIN = b"fedmq/decrypt-log/1\x00"
+STATISTICS = "statistics"
+
+
+def chain_of(run_id: str, round_id: int) -> str:
+    """The log a round's decryptions extend: the round's own, or the fleet's statistics log."""
+    return STATISTICS if round_id == 0 else f"{run_id}/{round_id}"
+
+
+def entry_hash(fleet: str, chain: str, position: int, prev: bytes,
+               devices: Iterable[str]) -> bytes:
+    parts = ["fedmq/decrypt-log/1", fleet, chain, str(position), prev.hex(), *sorted(devices)]
+    return hashlib.sha256("\x00".join(parts).encode()).digest()
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One decrypted device set and the trustees' votes (signatures over its hash)."""
+
+    devices: tuple[str, ...]
+    votes: Mapping[str, bytes]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"devices": list(self.devices),
+                "votes": {t: v.hex() for t, v in sorted(self.votes.items())}}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> LogEntry:
+        if not isinstance(doc, dict) or not isinstance(doc.get("devices"), list) \
+                or not isinstance(doc.get("votes"), dict):
+            raise ProtocolError("a log entry needs devices (a list) and votes (an object)")
+        try:
+            votes = {check_name(str(t), "trustee id", ProtocolError): bytes.fromhex(v)
+                     for t, v in doc["votes"].items()}
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"log entry votes must be hex signatures: {exc}") from None
+        devices = doc["devices"]
+        if not all(isinstance(d, str) for d in devices) or len(set(devices)) != len(devices):
+            raise ProtocolError("log entry devices must be distinct ids")
+        return cls(tuple(sorted(devices)), votes)
+
+
+def hashes(entries: Sequence[LogEntry], *, fleet: str, chain: str) -> list[bytes]:
+    """Each entry's hash, chained (no vote checked)."""
+    out: list[bytes] = []
+    for position, entry in enumerate(entries):
+        out.append(entry_hash(fleet, chain, position, out[-1] if out else b"", entry.devices))
+    return out
+
+
+def vote(signer: Signer, digest: bytes) -> bytes:
+    return signer.sign(LOG_DOMAIN, digest)
+
+
+def certified(entries: Sequence[LogEntry], *, fleet: str, chain: str,
+              keys: Mapping[str, Ed25519PublicKey], threshold: int) -> list[bytes]:
+    """The entries' hashes; ProtocolError naming the first entry without ``threshold``
+    valid votes of distinct trustees (``keys``: trustee id -> signing key)."""
+    found = hashes(entries, fleet=fleet, chain=chain)
+    for position, (entry, digest) in enumerate(zip(entries, found, strict=True)):
+        good = 0
+        for trustee, signature in entry.votes.items():
+            key = keys.get(trustee)
+            if key is None:
+                continue
+            try:
+                verify(key, LOG_DOMAIN, digest, signature)
+            except ProtocolError:
+                continue
+            good += 1
+        if good < threshold:
+            raise ProtocolError(f"entry {position} of the {chain} log has {good} valid trustee "
+                                f"votes, {threshold} needed")
+    return found
