@@ -84,8 +84,13 @@ class TrusteeSet:
             trustees = {check_name(t, "trustee id", ProtocolError): TrusteeInfo(
                 int(v["index"]), public_key_from_hex(str(v["signing_key"])))
                 for t, v in raw.items()}
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
+            raise ConfigError(f"trustees file {p}: a trustee lacks {exc}") from None
+        except (ProtocolError, TypeError, ValueError) as exc:
             raise ConfigError(f"trustees file {p}: {exc}") from None
+        if 2 * public.threshold <= public.trustees or public.threshold < 2:
+            raise ConfigError(f"trustees file {p}: a {public.threshold}-of-{public.trustees} "
+                              "key; the threshold must be a majority and at least 2")
         if sorted(i.index for i in trustees.values()) != list(range(1, public.trustees + 1)):
             raise ConfigError(f"trustees file {p}: the trustees' indices must be "
                               f"1..{public.trustees}")
@@ -101,11 +106,13 @@ class _Answers:
     refused: dict[str, str] = field(default_factory=dict)
     unusable: set[str] = field(default_factory=set)  # their partial failed its proof
     supplied: dict[str, set[str]] = field(default_factory=dict)  # members sent to each
+    lacking: dict[str, tuple[str, ...]] = field(default_factory=dict)  # "missing" answers
     longer: tuple[LogEntry, ...] = ()  # a certified log longer than the request's
     pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # entry -> votes
 
     def silent(self, trustees: Iterable[str]) -> list[str]:
-        return sorted(set(trustees) - set(self.partials) - set(self.refused) - self.unusable)
+        return sorted(set(trustees) - set(self.partials) - set(self.refused) - self.unusable
+                      - set(self.lacking))
 
 
 class TrusteePanel:
@@ -210,11 +217,16 @@ class TrusteePanel:
             f"round {state.round_id}: decryption needs {public.threshold} of {public.trustees} "
             f"trustees, got {len(got.partials)}; silent: "
             f"{', '.join(got.silent(self.set.trustees)) or 'none'}"
-            + (f"; refused: {', '.join(sorted(got.refused))}" if got.refused else ""))
+            + (f"; refused: {', '.join(sorted(got.refused))}" if got.refused else "")
+            + "".join(f"; {t} cannot verify the updates of {', '.join(m[:5])}"
+                      f"{' and more' if len(m) > 5 else ''} (not on its allow-list? fedmq "
+                      "trustee enroll)" for t, m in sorted(got.lacking.items())
+                      if t not in got.partials))
 
     def _take(self, state: RoundState, req: DecryptRequest, ciphertexts: Sequence[int],
               digest: bytes, trustee: str, answer: DecryptReply, got: _Answers) -> None:
         if answer.status == "missing":
+            got.lacking[trustee] = answer.missing
             self._supply(state, req, answer, got.supplied.setdefault(trustee, set()))
         elif answer.status == "log":
             self._catch_up(state, req, trustee, answer, got)

@@ -141,6 +141,8 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
                                    ("--rounds", rounds, 1, 1_000_000)):
         if not low <= value <= high:
             raise ConfigError(f"init gateway: {flag} {value} is not in {low}..{high}")
+    if threshold and not trustees:
+        raise ConfigError("init gateway: --threshold goes with --trustees K")
     if trustees or threshold:
         check_trustees(trustees, threshold)
     for san in sans:

@@ -121,6 +121,10 @@ class Trustee:
     def run(self) -> None:
         """Serve until stop(); a broker that is down is retried, never fatal."""
         enrolled = self._enrolled()
+        if not enrolled.agents and not enrolled.relays:
+            log.warning("no device or relay is on this trustee's allow-list (%s): it decrypts "
+                        "nothing until they are enrolled (fedmq trustee enroll --config ... "
+                        "--from-file keys.csv)", self.config.allow_list_file)
         log.info("trustee %s holds share %d of a %d-of-%d key (fingerprint %s); %d devices "
                  "and %d relays on its allow-list; min_group %d", self.config.trustee_id,
                  self.share.index, self.public.threshold, self.public.trustees,

@@ -152,3 +152,20 @@ def test_a_broken_trustees_file_is_one_line(tmp_path: Path) -> None:
     path.write_text(json.dumps({"schema": "fedmq.trustees/1", "key": {}}))
     with pytest.raises(ConfigError, match=r"trustees file .*: "):
         TrusteeSet.load(path)
+
+
+def test_a_minority_threshold_or_a_trustee_without_key_is_refused(
+        threshold_key: ThresholdKey, tmp_path: Path) -> None:
+    infos = {f"trustee-{s.index}": TrusteeInfo(s.index, signer_for(f"t{s.index}").public_key)
+             for s in threshold_key.shares}
+    doc = TrusteeSet(threshold_key.public, infos).to_dict()
+    path = tmp_path / "trustees.json"
+    del doc["trustees"]["trustee-2"]["signing_key"]  # type: ignore[index]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="a trustee lacks 'signing_key'"):
+        TrusteeSet.load(path)
+    doc = TrusteeSet(threshold_key.public, infos).to_dict()
+    doc["key"]["threshold"] = 1  # type: ignore[index]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="must be a majority"):
+        TrusteeSet.load(path)

@@ -69,6 +69,7 @@ def test_the_dealer_writes_one_share_per_trustee_and_no_private_key(tmp_path: Pa
     (("--trustees", "4", "--threshold", "2"), "--threshold 2 is not in 3..4: a decryption "
      "needs a majority"),
     (("--trustees", "1"), "--trustees 1 is not in 2..16"),
+    (("--threshold", "2"), "--threshold goes with --trustees K"),
 ])
 def test_a_threshold_that_lets_one_trustee_decrypt_is_refused(
         tmp_path: Path, flags: tuple[str, ...], says: str,
