@@ -37,7 +37,6 @@ from fedmq.protocol.decryption_log import (
     LogEntry,
     certified,
     chain_of,
-    entry_hash,
     hashes,
 )
 from fedmq.protocol.errors import ConfigError, DecryptionUnavailable, ProtocolError
@@ -102,7 +101,7 @@ class _Answers:
     """What the trustees answered one request so far."""
 
     partials: dict[str, PartialDecryption] = field(default_factory=dict)
-    votes: dict[str, bytes] = field(default_factory=dict)  # with the partials
+    votes: dict[str, bytes] = field(default_factory=dict)  # for the log entry
     refused: dict[str, str] = field(default_factory=dict)
     unusable: set[str] = field(default_factory=set)  # their partial failed its proof
     supplied: dict[str, set[str]] = field(default_factory=dict)  # members sent to each
@@ -111,8 +110,8 @@ class _Answers:
     pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # entry -> votes
 
     def silent(self, trustees: Iterable[str]) -> list[str]:
-        return sorted(set(trustees) - set(self.partials) - set(self.refused) - self.unusable
-                      - set(self.lacking))
+        return sorted(set(trustees) - set(self.partials) - set(self.votes) - set(self.refused)
+                      - self.unusable - set(self.lacking))
 
 
 class TrusteePanel:
@@ -155,10 +154,13 @@ class TrusteePanel:
 
     def decrypt(self, state: RoundState, group: frozenset[str],
                 ciphertexts: Sequence[int]) -> list[int]:
-        """The plaintexts of ``ciphertexts`` (the product of ``group``'s updates)."""
+        """The plaintexts of ``ciphertexts`` (the product of ``group``'s updates): T votes
+        make the sum the next entry of the round's log, then T partial decryptions of it."""
         chain = chain_of(state.run_id, state.round_id)
         for _ in range(LOG_CATCH_UPS):
-            got = self._ask(state, group, ciphertexts, chain)
+            got = self._ask(state, group, ciphertexts, chain, "vote")
+            if not got.longer:
+                got = self._ask(state, group, ciphertexts, chain, "decrypt")
             if not got.longer:
                 return combine(self.set.public, ciphertexts, list(got.partials.values()))
             self.logs[chain] = list(got.longer)
@@ -168,14 +170,17 @@ class TrusteePanel:
                                     "growing under this aggregator (another one running?)")
 
     def _ask(self, state: RoundState, group: frozenset[str], ciphertexts: Sequence[int],
-             chain: str) -> _Answers:
-        """T valid partial decryptions (their votes appended to the log), or a longer log."""
+             chain: str, phase: str) -> _Answers:
+        """T valid votes (the entry is then appended to the log), T valid partial
+        decryptions of the log's last entry, or a longer log."""
         own = self.logs.setdefault(chain, [])
+        members = {m: state.hashes[m].hex() for m in group}
         req = DecryptRequest(fleet=state.fleet, run_id=state.run_id, round_id=state.round_id,
-                             members={m: state.hashes[m].hex() for m in group}, log=tuple(own))
-        devices = {d for m in group for d in state.members.get(m, (m,))}
+                             members=members, log=tuple(own), phase=phase)
+        devices = tuple(sorted({d for m in group for d in state.members.get(m, (m,))}))
         prev = hashes(own, fleet=state.fleet, chain=chain)
-        digest = entry_hash(state.fleet, chain, len(own), prev[-1] if prev else b"", devices)
+        digest = LogEntry(devices, members, {}).digest(state.fleet, chain, len(own),
+                                                       prev[-1] if prev else b"")
         got = _Answers()
         public = self.set.public
         # A request reaches only trustees subscribed when it is sent (a trustee that is
@@ -190,10 +195,9 @@ class TrusteePanel:
                 next_send = now + min(RESEND, self.timeout)
             if now - start >= self.timeout * (warned + 1):
                 warned += 1
-                log.warning("round %d: waiting for trustee(s) %s (%d of %d partial decryptions "
-                            "needed) for %.0f s", state.round_id,
-                            ", ".join(got.silent(self.set.trustees)), public.threshold,
-                            public.trustees, now - start)
+                log.warning("round %d: waiting for trustee(s) %s (%d of %d needed to %s) for "
+                            "%.0f s", state.round_id, ", ".join(got.silent(self.set.trustees)),
+                            public.threshold, public.trustees, phase, now - start)
             try:
                 topic, payload = self._replies.get(timeout=max(0.0, min(next_send, end) - now))
             except queue.Empty:
@@ -203,8 +207,10 @@ class TrusteePanel:
             self._take(state, req, ciphertexts, digest, *reply, got)
             if got.longer:
                 return got
-            if len(got.partials) >= public.threshold:
-                own.append(LogEntry(tuple(sorted(devices)), dict(got.votes)))
+            if phase == "vote" and len(got.votes) >= public.threshold:
+                own.append(LogEntry(devices, members, dict(got.votes)))
+                return got
+            if phase == "decrypt" and len(got.partials) >= public.threshold:
                 return got
             if len(got.refused) + len(got.unusable) > public.trustees - public.threshold:
                 raise DecryptionUnavailable(
@@ -213,15 +219,16 @@ class TrusteePanel:
                     f"{', '.join(sorted(got.refused)) or 'none'}" + (
                         f"; proof failed: {', '.join(sorted(got.unusable))}"
                         if got.unusable else ""))
+        done = len(got.votes if phase == "vote" else got.partials)
         raise DecryptionUnavailable(
             f"round {state.round_id}: decryption needs {public.threshold} of {public.trustees} "
-            f"trustees, got {len(got.partials)}; silent: "
+            f"trustees, got {done}; silent: "
             f"{', '.join(got.silent(self.set.trustees)) or 'none'}"
             + (f"; refused: {', '.join(sorted(got.refused))}" if got.refused else "")
             + "".join(f"; {t} cannot verify the updates of {', '.join(m[:5])}"
                       f"{' and more' if len(m) > 5 else ''} (not on its allow-list? fedmq "
                       "trustee enroll)" for t, m in sorted(got.lacking.items())
-                      if t not in got.partials))
+                      if t not in got.partials and t not in got.votes))
 
     def _take(self, state: RoundState, req: DecryptRequest, ciphertexts: Sequence[int],
               digest: bytes, trustee: str, answer: DecryptReply, got: _Answers) -> None:
@@ -235,7 +242,7 @@ class TrusteePanel:
                 log.error("round %d: trustee %s refused to decrypt a sum of %d member(s): %s",
                           state.round_id, trustee, len(req.members), answer.reason)
             got.refused[trustee] = answer.reason
-        elif answer.partial is not None and trustee not in got.partials:
+        elif answer.status == "vote" and req.phase == "vote" and trustee not in got.votes:
             try:
                 verify(self._keys[trustee], LOG_DOMAIN, digest, answer.vote)
             except ProtocolError:
@@ -243,9 +250,11 @@ class TrusteePanel:
                 log.error("trustee %s voted for another log entry than this request's: not "
                           "used", trustee)
                 return
+            got.votes[trustee] = answer.vote
+        elif answer.partial is not None and req.phase == "decrypt" \
+                and trustee not in got.partials:
             if self._valid(trustee, answer.partial, ciphertexts, req):
                 got.partials[trustee] = answer.partial
-                got.votes[trustee] = answer.vote
             else:
                 got.unusable.add(trustee)
 
@@ -272,7 +281,7 @@ class TrusteePanel:
             digest = hashes([*longest, entry], fleet=state.fleet, chain=chain)[-1].hex()
             votes = got.pending.setdefault(digest, {})
             votes.update(entry.votes)
-            candidate = [*longest, LogEntry(entry.devices, dict(votes))]
+            candidate = [*longest, LogEntry(entry.devices, entry.members, dict(votes))]
             try:
                 certified(candidate, fleet=state.fleet, chain=chain, keys=self._keys,
                           threshold=self.set.public.threshold)

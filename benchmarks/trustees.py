@@ -84,7 +84,7 @@ class RoundCost:
     devices: int
     d: int
     ciphertexts: int  # per update, so per request and per partial decryption
-    requests: int
+    requests: int  # decryptions: each a vote request and a decrypt request
     request_bytes: float  # mean per request
     reply_bytes: float  # mean per reply
     aggregator_keep: float  # baseline: the aggregator decodes, verifies, sums the N updates
@@ -98,7 +98,8 @@ class RoundCost:
 
     @property
     def messages(self) -> int:
-        return self.requests * (1 + self.trustees)
+        """Per decryption: a vote request and a decrypt request, each trustee answering."""
+        return 2 * self.requests * (1 + self.trustees)
 
 
 class Wire:
@@ -220,17 +221,20 @@ def one_round(fleet: BenchFleet, key: Ceremony, root: Path) -> RoundCost:
     aggregator: list[float] = []
     closing = close_round(state, Timed(panel.for_round(state), wire, aggregator), Suspects(),
                           spec=fleet.spec, codec=fleet.codec, statistics=fleet.statistics)
-    if any(t.refused for t in trustees) or len(aggregator) != len(wire.answers):
+    # Two requests per decryption: the votes for the log entry, then its partial decryptions.
+    if any(t.refused for t in trustees) or 2 * len(aggregator) != len(wire.answers):
         raise AssertionError("a trustee refused, or a request went unanswered")
+    phases = [[v + d for v, d in zip(wire.answers[i], wire.answers[i + 1], strict=True)]
+              for i in range(0, len(wire.answers), 2)]
     return RoundCost(
         devices=len(fleet.payloads), d=len(fleet.spec.features),
-        ciphertexts=fleet.layout.plaintext_count(), requests=len(wire.answers),
+        ciphertexts=fleet.layout.plaintext_count(), requests=len(aggregator),
         request_bytes=statistics.mean(wire.request_bytes),
         reply_bytes=statistics.mean(wire.reply_bytes), aggregator_keep=aggregator_keep,
         trustee_keep=max(keep), baseline_close=baseline_close,
         trustee_answers=max(map(sum, zip(*wire.answers, strict=True))),
         aggregator_added=sum(aggregator),
-        added=sum(max(a) + s for a, s in zip(wire.answers, aggregator, strict=True)),
+        added=sum(max(a) + s for a, s in zip(phases, aggregator, strict=True)),
         equal=_same(baseline, closing), trustees=len(trustees))
 
 

@@ -28,7 +28,8 @@ from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.messages import _get, dumps, loads
 from fedmq.protocol.topics import check_name
 
-REPLY_STATES = ("ok", "refused", "missing", "log")
+REPLY_STATES = ("ok", "vote", "refused", "missing", "log")
+PHASES = ("vote", "decrypt")
 MAX_MEMBERS = 1 << 20
 MAX_REASON = 500
 
@@ -54,8 +55,10 @@ class DecryptRequest:
     members: Mapping[str, str]
     request_id: str = field(default_factory=lambda: secrets.token_hex(16))
     supply: tuple[bytes, ...] = ()
-    # The round's certified log so far (protocol.decryption_log): this sum is entry len(log).
+    # The round's certified log (protocol.decryption_log). "vote": approve this sum as
+    # entry len(log); "decrypt": this sum is log[-1], certified: the partial decryption.
     log: tuple[LogEntry, ...] = ()
+    phase: str = "vote"
 
     SCHEMA = "fedmq.decrypt-request/2"
 
@@ -69,16 +72,20 @@ class DecryptRequest:
             _hash_hex(digest)
         if not 8 <= len(self.request_id) <= 64 or not self.request_id.isalnum():
             raise ProtocolError("request id must be 8-64 letters or digits")
+        if self.phase not in PHASES or (self.phase == "decrypt" and not self.log):
+            raise ProtocolError(f"phase must be one of {PHASES}; a decryption names its "
+                                "certified entry last in the log")
 
     def context(self) -> bytes:
         """What the trustees' proofs are bound to: this request's round and exact updates."""
-        parts = ["fedmq/decrypt/1", self.fleet, self.run_id, str(self.round_id),
+        parts = ["fedmq/decrypt/2", self.fleet, self.run_id, str(self.round_id), self.phase,
                  self.request_id, *(f"{m}={h}" for m, h in sorted(self.members.items()))]
         return hashlib.sha256("\x00".join(parts).encode()).digest()
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {"schema": self.SCHEMA, "fleet": self.fleet, "run": self.run_id,
                                "round": self.round_id, "request": self.request_id,
+                               "phase": self.phase,
                                "members": dict(sorted(self.members.items()))}
         if self.supply:
             doc["supply"] = [base64.b64encode(p).decode() for p in self.supply]
@@ -102,7 +109,7 @@ class DecryptRequest:
         return cls(fleet=_get(doc, "fleet", str), run_id=_get(doc, "run", str),
                    round_id=_get(doc, "round", int), members=members,
                    request_id=_get(doc, "request", str), supply=raw,
-                   log=_log(doc.get("log", [])))
+                   log=_log(doc.get("log", [])), phase=_get(doc, "phase", str))
 
 
 def _log(raw: object) -> tuple[LogEntry, ...]:
@@ -141,10 +148,10 @@ class DecryptReply:
             raise ProtocolError("a partial decryption comes with status ok, and only then")
         if self.status == "missing" and not self.missing:
             raise ProtocolError("a 'missing' reply names the members it lacks")
-        if (self.status == "ok") != bool(self.vote) or (self.status == "log") != bool(
+        if (self.status == "vote") != bool(self.vote) or (self.status == "log") != bool(
                 self.log or self.pending):
-            raise ProtocolError("a partial decryption comes with a vote, a 'log' reply with "
-                                "its log, and only then")
+            raise ProtocolError("a 'vote' reply comes with its vote, a 'log' reply with its "
+                                "log, and only then")
 
     def to_bytes(self, signer: Signer) -> bytes:
         doc: dict[str, Any] = {"schema": self.SCHEMA, "fleet": self.fleet,
@@ -153,6 +160,7 @@ class DecryptReply:
                                "missing": list(self.missing)}
         if self.partial is not None:
             doc["partial"] = self.partial.to_dict()
+        if self.vote:
             doc["vote"] = self.vote.hex()
         if self.log:
             doc["log"] = [e.to_dict() for e in self.log]

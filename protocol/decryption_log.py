@@ -10,11 +10,19 @@ one entry per position. An entry counts only with the votes of T trustees. T is 
 majority, so two entries at one position would need a trustee to vote twice: the
 certified log is one sequence, and a trustee asked to extend it sees, and checks the
 new set against, every set decrypted before in that round, whoever decrypted it.
+
+Two phases, so that nothing is decrypted outside that sequence: a trustee first only
+votes for an entry (no partial decryption), and releases its partial decryption of an
+entry's sum only once it is shown the entry certified in the log, with the very updates
+(member -> signed-update hash) the entry names. A vote that never reaches T releases
+nothing (a first version released the partial with the vote, and a set voted at a
+position that another set then won escaped the log).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,44 +40,62 @@ def chain_of(run_id: str, round_id: int) -> str:
     return STATISTICS if round_id == 0 else f"{run_id}/{round_id}"
 
 
-def entry_hash(fleet: str, chain: str, position: int, prev: bytes,
-               devices: Iterable[str]) -> bytes:
-    parts = ["fedmq/decrypt-log/1", fleet, chain, str(position), prev.hex(), *sorted(devices)]
-    return hashlib.sha256("\x00".join(parts).encode()).digest()
+def entry_hash(fleet: str, chain: str, position: int, prev: bytes, devices: Iterable[str],
+               members: Mapping[str, str]) -> bytes:
+    """SHA-256 of one canonical JSON document: no two entries share an encoding (ids are
+    checked names, and JSON quotes every one of them)."""
+    doc = ["fedmq/decrypt-log/2", fleet, chain, position, prev.hex(), sorted(devices),
+           sorted(members.items())]
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).digest()
 
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One decrypted device set and the trustees' votes (signatures over its hash)."""
+    """One device set to be decrypted, the exact updates (member -> signed-update hash)
+    whose product it is, and the trustees' votes (signatures over its hash)."""
 
     devices: tuple[str, ...]
+    members: Mapping[str, str]
     votes: Mapping[str, bytes]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"devices": list(self.devices),
+        return {"devices": list(self.devices), "members": dict(sorted(self.members.items())),
                 "votes": {t: v.hex() for t, v in sorted(self.votes.items())}}
 
     @classmethod
     def from_dict(cls, doc: Any) -> LogEntry:
         if not isinstance(doc, dict) or not isinstance(doc.get("devices"), list) \
+                or not isinstance(doc.get("members"), dict) \
                 or not isinstance(doc.get("votes"), dict):
-            raise ProtocolError("a log entry needs devices (a list) and votes (an object)")
+            raise ProtocolError("a log entry needs devices (a list), members and votes")
         try:
             votes = {check_name(str(t), "trustee id", ProtocolError): bytes.fromhex(v)
                      for t, v in doc["votes"].items()}
-        except (ValueError, TypeError) as exc:
-            raise ProtocolError(f"log entry votes must be hex signatures: {exc}") from None
-        devices = doc["devices"]
-        if not all(isinstance(d, str) for d in devices) or len(set(devices)) != len(devices):
-            raise ProtocolError("log entry devices must be distinct ids")
-        return cls(tuple(sorted(devices)), votes)
+            members = {check_name(m, "member id", ProtocolError): _hex64(h)
+                       for m, h in doc["members"].items()}
+            devices = [check_name(d, "device id", ProtocolError) for d in doc["devices"]]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ProtocolError(f"log entry: {exc}") from None
+        if len(set(devices)) != len(devices) or not members:
+            raise ProtocolError("log entry devices must be distinct ids, and members given")
+        return cls(tuple(sorted(devices)), members, votes)
+
+    def digest(self, fleet: str, chain: str, position: int, prev: bytes) -> bytes:
+        return entry_hash(fleet, chain, position, prev, self.devices, self.members)
+
+
+def _hex64(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError("an update hash must be 64 hex characters")
+    bytes.fromhex(value)
+    return value
 
 
 def hashes(entries: Sequence[LogEntry], *, fleet: str, chain: str) -> list[bytes]:
     """Each entry's hash, chained (no vote checked)."""
     out: list[bytes] = []
     for position, entry in enumerate(entries):
-        out.append(entry_hash(fleet, chain, position, out[-1] if out else b"", entry.devices))
+        out.append(entry.digest(fleet, chain, position, out[-1] if out else b""))
     return out
 
 

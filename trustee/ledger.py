@@ -24,8 +24,8 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._logs: dict[Chain, list[LogEntry]] = {}
-        # position -> (the hash of the entry this trustee voted for, its devices)
-        self._votes: dict[Chain, dict[int, tuple[bytes, tuple[str, ...]]]] = {}
+        # position -> (the entry this trustee voted for, without votes; its hash)
+        self._votes: dict[Chain, dict[int, tuple[LogEntry, bytes]]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -55,8 +55,9 @@ class Ledger:
                 raise ValueError("entries out of order")
             log.append(LogEntry.from_dict(doc["entry"]))
         elif doc["kind"] == "vote":
-            self._votes.setdefault(chain, {})[position] = (
-                bytes.fromhex(doc["hash"]), tuple(str(d) for d in doc["devices"]))
+            self._votes.setdefault(chain, {})[position] = LogEntry.from_dict(
+                {"devices": doc["devices"], "members": doc["members"], "votes": {}}), \
+                bytes.fromhex(doc["hash"])
         else:
             raise ValueError("unknown ledger line")
 
@@ -81,14 +82,14 @@ class Ledger:
             self._append({"fleet": fleet, "chain": chain, "kind": "entry",
                           "position": position, "entry": entry.to_dict()})
 
-    def voted(self, fleet: str, chain: str, position: int
-              ) -> tuple[bytes, tuple[str, ...]] | None:
-        """The hash and devices of the entry this trustee approved at ``position``."""
+    def voted(self, fleet: str, chain: str, position: int) -> tuple[LogEntry, bytes] | None:
+        """The entry this trustee approved at ``position`` (without votes), and its hash."""
         return self._votes.get((fleet, chain), {}).get(position)
 
-    def vote(self, fleet: str, chain: str, position: int, digest: bytes,
-             devices: frozenset[str]) -> None:
-        if (self.voted(fleet, chain, position) or (b"",))[0] == digest:
+    def vote(self, fleet: str, chain: str, position: int, entry: LogEntry,
+             digest: bytes) -> None:
+        if (found := self.voted(fleet, chain, position)) is not None and found[1] == digest:
             return
         self._append({"fleet": fleet, "chain": chain, "kind": "vote", "position": position,
-                      "hash": digest.hex(), "devices": sorted(devices)})
+                      "hash": digest.hex(), "devices": list(entry.devices),
+                      "members": dict(entry.members)})

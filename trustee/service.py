@@ -33,7 +33,6 @@ from fedmq.protocol.decryption_log import (
     LogEntry,
     certified,
     chain_of,
-    entry_hash,
     hashes,
     vote,
 )
@@ -207,8 +206,8 @@ class Trustee:
 
     def _log_step(self, req: DecryptRequest, found: Sequence[Verified],
                   devices: frozenset[str], min_group: int) -> None:
-        """Check the request's log against what this trustee knows, judge the new set
-        against every set in it, vote, record, and only then decrypt."""
+        """Check the request's log against what this trustee knows; then vote for the new
+        entry (phase "vote") or release the partial decryption of a certified one."""
         fleet, chain = req.fleet, chain_of(req.run_id, req.round_id)
         try:
             shown = certified(req.log, fleet=fleet, chain=chain, keys=self._keys,
@@ -217,38 +216,56 @@ class Trustee:
             self._refuse(req, f"the request's log is not certified: {exc}")
             return
         known = self.ledger.log(fleet, chain)
-        mine = hashes(known, fleet=fleet, chain=chain)
-        if any(a != b for a, b in zip(shown, mine, strict=False)):
+        if any(a != b for a, b in zip(shown, hashes(known, fleet=fleet, chain=chain),
+                                      strict=False)):
             self._refuse(req, f"the request's {chain} log differs from the one this trustee "
                          "knows: the certified log is one sequence, never forked")
             return
         self.ledger.adopt(fleet, chain, list(req.log))
         known = self.ledger.log(fleet, chain)
+        if req.phase == "decrypt":
+            self._decrypt_step(req, found, devices)
+            return
         position = len(req.log)
-        digest = entry_hash(fleet, chain, position, shown[-1] if shown else b"", devices)
+        entry = LogEntry(tuple(sorted(devices)), dict(req.members), {})
+        digest = entry.digest(fleet, chain, position, shown[-1] if shown else b"")
         voted = self.ledger.voted(fleet, chain, len(known))
-        if len(known) > position or (voted is not None and voted[0] != digest):
+        if len(known) > position or (voted is not None and voted[1] != digest):
             # The aggregator is behind: the certified entries it lacks, and this trustee's
             # vote after them (it never votes twice at one position).
             pending = None if voted is None else LogEntry(
-                voted[1], {self.config.trustee_id: vote(self.signer, voted[0])})
+                voted[0].devices, voted[0].members,
+                {self.config.trustee_id: vote(self.signer, voted[1])})
             self._reply(req, "log", log=tuple(known), pending=pending, cache=False)
             return
-        why = refusal([frozenset(e.devices) for e in req.log], devices, min_group)
+        why = refusal([frozenset(e.devices) for e in known], devices, min_group)
         if why is not None:
             if chain == STATISTICS and len(devices) >= min_group:
                 why += "; the statistics round is compared across all runs of the fleet"
             self._refuse(req, why)
             return
-        self.ledger.vote(fleet, chain, position, digest, devices)
+        self.ledger.vote(fleet, chain, position, entry, digest)
+        log.info("approved the sum of %d devices as entry %d of the %s log", len(devices),
+                 position, chain)
+        self._reply(req, "vote", vote=vote(self.signer, digest))
+
+    def _decrypt_step(self, req: DecryptRequest, found: Sequence[Verified],
+                      devices: frozenset[str]) -> None:
+        """The partial decryption of the log's last entry: certified by T trustees (each
+        judged it against every set before it), and naming exactly these updates."""
+        entry = req.log[-1]
+        if dict(entry.members) != dict(req.members) or frozenset(entry.devices) != devices:
+            self._refuse(req, "a partial decryption is released only for the updates and "
+                         "devices the certified entry names")
+            return
         product = list(found[0].ciphertexts)
         for v in found[1:]:
             product = add_ciphertexts(self.public.public_key, product, v.ciphertexts)
         partial = partial_decrypt(self.share, product, context=req.context())
         self.served += 1
         log.info("partially decrypted the sum of %d devices of run %s round %d (entry %d of "
-                 "its log)", len(devices), req.run_id, req.round_id, position)
-        self._reply(req, "ok", partial=partial, vote=vote(self.signer, digest))
+                 "its log)", len(devices), req.run_id, req.round_id, len(req.log) - 1)
+        self._reply(req, "ok", partial=partial)
 
     def _policy(self, req: DecryptRequest, found: Sequence[Verified]
                 ) -> tuple[frozenset[str], str | None, int]:

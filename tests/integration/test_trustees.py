@@ -107,6 +107,12 @@ class Outcome:
         return {t: r.status for t, r in sorted(self.replies.items())}
 
 
+class _Replies(dict[str, DecryptReply]):
+    """Each trustee's latest reply to one request (``request_``: that request)."""
+
+    request_: DecryptRequest
+
+
 @dataclass
 class Harness:
     port: int
@@ -159,8 +165,11 @@ class Harness:
 
     def held(self, run_id: str, round_id: int, payloads: Mapping[str, bytes]) -> None:
         """Wait until every trustee holds every one of ``payloads`` (see publish_round)."""
+        # Each with its payload supplied: a trustee that (re)started after the devices
+        # published gets it this way, as from an aggregator.
         pending = {d: DecryptRequest(fleet=TOPICS.fleet, run_id=run_id, round_id=round_id,
-                                     members={d: self.signed_hash(p)}) for d, p in payloads.items()}
+                                     members={d: self.signed_hash(p)}, supply=(p,))
+                   for d, p in payloads.items()}
         end = time.monotonic() + REPLY_TIMEOUT
         while pending:
             since = len(self.attacker.received)
@@ -216,37 +225,32 @@ class Harness:
     def ask(self, run_id: str, round_id: int, named: Mapping[str, bytes], *,
             supply: Sequence[bytes] = (), answering: Sequence[str] | None = None,
             log: Sequence[LogEntry] | None = None) -> Outcome:
-        """Publish a request naming ``named`` (member -> the signed payload whose hash it
-        names) until each trustee in ``answering`` (default: all) replied; then verify the
-        ok partials against the attacker's own product and combine them if it can.
+        """Ask, as the honest aggregator does, in two phases: votes that make the sum of
+        ``named`` (member -> the signed payload whose hash it names) the next entry of the
+        round's log, then the partial decryptions of that certified entry; each phase until
+        every trustee in ``answering`` (default: all) replied. The ok partials are checked
+        against the attacker's own product and combined if it can.
 
         ``log``: the round's log the request names (default: the attacker's whole log;
-        a shorter one is how it would hide earlier decryptions). A decryption it gets
-        (T votes) becomes the log's next entry."""
+        a shorter one is how it would hide earlier decryptions). The returned outcome is
+        the vote phase's when the entry got fewer than T votes."""
         chain = chain_of(run_id, round_id)
         own = self.logs.setdefault(chain, [])
         shown = list(own if log is None else log)
-        req = DecryptRequest(fleet=TOPICS.fleet, run_id=run_id, round_id=round_id,
-                             members={m: self.signed_hash(p) for m, p in named.items()},
-                             supply=tuple(supply), log=tuple(shown))
-        wanted = set(self.trustees.trustees if answering is None else answering)
-        since = len(self.attacker.received)
-        end = time.monotonic() + REPLY_TIMEOUT
-        latest: dict[str, DecryptReply] = {}
-        while True:
-            self.attacker.publish(TOPICS.trustee_request, req.to_bytes())
-
-            def complete() -> bool:
-                return wanted <= {t for t, _, _, r in self.read(since)
-                                  if r.request_id == req.request_id}
-
-            done = self.attacker.wait(complete, RESEND)
-            latest = {t: r for t, _, _, r in self.read(since) if r.request_id == req.request_id}
-            if done:
-                break
-            assert time.monotonic() < end, \
-                f"no reply from {sorted(wanted - set(latest))} within {REPLY_TIMEOUT:g} s"
+        members = {m: self.signed_hash(p) for m, p in named.items()}
+        vote: _Replies = self._phase(DecryptRequest(
+            fleet=TOPICS.fleet, run_id=run_id, round_id=round_id, members=members,
+            supply=tuple(supply), log=tuple(shown), phase="vote"), answering)
+        votes = {t: r.vote for t, r in vote.items() if r.status == "vote"}
         product = self.product(named.values())
+        if len(votes) < self.public.threshold:
+            return Outcome(vote.request_, vote, product, {}, None)
+        entry = LogEntry(tuple(sorted(named)), members, votes)  # devices: every member one
+        if len(shown) == len(own):
+            own.append(entry)
+        req = DecryptRequest(fleet=TOPICS.fleet, run_id=run_id, round_id=round_id,
+                             members=members, log=(*shown, entry), phase="decrypt")
+        latest = self._phase(req, answering)
         partials = {}
         for trustee, reply in latest.items():
             if reply.partial is None:
@@ -259,10 +263,28 @@ class Harness:
         plaintext = None
         if len(partials) >= self.public.threshold:
             plaintext = combine(self.public, product, list(partials.values()))
-            if len(shown) == len(own):  # the next entry, certified by the partials' votes
-                own.append(LogEntry(tuple(sorted(named)), {
-                    t: latest[t].vote for t in partials}))
         return Outcome(req, latest, product, partials, plaintext)
+
+    def _phase(self, req: DecryptRequest, answering: Sequence[str] | None) -> _Replies:
+        """Publish ``req`` until each trustee in ``answering`` replied; their replies."""
+        wanted = set(self.trustees.trustees if answering is None else answering)
+        since = len(self.attacker.received)
+        end = time.monotonic() + REPLY_TIMEOUT
+        while True:
+            self.attacker.publish(TOPICS.trustee_request, req.to_bytes())
+
+            def complete() -> bool:
+                return wanted <= {t for t, _, _, r in self.read(since)
+                                  if r.request_id == req.request_id}
+
+            done = self.attacker.wait(complete, RESEND)
+            latest = _Replies({t: r for t, _, _, r in self.read(since)
+                               if r.request_id == req.request_id})
+            latest.request_ = req
+            if done:
+                return latest
+            assert time.monotonic() < end, \
+                f"no reply from {sorted(wanted - set(latest))} within {REPLY_TIMEOUT:g} s"
 
     def assert_not_decrypted(self, out: Outcome) -> None:
         """No trustee answered ok, and the attacker cannot combine anything."""
@@ -494,10 +516,23 @@ def test_a_tampered_partial_fails_its_proof_naming_the_trustee(
     caplog.set_level(logging.WARNING, logger="fedmq.aggregator.service")
     thread, result = run_in_thread(lambda: panel.decrypt(
         cast(RoundState, state), frozenset(DEVICES), product))
-    req = DecryptRequest.from_bytes(wait_until(lambda: sent and sent[0], "the request", 5))
-    genuine = wait_until(lambda: (got := {t: (topic, p, r) for t, topic, p, r in h.read()
-                                          if r.request_id == req.request_id})
-                         and len(got) == 3 and got, "three replies", REPLY_TIMEOUT)
+    def replies_to(req: DecryptRequest) -> dict[str, tuple[str, bytes, DecryptReply]]:
+        return wait_until(lambda: (got := {t: (topic, p, r) for t, topic, p, r in h.read()
+                                           if r.request_id == req.request_id})
+                          and len(got) == 3 and got, "three replies", REPLY_TIMEOUT)
+
+    def sent_in(phase: str) -> DecryptRequest:
+        return wait_until(lambda: next((r for r in map(DecryptRequest.from_bytes, sent)
+                                        if r.phase == phase), None), f"the {phase}", 5)
+
+    # First the entry's votes, handed over as they came: the panel certifies it ...
+    votes = replies_to(sent_in("vote"))
+    assert {r.status for _, _, r in votes.values()} == {"vote"}
+    for topic, payload, _ in votes.values():
+        assert panel.deliver(topic, payload)
+    # ... and only then asks for the partial decryptions of the certified entry.
+    req = sent_in("decrypt")
+    genuine = replies_to(req)
     assert {r.status for _, _, r in genuine.values()} == {"ok"}
 
     liar, liar_info = "trustee-1", h.trustees.trustees["trustee-1"]
@@ -513,8 +548,7 @@ def test_a_tampered_partial_fails_its_proof_naming_the_trustee(
     assert "ciphertext 1" in str(caught.value)
     liar_key = load_signer(h.sim.bundles[liar] / "signing.key")
     lying_reply = DecryptReply(fleet=TOPICS.fleet, request_id=req.request_id, trustee=liar,
-                               status="ok", partial=lie,
-                               vote=genuine[liar][2].vote).to_bytes(liar_key)
+                               status="ok", partial=lie).to_bytes(liar_key)
 
     topic3, payload3, _ = genuine["trustee-3"]
     doc = json.loads(payload3)
@@ -574,8 +608,8 @@ def test_a_restarted_trustee_keeps_refusing_and_still_serves(harness: Harness) -
 def test_a_trustee_that_missed_a_decryption_cannot_be_used_alone(harness: Harness) -> None:
     """trustee-3 is down while {d1..d5} is decrypted by the other two. Back up, it learns
     that entry from the round's log and refuses {d1..d4} like them; a request that hides
-    the entry gets trustee-3's partial alone: the two that voted for it answer with the
-    log instead."""
+    the entry gets trustee-3's vote alone: the two that voted for it answer with the log
+    instead, and a vote releases no partial decryption."""
     h = harness
     absent = "trustee-3"
     payloads = h.publish_round(RUN, 8)
@@ -587,7 +621,9 @@ def test_a_trustee_that_missed_a_decryption_cannot_be_used_alone(harness: Harnes
     h.restart(absent)
     supply = list(pick(payloads, first(4)).values())
     hidden = h.ask(RUN, 8, pick(payloads, first(4)), supply=supply, log=[])
-    assert hidden.statuses() == {"trustee-1": "log", "trustee-2": "log", absent: "ok"}
+    # trustee-3 votes for it (its vote alone releases nothing), the two that voted for
+    # {d1..d5} answer with their log: no entry, no partial decryption.
+    assert hidden.statuses() == {"trustee-1": "log", "trustee-2": "log", absent: "vote"}
     h.assert_not_decrypted_alone(hidden)
     h.assert_refused(h.ask(RUN, 8, pick(payloads, first(4)), supply=supply), SINGLED_OUT)
 
@@ -628,3 +664,30 @@ def test_routing_requests_to_different_trustee_pairs_does_not_isolate_a_device(
     assert all(SINGLED_OUT in r.reason for r in out.replies.values())
     assert out.plaintext is None
     h.restart("trustee-2")
+
+
+def test_a_vote_that_never_counts_releases_nothing(harness: Harness) -> None:
+    """A second review's attack on a first version that released the partial with the
+    vote: {d1, d2} voted by trustee-1 alone at entry 0, {d1..d5} certified there by the
+    other two; {d1, d2} then decrypted at entry 1 and {d3, d4} at entry 2 would give d5.
+    Now a vote releases nothing and {d1, d2} is decrypted only as a log entry, so {d3, d4}
+    is refused."""
+    h = harness
+    payloads = h.publish_round(RUN, 10)
+    everything = list(payloads.values())
+    h.kill("trustee-2")
+    h.kill("trustee-3")
+    alone = h.ask(RUN, 10, pick(payloads, ["d1", "d2"]), answering=["trustee-1"])
+    assert alone.statuses() == {"trustee-1": "vote"} and alone.replies["trustee-1"].partial \
+        is None
+    assert alone.plaintext is None and h.logs[f"{RUN}/10"] == []
+    h.restart("trustee-2")
+    h.restart("trustee-3")
+    h.kill("trustee-1")
+    out = h.ask(RUN, 10, pick(payloads, first(5)), supply=everything,
+                answering=["trustee-2", "trustee-3"])
+    assert out.plaintext == expected_sum(first(5), RUN, 10)
+    h.restart("trustee-1")
+    out = h.ask(RUN, 10, pick(payloads, ["d1", "d2"]), supply=everything)
+    assert out.plaintext == expected_sum(["d1", "d2"], RUN, 10)  # entry 1, in the log
+    h.assert_refused(h.ask(RUN, 10, pick(payloads, ["d3", "d4"])), SINGLED_OUT)

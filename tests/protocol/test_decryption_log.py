@@ -19,12 +19,18 @@ SIGNERS = {f"t{i}": Signer.from_seed(f"log-{i}".encode()) for i in (1, 2, 3)}
 KEYS = {t: s.public_key for t, s in SIGNERS.items()}
 
 
+def members(devices: tuple[str, ...]) -> dict[str, str]:
+    return {d: f"{i:064x}" for i, d in enumerate(devices)}
+
+
 def entries(*sets: tuple[str, ...], by: tuple[str, ...] = ("t1", "t2")) -> list[LogEntry]:
     out: list[LogEntry] = []
     for devices in sets:
         prev = hashes(out, fleet="f", chain="r/1")
-        digest = entry_hash("f", "r/1", len(out), prev[-1] if prev else b"", devices)
-        out.append(LogEntry(tuple(sorted(devices)), {t: vote(SIGNERS[t], digest) for t in by}))
+        digest = entry_hash("f", "r/1", len(out), prev[-1] if prev else b"", devices,
+                            members(devices))
+        out.append(LogEntry(tuple(sorted(devices)), members(devices),
+                            {t: vote(SIGNERS[t], digest) for t in by}))
     return out
 
 
@@ -56,7 +62,24 @@ def test_the_statistics_round_has_one_log_across_runs() -> None:
 def test_entries_round_trip_and_refuse_garbage() -> None:
     (entry,) = entries(("b", "a"))
     assert LogEntry.from_dict(entry.to_dict()) == entry
-    for bad in ({"devices": "a"}, {"devices": ["a", "a"], "votes": {}},
-                {"devices": ["a"], "votes": {"t1": "zz"}}, []):
+    m = {"a": "0" * 64}
+    for bad in ({"devices": "a", "members": m, "votes": {}},
+                {"devices": ["a", "a"], "members": m, "votes": {}},
+                {"devices": ["a"], "members": m, "votes": {"t1": "zz"}},
+                {"devices": ["a"], "members": {"a": "short"}, "votes": {}},
+                {"devices": ["a"], "votes": {}}, []):
         with pytest.raises(ProtocolError):
             LogEntry.from_dict(bad)
+
+
+def test_an_entry_cannot_be_shown_with_other_devices_under_the_same_votes() -> None:
+    """{d1..d5} must not pass as {"d1\0d2", "d3\0d4\0d5"} (a review found the join
+    ambiguous): ids are checked names, and the hash is of canonical JSON."""
+    (entry,) = entries(("d1", "d2", "d3", "d4", "d5"))
+    doc = entry.to_dict()
+    doc["devices"] = ["d1\x00d2", "d3\x00d4\x00d5"]
+    with pytest.raises(ProtocolError, match="invalid device id"):
+        LogEntry.from_dict(doc)
+    other = LogEntry(("d1", "d2"), entry.members, entry.votes)
+    with pytest.raises(ProtocolError):
+        certified([other], fleet="f", chain="r/1", keys=KEYS, threshold=2)

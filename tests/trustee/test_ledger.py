@@ -10,17 +10,19 @@ from fedmq.protocol.decryption_log import LogEntry
 from fedmq.protocol.errors import ConfigError
 from fedmq.trustee.ledger import Ledger
 
-ENTRY = LogEntry(("a", "b", "c"), {"trustee-1": b"\x01" * 64, "trustee-2": b"\x02" * 64})
+ENTRY = LogEntry(("a", "b", "c"), {"a": "0" * 64, "b": "1" * 64, "c": "2" * 64},
+                 {"trustee-1": b"\x01" * 64, "trustee-2": b"\x02" * 64})
+MINE = LogEntry(("d", "e"), {"d": "3" * 64, "e": "4" * 64}, {})
 
 
 def test_entries_and_votes_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     ledger = Ledger(path)
     ledger.adopt("f", "run1/3", [ENTRY])
-    ledger.vote("f", "run1/3", 1, b"\x09" * 32, frozenset({"d", "e"}))
+    ledger.vote("f", "run1/3", 1, MINE, b"\x09" * 32)
     again = Ledger(path)
     assert again.log("f", "run1/3") == [ENTRY]
-    assert again.voted("f", "run1/3", 1) == (b"\x09" * 32, ("d", "e"))
+    assert again.voted("f", "run1/3", 1) == (MINE, b"\x09" * 32)
     assert again.voted("f", "run1/3", 2) is None and again.log("f", "run1/4") == []
     assert path.stat().st_mode & 0o777 == 0o600
     again.adopt("f", "run1/3", [ENTRY])  # known entries are not written twice
