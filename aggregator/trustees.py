@@ -107,7 +107,6 @@ class _Answers:
     supplied: dict[str, set[str]] = field(default_factory=dict)  # members sent to each
     lacking: dict[str, tuple[str, ...]] = field(default_factory=dict)  # "missing" answers
     longer: tuple[LogEntry, ...] = ()  # a certified log longer than the request's
-    pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # entry -> votes
 
     def silent(self, trustees: Iterable[str]) -> list[str]:
         return sorted(set(trustees) - set(self.partials) - set(self.votes) - set(self.refused)
@@ -273,23 +272,8 @@ class TrusteePanel:
             log.error("trustee %s sent a %s log that does not extend this aggregator's",
                       trustee, chain)
             return
-        longest = list(answer.log) if len(theirs) > len(ours) else list(req.log)
-        if answer.pending is not None and len(answer.log) == len(longest):
-            # Its vote after that log: T of them for one entry certify it again (this
-            # process lost the certificate, e.g. it restarted right after a decryption).
-            entry = answer.pending
-            digest = hashes([*longest, entry], fleet=state.fleet, chain=chain)[-1].hex()
-            votes = got.pending.setdefault(digest, {})
-            votes.update(entry.votes)
-            candidate = [*longest, LogEntry(entry.devices, entry.members, dict(votes))]
-            try:
-                certified(candidate, fleet=state.fleet, chain=chain, keys=self._keys,
-                          threshold=self.set.public.threshold)
-                longest = candidate
-            except ProtocolError:
-                pass  # fewer than T votes for it so far
-        if len(longest) > len(req.log):
-            got.longer = tuple(longest)
+        if len(theirs) > len(ours):
+            got.longer = answer.log
 
     def _reply(self, topic: str, payload: bytes, req: DecryptRequest
                ) -> tuple[str, DecryptReply] | None:

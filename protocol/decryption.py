@@ -133,9 +133,6 @@ class DecryptReply:
     missing: tuple[str, ...] = ()
     vote: bytes = b""
     log: tuple[LogEntry, ...] = ()
-    # With ``log``: the entry after it this trustee voted for (its vote only), so that an
-    # aggregator that lost the entry's certificate can gather it again from T trustees.
-    pending: LogEntry | None = None
 
     SCHEMA = "fedmq.decrypt-reply/2"
 
@@ -149,7 +146,7 @@ class DecryptReply:
         if self.status == "missing" and not self.missing:
             raise ProtocolError("a 'missing' reply names the members it lacks")
         if (self.status == "vote") != bool(self.vote) or (self.status == "log") != bool(
-                self.log or self.pending):
+                self.log):
             raise ProtocolError("a 'vote' reply comes with its vote, a 'log' reply with its "
                                 "log, and only then")
 
@@ -164,8 +161,6 @@ class DecryptReply:
             doc["vote"] = self.vote.hex()
         if self.log:
             doc["log"] = [e.to_dict() for e in self.log]
-        if self.pending is not None:
-            doc["pending"] = self.pending.to_dict()
         return sign_document(doc, signer)
 
     @classmethod
@@ -187,6 +182,4 @@ class DecryptReply:
                    trustee=_get(doc, "trustee", str), status=_get(doc, "status", str),
                    partial=None if partial is None else PartialDecryption.from_dict(partial),
                    reason=str(doc.get("reason", ""))[:MAX_REASON], missing=tuple(missing),
-                   vote=vote, log=_log(doc.get("log", [])),
-                   pending=None if doc.get("pending") is None
-                   else LogEntry.from_dict(doc["pending"]))
+                   vote=vote, log=_log(doc.get("log", [])))

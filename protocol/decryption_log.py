@@ -5,18 +5,23 @@ gateway runs the broker, so it can send {a..e} to trustees 1 and 2, {a, b} to 2 
 3, {c, d} to 1 and 3; each trustee sees two harmless sets, and the three sums isolate
 e. So every decryption is an entry of a hash-chained log per round (per fleet for the
 statistics round, whose sums do not change between runs): entry p names its device
-set and the hash of entry p - 1, and a trustee approves (signs, "votes for") at most
-one entry per position. An entry counts only with the votes of T trustees. T is a
-majority, so two entries at one position would need a trustee to vote twice: the
-certified log is one sequence, and a trustee asked to extend it sees, and checks the
-new set against, every set decrypted before in that round, whoever decrypted it.
+set, its updates and the hash of entry p - 1, and counts ("is certified") only with
+the votes (signatures) of T trustees, each of which checked it against the log before
+it. T is a majority. A trustee adopts the certified entries a request shows it and from then on
+refuses any log that differs from them; releasing a partial decryption needs T
+trustees that adopted that entry, and two disjoint majorities do not exist, so at each
+position at most one entry is ever decrypted: the decrypted log is one sequence, and a
+trustee asked to extend it sees, and checks the new set against, every set decrypted
+before in that round, whoever decrypted it.
 
 Two phases, so that nothing is decrypted outside that sequence: a trustee first only
 votes for an entry (no partial decryption), and releases its partial decryption of an
 entry's sum only once it is shown the entry certified in the log, with the very updates
-(member -> signed-update hash) the entry names. A vote that never reaches T releases
-nothing (a first version released the partial with the vote, and a set voted at a
-position that another set then won escaped the log).
+(member -> signed-update hash) the entry names. A vote releases nothing, so a trustee
+may vote again at a position whose entry it has not seen certified (a retry with
+another set after trustees were away), and a split vote never blocks a log (a first
+version released the partial with the vote, and a set voted at a position that
+another set then won escaped the log).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""What a trustee approved and saw certified, on disk before any partial decryption leaves.
+"""The certified decryption log a trustee has seen, on disk before any partial decryption leaves.
 
 Per log (protocol.decryption_log: one per round, one per fleet for the statistics
-round) the trustee keeps the certified entries it has seen and its own votes, one
-per position. Every change is one JSON line, appended and fsynced before the reply
-is published: a trustee killed and restarted never votes twice at one position and
-still knows every set decrypted before.
+round) the trustee keeps the certified entries it has adopted, each one JSON line,
+appended and fsynced before its reply is published. Adopting is what commits it: it
+refuses any log that differs from these entries, so two different entries at one
+position can never both gather the T trustees their decryption needs (T is a
+majority). A restarted trustee keeps that commitment and every set decrypted before.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._logs: dict[Chain, list[LogEntry]] = {}
-        # position -> (the entry this trustee voted for, without votes; its hash)
-        self._votes: dict[Chain, dict[int, tuple[LogEntry, bytes]]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -54,10 +53,6 @@ class Ledger:
             if position != len(log):
                 raise ValueError("entries out of order")
             log.append(LogEntry.from_dict(doc["entry"]))
-        elif doc["kind"] == "vote":
-            self._votes.setdefault(chain, {})[position] = LogEntry.from_dict(
-                {"devices": doc["devices"], "members": doc["members"], "votes": {}}), \
-                bytes.fromhex(doc["hash"])
         else:
             raise ValueError("unknown ledger line")
 
@@ -81,15 +76,3 @@ class Ledger:
         for position, entry in enumerate(entries[known:], known):
             self._append({"fleet": fleet, "chain": chain, "kind": "entry",
                           "position": position, "entry": entry.to_dict()})
-
-    def voted(self, fleet: str, chain: str, position: int) -> tuple[LogEntry, bytes] | None:
-        """The entry this trustee approved at ``position`` (without votes), and its hash."""
-        return self._votes.get((fleet, chain), {}).get(position)
-
-    def vote(self, fleet: str, chain: str, position: int, entry: LogEntry,
-             digest: bytes) -> None:
-        if (found := self.voted(fleet, chain, position)) is not None and found[1] == digest:
-            return
-        self._append({"fleet": fleet, "chain": chain, "kind": "vote", "position": position,
-                      "hash": digest.hex(), "devices": list(entry.devices),
-                      "members": dict(entry.members)})

@@ -229,14 +229,8 @@ class Trustee:
         position = len(req.log)
         entry = LogEntry(tuple(sorted(devices)), dict(req.members), {})
         digest = entry.digest(fleet, chain, position, shown[-1] if shown else b"")
-        voted = self.ledger.voted(fleet, chain, len(known))
-        if len(known) > position or (voted is not None and voted[1] != digest):
-            # The aggregator is behind: the certified entries it lacks, and this trustee's
-            # vote after them (it never votes twice at one position).
-            pending = None if voted is None else LogEntry(
-                voted[0].devices, voted[0].members,
-                {self.config.trustee_id: vote(self.signer, voted[1])})
-            self._reply(req, "log", log=tuple(known), pending=pending, cache=False)
+        if len(known) > position:  # the aggregator is behind: the entries it lacks
+            self._reply(req, "log", log=tuple(known), cache=False)
             return
         why = refusal([frozenset(e.devices) for e in known], devices, min_group)
         if why is not None:
@@ -244,7 +238,6 @@ class Trustee:
                 why += "; the statistics round is compared across all runs of the fleet"
             self._refuse(req, why)
             return
-        self.ledger.vote(fleet, chain, position, entry, digest)
         log.info("approved the sum of %d devices as entry %d of the %s log", len(devices),
                  position, chain)
         self._reply(req, "vote", vote=vote(self.signer, digest))

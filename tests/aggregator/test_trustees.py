@@ -169,3 +169,18 @@ def test_a_minority_threshold_or_a_trustee_without_key_is_refused(
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="must be a majority"):
         TrusteeSet.load(path)
+
+
+def test_a_split_vote_never_blocks_the_log(fleet: Any) -> None:
+    """Each trustee alone once votes for another set at entry 0 (the others away, every
+    time a retry with a new set): a vote releases nothing, so once two answer the next
+    set is certified at entry 0 and decrypted."""
+    names = ["trustee-1", "trustee-2", "trustee-3"]
+    for alone, group in zip(names, (DEVICES[:2], DEVICES[2:4], DEVICES[4:]), strict=True):
+        fleet.wire.silent = set(names) - {alone}
+        with pytest.raises(DecryptionUnavailable, match="got 1"):
+            fleet.panel.decrypt(fleet.state, frozenset(group), product(fleet, frozenset(group)))
+    fleet.wire.silent = set()
+    group = frozenset(DEVICES)
+    assert fleet.panel.decrypt(fleet.state, group, product(fleet, group)) == [15, 150]
+    assert [set(e.devices) for e in fleet.panel.logs["run1/1"]] == [set(DEVICES)]

@@ -577,9 +577,9 @@ def test_a_restarted_trustee_keeps_refusing_and_still_serves(harness: Harness) -
     h.assert_decrypted(h.ask(RUN, 7, pick(payloads, first(5))), first(5), RUN, 7)
     h.kill(victim)
     ledger = h.sim.bundles[victim] / "state" / "ledger.jsonl"
-    votes = [json.loads(line) for line in ledger.read_text().splitlines()]
-    assert any(v["chain"] == f"{RUN}/7" and v["kind"] == "vote" and v["position"] == 0
-               and v["devices"] == list(first(5)) for v in votes), votes
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert any(v["chain"] == f"{RUN}/7" and v["kind"] == "entry" and v["position"] == 0
+               and v["entry"]["devices"] == list(first(5)) for v in lines), lines
     h.restart(victim)
 
     # It lost the updates it held in memory: it asks for them first ...
