@@ -46,6 +46,17 @@ def _names(devices: list[str], shown: int = 10) -> str:
     return ", ".join(devices[:shown]) + more
 
 
+def outside_assignment(p: PartialSum, relay_devices: Mapping[str, frozenset[str]]
+                       ) -> tuple[list[str], str]:
+    """The contributors ``p``'s relay may not list, and why: a relay enrolled with an
+    assignment lists only its devices; an open relay none assigned to a relay."""
+    own = relay_devices.get(p.relay_id)
+    if own is not None:
+        return [d for d in p.contributors if d not in own], "outside its assignment"
+    assigned = frozenset().union(*relay_devices.values())
+    return [d for d in p.contributors if d in assigned], "assigned to another relay"
+
+
 class Redelivered(Rejected):
     """The very same signed payload again (QoS 1 redelivery): already counted, not an attack."""
 
@@ -199,14 +210,7 @@ class RoundState:
     def _check_contributors(self, p: PartialSum) -> None:
         """Each contributor is the relay's to list and attested this very round itself: the
         relay's signature alone would let it count stale sums under other devices' ids."""
-        own = self.relay_devices.get(p.relay_id)
-        if own is not None:
-            outside = [d for d in p.contributors if d not in own]
-            where = "outside its assignment"
-        else:  # an open relay: any device but those assigned to a relay
-            assigned = frozenset().union(*self.relay_devices.values())
-            outside = [d for d in p.contributors if d in assigned]
-            where = "assigned to another relay"
+        outside, where = outside_assignment(p, self.relay_devices)
         if outside:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) {where}: "
                            f"{_names(outside)}; refused whole")

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedmq.aggregator.rounds import outside_assignment
 from fedmq.protocol.crypto.paillier import PaillierPublicKey, fingerprint
 from fedmq.protocol.crypto.signing import Ed25519PublicKey
 from fedmq.protocol.errors import ProtocolError
@@ -112,11 +113,8 @@ class Holdings:
             raise ProtocolError(f"{who}: not a relay on this trustee's allow-list")
         p.verify(key)
         self._common(p.fleet, p.key_fingerprint, who)
-        own = enrolled.relay_devices.get(p.relay_id)
-        assigned = frozenset().union(*enrolled.relay_devices.values())
-        outside = [d for d in p.contributors
-                   if (own is not None and d not in own) or (own is None and d in assigned)
-                   or d in enrolled.relays]
+        outside, _ = outside_assignment(p, enrolled.relay_devices)
+        outside += [d for d in p.contributors if d in enrolled.relays]
         if outside:
             raise ProtocolError(f"{who} lists device(s) it does not serve: "
                                 f"{', '.join(sorted(outside)[:5])}")
