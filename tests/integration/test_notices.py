@@ -48,7 +48,7 @@ def test_an_unenrolled_agent_is_told_and_counts_once_enrolled(
         tmp_path, broker_port, make_aggregator, keypair, start_agents, caplog):
     """agent-1 is enrolled only after its notice arrived: its update of that very round
     is asked for again and counts, and so do the next round's. agent-2 is never enrolled:
-    its notice comes every round, its line is logged once. The round opens with the one
+    it gets at most one notice a round, its line is logged once. The round opens with the one
     enrolled device online (min_agents 1): unenrolled devices do not count as online."""
     caplog.set_level(logging.INFO)
     allow = tmp_path / "allow_list.json"
@@ -65,11 +65,15 @@ def test_an_unenrolled_agent_is_told_and_counts_once_enrolled(
     thread.join(40)
     assert not thread.is_alive() and "error" not in out, out.get("error")
     assert [sorted(r.reported) for r in aggregator.results] == [["agent-0", "agent-1"]] * 2
-    # One line per code and run on the device, although a notice came every round.
-    assert len(lines(caplog, "fedmq.edge_agent.agent", enroll_command("agent-2"))) == 1
-    # Rounds 1, 2 and the final evaluation (3).
+    # Round 1 waits for agent-1, so agent-2's update always arrives while it is open. Rounds 2
+    # and 3 close once agent-0 and agent-1 have reported: agent-2's update may come after the
+    # close (a late update gets no notice), so those notices are not counted here; the
+    # notifier's one-per-round rule is tested in tests/aggregator/test_notices.py.
     sent = lines(caplog, "fedmq.aggregator.service", "notice not-enrolled sent to agent-2")
-    assert len(sent) == 3
+    rounds = [int(line.rsplit(" ", 1)[1]) for line in sent]
+    assert 1 in rounds and len(rounds) == len(set(rounds)), sent
+    # One line per code and run on the device, however many notices came.
+    assert len(lines(caplog, "fedmq.edge_agent.agent", enroll_command("agent-2"))) == 1
     assert lines(caplog, "fedmq.aggregator.service", "agent-1 enrolled now")
 
 
