@@ -350,6 +350,13 @@ class MetricsMessage:
     # Device-level DP: the run's epsilon spent so far (at ``delta``), None without DP.
     epsilon: float | None = None
     delta: float | None = None
+    # For dashboards (fedmq dashboard): optional, so metrics of older gateways still parse.
+    run_id: str = ""
+    rounds: int = 0  # training rounds the run has in all
+    update_bytes: int = 0  # payload bytes of the updates the round accepted
+    model_bytes: int = 0  # bytes of the round's retained announcements
+    rejected_by: dict[str, int] = field(default_factory=dict)  # reason -> updates rejected
+    epsilon_budget: float | None = None  # the run's DP budget (at ``delta``)
 
     SCHEMA = "fedmq.metrics/3"
 

@@ -56,6 +56,11 @@ class Topics:
         return f"{self.base}/metrics"
 
     @property
+    def progress(self) -> str:
+        """The open round's progress (retained, aggregator only): for dashboards, not agents."""
+        return f"{self.base}/progress"
+
+    @property
     def updates_filter(self) -> str:
         return f"{self.base}/update/+"
 
