@@ -79,6 +79,10 @@ class RoundClosing:
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
         raise NotImplementedError  # aggregator.service.Aggregator.allow_list
 
+    def _report(self, state: RoundState, version: int, *, closed: bool = False,
+                force: bool = False) -> None:
+        raise NotImplementedError  # aggregator.service.Aggregator._report
+
     def _checkpoint(self, run_id: str, round_id: int, version: int, status: str,
                     state: RoundState | None = None, extensions: int = 0) -> RunCheckpoint:
         cp = RunCheckpoint(run_id=run_id, fleet=self.config.topics.fleet,
@@ -94,7 +98,8 @@ class RoundClosing:
     def _finish(self, state: RoundState, reason: str, version: int,
                 params: FloatArray) -> RoundResult:
         assert state.ciphertext_sum is not None  # quorum >= 1 guarantees an update
-        state.rejected += self._admission.close_round()
+        if dropped := self._admission.close_round():
+            state.reject("dropped", dropped)
         cfg = self.config
         key = self._private_key if self._panel is None else self._panel.for_round(state)
         assert key is not None  # checked when the aggregator was made
@@ -151,7 +156,8 @@ class RoundClosing:
             self.final_evaluation = result
         else:
             self.statistics = result
-        self._publish_metrics(result)
+        self._publish_metrics(state, result)
+        self._report(state, version, closed=True)
         fleet = "" if evaluation is None else f"; {evaluation.summary()} (model version " \
             f"{version})"
         if epsilon is not None and self._budget is not None:
@@ -189,7 +195,7 @@ class RoundClosing:
                  len(closing.kept), self.spec.n_features,
                  " and the label" if spec.kind == "linear" else "", path)
 
-    def _publish_metrics(self, result: RoundResult) -> None:
+    def _publish_metrics(self, state: RoundState, result: RoundResult) -> None:
         self._link.publish(self.config.topics.metrics, MetricsMessage(
             fleet=self.config.topics.fleet, round_id=result.round_id,
             model_version=result.model_version, expected=result.expected,
@@ -200,5 +206,9 @@ class RoundClosing:
             clipped_share=result.clipped_share, skipped=result.skipped,
             epsilon=result.epsilon,
             delta=None if self._budget is None else self._budget.params.delta,
+            run_id=state.run_id, rounds=self.config.policy.rounds,
+            update_bytes=result.update_bytes, model_bytes=result.model_bytes,
+            rejected_by=dict(sorted(state.rejected_by.items())),
+            epsilon_budget=None if self._budget is None else self._budget.params.epsilon,
         ).to_bytes(self.signer), qos=0, wait=False)
 

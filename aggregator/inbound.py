@@ -64,7 +64,7 @@ class Inbound:
             log.warning("rejected update from %s: quarantined as the culprit of rounds %s",
                         agent, rounds)
             if state is not None:
-                state.rejected += 1
+                state.reject("quarantined")
             return
         try:
             update = decode_partial(payload, self.public_key) if is_partial(payload) \
@@ -72,7 +72,7 @@ class Inbound:
         except ProtocolError as exc:
             log.warning("rejected payload on %s: %s", topic, exc)
             if state is not None:
-                state.rejected += 1
+                state.reject("key-mismatch" if isinstance(exc, KeyMismatchError) else "malformed")
                 if isinstance(exc, KeyMismatchError) and self.notifier is not None:
                     self.notifier.key_mismatch(state, agent, payload, str(exc))
             return

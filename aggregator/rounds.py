@@ -29,11 +29,15 @@ class Rejected(Exception):
     ``code`` (a ``protocol.notices`` code) when the device can act on the reason,
     so the aggregator tells it; None for reasons it cannot (replays, duplicates).
     ``update_key``: the key a validly self-signed update was signed with, or "".
+    ``kind``: a short, stable name of the reason for counters (dashboards, Prometheus):
+    the code when there is one.
     """
 
-    def __init__(self, reason: str, *, code: str | None = None, update_key: str = "") -> None:
+    def __init__(self, reason: str, *, code: str | None = None, update_key: str = "",
+                 kind: str = "") -> None:
         super().__init__(reason)
         self.code, self.update_key = code, update_key
+        self.kind = kind or code or "other"
 
 
 def _own_key(u: UpdateMessage) -> str:
@@ -89,6 +93,7 @@ class RoundState:
     members: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _counted: dict[str, str] = field(default_factory=dict)  # device -> member that brought it
     rejected: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)  # Rejected.kind -> updates
     update_bytes: int = 0  # payload bytes of the accepted updates
     ciphertext_sum: list[int] | None = None
     # Each accepted member's ciphertexts, for the culprit search when the sum fails
@@ -149,12 +154,18 @@ class RoundState:
                 try:
                     commit(msg)
                 except OSError as exc:
-                    raise Rejected(f"cannot persist the {what}: {exc}") from exc
+                    raise Rejected(f"cannot persist the {what}: {exc}",
+                                   kind="not-persisted") from exc
         except Redelivered:
             raise
-        except Rejected:
-            self.rejected += 1
+        except Rejected as exc:
+            self.reject(exc.kind)
             raise
+
+    def reject(self, kind: str, count: int = 1) -> None:
+        """Count ``count`` updates rejected for ``kind`` (also those refused before decoding)."""
+        self.rejected += count
+        self.rejected_by[kind] = self.rejected_by.get(kind, 0) + count
 
     def _add(self, member: str, devices: tuple[str, ...], ciphertexts: tuple[int, ...],
              signed_hash: bytes) -> None:
@@ -174,38 +185,41 @@ class RoundState:
     def _check_partial(self, p: PartialSum, topic_agent: str) -> None:
         if p.relay_id != topic_agent:
             raise Rejected(f"partial sum names relay {p.relay_id!r} but came on "
-                           f"{topic_agent!r}'s topic")
+                           f"{topic_agent!r}'s topic", kind="wrong-topic")
         key = self.relays.get(p.relay_id)
         if key is None:
             raise Rejected(f"{p.relay_id!r} is not an enrolled relay (not in the allow-list's "
-                           "relays)")
+                           "relays)", kind="not-enrolled")
         try:
             p.verify(key)
         except ProtocolError as exc:
             raise Rejected(f"{exc} from relay {p.relay_id!r}: forged or tampered partial "
-                           "sum") from exc
+                           "sum", kind="forged") from exc
         if (p.fleet, p.run_id, p.round_id) != (self.fleet, self.run_id, self.round_id):
             raise Rejected(f"partial sum is for fleet {p.fleet!r} run {p.run_id!r} round "
-                           f"{p.round_id}, not the open round")
+                           f"{p.round_id}, not the open round", kind="wrong-round")
         if p.key_fingerprint != self.key_fingerprint or p.codec_digest != self.codec_digest:
-            raise Rejected("partial sum made for another key or codec contract")
+            raise Rejected("partial sum made for another key or codec contract",
+                           kind="key-mismatch")
         if p.n_values != self.n_values or len(p.ciphertexts) != self.layout.plaintext_count():
             raise Rejected(f"partial sum carries {p.n_values} values in {len(p.ciphertexts)} "
-                           "ciphertexts, not this round's layout")
+                           "ciphertexts, not this round's layout", kind="wrong-model")
         if p.relay_id in self._hashes:
             if self._hashes[p.relay_id] == p.signed_hash:
                 raise Redelivered("duplicate delivery of an accepted partial sum, counted once")
-            raise Rejected("second, different partial sum from this relay in this round")
+            raise Rejected("second, different partial sum from this relay in this round",
+                           kind="conflicting")
         self._check_contributors(p)
         twice = sorted(d for d in p.contributors if d in self._counted or d in self.relays)
         if twice:
             shown = ", ".join(f"{d} (via {self._counted.get(d, 'a relay id')})" for d in twice[:5])
-            raise Rejected(f"partial sum counts {len(twice)} device(s) already counted: {shown}")
+            raise Rejected(f"partial sum counts {len(twice)} device(s) already counted: {shown}",
+                           kind="counted-twice")
         if self.sampled and p.relay_id not in self.expected:
-            raise Rejected("relay was not selected for this round")
+            raise Rejected("relay was not selected for this round", kind="not-selected")
         if len(self.accepted) + p.summed > self.max_agents:
             raise Rejected(f"partial sum of {p.summed} devices would exceed max_agents="
-                           f"{self.max_agents} (holding {len(self.accepted)})")
+                           f"{self.max_agents} (holding {len(self.accepted)})", kind="full")
 
     def _check_contributors(self, p: PartialSum) -> None:
         """Each contributor is the relay's to list and attested this very round itself: the
@@ -213,7 +227,7 @@ class RoundState:
         outside, where = outside_assignment(p, self.relay_devices)
         if outside:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) {where}: "
-                           f"{_names(outside)}; refused whole")
+                           f"{_names(outside)}; refused whole", kind="relay-contributors")
         bad = p.unattested(self.allow_list, fleet=self.fleet, run_id=self.run_id,
                            round_id=self.round_id, key_fingerprint=self.key_fingerprint,
                            codec_digest=self.codec_digest, n_values=self.n_values)
@@ -221,11 +235,13 @@ class RoundState:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) "
                            f"{_names(bad)} without their valid attestation of round "
                            f"{self.round_id} (missing, of another round, key or contract, or "
-                           "not signed by the device's enrolled key); refused whole")
+                           "not signed by the device's enrolled key); refused whole",
+                           kind="relay-contributors")
 
     def _check(self, u: UpdateMessage, topic_agent: str) -> None:
         if u.agent_id != topic_agent:
-            raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic")
+            raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic",
+                           kind="wrong-topic")
         key = self.allow_list.get(u.agent_id)
         if key is None:
             raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
@@ -242,31 +258,34 @@ class RoundState:
                 raise Rejected(f"{u.agent_id!r} is not enrolled with this key (signed with "
                                f"{own_key[:16]}..., enrolled {public_key_hex(key)[:16]}...)",
                                code=OTHER_KEY, update_key=own_key) from exc
-            raise Rejected(f"{exc} from {u.agent_id!r}: forged or tampered update") from exc
+            raise Rejected(f"{exc} from {u.agent_id!r}: forged or tampered update",
+                           kind="forged") from exc
         if u.fleet != self.fleet or u.run_id != self.run_id:
-            raise Rejected(f"update is for fleet {u.fleet!r} run {u.run_id!r}, not this run")
+            raise Rejected(f"update is for fleet {u.fleet!r} run {u.run_id!r}, not this run",
+                           kind="wrong-run")
         if u.round_id < self.round_id:
-            raise Rejected(f"late or replayed update for closed round {u.round_id}")
+            raise Rejected(f"late or replayed update for closed round {u.round_id}", kind="late")
         if u.round_id > self.round_id:
-            raise Rejected(f"update for round {u.round_id}, which is not open")
+            raise Rejected(f"update for round {u.round_id}, which is not open", kind="not-open")
         if u.key_fingerprint != self.key_fingerprint or u.codec_digest != self.codec_digest:
             raise Rejected("update made for another key or codec contract", code=KEY_MISMATCH)
         if u.n_values != self.n_values:
             raise Rejected(f"update carries {u.n_values} values, the model needs {self.n_values}",
                            code=WRONG_MODEL)
         if len(u.ciphertexts) != self.layout.plaintext_count():
-            raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts")
+            raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts", kind="wrong-model")
         if self._counted.get(u.agent_id, u.agent_id) != u.agent_id:
             raise Rejected(f"device already counted in relay {self._counted[u.agent_id]!r}'s "
-                           "partial sum this round")
+                           "partial sum this round", kind="counted-twice")
         if u.agent_id in self._hashes:
             if self._hashes[u.agent_id] == u.signed_hash:
                 raise Redelivered("duplicate delivery of an accepted update, counted once")
-            raise Rejected("second, different update from this agent in this round")
+            raise Rejected("second, different update from this agent in this round",
+                           kind="conflicting")
         if self.sampled and u.agent_id not in self.expected:
-            raise Rejected("agent was not selected for this round")
+            raise Rejected("agent was not selected for this round", kind="not-selected")
         if len(self.accepted) >= self.max_agents:
-            raise Rejected(f"round already holds max_agents={self.max_agents} updates")
+            raise Rejected(f"round already holds max_agents={self.max_agents} updates", kind="full")
 
     @property
     def missing(self) -> frozenset[str]:

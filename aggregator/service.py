@@ -33,6 +33,7 @@ from fedmq.aggregator.keys import load_aggregator_keys
 from fedmq.aggregator.notices import Notifier
 from fedmq.aggregator.outcome import RoundResult
 from fedmq.aggregator.privacy import BudgetSpent, FleetBudget
+from fedmq.aggregator.progress import ProgressReporter
 from fedmq.aggregator.resume import carry_over, restore_updates
 from fedmq.aggregator.rounds import RoundState
 from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
@@ -148,6 +149,11 @@ class Aggregator(RoundClosing):
         self.statistics: RoundResult | None = None  # the statistics round, if one ran
         self.final_evaluation: RoundResult | None = None  # the final model's evaluation
         self._sent_at_open = 0  # the herald's byte count when the open round was announced
+        self._progress = ProgressReporter(
+            topics, self.signer,
+            lambda topic, payload: self._link.publish(topic, payload, qos=1, retain=True,
+                                                      wait=False),
+            rounds=config.policy.rounds)
         # How run() ended when it returned: "finished" (every round), "budget" (the privacy
         # budget ended it early) or "stopped" (stop() before the broker answered).
         self.ended = "finished"
@@ -285,6 +291,7 @@ class Aggregator(RoundClosing):
         announce = partial(self._herald.round, run_id, round_id, version, params, state=phase,
                            spec=self.spec, participants=participants)
         announce(deadline=state.deadline)
+        self._report(state, version, force=True)
         what = {"training": "round", "statistics": "statistics round",
                 "evaluation": "final evaluation round"}[phase]
         log.info("%s %d open: expecting %d agents, quorum %d, deadline in %.0f s", what,
@@ -312,6 +319,7 @@ class Aggregator(RoundClosing):
                 # the way (a full broker queue, a drop) send it again.
                 announce(deadline=state.deadline)
             self._drain(state, min(0.2, max(0.0, state.deadline - time.time())))
+            self._report(state, version)
             if taken := self._notifier.newly_enrolled(state, self.allow_list):
                 log.info("round %d: %s enrolled now; announcing the round again for their "
                          "updates", round_id, ", ".join(taken))
@@ -320,6 +328,14 @@ class Aggregator(RoundClosing):
             log.warning("round %d closed at the deadline without %s", round_id,
                         ", ".join(sorted(state.missing)))
         return self._finish(state, reason, version, params)
+
+    def _report(self, state: RoundState, version: int, *, closed: bool = False,
+                force: bool = False) -> None:
+        """The round's progress for dashboards (aggregator.progress), throttled."""
+        enrolled = self.allow_list()
+        online = sum(1 for a, up in self._inbound.online.items() if up and a in enrolled)
+        self._progress.report(state, version=version, enrolled=len(enrolled), online=online,
+                              closed=closed, force=force or closed)
 
     def _send_notice(self, topic: str, payload: bytes) -> None:
         # From the round loop: queued for paho, never waited for (a notice is advice).
@@ -355,5 +371,5 @@ class Aggregator(RoundClosing):
                                                and state.close_reason(time.time())):
                 break
             item = self._inbox.get(0)
-        if state is not None:
-            state.rejected += self._admission.take_dropped()
+        if state is not None and (dropped := self._admission.take_dropped()):
+            state.reject("dropped", dropped)

@@ -148,6 +148,11 @@ class RunStore:
         self._append(row, rows)
         return True
 
+    def log_rows(self) -> list[dict[str, str]]:
+        """The round log as column -> cell (older logs in today's columns); ConfigError if
+        it is not one."""
+        return [dict(zip(ROUND_LOG_FIELDS, row, strict=False)) for row in self._rows()]
+
     def _rows(self) -> list[list[str]]:
         if not self.log_path.exists():
             return []
