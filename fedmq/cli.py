@@ -75,7 +75,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from fedmq import gateway_cli, model_cli, provision, relay_cli, simulate_cli, trustee_cli
+    from fedmq import (
+        dashboard_cli,
+        gateway_cli,
+        model_cli,
+        provision,
+        relay_cli,
+        simulate_cli,
+        trustee_cli,
+    )
 
     gateway_cli.register(sub)  # broker, aggregator, enroll
     p = sub.add_parser("agent", help="run an edge agent (device)",
@@ -94,6 +102,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     provision.register(sub)  # init gateway, init device
     relay_cli.register(sub)  # relay, enroll-relay
     trustee_cli.register(sub)  # trustee, trustee enroll
+    dashboard_cli.register(sub)  # dashboard, status
     for name, (help_text, module) in BENCHES.items():
         # A benchmark's module imports half the gateway (~4 MB of a device's RSS): its
         # arguments are built only when it is the command; otherwise only its help line.

@@ -17,7 +17,7 @@ from fedmq.protocol.errors import FedmqError
 EXTRA_OF = {
     "amqtt": "gateway", "pwdlib": "gateway", "argon2": "gateway", "matplotlib": "gateway",
     "sklearn": "sklearn", "scipy": "sklearn", "joblib": "sklearn",
-    "skl2onnx": "onnx", "onnxruntime": "onnx",
+    "skl2onnx": "onnx", "onnxruntime": "onnx", "prometheus_client": "gateway",
 }
 
 # Command -> (extra, the modules it imports). Checked before the command starts, so
@@ -30,6 +30,7 @@ _NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "init": ("gateway", ("pwdlib", "filelock")),
     "enroll": ("gateway", ("filelock",)),
     "trustee": ("gateway", ("filelock",)),  # its allow-list: enroll locks it; run reads it
+    "dashboard": ("gateway", ("prometheus_client",)),  # its /metrics endpoint
 }
 # Subcommand actions that need no extra (they only write text files).
 _LIGHT_ACTIONS = {("broker", "mosquitto-config")}

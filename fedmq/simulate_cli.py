@@ -57,6 +57,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
         "scaling": args.scaling, "trustees": args.trustees, "threshold": args.threshold,
+        "dashboard": args.dashboard,
         **scale_overrides(args), **privacy_overrides(args),
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
@@ -69,6 +70,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"metrics: {where / 'metrics.csv'}"
           + (f", plot: {where / 'metrics.png'}" if opts.plot else "")
           + f" (run {report.run_id} in {report.out_dir})")
+    if opts.dashboard is not None:
+        print(f"the run's page, now it has ended: fedmq dashboard --run {where}")
     return 0
 
 
@@ -118,6 +121,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "each its own process; every decryption needs --threshold of them")
     p.add_argument("--threshold", type=int, metavar="T", help="with --trustees: trustees "
                    "needed to decrypt (default: a majority)")
+    p.add_argument("--dashboard", type=int, nargs="?", const=8780, metavar="PORT",
+                   help="serve the fleet's live page on 127.0.0.1:PORT while it runs "
+                   "(default 8780; 0: any free port) and print its URL")
     add_scale_arguments(p)
     add_privacy_arguments(p)
     p.set_defaults(func=cmd_simulate)

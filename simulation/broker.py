@@ -145,6 +145,8 @@ class FleetBroker:
     fleet_size: int = 0
     # Trustee logins (Mosquitto); elsewhere a trustee connects like the aggregator.
     trustee_settings: dict[str, MqttSettings] = field(default_factory=dict)
+    # The dashboard's read-only login (Mosquitto); elsewhere it connects anonymously.
+    dashboard_settings: MqttSettings | None = None
 
     def agent(self, agent_id: str) -> MqttSettings:
         return for_fleet(self.agent_settings.get(agent_id, self.aggregator), self.fleet_size)
@@ -152,6 +154,9 @@ class FleetBroker:
     def trustee(self, trustee_id: str) -> MqttSettings:
         """A trustee reads every update, as the aggregator does: the same fleet timeouts."""
         return for_fleet(self.trustee_settings.get(trustee_id, self.aggregator), self.fleet_size)
+
+    def dashboard(self) -> MqttSettings:
+        return self.dashboard_settings or self.aggregator
 
 
 class _Counter(logging.Handler):

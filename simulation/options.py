@@ -58,6 +58,8 @@ class SimulationOptions:
     # Threshold decryption: the key dealt threshold-of-trustees, one process per trustee.
     trustees: int = 0
     threshold: int = 0  # 0: a majority of the trustees
+    # fedmq simulate --dashboard: serve the live page on this loopback port (0: any free one).
+    dashboard: int | None = None
 
     def __post_init__(self) -> None:
         if self.scaling is None:

@@ -42,6 +42,7 @@ from fedmq.runtime.quiet import quieted
 from fedmq.runtime.transport import MqttSettings
 from fedmq.simulation import plot, synthetic
 from fedmq.simulation.broker import BrokerChoice, RunEnd, fleet_broker
+from fedmq.simulation.dashboard import live_dashboard
 from fedmq.simulation.options import SimulationOptions, options_from
 from fedmq.simulation.privacy import simulation_privacy
 from fedmq.simulation.rundirs import start_run
@@ -240,6 +241,10 @@ class Simulation:
                           + (f"agents in {opts.workers} worker processes" if sharded
                              else "agents on threads of this process"))
             aggregator = self._aggregator(run, topics, broker.aggregator, trustees)
+            if opts.dashboard is not None:
+                stack.enter_context(live_dashboard(topics, aggregator.signer.public_hex,
+                                                   broker.dashboard(), opts.dashboard,
+                                                   self.progress))
             configs = [AgentConfig(
                 agent_id=dev.device_id, topics=topics, data_path=str(path),
                 features=self.spec.features, label=label, mqtt=broker.agent(dev.device_id),

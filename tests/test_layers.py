@@ -21,9 +21,11 @@ LAYERS = {  # room -> rooms beneath fedmq it may import
     # A key-share holder: it checks updates against its own allow-list (the aggregator's
     # file format), never the aggregator's judgement.
     "trustee": {"trustee", "aggregator", "runtime", "protocol", "models"},
+    # A read-only view of the fleet: it reads finished runs in the aggregator's file format.
+    "dashboard": {"dashboard", "aggregator", "runtime", "protocol", "models"},
     # The whole fleet on one machine: every role, never the command line above it.
-    "simulation": {"simulation", "relay", "trustee", "edge_agent", "aggregator", "broker",
-                   "runtime", "protocol", "models"},
+    "simulation": {"simulation", "relay", "trustee", "dashboard", "edge_agent", "aggregator",
+                   "broker", "runtime", "protocol", "models"},
 }
 # Inside protocol/: the round contract on top, then the privacy maths and the fleet sums,
 # then the cryptography; every group may use protocol.errors.

@@ -1,0 +1,1 @@
+"""The fleet's live page, Prometheus metrics and ``fedmq status``: a read-only view."""

@@ -1,0 +1,127 @@
+"""``fedmq dashboard`` and ``fedmq status``: a read-only MQTT client folding the fleet's
+topics into a view, served as a page and /metrics, or printed once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from fedmq.dashboard.config import DashboardConfig
+from fedmq.dashboard.view import FleetView
+from fedmq.runtime.transport import MqttLink
+
+if TYPE_CHECKING:
+    from fedmq.dashboard.server import DashboardServer
+
+log = logging.getLogger("fedmq.dashboard")
+
+
+class Dashboard:
+    """Subscribes as the dashboard's read-only login; everything it hears goes to ``view``."""
+
+    def __init__(self, config: DashboardConfig, *, view: FleetView | None = None) -> None:
+        self.config = config
+        self.view = view or FleetView.for_fleet(config.topics, config.aggregator_signing_key)
+        t = config.topics
+        self._link = MqttLink(
+            config.mqtt, client_id=config.client_id, on_message=self._on_message,
+            subscriptions=[(t.pubkey, 1), (t.round, 1), (t.progress, 1), (t.metrics, 0),
+                           (t.status_filter, 1)])
+        self.server: DashboardServer | None = None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.view.apply(topic, payload)  # paho's thread: fold and return, never raise
+
+    def state(self) -> dict[str, Any]:
+        self.view.connected = self._link.connected
+        return self.view.state()
+
+    def serve(self) -> DashboardServer:
+        """Start the page (its own thread); ``run`` feeds it."""
+        # Here, not at the top: fedmq status needs no HTTP server or prometheus-client.
+        from fedmq.dashboard.server import DashboardServer, read_users
+
+        users = read_users(self.config.users_file) if self.config.users_file else None
+        self.server = DashboardServer(self.state, bind=self.config.bind,
+                                      port=self.config.port, users=users).start()
+        return self.server
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop``; the MQTT link reconnects on its own."""
+        server = self.server or self.serve()
+        log.info("dashboard of fleet %s on %s (metrics: %smetrics)", self.config.topics.fleet,
+                 server.url, server.url)
+        try:
+            if self._link.connect_retrying(stop):
+                stop.wait()
+        finally:
+            self._link.close()
+            server.close()
+
+    def snapshot(self, wait: float) -> dict[str, Any]:
+        """Connect, let the retained messages arrive for up to ``wait`` s, and disconnect."""
+        self._link.connect()
+        try:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                state = self.view.state()
+                run = state["run"]
+                # The retained round came, and with an open round its progress too.
+                if run["id"] and (run["phase"] in ("finished", "failed")
+                                  or state["devices"]["expected"]):
+                    time.sleep(0.2)  # the other retained topics of the same subscribe
+                    break
+                time.sleep(0.1)
+            return self.state()
+        finally:
+            self._link.close()
+
+
+def status_lines(state: dict[str, Any]) -> tuple[list[str], int]:
+    """``fedmq status``'s text and exit code: 0 running or finished, 1 failed, 2 no run."""
+    run, devices = state["run"], state["devices"]
+    if not run["id"]:
+        return [f"fleet {state['fleet']}: no run announced (no aggregator has published a "
+                "round on this broker)"], 2
+    lines = [f"fleet {state['fleet']}, run {run['id']}: {run['phase']}"
+             + (f" ({run['reason']})" if run["reason"] else "")]
+    if run["phase"] in ("statistics", "training", "evaluation"):
+        total = f" of {run['rounds']}" if run["rounds"] else ""
+        left = "" if run["deadline"] is None else \
+            f", deadline in {max(0.0, run['deadline'] - state['now']):.0f} s"
+        lines.append(f"  round {run['round']}{total} ({run['phase']}), model version "
+                     f"{run['model_version']}{left}")
+        enrolled = "?" if devices["enrolled"] is None else devices["enrolled"]
+        lines.append(f"  devices: {enrolled} enrolled, {devices['online']} online, "
+                     f"{len(devices['reported'])}/{len(devices['expected'])} reported")
+        for what in ("waiting", "late"):
+            if devices[what]:
+                lines.append(f"  {what}: {', '.join(devices[what])}")
+        for agent, code in devices["skipped"].items():
+            lines.append(f"  skipped: {agent} ({code})")
+    closed = [r for r in state["rounds"] if r["phase"] == "training"]
+    if closed:
+        last = closed[-1]
+        quality = next((f", {q} {last[q]:.4f}" for q in ("accuracy", "r2")
+                        if last.get(q) is not None), "")
+        loss = "" if last["loss"] is None else f", fleet loss {last['loss']:.4f}"
+        lines.append(f"  last closed round {last['round']}: {last['reported']}/"
+                     f"{last['expected']} devices, {last['seconds']:.1f} s{loss}{quality}")
+    final = [r for r in state["rounds"] if r["phase"] == "evaluation"]
+    if final and final[-1]["loss"] is not None:
+        quality = next((f", {q} {final[-1][q]:.4f}" for q in ("accuracy", "r2")
+                        if final[-1].get(q) is not None), "")
+        lines.append(f"  final model: fleet loss {final[-1]['loss']:.4f}{quality}")
+    if state["rejected"]:
+        lines.append("  rejected updates: " + ", ".join(
+            f"{reason} {n}" for reason, n in state["rejected"].items()))
+    if state["privacy"] is not None:
+        p = state["privacy"]
+        budget = "" if p["budget"] is None else f" of {p['budget']:g}"
+        lines.append(f"  privacy: epsilon {p['epsilon']:.3f}{budget} spent")
+    if state["ignored"]:
+        lines.append("  ignored messages: " + ", ".join(
+            f"{reason} {n}" for reason, n in state["ignored"].items()))
+    return lines, 1 if run["phase"] == "failed" else 0
