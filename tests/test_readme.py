@@ -321,6 +321,18 @@ def test_simulation_with_trustees(tmp_path: Path) -> None:
     assert "waiting for trustee" not in ran.stderr and "ERROR" not in ran.stderr, ran.stderr
 
 
+DASHBOARD = ("docs/dashboard.md", "A simulated fleet, live and afterwards")
+
+
+@section_test(*DASHBOARD)
+def test_dashboard_of_a_simulated_run(tmp_path: Path) -> None:
+    ran = run_section(DASHBOARD, tmp_path, timeout=300, replace={"8780": str(free_port())})
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/ \(live", ran.stdout, re.M), ran.stdout
+    closed = re.search(r'^fedmq_rounds_closed_total\{phase="training"\} 5\.0$', ran.stdout, re.M)
+    assert closed and "fedmq_fleet_accuracy 0.9" in ran.stdout, ran.stdout
+    assert "Traceback" not in ran.stderr, ran.stderr
+
+
 SECURING = (DEPLOY, "Securing the gateway broker")
 
 

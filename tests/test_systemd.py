@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[1] / "deploy" / "systemd"
-NAMES = ("fedmq-agent.service", "fedmq-aggregator.service", "fedmq-broker.service")
+NAMES = ("fedmq-agent.service", "fedmq-aggregator.service", "fedmq-broker.service",
+         "fedmq-dashboard.service")
 INSTALLED_FEDMQ = "/opt/fedmq/venv/bin/fedmq"
 ANALYZE = shutil.which("systemd-analyze") or shutil.which("systemd-analyze", path="/usr/bin")
 HARDENING = {
