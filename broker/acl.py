@@ -35,41 +35,49 @@ def password_file_users(path: str | Path) -> list[str]:
 
 @dataclass(frozen=True)
 class FleetAcl:
-    """Aggregator users run the rounds; each agent and each trustee writes only its own topics.
+    """Aggregator users run the rounds; each agent and each trustee writes only its own topics;
+    dashboards only read.
 
     | user       | publish                          | subscribe / receive        |
     |------------|----------------------------------|----------------------------|
     | aggregator | pubkey, round, metrics, notice/+ | update/+, status/+,        |
-    |            | trustee/request                  | pubkey, round,             |
+    |            | trustee/request, progress        | pubkey, round, progress,   |
     |            |                                  | trustee/reply/+            |
     | agent id   | update/<own id>, status/<own id> | pubkey, round, metrics,    |
     |            |                                  | notice/<own id>            |
     | trustee id | trustee/reply/<own id>           | update/+, pubkey, round,   |
     |            |                                  | trustee/request            |
+    | dashboard  | nothing                          | pubkey, round, metrics,    |
+    |            |                                  | progress, status/+         |
 
     Anyone else, including clients without a user name, may do nothing. The
-    aggregator reads its own pubkey and round back to notice (and replace) a
-    retained copy it did not publish. A trustee (one share of a threshold
-    Paillier key) reads every update to add up the sums it is asked to decrypt
-    partially itself; it reads no notices, statuses or other trustees' replies.
-    Agents never see a trustee topic.
+    aggregator reads its own pubkey, round and progress back to notice (and
+    replace) a retained copy it did not publish. A trustee (one share of a
+    threshold Paillier key) reads every update to add up the sums it is asked to
+    decrypt partially itself; it reads no notices, statuses or other trustees'
+    replies. Agents never see a trustee topic, nor ``progress`` (it names the other
+    devices). A dashboard (the fleet's live page) reads the retained topics, the
+    metrics and the agents' liveness; it never reads an update, a notice or a
+    trustee topic, and may not even leave a Last Will.
     """
 
     topics: Topics
     aggregator_users: tuple[str, ...]
     agents: tuple[str, ...]
     trustee_users: tuple[str, ...] = ()
+    dashboard_users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.aggregator_users:
             raise ConfigError("the topic ACL needs at least one aggregator user")
-        for name in (*self.aggregator_users, *self.agents, *self.trustee_users):
+        for name in (*self.aggregator_users, *self.agents, *self.trustee_users,
+                     *self.dashboard_users):
             check_name(name, "user name")
             if name == ANONYMOUS:
                 raise ConfigError(f"{ANONYMOUS!r} cannot be a fleet user: amqtt files clients "
                                   "without a user name under it")
         roles = (("aggregator", self.aggregator_users), ("agent", self.agents),
-                 ("trustee", self.trustee_users))
+                 ("trustee", self.trustee_users), ("dashboard", self.dashboard_users))
         for i, (role, group) in enumerate(roles):
             for other, others in roles[i + 1:]:
                 both = sorted(set(group) & set(others))
@@ -82,13 +90,15 @@ class FleetAcl:
 
     @classmethod
     def from_users(cls, topics: Topics, aggregator_users: Iterable[str],
-                   users: Iterable[str], trustee_users: Iterable[str] = ()) -> FleetAcl:
-        """Every user that is neither an aggregator nor a trustee is an agent (e.g. all of
-        a password file)."""
+                   users: Iterable[str], trustee_users: Iterable[str] = (),
+                   dashboard_users: Iterable[str] = ()) -> FleetAcl:
+        """Every user that is not an aggregator, a trustee or a dashboard is an agent (e.g.
+        all of a password file)."""
         aggregators, trustees = tuple(aggregator_users), tuple(trustee_users)
-        return cls(topics, aggregators,
-                   tuple(u for u in users if u not in aggregators and u not in trustees),
-                   trustees)
+        dashboards = tuple(dashboard_users)
+        others = {*aggregators, *trustees, *dashboards}
+        return cls(topics, aggregators, tuple(u for u in users if u not in others),
+                   trustees, dashboards)
 
     def broadcast(self) -> list[str]:
         """What the aggregator publishes for every agent to read."""
@@ -96,11 +106,17 @@ class FleetAcl:
         return [t.pubkey, t.round, t.metrics]
 
     def aggregator_publish(self) -> list[str]:
-        return [*self.broadcast(), self.topics.notices_filter, self.topics.trustee_request]
+        """The broadcasts, notices, trustee requests and the round's progress (retained,
+        for dashboards only: it is not a broadcast)."""
+        t = self.topics
+        return [*self.broadcast(), t.notices_filter, t.trustee_request, t.progress]
 
     def aggregator_subscribe(self) -> list[str]:
+        """Updates, statuses, trustee replies, and its own retained topics (to put back
+        a copy it did not publish)."""
         t = self.topics
-        return [t.updates_filter, t.status_filter, t.pubkey, t.round, t.trustee_replies_filter]
+        return [t.updates_filter, t.status_filter, t.pubkey, t.round, t.trustee_replies_filter,
+                t.progress]
 
     def agent_publish(self, agent_id: str) -> list[str]:
         return [self.topics.update(agent_id), self.topics.status(agent_id)]
@@ -119,14 +135,24 @@ class FleetAcl:
         t = self.topics
         return [t.updates_filter, t.pubkey, t.round, t.trustee_request]
 
+    def dashboard_subscribe(self) -> list[str]:
+        """What the fleet's live page shows: the retained key and round, the metrics, the
+        round's progress and the agents' retained liveness. A dashboard publishes nothing;
+        no update, notice or trustee topic."""
+        t = self.topics
+        return [t.pubkey, t.round, t.metrics, t.progress, t.status_filter]
+
     def publish_lists(self) -> dict[str, list[str]]:
+        """Topics each user may publish to; a dashboard's list is empty (nothing)."""
         lists = {user: self.aggregator_publish() for user in self.aggregator_users}
         lists.update({agent: self.agent_publish(agent) for agent in self.agents})
         lists.update({user: self.trustee_publish(user) for user in self.trustee_users})
+        lists.update({user: [] for user in self.dashboard_users})
         return lists
 
     def subscribe_lists(self) -> dict[str, list[str]]:
         lists = {user: self.aggregator_subscribe() for user in self.aggregator_users}
         lists.update({agent: self.agent_subscribe(agent) for agent in self.agents})
         lists.update({user: self.trustee_subscribe() for user in self.trustee_users})
+        lists.update({user: self.dashboard_subscribe() for user in self.dashboard_users})
         return lists

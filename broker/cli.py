@@ -56,6 +56,7 @@ def mosquitto_config(out_dir: str | None, fleet: str | None, *, prefix: str = "f
                      aggregator_users: Sequence[str] = ("aggregator",),
                      agents: Sequence[str] = (), agents_file: str | None = None,
                      trustee_users: Sequence[str] = (),
+                     dashboard_users: Sequence[str] = (),
                      host: str = "0.0.0.0", port: int | None = None,
                      max_payload_bytes: int | None = None,
                      memory_limit_bytes: int | None = None, tls_cert: str | None = None,
@@ -65,7 +66,7 @@ def mosquitto_config(out_dir: str | None, fleet: str | None, *, prefix: str = "f
         raise ConfigError("mosquitto-config needs --out DIR and --fleet NAME")
     ids = [*agents, *(read_agents_file(agents_file) if agents_file else [])]
     acl = FleetAcl(Topics(fleet, prefix), tuple(aggregator_users), tuple(ids),
-                   tuple(trustee_users))
+                   tuple(trustee_users), tuple(dashboard_users))
     extra = {k: v for k, v in (("max_payload_bytes", max_payload_bytes),
                                ("memory_limit_bytes", memory_limit_bytes)) if v is not None}
     setup = MosquittoSetup(acl=acl, host=host, port=port, tls_cert_file=tls_cert,

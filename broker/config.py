@@ -51,6 +51,7 @@ class BrokerTable(Table, frozen=True):
     aggregator_users: tuple[NonEmpty, ...] = ("aggregator",)
     agents: tuple[NonEmpty, ...] | None = None
     trustee_users: tuple[NonEmpty, ...] = ()
+    dashboard_users: tuple[NonEmpty, ...] = ()
     max_pending_per_source: Annotated[int, Meta(ge=1)] = MAX_PENDING_PER_SOURCE
     max_pending: Annotated[int, Meta(ge=1)] = MAX_PENDING_CONNECTIONS
 
@@ -104,11 +105,15 @@ class BrokerSettings:
     # oldest is closed. A simulation (every agent on 127.0.0.1) or a NAT needs more.
     max_pending_per_source: int = MAX_PENDING_PER_SOURCE
     max_pending: int = MAX_PENDING_CONNECTIONS
-    # None: every user of the password file that is not an aggregator or trustee user.
+    # None: every user of the password file that is not an aggregator, trustee or
+    # dashboard user.
     agents: tuple[str, ...] | None = None
     # Threshold decryption: each holds a key share, reads the updates and the requests
     # and writes only trustee/reply/<its name>. Never agents, even with agents = None.
     trustee_users: tuple[str, ...] = ()
+    # Read-only logins (`fedmq dashboard`): pubkey, round, metrics, progress and status/+;
+    # they publish nothing. Never agents, even with agents = None.
+    dashboard_users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -142,6 +147,8 @@ class BrokerSettings:
         if self.agents is not None:
             object.__setattr__(self, "agents", _names(self.agents, "agents"))
         object.__setattr__(self, "trustee_users", _names(self.trustee_users, "trustee_users"))
+        object.__setattr__(self, "dashboard_users",
+                           _names(self.dashboard_users, "dashboard_users"))
         self.fleet_acl()  # validate the ACL settings now, not on the first CONNECT
 
     @classmethod
@@ -165,9 +172,11 @@ class BrokerSettings:
     def fleet_acl(self) -> FleetAcl | None:
         """The topic ACL (None when ``acl`` is off), checked against the password file."""
         if not self.acl:
-            if self.fleet is not None or self.agents is not None or self.trustee_users:
-                raise ConfigError("broker.fleet, broker.agents and broker.trustee_users only "
-                                  "apply with broker.acl = true: turn it on or remove them")
+            if self.fleet is not None or self.agents is not None or self.trustee_users \
+                    or self.dashboard_users:
+                raise ConfigError("broker.fleet, broker.agents, broker.trustee_users and "
+                                  "broker.dashboard_users only apply with broker.acl = true: "
+                                  "turn it on or remove them")
             return None
         if self.password_file is None:
             raise ConfigError("broker.acl = true needs a broker.password_file: "
@@ -177,14 +186,16 @@ class BrokerSettings:
                               "the agent and aggregator configs)")
         topics = Topics(self.fleet, self.topic_prefix)
         users = password_file_users(self.password_file)
-        missing = [u for u in (*self.aggregator_users, *(self.agents or ()), *self.trustee_users)
-                   if u not in users]
+        missing = [u for u in (*self.aggregator_users, *(self.agents or ()), *self.trustee_users,
+                               *self.dashboard_users) if u not in users]
         if missing:
             raise ConfigError(f"user(s) {', '.join(missing)} of the broker ACL are not in "
                               f"{self.password_file}: add them with `fedmq broker add-user`")
         if self.agents is None:
-            return FleetAcl.from_users(topics, self.aggregator_users, users, self.trustee_users)
-        return FleetAcl(topics, self.aggregator_users, self.agents, self.trustee_users)
+            return FleetAcl.from_users(topics, self.aggregator_users, users, self.trustee_users,
+                                       self.dashboard_users)
+        return FleetAcl(topics, self.aggregator_users, self.agents, self.trustee_users,
+                        self.dashboard_users)
 
     def limits(self) -> ConnectionLimits:
         """The per-connection caps ``broker.amqtt_broker.FedmqBroker`` enforces."""

@@ -10,8 +10,8 @@ id, and the listener sets ``use_username_as_clientid`` so that one user cannot
 take over another user's session either. Adding a device means running the
 generator again with it (it keeps every existing password).
 
-Patterns apply to every user, so they would also let a trustee or an aggregator
-write ``update/<its name>`` and ``status/<its name>`` (which the aggregator
+Patterns apply to every user, so they would also let a trustee, a dashboard or an
+aggregator write ``update/<its name>`` and ``status/<its name>`` (which the aggregator
 reads). Mosquitto has no way to exempt a user from a pattern, but a ``topic
 deny`` line in a user's section is checked before any pattern (Mosquitto 2.0's
 acl_file: the user's own entries first, denials among them first, then the
@@ -53,7 +53,8 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 MEMORY_LIMIT = 512 * 1024 * 1024
 
 # The per-agent rights of the ACL file, as (access, kind): ``pattern <access>
-# <base>/<kind>/%u``. They apply to every user: aggregators and trustees deny each.
+# <base>/<kind>/%u``. They apply to every user: aggregators, trustees and dashboards deny
+# each.
 _PATTERNS = (("write", "update"), ("write", "status"), ("read", "notice"))
 
 CONF_FILE, PASSWORD_FILE, ACL_FILE, CREDENTIALS_FILE = (
@@ -126,7 +127,7 @@ class MosquittoSetup:
         (``largest_payload``), far above any real fedmq message.
         """
         t, acl = self.acl.topics, self.acl
-        topics = [*acl.broadcast(), t.trustee_request,
+        topics = [*acl.broadcast(), t.trustee_request, t.progress,
                   *(topic for agent in acl.agents
                     for topic in (t.update(agent), t.status(agent), t.notice(agent))),
                   *(t.trustee_reply(trustee) for trustee in acl.trustee_users)]
@@ -146,7 +147,8 @@ class MosquittoSetup:
         return max(MAX_QUEUED_MESSAGES, 2 * len(self.acl.agents) + 100)
 
     def users(self) -> tuple[str, ...]:
-        return (*self.acl.aggregator_users, *self.acl.agents, *self.acl.trustee_users)
+        return (*self.acl.aggregator_users, *self.acl.agents, *self.acl.trustee_users,
+                *self.acl.dashboard_users)
 
 
 def acl_text(acl: FleetAcl) -> str:
@@ -156,9 +158,9 @@ def acl_text(acl: FleetAcl) -> str:
         "# Every agent may write only the update and status topics named after its user",
         "# name (%u: the agent id), read only the notices to it, and read the",
         "# aggregator's broadcasts (one section per user: Mosquitto warns about patterns",
-        "# without %u). The patterns apply to every user: the aggregator and trustee",
-        "# sections deny them (Mosquitto checks a user's own lines, denials first, before",
-        "# any pattern).",
+        "# without %u). The patterns apply to every user: the aggregator, trustee and",
+        "# dashboard sections deny them (Mosquitto checks a user's own lines, denials first,",
+        "# before any pattern). A dashboard only reads (no write line: it writes nothing).",
         *(f"pattern {access} {t.base}/{kind}/%u" for access, kind in _PATTERNS),
     ]
     for agent in acl.agents:
@@ -172,6 +174,9 @@ def acl_text(acl: FleetAcl) -> str:
         lines += ["", f"user {user}", *_deny_patterns(acl, user)]
         lines += [f"topic write {topic}" for topic in acl.trustee_publish(user)]
         lines += [f"topic read {topic}" for topic in acl.trustee_subscribe()]
+    for user in acl.dashboard_users:
+        lines += ["", f"user {user}", *_deny_patterns(acl, user)]
+        lines += [f"topic read {topic}" for topic in acl.dashboard_subscribe()]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
             max_payload_bytes=args.max_payload_bytes,
             memory_limit_bytes=args.memory_limit_bytes, tls_cert=args.tls_cert,
             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-            trustee_users=args.trustee))
+            trustee_users=args.trustee, dashboard_users=args.dashboard))
         return 0
     return run_broker(args.config)
 
@@ -137,6 +137,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--trustee", action="append", default=[], metavar="NAME",
                    help="trustee user name (fedmq init gateway --trustees), repeatable: it "
                    "reads updates and requests and writes only its own reply topic")
+    g.add_argument("--dashboard", action="append", default=[], metavar="NAME",
+                   help="read-only dashboard user name (fedmq dashboard), repeatable: it reads "
+                   "pubkey, round, metrics, progress and status/+ and publishes nothing")
     g.add_argument("--host", default="0.0.0.0", help="listen address (default: 0.0.0.0)")
     g.add_argument("--port", type=int, help="listen port (default: 1883, 8883 with TLS)")
     g.add_argument("--max-payload-bytes", type=int, metavar="N",

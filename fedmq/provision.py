@@ -2,8 +2,9 @@
 from commands, not from hand-edited files.
 
 A gateway directory holds the broker config (logins, ACL, TLS on), its Argon2
-password file, the aggregator config with its MQTT password file, the aggregator's
-keys, a CA and server certificate, and one bundle per device under ``devices/``
+password file, the aggregator config with its MQTT password file, the dashboard config
+with its read-only MQTT login, the aggregator's keys, a CA and server certificate, and
+one bundle per device under ``devices/``
 (agent config with the pinned keys, the CA certificate and the device's MQTT
 password). The device's signing key is made on the device; ``fedmq enroll
 --from-file`` takes the ``id,public_key`` lines the devices print.
@@ -30,6 +31,10 @@ from fedmq.runtime.files import write_atomic, write_text_atomic
 
 RECORD = "gateway.json"  # what `init device` needs to know about the gateway
 LOOPBACK = "127.0.0.1"
+# The read-only login of `fedmq dashboard` (broker.toml's dashboard_users, dashboard.toml).
+DASHBOARD_USER = "dashboard"
+# Logins init gateway makes for the gateway's own roles: never a device id.
+RESERVED_LOGINS = ("aggregator", DASHBOARD_USER)
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,16 @@ def _device_ids(devices: str | None, count: int | None) -> list[str]:
     ids = [d.strip() for d in devices.split(",") if d.strip()] if devices else [
         f"dev-{i:03d}" for i in range(count or 0)]
     for device in ids:
-        check_name(device, "device id")
-        if device == "aggregator":
-            raise ConfigError("init: 'aggregator' is the aggregator's login, not a device id")
+        _check_device_id(device)
     if len(set(ids)) != len(ids):
         raise ConfigError(f"init gateway: --devices names a device twice: {devices}")
     return ids
+
+
+def _check_device_id(device: str) -> None:
+    check_name(device, "device id")
+    if device in RESERVED_LOGINS:
+        raise ConfigError(f"init: {device!r} is the {device}'s login, not a device id")
 
 
 def _hosts(sans: Sequence[str], loopback: bool, host: str | None) -> tuple[str, str]:
@@ -147,7 +156,8 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
         check_trustees(trustees, threshold)
     for san in sans:
         parse_san(san)  # a typo stops us before anything is written
-    taken = [p for p in ("broker.toml", "aggregator.toml", "passwords.txt", RECORD)
+    taken = [p for p in ("broker.toml", "aggregator.toml", "dashboard.toml", "passwords.txt",
+                         RECORD)
              if (directory / p).exists()]
     if taken:
         raise ConfigError(f"{directory / taken[0]} exists: init gateway makes a new gateway "
@@ -163,9 +173,12 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     broker_toml = _template("broker.toml", host=listen, port=port, fleet=fleet, sans=all_sans)
     write_text_atomic(directory / "broker.toml", broker_toml.replace(
         "trustee_users = []", f"trustee_users = {json.dumps(list(trustee_ids))}"))
-    password = new_password()
+    password, dashboard_password = new_password(), new_password()
     write_text_atomic(directory / "aggregator.password", password + "\n", private=True)
-    add_users(directory / "passwords.txt", {"aggregator": password})
+    write_text_atomic(directory / "dashboard.password", dashboard_password + "\n",
+                      private=True)
+    add_users(directory / "passwords.txt",
+              {"aggregator": password, DASHBOARD_USER: dashboard_password})
     aggregator_toml = _template(
         "aggregator.toml", fleet=fleet, port=port, bits=bits, rounds=rounds,
         quorum=max(1, (len(devices) + 1) // 2), min_agents=max(1, len(devices)),
@@ -177,8 +190,12 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
     if trustees:
         from fedmq.ceremony import deal_trustees
         dealt = deal_trustees(directory, gateway, bits=bits, threshold=threshold)
-    # The aggregator's keys now, so every device bundle pins their fingerprints.
-    load_aggregator_keys(AggregatorConfig.from_file(directory / "aggregator.toml"))
+    # The aggregator's keys now, so every device bundle (and the dashboard) pins them.
+    _, signer = load_aggregator_keys(AggregatorConfig.from_file(directory / "aggregator.toml"))
+    # The dashboard runs on the gateway beside the aggregator: the same broker address and CA.
+    write_text_atomic(directory / "dashboard.toml", _template(
+        "dashboard.toml", fleet=fleet, host=LOOPBACK, port=port,
+        aggregator_signing_key=signer.public_hex))
     write_text_atomic(directory / RECORD, json.dumps(asdict(gateway), indent=2) + "\n")
     made = add_devices(directory, devices)
     # A warning, not an error: the old broker may be stopped before this one starts. But the
@@ -188,7 +205,8 @@ def init_gateway(directory: Path, *, fleet: str, sans: Sequence[str], port: int,
             ] if port_in_use(listen, port) else []
     said = columns.describe() if columns is not DEFAULT else []
     return [*said, f"gateway {directory}: broker.toml (TLS, logins, ACL on {listen}:{port}), "
-            f"aggregator.toml, passwords.txt, CA {tls.ca_cert} (key 0600, stays here), "
+            f"aggregator.toml, dashboard.toml (read-only login {DASHBOARD_USER!r}), "
+            f"passwords.txt, CA {tls.ca_cert} (key 0600, stays here), "
             f"server certificate for {all_sans}",
             *dealt,
             *made,
@@ -223,7 +241,7 @@ def add_devices(directory: Path, devices: Sequence[str]) -> list[str]:
         return []
     gateway = _load_gateway(directory)
     for device in devices:
-        check_name(device, "device id")
+        _check_device_id(device)
         if (directory / "devices" / device).exists():
             raise ConfigError(f"{directory / 'devices' / device} exists: device {device!r} is "
                               f"already provisioned")

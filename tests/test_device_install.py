@@ -75,7 +75,7 @@ def device_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_carries_the_templates_fedmq_init_writes(device_venv):
     site = next((device_venv / "lib").glob("python3*/site-packages"))
     assert {p.name for p in (site / "fedmq" / "templates").glob("*.toml")} == {
-        "agent.toml", "aggregator.toml", "broker.toml", "trustee.toml"}
+        "agent.toml", "aggregator.toml", "broker.toml", "dashboard.toml", "trustee.toml"}
 
 
 def installed_top_level_names(device_venv: Path) -> set[str]:

@@ -223,11 +223,11 @@ def test_acl_patterns_carry_the_user_and_fixed_topics_go_in_user_sections():
             f"topic deny fedmq/plant/notice/{user}",
             "topic write fedmq/plant/pubkey", "topic write fedmq/plant/round",
             "topic write fedmq/plant/metrics", "topic write fedmq/plant/notice/+",
-            "topic write fedmq/plant/trustee/request",
+            "topic write fedmq/plant/trustee/request", "topic write fedmq/plant/progress",
             "topic read fedmq/plant/update/+", "topic read fedmq/plant/status/+",
             # read back to notice a retained copy it did not publish
             "topic read fedmq/plant/pubkey", "topic read fedmq/plant/round",
-            "topic read fedmq/plant/trustee/reply/+"]
+            "topic read fedmq/plant/trustee/reply/+", "topic read fedmq/plant/progress"]
 
 
 def test_files_secrets_and_reruns(tmp_path, tls_files):

@@ -48,9 +48,10 @@ def test_a_trustee_writes_only_its_reply_and_reads_updates_key_round_and_request
 def test_the_aggregator_asks_the_trustees_and_reads_their_replies():
     publish, subscribe = ACL.publish_lists()["aggregator"], ACL.subscribe_lists()["aggregator"]
     assert T.trustee_request in publish and T.trustee_replies_filter in subscribe
-    assert publish == [T.pubkey, T.round, T.metrics, T.notices_filter, T.trustee_request]
+    assert publish == [T.pubkey, T.round, T.metrics, T.notices_filter, T.trustee_request,
+                       T.progress]
     assert subscribe == [T.updates_filter, T.status_filter, T.pubkey, T.round,
-                         T.trustee_replies_filter]
+                         T.trustee_replies_filter, T.progress]
 
 
 def test_agents_see_no_trustee_topic():

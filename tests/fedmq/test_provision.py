@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import ipaddress
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography import x509
+from mqtt_support import Probe
 from support import fedmq_process, wait_until
 
 from fedmq.aggregator.config import AggregatorConfig
@@ -25,6 +27,7 @@ from fedmq.cli import main
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.models import load_model, make_model
 from fedmq.protocol.crypto.paillier import fingerprint
+from fedmq.runtime.config import load_toml
 from fedmq.simulation import synthetic
 
 
@@ -52,7 +55,9 @@ def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
     assert (broker.acl, broker.allow_anonymous, broker.fleet) == (True, False, "plant")
     assert broker.host == "0.0.0.0" and broker.tls_cert_file and broker.password_file
     users = [ln.split(":", 1)[0] for ln in (gw / "passwords.txt").read_text().splitlines()]
-    assert users == ["aggregator", "dev-a", "dev-b"]
+    assert users == ["aggregator", "dashboard", "dev-a", "dev-b"]
+    assert broker.dashboard_users == ("dashboard",)
+    assert broker.fleet_acl().agents == ("dev-a", "dev-b")  # the dashboard is no agent
     agg = AggregatorConfig.from_file(gw / "aggregator.toml")
     assert agg.mqtt.tls and agg.mqtt.username == "aggregator"
     assert agg.mqtt.password == (gw / "aggregator.password").read_text().strip()
@@ -72,13 +77,102 @@ def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
         # The device's own DP limits are on: twice the fleet's 2 devices for the quorum.
         assert (agent.max_epsilon, agent.max_quorum) == (10.0, 4)
     for secret in ("tls/ca.key", "tls/server.key", "passwords.txt", "aggregator.password",
-                   "state/paillier.key", "state/signing.key"):
+                   "dashboard.password", "state/paillier.key", "state/signing.key"):
         assert mode(gw / secret) == 0o600, secret
     cert = x509.load_pem_x509_certificate((gw / "tls" / "server.crt").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.IPAddress)) == {
         ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.1.2.3")}
     assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "gw.local"}
+
+
+def test_init_gateway_makes_a_read_only_dashboard_login(tmp_path: Path, capsys) -> None:
+    gw = init(tmp_path, "--san", "IP:10.1.2.3")
+    out = capsys.readouterr().out
+    assert "dashboard.toml (read-only login 'dashboard')" in out
+    doc, aggregator = load_toml(gw / "dashboard.toml"), load_toml(gw / "aggregator.toml")
+    assert set(doc) == {"dashboard", "fleet", "mqtt"}
+    assert doc["dashboard"] == {"bind": "127.0.0.1", "port": 8780}  # users_file: commented
+    (_, _), signer = load_aggregator_keys(AggregatorConfig.from_file(gw / "aggregator.toml"))
+    assert doc["fleet"] == {"name": "plant", "topic_prefix": "fedmq",
+                            "aggregator_signing_key": signer.public_hex}
+    assert doc["fleet"]["name"] == aggregator["fleet"]["name"]
+    assert doc["mqtt"] == {**aggregator["mqtt"], "username": "dashboard",
+                           "password_file": "dashboard.password"}
+    assert doc["mqtt"] == {"host": "127.0.0.1", "port": 8883, "username": "dashboard",
+                           "password_file": "dashboard.password", "tls": True,
+                           "ca_file": "tls/ca.crt"}
+    assert (gw / doc["mqtt"]["ca_file"]).is_file()
+    assert mode(gw / "dashboard.password") == 0o600
+    assert len((gw / "dashboard.password").read_text().strip()) >= 16
+    users = [ln.split(":", 1)[0] for ln in (gw / "passwords.txt").read_text().splitlines()]
+    assert "dashboard" in users
+    broker = load_settings(gw / "broker.toml")
+    assert broker.dashboard_users == ("dashboard",)
+    acl = broker.fleet_acl()
+    assert acl is not None and acl.agents == ("dev-a", "dev-b")
+    assert acl.publish_lists()["dashboard"] == []
+    # and the dashboard's own loader takes it as written
+    loader = pytest.importorskip("fedmq.dashboard.config")
+    config = loader.DashboardConfig.from_file(gw / "dashboard.toml")
+    assert (config.mqtt.username, config.mqtt.host, config.mqtt.port) == (
+        "dashboard", "127.0.0.1", 8883)
+    assert config.mqtt.password == (gw / "dashboard.password").read_text().strip()
+    assert config.mqtt.tls and Path(config.mqtt.ca_file or "") == gw / "tls" / "ca.crt"
+    assert config.aggregator_signing_key == signer.public_hex
+    assert config.topics.progress == "fedmq/plant/progress"
+
+
+def test_the_dashboard_login_reads_but_writes_nothing_on_the_gateways_broker(
+        tmp_path: Path) -> None:
+    gw = init(tmp_path, "--loopback")
+    settings = dataclasses.replace(load_settings(gw / "broker.toml"), port=free_port())
+    doc = load_toml(gw / "dashboard.toml")["mqtt"]
+    tls = {"ca_certs": str(gw / doc["ca_file"])}
+    with EmbeddedBroker(settings), contextlib.ExitStack() as probes:
+        agg = Probe(settings.port, "aggregator", username="aggregator", tls=tls,
+                    password=(gw / "aggregator.password").read_text().strip())
+        dash = Probe(settings.port, "dashboard", username=doc["username"], tls=tls,
+                     password=(gw / doc["password_file"]).read_text().strip())
+        probes.callback(agg.close)
+        probes.callback(dash.close)
+        assert agg.connect() and dash.connect()
+        assert agg.subscribe("fedmq/plant/round")
+        for topic in ("fedmq/plant/round", "fedmq/plant/progress", "fedmq/plant/status/+",
+                      "fedmq/plant/metrics", "fedmq/plant/pubkey"):
+            assert dash.subscribe(topic), topic
+        for topic in ("fedmq/plant/update/+", "fedmq/plant/notice/+", "fedmq/plant/#"):
+            assert not dash.subscribe(topic), topic
+        dash.publish("fedmq/plant/round", b"forged", retain=True)
+        agg.publish("fedmq/plant/progress", b"progress", retain=True)
+        agg.publish("fedmq/plant/round", b"round 1", retain=True)
+        assert dash.wait_for("fedmq/plant/round", b"round 1")
+        assert dash.wait_for("fedmq/plant/progress", b"progress")
+        assert agg.wait_for("fedmq/plant/round", b"round 1")
+        assert agg.got("fedmq/plant/round") == [b"round 1"]  # the forgery went nowhere
+        assert dash.got("fedmq/plant/round") == [b"round 1"]
+
+
+@pytest.mark.parametrize("command", [
+    ["init", "device", "dashboard"], ["init", "device", "aggregator"]])
+def test_the_gateways_own_logins_are_no_device_ids(tmp_path: Path, capsys, command) -> None:
+    gw = init(tmp_path, devices="dev-a")
+    before = (gw / "passwords.txt").read_bytes()
+    assert main([*command, "--gateway", str(gw)]) == 2
+    err = capsys.readouterr().err
+    assert f"{command[-1]!r} is the {command[-1]}'s login, not a device id" in err
+    assert (gw / "passwords.txt").read_bytes() == before
+    assert not (gw / "devices" / command[-1]).exists()
+
+
+def test_init_gateway_does_not_overwrite_a_dashboard_config(tmp_path: Path, capsys) -> None:
+    gw = tmp_path / "gw"
+    gw.mkdir()
+    (gw / "dashboard.toml").write_text("# mine\n")
+    assert main(["init", "gateway", str(gw), "--bits", "512"]) == 2
+    assert "dashboard.toml exists" in capsys.readouterr().err
+    assert (gw / "dashboard.toml").read_text() == "# mine\n"
+    assert not (gw / "passwords.txt").exists()
 
 
 def test_certificate_verifies_against_the_embedded_broker(tmp_path: Path) -> None:
@@ -101,7 +195,7 @@ def test_init_device_adds_a_login_and_a_bundle(tmp_path: Path, capsys) -> None:
     assert main(["init", "device", "dev-c", "--gateway", str(gw)]) == 0
     assert "restart the broker" in capsys.readouterr().out
     users = [ln.split(":", 1)[0] for ln in (gw / "passwords.txt").read_text().splitlines()]
-    assert users == ["aggregator", "dev-a", "dev-c"]
+    assert users == ["aggregator", "dashboard", "dev-a", "dev-c"]
     first = (gw / "devices" / "dev-a" / "agent.toml").read_text()
     later = (gw / "devices" / "dev-c" / "agent.toml").read_text()
     assert first.replace("dev-a", "dev-c") == later  # same pins, host, port and CA
@@ -140,6 +234,7 @@ def test_init_gateway_says_when_its_port_is_taken(tmp_path: Path, capsys) -> Non
     (["--san", "gw.local"], "expected IP:<address> or DNS:<name>"),
     (["--devices", "dev-a,dev-a"], "names a device twice"),
     (["--devices", "bad id"], "device id"),
+    (["--devices", "dev-a,dashboard"], "'dashboard' is the dashboard's login, not a device id"),
     (["--port", "0"], "--port 0 is not in 1..65535"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(tmp_path: Path, capsys, args, says) -> None:
