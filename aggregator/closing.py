@@ -196,6 +196,7 @@ class RoundClosing:
                  " and the label" if spec.kind == "linear" else "", path)
 
     def _publish_metrics(self, state: RoundState, result: RoundResult) -> None:
+        # Retained: a dashboard or fedmq status that starts later still sees the last round.
         self._link.publish(self.config.topics.metrics, MetricsMessage(
             fleet=self.config.topics.fleet, round_id=result.round_id,
             model_version=result.model_version, expected=result.expected,
@@ -210,5 +211,5 @@ class RoundClosing:
             update_bytes=result.update_bytes, model_bytes=result.model_bytes,
             rejected_by=dict(sorted(state.rejected_by.items())),
             epsilon_budget=None if self._budget is None else self._budget.params.epsilon,
-        ).to_bytes(self.signer), qos=0, wait=False)
+        ).to_bytes(self.signer), qos=0, retain=True, wait=False)
 

@@ -68,9 +68,8 @@ class Dashboard:
             while time.monotonic() < deadline:
                 state = self.view.state()
                 run = state["run"]
-                # The retained round came, and with an open round its progress too.
-                if run["id"] and (run["phase"] in ("finished", "failed")
-                                  or state["devices"]["expected"]):
+                # The retained round came, and the retained metrics or the open round's progress.
+                if run["id"] and (state["rounds"] or state["devices"]["expected"]):
                     time.sleep(0.2)  # the other retained topics of the same subscribe
                     break
                 time.sleep(0.1)

@@ -236,6 +236,9 @@ def test_try_it_on_one_machine(tmp_path: Path) -> None:
     assert "note:" not in ran.stdout, ran.stdout
     agents_finished(ran.cwd, ran.cwd / "gw" / "devices", ["dev-000", "dev-001", "dev-002"])
     assert "round 2 closed" in ran.stderr, ran.stderr[-3000:]
+    # fedmq status through the dashboard's read-only login, over TLS: the finished run.
+    assert re.search(r"^fleet \S+, run \S+: finished$", ran.stdout, re.M), ran.stdout
+    assert "final model: fleet loss" in ran.stdout, ran.stdout  # the retained metrics
 
 
 ONE_GATEWAY = (DEPLOY, "One gateway and N devices")
