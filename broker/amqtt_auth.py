@@ -80,7 +80,9 @@ class _PriorityGate:
                 if fut.done() and not fut.cancelled():
                     self._release()  # handed over just as we were cancelled
                 else:
-                    self._waiting[0 if priority else 1].remove(fut)
+                    # A releaser may have popped it already (and skipped it, cancelled).
+                    with contextlib.suppress(ValueError):
+                        self._waiting[0 if priority else 1].remove(fut)
                 raise
         try:
             yield
