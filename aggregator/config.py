@@ -22,7 +22,7 @@ from fedmq.protocol.messages import TrainingSettings
 from fedmq.protocol.privacy.terms import PrivacyTerms
 from fedmq.protocol.sums.statistics import StatsParams
 from fedmq.protocol.topics import Topics
-from fedmq.runtime.config import blame, convert, load_toml, resolve
+from fedmq.runtime.config import blame, convert, is_loopback, load_toml, resolve
 from fedmq.runtime.mqtt_settings import MqttSettings, mqtt_settings
 
 
@@ -173,6 +173,9 @@ class AggregatorConfig:
     ranges: tuple[tuple[float, float], ...] | None = None
     robust: RobustPolicy = field(default_factory=RobustPolicy)
     privacy: PrivacyTerms = field(default_factory=PrivacyTerms)
+    # [metrics]: serve the fleet's Prometheus metrics on metrics_bind:metrics_port (0: off).
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         device = self.privacy.device
@@ -253,6 +256,10 @@ class AggregatorConfig:
     @staticmethod
     def _rest(f: AggregatorFile, base: Path, source: str,
               config_file: Path | None) -> dict[str, Any]:
+        if not is_loopback(f.metrics.bind):
+            raise ConfigError(f"{source}: [metrics] bind = {f.metrics.bind!r} is not a loopback "
+                              "address: the aggregator's metrics endpoint has no login (serve "
+                              "them elsewhere with fedmq dashboard and its [dashboard] users_file)")
         return dict(
             mqtt=mqtt_settings(f.mqtt, base=base, source=source, config_file=config_file),
             key_file=resolve(base, f.keys.private_key_file) or "",
@@ -261,4 +268,5 @@ class AggregatorConfig:
             allow_list_file=resolve(base, f.keys.allow_list_file) or "",
             trustees_file=resolve(base, f.keys.trustees_file),
             resume=f.output.resume, state_dir=resolve(base, f.output.state_dir) or "",
+            metrics_bind=f.metrics.bind, metrics_port=f.metrics.port,
         )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fedmq.aggregator.rounds import RoundState
 from fedmq.protocol.crypto.signing import Signer
 from fedmq.protocol.progress import ProgressMessage
 from fedmq.protocol.topics import Topics
+from fedmq.runtime.transport import MqttLink
 
 log = logging.getLogger("fedmq.aggregator.service")
 
@@ -34,6 +36,19 @@ def snapshot(state: RoundState, *, rounds: int, version: int, enrolled: int, onl
         skipped={a: s.code for a, s in sorted(state.skipped.items())},
         rejected=dict(sorted(state.rejected_by.items())), relays=relays,
         enrolled=enrolled, online=online, update_bytes=state.update_bytes, closed=closed)
+
+
+class TappedLink(MqttLink):
+    """An MqttLink that shows every message it publishes to ``tap`` first (never raises:
+    the tap is the aggregator's own metrics view, which ignores what it cannot fold)."""
+
+    def __init__(self, *args: Any, tap: Callable[[str, bytes], object], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._tap = tap
+
+    def publish(self, topic: str, payload: bytes, **kw: Any) -> bool:
+        self._tap(topic, payload)
+        return super().publish(topic, payload, **kw)
 
 
 class ProgressReporter:

@@ -130,6 +130,12 @@ class OutputTable(Table, frozen=True):
     resume: bool = True
 
 
+class MetricsTable(Table, frozen=True):
+    # The fleet's Prometheus metrics (and page) served by the aggregator itself; 0: off.
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    bind: NonEmpty = "127.0.0.1"  # loopback only: this endpoint has no login
+
+
 class AggregatorFile(Table, frozen=True):
     """Schema of aggregator.toml."""
 
@@ -146,4 +152,5 @@ class AggregatorFile(Table, frozen=True):
     robust: RobustTable = RobustTable()
     privacy: PrivacyTable = PrivacyTable()
     output: OutputTable = OutputTable()
+    metrics: MetricsTable = MetricsTable()
 

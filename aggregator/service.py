@@ -33,7 +33,7 @@ from fedmq.aggregator.keys import load_aggregator_keys
 from fedmq.aggregator.notices import Notifier
 from fedmq.aggregator.outcome import RoundResult
 from fedmq.aggregator.privacy import BudgetSpent, FleetBudget
-from fedmq.aggregator.progress import ProgressReporter
+from fedmq.aggregator.progress import ProgressReporter, TappedLink
 from fedmq.aggregator.resume import carry_over, restore_updates
 from fedmq.aggregator.rounds import RoundState
 from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
@@ -69,9 +69,11 @@ class Aggregator(RoundClosing):
         on_round: Callable[[RoundResult], None] | None = None,
         run_id: str | None = None,
         relays: Mapping[str, Ed25519PublicKey] | None = None,
+        tap: Callable[[str, bytes], object] | None = None,
     ) -> None:
         """``run_id``: the id a new run takes (fedmq simulate names its directory so);
-        by default a fresh one, see aggregator.runs."""
+        by default a fresh one, see aggregator.runs. ``tap`` sees every message the
+        aggregator publishes (its own metrics endpoint folds them, fedmq.gateway_cli)."""
         self.config = config
         self._new_run_id = run_id
         if keypair is None or signer is None:  # never replaces a lost key silently
@@ -137,7 +139,7 @@ class Aggregator(RoundClosing):
         elif self._private_key is None:
             raise ConfigError("the aggregator has neither a private key nor [keys] "
                               "trustees_file")
-        self._link = MqttLink(
+        self._link = (MqttLink if tap is None else partial(TappedLink, tap=tap))(
             config.mqtt, client_id=config.client_id, on_message=self._on_message,
             subscriptions=subscriptions, on_connect=self._announcer.connected,
             clean_session=True,
@@ -160,6 +162,10 @@ class Aggregator(RoundClosing):
 
     def _body(self, layout: UpdateLayout) -> int:
         return layout.plaintext_count() * ciphertext_size(self.public_key)
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
 
     @property
     def online(self) -> dict[str, bool]:

@@ -15,7 +15,6 @@ username = "dashboard"                 # a read-only login (broker.toml dashboar
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +23,7 @@ from msgspec import Meta
 
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import Topics
-from fedmq.runtime.config import Table, blame, convert, load_toml, resolve
+from fedmq.runtime.config import Table, blame, convert, is_loopback, load_toml, resolve
 from fedmq.runtime.mqtt_settings import MqttSettings, MqttTable, NonEmpty, mqtt_settings
 
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex characters")]
@@ -47,15 +46,6 @@ class DashboardFile(Table, frozen=True):
     fleet: FleetTable
     dashboard: PageTable = PageTable()
     mqtt: MqttTable = MqttTable()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@ topics into a view, served as a page and /metrics, or printed once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from fedmq.dashboard.config import DashboardConfig
@@ -21,12 +23,13 @@ log = logging.getLogger("fedmq.dashboard")
 class Dashboard:
     """Subscribes as the dashboard's read-only login; everything it hears goes to ``view``."""
 
-    def __init__(self, config: DashboardConfig, *, view: FleetView | None = None) -> None:
+    def __init__(self, config: DashboardConfig, *, view: FleetView | None = None,
+                 client_id: str | None = None) -> None:
         self.config = config
         self.view = view or FleetView.for_fleet(config.topics, config.aggregator_signing_key)
         t = config.topics
         self._link = MqttLink(
-            config.mqtt, client_id=config.client_id, on_message=self._on_message,
+            config.mqtt, client_id=client_id or config.client_id, on_message=self._on_message,
             subscriptions=[(t.pubkey, 1), (t.round, 1), (t.progress, 1), (t.metrics, 0),
                            (t.status_filter, 1)])
         self.server: DashboardServer | None = None
@@ -76,6 +79,29 @@ class Dashboard:
             return self.state()
         finally:
             self._link.close()
+
+
+def served_state(config: DashboardConfig, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The state a dashboard already serves on this config's address, or None.
+
+    ``fedmq status`` asks it first: a second MQTT connection with the dashboard's login
+    would take over the dashboard's own where the broker binds client ids to user names
+    (Mosquitto's use_username_as_clientid). A page behind a login is not asked.
+    """
+    if config.users_file is not None:
+        return None
+    host = "127.0.0.1" if config.bind in ("0.0.0.0", "::", "localhost") else config.bind
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{shown}:{config.port}/api/state",
+                                    timeout=timeout) as response:
+            state = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("fleet") != config.topics.fleet \
+            or state.get("source") != "live" or not state.get("connected"):
+        return None
+    return state
 
 
 def status_lines(state: dict[str, Any]) -> tuple[list[str], int]:

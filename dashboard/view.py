@@ -80,6 +80,13 @@ class FleetView:
         return cls(topics=topics, signing_key=public_key_from_hex(signing_key_hex), **kw)
 
     # --- messages in ---------------------------------------------------------------
+    def observe(self, topic: str, payload: bytes) -> None:
+        """The aggregator's own publications (its [metrics] endpoint): the ones a
+        dashboard folds; notices and trustee requests are none of the view's business."""
+        t = self.topics
+        if topic in (t.round, t.progress, t.metrics, t.pubkey):
+            self.apply(topic, payload)
+
     def apply(self, topic: str, payload: bytes) -> bool:
         """Fold one message; False (and a count under ``ignored``) when it is not taken."""
         t = self.topics

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -22,8 +23,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fedmq.cli_shared import stop_on_sigterm
-    from fedmq.dashboard.config import DashboardConfig, is_loopback
+    from fedmq.dashboard.config import DashboardConfig
     from fedmq.dashboard.service import Dashboard
+    from fedmq.runtime.config import is_loopback
 
     config = DashboardConfig.from_file(args.config)
     config = replace(config, bind=args.bind or config.bind,
@@ -44,10 +46,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _serve_run(args: argparse.Namespace) -> int:
-    from fedmq.dashboard.config import is_loopback
     from fedmq.dashboard.rundir import load_run
     from fedmq.dashboard.server import DashboardServer
     from fedmq.protocol.errors import ConfigError
+    from fedmq.runtime.config import is_loopback
 
     view = load_run(Path(args.run))
     bind = args.bind or "127.0.0.1"
@@ -83,15 +85,18 @@ def _passwd(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fedmq.dashboard.config import DashboardConfig
-    from fedmq.dashboard.service import Dashboard, status_lines
+    from fedmq.dashboard.service import Dashboard, served_state, status_lines
     from fedmq.runtime.connecting import BrokerUnavailable
 
     config = DashboardConfig.from_file(args.config)
-    try:
-        state = Dashboard(config).snapshot(args.wait)
-    except BrokerUnavailable as exc:
-        print(f"fedmq status: {exc}", file=sys.stderr)
-        return 2
+    state = served_state(config)  # a running dashboard's, if one serves here
+    if state is None:
+        try:
+            state = Dashboard(config, client_id=f"{config.client_id}-status-{os.getpid()}"
+                              ).snapshot(args.wait)
+        except BrokerUnavailable as exc:
+            print(f"fedmq status: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(state, indent=1, allow_nan=False))
         return status_lines(state)[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import sys
@@ -90,14 +91,32 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
 
     config = AggregatorConfig.from_file(args.config)
     keypair, signer = load_aggregator_keys(config, new_keys=args.new_keys)
-    aggregator = Aggregator(config, keypair=keypair, signer=signer)
+    view = None
+    if config.metrics_port and not args.show_fingerprint:
+        from fedmq.dashboard.view import FleetView
+
+        # The aggregator's own messages, folded as a dashboard folds them from the broker.
+        view = FleetView.for_fleet(config.topics, signer.public_hex, connected=True)
+    aggregator = Aggregator(config, keypair=keypair, signer=signer,
+                            tap=None if view is None else view.observe)
     if args.show_fingerprint:
         print(aggregator.fingerprint)
         return 0
     log.info("pin in every agent config: [fleet] key_fingerprint = %s, aggregator_signing_key "
              "= %s", aggregator.fingerprint, aggregator.signer.public_hex)
     stop_on_sigterm(aggregator.stop)
-    aggregator.run()
+    with contextlib.ExitStack() as stack:
+        if view is not None:
+            from fedmq.dashboard.server import DashboardServer
+
+            folded = view
+            server = DashboardServer(
+                lambda: {**folded.state(), "connected": aggregator.connected},
+                bind=config.metrics_bind, port=config.metrics_port).start()
+            stack.callback(server.close)
+            log.info("metrics of this aggregator on %smetrics (the page: %s)", server.url,
+                     server.url)
+        aggregator.run()
     if aggregator.ended == "stopped":
         log.warning("stopped before the broker answered: no round was run")
     elif aggregator.ended == "budget":

@@ -9,6 +9,7 @@ the table, the key and what was expected, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -44,6 +45,16 @@ class Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (an HTTP endpoint without a login)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -78,8 +78,10 @@ def make_aggregator(tmp_path: Path, keypair: Any,
                     trustees_on: Callable[..., RunningTrustees]) -> Callable[..., Aggregator]:
     def make(port: int, codec: CodecParams | None = None, *, spec: ModelSpec = SPEC,
              on_round: Callable[[RoundResult], None] | None = None,
-             config: dict[str, Any] | None = None, **policy: Any) -> Aggregator:
-        """``config``: more AggregatorConfig fields; ``policy``: RoundPolicy fields."""
+             config: dict[str, Any] | None = None,
+             tap: Callable[[str, bytes], object] | None = None, **policy: Any) -> Aggregator:
+        """``config``: more AggregatorConfig fields; ``policy``: RoundPolicy fields;
+        ``tap``: sees what the aggregator publishes (its own metrics endpoint)."""
         settings = AggregatorConfig(
             codec=codec or CodecParams(),
             topics=Topics("test"), spec=spec, mqtt=MqttSettings(port=port),
@@ -93,9 +95,9 @@ def make_aggregator(tmp_path: Path, keypair: Any,
             running = trustees_on(port)
             settings = replace(settings, trustees_file=str(running.path))
             return Aggregator(settings, keypair=(keypair[0], None), signer=AGGREGATOR_SIGNER,
-                              allow_list=EnrolledFleet(), on_round=on_round)
+                              allow_list=EnrolledFleet(), on_round=on_round, tap=tap)
         return Aggregator(settings, keypair=keypair, signer=AGGREGATOR_SIGNER,
-                          allow_list=EnrolledFleet(), on_round=on_round)
+                          allow_list=EnrolledFleet(), on_round=on_round, tap=tap)
     return make
 
 

@@ -46,6 +46,9 @@ def test_example_config_loads_with_paths_relative_to_it():
     ("[bogus]\n", "unknown"),
     ("[model]\nkind='linear'\nfeatures=['a']\n[codec]\nclipp=1\n", "clipp"),
     ("[model\n", "not valid TOML"),
+    ("[model]\nkind='linear'\nfeatures=['a']\n[metrics]\nport=9108\nbind='0.0.0.0'\n",
+     r"\[metrics\] bind = '0.0.0.0' is not a loopback address"),
+    ("[model]\nkind='linear'\nfeatures=['a']\n[metrics]\nport=70000\n", r"\[metrics\] port"),
     ("", "model"),
 ])
 def test_bad_configs_give_one_clear_error(tmp_path, text, match):
@@ -284,3 +287,12 @@ def test_statistics_ranges_need_one_low_high_pair_per_feature():
                       ([[0, 1], [5, -5]], "'b' must be [low, high] with low < high")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             AggregatorConfig.from_dict({**base, "statistics": {"ranges": bad}})
+
+
+def test_the_metrics_endpoint_is_off_unless_a_port_is_given(tmp_path):
+    path = tmp_path / "agg.toml"
+    path.write_text("[model]\nkind='linear'\nfeatures=['a']\n")
+    assert AggregatorConfig.from_file(path).metrics_port == 0
+    path.write_text("[model]\nkind='linear'\nfeatures=['a']\n[metrics]\nport=9108\n")
+    cfg = AggregatorConfig.from_file(path)
+    assert (cfg.metrics_bind, cfg.metrics_port) == ("127.0.0.1", 9108)

@@ -133,3 +133,11 @@ def test_empty_and_odd_progress(payload):
     v = view()
     assert not v.apply(T.progress, payload)
     assert sum(v.ignored.values()) == 1
+
+
+def test_the_aggregators_own_view_skips_what_a_dashboard_does_not_read():
+    v = view()
+    v.observe(T.notice("a"), b"notice")
+    v.observe(T.trustee_request, b"request")
+    v.observe(T.round, round_msg().to_bytes(AGGREGATOR_SIGNER))
+    assert v.ignored == {} and v.state()["run"]["round"] == 2

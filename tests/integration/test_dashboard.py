@@ -25,7 +25,8 @@ from fedmq.cli import main
 from fedmq.dashboard.config import DashboardConfig
 from fedmq.dashboard.rundir import load_run
 from fedmq.dashboard.server import DashboardServer
-from fedmq.dashboard.service import Dashboard, status_lines
+from fedmq.dashboard.service import Dashboard, served_state, status_lines
+from fedmq.dashboard.view import FleetView
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttSettings
 
@@ -49,9 +50,11 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_the_live_page_follows_a_run_and_matches_its_round_log(
         broker_port, make_aggregator, start_agents):
     # Each closed round holds the aggregator for 1.5 s: the page (it polls once a second)
-    # must see the round number change, not only the end.
+    # must see the round number change, not only the end. The aggregator's own view (its
+    # [metrics] endpoint) folds what it publishes; the dashboard's, what the broker delivers.
+    own = FleetView.for_fleet(Topics("test"), AGGREGATOR_SIGNER.public_hex)
     aggregator = make_aggregator(broker_port, rounds=5, quorum=3, min_agents=3,
-                                 on_round=lambda _result: time.sleep(1.5))
+                                 on_round=lambda _result: time.sleep(1.5), tap=own.observe)
     dashboard = Dashboard(DashboardConfig(
         topics=aggregator.config.topics, aggregator_signing_key=AGGREGATOR_SIGNER.public_hex,
         mqtt=MqttSettings(port=broker_port), port=0))
@@ -81,6 +84,10 @@ def test_the_live_page_follows_a_run_and_matches_its_round_log(
             assert int(page.body("rounds")) == len(log)
         metrics = scrape(server.url)
         lines, code = status_lines(dashboard.state())
+        # fedmq status asks the dashboard that serves (no second connection of its login).
+        port = int(server.url.rsplit(":", 1)[1].strip("/"))
+        served = served_state(replace(dashboard.config, port=port))
+        assert served is not None and served["run"] == dashboard.state()["run"]
     finally:
         stop.set()
         serving.join(10)
@@ -93,6 +100,10 @@ def test_the_live_page_follows_a_run_and_matches_its_round_log(
     assert metrics[("fedmq_fleet_loss", ())] == pytest.approx(
         float(with_loss[-1]["fleet_loss"]), rel=1e-5)
     assert code == 0 and lines[0].endswith(": finished"), lines
+    # The aggregator's own endpoint says the same as the dashboard across the broker.
+    mine, theirs = own.state(), dashboard.view.state()
+    assert mine["rounds"] == theirs["rounds"] and mine["run"] == theirs["run"]
+    assert own.ignored == {} and dashboard.view.ignored == {}
 
     # The same run from its directory, as fedmq dashboard --run DIR shows it.
     run_server = DashboardServer(load_run(aggregator.store.run_dir).state, port=0).start()
