@@ -41,6 +41,7 @@ from fedmq.runtime.transport import MqttSettings
 log = logging.getLogger(__name__)
 
 AGGREGATOR_USER = "aggregator"
+DASHBOARD_USER = "dashboard"  # simulate --dashboard's read-only login on Mosquitto
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
 
 
@@ -241,7 +242,8 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
     port = free_port()
     setup = MosquittoSetup(acl=FleetAcl(topics, aggregator_users=(AGGREGATOR_USER,),
                                         agents=tuple(agent_ids),
-                                        trustee_users=tuple(trustee_users)),
+                                        trustee_users=tuple(trustee_users),
+                                        dashboard_users=(DASHBOARD_USER,)),
                            host="127.0.0.1", port=port,
                            memory_limit_bytes=memory_limit(len(agent_ids)))
     written = write_mosquitto_files(out_dir, setup)
@@ -264,7 +266,9 @@ def _mosquitto(out_dir: Path, topics: Topics, agent_ids: Sequence[str],
             where=f"Mosquitto on 127.0.0.1:{port} (config {conf})", end=end,
             fleet_size=len(agent_ids),
             trustee_settings={t: replace(base, username=t, password=creds[t])
-                              for t in trustee_users})
+                              for t in trustee_users},
+            dashboard_settings=replace(base, username=DASHBOARD_USER,
+                                       password=creds[DASHBOARD_USER]))
     finally:
         end.peak_rss = _vm_hwm(proc.pid)
         stop_process(proc)
