@@ -83,5 +83,5 @@ class DashboardConfig:
             raise ConfigError(f"{source}: [dashboard] users_file: {users} does not exist "
                               "(make it with fedmq dashboard passwd)")
         return cls(topics=topics, aggregator_signing_key=f.fleet.aggregator_signing_key,
-                   mqtt=mqtt_settings(f.mqtt, base=base, source=f"{source} [mqtt]"),
+                   mqtt=mqtt_settings(f.mqtt, base=base, source=source),
                    bind=page.bind, port=page.port, users_file=users)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,12 @@ def find_run(path: Path) -> Path:
 
 
 def _cell(row: dict[str, str], key: str) -> float | None:
+    """A finite number, else None (a page's JSON.parse knows no NaN)."""
     try:
-        return float(row[key]) if row.get(key) not in (None, "") else None
+        value = float(row[key]) if row.get(key) not in (None, "") else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -92,10 +95,14 @@ def load_run(path: Path) -> FleetView:
         entry.update({q: _cell(row, f"fleet_{q}") for q in QUALITY})
         view.rounds[(phase, round_id)] = entry
     training = [r for r in view.rounds.values() if r["phase"] == "training"]
-    status = str(info.get("status", ""))
+    # run.json's status: finished, or open/closed when the aggregator stopped mid-run (it
+    # resumes there on its next start).
+    finished = info.get("status") == "finished"
     view.run.update(id=run_id, round=info.get("round_id"), rounds=len(training) or None,
                     model_version=info.get("model_version"),
-                    phase="finished" if status == "finished" else status or "waiting")
+                    phase="finished" if finished else "interrupted",
+                    reason="" if finished else "the aggregator stopped before the run's end; "
+                    "it resumes the run at its next start")
     if any(r["accuracy"] is not None for r in view.rounds.values()):
         view.task = "classification"
     elif any(r["r2"] is not None for r in view.rounds.values()):

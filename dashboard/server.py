@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -38,7 +39,12 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                       "frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MB and ~70 ms a check: one at a time (below)
+MAX_CONNECTIONS = 32  # at once; more are closed unanswered (a page polls with one or two)
+IDLE_SECONDS = 10.0  # a connection that sends nothing for this long is closed
+LOGIN_CACHE_SECONDS = 300.0  # a checked Authorization header is not hashed again meanwhile
+_DUMMY = "scrypt$" + base64.b64encode(bytes(16)).decode() + "$" + base64.b64encode(
+    bytes(32)).decode()  # hashed for unknown users: a wrong name costs what a wrong password does
 
 
 def static_files() -> dict[str, bytes]:
@@ -97,6 +103,38 @@ def set_password(path: Path, user: str, password: str) -> None:
     write_text_atomic(path, "".join(f"{u}:{h}\n" for u, h in users.items()), private=True)
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS``; a client that hangs up or
+    times out is not worth a traceback."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kw)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("more than %d connections: closing one from %s", MAX_CONNECTIONS,
+                      client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended badly", client_address, exc_info=True)
+
+
 class DashboardServer:
     """Serves ``state()`` as the page, ``/api/state`` and ``/metrics`` on ``bind:port``."""
 
@@ -104,13 +142,16 @@ class DashboardServer:
                  port: int = 8780, users: dict[str, str] | None = None) -> None:
         self._files, self._state, self._users = static_files(), state, users
         self._registry = registry_for(state)
+        self._hashing = threading.Lock()  # scrypt checks one at a time (memory, CPU)
+        self._logins: dict[str, float] = {}  # checked Authorization header digest -> until
         handler = self._handler()
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"dashboard port {port} is not in 0..65535")
         try:
-            self._httpd = ThreadingHTTPServer((bind, port), handler)
-        except OSError as exc:
+            self._httpd = _BoundedServer((bind, port), handler)
+        except (OSError, OverflowError) as exc:
             raise ConfigError(f"cannot serve the dashboard on {bind}:{port}: "
-                              f"{exc.strerror}") from exc
-        self._httpd.daemon_threads = True
+                              f"{getattr(exc, 'strerror', None) or exc}") from exc
         self._thread: threading.Thread | None = None
 
     @property
@@ -135,7 +176,10 @@ class DashboardServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "fedmq-dashboard"
-            sys_version = ""
+            timeout = IDLE_SECONDS  # socket timeout: an idle or trickling client is dropped
+
+            def version_string(self) -> str:
+                return self.server_version
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("%s %s", self.address_string(), format % args)
@@ -172,11 +216,21 @@ class DashboardServer:
         if self._users is None:
             return True
         scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
+        if scheme.lower() != "basic" or len(encoded) > 1024:
             return False
+        # A page polls every second: a header checked a moment ago is not hashed again.
+        digest = hashlib.sha256(encoded.encode()).hexdigest()
+        now = time.monotonic()
+        if self._logins.get(digest, 0.0) > now:
+            return True
         try:
             user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (ValueError, binascii.Error):
             return False
-        stored = self._users.get(user)
-        return stored is not None and check_password(stored, password)
+        with self._hashing:
+            ok = check_password(self._users.get(user, _DUMMY), password) and user in self._users
+        if ok:
+            if len(self._logins) > 1024:
+                self._logins = {d: t for d, t in self._logins.items() if t > now}
+            self._logins[digest] = now + LOGIN_CACHE_SECONDS
+        return ok

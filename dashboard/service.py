@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedmq.dashboard")
 
+STALE_SECONDS = 120.0  # after the open round's deadline: no aggregator runs it any more
+
 
 class Dashboard:
     """Subscribes as the dashboard's read-only login; everything it hears goes to ``view``."""
@@ -108,16 +110,32 @@ def status_lines(state: dict[str, Any]) -> tuple[list[str], int]:
     """``fedmq status``'s text and exit code: 0 running or finished, 1 failed, 2 no run."""
     run, devices = state["run"], state["devices"]
     if not run["id"]:
+        forged = state["ignored"].get("forged", 0)
+        if forged:
+            return [f"fleet {state['fleet']}: {forged} message(s) on the fleet's topics failed "
+                    "the signature check: is [fleet] aggregator_signing_key the aggregator's "
+                    "key?"], 2
         return [f"fleet {state['fleet']}: no run announced (no aggregator has published a "
                 "round on this broker)"], 2
     lines = [f"fleet {state['fleet']}, run {run['id']}: {run['phase']}"
              + (f" ({run['reason']})" if run["reason"] else "")]
+    code = 1 if run["phase"] == "failed" else 0
     if run["phase"] in ("statistics", "training", "evaluation"):
-        total = f" of {run['rounds']}" if run["rounds"] else ""
-        left = "" if run["deadline"] is None else \
-            f", deadline in {max(0.0, run['deadline'] - state['now']):.0f} s"
-        lines.append(f"  round {run['round']}{total} ({run['phase']}), model version "
-                     f"{run['model_version']}{left}")
+        what = {"statistics": "statistics round (before round 1)",
+                "evaluation": "final evaluation of the last model"}.get(
+            run["phase"], f"round {run['round']}"
+            + (f" of {run['rounds']}" if run["rounds"] else "") + " (training)")
+        left = ""
+        if run["deadline"] is not None:
+            overdue = state["now"] - run["deadline"]
+            left = f", deadline in {-overdue:.0f} s" if overdue <= 0 else \
+                f", deadline passed {overdue:.0f} s ago"
+            if overdue > STALE_SECONDS:
+                # The aggregator re-announces the round when it extends it, and closes it
+                # at once after: a deadline long gone means nobody runs the round.
+                left += " and nothing was announced since: is the aggregator running?"
+                code = 2
+        lines.append(f"  {what}, model version {run['model_version']}{left}")
         enrolled = "?" if devices["enrolled"] is None else devices["enrolled"]
         lines.append(f"  devices: {enrolled} enrolled, {devices['online']} online, "
                      f"{len(devices['reported'])}/{len(devices['expected'])} reported")
@@ -149,4 +167,4 @@ def status_lines(state: dict[str, Any]) -> tuple[list[str], int]:
     if state["ignored"]:
         lines.append("  ignored messages: " + ", ".join(
             f"{reason} {n}" for reason, n in state["ignored"].items()))
-    return lines, 1 if run["phase"] == "failed" else 0
+    return lines, code

@@ -124,7 +124,8 @@ def _command(argv: Sequence[str] | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(_command(argv)).parse_args(argv)
-    _setup_logging(args.verbose, quiet_default=args.command == "simulate")
+    # simulate prints its own progress, status its answer: their INFO lines are noise.
+    _setup_logging(args.verbose, quiet_default=args.command in ("simulate", "status"))
     if args.command == "broker" and args.action == "add-user" and not (
             args.password_file and args.username):
         print("fedmq: error: add-user needs --password-file and --username", file=sys.stderr)

@@ -18,6 +18,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     if args.what == "passwd":
         return _passwd(args)
+    if args.users_file or args.user or args.password_stdin:
+        raise ConfigError("--users-file, --user and --password-stdin go with dashboard passwd; "
+                          "the page's login is [dashboard] users_file in dashboard.toml")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not in 0..65535")
     if args.run:
         return _serve_run(args)
     from dataclasses import replace
@@ -86,8 +91,11 @@ def _passwd(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fedmq.dashboard.config import DashboardConfig
     from fedmq.dashboard.service import Dashboard, served_state, status_lines
+    from fedmq.protocol.errors import ConfigError
     from fedmq.runtime.connecting import BrokerUnavailable
 
+    if not 0 < args.wait <= 600:
+        raise ConfigError(f"--wait {args.wait:g}: give 0 < seconds <= 600")
     config = DashboardConfig.from_file(args.config)
     state = served_state(config)  # a running dashboard's, if one serves here
     if state is None:

@@ -10,6 +10,7 @@ this topic tells nothing the aggregator's log does not already say.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,8 +59,9 @@ def _int(doc: dict[str, Any], key: str, default: int | None = None) -> int:
 
 def _float(doc: dict[str, Any], key: str) -> float:
     value = doc.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ProtocolError(f"progress: {key} must be a number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not math.isfinite(value):
+        raise ProtocolError(f"progress: {key} must be a finite number")
     return float(value)
 
 

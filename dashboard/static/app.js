@@ -61,7 +61,7 @@ function renderHeader(st) {
   const phase = run.phase || 'waiting';
   $('phase').textContent = phase;
   $('phase').className = 'phase phase-' + phase.replace(/[^a-z]/g, '');
-  $('reason').textContent = phase === 'failed' ? '— ' + (run.reason || 'no reason given') : '';
+  $('reason').textContent = phase === 'failed' || run.reason ? '— ' + (run.reason || 'no reason given') : '';
   const r = run.round;
   const total = typeof run.rounds === 'number' ? run.rounds : null;
   let round = typeof r === 'number' ? String(r) : '—';

@@ -9,26 +9,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from dashboard_support import STATE
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedmq.dashboard.server import DashboardServer, check_password, read_users, set_password
 from fedmq.protocol.errors import ConfigError
-
-STATE = {
-    "fleet": "f", "source": "live", "connected": True, "now": 1.0,
-    "run": {"id": "run1", "phase": "training", "reason": "", "round": 3, "rounds": 5,
-            "model_version": 2, "opened_at": 0.0, "deadline": 9.0},
-    "devices": {"enrolled": 4, "online": 3, "expected": ["a", "b"], "reported": ["a"],
-                "waiting": ["b"], "late": [], "skipped": {}},
-    "relays": {}, "rejected": {"forged": 2},
-    "rounds": [{"round": r, "phase": "training", "closed_at": 0.0, "seconds": 1.0,
-                "reported": 3, "expected": 3, "rejected": 1, "update_bytes": 100,
-                "model_bytes": 10, "closed_by": "all", "loss": 0.5, "epsilon": None,
-                "accuracy": 0.9, "balanced_accuracy": 0.8, "r2": None, "mse": None,
-                "mae": None} for r in (1, 2)],
-    "privacy": {"epsilon": 1.5, "delta": 1e-5, "budget": 8.0}, "ignored": {"malformed": 1},
-    "task": "classification",
-}
 
 
 @pytest.fixture
@@ -115,3 +100,53 @@ def test_a_busy_port_is_one_line(server):
     port = int(server.url.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(ConfigError, match=f"cannot serve the dashboard on 127.0.0.1:{port}"):
         DashboardServer(lambda: STATE, port=port)
+
+
+def test_idle_and_surplus_connections_are_closed(monkeypatch):
+    import socket
+
+    from fedmq.dashboard import server as module
+
+    monkeypatch.setattr(module, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(module, "MAX_CONNECTIONS", 3)
+    s = DashboardServer(lambda: STATE, port=0).start()
+    host, port = "127.0.0.1", int(s.url.rsplit(":", 1)[1].strip("/"))
+    try:
+        idle = [socket.create_connection((host, port)) for _ in range(3)]
+        for sock in idle:
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # and never the rest
+        extra = socket.create_connection((host, port))
+        extra.settimeout(5)
+        assert extra.recv(100) == b""  # over the cap: closed unanswered
+        extra.close()
+        for sock in idle:  # the idle ones time out
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+            sock.close()
+        assert get(s.url + "api/state")[0] == 200  # and the page answers again
+    finally:
+        s.close()
+
+
+def test_a_checked_login_is_not_hashed_again(tmp_path: Path, monkeypatch):
+    from fedmq.dashboard import server as module
+
+    users = tmp_path / "users.txt"
+    set_password(users, "ops", "correct horse")
+    calls = []
+    real = module.check_password
+    monkeypatch.setattr(module, "check_password",
+                        lambda stored, pw: calls.append(pw) or real(stored, pw))
+    s = DashboardServer(lambda: STATE, port=0, users=read_users(str(users))).start()
+    try:
+        for _ in range(3):
+            assert get(s.url + "api/state", ("ops", "correct horse"))[0] == 200
+        assert get(s.url + "api/state", ("ghost", "correct horse"))[0] == 401
+        assert calls == ["correct horse", "correct horse"]  # once for ops, once for the ghost
+    finally:
+        s.close()
+
+
+def test_an_impossible_port_is_one_line():
+    with pytest.raises(ConfigError, match=r"port 70000 is not in 0\.\.65535"):
+        DashboardServer(lambda: STATE, port=70000)
