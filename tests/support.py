@@ -14,14 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from fedmq.aggregator.rounds import RoundState
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.data import LocalData
 from fedmq.models import ModelSpec
 from fedmq.protocol.attestation import Attestation, Statement, ciphertext_hash
+from fedmq.protocol.crypto.codec import CodecParams, make_codec
 from fedmq.protocol.crypto.paillier import ciphertexts_to_bytes, encrypt_ints, fingerprint
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
+from fedmq.protocol.layout import Section, UpdateLayout, contract_digest
 from fedmq.protocol.messages import RoundMessage, TrainingSettings
 from fedmq.protocol.partial import PartialSum
+from fedmq.protocol.sums.statistics import StatsParams
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttSettings
 
@@ -193,3 +197,18 @@ def make_partial(pub: Any, devices: tuple[str, ...] = ("d1", "d2"), *, attest_ro
                       key_fingerprint=fingerprint(pub), codec_digest="c" * 32, n_values=3,
                       ciphertexts=ciphertexts, contributors=tuple(devices),
                       attestations=attestations)
+
+
+def small_round(pub: Any, *, expected: tuple[str, ...] = ("a", "b"),
+                enrolled: tuple[str, ...] = ("a",), opened_at: float = 0.0) -> RoundState:
+    """Round 4 of run1 (fleet "f"), open: updates of two values, the last a weight, at
+    most 5 agents; ``enrolled`` signed with ``signer_for``."""
+    params = CodecParams(max_agents=5)
+    layout = UpdateLayout("training", (Section("training", make_codec(params, pub.n), 2,
+                                               params.max_weight),))
+    return RoundState(
+        fleet="f", run_id="run1", round_id=4, expected=frozenset(expected), deadline=100.0,
+        quorum=1, layout=layout, key_fingerprint=fingerprint(pub),
+        codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
+        max_agents=params.max_agents, public_key=pub,
+        allow_list={a: signer_for(a).public_key for a in enrolled}, opened_at=opened_at)

@@ -5,40 +5,25 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from support import AGGREGATOR_SIGNER, EnrolledFleet, signer_for
+from support import AGGREGATOR_SIGNER, EnrolledFleet, signer_for, small_round
 
 from fedmq.aggregator import notices
 from fedmq.aggregator.notices import Notifier, signed_by
 from fedmq.aggregator.rounds import Rejected, RoundState
-from fedmq.protocol.crypto.codec import CodecParams, make_codec
 from fedmq.protocol.crypto.paillier import encrypt_ints, fingerprint, generate_keypair
 from fedmq.protocol.crypto.signing import Signer
 from fedmq.protocol.errors import ProtocolError
-from fedmq.protocol.layout import Section, UpdateLayout, contract_digest
 from fedmq.protocol.notices import KEY_MISMATCH, NOT_ENROLLED, OTHER_KEY, NoticeMessage
-from fedmq.protocol.sums.statistics import StatsParams
 from fedmq.protocol.topics import Topics
 from fedmq.protocol.wire import UpdateMessage, encode_update
 
 T = Topics("f")
 
 
-def layout(params: CodecParams, modulus: int) -> UpdateLayout:
-    """Updates of two values, the last a weight: a training section alone."""
-    return UpdateLayout("training", (Section("training", make_codec(params, modulus), 2,
-                                             params.max_weight),))
-
-
 @pytest.fixture
 def state(keypair) -> RoundState:
     pub, _ = keypair
-    params = CodecParams(max_agents=5)
-    return RoundState(
-        fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b"}), deadline=100.0,
-        quorum=1, layout=layout(params, pub.n), key_fingerprint=fingerprint(pub),
-        codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
-        max_agents=params.max_agents,
-        public_key=pub, allow_list={"a": signer_for("a").public_key}, opened_at=0.0)
+    return small_round(pub)
 
 
 class Sent(list[tuple[str, bytes]]):

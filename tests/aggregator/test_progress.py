@@ -5,36 +5,22 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from support import AGGREGATOR_SIGNER, signer_for
+from support import AGGREGATOR_SIGNER, small_round
 
 from fedmq.aggregator.progress import EVERY, ProgressReporter, snapshot
 from fedmq.aggregator.rounds import Rejected, RoundState
-from fedmq.protocol.crypto.codec import CodecParams, make_codec
-from fedmq.protocol.crypto.paillier import fingerprint
 from fedmq.protocol.health import Skip
-from fedmq.protocol.layout import Section, UpdateLayout, contract_digest
 from fedmq.protocol.progress import ProgressMessage
-from fedmq.protocol.sums.statistics import StatsParams
 from fedmq.protocol.topics import Topics
 
 T = Topics("f")
 
 
-def layout(params: CodecParams, modulus: int) -> UpdateLayout:
-    return UpdateLayout("training", (Section("training", make_codec(params, modulus), 2,
-                                             params.max_weight),))
-
-
 @pytest.fixture
 def state(keypair) -> RoundState:
     pub, _ = keypair
-    params = CodecParams(max_agents=5)
-    return RoundState(
-        fleet="f", run_id="run1", round_id=4, expected=frozenset({"a", "b", "c"}),
-        deadline=100.0, quorum=1, layout=layout(params, pub.n), key_fingerprint=fingerprint(pub),
-        codec_digest=contract_digest(params, StatsParams(), fingerprint(pub)),
-        max_agents=params.max_agents, public_key=pub,
-        allow_list={a: signer_for(a).public_key for a in "abc"}, opened_at=50.0)
+    return small_round(pub, expected=("a", "b", "c"), enrolled=("a", "b", "c"),
+                       opened_at=50.0)
 
 
 class Clock:
