@@ -115,6 +115,11 @@ def status_lines(state: dict[str, Any]) -> tuple[list[str], int]:
             return [f"fleet {state['fleet']}: {forged} message(s) on the fleet's topics failed "
                     "the signature check: is [fleet] aggregator_signing_key the aggregator's "
                     "key?"], 2
+        if state.get("key"):
+            # Announced at start, before the first round: the aggregator waits for devices.
+            key = state["key"]["fingerprint"][:16]
+            return [f"fleet {state['fleet']}: the aggregator's key {key}... is announced, no "
+                    "round yet (it waits for enough devices online: see its log)"], 0
         return [f"fleet {state['fleet']}: no run announced (no aggregator has published a "
                 "round on this broker)"], 2
     lines = [f"fleet {state['fleet']}, run {run['id']}: {run['phase']}"

@@ -72,6 +72,7 @@ class FleetView:
     rounds: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)  # device -> online | offline
     privacy: dict[str, float | None] | None = None
+    key: dict[str, Any] | None = None  # the aggregator's announced Paillier key, once seen
     ignored: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -135,6 +136,7 @@ class FleetView:
             raise _Ignored("forged")
         if m.fleet != self.topics.fleet:
             raise _Ignored("other-fleet")
+        self.key = {"fingerprint": m.fingerprint, "issued_at": m.issued_at}
 
     def _new_run(self, run_id: str) -> None:
         if self.run.get("id") not in (None, "", run_id):
@@ -219,7 +221,8 @@ class FleetView:
                     "rounds": [{k: v for k, v in r.items() if k != "rejected_by"}
                                for r in rounds],
                     "rejected": dict(sorted(rejected.items())), "privacy": self.privacy,
-                    "ignored": dict(sorted(self.ignored.items())), "task": self.task}
+                    "ignored": dict(sorted(self.ignored.items())), "task": self.task,
+                    "key": self.key}
 
     def _devices(self, now: float, run: dict[str, Any]) -> dict[str, Any]:
         online = sorted(a for a, s in self.statuses.items() if s == "online")

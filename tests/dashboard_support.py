@@ -17,5 +17,5 @@ STATE: dict[str, Any] = {
                 "accuracy": 0.9, "balanced_accuracy": 0.8, "r2": None, "mse": None,
                 "mae": None} for r in (1, 2)],
     "privacy": {"epsilon": 1.5, "delta": 1e-5, "budget": 8.0}, "ignored": {"malformed": 1},
-    "task": "classification",
+    "task": "classification", "key": None,
 }

@@ -41,6 +41,10 @@ def test_no_run_and_a_wrong_signing_key_say_which():
     empty = state(id="")
     empty["ignored"] = {}
     assert "no run announced" in status_lines(empty)[0][0]
+    empty["key"] = {"fingerprint": "ab" * 32, "issued_at": 1.0}  # started, no round yet
+    lines, code = status_lines(empty)
+    assert code == 0 and "key abababababababab... is announced, no round yet" in lines[0]
+    empty["key"] = None
     empty["ignored"] = {"forged": 3}
     lines, code = status_lines(empty)
     assert code == 2 and "3 message(s)" in lines[0] and "aggregator_signing_key" in lines[0]

@@ -141,3 +141,22 @@ def test_the_aggregators_own_view_skips_what_a_dashboard_does_not_read():
     v.observe(T.trustee_request, b"request")
     v.observe(T.round, round_msg().to_bytes(AGGREGATOR_SIGNER))
     assert v.ignored == {} and v.state()["run"]["round"] == 2
+
+
+def test_the_aggregators_key_is_taken_only_when_it_names_the_pinned_key(keypair):
+    from fedmq.protocol.crypto.codec import CodecParams
+    from fedmq.protocol.crypto.paillier import fingerprint
+    from fedmq.protocol.messages import PubKeyMessage
+
+    pub, _ = keypair
+
+    def announced(signer: Signer, fleet: str = "f") -> bytes:
+        return PubKeyMessage(fleet=fleet, n_hex=format(pub.n, "x"), fingerprint=fingerprint(pub),
+                             codec=CodecParams(), signing_key=signer.public_hex).to_bytes(signer)
+
+    v = view()
+    assert not v.apply(T.pubkey, announced(OTHER))  # self-signed, but not the pinned key
+    assert not v.apply(T.pubkey, announced(AGGREGATOR_SIGNER, fleet="g"))
+    assert v.ignored == {"forged": 1, "other-fleet": 1} and v.state()["key"] is None
+    assert v.apply(T.pubkey, announced(AGGREGATOR_SIGNER))
+    assert v.state()["key"]["fingerprint"] == fingerprint(pub)
