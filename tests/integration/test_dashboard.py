@@ -128,7 +128,8 @@ def write_config(tmp_path: Path, port: int, fleet: str = "f") -> Path:
 def publish_round(port: int, reason: str = "", **kw) -> None:
     probe = Probe(port, "publisher")
     assert probe.connect()
-    message = replace(announcement(**kw), reason=reason)
+    # A round the aggregator runs now: its deadline ahead (a long-gone one means nobody does).
+    message = replace(announcement(**kw), reason=reason, deadline=time.time() + 60)
     probe.publish(Topics("f").round, message.to_bytes(AGGREGATOR_SIGNER), retain=True)
     time.sleep(0.3)
     probe.close()
