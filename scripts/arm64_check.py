@@ -91,6 +91,10 @@ def report(s: Session, total: float, ok: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rebuild", action="store_true", help="make the sysroot anew")
+    parser.add_argument("--variant", choices=["extract", "minbase"], default="extract",
+                        help="extract (default, ~15 s): python3 and the libraries wheels need, "
+                        "unpacked; minbase (~5 min): a Debian base system whose package "
+                        "scripts all run under qemu")
     parser.add_argument("--emulation", choices=["auto", "chroot", "qemu"], default="auto",
                         help="auto: chroot + binfmt_misc when it works, else qemu -L")
     parser.add_argument("--bits", type=int, default=1024, help="Paillier key size")

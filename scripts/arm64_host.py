@@ -32,9 +32,9 @@ SECURITY = os.environ.get("FEDMQ_ARM64_SECURITY", "http://deb.debian.org/debian-
 HOST_PACKAGES = ("qemu-user-static", "binfmt-support", "mmdebstrap", "arch-test",
                  "debian-archive-keyring")
 SYSROOT_PACKAGES = ("python3", "python3-venv")
-# Without binfmt_misc nothing can run inside while the sysroot is made: the "extract" variant
-# unpacks python3's dependencies without installing a base system, so add what manylinux
-# wheels expect of one (minbase has them: numpy needs libstdc++).
+# The "extract" variant unpacks python3's dependencies without installing a base system (and
+# needs no binfmt_misc: nothing runs inside while it is made), so add what manylinux wheels
+# expect of one (minbase has them: numpy needs libstdc++).
 EXTRACT_EXTRA = ("libstdc++6", "libgcc-s1", "zlib1g")
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
@@ -116,17 +116,21 @@ def enable_binfmt(s: Session) -> tuple[bool, str]:
 
 def sysroot(s: Session) -> None:
     with s.phase("sysroot", f"Debian {SUITE} arm64 sysroot, cached in {rel(SYSROOT)}") as ph:
-        wanted = {"suite": SUITE, "arch": "arm64", "packages": list(SYSROOT_PACKAGES)}
+        # extract unless minbase is asked for and package scripts can run (binfmt_misc):
+        # the agent needs python3 and the libraries manylinux wheels link, not a configured
+        # base system, and minbase costs ~5 min of package scripts under qemu.
+        variant = "minbase" if s.args.variant == "minbase" and s.results.mode == "chroot" \
+            else "extract"
+        wanted = {"suite": SUITE, "arch": "arm64", "packages": list(SYSROOT_PACKAGES),
+                  "variant": variant}
         stamp = read_json(STAMP)
         if (not s.args.rebuild and SYSROOT.is_dir() and stamp
                 and all(stamp.get(k) == v for k, v in wanted.items())):
             ph.note = f"reused {rel(SYSROOT)} (made {stamp.get('made', '?')}, " \
                       f"variant {stamp.get('variant')})"
         else:
-            variant = "minbase" if s.results.mode == "chroot" else "extract"
             make_sysroot(s, variant)
-            write_json(STAMP, {**wanted, "variant": variant,
-                               "made": time.strftime("%Y-%m-%d %H:%M:%S")})
+            write_json(STAMP, {**wanted, "made": time.strftime("%Y-%m-%d %H:%M:%S")})
             ph.note = f"made {rel(SYSROOT)} with mmdebstrap --variant={variant}"
         # Each run: the host's resolver and CA bundle (pip inside must reach PyPI as the
         # host's pip does), and a clean /opt/fedmq.
@@ -158,7 +162,7 @@ def make_sysroot(s: Session, variant: str) -> None:
             f"deb {MIRROR} {SUITE}-updates main", f"deb {SECURITY} {SUITE}-security main"]
     print(f"    mmdebstrap {SUITE} arm64 {variant}" + (
         " (minutes: every package's scripts run under qemu)" if variant == "minbase"
-        else " (unpacked only: no binfmt_misc to run package scripts)"), flush=True)
+        else " (unpacked only: no package scripts run)"), flush=True)
     s.run(cmd, what="mmdebstrap", log="mmdebstrap.log", timeout=3600)
     partial.rename(SYSROOT)
 
