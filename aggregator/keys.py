@@ -23,7 +23,8 @@ from fedmq.protocol.crypto.paillier import (
 )
 from fedmq.protocol.crypto.signing import Signer
 from fedmq.protocol.errors import ConfigError, ProtocolError
-from fedmq.runtime.files import create_signer, load_signer, warn_if_readable, write_atomic
+from fedmq.runtime.files import create_signer, load_signer, warn_if_readable, write_new
+from fedmq.runtime.locks import locked
 
 if TYPE_CHECKING:
     from fedmq.aggregator.config import AggregatorConfig
@@ -46,22 +47,44 @@ def load_aggregator_keys(config: AggregatorConfig, *,
     if config.trustees_file:
         return _threshold_keys(config)
     paillier, signing = Path(config.key_file), Path(config.signing_key_file)
-    missing = [p for p in (paillier, signing) if not p.exists()]
-    if missing and not new_keys:
-        # An allow-list means `fedmq enroll` already printed keys for agents to pin.
-        evidence = [p for p in (paillier, signing, Path(config.allow_list_file)) if p.exists()]
-        evidence += [p for p in (Path(config.state_dir) / f for f in RUN_STATE_FILES)
-                     if p.exists()]
-        if evidence:
-            raise ConfigError(
-                f"{missing[0]} is missing but {evidence[0]} exists, so this is not a first "
-                "start: restore the key, or pass --new-keys to create a new one (" + REPIN + ")")
-    keypair = load_keypair(paillier, config.key_bits) if paillier.exists() else create_keypair(
-        paillier, config.key_bits)
-    signer = load_signer(signing) if signing.exists() else create_signer(signing)
-    if new_keys and missing:
-        log.warning("created new key(s) %s: %s", ", ".join(map(str, missing)), REPIN)
-    return keypair, signer
+    if not paillier.exists() or not signing.exists():
+        _create_missing(config, paillier, signing, new_keys=new_keys)
+    return load_keypair(paillier, config.key_bits), load_signer(signing)
+
+
+def _create_missing(config: AggregatorConfig, paillier: Path, signing: Path, *,
+                    new_keys: bool) -> None:
+    """Create the missing key(s) under one lock, so that enroll, init and the aggregator
+    started together on a fresh gateway make one pair, not one each (issue 24)."""
+    with locked(paillier):
+        # Again under the lock: a process we waited for may have made both meanwhile, and
+        # a half-made pair (one file linked, the other not yet) is only ever seen out here.
+        missing = [p for p in (paillier, signing) if not p.exists()]
+        if not missing:
+            return
+        if not new_keys:
+            # An allow-list means `fedmq enroll` already printed keys for agents to pin.
+            evidence = [p for p in (paillier, signing, Path(config.allow_list_file))
+                        if p.exists()]
+            evidence += [p for p in (Path(config.state_dir) / f for f in RUN_STATE_FILES)
+                         if p.exists()]
+            if evidence:
+                raise ConfigError(
+                    f"{missing[0]} is missing but {evidence[0]} exists, so this is not a "
+                    "first start: restore the key, or pass --new-keys to create a new one ("
+                    + REPIN + ")")
+        for path in missing:
+            try:
+                if path == paillier:
+                    create_keypair(paillier, config.key_bits)
+                else:
+                    create_signer(signing, exclusive=True)
+            except FileExistsError:
+                # Only a writer that ignores the lock gets here (an older fedmq): theirs
+                # stays, and is the one we load and print.
+                log.info("%s was created meanwhile by another process: loading it", path)
+        if new_keys:
+            log.warning("created new key(s) %s: %s", ", ".join(map(str, missing)), REPIN)
 
 
 def _threshold_keys(config: AggregatorConfig) -> tuple[Keypair, Signer]:
@@ -101,9 +124,13 @@ def load_keypair(path: Path, bits: int | None = None) -> tuple[PaillierPublicKey
 
 
 def create_keypair(path: Path, bits: int) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
+    """A new keypair written 0600 to ``path``; FileExistsError if a key is there already
+    (never replaced: agents may have pinned it)."""
     public, private = generate_keypair(bits)
     try:
-        write_atomic(path, json.dumps(private_key_to_dict(private)).encode(), private=True)
+        write_new(path, json.dumps(private_key_to_dict(private)).encode(), private=True)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise ConfigError(f"cannot write private key {path}: {exc.strerror}") from exc
     log.info("generated %d-bit Paillier key %s (fingerprint %s)", bits, path, fingerprint(public))
@@ -114,4 +141,9 @@ def load_or_create_keypair(path: str | Path, bits: int) -> tuple[PaillierPublicK
                                                                  PaillierPrivateKey]:
     """Load the keypair at ``path``, or create it there (no first-use check: tools, tests)."""
     p = Path(path)
-    return load_keypair(p, bits) if p.exists() else create_keypair(p, bits)
+    if not p.exists():
+        try:
+            return create_keypair(p, bits)
+        except FileExistsError:
+            pass  # a process starting beside us won: its key is the one on disk
+    return load_keypair(p, bits)

@@ -1,7 +1,9 @@
-"""Crash-safe file writes shared by the roles: write a temp file, fsync, rename.
+"""Crash-safe file writes shared by the roles: write a temp file, fsync, rename (or link).
 
 A power cut on a gateway or a device must leave either the old file or the new
 one, never half of each; secrets are created with mode 0600 from the first byte.
+A key is created with a link instead of a rename: a second writer fails rather
+than replace a key someone already printed and pinned.
 """
 
 from __future__ import annotations
@@ -30,6 +32,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, private: bool = F
     ``private`` files (keys, passwords) are 0600 from their first byte; others 0644.
     A reader sees the old file or the new one; a crash leaves no half-written file.
     """
+    _write_then(path, data, private=private, link=False)
+
+
+def write_new(path: str | os.PathLike[str], data: bytes, *, private: bool = False) -> None:
+    """Create ``path`` with ``data`` in one step; FileExistsError if it exists already.
+
+    As ``write_atomic``, but the temp file is hard-linked into place, which fails when the
+    name is taken: two processes creating the same key never both think theirs is on disk.
+    """
+    _write_then(path, data, private=private, link=True)
+
+
+def _write_then(path: str | os.PathLike[str], data: bytes, *, private: bool,
+                link: bool) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     # A unique temp name: two writers (threads or processes) never share one.
@@ -43,11 +59,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, private: bool = F
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        (os.link if link else os.replace)(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    # The rename itself must reach the disk too, or a crash can resurrect the old file.
+    if link:  # the key now has two names: drop the temp one
+        tmp.unlink()
+    # The new name itself must reach the disk too, or a crash can resurrect the old file.
     dir_fd = os.open(p.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -99,12 +117,15 @@ def load_signer(path: str | Path) -> Signer:
         raise ConfigError(f"cannot load signing key {p}: {exc}") from exc
 
 
-def create_signer(path: str | Path) -> Signer:
-    """A new Ed25519 signing key, written 0600."""
+def create_signer(path: str | Path, *, exclusive: bool = False) -> Signer:
+    """A new Ed25519 signing key, written 0600; ``exclusive``: FileExistsError rather than
+    replace a key already there."""
     p = Path(path)
     signer = Signer.generate()
     try:
-        write_atomic(p, signer.to_pem(), private=True)
+        (write_new if exclusive else write_atomic)(p, signer.to_pem(), private=True)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise ConfigError(f"cannot write signing key {p}: {exc.strerror}") from exc
     log.info("generated Ed25519 signing key %s (public %s)", p, signer.public_hex)
@@ -112,5 +133,14 @@ def create_signer(path: str | Path) -> Signer:
 
 
 def load_or_create_signer(path: str | Path) -> Signer:
-    """An Ed25519 signing key: loaded if present, else generated and written 0600."""
-    return load_signer(path) if Path(path).exists() else create_signer(path)
+    """An Ed25519 signing key: loaded if present, else generated and written 0600.
+
+    Two processes starting together (a device's agent and its --show-public-key) end with
+    the same key: the one that loses the exclusive create loads the winner's.
+    """
+    if not Path(path).exists():
+        try:
+            return create_signer(path, exclusive=True)
+        except FileExistsError:
+            pass
+    return load_signer(path)

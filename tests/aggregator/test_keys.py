@@ -1,10 +1,17 @@
+"""The aggregator's keys: made once (however many commands start together), never replaced."""
+
 from __future__ import annotations
 
+import os
+import re
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from fedmq.aggregator.keys import load_or_create_keypair
+from fedmq.aggregator.keys import load_keypair, load_or_create_keypair
 from fedmq.protocol.crypto.paillier import fingerprint
 from fedmq.protocol.errors import ConfigError
 
@@ -71,7 +78,9 @@ def test_no_keys_beside_run_state_is_not_a_first_use(tmp_path, state_file):
     (tmp_path / "gw" / state_file).write_text("x")
     with pytest.raises(ConfigError, match=f"missing.*{state_file}"):
         load_aggregator_keys(config)
-    assert sorted(p.name for p in (tmp_path / "gw").iterdir()) == [state_file]
+    # No key and no temp file was made (the lock file beside the key stays, as a lock does).
+    assert sorted(p.name for p in (tmp_path / "gw").iterdir()
+                  if p.name != ".paillier.key.lock") == [state_file]
 
 
 @pytest.mark.parametrize("content,says", [
@@ -83,3 +92,90 @@ def test_malformed_key_files_are_config_errors(tmp_path, content, says):
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=f"paillier.key.*{says}"):
         load_or_create_keypair(path, 512)
+
+
+def test_an_existing_key_is_never_replaced(tmp_path):
+    from fedmq.aggregator.keys import create_keypair
+
+    path = tmp_path / "paillier.key"
+    pub, _ = create_keypair(path, 512)
+    with pytest.raises(FileExistsError):
+        create_keypair(path, 512)
+    assert fingerprint(load_keypair(path)[0]) == fingerprint(pub)
+    assert [p.name for p in tmp_path.iterdir()] == ["paillier.key"]  # no temp file left
+
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+PINNED = re.compile(r'key_fingerprint = "(\w+)"\naggregator_signing_key = "(\w+)"')
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "fedmq", *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _on_disk(state: Path, paillier: str, signing: str) -> tuple[str, str]:
+    from fedmq.runtime.files import load_signer
+
+    return (fingerprint(load_keypair(state / paillier)[0]),
+            load_signer(state / signing).public_hex)
+
+
+@pytest.mark.slow
+def test_20_enrolls_started_together_on_a_fresh_gateway_make_one_key(tmp_path):
+    """Issue 24: 20 first-start enrolls made up to 7 keys, 6 printed one not on disk, and
+    some failed with 'signing.key is missing but paillier.key exists'."""
+    from support import signer_for
+
+    for trial in range(3):
+        root = tmp_path / f"t{trial}"
+        root.mkdir()
+        (root / "aggregator.toml").write_text(
+            "[keys]\nbits = 512\nprivate_key_file = 'st/p.key'\nsigning_key_file = 'st/s.key'\n"
+            "allow_list_file = 'st/allow.json'\n[model]\nkind = 'logistic'\n"
+            "features = ['a']\nn_classes = 2\n[output]\nstate_dir = 'st'\n")
+        procs = [_start("enroll", "--config", "aggregator.toml", "--agent", f"dev-{i:02d}",
+                        "--public-key", signer_for(f"dev-{i:02d}").public_hex, cwd=root)
+                 for i in range(20)]
+        printed = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            printed.append(PINNED.search(out).groups())
+        assert set(printed) == {_on_disk(root / "st", "p.key", "s.key")}, trial
+        assert sorted(p.name for p in (root / "st").iterdir()
+                      if not p.name.endswith(".lock")) == ["allow.json", "p.key", "s.key"]
+
+
+@pytest.mark.slow
+def test_init_device_enroll_and_aggregator_started_together_make_one_key(tmp_path):
+    """A gateway directory before its first key: `init device`, `enroll` and the aggregator
+    (up to its key load: --show-fingerprint) started together all pin the one pair on disk."""
+    from support import signer_for
+
+    from fedmq.cli import main
+
+    gw = tmp_path / "gw"
+    assert main(["init", "gateway", str(gw), "--bits", "512", "--loopback"]) == 0
+    for key in ("paillier.key", "signing.key"):
+        (gw / "state" / key).unlink()  # as before its first start
+    procs = {f"init {i}": _start("init", "device", f"dev-{i}", "--gateway", ".", cwd=gw)
+             for i in range(3)}
+    procs |= {f"enroll {i}": _start("enroll", "--config", "aggregator.toml", "--agent",
+                                    f"new-{i}", "--public-key", signer_for(f"new-{i}").public_hex,
+                                    cwd=gw) for i in range(3)}
+    procs |= {f"aggregator {i}": _start("aggregator", "--config", "aggregator.toml",
+                                        "--show-fingerprint", cwd=gw) for i in range(2)}
+    outs = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (name, err)
+        outs[name] = out
+    disk = _on_disk(gw / "state", "paillier.key", "signing.key")
+    for name, out in outs.items():
+        if name.startswith("init"):
+            out = (gw / "devices" / f"dev-{name.split()[1]}" / "agent.toml").read_text()
+        if name.startswith("aggregator"):
+            assert out.strip() == disk[0], name
+        else:
+            assert PINNED.search(out).groups() == disk, name
