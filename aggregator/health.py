@@ -2,7 +2,8 @@
 devices publish, and the decrypted fleet totals (never one device's numbers).
 
 - A device that skips a round says why in its status; each reason is logged once
-  per device and round and counted in the round's record.
+  per device and run and counted in each round's record (a WARNING only for a
+  round that brings a device or reason not seen skipping before in this run).
 - The share of update values the training codec clipped (an encrypted count in
   every update) is the symptom of missing scaling or a too-small ``clip``.
 - A class with no row in the fleet's evaluation totals for several rounds in a row
@@ -52,6 +53,7 @@ class FleetHealth:
         self._contributed: set[str] = set()
         self._expected: set[str] = set()
         self._said: set[tuple[str, str]] = set()  # (agent, skip code) logged in this run
+        self._counted: set[tuple[str, str]] = set()  # (agent, skip code) in a round's count
         self._losses: list[float] = []  # fleet loss of each evaluated model, in order
 
     def skipped(self, round_id: int, agent: str, skip: Skip) -> None:
@@ -80,8 +82,13 @@ class FleetHealth:
             self._losses.append(evaluation.loss)
         counts = dict(Counter(s.code for s in skipped.values()))
         if counts:
-            log.warning("round %d: %d device(s) skipped it: %s", round_id, len(skipped),
-                        ", ".join(f"{code} {n}" for code, n in sorted(counts.items())))
+            # The same devices skipping for the same reasons every round was said already
+            # (skipped() above, once per device and reason): counted, not warned again.
+            pairs = {(agent, s.code) for agent, s in skipped.items()}
+            news, self._counted = pairs - self._counted, self._counted | pairs
+            log.log(logging.WARNING if news else logging.INFO,
+                    "round %d: %d device(s) skipped it: %s", round_id, len(skipped),
+                    ", ".join(f"{code} {n}" for code, n in sorted(counts.items())))
         if share > self.policy.clipped_share_warning:
             log.warning("round %d: %.0f%% of the update values were clipped to the codec's "
                         "bound: the features or the label are not scaled (give [model] "

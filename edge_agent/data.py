@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -49,18 +49,14 @@ def load_csv(path: str | Path, features: tuple[str, ...], label: str, *,
             header = [h.strip() for h in header]
             missing = [c for c in (*features, label) if c not in header]
             if missing:
-                raise DataError(f"data file {p} lacks column(s) {', '.join(missing)}; "
-                                f"it has {', '.join(header)}")
+                raise DataError(f"data file {p} lacks column(s) {', '.join(missing)}"
+                                + _unused(header, (*features, label)))
             idx = [header.index(c) for c in (*features, label)]
             rows = []
             for line_no, row in enumerate(reader, start=2):
                 if not row or all(not cell.strip() for cell in row):
                     continue
-                try:
-                    rows.append([float(row[i]) for i in idx])
-                except (ValueError, IndexError) as exc:
-                    raise DataError(
-                        f"{p}:{line_no}: not a number in a used column ({exc})") from exc
+                rows.append(_numbers(row, idx, header, f"{p}:{line_no}"))
     except UnicodeDecodeError as exc:
         raise DataError(f"data file {p} is not a UTF-8 text file ({exc.reason}); is it a "
                         "CSV?") from exc
@@ -76,6 +72,38 @@ def load_csv(path: str | Path, features: tuple[str, ...], label: str, *,
     if not np.all(np.isfinite(table)):
         raise DataError(f"data file {p} contains NaN or infinite values in used columns")
     return LocalData(X=table[:, :-1], y=table[:, -1], features=tuple(features), label=label)
+
+
+def column_diff(wanted: Sequence[str], found: Sequence[str]) -> str:
+    """What ``found`` lacks and has beyond ``wanted``: "missing: f23; extra: foo" (or "same
+    columns in another order"), never the two whole lists."""
+    missing = [c for c in wanted if c not in found]
+    extra = [c for c in found if c not in wanted]
+    said = [f"{what}: {', '.join(names)}" for what, names in (("missing", missing),
+                                                              ("extra", extra)) if names]
+    return "; ".join(said) or "the same columns in another order"
+
+
+def _unused(header: Sequence[str], used: Sequence[str]) -> str:
+    """The header's columns no feature or label names (a misspelt one is among them)."""
+    other = [c for c in header if c not in used]
+    return f"; the header's other column(s): {', '.join(other)}" if other else ""
+
+
+def _numbers(row: Sequence[str], idx: Sequence[int], header: Sequence[str],
+             where: str) -> list[float]:
+    """The used cells of one row as floats; DataError naming the row and the column."""
+    values = []
+    for i in idx:
+        if i >= len(row):
+            raise DataError(f"{where}: column {header[i]!r} is missing (the row has "
+                            f"{len(row)} field(s), the header {len(header)})")
+        try:
+            values.append(float(row[i]))
+        except ValueError as exc:
+            # The parser's words (quoting the cell) in parentheses: public_detail drops them.
+            raise DataError(f"{where}: column {header[i]!r} is not a number ({exc})") from None
+    return values
 
 
 MAX_LINE = 1 << 20  # characters: a CSV row of readings is far shorter; a file without

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from numpy.typing import ArrayLike
 
-from fedmq.edge_agent.data import LocalData
+from fedmq.edge_agent.data import LocalData, column_diff
 from fedmq.edge_agent.health import RoundSkipped, skip_code
 from fedmq.edge_agent.trainer import LocalUpdate, train_round
 from fedmq.models import ModelError, ModelSpec, make_model
@@ -46,11 +46,12 @@ class PhaseValues:
 
 
 def check_features(spec: ModelSpec, data: LocalData) -> None:
+    """The fleet model's features must be this device's [data] features, in order; the
+    skip names what differs ("missing: f23; extra: foo"), not both whole lists."""
     if tuple(spec.features) != data.features:
         raise RoundSkipped(
-            "feature-mismatch",
-            f"the fleet model uses features {list(spec.features)}, this agent's data "
-            f"config has {list(data.features)}")
+            "feature-mismatch", "this device's [data] features differ from the fleet "
+            f"model's: {column_diff(spec.features, data.features)}")
 
 
 def statistics_values(spec: ModelSpec, data: LocalData, params: StatsParams) -> list[int]:

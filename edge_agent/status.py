@@ -24,7 +24,8 @@ class DeviceStatus:
         self.agent_id, self.topic = agent_id, topic
         self._log = log
         self._skipped: Skip | None = None  # the round this device last sat out, and why
-        self._refused: set[tuple[str, str]] = set()  # (run, message) refusals logged
+        # (run, code, message) skips logged: the same reason every round is said once a run.
+        self._said: set[tuple[str, str, str]] = set()
         self._publish: Publish | None = None
 
     def attach(self, publish: Publish) -> None:
@@ -54,12 +55,16 @@ class DeviceStatus:
         self._skipped = skip
         self._send("online")
         line = skip_line(msg.round_id, exc.code, str(exc))
-        if not exc.refusal:
-            self._log.error("%s", line)
-        elif (msg.run_id, str(exc)) not in self._refused:
-            # The same terms refuse every round of the run: one line says it.
-            self._refused.add((msg.run_id, str(exc)))
+        said = (msg.run_id, exc.code, str(exc))
+        if said in self._said:
+            # The status names every round; the log said this reason once this run.
+            self._log.debug("%s", line)
+            return
+        self._said.add(said)
+        if exc.refusal:  # the gateway's terms, not a fault of this device
             self._log.warning("%s", line)
+        else:
+            self._log.error("%s", line)
 
     def serving(self) -> None:
         """Serving again: the status no longer names a skip."""

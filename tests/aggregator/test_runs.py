@@ -113,6 +113,25 @@ def test_state_from_before_run_directories_is_moved_into_one_and_resumed(
                                   "0.1", "1", "a", "", "training", *[""] * 11]]
 
 
+def test_a_new_run_after_a_finished_one_is_info_not_a_warning(
+        make_aggregator, broker_port, tmp_path, caplog):
+    """Issue 24: starting again after a finished run is normal operation (no WARNING)."""
+    state = tmp_path / "aggregator"
+    agg = make_aggregator(broker_port, rounds=3)
+    done = RunDirs(state).create("20260101-000000-done")
+    Checkpoints(done).save(RunCheckpoint(
+        run_id=done.name, fleet="test", key_fingerprint=agg.fingerprint,
+        codec_digest=agg.codec_digest, round_id=4, model_version=3, status="finished"))
+    caplog.set_level(logging.INFO)
+    start = agg._start_point()
+    assert start.run_id != done.name and start.round_id == 1
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "not resuming" in
+            r.getMessage()]
+    assert said == [(logging.INFO, f"not resuming {done.resolve()}: run {done.name} finished; "
+                                   "starting a new run")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_latest_is_a_relative_link_replaced_in_place(tmp_path):
     runs = RunDirs(tmp_path / "gw")
     a, b = runs.create("a"), runs.create("b")

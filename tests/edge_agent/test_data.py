@@ -23,13 +23,26 @@ def test_loads_selected_columns_in_config_order(tmp_path):
 @pytest.mark.parametrize("text,match", [
     ("", "empty"),
     ("a,label\n", "no rows"),
-    ("a,lbl\n1,0\n", "lacks column"),
-    ("a,label\n1,x\n", r"d.csv:2: not a number"),
+    ("a,lbl\n1,0\n", r"lacks column\(s\) label; the header's other column\(s\): lbl$"),
+    ("a,label\n1,0\n2,x\n", r"d.csv:3: column 'label' is not a number \(could not convert"),
+    ("a,b,label\n1,2,0\nz,2,0\n", r"d.csv:3: column 'a' is not a number"),
+    ("label,a\n1,0\n1\n", r"d.csv:3: column 'a' is missing \(the row has 1 field\(s\), the "
+                           r"header 2\)"),
     ("a,label\n1,nan\n", "NaN"),
 ])
 def test_bad_files_give_clear_errors(tmp_path, text, match):
     with pytest.raises(DataError, match=match):
         load_csv(write(tmp_path, text), ("a",), "label")
+
+
+def test_column_diff_names_only_what_differs():
+    from fedmq.edge_agent.data import column_diff
+
+    fleet = tuple(f"f{i}" for i in range(24))
+    assert column_diff(fleet, (*fleet[:23], "foo")) == "missing: f23; extra: foo"
+    assert column_diff(fleet, fleet[:22]) == "missing: f22, f23"
+    assert column_diff(("a",), ("a", "b")) == "extra: b"
+    assert column_diff(("a", "b"), ("b", "a")) == "the same columns in another order"
 
 
 def test_missing_file(tmp_path):

@@ -134,3 +134,5 @@ def test_other_features_skip_every_phase(phase):
     with pytest.raises(RoundSkipped) as info:
         serve(msg)
     assert info.value.code == "feature-mismatch"
+    assert str(info.value) == ("this device's [data] features differ from the fleet model's: "
+                               "missing: x9; extra: x3")

@@ -72,7 +72,7 @@ def _other_features(port: int) -> EdgeAgent:
 
 @pytest.mark.parametrize("make_bad, code, detail", [
     (_outside_classes, "class-outside-model", "class labels must lie in [0, 2)"),
-    (_other_features, "feature-mismatch", "'x4'"),
+    (_other_features, "feature-mismatch", "missing: x3; extra: x4"),
 ])
 def test_an_agent_whose_data_does_not_fit_the_model_publishes_why_it_skipped(
         broker_port, make_aggregator, keypair, run_agents, caplog, make_bad, code, detail):

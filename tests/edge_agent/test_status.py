@@ -67,3 +67,21 @@ def test_a_refusal_of_the_gateways_terms_is_one_warning_per_run_and_a_skip_per_r
     assert said == [(logging.WARNING, line) for line in (
         "round 1 skipped (privacy-budget): quorum above max_quorum; fix: "
         + FIXES["privacy-budget"],) * 2]
+
+
+def test_the_same_skip_every_round_is_logged_once_per_reason_and_run(sent, caplog) -> None:
+    """Issue 24: a device missing one feature logged the same skip every round."""
+    device = status(sent)
+    mismatch = RoundSkipped("feature-mismatch", "missing: f23", "missing: f23")
+    broken = RoundSkipped("data-error", "d.csv:3: column 'a' is not a number")
+    for run_id, round_id, skip in (("r1", 1, mismatch), ("r1", 2, mismatch),
+                                   ("r1", 3, broken), ("r1", 4, mismatch),
+                                   ("r1", 5, mismatch), ("r2", 1, mismatch)):
+        device.sat_out(announce(round_id, run_id=run_id), skip)
+    assert len(sent) == 6  # the status names every round it skips
+    said = [(r.levelno, r.getMessage().split(": fix:")[0].split("; fix:")[0])
+            for r in caplog.records if r.name == "t.status" and r.levelno > logging.DEBUG]
+    assert said == [(logging.ERROR, "round 1 skipped (feature-mismatch): missing: f23"),
+                    (logging.ERROR, "round 3 skipped (data-error): d.csv:3: column 'a' is "
+                                    "not a number"),
+                    (logging.ERROR, "round 1 skipped (feature-mismatch): missing: f23")]
