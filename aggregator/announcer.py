@@ -7,7 +7,10 @@ stays on the broker for every agent that starts later. Subscribed to both
 topics, the aggregator sees each copy the broker hands out (its own echo, the
 retained copy on subscribe, a forgery) and puts its own back when the copy is
 not byte-identical to what it last published and not the echo of one of its
-own publishes (each publish is expected back once).
+own publishes (each publish is expected back once). A copy it signed itself (its
+retained message from an earlier run or process, which the broker hands out on
+every restart) is replaced quietly, at INFO; only a copy it did not sign is a
+WARNING.
 
 Why it re-announces after every (re)connect: it runs a clean MQTT session.
 Mosquitto 2.0.11 with ``use_username_as_clientid`` keeps the client id an
@@ -42,12 +45,14 @@ from numpy.typing import NDArray
 
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import CodecParams
-from fedmq.protocol.crypto.signing import Signer
+from fedmq.protocol.crypto.signing import Signer, signed_by
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttLink
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from fedmq.aggregator.config import AggregatorConfig
 
 log = logging.getLogger("fedmq.aggregator.service")
@@ -59,8 +64,11 @@ _WARNED_MAX = 1000
 class Announcer:
     """Thread-safe record of the retained topics; paho's thread only stores."""
 
-    def __init__(self, topics: Iterable[str]) -> None:
+    def __init__(self, topics: Iterable[str], *,
+                 own_key: Ed25519PublicKey | None = None) -> None:
+        """``own_key``: the aggregator's signing key, to know its earlier messages."""
         self._topics = frozenset(topics)
+        self._own_key = own_key
         self._lock = threading.Lock()
         self._latest: dict[str, bytes] = {}
         self._ours: dict[str, deque[bytes]] = {t: deque(maxlen=_OWN_HISTORY)
@@ -139,6 +147,11 @@ class Announcer:
         if len(self._warned) >= _WARNED_MAX:
             self._warned.clear()
         self._warned.add(digest)
+        if self._own_key is not None and signed_by(payload, self._own_key):
+            log.info("the broker handed out an earlier message of this aggregator on %s "
+                     "(signed by its key: an earlier run or process; sha256 %s...); "
+                     "replacing it with the current one", topic, digest.hex()[:16])
+            return
         log.warning("the broker handed out a %d-byte message on %s that this aggregator did "
                     "not publish (sha256 %s...); republishing its own", len(payload), topic,
                     digest.hex()[:16])

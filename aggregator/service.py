@@ -117,7 +117,8 @@ class Aggregator(RoundClosing):
         self._attendance = Attendance(config.policy, self._inbound.online, self.allow_list,
                                       rng=self._rng, relays=self.relays)
         topics = config.topics
-        self._announcer = Announcer((topics.pubkey, topics.round))
+        self._announcer = Announcer((topics.pubkey, topics.round),
+                                    own_key=self.signer.public_key)
         # A clean session: a persistent one is what lets Mosquitto 2.0.11 deafen
         # us for good after one unauthenticated CONNECT with our user name as
         # client id (see aggregator.announcer). Whatever agents sent while we

@@ -126,3 +126,21 @@ def verify_document(doc: dict[str, Any], key: Ed25519PublicKey) -> None:
     except ValueError as exc:
         raise ProtocolError(f"announcement cannot be canonicalized: {exc}") from exc
     verify(key, CONTROL_DOMAIN, body, raw)
+
+
+def signed_by(payload: bytes, key: Ed25519PublicKey) -> bool:
+    """True if ``payload`` is a signed JSON document (``sign_document``) that ``key`` signed.
+
+    Anything else (not JSON, not a document, unsigned, another key) is simply False.
+    """
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):  # not JSON (nor UTF-8), or nested to exhaustion
+        return False
+    if not isinstance(doc, dict):
+        return False
+    try:
+        verify_document(doc, key)
+    except ProtocolError:
+        return False
+    return True

@@ -57,9 +57,9 @@ def test_round_skipped_refuses_unknown_codes():
 
 def test_public_detail_hides_the_path_and_the_cell():
     path = "/home/pi/data/log.csv"
-    message = f"{path}:52: not a number in a used column (could not convert string to " \
+    message = f"{path}:52: column 'temp' is not a number (could not convert string to " \
               "float: 'secret')"
-    assert public_detail(message, path) == "data file line 52: not a number in a used column"
+    assert public_detail(message, path) == "data file line 52: column 'temp' is not a number"
     assert public_detail(f"data file {path} not found", path) == "the data file not found"
     assert public_detail(f"data file {path}:3 holds a NUL byte: not a text CSV file", path) \
         == "data file line 3 holds a NUL byte: not a text CSV file"

@@ -152,4 +152,4 @@ def test_a_data_file_broken_mid_run_skips_rounds_until_it_is_fixed(
                     ("offline", None)]
     # The gateway learns the line and what is wrong, not the cell or the device's paths.
     assert next(s.skipped for s in statuses if s.skipped) == Skip(
-        RUN, 2, "data-error", "data file line 52: not a number in a used column")
+        RUN, 2, "data-error", "data file line 52: column 'x2' is not a number")
