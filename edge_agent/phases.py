@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 
 from numpy.typing import ArrayLike
 
-from fedmq.edge_agent.data import LocalData, column_diff
+from fedmq.edge_agent.data import LocalData
 from fedmq.edge_agent.health import RoundSkipped, skip_code
-from fedmq.edge_agent.trainer import LocalUpdate, train_round
+from fedmq.edge_agent.trainer import LocalUpdate, check_features, train_round
 from fedmq.models import ModelError, ModelSpec, make_model
 from fedmq.models.base import as_label_vector
 from fedmq.models.dpsgd import DpSgd
@@ -45,18 +45,9 @@ class PhaseValues:
     clipped: int = 0  # values clipped: training codec (training), +-max_abs (statistics)
 
 
-def check_features(spec: ModelSpec, data: LocalData) -> None:
-    """The fleet model's features must be this device's [data] features, in order; the
-    skip names what differs ("missing: f23; extra: foo"), not both whole lists."""
-    if tuple(spec.features) != data.features:
-        raise RoundSkipped(
-            "feature-mismatch", "this device's [data] features differ from the fleet "
-            f"model's: {column_diff(spec.features, data.features)}")
-
-
 def statistics_values(spec: ModelSpec, data: LocalData, params: StatsParams) -> list[int]:
     """The statistics section: sums of ``data`` (the training rows)."""
-    check_features(spec, data)
+    check_features(spec.features, data)
     try:
         # The label check first, so bad labels are skipped as such (not as bad sums).
         as_label_vector(data.y, data.n_samples)
@@ -70,7 +61,7 @@ def statistics_values(spec: ModelSpec, data: LocalData, params: StatsParams) -> 
 def evaluation_values(spec: ModelSpec, params: ArrayLike, data: LocalData, stats: StatsParams,
                       *, clipped_train: int = 0) -> list[int]:
     """The evaluation section: the model with ``params`` evaluated on ``data``."""
-    check_features(spec, data)
+    check_features(spec.features, data)
     try:
         model = make_model(spec).set_params_vector(params)
         return local_evaluation(model, data.X, data.y, stats, clipped_train=clipped_train)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.edge_agent.data import LocalData
+from fedmq.edge_agent.data import LocalData, column_diff
 from fedmq.edge_agent.health import RoundSkipped, skip_code
 from fedmq.models import ModelError, make_model
 from fedmq.models.dpsgd import DpSgd, fit_dpsgd
@@ -43,6 +43,15 @@ def fleet_clip_note(round_id: int, updates: list[LocalUpdate], clip: float) -> s
                      sum(u.delta.size for u in updates), clip, agents=len(clipping))
 
 
+def check_features(fleet: tuple[str, ...], data: LocalData) -> None:
+    """The fleet model's features must be this device's [data] features, in order; the
+    skip names what differs ("missing: f23; extra: foo"), not both whole lists."""
+    if tuple(fleet) != data.features:
+        raise RoundSkipped(
+            "feature-mismatch", "this device's [data] features differ from the fleet "
+            f"model's: {column_diff(fleet, data.features)}")
+
+
 def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
                 seed: int | None = None, dpsgd: DpSgd | None = None) -> LocalUpdate:
     """Train E epochs from the global model on local data; delta = w_local - w_global.
@@ -53,12 +62,7 @@ def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
 
     Raises RoundSkipped (with its skip code) when the data cannot serve this model.
     """
-    if tuple(msg.spec.features) != data.features:
-        raise RoundSkipped(
-            "feature-mismatch",
-            f"the fleet model uses features {list(msg.spec.features)}, this agent's data "
-            f"config has {list(data.features)}"
-        )
+    check_features(msg.spec.features, data)
     s = msg.settings
     start = msg.params_array
     try:

@@ -65,6 +65,6 @@ def test_public_detail_hides_the_path_and_the_cell():
         == "data file line 3 holds a NUL byte: not a text CSV file"
 
 def test_the_log_line_names_round_code_and_fix():
-    line = skip_line(4, "feature-mismatch", "the fleet model uses features ['a']")
-    assert line == ("round 4 skipped (feature-mismatch): the fleet model uses features ['a']; "
+    line = skip_line(4, "feature-mismatch", "missing: f23; extra: foo")
+    assert line == ("round 4 skipped (feature-mismatch): missing: f23; extra: foo; "
                     f"fix: {FIXES['feature-mismatch']}")

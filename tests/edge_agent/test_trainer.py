@@ -40,6 +40,7 @@ def test_feature_mismatch_is_a_clear_error():
     with pytest.raises(ConfigError, match="features") as info:
         train_round(round_for(spec), data, max_weight=100)
     assert info.value.code == "feature-mismatch"  # type: ignore[attr-defined]
+    assert str(info.value).endswith("fleet model's: missing: other; extra: x3")
 
 
 def test_labels_outside_the_model_classes_are_a_data_error():
