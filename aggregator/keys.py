@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Keypair = tuple[PaillierPublicKey, PaillierPrivateKey | None]
 # Run state in state_dir (runs/ and latest; directly in it before run directories).
 RUN_STATE_FILES = ("runs", "latest", "run.json", "global_model.npz", "rounds.csv", "open_round")
+# Waiting for another command's key generation: 8192-bit keys take minutes on a Pi.
+KEYGEN_LOCK_TIMEOUT = 900.0
 REPIN = ("every agent must then re-pin [fleet] key_fingerprint and aggregator_signing_key "
          "(fedmq enroll prints them)")
 
@@ -56,7 +58,7 @@ def _create_missing(config: AggregatorConfig, paillier: Path, signing: Path, *,
                     new_keys: bool) -> None:
     """Create the missing key(s) under one lock, so that enroll, init and the aggregator
     started together on a fresh gateway make one pair, not one each (issue 24)."""
-    with locked(paillier):
+    with locked(paillier, timeout=KEYGEN_LOCK_TIMEOUT):
         # Again under the lock: a process we waited for may have made both meanwhile, and
         # a half-made pair (one file linked, the other not yet) is only ever seen out here.
         missing = [p for p in (paillier, signing) if not p.exists()]

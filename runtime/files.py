@@ -8,6 +8,7 @@ than replace a key someone already printed and pinned.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from fedmq.protocol.crypto.signing import Signer
 from fedmq.protocol.errors import ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, private: bool = False) -> None:
@@ -59,18 +61,37 @@ def _write_then(path: str | os.PathLike[str], data: bytes, *, private: bool,
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        (os.link if link else os.replace)(tmp, p)
+        if link:
+            _link(tmp, p)
+        else:
+            os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if link:  # the key now has two names: drop the temp one
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
     # The new name itself must reach the disk too, or a crash can resurrect the old file.
     dir_fd = os.open(p.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _link(tmp: Path, p: Path) -> None:
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        # A filesystem without hard links (FAT on a USB stick, some network shares) has no
+        # exclusive rename: checked, then renamed. The aggregator's keys are still made
+        # once, under their lock (aggregator.keys); only lock-free callers lose the race.
+        if p.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(p)) from None
+        os.replace(tmp, p)
 
 
 def write_text_atomic(path: str | Path, text: str, *, private: bool = False) -> None:

@@ -30,11 +30,23 @@ def locked(path: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT) -> It
         raise ConfigError("changing a shared gateway file needs the gateway extra: "
                           "pip install 'fedmq[gateway]'") from None
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(p.with_name(f".{p.name}.lock"), timeout=timeout)
     try:
-        with lock:
-            yield p
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"cannot make the folder {p.parent} for {p}: a file of that name is "
+                          "in the way") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot make the folder {p.parent} for {p}: {exc.strerror}") from None
+    try:
+        lock.acquire()
     except Timeout:
         raise ConfigError(f"{p} is locked by another fedmq command (lock file {lock.lock_file}) "
                           f"for more than {timeout:g} s") from None
+    except OSError as exc:  # a folder we may not write in
+        raise ConfigError(f"cannot lock {p} (lock file {lock.lock_file}): "
+                          f"{exc.strerror or exc}") from None
+    try:
+        yield p
+    finally:
+        lock.release()

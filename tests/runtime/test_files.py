@@ -77,6 +77,22 @@ def test_write_new_never_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["key"]
 
 
+def test_without_hard_links_write_new_still_never_replaces(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAT and some network shares refuse os.link (EPERM): checked, then renamed."""
+    import errno
+
+    def no_links(*_args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "key"
+    write_new(path, b"first", private=True)
+    with pytest.raises(FileExistsError):
+        write_new(path, b"second", private=True)
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
 def test_a_signing_key_made_by_threads_together_is_one_key(tmp_path: Path) -> None:
     """Each caller returns the key on disk, never one that lost the race to be written."""
     path, found = tmp_path / "signing.key", []
