@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,9 +111,36 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 PINNED = re.compile(r'key_fingerprint = "(\w+)"\naggregator_signing_key = "(\w+)"')
 
 
-def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "fedmq", *args], cwd=cwd, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# The real command's main, in its own process, held at the start line until all are ready:
+# imports take 0.3-1 s each and would otherwise spread the starts wider than the race.
+STARTER = """import pathlib, sys, time
+import fedmq.aggregator.config, fedmq.aggregator.keys, fedmq.cli, fedmq.gateway_cli, fedmq.provision
+go = pathlib.Path(sys.argv[1])
+pathlib.Path(sys.argv[2]).touch()
+while not go.exists():
+    time.sleep(0.002)
+sys.exit(fedmq.cli.main(sys.argv[3:]))
+"""
+
+
+def _together(commands: dict[str, list[str]], cwd: Path) -> dict[str, str]:
+    """Start ``fedmq COMMAND...`` for each entry, release them at once; their stdout."""
+    line = cwd / ".go"
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(line), str(cwd / f".ready-{i}"), *args], cwd=cwd,
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, (name, args) in enumerate(commands.items())}
+    deadline = time.monotonic() + 120
+    while sum((cwd / f".ready-{i}").exists() for i in range(len(procs))) < len(procs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values())
+        time.sleep(0.01)
+    line.touch()
+    outs = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (name, err)
+        outs[name] = out
+    return outs
 
 
 def _on_disk(state: Path, paillier: str, signing: str) -> tuple[str, str]:
@@ -134,17 +163,14 @@ def test_20_enrolls_started_together_on_a_fresh_gateway_make_one_key(tmp_path):
             "[keys]\nbits = 512\nprivate_key_file = 'st/p.key'\nsigning_key_file = 'st/s.key'\n"
             "allow_list_file = 'st/allow.json'\n[model]\nkind = 'logistic'\n"
             "features = ['a']\nn_classes = 2\n[output]\nstate_dir = 'st'\n")
-        procs = [_start("enroll", "--config", "aggregator.toml", "--agent", f"dev-{i:02d}",
-                        "--public-key", signer_for(f"dev-{i:02d}").public_hex, cwd=root)
-                 for i in range(20)]
-        printed = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            printed.append(PINNED.search(out).groups())
+        outs = _together({f"dev-{i:02d}": [
+            "enroll", "--config", "aggregator.toml", "--agent", f"dev-{i:02d}", "--public-key",
+            signer_for(f"dev-{i:02d}").public_hex] for i in range(20)}, root)
+        printed = [PINNED.search(out).groups() for out in outs.values()]
         assert set(printed) == {_on_disk(root / "st", "p.key", "s.key")}, trial
         assert sorted(p.name for p in (root / "st").iterdir()
                       if not p.name.endswith(".lock")) == ["allow.json", "p.key", "s.key"]
+        assert len(json.loads((root / "st" / "allow.json").read_text())["agents"]) == 20
 
 
 @pytest.mark.slow
@@ -159,18 +185,13 @@ def test_init_device_enroll_and_aggregator_started_together_make_one_key(tmp_pat
     assert main(["init", "gateway", str(gw), "--bits", "512", "--loopback"]) == 0
     for key in ("paillier.key", "signing.key"):
         (gw / "state" / key).unlink()  # as before its first start
-    procs = {f"init {i}": _start("init", "device", f"dev-{i}", "--gateway", ".", cwd=gw)
-             for i in range(3)}
-    procs |= {f"enroll {i}": _start("enroll", "--config", "aggregator.toml", "--agent",
-                                    f"new-{i}", "--public-key", signer_for(f"new-{i}").public_hex,
-                                    cwd=gw) for i in range(3)}
-    procs |= {f"aggregator {i}": _start("aggregator", "--config", "aggregator.toml",
-                                        "--show-fingerprint", cwd=gw) for i in range(2)}
-    outs = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, (name, err)
-        outs[name] = out
+    commands = {f"init {i}": ["init", "device", f"dev-{i}", "--gateway", "."] for i in range(3)}
+    commands |= {f"enroll {i}": ["enroll", "--config", "aggregator.toml", "--agent", f"new-{i}",
+                                 "--public-key", signer_for(f"new-{i}").public_hex]
+                 for i in range(3)}
+    commands |= {f"aggregator {i}": ["aggregator", "--config", "aggregator.toml",
+                                     "--show-fingerprint"] for i in range(2)}
+    outs = _together(commands, gw)
     disk = _on_disk(gw / "state", "paillier.key", "signing.key")
     for name, out in outs.items():
         if name.startswith("init"):
