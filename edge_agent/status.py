@@ -1,22 +1,74 @@
 """This device's retained status on ``status/<id>``: online or offline, its software and
-codecs, and the round it last sat out with the reason (the gateway counts skips from it).
+codecs, the round it last sat out with the reason (the gateway counts skips from it), and
+when it asks for them, the key and round announcements it holds (protocol.holdings).
 
-Published retained on every (re)connect, when a skip starts or ends, and as "offline" on a
-clean stop; the Last Will says "offline" for a device that vanished.
+Published retained on every (re)connect, when a skip starts or ends, as "offline" on a
+clean stop, and as an ask (``Asks``) a little after every (re)connect and after a new key;
+the Last Will says "offline" for a device that vanished.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from fedmq.edge_agent.health import RoundSkipped, skip_line
 from fedmq.protocol.crypto.codec import CODEC_NAMES
 from fedmq.protocol.health import Skip
+from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.messages import RoundMessage, StatusMessage
 from fedmq.runtime import __version__
 
 Publish = Callable[..., bool]  # MqttLink.publish(topic, payload, *, retain, wait, timeout)
+# After a (re)connect the broker hands out the retained copies it holds at once; by then
+# the device knows whether its node had them. A new key's round follows it closely.
+ASK_AFTER = 2.0  # seconds
+KEY_SETTLE = 1.0  # seconds
+
+
+class Asks:
+    """When this device says what it holds: ASK_AFTER seconds after every (re)connect (a
+    broker node without the retained announcements gave it nothing), and KEY_SETTLE seconds
+    after it accepted a key other than the one its last ask named (the aggregator started
+    or restarted: on a broker that hands retained statuses to no wildcard subscriber, the
+    ask is how the aggregator learns this device is there). The announcer answers only what
+    is missing, so a device that has everything costs one status message per connection.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._connections = 0  # counted on paho's thread, read on the agent's
+        self._seen = 0
+        self._at: float | None = None
+        self._asked_key: str | None = None
+
+    def connected(self) -> None:
+        self._connections += 1
+
+    def key(self, digest: str) -> None:
+        if digest != self._asked_key and self._at is None:
+            self._at = self._clock() + KEY_SETTLE
+
+    def asked(self, holds: Holdings) -> None:
+        self._asked_key = holds.key
+
+    def due(self) -> bool:
+        now = self._clock()
+        if self._connections != self._seen:
+            self._seen, self._at = self._connections, now + ASK_AFTER
+        if self._at is None or now < self._at:
+            return False
+        self._at = None
+        return True
+
+    def wait(self, longest: float) -> float:
+        """Seconds the agent's loop may sleep before ``due`` may turn true."""
+        if self._connections != self._seen:
+            return 0.0
+        if self._at is None:
+            return longest
+        return min(longest, max(0.0, self._at - self._clock()))
 
 
 class DeviceStatus:
@@ -30,18 +82,23 @@ class DeviceStatus:
     def attach(self, publish: Publish) -> None:
         self._publish = publish
 
-    def payload(self, state: str) -> bytes:
+    def payload(self, state: str, holds: Holdings | None = None) -> bytes:
         return StatusMessage(agent_id=self.agent_id, state=state,
                              software=f"fedmq/{__version__}", codecs=CODEC_NAMES,
-                             skipped=self._skipped if state == "online" else None).to_bytes()
+                             skipped=self._skipped if state == "online" else None,
+                             holds=holds).to_bytes()
 
-    def _send(self, state: str, **kw: object) -> None:
+    def _send(self, state: str, holds: Holdings | None = None, **kw: object) -> None:
         assert self._publish is not None  # attached before the link connects
-        self._publish(self.topic, self.payload(state), retain=True, **kw)
+        self._publish(self.topic, self.payload(state, holds), retain=True, **kw)
 
     def online(self) -> None:
         """After every (re)connect, on paho's thread: queued, never waited for."""
         self._send("online", wait=False)
+
+    def ask(self, holds: Holdings) -> None:
+        """Online, holding ``holds``: the announcer sends again what this lacks."""
+        self._send("online", holds, wait=False)
 
     def offline(self) -> None:
         self._send("offline", timeout=2)

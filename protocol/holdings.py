@@ -1,0 +1,70 @@
+"""What a device holds of the aggregator's announcements: the ``holds`` part of its status.
+
+A clustered broker may keep retained messages on one node only (RabbitMQ 3.10 does, and
+hands them only to exact-topic subscriptions), so a device on another node never gets the
+retained ``pubkey`` or ``round``; live messages do cross nodes. A status carrying ``holds``
+asks the announcer (aggregator or relay) to send again whatever the device lacks; a status
+without it (every status of an older agent) asks nothing. Each announcement is named by a
+digest of its exact signed bytes, so "holds" is compared, never interpreted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from fedmq.protocol.errors import ProtocolError
+
+DIGEST_CHARS = 16  # hex characters: 64 bits, to tell announcements apart, not to secure them
+
+
+def announcement_digest(payload: bytes) -> str:
+    """The name of one signed announcement (its exact bytes) in a device's ``holds``."""
+    return hashlib.sha256(payload).hexdigest()[:DIGEST_CHARS]
+
+
+def _check(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) not in (0, DIGEST_CHARS) \
+            or not set(value) <= set(string.hexdigits):
+        raise ProtocolError(f"holds.{name} must be empty or {DIGEST_CHARS} hex characters, "
+                            f"got {value!r}"[:200])
+    return value
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """Digests of the key and round announcements a device accepted ("" for none)."""
+
+    key: str = ""
+    round: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.key, "key")
+        _check(self.round, "round")
+
+    @classmethod
+    def of(cls, key: bytes | None, round_: bytes | None) -> Holdings:
+        return cls(key=announcement_digest(key) if key else "",
+                   round=announcement_digest(round_) if round_ else "")
+
+    def lacks(self, key: bytes | None, round_: bytes | None) -> tuple[bool, bool]:
+        """(send the key, send the round) to a device holding this, given the latest
+        announcements (None: none yet). A device without the current key gets both: it
+        cannot verify a round without it and has accepted none under it."""
+        need_key = key is not None and self.key != announcement_digest(key)
+        need_round = round_ is not None and (need_key
+                                             or self.round != announcement_digest(round_))
+        return need_key, need_round
+
+    def to_dict(self) -> dict[str, str]:
+        return {"key": self.key, "round": self.round}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Holdings:
+        if not isinstance(doc, dict):
+            raise ProtocolError("holds must be a JSON object")
+        # Unknown fields are ignored: a newer device may say more than we read.
+        return cls(key=_check(doc.get("key", ""), "key"),
+                   round=_check(doc.get("round", ""), "round"))

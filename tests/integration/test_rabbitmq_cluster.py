@@ -1,0 +1,181 @@
+"""A fleet split across a two-node RabbitMQ cluster: every device trains every round.
+
+RabbitMQ 3.10 keeps retained MQTT messages per node (and hands them only to exact-topic
+subscriptions): a device on node B never gets the aggregator's retained ``pubkey`` or
+``round`` published on node A, only live copies. Devices ask with their status what they
+lack (protocol.holdings) and the aggregator sends it again. Skips without RabbitMQ, unless
+FEDMQ_REQUIRE_RABBITMQ=1 (set by .ci/run).
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mqtt_support import FleetClient
+from rabbitmq_support import RabbitCluster, rabbitmq_cluster
+from support import (
+    AGGREGATOR_SIGNER,
+    EnrolledFleet,
+    agent_config,
+    local_data,
+    run_in_thread,
+    wait_until,
+)
+
+from fedmq.aggregator.config import Limits
+from fedmq.aggregator.service import Aggregator
+from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.codec import CodecParams
+from fedmq.protocol.crypto.paillier import fingerprint
+from fedmq.protocol.holdings import Holdings
+from fedmq.protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
+from fedmq.protocol.topics import Topics
+
+TOPICS = Topics("test")
+ON_A = ("dev-a1", "dev-a2", "dev-a3")
+ON_B = ("dev-b1", "dev-b2", "dev-b3")
+ROUNDS = 2
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    with rabbitmq_cluster(tmp_path_factory.mktemp("rabbitmq"),
+                          ("aggregator", *ON_A, *ON_B)) as running:
+        yield running
+
+
+def aggregator_on_a(cluster: RabbitCluster, make_aggregator: Any, keypair: Any,
+                    tmp_path: Path, resend_seconds: float, **policy: Any) -> Aggregator:
+    config = make_aggregator(cluster.nodes[0].mqtt_port, codec=CodecParams(clip=2.0),
+                             **policy).config
+    return Aggregator(replace(config, mqtt=cluster.login("aggregator", 0),
+                              limits=Limits(resend_seconds=resend_seconds),
+                              state_dir=str(tmp_path / "aggregator")),
+                      keypair=keypair, signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet())
+
+
+def agent_on(cluster: RabbitCluster, name: str, keypair: Any, tmp_path: Path,
+             seed: int) -> EdgeAgent:
+    node = 0 if name in ON_A else 1
+    config = agent_config(cluster.nodes[node].mqtt_port, name,
+                          key_fingerprint=fingerprint(keypair[0]),
+                          aggregator_signing_key=AGGREGATOR_SIGNER.public_hex,
+                          state_dir=str(tmp_path / name))
+    return EdgeAgent(replace(config, mqtt=cluster.login(name, node)),
+                     data=local_data(seed, 40 + 5 * seed))
+
+
+def test_devices_on_both_nodes_train_every_round(cluster: RabbitCluster, make_aggregator: Any,
+                                                 keypair: Any, tmp_path: Path) -> None:
+    """The aggregator publishes its key on node A before any device connects; devices on
+    node B never see that retained copy, yet all six contribute to every round (before
+    the fix: 3 of 6, every round closed at its deadline without dev-b1..3)."""
+    aggregator = aggregator_on_a(cluster, make_aggregator, keypair, tmp_path, 0.5,
+                                 rounds=ROUNDS, quorum=3, min_agents=6, round_timeout=8.0,
+                                 max_extensions=0)
+    thread, out = run_in_thread(aggregator.run)
+    agents: list[EdgeAgent] = []
+    threads: list[threading.Thread] = []
+    try:
+        wait_until(lambda: aggregator._announcer.latest(TOPICS.pubkey), "the key announced")
+        agents = [agent_on(cluster, name, keypair, tmp_path, i)
+                  for i, name in enumerate((*ON_A, *ON_B))]
+        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+        for t in threads:
+            t.start()
+        thread.join(90)
+        assert not thread.is_alive(), "the aggregator did not finish"
+        assert "error" not in out, out.get("error")
+    finally:
+        aggregator.stop()
+        for a in agents:
+            a.stop()
+        for t in (*threads, thread):
+            t.join(5)
+    with (aggregator.store.run_dir / "rounds.csv").open() as fh:
+        logged = {int(r["round"]): int(r["reported"]) for r in csv.DictReader(fh)}
+    assert logged == {1: 6, 2: 6, 3: 6}  # two training rounds and the final evaluation
+    assert all(set(r.reported) == {*ON_A, *ON_B} for r in aggregator.results)
+    assert all(a.final_params is not None for a in agents)
+
+
+def ask(client: FleetClient, name: str, holds: Holdings) -> None:
+    client.publish(TOPICS.status(name), StatusMessage(agent_id=name, state="online",
+                                                      holds=holds).to_bytes(), retain=True)
+
+
+def test_an_ask_on_node_b_gets_the_open_round_once_per_interval(
+        cluster: RabbitCluster, make_aggregator: Any, keypair: Any, tmp_path: Path) -> None:
+    """A device on node B gets no retained copy, asks, and gets the signed key and the open
+    round; a flood of asks gets at most one re-send per ``resend_seconds``; an ask naming
+    what the aggregator published last gets nothing."""
+    aggregator = aggregator_on_a(cluster, make_aggregator, keypair, tmp_path, 1.0, rounds=1,
+                                 quorum=2, min_agents=2, round_timeout=60.0, max_extensions=0)
+    thread, out = run_in_thread(aggregator.run)
+    agent = agent_on(cluster, "dev-a1", keypair, tmp_path, 1)
+    agent_thread = threading.Thread(target=agent.run, daemon=True)
+    agent_thread.start()
+    # dev-a2 says it is online and never answers: round 1 stays open.
+    silent = FleetClient(cluster.nodes[0].mqtt_port, username="dev-a2",
+                         password=cluster.passwords["dev-a2"], client_id="silent")
+    device = FleetClient(cluster.nodes[1].mqtt_port, username="dev-b1",
+                         password=cluster.passwords["dev-b1"], client_id="on-b")
+    try:
+        assert silent.connect() and device.connect()
+        for topic in (TOPICS.pubkey, TOPICS.round):  # the first test's, on node A
+            silent.publish(topic, b"", retain=True)
+        wait_until(lambda: aggregator._announcer.latest(TOPICS.pubkey), "the key announced")
+        def say_online() -> bool:  # until the aggregator's wildcard subscription hears it
+            silent.publish(TOPICS.status("dev-a2"),
+                           StatusMessage(agent_id="dev-a2", state="online").to_bytes())
+            time.sleep(0.3)
+            return aggregator.online.get("dev-a2", False)
+        wait_until(say_online, "dev-a2 seen online")
+        latest_round = wait_until(lambda: aggregator._announcer.latest(TOPICS.round),
+                                  "round 1 announced")
+        key = aggregator._announcer.latest(TOPICS.pubkey)
+        assert key is not None
+        assert device.subscribe(TOPICS.pubkey) and device.subscribe(TOPICS.round)
+        time.sleep(1.0)
+        assert device.received == [], "node B handed out a retained copy after all"
+
+        ask(device, "dev-b1", Holdings())
+        assert device.wait(lambda: len(device.got(TOPICS.round)) == 1)
+        assert device.got(TOPICS.pubkey) == [key]
+        assert device.got(TOPICS.round) == [latest_round]
+        PubKeyMessage.from_bytes(key)
+        msg = RoundMessage.from_bytes(latest_round, verify_with=AGGREGATOR_SIGNER.public_key)
+        assert (msg.round_id, msg.state) == (1, "training")
+
+        start = time.monotonic()
+        for i in range(60):  # a flood of asks for the round only, from 3 ids, over ~2.5 s
+            ask(device, ON_B[i % 3], Holdings.of(key, None))
+            time.sleep(0.04)
+        wait_until(lambda: aggregator._herald.resends.sent >= 2, "a re-send after the pause")
+        time.sleep(1.5)  # the last ask's answer, if one was due
+        elapsed = time.monotonic() - start
+        copies = len(device.got(TOPICS.round)) - 1
+        assert 1 <= copies <= elapsed / 1.0 + 1, (copies, elapsed)
+        assert len(device.got(TOPICS.pubkey)) == 1  # they held the key: only the round
+
+        before = len(device.got(TOPICS.round))
+        ask(device, "dev-b1", Holdings.of(key, latest_round))  # holds both: nothing to send
+        ask(device, "dev-b2", Holdings.of(key, b"an older round"))  # must be answered
+        assert device.wait(lambda: len(device.got(TOPICS.round)) == before + 1)
+        time.sleep(1.5)
+        assert len(device.got(TOPICS.round)) == before + 1
+        assert thread.is_alive() and "error" not in out, out.get("error")
+    finally:
+        aggregator.stop()
+        agent.stop()
+        silent.close()
+        device.close()
+        thread.join(10)
+        agent_thread.join(5)
