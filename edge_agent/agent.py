@@ -25,14 +25,14 @@ from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from fedmq.edge_agent.phases import phase_line, phase_values
 from fedmq.edge_agent.sample_privacy import SampleDp
-from fedmq.edge_agent.status import Asks, DeviceStatus
+from fedmq.edge_agent.status import DeviceStatus
 from fedmq.edge_agent.trainer import LocalUpdate, clip_note
 from fedmq.edge_agent.trust import TrustedKeys, UntrustedKey
 from fedmq.protocol.crypto.obfuscation import ObfuscatorSource, make_obfuscators
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.errors import ConfigError, ProtocolError
-from fedmq.protocol.holdings import Holdings, announcement_digest
+from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage
 from fedmq.runtime.files import load_or_create_signer, save_model
 from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop

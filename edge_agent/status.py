@@ -3,14 +3,13 @@ codecs, the round it last sat out with the reason (the gateway counts skips from
 when it asks for them, the key and round announcements it holds (protocol.holdings).
 
 Published retained on every (re)connect, when a skip starts or ends, as "offline" on a
-clean stop, and as an ask (``Asks``) a little after every (re)connect and after a new key;
-the Last Will says "offline" for a device that vanished.
+clean stop, and as an ask (protocol.holdings.Asks) a little after every (re)connect and
+after a new key; the Last Will says "offline" for a device that vanished.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from fedmq.edge_agent.health import RoundSkipped, skip_line
@@ -21,56 +20,6 @@ from fedmq.protocol.messages import RoundMessage, StatusMessage
 from fedmq.runtime import __version__
 
 Publish = Callable[..., bool]  # MqttLink.publish(topic, payload, *, retain, wait, timeout)
-# After a (re)connect the broker hands out the retained copies it holds at once; by then
-# the device knows whether its node had them. A new key's round follows it closely.
-ASK_AFTER = 2.0  # seconds
-KEY_SETTLE = 1.0  # seconds
-
-
-class Asks:
-    """When this device says what it holds: ASK_AFTER seconds after every (re)connect (a
-    broker node without the retained announcements gave it nothing), and KEY_SETTLE seconds
-    after it accepted a key other than the one its last ask named (the aggregator started
-    or restarted: on a broker that hands retained statuses to no wildcard subscriber, the
-    ask is how the aggregator learns this device is there). The announcer answers only what
-    is missing, so a device that has everything costs one status message per connection.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._connections = 0  # counted on paho's thread, read on the agent's
-        self._seen = 0
-        self._at: float | None = None
-        self._asked_key: str | None = None
-
-    def connected(self) -> None:
-        self._connections += 1
-
-    def key(self, digest: str) -> None:
-        if digest != self._asked_key and self._at is None:
-            self._at = self._clock() + KEY_SETTLE
-
-    def asked(self, holds: Holdings) -> None:
-        self._asked_key = holds.key
-
-    def due(self) -> bool:
-        now = self._clock()
-        if self._connections != self._seen:
-            self._seen, self._at = self._connections, now + ASK_AFTER
-        if self._at is None or now < self._at:
-            return False
-        self._at = None
-        return True
-
-    def wait(self, longest: float) -> float:
-        """Seconds the agent's loop may sleep before ``due`` may turn true."""
-        if self._connections != self._seen:
-            return 0.0
-        if self._at is None:
-            return longest
-        return min(longest, max(0.0, self._at - self._clock()))
-
-
 class DeviceStatus:
     def __init__(self, agent_id: str, topic: str, log: logging.Logger) -> None:
         self.agent_id, self.topic = agent_id, topic

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import string
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,3 +70,53 @@ class Holdings:
         # Unknown fields are ignored: a newer device may say more than we read.
         return cls(key=_check(doc.get("key", ""), "key"),
                    round=_check(doc.get("round", ""), "round"))
+
+
+# After a (re)connect the broker hands out the retained copies it holds at once; by then
+# the device knows whether its node had them. A new key's round follows it closely.
+ASK_AFTER = 2.0  # seconds
+KEY_SETTLE = 1.0  # seconds
+
+
+class Asks:
+    """When this device says what it holds: ASK_AFTER seconds after every (re)connect (a
+    broker node without the retained announcements gave it nothing), and KEY_SETTLE seconds
+    after it accepted a key other than the one its last ask named (the aggregator started
+    or restarted: on a broker that hands retained statuses to no wildcard subscriber, the
+    ask is how the aggregator learns this device is there). The announcer answers only what
+    is missing, so a device that has everything costs one status message per connection.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._connections = 0  # counted on paho's thread, read on the agent's
+        self._seen = 0
+        self._at: float | None = None
+        self._asked_key: str | None = None
+
+    def connected(self) -> None:
+        self._connections += 1
+
+    def key(self, digest: str) -> None:
+        if digest != self._asked_key and self._at is None:
+            self._at = self._clock() + KEY_SETTLE
+
+    def asked(self, holds: Holdings) -> None:
+        self._asked_key = holds.key
+
+    def due(self) -> bool:
+        now = self._clock()
+        if self._connections != self._seen:
+            self._seen, self._at = self._connections, now + ASK_AFTER
+        if self._at is None or now < self._at:
+            return False
+        self._at = None
+        return True
+
+    def wait(self, longest: float) -> float:
+        """Seconds the agent's loop may sleep before ``due`` may turn true."""
+        if self._connections != self._seen:
+            return 0.0
+        if self._at is None:
+            return longest
+        return min(longest, max(0.0, self._at - self._clock()))
