@@ -26,17 +26,23 @@ from support import (
     agent_config,
     local_data,
     run_in_thread,
+    signer_for,
     wait_until,
 )
 
 from fedmq.aggregator.config import Limits
 from fedmq.aggregator.service import Aggregator
+from fedmq.broker.config import BrokerSettings
+from fedmq.broker.embedded import EmbeddedBroker, free_port
 from fedmq.edge_agent.agent import EdgeAgent
 from fedmq.protocol.crypto.codec import CodecParams
 from fedmq.protocol.crypto.paillier import fingerprint
 from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from fedmq.protocol.topics import Topics
+from fedmq.relay.config import RelayConfig
+from fedmq.relay.service import Relay
+from fedmq.runtime.transport import MqttSettings
 
 TOPICS = Topics("test")
 ON_A = ("dev-a1", "dev-a2", "dev-a3")
@@ -47,18 +53,20 @@ ROUNDS = 2
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
     with rabbitmq_cluster(tmp_path_factory.mktemp("rabbitmq"),
-                          ("aggregator", *ON_A, *ON_B)) as running:
+                          ("aggregator", "relay-x", *ON_A, *ON_B)) as running:
         yield running
 
 
 def aggregator_on_a(cluster: RabbitCluster, make_aggregator: Any, keypair: Any,
-                    tmp_path: Path, resend_seconds: float, **policy: Any) -> Aggregator:
+                    tmp_path: Path, resend_seconds: float, *, relays: Any = None,
+                    **policy: Any) -> Aggregator:
     config = make_aggregator(cluster.nodes[0].mqtt_port, codec=CodecParams(clip=2.0),
                              **policy).config
     return Aggregator(replace(config, mqtt=cluster.login("aggregator", 0),
                               limits=Limits(resend_seconds=resend_seconds),
                               state_dir=str(tmp_path / "aggregator")),
-                      keypair=keypair, signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet())
+                      keypair=keypair, signer=AGGREGATOR_SIGNER, allow_list=EnrolledFleet(),
+                      relays=relays)
 
 
 def agent_on(cluster: RabbitCluster, name: str, keypair: Any, tmp_path: Path,
@@ -179,3 +187,52 @@ def test_an_ask_on_node_b_gets_the_open_round_once_per_interval(
         device.close()
         thread.join(10)
         agent_thread.join(5)
+
+
+def test_a_relay_on_node_b_asks_upstream_and_its_devices_train(
+        cluster: RabbitCluster, make_aggregator: Any, keypair: Any, tmp_path: Path) -> None:
+    """A relay whose upstream connection lands on node B gets no retained key or round;
+    it asks with its status, and its two devices (on its own broker) contribute."""
+    relay_key = signer_for("relay-x")
+    aggregator = aggregator_on_a(cluster, make_aggregator, keypair, tmp_path, 0.5,
+                                 relays={"relay-x": relay_key.public_key}, rounds=1,
+                                 quorum=2, min_agents=1, round_timeout=15.0,
+                                 max_extensions=0)
+    local_port = free_port()
+    thread, out = run_in_thread(aggregator.run)
+    devices = ("dev-r1", "dev-r2")
+    agents: list[EdgeAgent] = []
+    threads: list[threading.Thread] = []
+    with EmbeddedBroker(BrokerSettings(port=local_port)):
+        relay = Relay(RelayConfig(
+            relay_id="relay-x", aggregator_signing_key=AGGREGATOR_SIGNER.public_hex,
+            signing_key_file=str(tmp_path / "relay-x.key"),
+            allow_list_file=str(tmp_path / "unused.json"),
+            upstream=cluster.login("relay-x", 1), local=MqttSettings(port=local_port),
+            upstream_topics=TOPICS, local_topics=TOPICS, min_devices=2, margin_seconds=1.0),
+            signer=relay_key, allow_list=EnrolledFleet())
+        relay_thread = threading.Thread(target=relay.run, daemon=True)
+        try:
+            wait_until(lambda: aggregator._announcer.latest(TOPICS.pubkey), "the key announced")
+            relay_thread.start()
+            for i, name in enumerate(devices):
+                config = agent_config(local_port, name, key_fingerprint=fingerprint(keypair[0]),
+                                      aggregator_signing_key=AGGREGATOR_SIGNER.public_hex,
+                                      state_dir=str(tmp_path / name))
+                agents.append(EdgeAgent(config, data=local_data(i, 50)))
+            threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+            for t in threads:
+                t.start()
+            thread.join(60)
+            assert not thread.is_alive(), "the aggregator did not finish"
+            assert "error" not in out, out.get("error")
+        finally:
+            aggregator.stop()
+            relay.stop()
+            for a in agents:
+                a.stop()
+            for t in (*threads, thread, relay_thread):
+                if t.ident is not None:
+                    t.join(5)
+    assert [sorted(r.reported) for r in aggregator.results] == [sorted(devices)]
+    assert [p.summed for p in relay.forwarded][:1] == [2]
