@@ -114,6 +114,19 @@ def test_devices_on_both_nodes_train_every_round(cluster: RabbitCluster, make_ag
     assert all(a.final_params is not None for a in agents)
 
 
+def forget_retained(cluster: RabbitCluster) -> None:
+    """Delete an earlier test's retained key and round on node A: a new aggregator that
+    gets them after its own first announcement rightly warns about a copy not its own."""
+    client = FleetClient(cluster.nodes[0].mqtt_port, username="aggregator",
+                         password=cluster.passwords["aggregator"], client_id="forget")
+    assert client.connect()
+    try:
+        for topic in (TOPICS.pubkey, TOPICS.round):
+            client.publish(topic, b"", retain=True)
+    finally:
+        client.close()
+
+
 def ask(client: FleetClient, name: str, holds: Holdings) -> None:
     client.publish(TOPICS.status(name), StatusMessage(agent_id=name, state="online",
                                                       holds=holds).to_bytes(), retain=True)
@@ -124,6 +137,7 @@ def test_an_ask_on_node_b_gets_the_open_round_once_per_interval(
     """A device on node B gets no retained copy, asks, and gets the signed key and the open
     round; a flood of asks gets at most one re-send per ``resend_seconds``; an ask naming
     what the aggregator published last gets nothing."""
+    forget_retained(cluster)
     aggregator = aggregator_on_a(cluster, make_aggregator, keypair, tmp_path, 1.0, rounds=1,
                                  quorum=2, min_agents=2, round_timeout=60.0, max_extensions=0)
     thread, out = run_in_thread(aggregator.run)
@@ -137,8 +151,6 @@ def test_an_ask_on_node_b_gets_the_open_round_once_per_interval(
                          password=cluster.passwords["dev-b1"], client_id="on-b")
     try:
         assert silent.connect() and device.connect()
-        for topic in (TOPICS.pubkey, TOPICS.round):  # the first test's, on node A
-            silent.publish(topic, b"", retain=True)
         wait_until(lambda: aggregator._announcer.latest(TOPICS.pubkey), "the key announced")
         def say_online() -> bool:  # until the aggregator's wildcard subscription hears it
             silent.publish(TOPICS.status("dev-a2"),
@@ -193,6 +205,7 @@ def test_a_relay_on_node_b_asks_upstream_and_its_devices_train(
         cluster: RabbitCluster, make_aggregator: Any, keypair: Any, tmp_path: Path) -> None:
     """A relay whose upstream connection lands on node B gets no retained key or round;
     it asks with its status, and its two devices (on its own broker) contribute."""
+    forget_retained(cluster)
     relay_key = signer_for("relay-x")
     aggregator = aggregator_on_a(cluster, make_aggregator, keypair, tmp_path, 0.5,
                                  relays={"relay-x": relay_key.public_key}, rounds=1,
