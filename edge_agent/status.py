@@ -20,6 +20,8 @@ from fedmq.protocol.messages import RoundMessage, StatusMessage
 from fedmq.runtime import __version__
 
 Publish = Callable[..., bool]  # MqttLink.publish(topic, payload, *, retain, wait, timeout)
+
+
 class DeviceStatus:
     def __init__(self, agent_id: str, topic: str, log: logging.Logger) -> None:
         self.agent_id, self.topic = agent_id, topic

@@ -5,7 +5,8 @@ hands them only to exact-topic subscriptions), so a device on another node never
 retained ``pubkey`` or ``round``; live messages do cross nodes. A status carrying ``holds``
 asks the announcer (aggregator or relay) to send again whatever the device lacks; a status
 without it (every status of an older agent) asks nothing. Each announcement is named by a
-digest of its exact signed bytes, so "holds" is compared, never interpreted.
+digest of its exact signed bytes, so "holds" is compared, never interpreted. ``Asks`` says
+when a device asks; ``aggregator.resend`` how often the announcer answers.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ KEY_SETTLE = 1.0  # seconds
 
 
 class Asks:
-    """When this device says what it holds: ASK_AFTER seconds after every (re)connect (a
-    broker node without the retained announcements gave it nothing), and KEY_SETTLE seconds
+    """When a device (or a relay, upstream) says what it holds: ASK_AFTER seconds after
+    every (re)connect (a broker node without the retained announcements gave it nothing),
+    and KEY_SETTLE seconds
     after it accepted a key other than the one its last ask named (the aggregator started
     or restarted: on a broker that hands retained statuses to no wildcard subscriber, the
     ask is how the aggregator learns this device is there). The announcer answers only what
