@@ -43,9 +43,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from fedmq.aggregator.resend import Resends
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import CodecParams
 from fedmq.protocol.crypto.signing import Signer, signed_by
+from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.transport import MqttLink
@@ -101,6 +103,12 @@ class Announcer:
             echoes[payload] = echoes.get(payload, 0) + 1
             for old in [p for p in echoes if p not in self._ours[topic]]:  # as bounded
                 del echoes[old]
+
+    def resent(self, topic: str, payload: bytes) -> None:
+        """A non-retained copy of ``payload`` went out: its echo is ours, not a stale copy."""
+        with self._lock:
+            echoes = self._echoes[topic]
+            echoes[payload] = echoes.get(payload, 0) + 1
 
     def latest(self, topic: str) -> bytes | None:
         with self._lock:
@@ -172,7 +180,8 @@ class Herald:
         self._announcer = announcer
         self._n_hex, self._fingerprint, self._codec_digest = n_hex, fingerprint, codec_digest
         self._again: Callable[[], None] | None = None  # the last round announcement
-        self.sent_bytes = 0  # payload bytes of every retained announcement published
+        self.sent_bytes = 0  # payload bytes of every announcement published (and re-sent)
+        self.resends = Resends(config.limits.resend_seconds)
 
     @property
     def _topics(self) -> Topics:
@@ -225,3 +234,23 @@ class Herald:
         for topic in stale:
             if (payload := self._announcer.latest(topic)) is not None:
                 self.retain(topic, payload)
+        self._answer()
+
+    def asked(self, holds: Holdings) -> None:
+        """A device's status says what it holds: note what it lacks (sent by ``republish``)."""
+        self.resends.ask(holds, self._announcer.latest(self._topics.pubkey),
+                         self._announcer.latest(self._topics.round))
+
+    def _answer(self) -> None:
+        """Send key and round again, not retained, to devices that asked (rate-limited)."""
+        key, round_, asks = self.resends.due()
+        topics = [t for t, due in ((self._topics.pubkey, key), (self._topics.round, round_))
+                  if due]
+        for topic in topics:  # the key first: a device verifies the round with it
+            if (payload := self._announcer.latest(topic)) is not None:
+                self.sent_bytes += len(payload)
+                self._announcer.resent(topic, payload)
+                self._link.publish(topic, payload, wait=False)
+        if topics:
+            log.info("sent %s again to devices that lack it (%d asked since the last time)",
+                     " and ".join(t.rsplit("/", 1)[-1] for t in topics), asks)

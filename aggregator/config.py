@@ -88,6 +88,9 @@ class Limits:
     status_rate: float = 2.0  # status messages per second per agent id (sustained) ...
     status_burst: int = 20  # ... and at once (reconnects)
     drain_seconds: float = 0.25  # inbound handling between two looks at the clock
+    # At most one re-send of key and round per this many seconds to the devices whose
+    # status says they lack them (aggregator.resend), however many ask.
+    resend_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("inbox_bytes", "inbox_messages", "status_bytes", "updates_per_round",
@@ -95,7 +98,7 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"limits.{name} must be a positive integer, not {value!r}")
-        for name in ("status_rate", "drain_seconds"):
+        for name in ("status_rate", "drain_seconds", "resend_seconds"):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
                     or not math.isfinite(value) or value <= 0):

@@ -15,6 +15,7 @@ from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.errors import KeyMismatchError, ProtocolError
 from fedmq.protocol.health import Skip
+from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.messages import StatusMessage
 from fedmq.protocol.partial import PartialSum, decode_partial, is_partial
 from fedmq.protocol.topics import Topics
@@ -36,8 +37,10 @@ def offer_payload(state: RoundState, agent: str, payload: bytes, public_key: Pai
 class Inbound:
     def __init__(self, topics: Topics, public_key: PaillierPublicKey,
                  checkpoints: Checkpoints, notifier: Notifier | None = None,
-                 on_skip: Callable[[int, str, Skip], None] | None = None) -> None:
+                 on_skip: Callable[[int, str, Skip], None] | None = None,
+                 on_ask: Callable[[Holdings], None] | None = None) -> None:
         self.topics = topics
+        self.on_ask = on_ask  # a device's status says what it holds of key and round
         self.on_skip = on_skip  # an expected agent said why it skips the open round
         self.notifier = notifier
         self.public_key = public_key
@@ -114,6 +117,8 @@ class Inbound:
             if self.online.get(agent) != (status.state == "online"):
                 log.info("agent %s is %s", agent, status.state)
             self.online[agent] = status.state == "online" and agent not in self.quarantined
+            if status.holds is not None and self.online[agent] and self.on_ask is not None:
+                self.on_ask(status.holds)
             skip = status.skipped
             if skip is not None and state is not None and state.skip(agent, skip) \
                     and self.on_skip is not None:

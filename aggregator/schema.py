@@ -53,6 +53,7 @@ class LimitsTable(Table, frozen=True):
     status_rate: Positive = 2.0
     status_burst: AtLeastOne = 20
     drain_seconds: Positive = 0.25
+    resend_seconds: Positive = 5.0
 
 
 class ModelTable(Table, frozen=True):

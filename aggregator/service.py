@@ -107,7 +107,8 @@ class Aggregator(RoundClosing):
         self._model_digest = spec_digest(config.spec)
         self._notifier = Notifier(config.topics, self.signer, self._send_notice)
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints,
-                                self._notifier, on_skip=self._health.skipped)
+                                self._notifier, on_skip=self._health.skipped,
+                                on_ask=lambda holds: self._herald.asked(holds))
         self._suspects = Suspects()
         self._statistics_rows: dict[frozenset[str], int] = {}  # the statistics round's groups
         self._admit = self._admission.filter(self._inbox.put)

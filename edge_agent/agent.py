@@ -32,6 +32,7 @@ from fedmq.protocol.crypto.obfuscation import ObfuscatorSource, make_obfuscators
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage
 from fedmq.runtime.files import load_or_create_signer, save_model
 from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop
@@ -72,6 +73,11 @@ class EdgeAgent:
         self._contract: FleetContract | None = None  # once the aggregator's key is trusted
         self._pool: ObfuscatorPool | None = None
         self._pending_round: bytes | None = None
+        # The signed bytes of the key and round accepted last: a non-retained copy (sent
+        # again on an ask) is read exactly like a retained one, so this is all an ask names.
+        self._key_payload: bytes | None = None
+        self._round_payload: bytes | None = None
+        self._asks = Asks()
         self._notices = NoticeReader(config.topics.fleet, config.agent_id,
                                      self.signer.public_hex, log)
         # Set when the aggregator announced that the run failed (its reason).
@@ -83,7 +89,7 @@ class EdgeAgent:
             config.mqtt, client_id=f"fedmq-agent-{config.agent_id}", on_message=self._inbox.put,
             subscriptions=[(topics.pubkey, 1), (topics.round, 1), (self._notice_topic, 1)],
             will=(self._status.topic, self._status.payload("offline")),
-            on_connect=self._status.online, network=network,
+            on_connect=self._connected, network=network,
         )
         self._status.attach(self._link.publish)
 
@@ -110,6 +116,17 @@ class EdgeAgent:
     @property
     def _aggregator_key(self) -> Ed25519PublicKey | None:
         return self._contract.aggregator_key if self._contract else None
+
+    def _connected(self) -> None:
+        """paho's thread, after every (re)connect: say "online" now, ask a little later."""
+        self._asks.connected()
+        self._status.online()
+
+    def _maybe_ask(self) -> None:
+        if self._asks.due():
+            holds = Holdings.of(self._key_payload, self._round_payload)
+            self._asks.asked(holds)
+            self._status.ask(holds)
 
     def stop(self) -> None:
         self._stop.set()
@@ -141,11 +158,11 @@ class EdgeAgent:
         try:
             while not self._stop.is_set():
                 # stop() wakes it: a long wait, so idle agents do not keep waking up
-                item = self._inbox.get(timeout=2.0)
-                if item is None or not item[0]:
-                    continue
-                if self._handle(*item) and self.config.exit_when_finished:
+                item = self._inbox.get(timeout=self._asks.wait(2.0))
+                if item is not None and item[0] and self._handle(*item) \
+                        and self.config.exit_when_finished:
                     break
+                self._maybe_ask()
         finally:
             self._drop_pool()
             if not self._killed:
@@ -161,6 +178,8 @@ class EdgeAgent:
         try:
             if topic == topics.pubkey:
                 self._accept_key(PubKeyMessage.from_bytes(payload))
+                self._key_payload = payload
+                self._asks.key(announcement_digest(payload))
                 payload, self._pending_round = self._pending_round or b"", None
                 if not payload:
                     return False
@@ -170,6 +189,7 @@ class EdgeAgent:
                 self._pending_round = payload  # the retained key may arrive after the round
                 return False
             msg = RoundMessage.from_bytes(payload, verify_with=self._contract.aggregator_key)
+            self._round_payload = payload
         except ProtocolError as exc:
             log.warning("ignoring bad message on %s: %s", topic, exc)
             return False

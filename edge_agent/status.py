@@ -1,8 +1,10 @@
 """This device's retained status on ``status/<id>``: online or offline, its software and
-codecs, and the round it last sat out with the reason (the gateway counts skips from it).
+codecs, the round it last sat out with the reason (the gateway counts skips from it), and
+when it asks for them, the key and round announcements it holds (protocol.holdings).
 
-Published retained on every (re)connect, when a skip starts or ends, and as "offline" on a
-clean stop; the Last Will says "offline" for a device that vanished.
+Published retained on every (re)connect, when a skip starts or ends, as "offline" on a
+clean stop, and as an ask (protocol.holdings.Asks) a little after every (re)connect and
+after a new key; the Last Will says "offline" for a device that vanished.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from fedmq.edge_agent.health import RoundSkipped, skip_line
 from fedmq.protocol.crypto.codec import CODEC_NAMES
 from fedmq.protocol.health import Skip
+from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.messages import RoundMessage, StatusMessage
 from fedmq.runtime import __version__
 
@@ -31,18 +34,23 @@ class DeviceStatus:
     def attach(self, publish: Publish) -> None:
         self._publish = publish
 
-    def payload(self, state: str) -> bytes:
+    def payload(self, state: str, holds: Holdings | None = None) -> bytes:
         return StatusMessage(agent_id=self.agent_id, state=state,
                              software=f"fedmq/{__version__}", codecs=CODEC_NAMES,
-                             skipped=self._skipped if state == "online" else None).to_bytes()
+                             skipped=self._skipped if state == "online" else None,
+                             holds=holds).to_bytes()
 
-    def _send(self, state: str, **kw: object) -> None:
+    def _send(self, state: str, holds: Holdings | None = None, **kw: object) -> None:
         assert self._publish is not None  # attached before the link connects
-        self._publish(self.topic, self.payload(state), retain=True, **kw)
+        self._publish(self.topic, self.payload(state, holds), retain=True, **kw)
 
     def online(self) -> None:
         """After every (re)connect, on paho's thread: queued, never waited for."""
         self._send("online", wait=False)
+
+    def ask(self, holds: Holdings) -> None:
+        """Online, holding ``holds``: the announcer sends again what this lacks."""
+        self._send("online", holds, wait=False)
 
     def offline(self) -> None:
         self._send("offline", timeout=2)

@@ -28,6 +28,7 @@ from fedmq.protocol.crypto.signing import (
 )
 from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.health import Skip
+from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.layout import PHASES, StatsCodec, contract_digest
 from fedmq.protocol.privacy.terms import PrivacyTerms
 from fedmq.protocol.sums.statistics import StatsParams
@@ -295,6 +296,9 @@ class StatusMessage:
     # Set while the device sits out a round and why (protocol.health); the field is
     # optional on the wire, so statuses of older agents still parse.
     skipped: Skip | None = None
+    # Set when the device asks for the announcements it lacks (protocol.holdings); optional
+    # on the wire like ``skipped``: older aggregators ignore it, older agents never send it.
+    holds: Holdings | None = None
 
     SCHEMA = "fedmq.status/1"
 
@@ -304,6 +308,8 @@ class StatusMessage:
             raise ProtocolError(f"agent state must be one of {AGENT_STATES}")
         if self.skipped is not None and not isinstance(self.skipped, Skip):
             raise ProtocolError("skipped must be a protocol.health.Skip")
+        if self.holds is not None and not isinstance(self.holds, Holdings):
+            raise ProtocolError("holds must be a protocol.holdings.Holdings")
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {"schema": self.SCHEMA, "agent": self.agent_id,
@@ -311,6 +317,8 @@ class StatusMessage:
                                "codecs": list(self.codecs), "issued_at": self.issued_at}
         if self.skipped is not None:
             doc["skipped"] = self.skipped.to_dict()
+        if self.holds is not None:
+            doc["holds"] = self.holds.to_dict()
         return dumps(doc)
 
     @classmethod
@@ -319,11 +327,12 @@ class StatusMessage:
         codecs = doc.get("codecs", [])
         if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
             raise ProtocolError("codecs must be a list of strings")
-        skipped = doc.get("skipped")
+        skipped, holds = doc.get("skipped"), doc.get("holds")
         return cls(agent_id=_get(doc, "agent", str), state=_get(doc, "state", str),
                    software=str(doc.get("software", "")), codecs=tuple(codecs),
                    issued_at=_number(doc, "issued_at"),
-                   skipped=None if skipped is None else Skip.from_dict(skipped))
+                   skipped=None if skipped is None else Skip.from_dict(skipped),
+                   holds=None if holds is None else Holdings.from_dict(holds))
 
 
 @dataclass(frozen=True)

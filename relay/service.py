@@ -12,6 +12,10 @@ multiplies the ciphertexts. When all its online enrolled devices reported, or
 signed with its own Ed25519 key on its update topic upstream, naming every contributing
 device with its attestation, which the top aggregator checks with the device's key.
 
+On a clustered broker whose nodes keep retained messages apart (RabbitMQ), the relay asks
+upstream with its status for the key and round it lacks, and answers its devices' asks
+with non-retained copies (protocol.holdings, aggregator.resend), as the aggregator does.
+
 Not done here (documented limits): notices to devices (a device rejected by the relay
 learns it only from the relay's log), forwarding device skips upstream, persisting an
 open round across a relay restart, and sampled rounds (participants name devices the
@@ -28,6 +32,7 @@ from collections.abc import Mapping
 from fedmq.aggregator.admission import Admission
 from fedmq.aggregator.allowlist import AllowListFile
 from fedmq.aggregator.config import Limits
+from fedmq.aggregator.resend import Resends
 from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
 from fedmq.protocol.attestation import Attestation
 from fedmq.protocol.crypto.paillier import (
@@ -39,6 +44,7 @@ from fedmq.protocol.crypto.paillier import (
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.crypto.signing import public_key_from_hex as signing_key_from_hex
 from fedmq.protocol.errors import ProtocolError
+from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
 from fedmq.protocol.layout import PHASES, layout_for
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage, StatusMessage
 from fedmq.protocol.partial import PartialSum, encode_partial
@@ -67,6 +73,12 @@ class Relay:
         self._pubkey: PubKeyMessage | None = None
         self._public_key: PaillierPublicKey | None = None
         self._pending_round: bytes | None = None
+        # The aggregator's signed bytes, as forwarded: what an ask upstream names, and what
+        # a device that asks here gets again.
+        self._key_payload: bytes | None = None
+        self._round_payload: bytes | None = None
+        self._asks = Asks()
+        self.resends = Resends(_LIMITS.resend_seconds)
         self.state: RoundState | None = None
         self._participants: frozenset[str] = frozenset()
         self._sent: bytes | None = None  # the open round's partial sum, once forwarded
@@ -85,13 +97,28 @@ class Relay:
             subscriptions=[(local.updates_filter, 1), (local.status_filter, 1)],
             clean_session=True)
 
-    def _status(self, state: str) -> bytes:
+    def _status(self, state: str, holds: Holdings | None = None) -> bytes:
         return StatusMessage(agent_id=self.config.relay_id, state=state,
-                             software=f"fedmq-relay/{__version__}").to_bytes()
+                             software=f"fedmq-relay/{__version__}", holds=holds).to_bytes()
 
     def _announce_online(self) -> None:
         if self._said_online:  # paho's thread, after a reconnect: queue, never wait
+            self._asks.connected()
             self._up.publish(self._status_topic, self._status("online"), retain=True, wait=False)
+
+    def _ask_and_answer(self) -> None:
+        """Ask upstream for what this relay lacks; send its devices what they asked for."""
+        if self._said_online and self._asks.due():
+            holds = Holdings.of(self._key_payload, self._round_payload)
+            self._asks.asked(holds)
+            self._up.publish(self._status_topic, self._status("online", holds), retain=True,
+                             wait=False)
+        key, round_, _asks = self.resends.due()
+        local = self.config.local_topics
+        for topic, payload in ((local.pubkey, self._key_payload if key else None),
+                               (local.round, self._round_payload if round_ else None)):
+            if payload is not None:
+                self._local.publish(topic, payload, wait=False)
 
     def stop(self) -> None:
         self._stop.set()
@@ -134,6 +161,7 @@ class Relay:
             item = self._local_inbox.get(0)
         while (up := self._up_inbox.get(0)) is not None:
             self._on_upstream(*up)
+        self._ask_and_answer()
         self._maybe_forward(time.time())
 
     # --- upstream: the aggregator's announcements --------------------------------
@@ -143,6 +171,8 @@ class Relay:
             if topic == up.pubkey:
                 self._accept_key(PubKeyMessage.from_bytes(payload))
                 self._local.publish(local.pubkey, payload, retain=True, wait=False)
+                self._key_payload = payload
+                self._asks.key(announcement_digest(payload))
                 payload, self._pending_round = self._pending_round or b"", None
                 if not payload:
                     return
@@ -162,6 +192,7 @@ class Relay:
             log.warning("relay: ignoring bad message on %s: %s", topic, exc)
             return
         self._local.publish(local.round, payload, retain=True, wait=False)  # byte-identical
+        self._round_payload = payload
         self._open(msg)
 
     def _accept_key(self, msg: PubKeyMessage) -> None:
@@ -276,6 +307,8 @@ class Relay:
             return
         self.online[device] = status.state == "online"
         self._maybe_online()
+        if status.holds is not None and self.online[device]:
+            self.resends.ask(status.holds, self._key_payload, self._round_payload)
         state = self.state
         if state is None or self._sent is not None:
             return

@@ -142,3 +142,18 @@ def test_a_restart_with_the_broker_up_is_quiet_about_its_own_retained_messages(
         forger.close()
         second.stop()
         thread.join(10)
+
+
+def test_the_echo_of_a_copy_sent_again_is_ours_even_after_the_next_round(caplog):
+    # A non-retained copy of round 1 (a device asked) comes back after round 2 was
+    # announced: ours, not a stale copy to put right.
+    a = Announcer((KEY, ROUND))
+    a.connected()
+    a.published(ROUND, b"round-1")
+    assert a.observe(ROUND, b"round-1")
+    a.resent(ROUND, b"round-1")
+    a.published(ROUND, b"round-2")
+    assert a.observe(ROUND, b"round-1")
+    assert a.due() == (False, []) and not caplog.records
+    assert a.observe(ROUND, b"round-1")  # a third copy: nobody sent it
+    assert a.due() == (False, [ROUND])

@@ -14,7 +14,8 @@ from fedmq.edge_agent.agent import EdgeAgent
 from fedmq.protocol.crypto.codec import CodecParams
 from fedmq.protocol.crypto.paillier import PaillierPublicKey, fingerprint, generate_keypair
 from fedmq.protocol.crypto.signing import Signer
-from fedmq.protocol.messages import PubKeyMessage
+from fedmq.protocol.holdings import Holdings
+from fedmq.protocol.messages import PubKeyMessage, StatusMessage
 from fedmq.protocol.notices import NOT_ENROLLED, WRONG_MODEL, NoticeMessage
 from fedmq.protocol.topics import Topics
 
@@ -158,3 +159,37 @@ def test_a_holdout_the_data_file_cannot_fill_stops_the_agent_with_one_line(tmp_p
     assert err == [f"fedmq: error: data file {tmp_path / 'd.csv'}: [data] holdout = 0.5 of "
                    "1 row(s) leaves no training rows; the data file needs at least 2 rows, "
                    "or set holdout = 0"]
+
+
+def test_an_agent_without_retained_announcements_asks_and_takes_a_live_copy(
+        broker_port, keypair) -> None:
+    """A broker node without the retained key (a cluster's other node): the agent's status
+    asks, holding nothing; a non-retained copy is checked and trusted like a retained one,
+    and the next ask names it. A copy signed by another key is refused the same way."""
+    topics = Topics("test")
+    pins = {"key_fingerprint": fingerprint(keypair[0]),
+            "aggregator_signing_key": AGGREGATOR_SIGNER.public_hex}
+    agent = EdgeAgent(agent_config(broker_port, "pi-9", **pins), data=local_data(0, 30))
+    watcher = Probe(broker_port, "watcher")
+    assert watcher.connect() and watcher.subscribe(topics.status("pi-9"))
+
+    def asks() -> list[Holdings]:
+        return [h for p in watcher.got(topics.status("pi-9"))
+                if (h := StatusMessage.from_bytes(p).holds) is not None]
+
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(asks, "the agent's ask") == [Holdings()]
+        forged = _pubkey(keypair[0], Signer.from_seed(b"forger"))
+        watcher.publish(topics.pubkey, forged)  # live, not retained
+        genuine = _pubkey(keypair[0], AGGREGATOR_SIGNER)
+        watcher.publish(topics.pubkey, genuine)
+        wait_until(lambda: agent._aggregator_key is not None, "the agent to trust the key")
+        assert agent._aggregator_key == AGGREGATOR_SIGNER.public_key
+        assert wait_until(lambda: asks()[1:], "the ask after the key") == [
+            Holdings.of(genuine, None)]
+    finally:
+        agent.stop()
+        thread.join(5)
+        watcher.close()
