@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import select
+import selectors
 import socket
 import ssl
 import subprocess
@@ -108,25 +108,27 @@ def storm(port: int, ca_file: Path, *, idle: int, half_open: int,
     socks: list[socket.socket] = [_idle(port, ca_file) for _ in range(idle)]
     socks += [_half_open(port) for _ in range(half_open)]
     opened, lifetimes = time.monotonic(), []
-    waiting = {s.fileno(): s for s in socks}
-    for s in socks:
-        s.setblocking(False)
-    end = opened + timeout
-    while waiting and time.monotonic() < end:
-        ready, _, _ = select.select(list(waiting), [], [], 0.5)
-        for fd in ready:
-            sock = waiting[fd]
-            try:
-                data = sock.recv(4096)
-            except (ssl.SSLWantReadError, BlockingIOError):
-                continue  # a TLS record that was not application data
-            except OSError:
-                data = b""
-            if not data:
-                lifetimes.append(time.monotonic() - opened)
-                del waiting[fd]
-                sock.close()
-    for sock in waiting.values():
+    waiting: set[socket.socket] = set(socks)
+    with selectors.DefaultSelector() as selector:  # epoll: select() stops at fd 1024
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, sock)
+        end = opened + timeout
+        while waiting and time.monotonic() < end:
+            for key, _ in selector.select(0.5):
+                sock = key.data
+                try:
+                    data = sock.recv(4096)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    continue  # a TLS record that was not application data
+                except OSError:
+                    data = b""
+                if not data:
+                    lifetimes.append(time.monotonic() - opened)
+                    waiting.discard(sock)
+                    selector.unregister(sock)
+                    sock.close()
+    for sock in waiting:
         sock.close()
     if waiting:
         raise RuntimeError(f"the broker left {len(waiting)} of {len(socks)} storm sockets "

@@ -1,7 +1,7 @@
 """Hands the memory glibc keeps after a connection storm back to the OS (``malloc_trim``).
 
-Each TLS connection costs the broker a 256 KiB read buffer (asyncio's
-``SSLProtocol.max_size``) on top of its socket and SSL objects: 500 idle and
+Each TLS connection past its handshake costs the broker a 256 KiB read buffer
+(asyncio's ``SSLProtocol.max_size``) on top of its socket and SSL objects: 500 idle and
 100 half-open TLS sockets took the broker from 52 to ~220 MB. Once the broker
 has closed them every Python object is freed (tracemalloc: 4.4 MB traced
 before the storm, 4.6 MB after, 162 MB at the peak), yet RSS stayed at ~220 MB:
