@@ -12,7 +12,8 @@ change that (218 MB with 1 arena, 217 MB with 2: one event loop allocates in
 one arena); ``malloc_trim(0)``, which releases free pages anywhere in the heap,
 brings it back to 61 MB. ``MemoryKeeper`` therefore checks every few seconds
 how much freed memory glibc holds (``mallinfo2``) and trims when that grew by
-more than ``slack_bytes``: after a storm, not on every closed connection.
+more than ``slack_bytes``: after a storm, not on every closed connection. A check
+takes ~0.3 ms of the event loop; trimming 375 MB of freed blocks took 94 ms.
 
 Without glibc (musl, macOS) there is nothing to call and the keeper does nothing.
 """
