@@ -60,7 +60,8 @@ def mosquitto_config(out_dir: str | None, fleet: str | None, *, prefix: str = "f
                      host: str = "0.0.0.0", port: int | None = None,
                      max_payload_bytes: int | None = None,
                      memory_limit_bytes: int | None = None, tls_cert: str | None = None,
-                     tls_key: str | None = None, tls_client_ca: str | None = None) -> str:
+                     tls_key: str | None = None, tls_client_ca: str | None = None,
+                     max_connections: int | None = None) -> str:
     """Write a Mosquitto configuration for one fleet; return what to tell the operator."""
     if not out_dir or not fleet:
         raise ConfigError("mosquitto-config needs --out DIR and --fleet NAME")
@@ -68,7 +69,8 @@ def mosquitto_config(out_dir: str | None, fleet: str | None, *, prefix: str = "f
     acl = FleetAcl(Topics(fleet, prefix), tuple(aggregator_users), tuple(ids),
                    tuple(trustee_users), tuple(dashboard_users))
     extra = {k: v for k, v in (("max_payload_bytes", max_payload_bytes),
-                               ("memory_limit_bytes", memory_limit_bytes)) if v is not None}
+                               ("memory_limit_bytes", memory_limit_bytes),
+                               ("max_connections", max_connections)) if v is not None}
     setup = MosquittoSetup(acl=acl, host=host, port=port, tls_cert_file=tls_cert,
                            tls_key_file=tls_key, tls_client_ca_file=tls_client_ca, **extra)
     written = write_files(Path(out_dir), setup)

@@ -88,8 +88,14 @@ class MosquittoSetup:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
+    # Sockets at once on the listener, counted from accept (CONNECT done or not);
+    # 0: no cap. Not by default: Mosquitto 2.0.11 miscounts it (see config_text).
+    max_connections: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_connections, bool) or not isinstance(
+                self.max_connections, int) or self.max_connections < 0:
+            raise ConfigError("--max-connections must be 0 (no cap) or a positive count")
         if not self.acl.agents:
             raise ConfigError("no agents: pass --agent ID (repeatable) or --agents-file FILE")
         if self.port is not None and not 0 < self.port < 65536:
@@ -197,7 +203,15 @@ def config_text(setup: MosquittoSetup, *, password_file: Path, acl_file: Path) -
         "",
         f"listener {setup.listen_port} {setup.host}",
         "use_username_as_clientid true",
+        "# A socket that never completes CONNECT is dropped after 90-95 s (the 60 s",
+        "# keep-alive Mosquitto 2.0 assumes before CONNECT, times 1.5, checked every 5 s);",
+        "# no option shortens it. Filter in front of Mosquitto (fedmq docs/deployment.md).",
     ]
+    if setup.max_connections:
+        lines += ["# Sockets at once, counted from accept. Mosquitto 2.0.11 (Debian 12) counts",
+                  "# every close twice, so the cap loosens by one per closed connection;",
+                  "# 2.0.12 fixed it.",
+                  f"max_connections {setup.max_connections}"]
     if setup.tls_cert_file:
         lines += [f"certfile {Path(setup.tls_cert_file).resolve()}",
                   f"keyfile {Path(setup.tls_key_file or '').resolve()}"]

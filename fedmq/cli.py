@@ -61,6 +61,8 @@ BENCHES = {
                       "synthetic fleet and a real data set", "fedmq.benchmarks.privacy"),
     "bench-relay": ("the same fleet behind one gateway and behind two relays: round times, "
                     "bytes upstream, memory, exact equality", "fedmq.benchmarks.relay"),
+    "bench-storm": ("embedded broker memory before, during and after a storm of idle and "
+                    "half-open TLS connections", "fedmq.benchmarks.storm"),
     "bench-trustees": ("threshold decryption's cost per round: trustees' and aggregator's CPU, "
                        "messages, key generation", "fedmq.benchmarks.trustees"),
 }

@@ -26,6 +26,7 @@ _NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "broker": ("gateway", ("amqtt", "pwdlib")),
     "simulate": ("gateway", ("amqtt", "sklearn", "matplotlib")),
     "bench-flood": ("gateway", ("amqtt",)),
+    "bench-storm": ("gateway", ("amqtt",)),  # it runs `fedmq broker`
     # gateway-side files: Argon2 password hashes, and locks for the allow-list/password file
     "init": ("gateway", ("pwdlib", "filelock")),
     "enroll": ("gateway", ("filelock",)),

@@ -29,7 +29,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
             max_payload_bytes=args.max_payload_bytes,
             memory_limit_bytes=args.memory_limit_bytes, tls_cert=args.tls_cert,
             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-            trustee_users=args.trustee, dashboard_users=args.dashboard))
+            trustee_users=args.trustee, dashboard_users=args.dashboard,
+            max_connections=args.max_connections))
         return 0
     return run_broker(args.config)
 
@@ -165,6 +166,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="largest PUBLISH payload (default: 4194304)")
     g.add_argument("--memory-limit-bytes", type=int, metavar="N",
                    help="Mosquitto's heap cap (default: 536870912)")
+    g.add_argument("--max-connections", type=int, metavar="N",
+                   help="sockets at once, CONNECT done or not (default: no cap; "
+                   "miscounted before Mosquitto 2.0.12)")
     g.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
     g.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
     g.add_argument("--tls-client-ca", metavar="FILE",

@@ -46,7 +46,7 @@ BROKER_HINT = ('needs the gateway extra (amqtt, pwdlib are not installed): '
     (("broker",), BROKER_HINT), (("broker", "run"), BROKER_HINT),
     (("broker", "add-user", "--password-file", "p.txt", "--username", "dev-a",
       "--password-stdin"), BROKER_HINT),
-    (("bench-flood",), GATEWAY_HINT)])
+    (("bench-flood",), GATEWAY_HINT), (("bench-storm",), GATEWAY_HINT)])
 def test_gateway_commands_without_amqtt_name_the_gateway_extra(tmp_path, args, hint):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "broker.toml").write_text("[broker]\nport = 1\n")

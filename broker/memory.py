@@ -1,0 +1,103 @@
+"""Hands the memory glibc keeps after a connection storm back to the OS (``malloc_trim``).
+
+Each TLS connection past its handshake costs the broker a 256 KiB read buffer
+(asyncio's ``SSLProtocol.max_size``) on top of its socket and SSL objects: 500 idle and
+100 half-open TLS sockets took the broker from 52 to ~220 MB. Once the broker
+has closed them every Python object is freed (tracemalloc: 4.4 MB traced
+before the storm, 4.6 MB after, 162 MB at the peak), yet RSS stayed at ~220 MB:
+glibc keeps freed heap memory for reuse. Its mmap threshold rises to the
+largest block freed (a 256 KiB buffer), so later buffers come from the heap,
+and the heap is only given back from its top. ``MALLOC_ARENA_MAX`` does not
+change that (218 MB with 1 arena, 217 MB with 2: one event loop allocates in
+one arena); ``malloc_trim(0)``, which releases free pages anywhere in the heap,
+brings it back to 61 MB. ``MemoryKeeper`` therefore checks every few seconds
+how much freed memory glibc holds (``mallinfo2``) and trims when that grew by
+more than ``slack_bytes``: after a storm, not on every closed connection. A check
+takes ~0.3 ms of the event loop; trimming 375 MB of freed blocks took 94 ms.
+
+Without glibc (musl, macOS) there is nothing to call and the keeper does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 5.0  # seconds between looks at glibc's free memory
+SLACK_BYTES = 8 * 1024 * 1024  # freed memory glibc may keep for reuse without a trim
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc >= 2.33 (Debian bookworm, Raspberry Pi OS 12: 2.36); every field a size_t.
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "malloc_trim") and hasattr(libc, "mallinfo2")):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc
+
+
+class MemoryKeeper:
+    """Trims glibc's heap when its freed memory grew by more than ``slack_bytes``.
+
+    Trimmed pages stay in malloc's free lists (only their contents go back to the
+    OS), so ``mallinfo2`` still counts them: the keeper trims on growth since its
+    last trim, not on the total, and does not trim a fragmented heap every time.
+    """
+
+    def __init__(self, *, slack_bytes: int = SLACK_BYTES,
+                 interval: float = CHECK_INTERVAL) -> None:
+        if slack_bytes < 0 or interval <= 0:
+            raise ValueError("slack_bytes must be >= 0 and interval > 0")
+        self.slack_bytes, self.interval = slack_bytes, interval
+        self._libc = _libc()
+        self._trimmed_at = 0  # free bytes held right after the last trim
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        """False without glibc: then ``run`` returns at once."""
+        return self._libc is not None
+
+    def free_held(self) -> int:
+        """Bytes glibc keeps freed in its heaps (``mallinfo2().fordblks``); 0 without glibc."""
+        return 0 if self._libc is None else int(self._libc.mallinfo2().fordblks)
+
+    def check(self) -> bool:
+        """Trim if the freed memory grew by more than ``slack_bytes``; True if it did."""
+        held = self.free_held()
+        # Memory reused since the last trim lowers the mark: freeing it again counts.
+        self._trimmed_at = min(self._trimmed_at, held)
+        if self._libc is None or held - self._trimmed_at <= self.slack_bytes:
+            return False
+        self._libc.malloc_trim(0)
+        self.trims += 1
+        self._trimmed_at = self.free_held()
+        log.debug("returned freed memory to the OS: malloc held %.1f MB", held / 1e6)
+        return True
+
+    async def run(self) -> None:
+        """Check every ``interval`` seconds until cancelled."""
+        if self._libc is None:
+            log.debug("no glibc malloc_trim/mallinfo2: freed memory stays with the allocator")
+            return
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check()
