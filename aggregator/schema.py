@@ -53,6 +53,8 @@ class LimitsTable(Table, frozen=True):
     status_rate: Positive = 2.0
     status_burst: AtLeastOne = 20
     drain_seconds: Positive = 0.25
+    commit_updates: AtLeastOne = 256
+    commit_seconds: Annotated[float, Meta(gt=0, le=5)] = 0.05
 
 
 class ModelTable(Table, frozen=True):
