@@ -86,15 +86,16 @@ def _has_type(value: object, type_name: object) -> bool:
 
 class Checkpoints:
     def __init__(self, run_dir: Path) -> None:
+        self._writer: UpdateLog | None = None  # closed when use() moves to another run
         self.use(run_dir)
 
     def use(self, run_dir: Path) -> None:
         """Point at another run's directory (the aggregator picks its run at start)."""
         self.path = run_dir / "run.json"
         self.updates_dir = run_dir / "open_round"
-        if getattr(self, "log", None) is not None:
-            self.log.close()
-        self.log = UpdateLog(self.updates_dir / FILE)
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = self.accepted = UpdateLog(self.updates_dir / FILE)
 
     def load(self) -> RunCheckpoint | None:
         if not self.path.exists():
@@ -128,7 +129,7 @@ class Checkpoints:
     def save_updates(self, batch: list[tuple[str, bytes]]) -> None:
         """Commit accepted payloads (member, payload) in one transaction, one fsync;
         OSError if they could not be: then none of them is stored."""
-        self.log.append(batch)
+        self.accepted.append(batch)
 
     def load_updates(self) -> list[tuple[str, bytes]]:
         """The accepted payloads of the open round; unreadable ones are an error, never
@@ -140,7 +141,7 @@ class Checkpoints:
             except OSError as exc:
                 raise ConfigError(f"cannot read accepted update {p}: {exc.strerror}; restore "
                                   "it or move it away (that agent's update is then lost)") from exc
-        return out + self.log.load()
+        return out + self.accepted.load()
 
     def clear_updates(self) -> None:
         for p in self._update_files():
@@ -148,7 +149,7 @@ class Checkpoints:
                 p.unlink()
             except OSError as exc:
                 raise ConfigError(f"cannot remove {p}: {exc.strerror}") from exc
-        self.log.clear()
+        self.accepted.clear()
 
     def _update_files(self) -> Iterator[Path]:
         # Not Path.glob: it swallows a permission error and reports an empty directory.

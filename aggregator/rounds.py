@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from fedmq.aggregator.rejections import Redelivered, Rejected, names, outside_assignment, own_key
 from fedmq.protocol.crypto.paillier import PaillierPublicKey, add_ciphertexts
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_hex
 from fedmq.protocol.errors import ProtocolError
@@ -21,48 +22,7 @@ from fedmq.protocol.partial import PartialSum
 from fedmq.protocol.wire import UpdateMessage
 
 _Offered = TypeVar("_Offered", UpdateMessage, PartialSum)
-
-
-class Rejected(Exception):
-    """An update that is not counted, with the reason for the log.
-
-    ``code`` (a ``protocol.notices`` code) when the device can act on the reason,
-    so the aggregator tells it; None for reasons it cannot (replays, duplicates).
-    ``update_key``: the key a validly self-signed update was signed with, or "".
-    ``kind``: a short, stable name of the reason for counters (dashboards, Prometheus):
-    the code when there is one.
-    """
-
-    def __init__(self, reason: str, *, code: str | None = None, update_key: str = "",
-                 kind: str = "") -> None:
-        super().__init__(reason)
-        self.code, self.update_key = code, update_key
-        self.kind = kind or code or "other"
-
-
-def _own_key(u: UpdateMessage) -> str:
-    """The key a validly self-signed update was signed with, or ""."""
-    return u.signer_key if u.signed_by_named_key() else ""
-
-
-def _names(devices: list[str], shown: int = 10) -> str:
-    more = f" and {len(devices) - shown} more" if len(devices) > shown else ""
-    return ", ".join(devices[:shown]) + more
-
-
-def outside_assignment(p: PartialSum, relay_devices: Mapping[str, frozenset[str]]
-                       ) -> tuple[list[str], str]:
-    """The contributors ``p``'s relay may not list, and why: a relay enrolled with an
-    assignment lists only its devices; an open relay none assigned to a relay."""
-    own = relay_devices.get(p.relay_id)
-    if own is not None:
-        return [d for d in p.contributors if d not in own], "outside its assignment"
-    assigned = frozenset().union(*relay_devices.values())
-    return [d for d in p.contributors if d in assigned], "assigned to another relay"
-
-
-class Redelivered(Rejected):
-    """The very same signed payload again (QoS 1 redelivery): already counted, not an attack."""
+__all__ = ["Redelivered", "Rejected", "RoundState", "outside_assignment"]
 
 
 @dataclass
@@ -278,13 +238,13 @@ class RoundState:
         outside, where = outside_assignment(p, self.relay_devices)
         if outside:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) {where}: "
-                           f"{_names(outside)}; refused whole", kind="relay-contributors")
+                           f"{names(outside)}; refused whole", kind="relay-contributors")
         bad = p.unattested(self.allow_list, fleet=self.fleet, run_id=self.run_id,
                            round_id=self.round_id, key_fingerprint=self.key_fingerprint,
                            codec_digest=self.codec_digest, n_values=self.n_values)
         if bad:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) "
-                           f"{_names(bad)} without their valid attestation of round "
+                           f"{names(bad)} without their valid attestation of round "
                            f"{self.round_id} (missing, of another round, key or contract, or "
                            "not signed by the device's enrolled key); refused whole",
                            kind="relay-contributors")
@@ -296,19 +256,19 @@ class RoundState:
         key = self.allow_list.get(u.agent_id)
         if key is None:
             raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
-                           code=NOT_ENROLLED, update_key=_own_key(u))
+                           code=NOT_ENROLLED, update_key=own_key(u))
         try:
             u.verify(key)
         except ProtocolError as exc:
             # Only a rejection asks whether the header's key signed it: an accepted
             # update pays one Ed25519 verification, not two (the costliest check).
-            if own_key := _own_key(u):
+            if signer_key := own_key(u):
                 # Validly signed, by a key the allow-list does not hold for this agent:
                 # a device whose key changed (new SD card, state_dir wiped), not a forgery
                 # of its enrolled key.
                 raise Rejected(f"{u.agent_id!r} is not enrolled with this key (signed with "
-                               f"{own_key[:16]}..., enrolled {public_key_hex(key)[:16]}...)",
-                               code=OTHER_KEY, update_key=own_key) from exc
+                               f"{signer_key[:16]}..., enrolled {public_key_hex(key)[:16]}...)",
+                               code=OTHER_KEY, update_key=signer_key) from exc
             raise Rejected(f"{exc} from {u.agent_id!r}: forged or tampered update",
                            kind="forged") from exc
         if u.fleet != self.fleet or u.run_id != self.run_id:
