@@ -7,8 +7,9 @@ updates it had accepted; a closed round is never reopened.
 
 Files in the run's directory (``<state_dir>/runs/<run_id>/``, see aggregator.runs):
 ``run.json`` (this checkpoint), ``global_model.npz`` (see RunStore),
-``open_round/<agent>.fmqu`` (accepted signed payloads of the open round,
-re-verified on resume like any update).
+``open_round/accepted.sqlite3`` (accepted signed payloads of the open round,
+committed in batches by aggregator.commit, re-verified on resume like any update;
+``open_round/<agent>.fmqu`` files of earlier versions are still read).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from fedmq.aggregator.commit import FILE, UpdateLog
 from fedmq.models import ModelSpec
 from fedmq.protocol.errors import ConfigError
-from fedmq.protocol.topics import check_name
 from fedmq.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,16 @@ def _has_type(value: object, type_name: object) -> bool:
 
 class Checkpoints:
     def __init__(self, run_dir: Path) -> None:
+        self._writer: UpdateLog | None = None  # closed when use() moves to another run
         self.use(run_dir)
 
     def use(self, run_dir: Path) -> None:
         """Point at another run's directory (the aggregator picks its run at start)."""
         self.path = run_dir / "run.json"
         self.updates_dir = run_dir / "open_round"
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = self.accepted = UpdateLog(self.updates_dir / FILE)
 
     def load(self) -> RunCheckpoint | None:
         if not self.path.exists():
@@ -119,20 +124,24 @@ class Checkpoints:
             raise ConfigError(f"cannot write checkpoint {self.path}: {exc.strerror}") from exc
 
     def save_update(self, agent_id: str, payload: bytes) -> None:
-        check_name(agent_id, "agent id")  # it becomes a file name
-        write_atomic(self.updates_dir / f"{agent_id}.fmqu", payload)
+        self.save_updates([(agent_id, payload)])
+
+    def save_updates(self, batch: list[tuple[str, bytes]]) -> None:
+        """Commit accepted payloads (member, payload) in one transaction, one fsync;
+        OSError if they could not be: then none of them is stored."""
+        self.accepted.append(batch)
 
     def load_updates(self) -> list[tuple[str, bytes]]:
         """The accepted payloads of the open round; unreadable ones are an error, never
         silently "0 updates restored" (each was acknowledged to its agent)."""
         out = []
-        for p in self._update_files():
+        for p in self._update_files():  # one file per update, as earlier versions kept them
             try:
                 out.append((p.stem, p.read_bytes()))
             except OSError as exc:
                 raise ConfigError(f"cannot read accepted update {p}: {exc.strerror}; restore "
                                   "it or move it away (that agent's update is then lost)") from exc
-        return out
+        return out + self.accepted.load()
 
     def clear_updates(self) -> None:
         for p in self._update_files():
@@ -140,6 +149,7 @@ class Checkpoints:
                 p.unlink()
             except OSError as exc:
                 raise ConfigError(f"cannot remove {p}: {exc.strerror}") from exc
+        self.accepted.clear()
 
     def _update_files(self) -> Iterator[Path]:
         # Not Path.glob: it swallows a permission error and reports an empty directory.

@@ -74,6 +74,9 @@ class RoundPolicy:
         return min(online, max(wanted, self.quorum))
 
 
+MAX_COMMIT_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class Limits:
     """What any sender can make the aggregator hold or do: bounded whatever they send."""
@@ -91,18 +94,27 @@ class Limits:
     # At most one re-send of key and round per this many seconds to the devices whose
     # status says they lack them (aggregator.resend), however many ask.
     resend_seconds: float = 5.0
+    # Group commit (aggregator.commit): accepted updates are made durable in batches of at
+    # most this many, their oldest waiting at most this long; one fsync per batch.
+    commit_updates: int = 256
+    commit_seconds: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("inbox_bytes", "inbox_messages", "status_bytes", "updates_per_round",
-                     "status_burst"):
+                     "status_burst", "commit_updates"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"limits.{name} must be a positive integer, not {value!r}")
-        for name in ("status_rate", "drain_seconds", "resend_seconds"):
+        for name in ("status_rate", "drain_seconds", "resend_seconds", "commit_seconds"):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
                     or not math.isfinite(value) or value <= 0):
                 raise ConfigError(f"limits.{name} must be a positive number, not {value!r}")
+        # A held update is not counted: a long wait would stall every round's close.
+        if self.commit_seconds > MAX_COMMIT_SECONDS:
+            raise ConfigError(f"limits.commit_seconds must be at most {MAX_COMMIT_SECONDS:g} "
+                              f"(an update counts only once committed), not "
+                              f"{self.commit_seconds!r}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Inbound messages of the aggregator: agent status, and updates offered to the open round.
 
 Every payload from the broker is untrusted: it is parsed, checked and either
-counted or logged with its reason; nothing here can raise into the round loop.
+held for its batch's commit or logged with its reason; nothing here can raise
+into the round loop. A held update counts once its batch is durable (``flush``,
+aggregator.commit), never before.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import logging
 from collections.abc import Callable
 
 from fedmq.aggregator.checkpoint import Checkpoints
+from fedmq.aggregator.commit import Batch
+from fedmq.aggregator.config import Limits
 from fedmq.aggregator.notices import Notifier
 from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
@@ -17,7 +21,7 @@ from fedmq.protocol.errors import KeyMismatchError, ProtocolError
 from fedmq.protocol.health import Skip
 from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.messages import StatusMessage
-from fedmq.protocol.partial import PartialSum, decode_partial, is_partial
+from fedmq.protocol.partial import decode_partial, is_partial
 from fedmq.protocol.topics import Topics
 from fedmq.protocol.wire import decode_update
 
@@ -38,9 +42,13 @@ class Inbound:
     def __init__(self, topics: Topics, public_key: PaillierPublicKey,
                  checkpoints: Checkpoints, notifier: Notifier | None = None,
                  on_skip: Callable[[int, str, Skip], None] | None = None,
-                 on_ask: Callable[[Holdings], None] | None = None) -> None:
+                 on_ask: Callable[[Holdings], None] | None = None,
+                 limits: Limits | None = None) -> None:
         self.topics = topics
         self.on_ask = on_ask  # a device's status says what it holds of key and round
+        limits = limits or Limits()
+        self.batch = Batch(max_updates=limits.commit_updates, max_seconds=limits.commit_seconds)
+        self.batches = 0  # batches committed (each one fsync)
         self.on_skip = on_skip  # an expected agent said why it skips the open round
         self.notifier = notifier
         self.public_key = public_key
@@ -83,13 +91,8 @@ class Inbound:
             log.info("dropping update from %s for round %d: no round is open", agent,
                      update.round_id)
             return
-        def commit(_u: object) -> None:
-            self.checkpoints.save_update(agent, payload)
         try:
-            if isinstance(update, PartialSum):
-                state.offer_partial(update, agent, commit)
-            else:
-                state.offer(update, agent, commit)
+            state.hold(update, agent)
         except Redelivered:
             log.debug("redelivery of %s's update ignored", agent)
             return
@@ -98,13 +101,46 @@ class Inbound:
             if self.notifier is not None:
                 self.notifier.rejected(state, agent, exc)
             return
-        state.update_bytes += len(payload)
-        state.payloads[agent] = payload
-        if isinstance(update, PartialSum):
-            log.info("accepted relay %s's partial sum of %d devices (%d devices counted)",
-                     agent, update.summed, len(state.accepted))
-        log.debug("accepted update from %s (%d/%d)", agent, len(state.accepted),
-                  len(state.expected))
+        self.batch.add(agent, payload)
+        if len(self.batch) >= self.batch.max_updates:
+            self.flush(state)
+
+    def due(self) -> bool:
+        """The held batch is full or its oldest update waited long enough."""
+        return self.batch.due()
+
+    def flush(self, state: RoundState | None) -> None:
+        """Commit the held batch in one transaction, then count it; if it cannot be
+        made durable, none of it counts (each is rejected "not-persisted", and its
+        agent's re-send on the next announcement is judged anew)."""
+        if not self.batch:
+            return
+        batch = self.batch.take()
+        if state is None:  # cannot happen: a round never closes with a batch held
+            log.error("%d held updates had no open round; dropped uncounted", len(batch))
+            return
+        try:
+            self.checkpoints.save_updates(batch)
+        except OSError as exc:
+            state.drop_held("not-persisted")
+            log.error("round %d: %d accepted updates not counted: cannot persist them: %s",
+                      state.round_id, len(batch), exc)
+            if self.notifier is not None:
+                for agent, _ in batch:
+                    self.notifier.rejected(state, agent, Rejected(
+                        f"cannot persist: {exc}", kind="not-persisted"))
+            return
+        members = state.count_held()
+        self.batches += 1
+        for agent, payload in batch:
+            state.update_bytes += len(payload)
+            state.payloads[agent] = payload
+            devices = state.members[agent]
+            if devices != (agent,):
+                log.info("accepted relay %s's partial sum of %d devices (%d devices counted)",
+                         agent, len(devices), len(state.accepted))
+        log.debug("round %d: committed %d updates in one transaction (%d/%d counted)",
+                  state.round_id, len(members), len(state.accepted), len(state.expected))
 
     def _on_status(self, agent: str, topic: str, payload: bytes,
                    state: RoundState | None) -> None:

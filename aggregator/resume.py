@@ -12,7 +12,7 @@ import logging
 from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
 from fedmq.aggregator.inbound import Inbound, offer_payload
 from fedmq.aggregator.privacy import FleetBudget
-from fedmq.aggregator.rounds import Rejected, RoundState
+from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
 from fedmq.aggregator.store import RunStore
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.errors import ProtocolError
@@ -46,12 +46,18 @@ def carry_over(start: StartPoint, saved: RunCheckpoint | None, *, store: RunStor
 
 def restore_updates(state: RoundState, checkpoints: Checkpoints,
                     public_key: PaillierPublicKey) -> None:
-    """Offer the reopened round the updates it had accepted, checked again as on arrival."""
+    """Offer the reopened round the updates it had accepted, checked again as on arrival.
+
+    Exactly the committed batches come back (aggregator.commit): a batch torn by the
+    crash was never counted and is not there; a member stored twice counts once.
+    """
     for agent, payload in checkpoints.load_updates():
         try:
             offer_payload(state, agent, payload, public_key)
             state.update_bytes += len(payload)
             state.payloads[agent] = payload
+        except Redelivered:
+            log.info("persisted update of %s stored twice, counted once", agent)
         except (ProtocolError, Rejected) as exc:
             log.error("persisted update of %s no longer valid: %s", agent, exc)
     log.warning("round %d: %d accepted updates restored", state.round_id, len(state.accepted))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from fedmq.aggregator.rejections import Redelivered, Rejected, names, outside_assignment, own_key
 from fedmq.protocol.crypto.paillier import PaillierPublicKey, add_ciphertexts
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_hex
 from fedmq.protocol.errors import ProtocolError
@@ -21,48 +22,7 @@ from fedmq.protocol.partial import PartialSum
 from fedmq.protocol.wire import UpdateMessage
 
 _Offered = TypeVar("_Offered", UpdateMessage, PartialSum)
-
-
-class Rejected(Exception):
-    """An update that is not counted, with the reason for the log.
-
-    ``code`` (a ``protocol.notices`` code) when the device can act on the reason,
-    so the aggregator tells it; None for reasons it cannot (replays, duplicates).
-    ``update_key``: the key a validly self-signed update was signed with, or "".
-    ``kind``: a short, stable name of the reason for counters (dashboards, Prometheus):
-    the code when there is one.
-    """
-
-    def __init__(self, reason: str, *, code: str | None = None, update_key: str = "",
-                 kind: str = "") -> None:
-        super().__init__(reason)
-        self.code, self.update_key = code, update_key
-        self.kind = kind or code or "other"
-
-
-def _own_key(u: UpdateMessage) -> str:
-    """The key a validly self-signed update was signed with, or ""."""
-    return u.signer_key if u.signed_by_named_key() else ""
-
-
-def _names(devices: list[str], shown: int = 10) -> str:
-    more = f" and {len(devices) - shown} more" if len(devices) > shown else ""
-    return ", ".join(devices[:shown]) + more
-
-
-def outside_assignment(p: PartialSum, relay_devices: Mapping[str, frozenset[str]]
-                       ) -> tuple[list[str], str]:
-    """The contributors ``p``'s relay may not list, and why: a relay enrolled with an
-    assignment lists only its devices; an open relay none assigned to a relay."""
-    own = relay_devices.get(p.relay_id)
-    if own is not None:
-        return [d for d in p.contributors if d not in own], "outside its assignment"
-    assigned = frozenset().union(*relay_devices.values())
-    return [d for d in p.contributors if d in assigned], "assigned to another relay"
-
-
-class Redelivered(Rejected):
-    """The very same signed payload again (QoS 1 redelivery): already counted, not an attack."""
+__all__ = ["Redelivered", "Rejected", "RoundState", "outside_assignment"]
 
 
 @dataclass
@@ -105,6 +65,11 @@ class RoundState:
     # Expected agents that said (in their status) why they skip this round: the round
     # does not wait for them, and the gateway counts the reasons.
     skipped: dict[str, Skip] = field(default_factory=dict)
+    # Checked, but waiting for their batch's commit (aggregator.commit): not counted yet,
+    # yet a second update of the same member or device is judged against them.
+    _held: dict[str, tuple[UpdateMessage | PartialSum, tuple[str, ...]]] = field(
+        default_factory=dict)
+    _held_by: dict[str, str] = field(default_factory=dict)  # device -> held member
 
     @property
     def hashes(self) -> Mapping[str, bytes]:
@@ -144,6 +109,51 @@ class RoundState:
         self._offer(partial, topic_agent, self._check_partial, commit, "partial sum")
         self._add(partial.relay_id, partial.contributors, partial.ciphertexts,
                   partial.signed_hash)
+
+    def hold(self, msg: UpdateMessage | PartialSum, topic_agent: str) -> None:
+        """Every check of offer, then hold ``msg`` for its batch's commit: not counted
+        until ``count_held``; raise Rejected (or Redelivered) as offer does."""
+        if isinstance(msg, PartialSum):
+            self._offer(msg, topic_agent, self._check_partial, None, "partial sum")
+            member, devices = msg.relay_id, msg.contributors
+        else:
+            self._offer(msg, topic_agent, self._check, None, "update")
+            member, devices = msg.agent_id, (msg.agent_id,)
+        self._held[member] = (msg, devices)
+        self._held_by.update(dict.fromkeys(devices, member))
+
+    @property
+    def held(self) -> int:
+        """Devices held for a commit, not yet counted."""
+        return len(self._held_by)
+
+    @property
+    def waits_only_for_held(self) -> bool:
+        """Something is held, and every expected agent is either counted or held."""
+        return bool(self._held) and self.missing <= self._held.keys() | self._held_by.keys()
+
+    def count_held(self) -> list[str]:
+        """The held members' batch is durable: count them, in arrival order."""
+        members = list(self._held)
+        for member, (msg, devices) in self._held.items():
+            self._add(member, devices, msg.ciphertexts, msg.signed_hash)
+        self._held.clear()
+        self._held_by.clear()
+        return members
+
+    def drop_held(self, kind: str) -> list[str]:
+        """The held members' batch could not be made durable: reject them all (``kind``)."""
+        members = list(self._held)
+        self.reject(kind, len(members))
+        self._held.clear()
+        self._held_by.clear()
+        return members
+
+    def _hash_of(self, member: str) -> bytes | None:
+        if member in self._hashes:
+            return self._hashes[member]
+        held = self._held.get(member)
+        return None if held is None else held[0].signed_hash
 
     def _offer(self, msg: _Offered, topic_agent: str, check: Callable[[_Offered, str], None],
                commit: Callable[[_Offered], None] | None, what: str) -> None:
@@ -204,20 +214,21 @@ class RoundState:
         if p.n_values != self.n_values or len(p.ciphertexts) != self.layout.plaintext_count():
             raise Rejected(f"partial sum carries {p.n_values} values in {len(p.ciphertexts)} "
                            "ciphertexts, not this round's layout", kind="wrong-model")
-        if p.relay_id in self._hashes:
-            if self._hashes[p.relay_id] == p.signed_hash:
+        if (known := self._hash_of(p.relay_id)) is not None:
+            if known == p.signed_hash:
                 raise Redelivered("duplicate delivery of an accepted partial sum, counted once")
             raise Rejected("second, different partial sum from this relay in this round",
                            kind="conflicting")
         self._check_contributors(p)
-        twice = sorted(d for d in p.contributors if d in self._counted or d in self.relays)
+        by = {**self._counted, **self._held_by}
+        twice = sorted(d for d in p.contributors if d in by or d in self.relays)
         if twice:
-            shown = ", ".join(f"{d} (via {self._counted.get(d, 'a relay id')})" for d in twice[:5])
+            shown = ", ".join(f"{d} (via {by.get(d, 'a relay id')})" for d in twice[:5])
             raise Rejected(f"partial sum counts {len(twice)} device(s) already counted: {shown}",
                            kind="counted-twice")
         if self.sampled and p.relay_id not in self.expected:
             raise Rejected("relay was not selected for this round", kind="not-selected")
-        if len(self.accepted) + p.summed > self.max_agents:
+        if len(self.accepted) + self.held + p.summed > self.max_agents:
             raise Rejected(f"partial sum of {p.summed} devices would exceed max_agents="
                            f"{self.max_agents} (holding {len(self.accepted)})", kind="full")
 
@@ -227,13 +238,13 @@ class RoundState:
         outside, where = outside_assignment(p, self.relay_devices)
         if outside:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) {where}: "
-                           f"{_names(outside)}; refused whole", kind="relay-contributors")
+                           f"{names(outside)}; refused whole", kind="relay-contributors")
         bad = p.unattested(self.allow_list, fleet=self.fleet, run_id=self.run_id,
                            round_id=self.round_id, key_fingerprint=self.key_fingerprint,
                            codec_digest=self.codec_digest, n_values=self.n_values)
         if bad:
             raise Rejected(f"partial sum from relay {p.relay_id!r} lists device(s) "
-                           f"{_names(bad)} without their valid attestation of round "
+                           f"{names(bad)} without their valid attestation of round "
                            f"{self.round_id} (missing, of another round, key or contract, or "
                            "not signed by the device's enrolled key); refused whole",
                            kind="relay-contributors")
@@ -245,19 +256,19 @@ class RoundState:
         key = self.allow_list.get(u.agent_id)
         if key is None:
             raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
-                           code=NOT_ENROLLED, update_key=_own_key(u))
+                           code=NOT_ENROLLED, update_key=own_key(u))
         try:
             u.verify(key)
         except ProtocolError as exc:
             # Only a rejection asks whether the header's key signed it: an accepted
             # update pays one Ed25519 verification, not two (the costliest check).
-            if own_key := _own_key(u):
+            if signer_key := own_key(u):
                 # Validly signed, by a key the allow-list does not hold for this agent:
                 # a device whose key changed (new SD card, state_dir wiped), not a forgery
                 # of its enrolled key.
                 raise Rejected(f"{u.agent_id!r} is not enrolled with this key (signed with "
-                               f"{own_key[:16]}..., enrolled {public_key_hex(key)[:16]}...)",
-                               code=OTHER_KEY, update_key=own_key) from exc
+                               f"{signer_key[:16]}..., enrolled {public_key_hex(key)[:16]}...)",
+                               code=OTHER_KEY, update_key=signer_key) from exc
             raise Rejected(f"{exc} from {u.agent_id!r}: forged or tampered update",
                            kind="forged") from exc
         if u.fleet != self.fleet or u.run_id != self.run_id:
@@ -274,17 +285,18 @@ class RoundState:
                            code=WRONG_MODEL)
         if len(u.ciphertexts) != self.layout.plaintext_count():
             raise Rejected(f"update has {len(u.ciphertexts)} ciphertexts", kind="wrong-model")
-        if self._counted.get(u.agent_id, u.agent_id) != u.agent_id:
-            raise Rejected(f"device already counted in relay {self._counted[u.agent_id]!r}'s "
+        via = self._counted.get(u.agent_id) or self._held_by.get(u.agent_id, u.agent_id)
+        if via != u.agent_id:
+            raise Rejected(f"device already counted in relay {via!r}'s "
                            "partial sum this round", kind="counted-twice")
-        if u.agent_id in self._hashes:
-            if self._hashes[u.agent_id] == u.signed_hash:
+        if (known := self._hash_of(u.agent_id)) is not None:
+            if known == u.signed_hash:
                 raise Redelivered("duplicate delivery of an accepted update, counted once")
             raise Rejected("second, different update from this agent in this round",
                            kind="conflicting")
         if self.sampled and u.agent_id not in self.expected:
             raise Rejected("agent was not selected for this round", kind="not-selected")
-        if len(self.accepted) >= self.max_agents:
+        if len(self.accepted) + self.held >= self.max_agents:
             raise Rejected(f"round already holds max_agents={self.max_agents} updates", kind="full")
 
     @property

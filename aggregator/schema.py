@@ -54,6 +54,8 @@ class LimitsTable(Table, frozen=True):
     status_burst: AtLeastOne = 20
     drain_seconds: Positive = 0.25
     resend_seconds: Positive = 5.0
+    commit_updates: AtLeastOne = 256
+    commit_seconds: Annotated[float, Meta(gt=0, le=5)] = 0.05
 
 
 class ModelTable(Table, frozen=True):

@@ -108,7 +108,7 @@ class Aggregator(RoundClosing):
         self._notifier = Notifier(config.topics, self.signer, self._send_notice)
         self._inbound = Inbound(config.topics, self.public_key, self.checkpoints,
                                 self._notifier, on_skip=self._health.skipped,
-                                on_ask=lambda holds: self._herald.asked(holds))
+                                on_ask=lambda holds: self._herald.asked(holds), limits=limits)
         self._suspects = Suspects()
         self._statistics_rows: dict[frozenset[str], int] = {}  # the statistics round's groups
         self._admit = self._admission.filter(self._inbox.put)
@@ -269,8 +269,8 @@ class Aggregator(RoundClosing):
         else:
             (expected, sampled), opened_at = self._attendance.select(phase), now
             deadline = now + cfg.policy.round_timeout
-            if training:
-                self.checkpoints.clear_updates()
+            # Every round: the updates table holds one round's members (aggregator.commit).
+            self.checkpoints.clear_updates()
         state = RoundState(
             fleet=cfg.topics.fleet, run_id=run_id, round_id=round_id, expected=expected,
             deadline=deadline, quorum=self._attendance.quorum(phase), layout=self._layouts[phase],
@@ -304,8 +304,9 @@ class Aggregator(RoundClosing):
                 "evaluation": "final evaluation round"}[phase]
         log.info("%s %d open: expecting %d agents, quorum %d, deadline in %.0f s", what,
                  round_id, len(state.expected), state.quorum, state.deadline - time.time())
-        while (reason := state.close_reason(time.time())) is None:
+        while (reason := self._close_reason(state)) is None:
             if self._stop.is_set():
+                self._inbound.flush(state)  # durable, for the resumed round
                 raise RoundFailed(f"stopped during round {round_id}")
             if time.time() >= state.deadline:
                 if phase == "evaluation":  # nothing to wait for: the model is final
@@ -332,10 +333,19 @@ class Aggregator(RoundClosing):
                 log.info("round %d: %s enrolled now; announcing the round again for their "
                          "updates", round_id, ", ".join(taken))
                 announce(deadline=state.deadline)
+        self._inbound.flush(state)  # nothing held is left behind by a closed round
         if state.missing:
             log.warning("round %d closed at the deadline without %s", round_id,
                         ", ".join(sorted(state.missing)))
         return self._finish(state, reason, version, params)
+
+    def _close_reason(self, state: RoundState) -> str | None:
+        """state.close_reason, with no update held at the deadline: the round must
+        not close (nor extend) while a batch waits for its commit."""
+        if self._inbound.batch and (time.time() >= state.deadline
+                                    or state.waits_only_for_held):
+            self._inbound.flush(state)
+        return state.close_reason(time.time())
 
     def _report(self, state: RoundState, version: int, *, closed: bool = False,
                 force: bool = False) -> None:
@@ -368,16 +378,21 @@ class Aggregator(RoundClosing):
         self._herald.republish()
         if state is not None:
             self._admission.open_round(state.round_id, self._body(state.layout))
-        item = self._inbox.get(timeout)
+        left = self._inbound.batch.time_left()
+        item = self._inbox.get(timeout if left is None else min(timeout, left))
         budget = self.config.limits.drain_seconds
         if state is not None:
             budget = min(budget, max(0.0, state.deadline - time.time()))
         stop_at = time.monotonic() + budget
         while item is not None:
             self._inbound.handle(state, *item)
+            if self._inbound.due():
+                self._inbound.flush(state)
             if time.monotonic() >= stop_at or (state is not None and not state.missing
                                                and state.close_reason(time.time())):
                 break
             item = self._inbox.get(0)
+        if self._inbound.due():
+            self._inbound.flush(state)
         if state is not None and (dropped := self._admission.take_dropped()):
             state.reject("dropped", dropped)

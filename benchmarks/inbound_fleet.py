@@ -77,9 +77,10 @@ def _obfuscators(public_key: PaillierPublicKey, seed: int) -> Iterator[int]:
 
 
 def build_fleet(*, bits: int, d: int, updates: int, seed: int = 0, rows: int = 40,
-                key: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None) -> BenchFleet:
+                key: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
+                fleet: str = FLEET, run_id: str = RUN_ID) -> BenchFleet:
     """``updates`` genuine training updates of a binary logistic model over ``d`` features,
-    from as many distinct agents and Ed25519 keys."""
+    from as many distinct agents and Ed25519 keys, for round 1 of ``run_id``."""
     rng = np.random.default_rng(seed)
     public_key, private_key = key or generate_keypair(bits)
     spec = ModelSpec(kind="logistic", features=tuple(f"x{i}" for i in range(d)), n_classes=2)
@@ -107,11 +108,11 @@ def build_fleet(*, bits: int, d: int, updates: int, seed: int = 0, rows: int = 4
             total += np.array(part, dtype=object)
         ciphertexts = encrypt_ints(public_key, layout.encode(parts),
                                    [next(obfuscators) for _ in range(count)])
-        msg = UpdateMessage(fleet=FLEET, run_id=RUN_ID, round_id=ROUND_ID, agent_id=agent,
+        msg = UpdateMessage(fleet=fleet, run_id=run_id, round_id=ROUND_ID, agent_id=agent,
                             key_fingerprint=fp, codec_digest=digest, n_values=layout.n_values,
                             ciphertexts=tuple(ciphertexts))
         payloads.append((agent, encode_update(msg, public_key, signer)))
     return BenchFleet(public_key=public_key, private_key=private_key, spec=spec, codec=codec,
-                      statistics=statistics, layout=layout, topics=Topics(FLEET),
+                      statistics=statistics, layout=layout, topics=Topics(fleet),
                       allow_list=allow_list, payloads=tuple(payloads),
                       plain_sums=tuple(tuple(int(v) for v in s) for s in sums))

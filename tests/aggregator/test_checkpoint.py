@@ -46,8 +46,22 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
 
 
 def test_agent_ids_cannot_escape_the_state_dir(tmp_path):
-    with pytest.raises(ConfigError):
-        Checkpoints(tmp_path).save_update("../evil", b"x")
+    """An id is a row's key, never a file name: nothing is written outside the run."""
+    run = tmp_path / "run"
+    Checkpoints(run).save_update("../evil", b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert Checkpoints(run).load_updates() == [("../evil", b"x")]
+
+
+def test_updates_of_earlier_versions_are_still_read(tmp_path):
+    """open_round/<agent>.fmqu (one file per update) from before the group commit."""
+    cps = Checkpoints(tmp_path)
+    (tmp_path / "open_round").mkdir()
+    (tmp_path / "open_round" / "old.fmqu").write_bytes(b"payload-old")
+    cps.save_update("new", b"payload-new")
+    assert cps.load_updates() == [("old", b"payload-old"), ("new", b"payload-new")]
+    cps.clear_updates()
+    assert cps.load_updates() == []
 
 
 def earlier_run(tmp_path, run_id="r1"):

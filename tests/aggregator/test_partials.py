@@ -208,9 +208,12 @@ def test_the_inbound_path_logs_why_a_partial_is_rejected(state, tmp_path, caplog
     assert any("relay-z" in line and "not an enrolled relay" in line for line in lines)
     assert any("forged or tampered partial sum" in line for line in lines)
     assert any("already counted: d2 (via relay-a)" in line for line in lines)
+    # Held for its batch's commit (aggregator.commit): judged, not counted yet.
+    assert state.accepted == [] and state.held == 2 and state.rejected == 3
+    inbound.flush(state)
     assert sorted(state.accepted) == ["d1", "d2"] and state.rejected == 3
     # The accepted partial was persisted like an update, for a resumed round.
-    assert (tmp_path / "open_round").exists()
+    assert Checkpoints(tmp_path).load_updates() == [("relay-a", state.payloads["relay-a"])]
 
 
 def test_a_stale_partial_under_stolen_ids_is_refused_and_blocks_no_victim(state, tmp_path,

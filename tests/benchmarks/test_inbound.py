@@ -47,8 +47,13 @@ def test_the_stages_add_up_and_the_decrypted_sum_is_the_plaintext_sum(fleet, tmp
     assert sum(shares) == pytest.approx(100.0, abs=0.1 * len(STAGES))
     assert float(rows["sum of the stages"][0]) == pytest.approx(result.total, abs=1e-3)
     # measure checked the sums; an altered plaintext sum must fail that check.
+    assert result.per_update > 0 and result.speedup == result.per_update / result.end_to_end
+    assert f"{result.speedup:.1f}x faster end to end than one fsync per update" in table
     state = open_round(fleet)
     assert end_to_end(fleet, tmp_path / "again") > 0
+    # The baseline persisted each update in its own file, as before group commit.
+    assert end_to_end(fleet, tmp_path / "before", per_update=True) > 0
+    assert len(list((tmp_path / "before" / "open_round").glob("*.fmqu"))) == 20
     training, evaluation = fleet.plain_sums
     wrong = replace(fleet, plain_sums=((*training[:-1], training[-1] + 1), evaluation))
     for agent, payload in fleet.payloads:
@@ -62,9 +67,13 @@ def test_the_stages_add_up_and_the_decrypted_sum_is_the_plaintext_sum(fleet, tmp
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "inbound.json"
     assert main(["bench-inbound", "--bits", "512", "--dims", "3", "--updates", "8",
-                 "--repeats", "1", "--state-dir", str(tmp_path), "--json", str(out)]) == 0
+                 "--repeats", "1", "--batch", "3", "--state-dir", str(tmp_path),
+                 "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "end to end" in text and "running product" in text
+    assert "end to end, group commit (3)" in text and "fsync each (before)" in text
+    assert "faster end to end than one fsync per update" in text
     [doc] = json.loads(out.read_text())
     assert doc["updates"] == 8 and doc["d"] == 3 and set(doc["stages"]) == set(STAGES)
+    assert doc["batch"] == 3 and doc["speedup"] == pytest.approx(
+        doc["per_update"] / doc["end_to_end"])
     assert doc["total"] == pytest.approx(sum(doc["stages"].values()))

@@ -25,6 +25,7 @@ from support import (
 )
 
 from fedmq.aggregator.allowlist import enroll
+from fedmq.aggregator.checkpoint import Checkpoints
 from fedmq.broker.embedded import free_port
 from fedmq.models import load_model
 from fedmq.protocol.crypto.paillier import private_key_to_dict
@@ -117,11 +118,11 @@ def test_aggregator_killed_and_restarted_mid_round_loses_nothing(tmp_path, broke
     agents = start_agents(broker_port, 3, options={"agent-2": {"straggle_seconds": 3.0}})
     log = tmp_path / "aggregator.log"
     first = fedmq_process("aggregator", "--config", str(config), log=log)
-    open_round = tmp_path / "gateway" / "latest" / "open_round"
+    durable = Checkpoints(tmp_path / "gateway" / "latest")
     try:
-        wait_until(lambda: len(list(open_round.glob("*.fmqu"))) == 2,
+        wait_until(lambda: len(durable.load_updates()) == 2,
                    "two accepted updates on disk", timeout=60)
-        accepted_before = sorted(p.stem for p in open_round.glob("*.fmqu"))
+        accepted_before = sorted(agent for agent, _ in durable.load_updates())
         first.send_signal(signal.SIGKILL)  # the gateway loses power inside round 1
         first.wait(10)
         time.sleep(3.5)  # agent-2 finishes and publishes while no aggregator runs
