@@ -203,3 +203,18 @@ def test_a_batch_that_cannot_be_persisted_counts_nothing(fleet, tmp_path, caplog
         inbound.handle(state, fleet.topic(agent), payload)
     inbound.flush(state)
     assert len(state.accepted) == 3
+
+
+@pytest.mark.parametrize("limits,message", [
+    ({"commit_seconds": 10}, "[limits] commit_seconds: expected float <= 5.0, got 10"),
+    ({"commit_updates": 0}, "[limits] commit_updates: expected int >= 1, got 0"),
+])
+def test_aggregator_toml_names_a_bad_commit_bound(limits, message):
+    from fedmq.aggregator.config import AggregatorConfig
+
+    doc = {"model": {"kind": "logistic", "features": ["a"], "n_classes": 2}, "limits": limits}
+    with pytest.raises(ConfigError) as err:
+        AggregatorConfig.from_dict(doc, source="aggregator.toml")
+    assert str(err.value) == f"aggregator.toml: {message}"
+    ok = AggregatorConfig.from_dict({**doc, "limits": {"commit_updates": 8}}).limits
+    assert (ok.commit_updates, ok.commit_seconds) == (8, 0.05)
