@@ -48,6 +48,9 @@ class UpdateLog:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")  # a commit is on the disk when it returns
+                # A round of 10,000 d = 100 updates is ~26 MB: folded into the database at
+                # most once a round, not every 4 MB (0.5 -> 0.35 s of commits at 10,000).
+                db.execute("PRAGMA wal_autocheckpoint=16384")
                 db.execute(_SCHEMA)
             except sqlite3.Error:
                 db.close()

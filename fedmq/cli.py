@@ -57,6 +57,9 @@ BENCHES = {
                      "MQTT): round time, bytes, CPU, accuracy", "fedmq.benchmarks.flower"),
     "bench-inbound": ("aggregator inbound path: seconds per stage for one round of N updates",
                       "fedmq.benchmarks.inbound"),
+    "bench-round": ("one round of N devices (default 10,000) on real MQTT: pre-signed updates "
+                    "from one connection per device, round time, memory, dropped deliveries",
+                    "fedmq.benchmarks.fleet_round"),
     "bench-privacy": ("privacy-utility table: accuracy at epsilon 1, 3, 8 and without DP, "
                       "synthetic fleet and a real data set", "fedmq.benchmarks.privacy"),
     "bench-relay": ("the same fleet behind one gateway and behind two relays: round times, "

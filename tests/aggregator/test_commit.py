@@ -203,3 +203,59 @@ def test_a_batch_that_cannot_be_persisted_counts_nothing(fleet, tmp_path, caplog
         inbound.handle(state, fleet.topic(agent), payload)
     inbound.flush(state)
     assert len(state.accepted) == 3
+
+
+@pytest.mark.parametrize("limits,message", [
+    ({"commit_seconds": 10}, "[limits] commit_seconds: expected float <= 5.0, got 10"),
+    ({"commit_updates": 0}, "[limits] commit_updates: expected int >= 1, got 0"),
+])
+def test_aggregator_toml_names_a_bad_commit_bound(limits, message):
+    from fedmq.aggregator.config import AggregatorConfig
+
+    doc = {"model": {"kind": "logistic", "features": ["a"], "n_classes": 2}, "limits": limits}
+    with pytest.raises(ConfigError) as err:
+        AggregatorConfig.from_dict(doc, source="aggregator.toml")
+    assert str(err.value) == f"aggregator.toml: {message}"
+    ok = AggregatorConfig.from_dict({**doc, "limits": {"commit_updates": 8}}).limits
+    assert (ok.commit_updates, ok.commit_seconds) == (8, 0.05)
+
+
+def test_a_round_at_its_deadline_commits_the_held_batch_before_it_closes(tmp_path, keypair,
+                                                                          broker_port):
+    """Batches wait up to 5 s here, the round only 3: at the deadline the two held updates
+    are committed and counted, so the quorum of 2 is met with no extension allowed (it
+    would fail the round if the held ones were not counted)."""
+    import threading
+
+    from support import AGGREGATOR_SIGNER, SPEC, EnrolledFleet, agent_config, local_data
+
+    from fedmq.aggregator.config import AggregatorConfig, RoundPolicy
+    from fedmq.aggregator.service import Aggregator
+    from fedmq.edge_agent.agent import EdgeAgent
+    from fedmq.protocol.messages import TrainingSettings
+    from fedmq.protocol.topics import Topics
+    from fedmq.runtime.transport import MqttSettings
+
+    agents = [EdgeAgent(agent_config(broker_port, f"agent-{i}", **(
+        {"straggle_seconds": 60.0} if i == 2 else {})), data=local_data(i, 40)) for i in range(3)]
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    try:
+        config = AggregatorConfig(
+            topics=Topics("test"), spec=SPEC, mqtt=MqttSettings(port=broker_port),
+            policy=RoundPolicy(rounds=1, round_timeout=3.0, quorum=2, min_agents=3,
+                               start_timeout=20.0, max_extensions=0, final_evaluation=False),
+            training=TrainingSettings(epochs=1, batch_size=8, learning_rate=0.1),
+            limits=Limits(commit_updates=256, commit_seconds=5.0),
+            state_dir=str(tmp_path / "aggregator"))
+        agg = Aggregator(config, keypair=keypair, signer=AGGREGATOR_SIGNER,
+                         allow_list=EnrolledFleet())
+        agg.run()
+    finally:
+        for a in agents:
+            a.stop()
+        for t in threads:
+            t.join(5)
+    [result] = agg.results
+    assert result.closed_by == "deadline" and sorted(result.reported) == ["agent-0", "agent-1"]
