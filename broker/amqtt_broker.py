@@ -70,6 +70,11 @@ class _SnapshotDict(dict[str, Any]):
     def __iter__(self) -> Any:
         return iter(list(super().keys()))
 
+    def items(self) -> Any:
+        # amqtt's broadcast walks items() and each filter's subscriber list across the
+        # receive ACL's awaits: a snapshot of both (see broker.amqtt_delivery).
+        return [(key, list(subscribers)) for key, subscribers in super().items()]
+
 
 class _Handler(BrokerProtocolHandler):
     _closing: asyncio.Task[None] | None = None

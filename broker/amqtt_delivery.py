@@ -6,17 +6,17 @@ without the receive ACL, and delivers an offline session's queued messages on
 reconnect without the receive ACL, flagged as retained and from an unbounded
 queue. ``DeliveryRules`` overrides those four steps.
 
-It also overrides the broadcast of one message (``_run_broadcast``): amqtt walks
-its live subscription table and each filter's subscriber list across awaits
-(the receive ACL check yields to the event loop). A client subscribing to a new
-filter meanwhile raised "dictionary changed size during iteration" in the
-broadcast task, which amqtt's broadcast loop never awaits ("Task exception was
-never retrieved"): the message went to no subscriber after that point. One
-unsubscribing meanwhile shifted the list and skipped the next subscriber. No
-upstream report was found (amqtt issues searched, 2026-12); amqtt's main branch
-(175202e, 2026-08) still iterates the live table. Unsubscribing also left an
-empty entry per filter in the table for good (a client cycling through new
-filters grew it without bound): ``_handle_unsubscription`` drops it.
+amqtt's broadcast of one message (``_run_broadcast``) walks the subscription table
+and each filter's subscriber list across awaits (the receive ACL check yields to the
+event loop). A client subscribing to a new filter meanwhile raised "dictionary changed
+size during iteration" in the broadcast task, which amqtt's broadcast loop never awaits
+("Task exception was never retrieved"): the message went to no subscriber after that
+point; one unsubscribing meanwhile shifted the list and skipped the next subscriber.
+FedmqBroker's table (broker.amqtt_broker._SnapshotDict) hands that loop snapshots
+instead. No upstream report was found (amqtt issues searched, 2026-12); amqtt's main
+branch (175202e, 2026-08) still iterates the live table. Unsubscribing also left an
+empty entry per filter in the table for good (a client cycling through new filters grew
+it without bound): ``_handle_unsubscription`` drops it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
-from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
@@ -120,33 +119,3 @@ class DeliveryRules(Broker):
         for topic_filter in unsubscribe_waiter.result().topics:
             if not self._subscriptions.get(topic_filter, True):
                 del self._subscriptions[topic_filter]
-
-    async def _run_broadcast(self, running_tasks: Any) -> None:
-        """Deliver one queued message to the subscriptions there were when it was taken."""
-        broadcast = await self._broadcast_queue.get()
-        topic = broadcast["topic"]
-        targets = [(session, qos) for topic_filter, subscribers in list(self._subscriptions.items())
-                   if self._matches(topic, topic_filter) for session, qos in list(subscribers)]
-        for session, sub_qos in targets:
-            try:
-                await self._deliver(broadcast, session, broadcast.get("qos", sub_qos),
-                                    running_tasks)
-            except Exception as exc:  # one subscriber's failure must not cost the others
-                log.warning("could not deliver a message on %s to %s: %s", topic,
-                            session.client_id, exc or type(exc).__name__)
-
-    async def _deliver(self, broadcast: dict[str, Any], session: Session, qos: int,
-                       running_tasks: Any) -> None:
-        """amqtt's per-subscriber step of ``_run_broadcast``."""
-        if not await self._topic_filtering(session, broadcast["topic"], Action.RECEIVE):
-            return
-        connected = session.transitions.state == "connected"
-        if not connected:  # MQTT-3.1.2-4: kept for a persistent session at QoS 1 and 2
-            if not session.clean_session and qos in (QOS_1, QOS_2) and \
-                    not session.is_anonymous:
-                await self._retain_broadcast_message(broadcast, qos, session)
-            return
-        handler = self._get_handler(session)
-        if handler is not None:
-            running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(
-                broadcast["topic"], broadcast["data"], qos, retain=False)))
