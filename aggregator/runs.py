@@ -179,8 +179,9 @@ def open_run(runs: RunDirs, checkpoints: Checkpoints, store: RunStore,
                                 saved_version=saved_version, fresh_run_id=new_run_id(),
                                 model_file=str(store.model_path))
             return replace(start, spec=spec), saved
-        # A finished run is the normal case of starting again: nothing is wrong, nothing lost.
-        finished = saved is not None and saved.status == "finished"
+        # A finished run is the normal case of starting again, and so is a run stopped
+        # before its first round (nothing was trained): nothing is wrong, nothing lost.
+        finished = saved is None or saved.status == "finished"
         log.log(logging.INFO if finished else logging.WARNING,
                 "not resuming %s: %s; starting a new run", prior, why)
     run_id = new_id or new_run_id()

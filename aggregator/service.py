@@ -201,6 +201,8 @@ class Aggregator(RoundClosing):
                     # Also after a restart at a round boundary: the agents' retained statuses
                     # arrive only now, and a round opened before them would expect nobody.
                     self._attendance.wait(self._stop, partial(self._drain, None))
+                    if self._stop.is_set():  # open no round a stopped aggregator never saves
+                        raise RoundFailed(f"stopped before round {round_id}")
                 if start.spec is not None:
                     self.spec = start.spec
                     self._statistics_rows = load_group_rows(self.store.run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -146,3 +147,41 @@ def test_run_ids_sort_by_start_time_and_differ_within_a_second():
     ids = [new_run_id(1_700_000_000.0) for _ in range(20)]
     assert ids[0].startswith("20231114-221320-") and len(set(ids)) > 1
     assert new_run_id(1_700_000_001.0) > max(ids)
+
+
+def test_stopped_while_waiting_for_devices_opens_no_round_and_restarts_quietly(
+        make_aggregator, broker_port, tmp_path, caplog):
+    """Issue 24 (review): an aggregator stopped while it waited for its devices announced
+    a statistics round of a run it never saved; devices answered that stale round, and the
+    next start warned twice. Now it opens nothing, and the next start is quiet."""
+    from mqtt_support import Probe
+    from support import run_in_thread, wait_until
+
+    from fedmq.aggregator.service import RoundFailed
+    from fedmq.protocol.messages import RoundMessage
+
+    caplog.set_level(logging.INFO)
+    unscaled = replace(SPEC, center=None, scale=None)  # a statistics round comes first
+    first = make_aggregator(broker_port, rounds=1, min_agents=2, start_timeout=60.0,
+                            spec=unscaled)
+    probe = Probe(broker_port, "watcher")
+    assert probe.connect()
+    probe.subscribe(first.config.topics.round)
+    thread, out = run_in_thread(first.run)
+    try:
+        wait_until(lambda: "waiting for" in caplog.text.lower(), "the aggregator to wait", 20)
+        first.stop()
+        thread.join(20)
+        assert not thread.is_alive()
+        assert isinstance(out.get("error"), RoundFailed), out
+        assert "stopped before round 1" in str(out["error"])
+        time.sleep(0.5)  # anything it published has reached the probe by now
+        rounds = [RoundMessage.from_bytes(p) for t, p in probe.received if p]
+        assert [r.state for r in rounds] == [], rounds  # no round opened, none failed
+    finally:
+        probe.close()
+    caplog.clear()
+    again = make_aggregator(broker_port, rounds=1, spec=unscaled)
+    start = again._start_point()
+    assert start.round_id == 1
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
