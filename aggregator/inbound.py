@@ -46,6 +46,7 @@ class Inbound:
                  limits: Limits | None = None) -> None:
         self.topics = topics
         self.on_ask = on_ask  # a device's status says what it holds of key and round
+        self._bad_status: set[str] = set()  # devices whose malformed status was said once
         limits = limits or Limits()
         self.batch = Batch(max_updates=limits.commit_updates, max_seconds=limits.commit_seconds)
         self.batches = 0  # batches committed (each one fsync)
@@ -147,7 +148,11 @@ class Inbound:
         try:
             status = StatusMessage.from_bytes(payload)
         except ProtocolError as exc:
-            log.warning("ignoring bad status on %s: %s", topic, exc)
+            # Once per device at WARNING: a broken or hostile device repeats it every few
+            # seconds, and the log must stay readable (later ones at DEBUG).
+            level = logging.DEBUG if agent in self._bad_status else logging.WARNING
+            self._bad_status.add(agent)
+            log.log(level, "ignoring bad status on %s: %s", topic, exc)
             return
         if status.agent_id == agent:
             if self.online.get(agent) != (status.state == "online"):

@@ -79,6 +79,7 @@ class Relay:
         self._round_payload: bytes | None = None
         self._asks = Asks()
         self.resends = Resends(_LIMITS.resend_seconds)
+        self._bad_status: set[str] = set()  # devices whose malformed status was said once
         self.state: RoundState | None = None
         self._participants: frozenset[str] = frozenset()
         self._sent: bytes | None = None  # the open round's partial sum, once forwarded
@@ -301,7 +302,10 @@ class Relay:
         try:
             status = StatusMessage.from_bytes(payload)
         except ProtocolError as exc:
-            log.warning("relay: ignoring bad status of %s: %s", device, exc)
+            # Once per device at WARNING (a broken device repeats it; later ones at DEBUG).
+            level = logging.DEBUG if device in self._bad_status else logging.WARNING
+            self._bad_status.add(device)
+            log.log(level, "relay: ignoring bad status of %s: %s", device, exc)
             return
         if status.agent_id != device:
             return
