@@ -52,11 +52,12 @@ def load_csv(path: str | Path, features: tuple[str, ...], label: str, *,
                 raise DataError(f"data file {p} lacks column(s) {', '.join(missing)}"
                                 + _unused(header, (*features, label)))
             idx = [header.index(c) for c in (*features, label)]
-            rows = []
+            rows, lines = [], []
             for line_no, row in enumerate(reader, start=2):
                 if not row or all(not cell.strip() for cell in row):
                     continue
                 rows.append(_numbers(row, idx, header, f"{p}:{line_no}"))
+                lines.append(line_no)
     except UnicodeDecodeError as exc:
         raise DataError(f"data file {p} is not a UTF-8 text file ({exc.reason}); is it a "
                         "CSV?") from exc
@@ -70,7 +71,10 @@ def load_csv(path: str | Path, features: tuple[str, ...], label: str, *,
         raise DataError(f"data file {p} has a header but no rows")
     table = np.asarray(rows, dtype=np.float64)
     if not np.all(np.isfinite(table)):
-        raise DataError(f"data file {p} contains NaN or infinite values in used columns")
+        r, c = (int(i) for i in np.argwhere(~np.isfinite(table))[0])
+        count = int(np.count_nonzero(~np.isfinite(table)))
+        raise DataError(f"{p}:{lines[r]}: column {(*features, label)[c]!r} is {table[r, c]} "
+                        f"({count} NaN or infinite value(s) in the used columns)")
     return LocalData(X=table[:, :-1], y=table[:, -1], features=tuple(features), label=label)
 
 

@@ -28,7 +28,8 @@ def test_loads_selected_columns_in_config_order(tmp_path):
     ("a,b,label\n1,2,0\nz,2,0\n", r"d.csv:3: column 'a' is not a number"),
     ("label,a\n1,0\n1\n", r"d.csv:3: column 'a' is missing \(the row has 1 field\(s\), the "
                            r"header 2\)"),
-    ("a,label\n1,nan\n", "NaN"),
+    ("a,label\n1,nan\n", r"d.csv:2: column 'label' is nan \(1 NaN or infinite value"),
+    ("a,label\n1,0\n\n2,1\ninf,0\n-inf,nan\n", r"d.csv:5: column 'a' is inf \(3 NaN"),
 ])
 def test_bad_files_give_clear_errors(tmp_path, text, match):
     with pytest.raises(DataError, match=match):
