@@ -103,7 +103,7 @@ class Inbound:
         chunks: deque[_Chunk] = deque()
         for start in range(0, len(items), CHUNK):
             decoded = [self._decode(t, p) for t, p in items[start:start + CHUNK]]
-            keys, records = self._signers(state, items[start:start + CHUNK], decoded)
+            keys, records = self._signers(state, decoded)
             sent = bool(records) and self.verifier.submit(records)
             chunks.append(_Chunk(start, decoded, keys, sent))
             if len(chunks) > 1 and (left := self._settle_chunk(state, items, chunks.popleft(),
@@ -122,16 +122,16 @@ class Inbound:
                 self.verifier.collect()
         return left
 
-    def _signers(self, state: RoundState, items: Sequence[tuple[str, bytes]],
-                 decoded: list[_Decoded]) -> tuple[list[tuple[int, bytes]], list[bytes]]:
+    def _signers(self, state: RoundState, decoded: list[_Decoded]
+                 ) -> tuple[list[tuple[int, bytes]], list[bytes]]:
         """(position, enrolled raw key) of the updates the worker is to verify, and their
-        records: those on their own agent's topic, with an enrolled key and a signature
-        of the right size (the rest are rejected, or verified, inline)."""
+        records: those with an enrolled key and a signature of the right size (the rest
+        are rejected, or verified, inline). One on another agent's topic is verified
+        too, in vain: hold rejects it (wrong-topic) before it looks at the verdict."""
         keys, records = [], []
-        for i, ((topic, _), msg) in enumerate(zip(items, decoded, strict=True)):
+        for i, msg in enumerate(decoded):
             if not isinstance(msg, UpdateMessage) or len(msg.signature) != SIG \
-                    or len(msg.signed_hash) != HASH \
-                    or msg.agent_id != self.topics.agent_of(topic, "update"):
+                    or len(msg.signed_hash) != HASH:
                 continue
             if (key := state.allow_list.get(msg.agent_id)) is not None:
                 keys.append((i, raw_key(key)))

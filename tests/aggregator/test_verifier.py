@@ -78,7 +78,7 @@ def test_the_worker_verifies_genuine_records_and_rejects_forged_and_other_key_on
 def burst(fleet, other):
     """Genuine updates, and in between: a forged one followed by its agent's genuine one,
     one signed by another key, a redelivery, one by another key from an agent already
-    held, a bad status."""
+    held, a genuine one on another agent's topic, a bad status."""
     payloads = dict(fleet.payloads)
     agents = [a for a, _ in fleet.payloads]
     items = [(fleet.topic(a), payloads[a]) for a in agents[:4]]
@@ -87,6 +87,7 @@ def burst(fleet, other):
     items.append((fleet.topic(agents[5]), dict(other.payloads)[agents[5]]))
     items.append((fleet.topic(agents[0]), payloads[agents[0]]))  # redelivery
     items.append((fleet.topic(agents[1]), dict(other.payloads)[agents[1]]))
+    items.append((fleet.topic(agents[7]), payloads[agents[8]]))  # on another agent's topic
     items.append((f"{fleet.topics.base}/status/{agents[6]}", b"not json"))
     items.extend((fleet.topic(a), payloads[a]) for a in agents[6:])
     return items
@@ -132,7 +133,7 @@ def test_a_burst_with_the_worker_accepts_rejects_and_sums_as_inline(
     agents = [a for a, _ in fleet.payloads]
     # The forged update held no place: its agent's genuine one right after counts.
     assert agents[4] in got.accepted and agents[5] not in got.accepted
-    assert got.rejected_by == {"forged": 1, OTHER_KEY: 2}
+    assert got.rejected_by == {"forged": 1, OTHER_KEY: 2, "wrong-topic": 1}
     assert sorted(got.accepted) == sorted(a for a in agents if a != agents[5])
 
 
