@@ -134,8 +134,8 @@ class Verifier:
         return verdicts
 
     def _lost(self, why: str) -> None:
-        log.warning("signature worker lost: %s; verifying its updates inline, a new worker "
-                    "for the next burst", why)
+        log.warning("signature worker lost: %s; its chunks are verified inline, a new worker "
+                    "takes the next one", why)
         self._shut()
 
     def _shut(self) -> None:
