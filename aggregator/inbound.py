@@ -21,7 +21,7 @@ from fedmq.aggregator.notices import Notifier
 from fedmq.aggregator.rounds import Redelivered, Rejected, RoundState
 from fedmq.aggregator.verifier import CHUNK, HASH, SIG, Verifier, record
 from fedmq.protocol.crypto.paillier import PaillierPublicKey
-from fedmq.protocol.crypto.signing import raw_key
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, raw_key
 from fedmq.protocol.errors import KeyMismatchError, ProtocolError
 from fedmq.protocol.health import Skip
 from fedmq.protocol.messages import StatusMessage
@@ -39,7 +39,7 @@ _Decoded: TypeAlias = UpdateMessage | PartialSum | ProtocolError | None
 class _Chunk:
     start: int  # position of its first message in the backlog
     decoded: list[_Decoded]
-    keys: list[tuple[int, bytes]]  # (position in the chunk, raw key) of each record sent
+    keys: list[tuple[int, Ed25519PublicKey]]  # (position in the chunk, enrolled key) per record
     sent: bool  # its records went to the worker, whose verdicts are to be collected
 
 
@@ -123,8 +123,8 @@ class Inbound:
         return left
 
     def _signers(self, state: RoundState, decoded: list[_Decoded]
-                 ) -> tuple[list[tuple[int, bytes]], list[bytes]]:
-        """(position, enrolled raw key) of the updates the worker is to verify, and their
+                 ) -> tuple[list[tuple[int, Ed25519PublicKey]], list[bytes]]:
+        """(position, enrolled key) of the updates the worker is to verify, and their
         records: those with an enrolled key and a signature of the right size (the rest
         are rejected, or verified, inline). One on another agent's topic is verified
         too, in vain: hold rejects it (wrong-topic) before it looks at the verdict."""
@@ -134,8 +134,8 @@ class Inbound:
                     or len(msg.signed_hash) != HASH:
                 continue
             if (key := state.allow_list.get(msg.agent_id)) is not None:
-                keys.append((i, raw_key(key)))
-                records.append(record(keys[-1][1], msg.signed_hash, msg.signature))
+                keys.append((i, key))
+                records.append(record(raw_key(key), msg.signed_hash, msg.signature))
         return keys, records
 
     def _settle_chunk(self, state: RoundState, items: Sequence[tuple[str, bytes]],
@@ -173,7 +173,7 @@ class Inbound:
             return exc
 
     def _settle(self, state: RoundState | None, topic: str, payload: bytes, decoded: _Decoded,
-                verified_by: bytes | None = None) -> None:
+                verified_by: Ed25519PublicKey | None = None) -> None:
         topics = self.topics
         if (agent := topics.agent_of(topic, "status")) is not None:
             self._on_status(agent, topic, payload, state)

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from fedmq.aggregator.rejections import Redelivered, Rejected, names, outside_assignment, own_key
 from fedmq.protocol.crypto.paillier import PaillierPublicKey, add_ciphertexts
-from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_hex, raw_key
+from fedmq.protocol.crypto.signing import Ed25519PublicKey, public_key_hex
 from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.health import Skip
 from fedmq.protocol.layout import UpdateLayout
@@ -112,13 +112,13 @@ class RoundState:
                   partial.signed_hash)
 
     def hold(self, msg: UpdateMessage | PartialSum, topic_agent: str,
-             verified_by: bytes | None = None) -> None:
+             verified_by: Ed25519PublicKey | None = None) -> None:
         """Every check of offer, then hold ``msg`` for its batch's commit: not counted
         until ``count_held``; raise Rejected (or Redelivered) as offer does.
 
-        ``verified_by``: the raw Ed25519 key that the signature worker (aggregator.verifier)
-        found to have signed this update; it spares the inline verification only if it is
-        the agent's enrolled key now.
+        ``verified_by``: the enrolled key (the allow-list's very object) that the signature
+        worker (aggregator.verifier) found to have signed this update; it spares the inline
+        verification only if it is still the agent's enrolled key.
         """
         if isinstance(msg, PartialSum):
             self._offer(msg, topic_agent, self._check_partial, None, "partial sum")
@@ -257,8 +257,8 @@ class RoundState:
                            "not signed by the device's enrolled key); refused whole",
                            kind="relay-contributors")
 
-    def _check(self, u: UpdateMessage, topic_agent: str, verified_by: bytes | None = None
-               ) -> None:
+    def _check(self, u: UpdateMessage, topic_agent: str,
+               verified_by: Ed25519PublicKey | None = None) -> None:
         if u.agent_id != topic_agent:
             raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic",
                            kind="wrong-topic")
@@ -267,7 +267,7 @@ class RoundState:
             raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
                            code=NOT_ENROLLED, update_key=own_key(u))
         try:
-            if verified_by is None or verified_by != raw_key(key):
+            if verified_by is not key:
                 u.verify(key)
         except ProtocolError as exc:
             # Only a rejection asks whether the header's key signed it: an accepted

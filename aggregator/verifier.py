@@ -54,6 +54,10 @@ def verify_records(data: bytes, domain: bytes = UPDATE_DOMAIN) -> bytes:
 def _serve(conn: Connection, domain: bytes) -> None:
     """The worker: a chunk of records in, its verdicts out, until the parent hangs up
     (closed, or killed: then the worker ends too, quietly, and leaves no orphan)."""
+    try:
+        conn.send_bytes(b"")  # ready: imported and serving
+    except OSError:
+        return
     while True:
         try:
             data = conn.recv_bytes(CHUNK * RECORD)
@@ -75,6 +79,7 @@ class Verifier:
         self.starts = 0  # workers started (1 + restarts)
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._ready = False  # the worker said so (its first message)
         self._pending: deque[tuple[Connection, int]] = deque()  # submitted, not collected
 
     @property
@@ -90,24 +95,40 @@ class Verifier:
                               name="fedmq-verifier", daemon=True)
         process.start()
         child.close()  # the worker's death then reads as EOF here
-        self._process, self._conn = process, parent
+        self._process, self._conn, self._ready = process, parent, False
         self.starts += 1
         return parent
 
     def start(self) -> float:
-        """Start the worker now and wait until it answers; the seconds that took (the
-        first backlog pays them otherwise: a Python start and its imports)."""
+        """Start the worker now and wait until it is ready; the seconds that took (a
+        Python start and its imports, which a first backlog does not wait for)."""
         began = time.perf_counter()
-        if self.submit([bytes(RECORD)]):
-            self.collect()
+        self._is_ready(REPLY_SECONDS)
         return time.perf_counter() - began
 
-    def submit(self, records: list[bytes]) -> bool:
-        """Send one chunk (at most CHUNK records); False if no worker could take it."""
-        if not records or len(records) > CHUNK:
-            raise ValueError(f"a chunk holds 1 to {CHUNK} records")
+    def _is_ready(self, timeout: float) -> bool:
+        """Start the worker if none runs; True once it said it is ready."""
         try:
             conn = self._conn or self._start()
+            if not self._ready and conn.poll(timeout):
+                self._ready = conn.recv_bytes(1) == b""
+        except (EOFError, OSError) as exc:
+            self._lost(f"it did not start ({type(exc).__name__})")
+            return False
+        return self._ready
+
+    def submit(self, records: list[bytes]) -> bool:
+        """Send one chunk (at most CHUNK records); False if no worker can take it now:
+        none is ready yet (a new one starts, and a backlog never waits for its start:
+        those chunks are verified inline), or it is lost."""
+        if not records or len(records) > CHUNK:
+            raise ValueError(f"a chunk holds 1 to {CHUNK} records")
+        if not self._is_ready(0):
+            return False
+        conn = self._conn
+        if conn is None:  # cannot be: _is_ready started it
+            return False
+        try:
             conn.send_bytes(b"".join(records))
         except (OSError, ValueError) as exc:
             self._lost(f"cannot reach it: {exc}")
@@ -141,6 +162,7 @@ class Verifier:
     def _shut(self) -> None:
         process, conn = self._process, self._conn
         self._process = self._conn = None
+        self._ready = False
         if conn is not None:
             conn.close()
         if process is not None:

@@ -16,7 +16,7 @@ from fedmq.aggregator.rounds import Rejected
 from fedmq.aggregator.verifier import RECORD, Verifier, record, verify_records
 from fedmq.benchmarks.inbound import open_round
 from fedmq.benchmarks.inbound_fleet import build_fleet
-from fedmq.protocol.crypto.signing import raw_key
+from fedmq.protocol.crypto.signing import public_key_from_hex, public_key_hex, raw_key
 from fedmq.protocol.errors import ProtocolError
 from fedmq.protocol.notices import OTHER_KEY
 from fedmq.protocol.wire import decode_update
@@ -36,6 +36,7 @@ def other(keypair):
 @pytest.fixture
 def verifier():
     v = Verifier()
+    v.start()  # ready: a backlog never waits for a starting worker (it verifies inline)
     yield v
     v.close()
 
@@ -68,6 +69,7 @@ def test_the_worker_verifies_genuine_records_and_rejects_forged_and_other_key_on
     records = records_of(fleet, cases)
     assert verifier.submit(records)
     verdicts = verifier.collect()
+    assert verifier.starts == 1
     assert verdicts == bytes(inline(fleet, agent, p) for agent, p in cases) == b"\x01\x00\x00"
     assert verify_records(b"".join(records)) == verdicts  # the same code, in this process
     assert verify_records(bytes(RECORD)) == b"\x00"  # not a key at all: not verified
@@ -154,6 +156,7 @@ def test_killing_the_worker_mid_burst_loses_nothing_and_accepts_nothing_unverifi
     items = burst(fleet, other)
     want = run(fleet, tmp_path / "inline", items, worker=False)
     dying = Dying()
+    dying.start()
     try:
         with caplog.at_level(logging.WARNING, "fedmq.aggregator.service"):
             got = run(fleet, tmp_path / "killed", items, worker=True, verifier=dying)
@@ -173,8 +176,11 @@ def test_a_verdict_spares_the_inline_check_only_for_the_enrolled_key(fleet):
     bad = decode_update(forged(pa), fleet.public_key)
     # A verdict for some other key (b's) is no verdict for a's: verified inline, rejected.
     with pytest.raises(Rejected, match="forged"):
-        state.hold(bad, a, verified_by=raw_key(fleet.allow_list[b]))
-    state.hold(decode_update(pa, fleet.public_key), a, verified_by=raw_key(fleet.allow_list[a]))
+        state.hold(bad, a, verified_by=fleet.allow_list[b])
+    # Nor is an equal key that is not the allow-list's own object.
+    with pytest.raises(Rejected, match="forged"):
+        state.hold(bad, a, verified_by=public_key_from_hex(public_key_hex(fleet.allow_list[a])))
+    state.hold(decode_update(pa, fleet.public_key), a, verified_by=fleet.allow_list[a])
     assert state.held == 1
 
 
@@ -199,7 +205,7 @@ def test_no_worker_is_left_after_close(fleet, other, tmp_path):
     state = open_round(fleet)
     inbound.handle(state, *burst(fleet, other)[0])  # one message: inline, no worker
     assert inbound.verifier.pid is None
-    inbound.handle_many(state, burst(fleet, other)[1:])
+    inbound.handle_many(state, burst(fleet, other)[1:])  # starts one, verifies inline meanwhile
     pid = inbound.verifier.pid
     assert pid is not None
     os.kill(pid, 0)  # it runs
