@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from fedmq.aggregator.rejections import Redelivered, Rejected, names, outside_assignment, own_key
@@ -110,14 +111,21 @@ class RoundState:
         self._add(partial.relay_id, partial.contributors, partial.ciphertexts,
                   partial.signed_hash)
 
-    def hold(self, msg: UpdateMessage | PartialSum, topic_agent: str) -> None:
+    def hold(self, msg: UpdateMessage | PartialSum, topic_agent: str,
+             verified_by: Ed25519PublicKey | None = None) -> None:
         """Every check of offer, then hold ``msg`` for its batch's commit: not counted
-        until ``count_held``; raise Rejected (or Redelivered) as offer does."""
+        until ``count_held``; raise Rejected (or Redelivered) as offer does.
+
+        ``verified_by``: the enrolled key (the allow-list's very object) that the signature
+        worker (aggregator.verifier) found to have signed this update; it spares the inline
+        verification only if it is still the agent's enrolled key.
+        """
         if isinstance(msg, PartialSum):
             self._offer(msg, topic_agent, self._check_partial, None, "partial sum")
             member, devices = msg.relay_id, msg.contributors
         else:
-            self._offer(msg, topic_agent, self._check, None, "update")
+            self._offer(msg, topic_agent, partial(self._check, verified_by=verified_by), None,
+                        "update")
             member, devices = msg.agent_id, (msg.agent_id,)
         self._held[member] = (msg, devices)
         self._held_by.update(dict.fromkeys(devices, member))
@@ -249,7 +257,8 @@ class RoundState:
                            "not signed by the device's enrolled key); refused whole",
                            kind="relay-contributors")
 
-    def _check(self, u: UpdateMessage, topic_agent: str) -> None:
+    def _check(self, u: UpdateMessage, topic_agent: str,
+               verified_by: Ed25519PublicKey | None = None) -> None:
         if u.agent_id != topic_agent:
             raise Rejected(f"update names agent {u.agent_id!r} but came on {topic_agent!r}'s topic",
                            kind="wrong-topic")
@@ -258,7 +267,8 @@ class RoundState:
             raise Rejected(f"agent {u.agent_id!r} is not enrolled (not in the allow-list)",
                            code=NOT_ENROLLED, update_key=own_key(u))
         try:
-            u.verify(key)
+            if verified_by is not key:
+                u.verify(key)
         except ProtocolError as exc:
             # Only a rejection asks whether the header's key signed it: an accepted
             # update pays one Ed25519 verification, not two (the costliest check).

@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
 from fedmq.aggregator.runspec import load_group_rows
 from fedmq.aggregator.store import RunStore
 from fedmq.aggregator.trustees import TrusteePanel, TrusteeSet
+from fedmq.aggregator.verifier import CHUNK
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import make_codec
 from fedmq.protocol.crypto.paillier import (
@@ -54,6 +56,9 @@ from fedmq.protocol.layout import PHASES, UpdateLayout, contract_digest, layout_
 from fedmq.runtime.transport import Inbox, MqttLink
 
 log = logging.getLogger(__name__)
+# Messages taken off the inbox at once when a backlog waits: 32 chunks of the signature
+# worker (aggregator.verifier), so its pipeline fills and the stops between are rare.
+BURST = 32 * CHUNK
 __all__ = ["Aggregator", "NoEvaluation", "RoundFailed"]
 FloatArray = NDArray[np.float64]
 
@@ -88,6 +93,8 @@ class Aggregator(RoundClosing):
         self._on_round = on_round
         limits = config.limits
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
+        # Taken off the inbox as part of a backlog, not handled yet (the drain stopped).
+        self._carry: deque[tuple[str, bytes]] = deque()
         self._layouts = {phase: layout_for(phase, config.spec, config.codec, config.statistics,
                                            self.public_key.n, config.privacy)
                          for phase in PHASES}
@@ -240,6 +247,7 @@ class Aggregator(RoundClosing):
             self._health.run_finished(never_online=self._attendance.never_online())
             return params
         finally:
+            self._inbound.close()  # the signature worker, if a backlog started one
             self._link.close()
 
     def _start_point(self) -> StartPoint:
@@ -370,6 +378,9 @@ class Aggregator(RoundClosing):
             self._admit(topic, payload)
 
     # --- inbound -------------------------------------------------------------
+    def _next(self, timeout: float) -> tuple[str, bytes] | None:
+        return self._carry.popleft() if self._carry else self._inbox.get(timeout)
+
     def _drain(self, state: RoundState | None, timeout: float) -> None:
         """Handle queued messages, waiting up to ``timeout`` seconds for the first.
 
@@ -381,19 +392,29 @@ class Aggregator(RoundClosing):
         if state is not None:
             self._admission.open_round(state.round_id, self._body(state.layout))
         left = self._inbound.batch.time_left()
-        item = self._inbox.get(timeout if left is None else min(timeout, left))
+        wait = timeout if left is None else min(timeout, left)
+        item = self._next(wait)
         budget = self.config.limits.drain_seconds
         if state is not None:
             budget = min(budget, max(0.0, state.deadline - time.time()))
         stop_at = time.monotonic() + budget
+
+        def stop() -> bool:
+            return time.monotonic() >= stop_at or (state is not None and not state.missing
+                                                   and state.close_reason(time.time()) is not None)
         while item is not None:
-            self._inbound.handle(state, *item)
-            if self._inbound.due():
-                self._inbound.flush(state)
-            if time.monotonic() >= stop_at or (state is not None and not state.missing
-                                               and state.close_reason(time.time())):
+            # A backlog is handled as one: its signatures verified by a second process
+            # (Inbound.handle_many); what it did not get to waits here for the next drain.
+            items = [item]
+            while len(items) < BURST and (more := self._next(0)) is not None:
+                items.append(more)
+            left_over = self._inbound.handle_many(state, items, stop)
+            if left_over:
+                self._carry.extendleft(reversed(left_over))
                 break
-            item = self._inbox.get(0)
+            if stop():
+                break
+            item = self._next(0)
         if self._inbound.due():
             self._inbound.flush(state)
         if state is not None and (dropped := self._admission.take_dropped()):

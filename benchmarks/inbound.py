@@ -44,6 +44,8 @@ from fedmq.aggregator.culprits import Suspects
 from fedmq.aggregator.inbound import Inbound
 from fedmq.aggregator.outcome import Closing, close_round
 from fedmq.aggregator.rounds import RoundState
+from fedmq.aggregator.service import BURST
+from fedmq.aggregator.verifier import Verifier
 from fedmq.benchmarks.inbound_fleet import RUN_ID, BenchFleet, build_fleet
 from fedmq.protocol.crypto.codec import mean_from_sums
 from fedmq.protocol.crypto.paillier import ciphertext_size, ciphertexts_from_bytes
@@ -51,6 +53,10 @@ from fedmq.protocol.sums.evaluation import FleetEvaluation
 from fedmq.protocol.wire import decode_update
 from fedmq.runtime.files import write_atomic
 
+# The issue's target: 10,000 updates of d = 100 at 2048 bits through admission, decode,
+# checks, product and persistence in at most 2.5 s on 2 cores.
+TARGET_SIZE = (2048, 100, 10_000)
+TARGET_SECONDS = 2.5
 STAGES = ("admission", "decode", "checks (signature, round rules)", "running product",
           "persist (group commit)", "close (decrypt, decode)")
 PART_OF_DECODE = "  of which ciphertext validation"
@@ -65,13 +71,33 @@ class InboundResult:
     payload_bytes: int  # per update
     stages: dict[str, float]  # stage -> median seconds for all updates
     validation: float  # seconds of ciphertext validation inside decode
-    end_to_end: float  # Admission.admit + Inbound.handle for all, then close_round
-    per_update: float  # the same with one atomic file and fsync per update (the baseline)
+    # As the service runs a burst: Admission.admit, Inbound.handle_many with the
+    # signature worker, commits, then close_round; and its part before the close.
+    end_to_end: float
+    path: float  # admission .. persistence: what the issue's 2.5 s target bounds
+    inline: float  # the same end to end with every signature verified inline (Inbound.handle)
+    per_update: float  # inline, with one atomic file and fsync per update (the baseline)
     batch: int  # updates per commit
+    worker_start: float  # starting the signature worker, once per aggregator run
+
+    @property
+    def close(self) -> float:
+        return self.end_to_end - self.path
+
+    @property
+    def target(self) -> str:
+        """Whether the issue's target holds, for the size it is stated for."""
+        if (self.bits, self.d, self.updates) != TARGET_SIZE:
+            return (f"target: {TARGET_SECONDS} s for admission..persistence is stated for "
+                    "10,000 updates of d = 100 at 2048 bits, not this size")
+        verdict = "met" if self.path <= TARGET_SECONDS else "NOT met"
+        return (f"target {verdict}: admission..persistence of {self.updates} updates in "
+                f"{self.path:.2f} s (at most {TARGET_SECONDS} s; close reported separately, "
+                f"{self.close:.2f} s)")
 
     @property
     def speedup(self) -> float:
-        """The per-update baseline's end-to-end time over the group commit's."""
+        """The per-update baseline's end-to-end time over the group commit's (worker)."""
         return self.per_update / self.end_to_end if self.end_to_end else 0.0
 
     @property
@@ -94,11 +120,18 @@ class InboundResult:
             if name == "decode":
                 lines.append(row(PART_OF_DECODE, self.validation))
         lines.append(row("sum of the stages", self.total))
-        lines.append(row(f"end to end, group commit ({self.batch})", self.end_to_end))
+        lines.append(row(f"end to end, commit ({self.batch}) + worker", self.end_to_end))
+        lines.append(row("  admission .. persistence", self.path))
+        lines.append(row("  close", self.close))
+        lines.append(row("end to end, signatures inline", self.inline))
         lines.append(row("end to end, fsync each (before)", self.per_update))
         lines.append(f"group commit: {self.speedup:.1f}x faster end to end than one fsync per "
                      f"update ({self.per_update:.2f} s -> {self.end_to_end:.2f} s for {n} "
                      "updates)")
+        lines.append(f"signature worker: end to end {self.inline:.2f} s inline -> "
+                     f"{self.end_to_end:.2f} s ({self.inline / self.end_to_end:.2f}x; started "
+                     f"once per aggregator run, {self.worker_start:.2f} s, not counted)")
+        lines.append(self.target)
         return "\n".join(lines)
 
 
@@ -194,45 +227,61 @@ def stage_times(fleet: BenchFleet, state_dir: Path, limits: Limits
 
 
 def end_to_end(fleet: BenchFleet, state_dir: Path, limits: Limits | None = None, *,
-               per_update: bool = False) -> float:
+               per_update: bool = False, verifier: Verifier | None = None
+               ) -> tuple[float, float]:
     """The service's path: admit (paho's thread), Inbound.handle (round loop), close;
-    ``per_update``: with the store before group commit (the baseline)."""
+    seconds up to the last commit and of the close. With ``verifier``, the burst as the
+    service's drain sees it: backlogs of BURST messages, Inbound.handle_many with the
+    signatures verified by the worker; ``per_update``: one message at a time, with the
+    store before group commit (the baseline)."""
     admission, state = _admission(fleet), open_round(fleet)
     limits = limits or Limits()
     if per_update:
         limits = replace(limits, commit_updates=1)
     store = (PerUpdateFiles if per_update else Checkpoints)(state_dir)
-    inbound = Inbound(fleet.topics, fleet.public_key, store, limits=limits)
+    inbound = Inbound(fleet.topics, fleet.public_key, store, limits=limits, verifier=verifier)
     closing: list[Closing] = []
+    burst = BURST if verifier is not None else 1
+    topics = [(fleet.topic(agent), payload) for agent, payload in fleet.payloads]
 
     def run() -> None:
-        for agent, payload in fleet.payloads:
-            topic = fleet.topic(agent)
-            if admission.admit(topic, payload):
-                inbound.handle(state, topic, payload)
-                if inbound.due():  # the round loop's check after each message
-                    inbound.flush(state)
+        for start in range(0, len(topics), burst):
+            inbox = [(topic, payload) for topic, payload in topics[start:start + burst]
+                     if admission.admit(topic, payload)]
+            inbound.handle_many(state, inbox)  # commits as the round loop does, each message
         inbound.flush(state)  # as before any close
-        closing.append(_close(fleet, state))
+
     seconds = _timed(run)
+    close = _timed(lambda: closing.append(_close(fleet, state)))
     if len(state.accepted) != len(fleet.payloads):
         raise AssertionError(f"only {len(state.accepted)} of {len(fleet.payloads)} accepted")
     check_sum(fleet, closing[0])
-    return seconds
+    return seconds, close
 
 
 def measure(fleet: BenchFleet, *, repeats: int = 3, state_dir: Path | None = None,
             limits: Limits | None = None) -> InboundResult:
     limits = limits or Limits()
-    runs, validations, whole, baseline = [], [], [], []
+    runs, validations, whole, paths, inline, baseline = [], [], [], [], [], []
+    verifier = Verifier()
     with tempfile.TemporaryDirectory(prefix="fedmq-inbound-", dir=state_dir) as tmp:
-        for i in range(repeats):
-            stages, validation = stage_times(fleet, Path(tmp) / f"stages-{i}", limits)
-            runs.append(stages)
-            validations.append(validation)
-            whole.append(end_to_end(fleet, Path(tmp) / f"path-{i}", limits))
-            baseline.append(end_to_end(fleet, Path(tmp) / f"before-{i}", limits,
-                                       per_update=True))
+        try:
+            # The service starts its worker on its first backlog and keeps it: the
+            # rounds after pay nothing, so neither does this measurement.
+            worker_start = verifier.start()
+            for i in range(repeats):
+                stages, validation = stage_times(fleet, Path(tmp) / f"stages-{i}", limits)
+                runs.append(stages)
+                validations.append(validation)
+                path, close = end_to_end(fleet, Path(tmp) / f"path-{i}", limits,
+                                         verifier=verifier)
+                whole.append(path + close)
+                paths.append(path)
+                inline.append(sum(end_to_end(fleet, Path(tmp) / f"inline-{i}", limits)))
+                baseline.append(sum(end_to_end(fleet, Path(tmp) / f"before-{i}", limits,
+                                               per_update=True)))
+        finally:
+            verifier.close()
     _, first = fleet.payloads[0]
     return InboundResult(
         bits=fleet.public_key.n.bit_length(), d=len(fleet.spec.features),
@@ -240,7 +289,9 @@ def measure(fleet: BenchFleet, *, repeats: int = 3, state_dir: Path | None = Non
         payload_bytes=len(first),
         stages={s: statistics.median(r[s] for r in runs) for s in STAGES},
         validation=statistics.median(validations), end_to_end=statistics.median(whole),
-        per_update=statistics.median(baseline), batch=limits.commit_updates)
+        path=statistics.median(paths), inline=statistics.median(inline),
+        per_update=statistics.median(baseline), batch=limits.commit_updates,
+        worker_start=worker_start)
 
 
 def run(*, bits: int, dims: Sequence[int], updates: int, repeats: int, seed: int = 0,

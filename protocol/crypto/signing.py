@@ -27,7 +27,8 @@ from fedmq.protocol.errors import ProtocolError
 
 __all__ = [
     "ATTEST_DOMAIN", "CONTROL_DOMAIN", "SIGNATURE_BYTES", "UPDATE_DOMAIN", "Ed25519PublicKey",
-    "Signer", "canonical_json", "public_key_from_hex", "public_key_hex", "sign_document", "verify",
+    "Signer", "canonical_json", "public_key_from_hex", "public_key_hex", "raw_key", "sign_document",
+    "verify",
     "verify_document",
 ]
 
@@ -74,8 +75,13 @@ class Signer:
         return self._key.sign(domain + hashlib.sha256(data).digest())
 
 
+def raw_key(key: Ed25519PublicKey) -> bytes:
+    """The key's 32 raw bytes."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def public_key_hex(key: Ed25519PublicKey) -> str:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    return raw_key(key).hex()
 
 
 def public_key_from_hex(value: str) -> Ed25519PublicKey:

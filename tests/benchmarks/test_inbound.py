@@ -50,9 +50,12 @@ def test_the_stages_add_up_and_the_decrypted_sum_is_the_plaintext_sum(fleet, tmp
     assert result.per_update > 0 and result.speedup == result.per_update / result.end_to_end
     assert f"{result.speedup:.1f}x faster end to end than one fsync per update" in table
     state = open_round(fleet)
-    assert end_to_end(fleet, tmp_path / "again") > 0
+    assert result.path + result.close == pytest.approx(result.end_to_end) and result.inline > 0
+    assert "target: 2.5 s for admission..persistence is stated for 10,000 updates" in table
+    assert "signature worker: end to end" in table and result.worker_start > 0
+    assert all(s > 0 for s in end_to_end(fleet, tmp_path / "again"))
     # The baseline persisted each update in its own file, as before group commit.
-    assert end_to_end(fleet, tmp_path / "before", per_update=True) > 0
+    assert all(s > 0 for s in end_to_end(fleet, tmp_path / "before", per_update=True))
     assert len(list((tmp_path / "before" / "open_round").glob("*.fmqu"))) == 20
     training, evaluation = fleet.plain_sums
     wrong = replace(fleet, plain_sums=((*training[:-1], training[-1] + 1), evaluation))
@@ -70,10 +73,20 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
                  "--repeats", "1", "--batch", "3", "--state-dir", str(tmp_path),
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "end to end, group commit (3)" in text and "fsync each (before)" in text
+    assert "end to end, commit (3) + worker" in text and "fsync each (before)" in text
+    assert "end to end, signatures inline" in text and "admission .. persistence" in text
     assert "faster end to end than one fsync per update" in text
     [doc] = json.loads(out.read_text())
     assert doc["updates"] == 8 and doc["d"] == 3 and set(doc["stages"]) == set(STAGES)
     assert doc["batch"] == 3 and doc["speedup"] == pytest.approx(
         doc["per_update"] / doc["end_to_end"])
     assert doc["total"] == pytest.approx(sum(doc["stages"].values()))
+
+
+def test_the_table_says_whether_the_issues_target_is_met(fleet, tmp_path):
+    result = measure(fleet, repeats=1, state_dir=tmp_path)
+    at_size = replace(result, bits=2048, d=100, updates=10_000)
+    met = replace(at_size, path=2.4, end_to_end=2.9).target
+    assert met.startswith("target met: admission..persistence of 10000 updates in 2.40 s")
+    assert "close reported separately, 0.50 s" in met
+    assert replace(at_size, path=2.6, end_to_end=3.0).target.startswith("target NOT met")
