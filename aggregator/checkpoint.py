@@ -97,6 +97,12 @@ class Checkpoints:
             self._writer.close()
         self._writer = self.accepted = UpdateLog(self.updates_dir / FILE)
 
+    def close(self) -> None:
+        """Let go of the open round's database (the process goes on: a connection left to
+        the garbage collector folded its WAL into a run that had moved on)."""
+        if self._writer is not None:
+            self._writer.close()
+
     def load(self) -> RunCheckpoint | None:
         if not self.path.exists():
             return None

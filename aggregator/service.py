@@ -248,6 +248,7 @@ class Aggregator(RoundClosing):
             return params
         finally:
             self._inbound.close()  # the signature worker, if a backlog started one
+            self.checkpoints.close()
             self._link.close()
 
     def _start_point(self) -> StartPoint:
