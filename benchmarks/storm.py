@@ -1,21 +1,24 @@
 """Connection-storm benchmark: a broker's memory before, during and after a storm.
 
-``fedmq bench-storm [--idle 500] [--half-open 100] [--rounds 3] [--broker mosquitto]``.
+``fedmq bench-storm [--idle 500] [--half-open 100] [--churn 0] [--rounds 3] [--broker mosquitto]``.
 A real ``fedmq broker`` process with TLS on 127.0.0.1 and a short
 ``connect_timeout`` (or Mosquitto with the generated configuration and TLS) takes,
 each round, ``--idle`` sockets that finish the TLS handshake and never send
 CONNECT plus ``--half-open`` sockets that send a TLS ClientHello and nothing
-more. The broker closes them all (the embedded one after its CONNECT and TLS
-handshake timeouts, Mosquitto 2.0 after 90-95 s); the benchmark then waits
+more, then ``--churn`` clients that log in with a password, subscribe to and
+unsubscribe from 10 filters and disconnect. The broker closes the storm's
+sockets (the embedded one after its CONNECT and TLS handshake timeouts,
+Mosquitto 2.0 after 90-95 s); the benchmark then waits
 ``--settle`` seconds and reads the broker's RSS from /proc. Prints idle, peak and
-after-storm RSS, and the after/idle ratio; the target is after-storm RSS within
-20 MB of idle.
+after-storm RSS, and the after/idle ratio; the target is RSS within 20 MB of
+idle after each round.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import selectors
 import shutil
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +37,11 @@ from fedmq.broker.certs import make_tls
 from fedmq.broker.embedded import free_port, stop_process, wait_listening
 from fedmq.broker.memory import CHECK_INTERVAL
 from fedmq.broker.mosquitto import MosquittoSetup, write_files
+from fedmq.broker.passwords import add_user, new_password
 from fedmq.protocol.topics import Topics
 
 TARGET_MB = 20.0
+CHURN_USER = "storm"
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
@@ -55,7 +61,9 @@ class StormBroker:
     max_pending: int = 1024  # every storm socket waits at once, as behind a NAT
     env: dict[str, str] = field(default_factory=dict)
     mosquitto: bool = False  # Mosquitto with the generated configuration instead
+    logins: bool = False  # a password file with CHURN_USER (``password``); no anonymous
     port: int = 0
+    password: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> StormBroker:
@@ -84,9 +92,14 @@ class StormBroker:
             binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
             return [binary, "-c", str(written.conf)]
         conf = self.root / "broker.toml"
+        logins = ""
+        if self.logins:
+            self.password = new_password()
+            add_user(self.root / "passwords.txt", CHURN_USER, self.password)
+            logins = 'password_file = "passwords.txt"\nallow_anonymous = false\n'
         conf.write_text(
             f"[broker]\nport = {self.port}\nconnect_timeout = {self.connect_timeout}\n"
-            f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
+            f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n{logins}'
             f"max_pending = {self.max_pending}\nmax_pending_per_source = {self.max_pending}\n")
         return [sys.executable, "-m", "fedmq", "broker", "--config", str(conf)]
 
@@ -155,6 +168,66 @@ def storm(port: int, ca_file: Path, *, idle: int, half_open: int,
     return lifetimes
 
 
+def _mqtt_string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    """An MQTT 3.1.1 packet: fixed header (remaining length as a varint) and body."""
+    length, size = b"", len(body)
+    while True:
+        size, digit = divmod(size, 128)
+        length += bytes([digit | (128 if size else 0)])
+        if not size:
+            return bytes([kind]) + length + body
+
+
+def _expect(sock: ssl.SSLSocket, size: int, what: str) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise RuntimeError(f"the broker closed a churn connection before its {what}")
+        data += chunk
+    return data
+
+
+def _churn_client(port: int, context: ssl.SSLContext, password: str, name: str,
+                  filters: int) -> None:
+    """One logged-in client: CONNECT (clean session), SUBSCRIBE and UNSUBSCRIBE
+    ``filters`` filters one by one, DISCONNECT."""
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                             server_hostname="localhost") as sock:
+        sock.sendall(_packet(0x10, _mqtt_string("MQTT") + bytes([4, 0xC2, 0, 60])
+                             + _mqtt_string(name) + _mqtt_string(CHURN_USER)
+                             + _mqtt_string(password)))
+        if _expect(sock, 4, "CONNACK")[3] != 0:
+            raise RuntimeError("the broker refused a churn login")
+        for packet_id in range(1, filters + 1):
+            topic = _mqtt_string(f"fedmq/storm/status/{name}-{packet_id}")
+            sock.sendall(_packet(0x82, packet_id.to_bytes(2, "big") + topic + b"\x01"))
+            _expect(sock, 5, "SUBACK")
+            sock.sendall(_packet(0xA2, packet_id.to_bytes(2, "big") + topic))
+            _expect(sock, 4, "UNSUBACK")
+        sock.sendall(_packet(0xE0, b""))
+
+
+_client_ids = itertools.count()
+
+
+def churn(port: int, ca_file: Path, password: str, *, connections: int,
+          filters: int = 10, workers: int = 20) -> None:
+    """``connections`` logged-in clients, ``workers`` at a time, each subscribing and
+    unsubscribing ``filters`` filters before it disconnects."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(_churn_client, port, context, password,
+                                 f"churn-{next(_client_ids)}", filters)
+                     for _ in range(connections)]:
+            done.result()
+
+
 @dataclass(frozen=True)
 class StormResult:
     idle_mb: float
@@ -163,35 +236,40 @@ class StormResult:
 
     @property
     def growth_mb(self) -> float:
-        return self.after_mb[-1] - self.idle_mb
+        return max(self.after_mb) - self.idle_mb  # the target holds after every round
 
 
-def run(*, idle: int = 500, half_open: int = 100, rounds: int = 3,
+def run(*, idle: int = 500, half_open: int = 100, churn_clients: int = 0, rounds: int = 3,
         settle: float = CHECK_INTERVAL + 2,
         connect_timeout: float = 2.0, env: dict[str, str] | None = None,
         mosquitto: bool = False) -> StormResult:
     """``env``: extra environment of the broker (``MALLOC_ARENA_MAX`` ...)."""
     with tempfile.TemporaryDirectory(prefix="fedmq-storm-") as tmp, StormBroker(
             Path(tmp), connect_timeout=connect_timeout, env=env or {},
-            mosquitto=mosquitto) as broker:
+            mosquitto=mosquitto, logins=churn_clients > 0) as broker:
         time.sleep(settle)
         before = rss_mb(broker.pid)
         after = []
         for _ in range(rounds):
-            storm(broker.port, broker.ca_file, idle=idle, half_open=half_open,
-                  timeout=150 if mosquitto else connect_timeout * 4 + 30)
+            if idle or half_open:
+                storm(broker.port, broker.ca_file, idle=idle, half_open=half_open,
+                      timeout=150 if mosquitto else connect_timeout * 4 + 30)
+            if churn_clients:
+                churn(broker.port, broker.ca_file, broker.password, connections=churn_clients)
             time.sleep(settle)
             after.append(rss_mb(broker.pid))
         return StormResult(before, rss_mb(broker.pid, "VmHWM"), after)
 
 
-def report(result: StormResult, *, idle: int, half_open: int,
+def report(result: StormResult, *, idle: int, half_open: int, churn_clients: int = 0,
            broker: str = "embedded broker") -> str:
     verdict = "within" if result.growth_mb <= TARGET_MB else "OVER"
     rounds = ", ".join(f"{mb:.1f}" for mb in result.after_mb)
+    logged_in = (f" + {churn_clients} logged-in clients (10 filters subscribed and "
+                 "unsubscribed each)" if churn_clients else "")
     return "\n".join([
-        f"{broker}, {idle} idle TLS sockets + {half_open} half-open TLS handshakes "
-        f"per round, {len(result.after_mb)} rounds",
+        f"{broker}, {idle} idle TLS sockets + {half_open} half-open TLS handshakes"
+        f"{logged_in} per round, {len(result.after_mb)} rounds",
         f"RSS idle {result.idle_mb:.1f} MB, peak {result.peak_mb:.1f} MB, after each round "
         f"{rounds} MB",
         f"after / idle x{result.after_mb[-1] / result.idle_mb:.2f}, +{result.growth_mb:.1f} MB "
@@ -202,6 +280,9 @@ def report(result: StormResult, *, idle: int, half_open: int,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle", type=int, default=500, help="TLS sockets without CONNECT")
     parser.add_argument("--half-open", type=int, default=100, help="TLS handshakes left open")
+    parser.add_argument("--churn", type=int, default=0,
+                        help="TLS clients per round that log in, subscribe, unsubscribe and "
+                             "disconnect (embedded broker only)")
     parser.add_argument("--rounds", type=int, default=3, help="storms, one after another")
     parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded",
                         help="mosquitto: the generated configuration (sockets last 90-95 s)")
@@ -212,9 +293,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     mosquitto = args.broker == "mosquitto"
-    result = run(idle=args.idle, half_open=args.half_open, rounds=args.rounds,
-                 settle=args.settle, mosquitto=mosquitto)
-    print(report(result, idle=args.idle, half_open=args.half_open,
+    if mosquitto and args.churn:
+        raise SystemExit("--churn: the generated Mosquitto configuration has no password file")
+    result = run(idle=args.idle, half_open=args.half_open, churn_clients=args.churn,
+                 rounds=args.rounds, settle=args.settle, mosquitto=mosquitto)
+    print(report(result, idle=args.idle, half_open=args.half_open, churn_clients=args.churn,
                  broker="Mosquitto (generated config)" if mosquitto else "embedded broker"))
     return 0 if result.growth_mb <= TARGET_MB else 1
 

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -102,6 +103,8 @@ class FedmqBroker(DeliveryRules):
         self._connection_done: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._queue_full_logged: set[str] = set()
+        # Told when a connection ends: broker.memory collects what it left in cycles.
+        self.connection_ended: Callable[[], None] | None = None
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for messages already accepted to be broadcast; return
@@ -123,7 +126,11 @@ class FedmqBroker(DeliveryRules):
                               max_payload_bytes=self._limits.max_payload_bytes,
                               max_control_bytes=self._limits.max_control_packet_bytes,
                               peer=f"{peer[0]}:{peer[1]}" if peer else "?")
-        await self._client_connected(listener_name, framed, StreamWriterAdapter(writer))
+        try:
+            await self._client_connected(listener_name, framed, StreamWriterAdapter(writer))
+        finally:
+            if self.connection_ended is not None:
+                self.connection_ended()
 
     async def _client_connected(self, listener_name: str, reader: Any,
                                 writer: WriterAdapter) -> None:

@@ -93,8 +93,11 @@ async def serve(settings: BrokerSettings, stop: asyncio.Event,
     log.info("embedded broker listening on %s:%d", settings.host, settings.port)
     if started is not None:
         started.set()
-    # A storm of TLS connections left glibc holding ~0.3 MB per closed one (broker.memory).
-    keeper = asyncio.ensure_future(MemoryKeeper().run())
+    # A storm of TLS connections left glibc holding ~0.3 MB per closed one, and logged-in
+    # clients their objects in reference cycles until a full collection (broker.memory).
+    memory = MemoryKeeper()
+    broker.connection_ended = memory.connection_ended
+    keeper = asyncio.ensure_future(memory.run())
     try:
         await stop.wait()
     finally:

@@ -17,3 +17,10 @@ def test_bench_storm_runs_from_the_cli(capsys):
 def test_the_report_names_a_miss():
     text = report(StormResult(50.0, 230.0, [220.0]), idle=500, half_open=100)
     assert "after / idle x4.40, +170.0 MB (OVER the 20 MB target)" in text
+
+
+def test_bench_storm_churns_logged_in_clients(capsys):
+    assert main(["bench-storm", "--idle", "0", "--half-open", "0", "--churn", "20",
+                 "--rounds", "1", "--settle", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "+ 20 logged-in clients (10 filters subscribed and unsubscribed each)" in out
