@@ -14,6 +14,7 @@ from support import agent_config, local_data
 from fedmq.aggregator.optstate import FILE
 from fedmq.aggregator.server_opt import ServerState, initial_state, server_step
 from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.messages import MetricsMessage
 from fedmq.protocol.server import ServerSettings
 
 ADAM = ServerSettings(optimizer="fedadam", server_lr=0.05, tau=1e-2)
@@ -46,8 +47,10 @@ def test_a_fedadam_run_resumed_after_a_stop_steps_bit_for_bit(
         in caplog.text  # the run's start line
     assert "round 1 open: expecting 2 agents, quorum 1, deadline in" in caplog.text
     assert ", server optimizer fedadam" in caplog.text  # each round's announcement
+    published: list[tuple[str, bytes]] = []
     second = make_aggregator(broker_port, min_agents=2, rounds=4, final_evaluation=False,
-                             config={"server": ADAM})
+                             config={"server": ADAM},
+                             tap=lambda topic, payload: published.append((topic, payload)))
     _recording(second, steps)
     final = second.run()
     assert second.store.run_dir == first.store.run_dir
@@ -69,3 +72,5 @@ def test_a_fedadam_run_resumed_after_a_stop_steps_bit_for_bit(
     # Every agent verified the round's signature and read the server settings in it.
     assert all(agent.server == ADAM for agent in agents)
     assert "the gateway steps the model with server optimizer fedadam" in caplog.text
+    metrics = [MetricsMessage.from_bytes(p) for t, p in published if t.endswith("/metrics")]
+    assert [m.server_optimizer for m in metrics] == ["fedadam", "fedadam"]
