@@ -37,6 +37,8 @@ class SimulateTable(Table, frozen=True):
     batch_size: AtLeastOne = 16
     learning_rate: Positive = 0.1
     l2: Annotated[float, Meta(ge=0)] = 0.0
+    # Personal models on the devices (aggregator.toml's [training] personal).
+    personal: Literal["none", "finetune", "ditto", "intercept"] = "none"
     round_timeout: Positive = 20.0
     quorum_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.5
     kill: Annotated[int, Meta(ge=0)] = 0

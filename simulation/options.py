@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.messages import PERSONAL_MODES
 from fedmq.simulation import synthetic
 from fedmq.simulation.broker import BrokerChoice
 from fedmq.simulation.config import SCALINGS, check_flags, file_options
@@ -30,6 +31,7 @@ class SimulationOptions:
     batch_size: int = 16
     learning_rate: float = 0.1
     l2: float = 0.0
+    personal: str = "none"  # [training] personal: the devices' personal models
     round_timeout: float = 20.0
     quorum_fraction: float = 0.5
     kill: int = 0
@@ -65,6 +67,8 @@ class SimulationOptions:
         if self.scaling is None:
             private = self.dp_epsilon is not None or self.dp_sample_epsilon is not None
             object.__setattr__(self, "scaling", "datasheet" if private else "federated")
+        if self.personal not in PERSONAL_MODES:
+            raise ConfigError(f"--personal must be one of {', '.join(PERSONAL_MODES)}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.scaling not in SCALINGS:
