@@ -11,7 +11,8 @@ predictions. Three modes ([training] personal, signed into the round):
   seeded validation share of its training rows (stratified for classifiers).
 - "intercept": the device's own input standardisation on top of the fleet's, and a
   personal intercept fitted with the global coefficients frozen. Assumption: the device
-  sees x_k = a_k * x + b_k per feature, where x has the fleet's distribution; then its own
+  sees x_k = a_k * x + b_k per feature (a_k > 0), where x has the fleet's distribution as the
+  spec's pooled center/scale standardise it (mean 0, std 1); then its own
   mean/std undo a_k and b_k exactly, and the global coefficients apply unchanged. It does
   NOT hold when the device's own label mix moves its feature means (label skew): the
   re-standardisation then removes real signal, and the personal intercept only partly
