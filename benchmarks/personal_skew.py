@@ -10,7 +10,9 @@ The global model is FedAvg over `fedmq init`'s [training] (2 epochs, batch 16, l
 the pooled standardisation the statistics round derives, in plaintext: the encrypted path
 gives the same numbers to within the codec's resolution (tests/integration). Each
 personal mode is edge_agent.personal as the devices run it, once per round from that
-round's global model (Ditto warm-started across rounds); local-only trains a model on the
+round's global model (Ditto warm-started across rounds); "intercept" from the global model
+of a fleet whose signed mode is "intercept" (its devices train on their own
+standardisation, edge_agent.personal.aligned_rows); local-only trains a model on the
 device's own rows alone (its own standardisation, as many epochs as the federated run).
 Accuracy on each device's held-out rows, averaged over the seeds.
 """
@@ -19,11 +21,17 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.edge_agent.personal import PersonalModel, fit_personal, own_standardisation
+from fedmq.edge_agent.personal import (
+    PersonalModel,
+    aligned_rows,
+    fit_personal,
+    own_standardisation,
+)
 from fedmq.models import ModelSpec, make_model
 from fedmq.protocol.messages import TrainingSettings
 
@@ -67,9 +75,30 @@ def skewed_fleet(X: NDArray[np.float64], y: NDArray[np.float64], seed: int) -> l
     return devices
 
 
-def accuracy(model: PersonalModel | object, X: NDArray[np.float64],
-             y: NDArray[np.float64]) -> float:
-    return float((model.predict(X) == y).mean())  # type: ignore[attr-defined]
+def accuracy(model: Any, X: NDArray[np.float64], y: NDArray[np.float64]) -> float:
+    return float((model.predict(X) == y).mean())
+
+
+def fedavg(spec: ModelSpec, devices: list[Device], seed: int, rounds: int, *,
+           aligned: bool = False) -> tuple[NDArray[np.float64], list[PersonalModel | None]]:
+    """The global model after ``rounds`` rounds (and each device's Ditto model, which
+    follows every round as on the devices); ``aligned``: a fleet whose mode is
+    "intercept" trains on every device's own standardisation."""
+    w = np.zeros(spec.n_params)
+    ditto: list[PersonalModel | None] = [None] * DEVICES
+    for r in range(rounds):
+        deltas, weights = [], []
+        for k, (Xt, yt, _, _) in enumerate(devices):
+            model = make_model(spec, learning_rate=SETTINGS.learning_rate, epochs=SETTINGS.epochs,
+                               batch_size=SETTINGS.batch_size, seed=seed * 1000 + r * 10 + k)
+            rows = aligned_rows(spec, Xt) if aligned else Xt
+            deltas.append(model.fit(rows, yt, init_params=w).params_ - w)
+            weights.append(len(yt))
+            if not aligned:
+                ditto[k] = fit_personal("ditto", spec, replace(SETTINGS, personal="ditto"), w,
+                                        Xt, yt, previous=ditto[k], seed=seed * 1000 + k)
+        w = w + np.average(deltas, axis=0, weights=weights)
+    return w, ditto
 
 
 def run(name: str, seed: int, rounds: int) -> dict[str, list[float]]:
@@ -79,27 +108,18 @@ def run(name: str, seed: int, rounds: int) -> dict[str, list[float]]:
     pooled = np.concatenate([d[0] for d in devices])
     spec = ModelSpec(kind="logistic", features=features, n_classes=int(y.max()) + 1,
                      center=tuple(pooled.mean(axis=0)), scale=tuple(pooled.std(axis=0)))
-    w = np.zeros(spec.n_params)
-    ditto: list[PersonalModel | None] = [None] * DEVICES
-    for r in range(rounds):
-        deltas, weights = [], []
-        for k, (Xt, yt, _, _) in enumerate(devices):
-            model = make_model(spec, learning_rate=SETTINGS.learning_rate, epochs=SETTINGS.epochs,
-                               batch_size=SETTINGS.batch_size, seed=seed * 1000 + r * 10 + k)
-            deltas.append(model.fit(Xt, yt, init_params=w).params_ - w)
-            weights.append(len(yt))
-            # Ditto's personal model follows every round, as on the devices.
-            ditto[k] = fit_personal("ditto", spec, replace(SETTINGS, personal="ditto"), w, Xt,
-                                    yt, previous=ditto[k], seed=seed * 1000 + k)
-        w = w + np.average(deltas, axis=0, weights=weights)
+    w, ditto = fedavg(spec, devices, seed, rounds)
+    w_aligned, _ = fedavg(spec, devices, seed, rounds, aligned=True)
     out: dict[str, list[float]] = {m: [] for m in METHODS}
     glob = make_model(spec).set_params_vector(w)
     for k, (Xt, yt, Xs, ys) in enumerate(devices):
         out["global"].append(accuracy(glob, Xs, ys))
-        for mode in ("finetune", "intercept"):
-            p = fit_personal(mode, spec, replace(SETTINGS, personal=mode), w, Xt, yt,
-                             seed=seed * 1000 + k)
-            out[mode].append(accuracy(p, Xs, ys))
+        p = fit_personal("finetune", spec, replace(SETTINGS, personal="finetune"), w, Xt, yt,
+                         seed=seed * 1000 + k)
+        out["finetune"].append(accuracy(p, Xs, ys))
+        p = fit_personal("intercept", spec, replace(SETTINGS, personal="intercept"), w_aligned,
+                         Xt, yt)
+        out["intercept"].append(accuracy(p, Xs, ys))
         # The final round's Ditto model (fitted from the final global model, as the
         # devices do in the final evaluation round).
         d = fit_personal("ditto", spec, replace(SETTINGS, personal="ditto"), w, Xt, yt,

@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 
 from fedmq.edge_agent.data import LocalData
 from fedmq.edge_agent.health import RoundSkipped, skip_code
-from fedmq.edge_agent.personal import PersonalModel, fit_personal
+from fedmq.edge_agent.personal import PersonalModel, aligned_rows, fit_personal
 from fedmq.edge_agent.trainer import LocalUpdate, check_features, train_round
 from fedmq.models import ModelError, ModelSpec, make_model
 from fedmq.models.base import as_label_vector
@@ -90,6 +90,10 @@ def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
     delta is clipped to its L2 norm and this device's noise share added.
     """
     privacy = privacy or PrivacyTerms()
+    if msg.settings.personal == "intercept" and data.n_samples:
+        # The fleet learns on every device's own standardisation (edge_agent.personal).
+        check_features(msg.spec.features, data)
+        data = replace(data, X=aligned_rows(msg.spec, data.X))
     update = train_round(msg, data, max_weight=codec.max_weight, seed=seed, dpsgd=dpsgd)
     try:
         if privacy.device is not None:

@@ -192,3 +192,21 @@ def test_no_personal_block_without_exact_evaluation_sums():
     assert done.personal is not None  # the device still keeps its personal model
     layout = layout_for("training", SPEC, CODEC, STATS, 1 << 2048, dp, personal=True)
     assert [s.name for s in layout.sections] == ["training"]
+
+
+def test_an_intercept_fleet_trains_the_global_update_on_the_devices_own_standardisation():
+    from fedmq.edge_agent.personal import aligned_rows
+    msg = personal_msg("training", "intercept")
+    done = serve(msg)
+    aligned = replace(TRAIN, X=aligned_rows(SPEC, TRAIN.X))
+    want = train_round(msg, aligned, max_weight=CODEC.max_weight, seed=1)
+    raw = train_round(msg, TRAIN, max_weight=CODEC.max_weight, seed=1)
+    assert done.update is not None
+    np.testing.assert_array_equal(done.update.delta, want.delta)
+    assert not np.allclose(done.update.delta, raw.delta)
+    # The aligned rows are standardised by the fleet's spec exactly as by the device's own.
+    from fedmq.edge_agent.personal import own_standardisation
+    own = own_standardisation(SPEC, TRAIN.X)
+    z_own = (TRAIN.X - np.asarray(own.center)) / np.asarray(own.scale)
+    z_fleet = (aligned.X - np.asarray(SPEC.center)) / np.asarray(SPEC.scale)
+    np.testing.assert_allclose(z_fleet, z_own, rtol=0, atol=1e-12)
