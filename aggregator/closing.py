@@ -143,7 +143,8 @@ class RoundClosing:
             update_norm=float(np.linalg.norm(new_params - params)),
             excluded=closing.excluded, update_bytes=state.update_bytes,
             model_bytes=self._herald.sent_bytes - self._sent_at_open, phase=state.phase,
-            evaluation=evaluation, statistics=closing.statistics, skipped=skipped,
+            evaluation=evaluation, personal=closing.personal,
+            statistics=closing.statistics, skipped=skipped,
             clipped_share=share, epsilon=epsilon,
         )
         if state.phase == "training":
@@ -163,8 +164,8 @@ class RoundClosing:
             self.statistics = result
         self._publish_metrics(state, result)
         self._report(state, version, closed=True)
-        fleet = "" if evaluation is None else f"; {evaluation.summary()} (model version " \
-            f"{version})"
+        fleet = "" if evaluation is None else f"; {evaluation.summary(closing.personal)} " \
+            f"(model version {version})"
         if epsilon is not None and self._budget is not None:
             fleet += (f"; privacy: epsilon {epsilon:.3f} of {self._budget.params.epsilon:g} "
                       f"spent (delta {self._budget.params.delta:g})")
@@ -209,6 +210,8 @@ class RoundClosing:
             total_weight=result.total_weight, seconds=result.seconds,
             update_norm=result.update_norm, closed_by=result.closed_by, phase=result.phase,
             evaluation=None if result.evaluation is None else result.evaluation.to_dict(),
+            personal=None if result.personal is None else result.personal.to_dict(),
+            personal_mode=self.config.training.personal if result.personal else "",
             clipped_share=result.clipped_share, skipped=result.skipped,
             epsilon=result.epsilon,
             delta=None if self._budget is None else self._budget.params.delta,

@@ -80,6 +80,9 @@ class RoundResult:
     # Fleet metrics of the model the round STARTED from (training), or of the final
     # model (evaluation): decrypted totals only. None without an evaluation section.
     evaluation: FleetEvaluation | None = None
+    # [training] personal: the same metrics of the devices' personal models (each derived
+    # from the model the round started from) on the same rows; None without them.
+    personal: FleetEvaluation | None = None
     statistics: FleetStatistics | None = None  # the statistics round's pooled statistics
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> expected agents
     clipped_share: float = 0.0  # of the kept updates' values, clipped by the training codec
@@ -96,6 +99,8 @@ class Closing:
     avg_delta: FloatArray | None = None  # training: the FedAvg step
     total_weight: float = 0.0
     evaluation: FleetEvaluation | None = None
+    # [training] personal: the devices' personal models on the same rows, same groups.
+    personal: FleetEvaluation | None = None
     statistics: FleetStatistics | None = None
     groups: int = 1  # groups whose sums were decrypted and used
     # Statistics round: rows per group of devices (for the growth check of later rounds).
@@ -176,11 +181,11 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey | Decryptor,
             return done(statistics=FleetStatistics.from_sums(total["statistics"], spec,
                                                              statistics), group_rows=rows)
         # Under DP without exact aggregates, training updates carry no evaluation section.
-        evaluation = (_evaluation(state, sections, members, spec, statistics, codec,
-                                  robust.tolerances, statistics_rows or {})
-                      if "evaluation" in total else None)
+        evaluation, personal = (_evaluation(state, sections, members, spec, statistics,
+                                            codec, robust.tolerances, statistics_rows or {})
+                                if "evaluation" in total else (None, None))
         if state.phase == "evaluation":
-            return done(evaluation=evaluation)
+            return done(evaluation=evaluation, personal=personal)
         avg_delta, total_weight = _step(state, sections, members, codec, robust, dp,
                                         statistics_rows or {})
     except CodecError as exc:
@@ -189,7 +194,8 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey | Decryptor,
         log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                   exc)
         return dropped
-    return done(avg_delta=avg_delta, total_weight=total_weight, evaluation=evaluation)
+    return done(avg_delta=avg_delta, total_weight=total_weight, evaluation=evaluation,
+                personal=personal)
 
 
 def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
@@ -256,8 +262,10 @@ def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
 def _evaluation(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],
                 members: Mapping[str, tuple[str, ...]], spec: ModelSpec,
                 statistics: StatsParams, codec: CodecParams, tol: Tolerances,
-                statistics_rows: Mapping[frozenset[str], int]) -> FleetEvaluation | None:
-    """The fleet metric over the groups whose evaluation sums can be honest."""
+                statistics_rows: Mapping[frozenset[str], int]
+                ) -> tuple[FleetEvaluation | None, FleetEvaluation | None]:
+    """The fleet metric over the groups whose evaluation sums can be honest, and (with
+    personal models) the personal models' metric over the same groups."""
     evals = {g: s["evaluation"] for g, s in sections.items()}
     impossible: list[tuple[Group, str]] = []
     weighted = state.layout.sections[0].name == "training" and \
@@ -284,9 +292,18 @@ def _evaluation(state: RoundState, sections: Mapping[Group, dict[str, list[int]]
     left = {g for g, _ in flagged}
     rest = [s for g, s in evals.items() if g not in left]
     if not rest:
-        return None
-    return _metric(state.round_id, [sum(c) for c in zip(*rest, strict=True)], spec,
-                   statistics)
+        return None, None
+    personal = [s["personal"] for g, s in sections.items() if g not in left and "personal" in s]
+    # The personal block counts the same rows as the global one, or it is not believed.
+    honest = len(personal) == len(rest) and all(
+        p[-1] == e[-1] for p, e in zip(personal, rest, strict=True))
+    if personal and not honest:
+        log.warning("round %d: personal evaluation sums do not count the evaluation rows; "
+                    "no personal metric this round", state.round_id)
+    return (_metric(state.round_id, [sum(c) for c in zip(*rest, strict=True)], spec,
+                    statistics),
+            _metric(state.round_id, [sum(c) for c in zip(*personal, strict=True)], spec,
+                    statistics) if personal and honest else None)
 
 
 def _metric(round_id: int, sums: list[int], spec: ModelSpec,

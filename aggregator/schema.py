@@ -73,6 +73,12 @@ class TrainingTable(Table, frozen=True):
     batch_size: AtLeastOne = 16
     learning_rate: Positive = 0.1
     l2: Annotated[float, Meta(ge=0)] = 0.0
+    # Personal models on the devices (edge_agent.personal); their fleet metrics come with
+    # the global model's in every round.
+    personal: Literal["none", "finetune", "ditto", "intercept"] = "none"
+    ditto_lambdas: Annotated[tuple[Annotated[float, Meta(ge=0)], ...],
+                             Meta(min_length=1, max_length=16)] = (0.01, 0.1, 1.0)
+    personal_epochs: Annotated[int, Meta(ge=1, le=1000)] = 2
 
 
 Fraction = Annotated[float, Meta(ge=0, lt=1)]

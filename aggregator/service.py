@@ -97,7 +97,8 @@ class Aggregator(RoundClosing):
         # Taken off the inbox as part of a backlog, not handled yet (the drain stopped).
         self._carry: deque[tuple[str, bytes]] = deque()
         self._layouts = {phase: layout_for(phase, config.spec, config.codec, config.statistics,
-                                           self.public_key.n, config.privacy)
+                                           self.public_key.n, config.privacy,
+                                           personal=config.training.personalized)
                          for phase in PHASES}
         device_dp = config.privacy.device
         self._budget = None if device_dp is None else FleetBudget(device_dp,

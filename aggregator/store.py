@@ -31,8 +31,12 @@ BASE_FIELDS = ("run_id", "round", "model_version", "closed_by", "reported", "exp
 FLEET_FIELDS = ("phase", "eval_rows", "fleet_loss", "fleet_accuracy", "fleet_balanced_accuracy",
                 "fleet_recall", "fleet_mse", "fleet_mae", "fleet_r2", "clipped_share", "skipped",
                 "epsilon")  # device-level DP: the run's epsilon spent after the round
-ROUND_LOG_FIELDS = BASE_FIELDS + FLEET_FIELDS
-PRE_DP_FIELDS = ROUND_LOG_FIELDS[:-1]  # logs written before the epsilon column
+# [training] personal: the devices' personal models on the same rows (empty without them).
+PERSONAL_FIELDS = ("personal_loss", "personal_accuracy", "personal_balanced_accuracy",
+                   "personal_r2")
+ROUND_LOG_FIELDS = BASE_FIELDS + FLEET_FIELDS + PERSONAL_FIELDS
+PRE_PERSONAL_FIELDS = BASE_FIELDS + FLEET_FIELDS  # logs written before the personal columns
+PRE_DP_FIELDS = PRE_PERSONAL_FIELDS[:-1]  # logs written before the epsilon column
 # Logs and audit rows written before the run id column: read with this run's id in front;
 # before the fleet columns: read with them empty.
 LEGACY_FIELDS = BASE_FIELDS[1:]
@@ -51,6 +55,11 @@ def _fleet_cells(result: RoundResult) -> list[str]:
     cells.append(f"{result.clipped_share:.4f}")
     cells.append(" ".join(f"{code}:{n}" for code, n in sorted(result.skipped.items())))
     cells.append("" if result.epsilon is None else f"{result.epsilon:.6g}")
+    pe = result.personal
+    personal = {} if pe is None else pe.metrics
+    cells.append("" if pe is None else f"{pe.loss:.6g}")
+    cells += [f"{personal[m]:.6f}" if m in personal else ""
+              for m in ("accuracy", "balanced_accuracy", "r2")]
     return cells
 
 
@@ -69,6 +78,8 @@ def _upgrade(row: list[str], run_id: str) -> list[str]:
         row = [*row, "training", *[""] * (len(FLEET_FIELDS) - 1)]
     if len(row) == len(PRE_DP_FIELDS):
         row = [*row, ""]
+    if len(row) == len(PRE_PERSONAL_FIELDS):
+        row = [*row, *[""] * len(PERSONAL_FIELDS)]
     return row
 
 
@@ -165,7 +176,8 @@ class RunStore:
             reason = exc.strerror if isinstance(exc, OSError) else exc
             raise ConfigError(f"cannot read round log {self.log_path}: {reason}; move it "
                               "away") from exc
-        if rows and tuple(rows[0]) in (LEGACY_FIELDS, BASE_FIELDS, PRE_DP_FIELDS):
+        if rows and tuple(rows[0]) in (LEGACY_FIELDS, BASE_FIELDS, PRE_DP_FIELDS,
+                                       PRE_PERSONAL_FIELDS):
             # Rewritten in today's columns on the next append.
             return [_upgrade(r, self.run_id) for r in rows[1:]]
         if rows and tuple(rows[0]) != ROUND_LOG_FIELDS:

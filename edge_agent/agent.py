@@ -23,6 +23,7 @@ from fedmq.edge_agent.ledger import DeviceLedger
 from fedmq.edge_agent.memory import RunMemory
 from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
+from fedmq.edge_agent.personal_store import PersonalStore
 from fedmq.edge_agent.phases import phase_line, phase_values
 from fedmq.edge_agent.sample_privacy import SampleDp
 from fedmq.edge_agent.status import DeviceStatus
@@ -59,6 +60,7 @@ class EdgeAgent:
                                     max_quorum=config.max_quorum,
                                     max_alone_epsilon=config.max_alone_epsilon)
         self._sample_dp = SampleDp(config.state_dir, max_epsilon=config.max_sample_epsilon)
+        self.personal = PersonalStore(config.state_dir)  # never published
         # A file is read again before a round when it changed; given rows never change.
         self._rows: DataFile | GivenRows = GivenRows(
             data, holdout=config.holdout, seed=config.agent_id) if data is not None else DataFile(
@@ -300,7 +302,8 @@ class EdgeAgent:
             if privacy.sample is not None and msg.phase == "training" else None
         done = phase_values(msg, self.train_data, self.eval_data, codec.params,
                             announced.statistics, privacy=privacy, dpsgd=dpsgd,
-                            seed=self.config.seed)
+                            seed=self.config.seed, personal=self.personal.current,
+                            personal_mode=self.config.personal_mode)
         if done.update is not None and done.clipped and privacy.device is None:
             # Its own logger: the simulation sums these per round instead.
             clip_log.warning("%s", clip_note(msg.round_id, done.clipped,
@@ -327,6 +330,10 @@ class EdgeAgent:
         self._memory.sending(msg, payload)
         self._link.publish(self.config.topics.update(self.config.agent_id), payload)
         pool.refill()
+        if done.personal is not None:
+            self.personal.keep(done.personal)  # after the update left: it waits for nothing
+        elif done.personal_error:
+            log.warning("round %d: %s", msg.round_id, done.personal_error)
         log.info("round %d (%s): %s; compute %.0f ms, encrypt %.1f ms (%d values in %d "
                  "ciphertexts), %d bytes", msg.round_id, done.phase, phase_line(done),
                  1000 * (computed - started), 1000 * (encrypted - computed), sealed.n_values,

@@ -65,6 +65,12 @@ class AgentPrivacyTable(Table, frozen=True):
     max_alone_epsilon: Annotated[float, Meta(gt=0)] | None = None
 
 
+class PersonalTable(Table, frozen=True):
+    # The personal model is local only, so a device may choose its own mode; "fleet" follows
+    # the round's signed [training] personal. The evaluation layout stays the fleet's.
+    mode: Literal["fleet", "none", "finetune", "ditto", "intercept"] = "fleet"
+
+
 class AgentFile(Table, frozen=True):
     """Schema of agent.toml."""
 
@@ -75,6 +81,7 @@ class AgentFile(Table, frozen=True):
     simulation: SimulationTable = SimulationTable()
     crypto: CryptoTable = CryptoTable()
     privacy: AgentPrivacyTable = AgentPrivacyTable()
+    personal: PersonalTable = PersonalTable()
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ class AgentConfig:
     max_sample_epsilon: float | None = None
     max_quorum: int | None = None
     max_alone_epsilon: float | None = None
+    personal_mode: str | None = None  # [personal] mode; None: the round's settings
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
@@ -121,6 +129,8 @@ class AgentConfig:
             raise ConfigError("data.holdout must lie in [0, 0.5]")
         if not 0 <= self.obfuscator_pool <= 100_000:
             raise ConfigError("crypto.obfuscator_pool must be between 0 (auto) and 100000")
+        if self.personal_mode not in (None, "none", "finetune", "ditto", "intercept"):
+            raise ConfigError("personal.mode must be fleet, none, finetune, ditto or intercept")
 
     @property
     def signing_key_path(self) -> str:
@@ -170,4 +180,5 @@ class AgentConfig:
                 max_sample_epsilon=f.privacy.max_sample_epsilon,
                 max_quorum=f.privacy.max_quorum,
                 max_alone_epsilon=f.privacy.max_alone_epsilon,
+                personal_mode=None if f.personal.mode == "fleet" else f.personal.mode,
             )

@@ -7,6 +7,13 @@
   evaluation rows: the fleet metric of w_r, at no extra round;
 - evaluation (the final model): only those evaluation sums.
 
+With [training] personal (edge_agent.personal) the device also fits its personal model
+from the received one on the training rows, after the update is computed, and the
+evaluation section is followed by a second one: the same sums for that personal model on
+the same evaluation rows. Both blocks describe round r's models (w_r and the personal
+model derived from w_r); with a holdout the personal model never saw the rows it is
+evaluated on. A device whose personal fit fails sends its global model's sums there.
+
 Every error that means "this device's data cannot serve the round" becomes a
 RoundSkipped with its code; nothing here does I/O or logging.
 """
@@ -19,6 +26,7 @@ from numpy.typing import ArrayLike
 
 from fedmq.edge_agent.data import LocalData
 from fedmq.edge_agent.health import RoundSkipped, skip_code
+from fedmq.edge_agent.personal import PersonalModel, aligned_rows, fit_personal
 from fedmq.edge_agent.trainer import LocalUpdate, check_features, train_round
 from fedmq.models import ModelError, ModelSpec, make_model
 from fedmq.models.base import as_label_vector
@@ -43,6 +51,8 @@ class PhaseValues:
     eval_rows: int = 0  # rows behind the evaluation section, if there is one
     update: LocalUpdate | None = None  # training only: the plaintext update, kept locally
     clipped: int = 0  # values clipped: training codec (training), +-max_abs (statistics)
+    personal: PersonalModel | None = None  # fitted this round, kept on the device only
+    personal_error: str = ""  # why the personal fit failed (the global sums stood in)
 
 
 def statistics_values(spec: ModelSpec, data: LocalData, params: StatsParams) -> list[int]:
@@ -80,6 +90,10 @@ def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
     delta is clipped to its L2 norm and this device's noise share added.
     """
     privacy = privacy or PrivacyTerms()
+    if msg.settings.personal == "intercept" and data.n_samples:
+        # The fleet learns on every device's own standardisation (edge_agent.personal).
+        check_features(msg.spec.features, data)
+        data = replace(data, X=aligned_rows(msg.spec, data.X))
     update = train_round(msg, data, max_weight=codec.max_weight, seed=seed, dpsgd=dpsgd)
     try:
         if privacy.device is not None:
@@ -93,11 +107,70 @@ def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
     return replace(update, clipped=n_clipped), values
 
 
+def personal_step(msg: RoundMessage, train: LocalData, *, mode: str,
+                  previous: PersonalModel | None = None,
+                  seed: int | None = None) -> tuple[PersonalModel | None, str]:
+    """This round's personal model from the received one, or (None, why it failed)."""
+    if mode == "none":
+        return None, ""
+    try:
+        check_features(msg.spec.features, train)
+        return fit_personal(mode, msg.spec, msg.settings, msg.params_array, train.X, train.y,
+                            previous=previous, seed=seed,
+                            meta={"run_id": msg.run_id, "round_id": msg.round_id,
+                                  "model_version": msg.model_version}), ""
+    except (ModelError, RoundSkipped) as exc:
+        return None, f"personal model ({mode}) not fitted: {exc}"
+
+
+def _with_personal(done: PhaseValues, msg: RoundMessage, train: LocalData,
+                   evaluation: LocalData, stats: StatsParams, *, mode: str,
+                   previous: PersonalModel | None, seed: int | None,
+                   sections: bool) -> PhaseValues:
+    """Fit the personal model and, when the fleet's layout has the block, append its sums."""
+    personal, error = personal_step(msg, train, mode=mode, previous=previous, seed=seed)
+    if not sections:
+        return replace(done, personal=personal, personal_error=error)
+    global_part = done.parts[-1]
+    part = list(global_part)
+    if personal is not None:
+        try:
+            part = evaluation_values(personal.spec, personal.params, evaluation, stats)
+        except RoundSkipped as exc:
+            error = f"personal model ({mode}) not evaluated: {exc.detail}"
+    # The update's clipped count belongs to the global block only.
+    part[-3] = 0
+    return replace(done, parts=[*done.parts, part], personal=personal, personal_error=error)
+
+
 def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
                  codec: CodecParams, stats: StatsParams, *,
                  privacy: PrivacyTerms | None = None, dpsgd: DpSgd | None = None,
-                 seed: int | None = None) -> PhaseValues:
-    """Everything one device sends for ``msg``'s phase; raises RoundSkipped."""
+                 seed: int | None = None, personal: PersonalModel | None = None,
+                 personal_mode: str | None = None) -> PhaseValues:
+    """Everything one device sends for ``msg``'s phase; raises RoundSkipped.
+
+    ``personal``: the device's previous personal model (Ditto warm-starts from it);
+    ``personal_mode``: the device's own choice ([personal] mode in agent.toml), else the
+    round's. The layout (whether the personal block is sent) follows the round's settings.
+    """
+    done = _phase_values(msg, train, evaluation, codec, stats, privacy=privacy, dpsgd=dpsgd,
+                         seed=seed)
+    if done.phase == "statistics":
+        return done
+    mode = personal_mode or msg.settings.personal
+    sections = msg.settings.personalized and (privacy or PrivacyTerms()).evaluates
+    if mode == "none" and not sections:
+        return done
+    # A device that keeps no personal model (its own choice) sends its global sums twice.
+    return _with_personal(done, msg, train, evaluation, stats, mode=mode, previous=personal,
+                          seed=seed, sections=sections)
+
+
+def _phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
+                  codec: CodecParams, stats: StatsParams, *,
+                  privacy: PrivacyTerms | None = None, dpsgd: DpSgd | None = None,
+                  seed: int | None = None) -> PhaseValues:
     phase = msg.phase
     if phase in ("statistics", "evaluation") and privacy is not None \
             and not privacy.evaluates:
@@ -132,6 +205,14 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
 
 def phase_line(done: PhaseValues) -> str:
     """What the update holds, for the agent's one log line per round (counts only)."""
+    line = _phase_line(done)
+    if done.personal is not None:
+        lam = "" if done.personal.lam is None else f", lambda {done.personal.lam:g}"
+        line += f"; personal model ({done.personal.mode}{lam}) kept on the device"
+    return line
+
+
+def _phase_line(done: PhaseValues) -> str:
     if done.update is not None:
         u = done.update
         return (f"loss {u.loss_before:.4f} -> {u.loss_after:.4f} on {u.weight} samples, "

@@ -7,6 +7,11 @@ ending in a count that bounds it:
 - training round:   [training (weighted delta, weight), evaluation (sums, rows)]
 - final evaluation: [evaluation]
 
+With personal models ([training] personal other than "none", signed into the round) the
+evaluation section is followed by a "personal" section of the same length and codec: the
+same sums for each device's personal model on the same rows. That block is all an update
+grows by; personal models themselves never leave the device.
+
 Training values are small (|delta| <= clip) and evaluation sums large (sums of
 squares of raw data), so each section gets slots as wide as its own bound:
 one uniform slot width would double a training update's ciphertexts. The
@@ -125,12 +130,14 @@ class UpdateLayout:
 
 
 def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
-               modulus: int, privacy: PrivacyTerms | None = None) -> UpdateLayout:
+               modulus: int, privacy: PrivacyTerms | None = None, *,
+               personal: bool = False) -> UpdateLayout:
     """The sections an update of ``phase`` carries for a model of ``spec``.
 
     Under DP every device counts once (count 1, so a group of k sums to exactly k), a
     device-level DP update is packed with the noise's bound, and the exact evaluation
     sums travel only where the terms allow them (PrivacyTerms.evaluates).
+    ``personal``: the round's settings keep personal models (TrainingSettings.personalized).
     """
     privacy = privacy or PrivacyTerms()
     n_train = spec.n_params + 1
@@ -142,11 +149,16 @@ def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: Stat
                            1 if privacy.enabled else codec.max_weight)
     evaluation = Section("evaluation", StatsCodec(statistics, modulus), eval_length(spec),
                          statistics.max_samples)
+    evaluations: tuple[Section, ...] = (evaluation,)
+    if personal:
+        evaluations += (Section("personal", StatsCodec(statistics, modulus), eval_length(spec),
+                                statistics.max_samples),)
     if phase == "statistics":
         return UpdateLayout(phase, (Section("statistics", StatsCodec(statistics, modulus),
                                             stats_length(spec), statistics.max_samples),))
     if phase == "training":
-        return UpdateLayout(phase, (training, evaluation) if privacy.evaluates else (training,))
+        return UpdateLayout(phase, (training, *evaluations) if privacy.evaluates
+                            else (training,))
     if phase == "evaluation":
-        return UpdateLayout(phase, (evaluation,))
+        return UpdateLayout(phase, evaluations)
     raise CodecError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")

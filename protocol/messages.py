@@ -151,6 +151,12 @@ class PubKeyMessage:
         return msg
 
 
+PERSONAL_MODES = ("none", "finetune", "ditto", "intercept")
+DEFAULT_DITTO_LAMBDAS = (0.01, 0.1, 1.0)
+MAX_DITTO_LAMBDAS = 16
+MAX_PERSONAL_EPOCHS = 1000
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """Hyperparameters of local training, chosen by the aggregator for each round."""
@@ -162,6 +168,11 @@ class TrainingSettings:
     batch_size: int = 16
     learning_rate: float = 0.1
     l2: float = 0.0
+    # Personal models on the device (edge_agent.personal): never sent; when not "none" every
+    # update's evaluation section is followed by the same sums for the personal model.
+    personal: str = "none"
+    ditto_lambdas: tuple[float, ...] = DEFAULT_DITTO_LAMBDAS
+    personal_epochs: int = 2
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -170,17 +181,52 @@ class TrainingSettings:
             raise ProtocolError("learning_rate must be positive")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise ProtocolError("l2 must be non-negative")
+        if self.personal not in PERSONAL_MODES:
+            raise ProtocolError(f"personal must be one of {', '.join(PERSONAL_MODES)}, "
+                                f"not {self.personal!r}")
+        lambdas = self.ditto_lambdas
+        if not lambdas or len(lambdas) > MAX_DITTO_LAMBDAS or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and v >= 0 for v in lambdas):
+            raise ProtocolError(f"ditto_lambdas must be 1 to {MAX_DITTO_LAMBDAS} finite "
+                                "non-negative numbers")
+        object.__setattr__(self, "ditto_lambdas", tuple(float(v) for v in lambdas))
+        if not 1 <= self.personal_epochs <= MAX_PERSONAL_EPOCHS:
+            raise ProtocolError(f"personal_epochs must be 1 to {MAX_PERSONAL_EPOCHS}")
+
+    @property
+    def personalized(self) -> bool:
+        """Whether devices keep personal models (and report them in the evaluation sums)."""
+        return self.personal != "none"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "l2": self.l2}
+        doc: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
+                               "learning_rate": self.learning_rate, "l2": self.l2}
+        # Only what differs from the default: older agents and signed fixtures keep matching.
+        if self.personal != "none":
+            doc["personal"] = self.personal
+        if self.ditto_lambdas != DEFAULT_DITTO_LAMBDAS:
+            doc["ditto_lambdas"] = list(self.ditto_lambdas)
+        if self.personal_epochs != 2:
+            doc["personal_epochs"] = self.personal_epochs
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Any) -> TrainingSettings:
         if not isinstance(doc, dict):
             raise ProtocolError("settings must be an object")
+        lambdas = doc.get("ditto_lambdas", list(DEFAULT_DITTO_LAMBDAS))
+        if not isinstance(lambdas, list):
+            raise ProtocolError("field 'ditto_lambdas' must be a list of numbers")
+        personal = doc.get("personal", "none")
+        if not isinstance(personal, str):
+            raise ProtocolError("field 'personal' must be a string")
+        epochs = doc.get("personal_epochs", 2)
+        if not isinstance(epochs, int) or isinstance(epochs, bool):
+            raise ProtocolError("field 'personal_epochs' must be an integer")
         return cls(epochs=int(_number(doc, "epochs")), batch_size=int(_number(doc, "batch_size")),
-                   learning_rate=_number(doc, "learning_rate"), l2=_number(doc, "l2"))
+                   learning_rate=_number(doc, "learning_rate"), l2=_number(doc, "l2"),
+                   personal=personal, ditto_lambdas=tuple(lambdas), personal_epochs=epochs)
 
 
 @dataclass(frozen=True)
@@ -375,6 +421,10 @@ class MetricsMessage:
     rejected_by: dict[str, int] = field(default_factory=dict)  # reason -> updates rejected
     epsilon_budget: float | None = None  # the run's DP budget (at ``delta``)
     server_optimizer: str = ""  # [server] optimizer of the run ("": a gateway before it)
+    # [training] personal: the same fleet totals for the devices' personal models on the same
+    # rows (a device whose personal fit failed counts its global model there). Optional.
+    personal: dict[str, Any] | None = None
+    personal_mode: str = ""
 
     SCHEMA = "fedmq.metrics/3"
 

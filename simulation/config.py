@@ -40,6 +40,8 @@ class SimulateTable(Table, frozen=True):
     # The aggregator's [server] optimizer (fedmq.protocol.server.OPTIMIZERS; a test checks).
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
     server_lr: Positive = 1.0
+    # Personal models on the devices (aggregator.toml's [training] personal).
+    personal: Literal["none", "finetune", "ditto", "intercept"] = "none"
     round_timeout: Positive = 20.0
     quorum_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.5
     kill: Annotated[int, Meta(ge=0)] = 0

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.protocol.messages import PERSONAL_MODES
 from fedmq.protocol.server import ServerSettings
 from fedmq.simulation import synthetic
 from fedmq.simulation.broker import BrokerChoice
@@ -34,6 +35,7 @@ class SimulationOptions:
     # The aggregator's [server] optimizer on the fleet's average update, and its step size.
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
+    personal: str = "none"  # [training] personal: the devices' personal models
     round_timeout: float = 20.0
     quorum_fraction: float = 0.5
     kill: int = 0
@@ -69,6 +71,8 @@ class SimulationOptions:
         if self.scaling is None:
             private = self.dp_epsilon is not None or self.dp_sample_epsilon is not None
             object.__setattr__(self, "scaling", "datasheet" if private else "federated")
+        if self.personal not in PERSONAL_MODES:
+            raise ConfigError(f"--personal must be one of {', '.join(PERSONAL_MODES)}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
         if self.scaling not in SCALINGS:

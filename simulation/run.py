@@ -153,6 +153,7 @@ class Simulation:
         assert self.fleet is not None
         clips = Clips() if final else self.fleet.clipped(result.round_id, result.reported)
         fleet_loss, fleet_score, fleet_rows = fleet_metrics(result.evaluation)
+        personal_score = fleet_metrics(result.personal)[1]
         # The row is about the model the round started from: the epsilon its release cost.
         epsilon = self._epsilon if final else self._epsilon_before
         self._epsilon_before = self._epsilon = result.epsilon
@@ -161,9 +162,11 @@ class Simulation:
                        update_bytes=result.update_bytes, model_bytes=result.model_bytes,
                        clipped=clips.clipped, phase=result.phase,
                        fleet_loss=fleet_loss, fleet_score=fleet_score, fleet_rows=fleet_rows,
-                       skipped=dict(result.skipped), epsilon=epsilon)
+                       skipped=dict(result.skipped), epsilon=epsilon,
+                       personal_score=personal_score)
         if not self.rows:
-            self.progress(table_header(self.options.rounds, self.metric))
+            self.progress(table_header(self.options.rounds, self.metric,
+                                       personal=self.options.personal))
         self.rows.append(row)
         self.progress(row_line(row, self.options.rounds, self.metric))
         # The agents' own clipping warnings are held during a simulation (they would
@@ -313,7 +316,8 @@ class Simulation:
                                quorum=opts.quorum, min_agents=opts.agents,
                                start_timeout=120 + 2 * opts.spread),
             training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
-                                      learning_rate=opts.learning_rate, l2=opts.l2),
+                                      learning_rate=opts.learning_rate, l2=opts.l2,
+                                      personal=opts.personal),
             server=opts.server,
             # a round of the whole fleet must fit (the default is 1,000 devices)
             codec=CodecParams(max_agents=fleet), statistics=StatsParams(max_agents=fleet),

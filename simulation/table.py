@@ -25,7 +25,8 @@ from fedmq.protocol.sums.statistics import FleetStatistics
 # reported), "deadline" (closed at the deadline without some) or "rejected-sum".
 METRICS_COLUMNS = ("round", "phase", "reported", "expected", "closed_by", "test_loss",
                    "test_{metric}", "fleet_loss", "fleet_{metric}", "seconds", "update_bytes",
-                   "model_bytes", "clipped_values", "skipped", "epsilon")
+                   "model_bytes", "clipped_values", "skipped", "epsilon",
+                   "personal_{metric}")  # the devices' personal models, fleet totals
 
 
 def metrics_header(metric: str) -> list[str]:
@@ -51,6 +52,8 @@ class RoundRow:
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> devices
     # Device-level DP: the run's epsilon spent to release the model the row is about.
     epsilon: float | None = None
+    # [training] personal: the fleet metric of the devices' personal models on the same rows.
+    personal_score: float = math.nan
 
     @property
     def final(self) -> bool:
@@ -73,15 +76,20 @@ def row_line(row: RoundRow, rounds: int, metric: str) -> str:
              else f"fleet {row.fleet_loss:8.4f} {row.fleet_score:7.4f}")
     late = "" if row.closed_by == "all" else f" ({row.closed_by})"
     eps = "" if row.epsilon is None else f" | epsilon {row.epsilon:6.3f}"
+    if not math.isnan(row.personal_score):
+        fleet += f" (personal {row.personal_score:7.4f})"
     return (f"{what:<{width}s} | agents {row.reported:3d}/{row.expected:<3d} | test loss "
             f"{row.loss:8.4f} {metric} {row.score:7.4f} | {fleet}{eps} | "
             f"{row.seconds:6.2f} s{late}")
 
 
-def table_header(rounds: int, metric: str) -> str:
+def table_header(rounds: int, metric: str, *, personal: str = "none") -> str:
+    mine = "" if personal == "none" else (
+        f"; personal = the devices' {personal} models derived from that model, on the same "
+        "rows (decrypted totals only)")
     return (f"each row: the model the round started from (round 1: zeros; final: after round "
             f"{rounds}); test = pooled held-out rows, fleet = the devices' own rows (decrypted "
-            f"totals only); loss, {metric}")
+            f"totals only); loss, {metric}{mine}")
 
 
 def skipped_line(row: RoundRow) -> str | None:
@@ -117,7 +125,8 @@ def write_metrics(path: Path, rows: Sequence[RoundRow], metric: str) -> None:
                              f"{r.loss:.6f}", f"{r.score:.6f}", _num(r.fleet_loss),
                              _num(r.fleet_score), f"{r.seconds:.3f}", r.update_bytes,
                              r.model_bytes, r.clipped, skipped,
-                             "" if r.epsilon is None else f"{r.epsilon:.6f}"])
+                             "" if r.epsilon is None else f"{r.epsilon:.6f}",
+                             _num(r.personal_score)])
 
 
 def _num(value: float) -> str:

@@ -123,10 +123,13 @@ class FleetEvaluation:
             out["recall"] = list(self.recall)
         return out
 
-    def summary(self) -> str:
-        """One log line: the metric people compare, and the others."""
+    def summary(self, personal: FleetEvaluation | None = None) -> str:
+        """One log line: the metric people compare, and the others; with ``personal`` (the
+        devices' personal models on the same rows) each followed by "(personal ...)"."""
         names = ("accuracy", "balanced_accuracy", "log_loss") if self.kind == "logistic" \
             else ("r2", "mse", "mae")
-        parts = [f"{name} {self.metrics[name]:.4f}" for name in names
-                 if math.isfinite(self.metrics[name])]
+        parts = [f"{name} {self.metrics[name]:.4f}"
+                 + (f" (personal {personal.metrics[name]:.4f})"
+                    if personal is not None and math.isfinite(personal.metrics[name]) else "")
+                 for name in names if math.isfinite(self.metrics[name])]
         return f"fleet {', '.join(parts)} on {self.n} device rows"

@@ -90,6 +90,13 @@ MODEL = "[model]\nkind = 'logistic'\nfeatures = ['vibration', 'temp', 'rpm']\nn_
     ("codec", "name = \"zip\"", '[codec] name: expected "packed/1" or "per-value/1", got "zip"'),
     ("limits", "status_rate = 0", "[limits] status_rate: expected float > 0.0, got 0"),
     ("rounds", "speed = 3", "[rounds]: unknown key 'speed' (known: rounds, round_timeout,"),
+    ("training", "personal = \"magic\"", '[training] personal: expected "none" or '
+     '"finetune" or "ditto" or "intercept", got "magic"'),
+    ("training", "ditto_lambdas = []", "[training] ditto_lambdas: expected array of length "
+     ">= 1, got []"),
+    ("training", "ditto_lambdas = [0.1, -1.0]",
+     "[training] ditto_lambdas[1]: expected float >= 0.0, got -1.0"),
+    ("training", "personal_epochs = 0", "[training] personal_epochs: expected int >= 1, got 0"),
     ("model", "scale = [1.0, \"x\", 2.0]",
      '[model] scale[1] (feature "temp"): expected float, got str ("x")'),
     ("model", "center = [1.0, 2.0, nan]",

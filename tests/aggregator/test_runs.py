@@ -111,7 +111,7 @@ def test_state_from_before_run_directories_is_moved_into_one_and_resumed(
     assert "each run now has its own directory" in caplog.text
     # Read in today's columns: the run id in front, the fleet columns empty.
     assert agg.store._rows() == [["0123456789abcdef", "1", "1", "all", "1", "1", "0", "40",
-                                  "0.1", "1", "a", "", "training", *[""] * 11]]
+                                  "0.1", "1", "a", "", "training", *[""] * 15]]
 
 
 def test_a_new_run_after_a_finished_one_is_info_not_a_warning(

@@ -80,6 +80,8 @@ def test_bad_options(tmp_path, extra, match):
     ("mqtt", "keepalive = inf", "[mqtt] keepalive: expected a finite number, got inf"),
     ("mqtt", "hostname = \"x\"", "[mqtt]: unknown key 'hostname' (known: host, port,"),
     ("bogus", "x = 1", "unknown table [bogus] (known: agent, data, fleet,"),
+    ("personal", "mode = \"magic\"", '[personal] mode: expected "fleet" or "none" or '
+     '"finetune" or "ditto" or "intercept", got "magic"'),
 ])
 def test_each_mistyped_value_is_one_line_naming_file_table_and_key(tmp_path, table, line,
                                                                   expected):
@@ -218,3 +220,10 @@ def test_the_example_configs_commented_login_works_when_uncommented(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         mqtt = load(tmp_path, text, "agent.toml").mqtt
     assert (mqtt.username, mqtt.password) == ("dev-000", "from-a-file") and not caplog.records
+
+
+def test_the_personal_mode_follows_the_fleet_unless_the_device_chooses(tmp_path):
+    assert load(tmp_path, BASE).personal_mode is None
+    assert load(tmp_path, BASE + "[personal]\nmode = 'fleet'\n").personal_mode is None
+    assert load(tmp_path, BASE + "[personal]\nmode = 'intercept'\n").personal_mode == \
+        "intercept"

@@ -136,3 +136,77 @@ def test_other_features_skip_every_phase(phase):
     assert info.value.code == "feature-mismatch"
     assert str(info.value) == ("this device's [data] features differ from the fleet model's: "
                                "missing: x9; extra: x3")
+
+
+def personal_msg(phase: str, mode: str, spec: ModelSpec = SPEC) -> RoundMessage:
+    msg = round_msg(phase, spec, round_id=4 if phase == "evaluation" else 1)
+    return replace(msg, settings=replace(msg.settings, personal=mode))
+
+
+@pytest.mark.parametrize("phase", ["training", "evaluation"])
+@pytest.mark.parametrize("mode", ["finetune", "ditto", "intercept"])
+def test_personal_block_is_the_personal_model_on_the_same_evaluation_rows(phase, mode):
+    msg = personal_msg(phase, mode)
+    done = serve(msg)
+    assert done.personal is not None and done.personal.mode == mode
+    assert done.personal.meta == {"run_id": "r1", "round_id": msg.round_id,
+                                  "model_version": msg.model_version}
+    model = done.personal.model()
+    assert done.parts[-1] == local_evaluation(model, EVAL.X, EVAL.y, STATS)  # clipped_train 0
+    assert done.parts[-1] != done.parts[-2]  # not the received model's sums
+    layout = layout_for(phase, SPEC, CODEC, STATS, 1 << 2048, personal=True)
+    assert [s.name for s in layout.sections][-2:] == ["evaluation", "personal"]
+    assert [len(p) for p in done.parts] == [s.n_values for s in layout.sections]
+    layout.encode(done.parts)
+    assert f"personal model ({mode}" in phase_line(done)
+
+
+def test_a_device_without_a_personal_model_sends_its_global_sums_in_the_block():
+    done = phase_values(personal_msg("training", "ditto"), TRAIN, EVAL, CODEC, STATS, seed=1,
+                        personal_mode="none")
+    assert done.personal is None
+    assert done.parts[-1][:-3] == done.parts[-2][:-3] and done.parts[-1][-1] == EVAL.n_samples
+    # A personal fit that fails (bad labels for it) also falls back, and says why.
+    bad = LocalData(X=TRAIN.X, y=TRAIN.y + 5, features=FEATURES, label="y")
+    done = phase_values(personal_msg("evaluation", "finetune"), bad, EVAL, CODEC, STATS)
+    assert done.personal is None and "not fitted" in done.personal_error
+    assert done.parts[1] == done.parts[0]
+
+
+def test_the_device_may_keep_its_own_mode_without_the_fleets_block():
+    done = phase_values(round_msg("training"), TRAIN, EVAL, CODEC, STATS, seed=1,
+                        personal_mode="intercept")
+    assert done.personal is not None and done.personal.mode == "intercept"
+    assert len(done.parts) == 2  # the fleet's layout: no personal block
+    assert serve(round_msg("training")).personal is None
+
+
+def test_no_personal_block_without_exact_evaluation_sums():
+    from fedmq.protocol.privacy.noise import DpParams
+    from fedmq.protocol.privacy.terms import PrivacyTerms
+    dp = PrivacyTerms(device=DpParams(epsilon=3.0, delta=1e-5, noise_multiplier=2.0, clip=1.0,
+                                      quorum=2))
+    done = phase_values(personal_msg("training", "ditto"), TRAIN, EVAL, CODEC, STATS,
+                        privacy=dp, seed=1)
+    assert len(done.parts) == 1  # the (noised) training section only, as without personal
+    assert done.personal is not None  # the device still keeps its personal model
+    layout = layout_for("training", SPEC, CODEC, STATS, 1 << 2048, dp, personal=True)
+    assert [s.name for s in layout.sections] == ["training"]
+
+
+def test_an_intercept_fleet_trains_the_global_update_on_the_devices_own_standardisation():
+    from fedmq.edge_agent.personal import aligned_rows
+    msg = personal_msg("training", "intercept")
+    done = serve(msg)
+    aligned = replace(TRAIN, X=aligned_rows(SPEC, TRAIN.X))
+    want = train_round(msg, aligned, max_weight=CODEC.max_weight, seed=1)
+    raw = train_round(msg, TRAIN, max_weight=CODEC.max_weight, seed=1)
+    assert done.update is not None
+    np.testing.assert_array_equal(done.update.delta, want.delta)
+    assert not np.allclose(done.update.delta, raw.delta)
+    # The aligned rows are standardised by the fleet's spec exactly as by the device's own.
+    from fedmq.edge_agent.personal import own_standardisation
+    own = own_standardisation(SPEC, TRAIN.X)
+    z_own = (TRAIN.X - np.asarray(own.center)) / np.asarray(own.scale)
+    z_fleet = (aligned.X - np.asarray(SPEC.center)) / np.asarray(SPEC.scale)
+    np.testing.assert_allclose(z_fleet, z_own, rtol=0, atol=1e-12)

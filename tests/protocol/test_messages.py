@@ -166,3 +166,43 @@ def test_mutated_round_messages_only_raise_protocol_error(data):
         msg = RoundMessage.from_bytes(bytes(payload), verify_with=SIGNER.public_key)
         # Only mutations that change nothing the signature covers may pass.
         assert msg == RoundMessage.from_bytes(original)
+
+
+def test_personal_settings_round_trip_and_old_settings_still_parse():
+    settings = TrainingSettings(personal="ditto", ditto_lambdas=(0.5, 2.0), personal_epochs=4)
+    doc = settings.to_dict()
+    assert doc["personal"] == "ditto" and doc["ditto_lambdas"] == [0.5, 2.0]
+    assert TrainingSettings.from_dict(doc) == settings
+    signed = round_msg(settings=settings).to_bytes(SIGNER)
+    assert RoundMessage.from_bytes(signed).settings == settings
+    # Defaults are not emitted: an old agent (and an old signed fixture) sees today's keys.
+    assert set(TrainingSettings().to_dict()) == {"epochs", "batch_size", "learning_rate", "l2"}
+    old = {"epochs": 2, "batch_size": 16, "learning_rate": 0.1, "l2": 0.0}
+    assert TrainingSettings.from_dict(old) == TrainingSettings()
+    assert not TrainingSettings().personalized and settings.personalized
+
+
+@pytest.mark.parametrize("doc,match", [
+    ({"personal": "magic"}, "personal must be one of"),
+    ({"personal": 3}, "'personal' must be a string"),
+    ({"ditto_lambdas": []}, "ditto_lambdas must be"),
+    ({"ditto_lambdas": [0.1, -1]}, "ditto_lambdas must be"),
+    ({"ditto_lambdas": [True]}, "ditto_lambdas must be"),
+    ({"ditto_lambdas": 0.1}, "must be a list"),
+    ({"personal_epochs": 0}, "personal_epochs must be"),
+    ({"personal_epochs": 2.5}, "'personal_epochs' must be an integer"),
+])
+def test_bad_personal_settings_are_refused(doc, match):
+    base = {"epochs": 2, "batch_size": 16, "learning_rate": 0.1, "l2": 0.0}
+    with pytest.raises(ProtocolError, match=match):
+        TrainingSettings.from_dict({**base, **doc})
+
+
+def test_metrics_with_personal_numbers_parse_and_old_readers_ignore_them():
+    msg = MetricsMessage(fleet="f", round_id=1, model_version=1, expected=2, reported=2,
+                         rejected=0, total_weight=10.0, seconds=1.0, update_norm=0.1,
+                         closed_by="all", personal={"n": 3, "metrics": {"accuracy": 1.0}},
+                         personal_mode="intercept")
+    back = MetricsMessage.from_bytes(msg.to_bytes(SIGNER))
+    assert back.personal == msg.personal and back.personal_mode == "intercept"
+    assert MetricsMessage.SCHEMA == "fedmq.metrics/3"  # optional fields: no new version
