@@ -52,11 +52,12 @@ class BetweenRuns:
         raise NotImplementedError
 
     def _run_began(self, run_id: str) -> float:
-        """Record the run's start (a resumed run keeps the start it had)."""
+        """Record the run's start. A run resumed after a crash keeps the start it had; a
+        failed run resumed when the next run was due counts from now."""
         if self._schedule is None:
             return time.time()
         last = self._schedule_file.load()
-        if last is not None and last.run_id == run_id:
+        if last is not None and last.run_id == run_id and not last.ended_at:
             return last.started_at
         now = time.time()
         self._schedule_file.save(LastRun(run_id, now))

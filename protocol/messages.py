@@ -204,9 +204,9 @@ class RoundMessage:
     participants: tuple[str, ...] = ()  # sampled agents; empty: every online agent
     issued_at: float = field(default_factory=time.time)
     reason: str = ""  # only with state "failed"
-    # Only with state "finished" or "failed", from a gateway that keeps learning (aggregator.schedule):
-    # when its timer starts the next run (0: no timer), and how many new rows make a device
-    # ready for it (0: no rows trigger). Either set: agents stay connected between runs.
+    # Only with state "finished" or "failed", from a gateway that keeps learning
+    # (aggregator.schedule): when its timer starts the next run (0: no timer), and how many
+    # new rows make a device ready for it (0: none). Either set: agents stay connected.
     next_run_at: float = 0.0
     ready_rows: int = 0
 

@@ -187,7 +187,7 @@ def test_next_run_terms_round_trip_signed_and_only_when_set():
     {"state": "finished", "ready_rows": True}, {"state": "finished", "next_run_at": math.inf},
 ])
 def test_next_run_terms_are_validated(kw):
-    with pytest.raises(ProtocolError, match="next_run_at|ready_rows"):
+    with pytest.raises(ProtocolError, match=r"next_run_at|ready_rows"):
         round_msg(**kw)
 
 
