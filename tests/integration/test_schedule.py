@@ -183,7 +183,7 @@ def test_new_rows_start_the_next_run(tmp_path, broker_port, make_aggregator, run
         time.sleep(1.0)  # four rows of five: still not ready
         assert aggregator._inbound.ready.get("agent-1") == "" and tap.runs() == [run_id]
         _write_rows(tmp_path / "agent-1.csv", 12, 1, header=False)
-        wait_until(lambda: len(tap.runs()) == 2, "the second run", timeout=30)
+        wait_until(lambda: len(tap.finished()) == 2, "the second run", timeout=30)
         # The device's baseline survives its restart (rows_since.json in its state_dir).
         assert (tmp_path / "agent-1" / "rows_since.json").exists()
     finally:
