@@ -34,9 +34,15 @@ def finished(run_dir: Path) -> bool:
 
 
 def keep_warm_start(prior: Path, run_dir: Path) -> bool:
-    """Copy the finished run ``prior``'s final model into the new ``run_dir``."""
-    source = prior / "global_model.npz"
-    if not finished(prior) or not source.exists():
+    """Copy the finished run ``prior``'s final model into the new ``run_dir`` (or pass on
+    the warm start of a run killed before it opened a round: it trained nothing)."""
+    if finished(prior):
+        source = prior / "global_model.npz"
+    elif not (prior / "run.json").exists():
+        source = prior / FILE
+    else:
+        return False
+    if not source.exists():
         return False
     try:
         write_atomic(run_dir / FILE, source.read_bytes())

@@ -8,16 +8,30 @@ trigger; a restart between runs keeps the schedule and never re-runs a finished 
 from __future__ import annotations
 
 import csv
+import json
+import signal
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support import agent_config, local_data, run_in_thread, wait_until
+from support import (
+    AGGREGATOR_SIGNER,
+    agent_config,
+    agent_process,
+    fedmq_process,
+    local_data,
+    run_in_thread,
+    signer_for,
+    spec_toml,
+    wait_until,
+)
 
+from fedmq.aggregator.allowlist import enroll
 from fedmq.aggregator.schedule import Schedule
 from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.crypto.paillier import private_key_to_dict
 from fedmq.protocol.messages import RoundMessage
 
 pytestmark = pytest.mark.slow
@@ -190,3 +204,89 @@ def test_new_rows_start_the_next_run(tmp_path, broker_port, make_aggregator, run
         aggregator.stop()
         thread.join(30)
     assert "error" not in out, out.get("error")
+
+
+def _gateway_config(tmp_path: Path, port: int, keypair, ids: list[str], every: str) -> Path:
+    state = tmp_path / "gateway"
+    state.mkdir()
+    (state / "paillier.key").write_text(json.dumps(private_key_to_dict(keypair[1])))
+    (state / "paillier.key").chmod(0o600)
+    (state / "signing.key").write_bytes(AGGREGATOR_SIGNER.to_pem())
+    (state / "signing.key").chmod(0o600)
+    for agent_id in ids:
+        enroll(state / "allow.json", agent_id, signer_for(agent_id).public_hex)
+    config = tmp_path / "aggregator.toml"
+    config.write_text(f"""
+[fleet]
+name = "test"
+[mqtt]
+port = {port}
+[keys]
+private_key_file = "{state / 'paillier.key'}"
+bits = 512
+signing_key_file = "{state / 'signing.key'}"
+allow_list_file = "{state / 'allow.json'}"
+[rounds]
+rounds = 1
+round_timeout = 15
+quorum = 2
+min_agents = 2
+start_timeout = 60
+{spec_toml()}[output]
+state_dir = "{state}"
+[schedule]
+every = "{every}"
+check_seconds = 0.5
+""".replace("'", '"'))
+    return config
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_bytes())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_kill_9_between_runs_keeps_the_schedule_with_real_processes(tmp_path, broker_port,
+                                                                   keypair):
+    """Real agent processes (exit_when_finished = true) and a real aggregator process,
+    SIGKILLed right after its first run finished: the restarted one waits for the due
+    time, runs the next run once, and exits 0 on SIGTERM between runs."""
+    ids = ["agent-0", "agent-1"]
+    config = _gateway_config(tmp_path, broker_port, keypair, ids, every="8s")
+    agents = [agent_process(tmp_path, broker_port, a, i, straggle=0) for i, a in enumerate(ids)]
+    log = tmp_path / "aggregator.log"
+    runs = tmp_path / "gateway" / "runs"
+    first = fedmq_process("aggregator", "--config", str(config), log=log)
+    second = None
+    try:
+        wait_until(lambda: runs.exists() and any(_status(d) == "finished" for d in runs.iterdir()),
+                   "the first run to finish", timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        [r1] = [d.name for d in runs.iterdir()]
+        schedule = json.loads((tmp_path / "gateway" / "schedule.json").read_bytes())
+        assert schedule["run_id"] == r1
+        rows_r1 = (runs / r1 / "rounds.csv").read_bytes()
+        second = fedmq_process("aggregator", "--config", str(config), log=log)
+        wait_until(lambda: any(_status(d) == "finished" for d in runs.iterdir() if d.name != r1),
+                   "the second run to finish", timeout=60)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, log.read_text()[-3000:]
+        assert all(a.poll() is None for a in agents), "an agent exited between runs"
+    finally:
+        for proc in (first, second, *agents):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    names = sorted(d.name for d in runs.iterdir())
+    assert len(names) == 2 and names[0] == r1  # one new run, the finished one not again
+    assert (runs / r1 / "rounds.csv").read_bytes() == rows_r1
+    later = json.loads((tmp_path / "gateway" / "schedule.json").read_bytes())
+    assert later["run_id"] == names[1]
+    assert later["started_at"] >= schedule["started_at"] + 8.0  # not early
+    text = log.read_text()
+    assert "next run due at" in text and "stopped between runs" in text
+    for agent_id in ids:
+        agent_log = (tmp_path / f"{agent_id}.log").read_text()
+        assert "staying connected" in agent_log and agent_log.count("connected to ") == 1
