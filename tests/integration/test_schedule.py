@@ -30,6 +30,7 @@ from support import (
 
 from fedmq.aggregator.allowlist import enroll
 from fedmq.aggregator.schedule import Schedule
+from fedmq.edge_agent import readiness
 from fedmq.edge_agent.agent import EdgeAgent
 from fedmq.protocol.crypto.paillier import private_key_to_dict
 from fedmq.protocol.messages import RoundMessage
@@ -169,7 +170,9 @@ def _write_rows(path: Path, seed: int, n: int, *, header: bool) -> None:
             w.writerow([*(f"{v:.6f}" for v in x), int(y)])
 
 
-def test_new_rows_start_the_next_run(tmp_path, broker_port, make_aggregator, run_agents):
+def test_new_rows_start_the_next_run(tmp_path, broker_port, make_aggregator, run_agents,
+                                     monkeypatch):
+    monkeypatch.setattr(readiness, "CHECK_SECONDS", 0.2)
     agents = []
     for i in range(2):
         path = tmp_path / f"agent-{i}.csv"
