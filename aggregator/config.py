@@ -14,6 +14,7 @@ from msgspec.structs import asdict
 from fedmq.aggregator.consistency import Tolerances
 from fedmq.aggregator.groups import RULES
 from fedmq.aggregator.privacy import privacy_terms
+from fedmq.aggregator.schedule import Schedule, parse_duration
 from fedmq.aggregator.schema import AggregatorFile
 from fedmq.models import ModelError, ModelSpec
 from fedmq.protocol.crypto.codec import CodecParams
@@ -193,6 +194,7 @@ class AggregatorConfig:
     # [metrics]: serve the fleet's Prometheus metrics on metrics_bind:metrics_port (0: off).
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 0
+    schedule: Schedule = field(default_factory=Schedule)  # [schedule]: off by default
 
     def __post_init__(self) -> None:
         device = self.privacy.device
@@ -263,12 +265,19 @@ class AggregatorConfig:
         with blame(source, "[privacy]"):
             privacy = privacy_terms(f.privacy, spec=spec, rounds=policy.rounds,
                                     quorum=policy.quorum, codec=codec)
+        sched = f.schedule
+        with blame(source, "[schedule]"):
+            schedule = Schedule(
+                every=0.0 if sched.every is None else parse_duration(sched.every),
+                min_new_rows=sched.min_new_rows, ready_devices=sched.ready_devices,
+                check_seconds=sched.check_seconds, warm_start=sched.warm_start)
         rest = cls._rest(f, base, source, config_file)
         try:  # the checks across tables (AggregatorConfig.__post_init__)
             return cls(topics=topics, spec=spec, **rest,
                        policy=policy, training=training, server=server, codec=codec,
                        limits=limits, statistics=statistics, statistics_round=stats.enabled,
-                       health=health, robust=robust, ranges=ranges, privacy=privacy)
+                       health=health, robust=robust, ranges=ranges, privacy=privacy,
+                       schedule=schedule)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 

@@ -71,6 +71,8 @@ class Inbound:
         self.public_key = public_key
         self.checkpoints = checkpoints
         self.online: dict[str, bool] = {}
+        # Agent -> the run since which it says it holds enough new rows (aggregator.schedule).
+        self.ready: dict[str, str] = {}
         self.quarantined: dict[str, tuple[int, ...]] = {}  # culprit -> rounds it voided
         # Its worker starts on the first backlog (handle_many); close() stops it.
         self.verifier = verifier or Verifier()
@@ -274,6 +276,7 @@ class Inbound:
             if self.online.get(agent) != (status.state == "online"):
                 log.info("agent %s is %s", agent, status.state)
             self.online[agent] = status.state == "online" and agent not in self.quarantined
+            self.ready[agent] = status.ready_for if self.online[agent] else ""
             if status.holds is not None and self.online[agent] and self.on_ask is not None:
                 self.on_ask(status.holds)
             skip = status.skipped

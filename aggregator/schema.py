@@ -152,6 +152,15 @@ class OutputTable(Table, frozen=True):
     resume: bool = True
 
 
+class ScheduleTable(Table, frozen=True):
+    # A gateway that keeps learning (aggregator.schedule); both unset: one run, then exit.
+    every: NonEmpty | None = None  # "6h": a new run this long after the last one started
+    min_new_rows: Annotated[int, Meta(ge=0)] = 0  # per device, since the last run; 0: off
+    ready_devices: AtLeastOne = 1  # devices with min_new_rows new rows the run waits for
+    check_seconds: Positive = 30.0
+    warm_start: bool = True  # start from the last run's final model
+
+
 class MetricsTable(Table, frozen=True):
     # The fleet's Prometheus metrics (and page) served by the aggregator itself; 0: off.
     port: Annotated[int, Meta(ge=0, le=65535)] = 0
@@ -176,4 +185,5 @@ class AggregatorFile(Table, frozen=True):
     privacy: PrivacyTable = PrivacyTable()
     output: OutputTable = OutputTable()
     metrics: MetricsTable = MetricsTable()
+    schedule: ScheduleTable = ScheduleTable()
 

@@ -24,6 +24,7 @@ from fedmq.aggregator.admission import Admission
 from fedmq.aggregator.allowlist import AllowListFile
 from fedmq.aggregator.announcer import Announcer, Herald
 from fedmq.aggregator.attendance import Attendance
+from fedmq.aggregator.between_runs import BetweenRuns
 from fedmq.aggregator.checkpoint import Checkpoints, RunCheckpoint, StartPoint
 from fedmq.aggregator.closing import NoEvaluation, RoundClosing, RoundFailed
 from fedmq.aggregator.config import AggregatorConfig
@@ -40,9 +41,11 @@ from fedmq.aggregator.resume import carry_over, restore_updates
 from fedmq.aggregator.rounds import RoundState
 from fedmq.aggregator.runs import RunDirs, open_run, spec_digest
 from fedmq.aggregator.runspec import load_group_rows
+from fedmq.aggregator.schedule import ScheduleFile
 from fedmq.aggregator.store import RunStore
 from fedmq.aggregator.trustees import TrusteePanel, TrusteeSet
 from fedmq.aggregator.verifier import CHUNK
+from fedmq.aggregator.warm import keep_warm_start, warm_params
 from fedmq.models import ModelSpec
 from fedmq.protocol.crypto.codec import make_codec
 from fedmq.protocol.crypto.paillier import (
@@ -64,7 +67,7 @@ __all__ = ["Aggregator", "NoEvaluation", "RoundFailed"]
 FloatArray = NDArray[np.float64]
 
 
-class Aggregator(RoundClosing):
+class Aggregator(RoundClosing, BetweenRuns):
     def __init__(
         self,
         config: AggregatorConfig,
@@ -114,6 +117,9 @@ class Aggregator(RoundClosing):
         self._stop = threading.Event()
         # Both point at the run `latest` names until the start picks the run (_start_point).
         self.runs = RunDirs(Path(config.state_dir))
+        # [schedule]: None runs one run and returns; else runs go on (aggregator.schedule).
+        self._schedule = config.schedule if config.schedule.enabled else None
+        self._schedule_file = ScheduleFile(self.runs.state_dir)
         self.store = RunStore(self.runs.latest_link)
         self.checkpoints = Checkpoints(self.runs.latest_link)
         self._model_digest = spec_digest(config.spec)
@@ -171,7 +177,8 @@ class Aggregator(RoundClosing):
                                                       wait=False),
             rounds=config.policy.rounds)
         # How run() ended when it returned: "finished" (every round), "budget" (the privacy
-        # budget ended it early) or "stopped" (stop() before the broker answered).
+        # budget ended it early), "stopped" (stop() before the broker answered) or, with
+        # [schedule], "between runs" (stop() while waiting for the next run).
         self.ended = "finished"
 
     def _body(self, layout: UpdateLayout) -> int:
@@ -198,63 +205,99 @@ class Aggregator(RoundClosing):
 
     # --- orchestration -------------------------------------------------------
     def run(self) -> FloatArray:
-        """Run (or resume) all configured rounds; return the final global parameters."""
+        """Run (or resume) all configured rounds; return the final global parameters.
+
+        With ``[schedule]`` (aggregator.schedule) it then stays up and starts the next
+        run whenever it is due, until ``stop()``: a restart between runs waits for the
+        same due time, and a run that failed is resumed at the next one.
+        """
         cfg = self.config
-        start = self._start_point()
+        last = self._ended_run() if self._schedule is not None else None
+        restarted = last is not None
+        start = None if last is not None else self._start_point()
         if not self._link.connect_retrying(self._stop):  # stopped before the broker came up
             self.ended = "stopped"
-            return start.params
+            return start.params if start is not None else np.zeros(cfg.spec.n_params)
+        params = np.zeros(cfg.spec.n_params)
         try:
             self._herald.key(cfg.codec)
-            run_id, resume = start.run_id, start.open_round
-            params, version, round_id = start.params, start.version, start.round_id
-            try:
-                if resume is None:
-                    # Also after a restart at a round boundary: the agents' retained statuses
-                    # arrive only now, and a round opened before them would expect nobody.
-                    self._attendance.wait(self._stop, partial(self._drain, None))
-                    if self._stop.is_set():  # open no round a stopped aggregator never saves
-                        raise RoundFailed(f"stopped before round {round_id}")
-                if start.spec is not None:
-                    self.spec = start.spec
-                    self._statistics_rows = load_group_rows(self.store.run_dir)
-                elif cfg.needs_statistics and round_id == 1 and resume is None:
-                    self._run_round(run_id, 0, 0, params, phase="statistics")
-                while round_id <= cfg.policy.rounds and not self._stop.is_set():
-                    if self._budget is not None:
-                        try:
-                            self._budget.check_next(round_id)
-                        except BudgetSpent as exc:
-                            log.warning("%s", exc)
-                            self.ended = "budget"
-                            break
-                    # Only the first round of a restarted run can be a resumed one.
-                    result = self._run_round(run_id, round_id, version, params, resume=resume)
-                    params, version, round_id = result.params, result.model_version, round_id + 1
-                    resume = None
-                if self._stop.is_set():  # between two rounds: the run is not finished
-                    raise RoundFailed(f"stopped before round {round_id}")
-                if cfg.policy.final_evaluation and cfg.privacy.evaluates:
-                    try:
-                        self._run_round(run_id, round_id, version, params, phase="evaluation")
-                    except NoEvaluation as exc:
-                        self._admission.close_round()
-                        log.warning("%s", exc)
-            except RoundFailed as exc:
-                if not self._stop.is_set():  # given up, not stopped: agents need not wait
-                    self._herald.round(run_id, max(round_id, 1), version, params,
-                                       state="failed", spec=self.spec, reason=str(exc))
-                raise
-            self._herald.round(run_id, cfg.policy.rounds + 1, version, params, state="finished",
-                               spec=self.spec)
-            self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
-                                                   "finished"))
-            self._health.run_finished(never_online=self._attendance.never_online())
-            return params
+            while True:
+                if start is None:
+                    assert last is not None
+                    if restarted:  # this process did not announce the run's end
+                        params, restarted = self._announce_ended(last, params), False
+                    if not self._wait_for_next(last):
+                        self.ended = "between runs"
+                        return params
+                    start = self._start_point()
+                started = self._run_began(start.run_id)
+                try:
+                    params = self._one_run(start)
+                except RoundFailed as exc:
+                    if self._schedule is None or self._stop.is_set():
+                        raise
+                    log.error("run %s failed: %s; it is resumed when the next run is due",
+                              start.run_id, exc)
+                    params = start.params
+                if self._schedule is None or self._stop.is_set():
+                    return params
+                last, start = self._run_ended(start.run_id, started), None
         finally:
             self._inbound.close()  # the signature worker, if a backlog started one
             self.checkpoints.close()
             self._link.close()
+
+    def _one_run(self, start: StartPoint) -> FloatArray:
+        cfg = self.config
+        run_id, resume = start.run_id, start.open_round
+        params, version, round_id = start.params, start.version, start.round_id
+        try:
+            if resume is None:
+                # Also after a restart at a round boundary: the agents' retained statuses
+                # arrive only now, and a round opened before them would expect nobody.
+                self._attendance.wait(self._stop, partial(self._drain, None))
+                if self._stop.is_set():  # open no round a stopped aggregator never saves
+                    raise RoundFailed(f"stopped before round {round_id}")
+            if start.spec is not None:
+                self.spec = start.spec
+                self._statistics_rows = load_group_rows(self.store.run_dir)
+            elif cfg.needs_statistics and round_id == 1 and resume is None:
+                self._run_round(run_id, 0, 0, params, phase="statistics")
+            if version == 0 and self._schedule is not None and self._schedule.warm_start:
+                warm = warm_params(self.store.run_dir, self.spec)
+                params = params if warm is None else warm
+            while round_id <= cfg.policy.rounds and not self._stop.is_set():
+                if self._budget is not None:
+                    try:
+                        self._budget.check_next(round_id)
+                    except BudgetSpent as exc:
+                        log.warning("%s", exc)
+                        self.ended = "budget"
+                        break
+                # Only the first round of a restarted run can be a resumed one.
+                result = self._run_round(run_id, round_id, version, params, resume=resume)
+                params, version, round_id = result.params, result.model_version, round_id + 1
+                resume = None
+            if self._stop.is_set():  # between two rounds: the run is not finished
+                raise RoundFailed(f"stopped before round {round_id}")
+            if cfg.policy.final_evaluation and cfg.privacy.evaluates:
+                try:
+                    self._run_round(run_id, round_id, version, params, phase="evaluation")
+                except NoEvaluation as exc:
+                    self._admission.close_round()
+                    log.warning("%s", exc)
+        except RoundFailed as exc:
+            if not self._stop.is_set():  # given up, not stopped: agents need not wait
+                self._herald.round(run_id, max(round_id, 1), version, params,
+                                   state="failed", spec=self.spec, reason=str(exc),
+                                   **self._next_run_terms(run_id))
+            raise
+        self._herald.round(run_id, cfg.policy.rounds + 1, version, params, state="finished",
+                           spec=self.spec, **self._next_run_terms(run_id))
+        self.checkpoints.save(self._checkpoint(run_id, cfg.policy.rounds, version,
+                                               "finished"))
+        self._health.run_finished(never_online=self._attendance.never_online())
+        return params
 
     def _start_point(self) -> StartPoint:
         cfg = self.config
@@ -263,9 +306,19 @@ class Aggregator(RoundClosing):
         self.allow_list()
         self.relays()
         self.enrolled.relay_devices()
+        prior = self.runs.latest()
         start, saved = open_run(self.runs, self.checkpoints, self.store, self.config,
                                 identity=(cfg.topics.fleet, self.fingerprint, self.codec_digest),
                                 model_digest=self._model_digest, new_id=self._new_run_id)
+        self._new_run_id = None  # the name given is the first run's; later ones are fresh
+        # Each run starts clean: its own spec, results and statistics groups.
+        self.spec, self._statistics_rows, self.ended = cfg.spec, {}, "finished"
+        self.results, self.statistics, self.final_evaluation = [], None, None
+        fresh = start.round_id == 1 and start.open_round is None and saved is None
+        if (fresh and prior is not None and self._schedule is not None
+                and self._schedule.warm_start and prior != self.store.run_dir
+                and keep_warm_start(prior, self.store.run_dir)):
+            log.info("run %s starts from run %s's final model", start.run_id, prior.name)
         if cfg.privacy.enabled:
             log.info("privacy: %s", cfg.privacy.describe())
         # Before carry_over says where the run starts: a state that cannot continue stops

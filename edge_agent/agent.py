@@ -25,6 +25,7 @@ from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from fedmq.edge_agent.personal_store import PersonalStore
 from fedmq.edge_agent.phases import phase_line, phase_values
+from fedmq.edge_agent.readiness import Readiness
 from fedmq.edge_agent.sample_privacy import SampleDp
 from fedmq.edge_agent.status import DeviceStatus
 from fedmq.edge_agent.trainer import LocalUpdate, clip_note
@@ -68,6 +69,7 @@ class EdgeAgent:
             holdout=config.holdout, seed=config.agent_id)
         self.signer = signer or load_or_create_signer(config.signing_key_path)
         self._memory = RunMemory()
+        self._readiness = Readiness(config.state_dir)
         self.final_params: NDArray[np.float64] | None = None
         self._inbox = Inbox(maxsize=1000)
         self._stop = threading.Event()
@@ -167,6 +169,7 @@ class EdgeAgent:
                         and self.config.exit_when_finished:
                     break
                 self._maybe_ask()
+                self._maybe_ready()
         finally:
             self._drop_pool()
             if not self._killed:
@@ -222,6 +225,8 @@ class EdgeAgent:
         if not contract.names(msg):
             log.warning("round %d names another key or codec; ignoring it", msg.round_id)
             return False
+        if msg.ready_rows:
+            self._readiness.expect(msg.run_id, msg.ready_rows, self._count_rows())
         if msg.state == "finished":
             if msg.run_id != self._memory.run_id:
                 # A retained announcement from an earlier run (brokers with persistence
@@ -230,6 +235,9 @@ class EdgeAgent:
                          "waiting for a new run", msg.model_version)
                 return False
             self._finish(msg)
+            if msg.continues:  # a gateway that keeps learning: stay for its next run
+                log.info("the gateway starts another run%s; staying connected", _when(msg))
+                return False
             return True
         if msg.state == "failed":
             return self._failed(msg)
@@ -244,6 +252,8 @@ class EdgeAgent:
                 log.info("a new run %s started; joining it", msg.run_id)
             self._notices.new_run()
             self.run_failed = None
+            self._readiness.clear()
+            self._status.ready("")
         if msg.round_id in memory.served:
             self._resend(msg)
             return False
@@ -269,10 +279,24 @@ class EdgeAgent:
                      "run", msg.reason)
             return False
         self.run_failed = msg.reason or "no reason given"
-        then = "exiting" if self.config.exit_when_finished else "waiting for a new run"
+        stays = msg.continues or not self.config.exit_when_finished
+        then = f"waiting for a new run{_when(msg)}" if stays else "exiting"
         log.error("the aggregator gave up run %s at round %d: %s; %s", msg.run_id,
                   msg.round_id, self.run_failed, then)
-        return True
+        return not msg.continues
+
+    def _count_rows(self) -> int:
+        """The rows this device holds now (its data read again if it changed)."""
+        try:
+            self._rows.refresh()
+        except DataError as exc:
+            log.debug("cannot count rows: %s", exc)
+        return self.data.n_samples
+
+    def _maybe_ready(self) -> None:
+        """Between runs of a scheduled gateway: say once when enough new rows arrived."""
+        if self._readiness.waiting and (run_id := self._readiness.check(self._count_rows())):
+            self._status.ready(run_id)
 
     def _reload(self) -> None:
         """Read the data file again if it changed (a logger appends to it)."""
@@ -293,6 +317,8 @@ class EdgeAgent:
             # Terms outside this device's limits get nothing, in any phase.
             self._ledger.admit(privacy.device)
         self._reload()
+        if msg.phase == "training":
+            self._readiness.trained(msg.run_id, self.data.n_samples)
         charge = None
         if privacy.device is not None and msg.phase == "training":
             # Before any work: a spent ledger means this device sits the round out.
@@ -362,3 +388,9 @@ class EdgeAgent:
                 log.error("cannot save the final model to %s: %s", path, exc)
                 return
             log.info("final model saved to %s", path)
+
+
+def _when(msg: RoundMessage) -> str:
+    if msg.next_run_at:
+        return time.strftime(" at %Y-%m-%d %H:%M:%S UTC", time.gmtime(msg.next_run_at))
+    return f" once devices hold {msg.ready_rows} new rows" if msg.ready_rows else ""

@@ -30,6 +30,8 @@ class DeviceStatus:
         # (run, code, message) skips logged: the same reason every round is said once a run.
         self._said: set[tuple[str, str, str]] = set()
         self._publish: Publish | None = None
+        # The run since which this device holds the new rows a scheduled gateway asked for.
+        self._ready_for = ""
 
     def attach(self, publish: Publish) -> None:
         self._publish = publish
@@ -38,7 +40,8 @@ class DeviceStatus:
         return StatusMessage(agent_id=self.agent_id, state=state,
                              software=f"fedmq/{__version__}", codecs=CODEC_NAMES,
                              skipped=self._skipped if state == "online" else None,
-                             holds=holds).to_bytes()
+                             holds=holds,
+                             ready_for=self._ready_for if state == "online" else "").to_bytes()
 
     def _send(self, state: str, holds: Holdings | None = None, **kw: object) -> None:
         assert self._publish is not None  # attached before the link connects
@@ -73,6 +76,13 @@ class DeviceStatus:
             self._log.warning("%s", line)
         else:
             self._log.error("%s", line)
+
+    def ready(self, run_id: str) -> None:
+        """Say "ready since run ``run_id``" (edge_agent.readiness); "" says nothing more."""
+        if run_id != self._ready_for:
+            self._ready_for = run_id
+            if run_id:
+                self._send("online")
 
     def serving(self) -> None:
         """Serving again: the status no longer names a skip."""

@@ -120,6 +120,9 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         aggregator.run()
     if aggregator.ended == "stopped":
         log.warning("stopped before the broker answered: no round was run")
+    elif aggregator.ended == "between runs":
+        log.info("stopped between runs; the next start keeps the schedule (%s)",
+                 config.schedule.describe())
     elif aggregator.ended == "budget":
         log.info("run ended after %d of %d rounds (the privacy budget); final model in %s",
                  len(aggregator.results), config.policy.rounds, aggregator.store.model_path)

@@ -253,6 +253,11 @@ class RoundMessage:
     reason: str = ""  # only with state "failed"
     # The server optimizer the aggregator steps the model with (protocol.server).
     server: ServerSettings = field(default_factory=ServerSettings)
+    # Only with state "finished" or "failed", from a gateway that keeps learning
+    # (aggregator.schedule): when its timer starts the next run (0: no timer), and how many
+    # new rows make a device ready for it (0: none). Either set: agents stay connected.
+    next_run_at: float = 0.0
+    ready_rows: int = 0
 
     SCHEMA = "fedmq.round/2"
 
@@ -271,6 +276,14 @@ class RoundMessage:
         if len(self.reason) > MAX_REASON or (self.reason and self.state != "failed"):
             raise ProtocolError("a reason goes only with state 'failed', at most "
                                 f"{MAX_REASON} characters")
+        if not (math.isfinite(self.next_run_at) and self.next_run_at >= 0) or (
+                isinstance(self.ready_rows, bool) or not isinstance(self.ready_rows, int)
+                or self.ready_rows < 0):
+            raise ProtocolError("next_run_at must be a time >= 0 and ready_rows an integer "
+                                ">= 0")
+        if (self.next_run_at or self.ready_rows) and self.state not in ("finished", "failed"):
+            raise ProtocolError("next_run_at and ready_rows go only with state 'finished' or "
+                                "'failed'")
         if len(self.params) != self.spec.n_params:
             raise ProtocolError(
                 f"model of kind {self.spec.kind} needs {self.spec.n_params} parameters, "
@@ -291,12 +304,21 @@ class RoundMessage:
     def selects(self, agent_id: str) -> bool:
         return not self.participants or agent_id in self.participants
 
+    @property
+    def continues(self) -> bool:
+        """A finished run of a gateway that starts more: agents stay connected."""
+        return self.state in ("finished", "failed") and bool(self.next_run_at or self.ready_rows)
+
     def to_bytes(self, signer: Signer) -> bytes:
         # "reason" only when there is one: the other states sign exactly what they did;
         # "server" only when not plain FedAvg, so agents older than it parse the round.
         extra: dict[str, Any] = {"reason": self.reason} if self.reason else {}
         if not self.server.is_default:
             extra["server"] = self.server.to_dict()
+        if self.next_run_at:
+            extra["next_run_at"] = self.next_run_at
+        if self.ready_rows:
+            extra["ready_rows"] = self.ready_rows
         return sign_document({
             **extra, "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
             "model_version": self.model_version, "state": self.state,
@@ -335,6 +357,8 @@ class RoundMessage:
             reason=_get(doc, "reason", str) if "reason" in doc else "",
             server=ServerSettings.from_dict(doc["server"]) if "server" in doc
             else ServerSettings(),
+            next_run_at=_number(doc, "next_run_at") if "next_run_at" in doc else 0.0,
+            ready_rows=_get(doc, "ready_rows", int) if "ready_rows" in doc else 0,
         )
 
 
@@ -353,6 +377,9 @@ class StatusMessage:
     # Set when the device asks for the announcements it lacks (protocol.holdings); optional
     # on the wire like ``skipped``: older aggregators ignore it, older agents never send it.
     holds: Holdings | None = None
+    # The run id since which this device holds the new rows a scheduled gateway asked for
+    # (RoundMessage.ready_rows): one bit per run, never a count. Optional on the wire.
+    ready_for: str = ""
 
     SCHEMA = "fedmq.status/1"
 
@@ -364,6 +391,8 @@ class StatusMessage:
             raise ProtocolError("skipped must be a protocol.health.Skip")
         if self.holds is not None and not isinstance(self.holds, Holdings):
             raise ProtocolError("holds must be a protocol.holdings.Holdings")
+        if self.ready_for:
+            check_name(self.ready_for, "ready_for run id", ProtocolError)
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {"schema": self.SCHEMA, "agent": self.agent_id,
@@ -373,6 +402,8 @@ class StatusMessage:
             doc["skipped"] = self.skipped.to_dict()
         if self.holds is not None:
             doc["holds"] = self.holds.to_dict()
+        if self.ready_for:
+            doc["ready_for"] = self.ready_for
         return dumps(doc)
 
     @classmethod
@@ -386,7 +417,8 @@ class StatusMessage:
                    software=str(doc.get("software", "")), codecs=tuple(codecs),
                    issued_at=_number(doc, "issued_at"),
                    skipped=None if skipped is None else Skip.from_dict(skipped),
-                   holds=None if holds is None else Holdings.from_dict(holds))
+                   holds=None if holds is None else Holdings.from_dict(holds),
+                   ready_for=_get(doc, "ready_for", str) if "ready_for" in doc else "")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -206,3 +207,32 @@ def test_metrics_with_personal_numbers_parse_and_old_readers_ignore_them():
     back = MetricsMessage.from_bytes(msg.to_bytes(SIGNER))
     assert back.personal == msg.personal and back.personal_mode == "intercept"
     assert MetricsMessage.SCHEMA == "fedmq.metrics/3"  # optional fields: no new version
+def test_next_run_terms_round_trip_signed_and_only_when_set():
+    finished = round_msg(state="finished", next_run_at=1.8e9, ready_rows=500)
+    back = RoundMessage.from_bytes(finished.to_bytes(SIGNER), verify_with=SIGNER.public_key)
+    assert back == finished and back.continues
+    doc = json.loads(round_msg(state="finished").to_bytes(SIGNER))
+    # A one-run gateway signs exactly what it signed before [schedule] existed.
+    assert "next_run_at" not in doc and "ready_rows" not in doc
+    assert not RoundMessage.from_bytes(round_msg(state="finished").to_bytes(SIGNER)).continues
+    failed = round_msg(state="failed", reason="quorum", next_run_at=1.8e9)
+    assert RoundMessage.from_bytes(failed.to_bytes(SIGNER)).continues
+
+
+@pytest.mark.parametrize("kw", [
+    {"state": "training", "next_run_at": 1.8e9}, {"state": "evaluation", "ready_rows": 5},
+    {"state": "finished", "next_run_at": -1.0}, {"state": "finished", "ready_rows": -1},
+    {"state": "finished", "ready_rows": True}, {"state": "finished", "next_run_at": math.inf},
+])
+def test_next_run_terms_are_validated(kw):
+    with pytest.raises(ProtocolError, match=r"next_run_at|ready_rows"):
+        round_msg(**kw)
+
+
+def test_status_ready_for_round_trips_and_old_statuses_parse():
+    status = StatusMessage(agent_id="a1", state="online", ready_for="20261207-120000-abcd")
+    assert StatusMessage.from_bytes(status.to_bytes()) == status
+    plain = StatusMessage(agent_id="a1", state="online").to_bytes()
+    assert b"ready_for" not in plain and StatusMessage.from_bytes(plain).ready_for == ""
+    with pytest.raises(ProtocolError):
+        StatusMessage(agent_id="a1", state="online", ready_for="a b")
