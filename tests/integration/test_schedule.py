@@ -257,7 +257,9 @@ def test_kill_9_between_runs_keeps_the_schedule_with_real_processes(tmp_path, br
     SIGKILLed right after its first run finished: the restarted one waits for the due
     time, runs the next run once, and exits 0 on SIGTERM between runs."""
     ids = ["agent-0", "agent-1"]
-    config = _gateway_config(tmp_path, broker_port, keypair, ids, every="8s")
+    # 15 s: the second run (started 15 s after the first) must end before a third is due,
+    # even on a loaded machine, for SIGTERM to find the gateway between runs.
+    config = _gateway_config(tmp_path, broker_port, keypair, ids, every="15s")
     agents = [agent_process(tmp_path, broker_port, a, i, straggle=0) for i, a in enumerate(ids)]
     log = tmp_path / "aggregator.log"
     runs = tmp_path / "gateway" / "runs"
@@ -287,7 +289,7 @@ def test_kill_9_between_runs_keeps_the_schedule_with_real_processes(tmp_path, br
     assert (runs / r1 / "rounds.csv").read_bytes() == rows_r1
     later = json.loads((tmp_path / "gateway" / "schedule.json").read_bytes())
     assert later["run_id"] == names[1]
-    assert later["started_at"] >= schedule["started_at"] + 8.0  # not early
+    assert later["started_at"] >= schedule["started_at"] + 15.0  # not early
     text = log.read_text()
     assert "next run due at" in text and "stopped between runs" in text
     for agent_id in ids:
