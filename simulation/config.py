@@ -37,6 +37,11 @@ class SimulateTable(Table, frozen=True):
     batch_size: AtLeastOne = 16
     learning_rate: Positive = 0.1
     l2: Annotated[float, Meta(ge=0)] = 0.0
+    prox_mu: Annotated[float, Meta(ge=0)] = 0.0  # aggregator.toml's [training] keys
+    augment: Literal["none", "oversample", "jitter", "oversample+jitter"] = "none"
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    distill_weight: Annotated[float, Meta(ge=0)] = 0.0
+    distill_temperature: Positive = 1.0
     round_timeout: Positive = 20.0
     quorum_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.5
     kill: Annotated[int, Meta(ge=0)] = 0
