@@ -308,3 +308,18 @@ def test_spare_sensors_widen_the_model_and_the_fleet_still_learns(tmp_path):
     assert header.split(",") == list(synthetic.columns(3))
     assert report.final_params.shape == (8,)
     assert report.federated_score > 0.75 and abs(report.gap) < 0.1
+
+
+def test_the_non_iid_options_reach_the_signed_rounds(tmp_path):
+    """--prox-mu, --augment, --distill-weight travel as aggregator.toml's [training] keys."""
+    opts = options_from(None, {"agents": 4, "rounds": 2, "key_bits": 512,
+                               "samples_per_device": 200, "out_dir": str(tmp_path),
+                               "plot": False, "workers": 0, "prox_mu": 0.01,
+                               "augment": "oversample", "distill_weight": 0.5})
+    sim = Simulation(opts, progress=lambda _: None)
+    report = sim.run()
+    assert [r.phase for r in report.rows] == ["training", "training", "evaluation"]
+    training = sim.aggregator.config.training
+    assert (training.prox_mu, training.augment, training.distill_weight) == \
+        (0.01, "oversample", 0.5)
+    assert report.federated_score > 0.6
