@@ -8,7 +8,7 @@ from support import local_data
 
 from fedmq.edge_agent.health import RoundSkipped
 from fedmq.edge_agent.trainer import local_fit, train_round
-from fedmq.models import ModelSpec, make_model
+from fedmq.models import ModelError, ModelSpec, make_model
 from fedmq.models.dpsgd import DpSgd
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.messages import RoundMessage, TrainingSettings
@@ -216,3 +216,11 @@ def test_prox_and_distillation_compose_with_dpsgd():
     params, _, _ = local_fit(spec, s, start, data.X, data.y, teacher=(0.0, -1.0, 0.0, 1.0),
                              dpsgd=dp)
     assert np.allclose(params, start, atol=1e-6)  # the prox step applies after the noise
+
+
+def test_a_teacher_of_the_wrong_size_is_a_model_error():
+    data = local_data(0, 20)
+    spec = ModelSpec(kind="logistic", features=data.features, n_classes=2)
+    with pytest.raises(ModelError, match="teacher holds 4 logits"):
+        local_fit(spec, TrainingSettings(distill_weight=1.0), np.zeros(spec.n_params),
+                  data.X, data.y, teacher=(1.0, 2.0))
