@@ -79,6 +79,12 @@ class TrainingTable(Table, frozen=True):
     ditto_lambdas: Annotated[tuple[Annotated[float, Meta(ge=0)], ...],
                              Meta(min_length=1, max_length=16)] = (0.01, 0.1, 1.0)
     personal_epochs: Annotated[int, Meta(ge=1, le=1000)] = 2
+    # Non-IID fleets (issue 21): FedProx, augmentation, federated distillation.
+    prox_mu: Annotated[float, Meta(ge=0)] = 0.0
+    augment: Literal["none", "oversample", "jitter", "oversample+jitter"] = "none"
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    distill_weight: Annotated[float, Meta(ge=0)] = 0.0
+    distill_temperature: Positive = 1.0
 
 
 Fraction = Annotated[float, Meta(ge=0, lt=1)]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedmq.models import ModelError, ModelSpec
+from fedmq.models.augment import AUGMENTS
 from fedmq.protocol.crypto.codec import CodecParams, make_codec
 from fedmq.protocol.crypto.signing import (
     Ed25519PublicKey,
@@ -173,6 +174,13 @@ class TrainingSettings:
     personal: str = "none"
     ditto_lambdas: tuple[float, ...] = DEFAULT_DITTO_LAMBDAS
     personal_epochs: int = 2
+    # Non-IID fleets (issue 21; edge_agent.trainer.local_fit). Defaults are today's training,
+    # and only values that differ from them go on the wire, so older agents keep parsing.
+    prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
+    augment: str = "none"  # models.augment.AUGMENTS
+    jitter: float = 0.05  # relative noise / scaling amplitude of "jitter"
+    distill_weight: float = 0.0  # weight of the teacher's KL term (classifiers only)
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -193,11 +201,29 @@ class TrainingSettings:
         object.__setattr__(self, "ditto_lambdas", tuple(float(v) for v in lambdas))
         if not 1 <= self.personal_epochs <= MAX_PERSONAL_EPOCHS:
             raise ProtocolError(f"personal_epochs must be 1 to {MAX_PERSONAL_EPOCHS}")
+        if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
+            raise ProtocolError(f"prox_mu must be a finite number >= 0, got {self.prox_mu!r}")
+        if self.augment not in AUGMENTS:
+            raise ProtocolError(f"augment must be one of {', '.join(AUGMENTS)}, "
+                                f"got {self.augment!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ProtocolError(f"jitter must lie in [0, 1], got {self.jitter!r}")
+        if not (self.distill_weight >= 0 and math.isfinite(self.distill_weight)):
+            raise ProtocolError("distill_weight must be a finite number >= 0, "
+                                f"got {self.distill_weight!r}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ProtocolError("distill_temperature must be a finite number > 0, "
+                                f"got {self.distill_temperature!r}")
 
     @property
     def personalized(self) -> bool:
         """Whether devices keep personal models (and report them in the evaluation sums)."""
         return self.personal != "none"
+
+    @property
+    def distills(self) -> bool:
+        """Whether rounds carry the teacher sums and the local loss its KL term."""
+        return self.distill_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -209,6 +235,10 @@ class TrainingSettings:
             doc["ditto_lambdas"] = list(self.ditto_lambdas)
         if self.personal_epochs != 2:
             doc["personal_epochs"] = self.personal_epochs
+        for name in _OPTIONAL_SETTINGS:
+            value = getattr(self, name)
+            if value != _DEFAULT_SETTINGS[name]:
+                doc[name] = value
         return doc
 
     @classmethod
@@ -224,9 +254,19 @@ class TrainingSettings:
         epochs = doc.get("personal_epochs", 2)
         if not isinstance(epochs, int) or isinstance(epochs, bool):
             raise ProtocolError("field 'personal_epochs' must be an integer")
+        extra: dict[str, Any] = {}
+        for name in _OPTIONAL_SETTINGS:
+            if name in doc:
+                extra[name] = (_get(doc, name, str) if name == "augment"
+                               else _number(doc, name))
         return cls(epochs=int(_number(doc, "epochs")), batch_size=int(_number(doc, "batch_size")),
                    learning_rate=_number(doc, "learning_rate"), l2=_number(doc, "l2"),
-                   personal=personal, ditto_lambdas=tuple(lambdas), personal_epochs=epochs)
+                   personal=personal, ditto_lambdas=tuple(lambdas), personal_epochs=epochs,
+                   **extra)
+
+
+_OPTIONAL_SETTINGS = ("prox_mu", "augment", "jitter", "distill_weight", "distill_temperature")
+_DEFAULT_SETTINGS = {name: getattr(TrainingSettings, name) for name in _OPTIONAL_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -258,6 +298,9 @@ class RoundMessage:
     # new rows make a device ready for it (0: none). Either set: agents stay connected.
     next_run_at: float = 0.0
     ready_rows: int = 0
+    # Federated distillation (protocol.sums.teacher): the fleet's per-class mean logits of
+    # the previous global model, C*C row-major (row = true class); empty when none.
+    teacher: tuple[float, ...] = ()
 
     SCHEMA = "fedmq.round/2"
 
@@ -291,6 +334,13 @@ class RoundMessage:
             )
         if not all(math.isfinite(p) for p in self.params):
             raise ProtocolError("model parameters must be finite")
+        if self.teacher:
+            classes = self.spec.n_classes if self.spec.kind == "logistic" else 0
+            if len(self.teacher) != classes * classes:
+                raise ProtocolError(f"a teacher holds n_classes^2 = {classes * classes} logits "
+                                    f"for a {self.spec.kind} model, got {len(self.teacher)}")
+            if not all(math.isfinite(t) for t in self.teacher):
+                raise ProtocolError("teacher logits must be finite")
 
     @property
     def phase(self) -> str | None:
@@ -319,6 +369,8 @@ class RoundMessage:
             extra["next_run_at"] = self.next_run_at
         if self.ready_rows:
             extra["ready_rows"] = self.ready_rows
+        if self.teacher:  # only fleets that distil sign one: the others' rounds stay as they were
+            extra["teacher"] = list(self.teacher)
         return sign_document({
             **extra, "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
             "model_version": self.model_version, "state": self.state,
@@ -340,8 +392,10 @@ class RoundMessage:
         participants = _get(doc, "participants", list)
         if not all(isinstance(p, str) for p in participants):
             raise ProtocolError("participants must be a list of agent ids")
-        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in params):
-            raise ProtocolError("params must be a list of numbers")
+        teacher = _get(doc, "teacher", list) if "teacher" in doc else []
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                   for p in (*params, *teacher)):
+            raise ProtocolError("params and teacher must be lists of numbers")
         try:
             spec = ModelSpec.from_dict(_get(doc, "model", dict))
         except ModelError as exc:
@@ -359,6 +413,7 @@ class RoundMessage:
             else ServerSettings(),
             next_run_at=_number(doc, "next_run_at") if "next_run_at" in doc else 0.0,
             ready_rows=_get(doc, "ready_rows", int) if "ready_rows" in doc else 0,
+            teacher=tuple(float(t) for t in teacher),
         )
 
 
