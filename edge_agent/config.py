@@ -9,6 +9,11 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
+from fedmq.edge_agent.prediction_settings import (
+    PredictionSettings,
+    PredictionsTable,
+    prediction_settings,
+)
 from fedmq.protocol.crypto.obfuscation import OBFUSCATOR_KINDS
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import Topics, check_name
@@ -75,6 +80,7 @@ class AgentFile(Table, frozen=True):
     simulation: SimulationTable = SimulationTable()
     crypto: CryptoTable = CryptoTable()
     privacy: AgentPrivacyTable = AgentPrivacyTable()
+    predictions: PredictionsTable = PredictionsTable()
 
 
 @dataclass(frozen=True)
@@ -100,9 +106,12 @@ class AgentConfig:
     max_sample_epsilon: float | None = None
     max_quorum: int | None = None
     max_alone_epsilon: float | None = None
+    predictions: PredictionSettings | None = None  # [predictions] enabled: the local topic
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
+        if self.predictions is not None:
+            self.predictions.check_off_fleet(self.topics)
         if not self.features:
             raise ConfigError("[data] features must list at least one column")
         if self.key_fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}",
@@ -147,6 +156,10 @@ class AgentConfig:
         with blame(source, "[agent] id"):
             check_name(f.agent.id, "agent id")
         mqtt = mqtt_settings(f.mqtt, base=base, source=source, config_file=config_file)
+        try:
+            predictions = prediction_settings(f.predictions, topics, f.agent.id)
+        except ConfigError as exc:  # its messages name the key: "[predictions] topic ..."
+            raise ConfigError(f"{source}: {exc}") from None
         with blame(source, "agent config"):
             return cls(
                 agent_id=f.agent.id,
@@ -170,4 +183,5 @@ class AgentConfig:
                 max_sample_epsilon=f.privacy.max_sample_epsilon,
                 max_quorum=f.privacy.max_quorum,
                 max_alone_epsilon=f.privacy.max_alone_epsilon,
+                predictions=predictions,
             )
