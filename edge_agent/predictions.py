@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,7 +31,6 @@ from fedmq.models import (
     load_model,
     make_model,
 )
-from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.messages import RoundMessage
 
 log = logging.getLogger(__name__)
@@ -285,44 +284,3 @@ class Predictor:
         return (f"{self.published} predictions published, {self.unmodelled} readings before "
                 f"any model, {self.dropped} dropped, {self.failed} failed")
 
-
-class RowsLike(Protocol):
-    """The agent's CSV rows (edge_agent.data.DataFile): re-read when the file changed."""
-
-    @property
-    def data(self) -> Any: ...
-
-    def refresh(self) -> bool: ...
-
-
-class CsvFeed:
-    """Feeds the rows a logger appended to the CSV since the last read to a Predictor.
-
-    The agent polls it from its loop (at most every ``every`` seconds: a re-read parses
-    the whole file). Rows already there at start are not predicted; the newest one is
-    remembered, so the first model publishes a prediction for it. A file replaced by a
-    shorter one has only its newest row predicted (which rows are new is unknown).
-    """
-
-    def __init__(self, predictor: Predictor, rows: RowsLike, *, every: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._predictor, self._rows, self._every, self._clock = predictor, rows, every, clock
-        self._seen = rows.data.n_samples
-        self._due = clock() + every
-        predictor.remember(rows.data.X[-1:])
-
-    def poll(self) -> int:
-        """Predict the new rows if the file changed; returns how many were published."""
-        if self._clock() < self._due:
-            return 0
-        self._due = self._clock() + self._every
-        try:
-            changed = self._rows.refresh()
-        except ConfigError:  # DataError: the round that needs the file reports it
-            return 0
-        if not changed:
-            return 0
-        X = self._rows.data.X
-        new = X[self._seen:] if len(X) > self._seen else X[-1:]
-        self._seen = len(X)
-        return self._predictor.on_rows(new)

@@ -209,3 +209,29 @@ def test_a_custom_fleet_prefix_is_guarded_too(tmp_path):
                     "enabled = true\ntopic = 'acme/fl/f1/pi-1/prediction'\n")
     with pytest.raises(ConfigError, match="acme/fl/f1/"):
         AgentConfig.from_file(path)
+
+
+def test_the_csv_feed_predicts_appended_rows_only(tmp_path):
+    from fedmq.edge_agent.data import DataFile
+    from fedmq.edge_agent.prediction_feed import CsvFeed
+
+    path = tmp_path / "d.csv"
+    X = rows(6)
+    lines = [",".join((*FEATURES, "y"))] + [",".join(map(repr, [*r.tolist(), 0.0])) for r in X]
+    path.write_text("\n".join(lines[:5]) + "\n")  # 4 rows
+    now = [0.0]
+    p, sent = predictor()
+    feed = CsvFeed(p, DataFile(path, FEATURES, "y"), every=5.0, clock=lambda: now[0])
+    p.on_round(model_round(1))  # the newest row at start gets the first model's prediction
+    model = make_model(SPEC).set_params_vector(model_round(1).params_array)
+    assert [d["prediction"] for _, d, _ in sent] == model.predict(X[3:4]).tolist()
+    path.write_text("\n".join(lines) + "\n")  # a logger appended two rows
+    assert feed.poll() == 0  # not due yet
+    now[0] = 6.0
+    assert feed.poll() == 2
+    assert [d["prediction"] for _, d, _ in sent[1:]] == model.predict(X[4:6]).tolist()
+    now[0] = 12.0
+    assert feed.poll() == 0  # unchanged
+    path.write_text("not,a,csv\n")  # broken: the round reports it, the feed waits
+    now[0] = 18.0
+    assert feed.poll() == 0
