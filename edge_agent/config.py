@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta
 
 from fedmq.edge_agent.prediction_settings import (
@@ -14,11 +15,18 @@ from fedmq.edge_agent.prediction_settings import (
     PredictionsTable,
     prediction_settings,
 )
+from fedmq.edge_agent.stream_config import StreamConfig, StreamTable, stream_config
 from fedmq.protocol.crypto.obfuscation import OBFUSCATOR_KINDS
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import Topics, check_name
 from fedmq.runtime.config import Table, blame, convert, load_toml, resolve
-from fedmq.runtime.mqtt_settings import MqttSettings, MqttTable, NonEmpty, mqtt_settings
+from fedmq.runtime.mqtt_settings import (
+    EnvName,
+    MqttSettings,
+    MqttTable,
+    NonEmpty,
+    mqtt_settings,
+)
 
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$",
                             description="64 lowercase hex characters")]
@@ -40,13 +48,34 @@ class AgentFleetTable(Table, frozen=True):
 
 
 class DataTable(Table, frozen=True):
-    path: NonEmpty
     features: Annotated[list[NonEmpty], Meta(min_length=1)]
     label: NonEmpty
+    source: Literal["csv", "mqtt"] = "csv"
+    path: NonEmpty | None = None  # required for csv
     delimiter: Annotated[str, Meta(min_length=1, max_length=1,
                                    description="one character")] = ","
     # Share of the rows kept out of training, to evaluate the fleet model on.
     holdout: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
+    stream: StreamTable | None = None  # source = "mqtt": topics, paths, storage
+
+
+
+class LocalTable(Table, frozen=True):
+    """``[local]``: the device's own broker (sensor readings in, predictions out).
+
+    A connection of its own, never the fleet link of ``[mqtt]``, even when both name the
+    same host and port: then the broker's ACL must keep the local topics private.
+    """
+
+    host: NonEmpty = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    username: NonEmpty | None = None
+    password_file: NonEmpty | None = None
+    password_env: EnvName | None = None
+    tls: bool = False
+    ca_file: NonEmpty | None = None  # implies tls
+    client_id: NonEmpty | None = None  # default: "<agent id>-local"
+    keepalive: Annotated[int, Meta(ge=5, le=65535)] = 30
 
 
 class SimulationTable(Table, frozen=True):
@@ -81,6 +110,7 @@ class AgentFile(Table, frozen=True):
     crypto: CryptoTable = CryptoTable()
     privacy: AgentPrivacyTable = AgentPrivacyTable()
     predictions: PredictionsTable = PredictionsTable()
+    local: LocalTable | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +137,9 @@ class AgentConfig:
     max_quorum: int | None = None
     max_alone_epsilon: float | None = None
     predictions: PredictionSettings | None = None  # [predictions] enabled: the local topic
+    local: MqttSettings | None = None  # [local]: the device's own broker, if configured
+    local_client_id: str | None = None
+    stream: StreamConfig | None = None  # [data] source = "mqtt"
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
@@ -160,6 +193,9 @@ class AgentConfig:
             predictions = prediction_settings(f.predictions, topics, f.agent.id)
         except ConfigError as exc:  # its messages name the key: "[predictions] topic ..."
             raise ConfigError(f"{source}: {exc}") from None
+        local = None if f.local is None else local_settings(f.local, base=base,
+                                                             source=source)
+        stream = _stream(f, base, source)
         with blame(source, "agent config"):
             return cls(
                 agent_id=f.agent.id,
@@ -184,4 +220,45 @@ class AgentConfig:
                 max_quorum=f.privacy.max_quorum,
                 max_alone_epsilon=f.privacy.max_alone_epsilon,
                 predictions=predictions,
+                local=local,
+                stream=stream,
+                local_client_id=(f.local.client_id if f.local and f.local.client_id
+                                 else f"{f.agent.id}-local"),
             )
+
+
+def _stream(f: AgentFile, base: Path, source: str) -> StreamConfig | None:
+    data = f.data
+    if data.source == "csv":
+        if data.path is None:
+            raise ConfigError(f"{source}: [data] path is required when source = \"csv\" "
+                              "(the default)")
+        if data.stream is not None:
+            raise ConfigError(f"{source}: [data.stream] is only read with [data] source = "
+                              "\"mqtt\"")
+        return None
+    if data.stream is None:
+        raise ConfigError(f"{source}: [data] source = \"mqtt\" needs a [data.stream] table "
+                          "with at least one [[data.stream.topics]]")
+    state_dir = resolve(base, f.agent.state_dir)
+    database = Path(data.stream.database)
+    if not database.is_absolute():
+        if state_dir is None:
+            raise ConfigError(f"{source}: [data.stream] database {database} is relative to "
+                              "[agent] state_dir: set state_dir (or an absolute path)")
+        database = Path(state_dir) / database
+    with blame(source, "[data.stream]"):
+        return stream_config(data.stream, tuple(data.features), data.label, str(database))
+
+
+def local_settings(table: LocalTable, *, base: Path, source: str) -> MqttSettings:
+    """``[local]`` as connection settings; errors name ``[local]``, not ``[mqtt]``."""
+    doc = msgspec.structs.asdict(table)
+    del doc["client_id"]
+    if table.ca_file is not None:
+        doc["tls"] = True
+    mqtt = MqttTable(**doc)
+    try:
+        return mqtt_settings(mqtt, base=base, source=source)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("[mqtt]", "[local]")) from None
