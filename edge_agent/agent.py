@@ -25,6 +25,7 @@ from fedmq.edge_agent.memory import RunMemory
 from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from fedmq.edge_agent.phases import phase_line, phase_values
+from fedmq.edge_agent.prediction_feed import LocalPredictions
 from fedmq.edge_agent.sample_privacy import SampleDp
 from fedmq.edge_agent.status import DeviceStatus
 from fedmq.edge_agent.stream import StreamRows, StreamSource
@@ -76,13 +77,20 @@ class EdgeAgent:
             self._rows = DataFile(config.data_path, config.features, config.label,
                                   delimiter=config.delimiter, holdout=config.holdout,
                                   seed=config.agent_id)
-        if self.stream is not None or config.local is not None:
+        if self.stream is not None or config.local is not None \
+                or config.predictions is not None:
             # The device's own broker: a connection of its own, never the fleet link.
             self.local_link = LocalLink(config.local or MqttSettings(),
                                         client_id=config.local_client_id
                                         or f"{config.agent_id}-local", network=network)
             if self.stream is not None:
                 self.stream.attach(self.local_link)
+        # Predictions go over the local link only, never the fleet's (edge_agent.prediction_feed).
+        self.predictions = None if config.predictions is None or self.local_link is None \
+            else LocalPredictions(config.predictions, self.local_link,
+                                  agent_id=config.agent_id, fleet=config.topics.fleet,
+                                  state_dir=config.state_dir, stream=self.stream,
+                                  rows=self._rows if isinstance(self._rows, DataFile) else None)
         self.signer = signer or load_or_create_signer(config.signing_key_path)
         self._memory = RunMemory()
         self.final_params: NDArray[np.float64] | None = None
@@ -188,6 +196,8 @@ class EdgeAgent:
                         and self.config.exit_when_finished:
                     break
                 self._maybe_ask()
+                if self.predictions is not None:
+                    self.predictions.tick()
         finally:
             self._drop_pool()
             if not self._killed:
@@ -196,6 +206,8 @@ class EdgeAgent:
                 self._close_local()
 
     def _close_local(self) -> None:
+        if self.predictions is not None:
+            log.info("predictions: %s", self.predictions.summary())
         if self.stream is not None:
             self.stream.close()
         if isinstance(self._rows, StreamRows):
@@ -252,6 +264,8 @@ class EdgeAgent:
         if not contract.names(msg):
             log.warning("round %d names another key or codec; ignoring it", msg.round_id)
             return False
+        if self.predictions is not None:  # any verified model, also a finished run's
+            self.predictions.on_round(msg)
         if msg.state == "finished":
             if msg.run_id != self._memory.run_id:
                 # A retained announcement from an earlier run (brokers with persistence

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import numpy as np
 from mqtt_support import Probe
@@ -49,10 +50,11 @@ def test_predictions_stay_on_the_local_broker_and_follow_the_model(
         fleet_sniffer = Probe(broker_port, "sniffer")
         assert home.connect() and fleet_sniffer.connect()
         assert home.subscribe("#") and fleet_sniffer.subscribe("#")
-        config = agent_config(
-            broker_port, "pi-1", data_path=str(csv), exit_when_finished=False,
+        config = replace(agent_config(
+            broker_port, "pi-1", exit_when_finished=False,
             state_dir=str(tmp_path / "state"), local=MqttSettings(port=local_port),
-            predictions=PredictionSettings(topic=TOPIC, home_assistant=True))
+            predictions=PredictionSettings(topic=TOPIC, home_assistant=True)),
+            data_path=str(csv))
         agent = EdgeAgent(config)
         thread = threading.Thread(target=agent.run, daemon=True)
         thread.start()
