@@ -188,8 +188,12 @@ def predict_rows(model_path: str, data_path: str, *, delimiter: str = ","
         X = np.column_stack([data.X, data.y])
     version = meta.get("model_version", 0)
     which = "personal" if Path(model_path).name.startswith("personal") else "global"
-    active = ActiveModel(make_model(spec).set_params_vector(params), which,
-                         str(meta.get("run_id", "")), version if isinstance(version, int) else 0)
+    # The gateway keeps each run's model in runs/<run id>/ ("latest" links to it).
+    real = Path(model_path).resolve()
+    run = str(meta.get("run_id") or (real.parent.name if real.parent.parent.name == "runs"
+                                     else ""))
+    active = ActiveModel(make_model(spec).set_params_vector(params), which, run,
+                         version if isinstance(version, int) else 0)
     rows = np.arange(1, len(X) + 1, dtype=np.float64)
     out = prediction_payloads(active, X, timestamps if timestamps is not None else rows,
                               fleet=str(meta.get("fleet", "")), device="")

@@ -12,12 +12,22 @@ from dataclasses import replace
 
 import numpy as np
 from mqtt_support import Probe
-from support import FEATURES, SPEC, agent_config, local_data, wait_until
+from support import (
+    FEATURES,
+    KEY_DIR,
+    SPEC,
+    agent_config,
+    announcement,
+    local_data,
+    signer_for,
+    wait_until,
+)
 
 from fedmq.broker.config import BrokerSettings
 from fedmq.broker.embedded import EmbeddedBroker, free_port
 from fedmq.edge_agent import prediction_feed
 from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.prediction_settings import PredictionSettings
 from fedmq.models import make_model
 from fedmq.runtime.transport import MqttSettings
@@ -97,3 +107,73 @@ def test_predictions_stay_on_the_local_broker_and_follow_the_model(
         home.close()
         fleet_sniffer.close()
     assert np.isfinite(final[-1]["ts"])
+
+
+STREAM_AGENT = """
+[agent]
+id = "pi-1"
+state_dir = "state"
+signing_key_file = "{key}"
+[fleet]
+name = "test"
+[mqtt]
+port = {fleet_port}
+[local]
+port = {local_port}
+[data]
+source = "mqtt"
+features = ["x1", "x2", "x3"]
+label = "y"
+[data.stream]
+time = "$.ts"
+[[data.stream.topics]]
+topic = "sensors/pi-1"
+fields = {{ x1 = "$.a", x2 = "$.b.c", x3 = "$.d", y = "$.fault" }}
+[predictions]
+enabled = true
+"""
+
+
+def test_stream_readings_get_predictions_on_the_local_broker(tmp_path, broker_port):
+    """The stream source's on_rows hook: each stored reading, predicted with its own ts."""
+    key = KEY_DIR / "pi-1.key"
+    if not key.exists():
+        key.write_bytes(signer_for("pi-1").to_pem())
+        key.chmod(0o600)
+    local_port = free_port()
+    path = tmp_path / "agent.toml"
+    path.write_text(STREAM_AGENT.format(key=key, fleet_port=broker_port,
+                                        local_port=local_port))
+    config = AgentConfig.from_file(path)
+    assert config.predictions is not None
+    topic = config.predictions.topic
+    with EmbeddedBroker(BrokerSettings(port=local_port)):
+        home = Probe(local_port, "home-assistant")
+        assert home.connect() and home.subscribe("#")
+        agent = EdgeAgent(config)
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        try:
+            assert agent.local_link is not None and agent.predictions is not None
+            wait_until(lambda: agent.local_link.connected, "the local link")
+            params = np.random.default_rng(0).normal(size=SPEC.n_params)
+            msg = replace(announcement(3), params=tuple(params))
+            agent.predictions.on_round(msg)  # as the agent's loop does with a verified round
+            model = make_model(SPEC).set_params_vector(msg.params_array)
+            X = np.random.default_rng(2).normal(size=(5, 3))
+            for i, (a, b, d) in enumerate(X.tolist()):
+                home.publish("sensors/pi-1", json.dumps(
+                    {"ts": 1_765_000_000 + i, "a": a, "b": {"c": b}, "d": d,
+                     "fault": 0}).encode())
+            got = wait_until(lambda: len(home.got(topic)) >= 5 and home.got(topic),
+                             "five predictions")
+            docs = [json.loads(p) for p in got]
+            assert [d["ts"] for d in docs] == [1_765_000_000.0 + i for i in range(5)]
+            assert [d["prediction"] for d in docs] == model.predict(X).tolist()
+            assert [d["probabilities"]["1"] for d in docs] == \
+                model.predict_proba(X)[:, 1].tolist()
+            assert {(d["version"], d["run"], d["model"]) for d in docs} == {(3, "r1", "global")}
+        finally:
+            agent.stop()
+            thread.join(10)
+        home.close()
