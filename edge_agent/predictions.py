@@ -59,6 +59,12 @@ def same_task(a: ModelSpec, b: ModelSpec) -> bool:
     return (a.kind, a.features, a.n_classes) == (b.kind, b.features, b.n_classes)
 
 
+def fits_fleet(personal: ModelSpec, base: ModelSpec | None, fleet: ModelSpec) -> bool:
+    """A personal model fits the fleet's current model when the spec it was derived from
+    (its file's ``base_spec``) is the fleet's; a file without one, when the task is the same."""
+    return base == fleet if base is not None else same_task(personal, fleet)
+
+
 def prediction_payloads(active: ActiveModel, X: NDArray[np.float64],
                         timestamps: NDArray[np.float64], *, fleet: str,
                         device: str) -> list[dict[str, Any]]:
@@ -127,6 +133,7 @@ class Predictor:
         self._lock = threading.Lock()
         self._global: ActiveModel | None = None
         self._personal: ActiveModel | None = None
+        self._personal_base: ModelSpec | None = None  # the fleet spec it was derived from
         self._personal_stamp: tuple[int, int, int] | None = None
         self._told: tuple[int, int, int] | None = None  # the misfit file already logged
         self._latest: tuple[NDArray[np.float64], float] | None = None
@@ -178,12 +185,14 @@ class Predictor:
             stamp = None
         if stamp == self._personal_stamp:
             return
-        self._personal_stamp, self._personal = stamp, None
+        self._personal_stamp, self._personal, self._personal_base = stamp, None, None
         if stamp is None:
             return
         try:
             spec, params, meta = load_model(path)
             model = make_model(spec).set_params_vector(params)
+            base = meta.get("base_spec")
+            self._personal_base = None if base is None else ModelSpec.from_dict(base)
         except ModelError as exc:
             log.warning("predictions: ignoring the personal model: %s", exc)
             return
@@ -198,12 +207,13 @@ class Predictor:
             return None
         if personal is None:
             return glob
-        if not same_task(personal.spec, glob.spec):
+        if not fits_fleet(personal.spec, self._personal_base, glob.spec):
             if self._told != self._personal_stamp:
                 self._told = self._personal_stamp
-                log.info("predictions: the personal model (%s, features %s) does not fit the "
-                         "fleet's current model; predicting with the global one",
-                         personal.spec.kind, ", ".join(personal.spec.features))
+                log.info("predictions: the personal model (%s, features %s) was not derived from "
+                         "the fleet's current model; predicting with the global one until "
+                         "it is fitted again", personal.spec.kind,
+                         ", ".join(personal.spec.features))
             return glob
         # Its own run/version when it recorded them, else the global model it started from.
         return ActiveModel(personal.model, "personal", personal.run or glob.run,

@@ -136,7 +136,19 @@ def test_the_personal_model_is_used_when_it_fits(tmp_path, caplog):
         p.on_rows(X)
         p.on_rows(X)
     assert [d["model"] for _, d, _ in sent[2:]] == ["global"] * 4
-    assert len([r for r in caplog.records if "does not fit" in r.message]) == 1
+    assert len([r for r in caplog.records if "not derived" in r.message]) == 1
+    # As i21-personal writes it: its own standardisation, derived from the fleet's spec.
+    own = replace(SPEC, center=(1.0, 1.0, 1.0))
+    save_model(tmp_path / PERSONAL_MODEL, own, personal,
+               metadata={"base_spec": SPEC.to_dict(), "model_version": 3, "run_id": "r0"})
+    p.on_rows(X)
+    assert (sent[-1][1]["model"], sent[-1][1]["version"], sent[-1][1]["run"]) == (
+        "personal", 3, "r0")
+    # ... derived from an earlier fleet spec (another run's statistics): the global one.
+    save_model(tmp_path / PERSONAL_MODEL, own, personal,
+               metadata={"base_spec": replace(SPEC, scale=(1.0, 1.0, 1.0)).to_dict()})
+    p.on_rows(X)
+    assert sent[-1][1]["model"] == "global"
     (tmp_path / PERSONAL_MODEL).write_bytes(b"not a model")
     with caplog.at_level(logging.WARNING):
         p.on_rows(X)
