@@ -145,6 +145,15 @@ class AgentConfig:
         check_name(self.agent_id, "agent id")
         if self.predictions is not None:
             self.predictions.check_off_fleet(self.topics)
+            default = MqttSettings()
+            if self.local is None and (self.mqtt.host, self.mqtt.port) == (default.host,
+                                                                           default.port):
+                # Not told to: predictions would reach the fleet's broker by default.
+                raise ConfigError(
+                    f"[predictions] go to the device's own broker, [local], which defaults "
+                    f"to {default.host}:{default.port}, the fleet's broker in [mqtt]: add a "
+                    "[local] table (the same host and port only on purpose, with the ACL "
+                    "lines of docs/privacy.md)")
         if not self.features:
             raise ConfigError("[data] features must list at least one column")
         if self.key_fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}",

@@ -188,11 +188,14 @@ def test_topics_on_the_fleet_prefix_or_with_wildcards_are_refused(topic, match):
     check_local_topic("fedmq/demonstration", Topics("demo"), "t")
 
 
+LOCAL = "[local]\nport = 1884\n"
+
+
 def test_the_predictions_table(tmp_path):
     path = tmp_path / "a.toml"
     path.write_text(BASE)
     assert AgentConfig.from_file(path).predictions is None  # off unless enabled
-    path.write_text(BASE + "[predictions]\nenabled = true\nhome_assistant = true\n")
+    path.write_text(BASE + LOCAL + "[predictions]\nenabled = true\nhome_assistant = true\n")
     cfg = AgentConfig.from_file(path).predictions
     assert cfg is not None and cfg.topic == "home/fedmq/pi-1/prediction"
     assert (cfg.retain, cfg.qos, cfg.discovery_prefix, cfg.device_name) == (
@@ -209,7 +212,7 @@ def test_the_predictions_table(tmp_path):
 ])
 def test_bad_predictions_tables_give_one_line(tmp_path, extra, match):
     path = tmp_path / "a.toml"
-    path.write_text(BASE + f"[predictions]\nenabled = true\n{extra}\n")
+    path.write_text(BASE + LOCAL + f"[predictions]\nenabled = true\n{extra}\n")
     with pytest.raises(ConfigError, match=match) as info:
         AgentConfig.from_file(path)
     assert "\n" not in str(info.value)
@@ -247,3 +250,16 @@ def test_the_csv_feed_predicts_appended_rows_only(tmp_path):
     path.write_text("not,a,csv\n")  # broken: the round reports it, the feed waits
     now[0] = 18.0
     assert feed.poll() == 0
+
+
+def test_predictions_never_reach_the_fleet_broker_by_default(tmp_path):
+    """Without [local], its default (127.0.0.1:1883) is the fleet's broker here: refused."""
+    path = tmp_path / "a.toml"
+    path.write_text(BASE + "[predictions]\nenabled = true\n")
+    with pytest.raises(ConfigError, match=r"a.toml: .*add a \[local\] table"):
+        AgentConfig.from_file(path)
+    # Told to: the same broker named on purpose; or the fleet's broker elsewhere.
+    path.write_text(BASE + "[local]\nport = 1883\n[predictions]\nenabled = true\n")
+    assert AgentConfig.from_file(path).predictions is not None
+    path.write_text(BASE + "[mqtt]\nhost = 'gw.lan'\n[predictions]\nenabled = true\n")
+    assert AgentConfig.from_file(path).predictions is not None
