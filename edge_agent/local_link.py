@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message from the local broker; ``ack()`` sends its PUBACK (QoS 1), once."""
+    """One message from the local broker; ``ack()`` sends its PUBACK (QoS 1), once.
+    ``dup``: a resend (the broker may have delivered it before the agent went away)."""
 
     topic: str
     payload: bytes
     _ack: Callable[[], None] = field(repr=False, default=lambda: None)
+    dup: bool = False
     _done: list[bool] = field(repr=False, default_factory=lambda: [False])
 
     def ack(self) -> None:
@@ -70,8 +72,9 @@ class LocalLink:
             self._routes.append((topic_filter, callback, manual_ack))
         self._link.subscribe(topic_filter, qos)
 
-    def _deliver(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
-        delivery = Delivery(topic, payload, ack)
+    def _deliver(self, topic: str, payload: bytes, ack: Callable[[], None],
+                 dup: bool = False) -> None:
+        delivery = Delivery(topic, payload, ack, dup)
         with self._lock:
             routes = [(cb, manual) for f, cb, manual in self._routes if topic_matches(f, topic)]
         if not routes:

@@ -10,7 +10,9 @@ arrived meanwhile), so the fsyncs stay few at 100 readings/s.
 
 Rows hold the features then the label as typed REAL columns, with the reading's time.
 Readings of a multi-topic join that wait for their partners are kept in ``pending``
-(also committed before they are acknowledged) so a restart resumes the join.
+(also committed before they are acknowledged) so a restart resumes the join. A kill
+between the commit and the PUBACK makes the broker resend the message (flagged DUP);
+``seen`` holds the digests of the messages stored last, so a resend is stored once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from numpy.typing import NDArray
 from fedmq.edge_agent.data import DataError
 
 SCHEMA_VERSION = 1
+SEEN_KEPT = 20_000  # digests of the newest messages stored, to recognise a broker's resend
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,18 @@ class ReadingsStore:
         db.execute("CREATE INDEX rows_ts ON rows (ts)")
         db.execute("CREATE TABLE pending (id INTEGER PRIMARY KEY, topic INTEGER NOT NULL, "
                    "ts REAL NOT NULL, vals TEXT NOT NULL)")
+        db.execute("CREATE TABLE seen (n INTEGER PRIMARY KEY, digest INTEGER NOT NULL)")
+        db.execute("CREATE INDEX seen_digest ON seen (digest)")
         db.executemany("INSERT INTO meta VALUES (?, ?)",
                        [("schema_version", str(SCHEMA_VERSION)),
                         ("columns", json.dumps(list(self.columns)))])
         db.execute("COMMIT")
 
     def commit(self, rows: Sequence[tuple[float, Sequence[float]]], *,
-               add_pending: Iterable[Pending] = (), drop_pending: Iterable[int] = ()) -> None:
-        """One durable transaction: new rows ``(ts, values in column order)``, join state.
+               add_pending: Iterable[Pending] = (), drop_pending: Iterable[int] = (),
+               seen: Iterable[int] = ()) -> None:
+        """One durable transaction: new rows ``(ts, values in column order)``, join state,
+        and the digests of the messages it stored (``seen``: a resend is recognised).
         When it returns, everything in it survives a power cut."""
         db = self._db
         width = len(self.columns)
@@ -104,6 +111,7 @@ class ReadingsStore:
             db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)",
                            [(p.id, p.topic, p.ts, json.dumps(p.values)) for p in add_pending])
             db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in drop_pending])
+            db.executemany("INSERT INTO seen (digest) VALUES (?)", [(d,) for d in seen])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -126,11 +134,18 @@ class ReadingsStore:
             cur = db.execute("DELETE FROM rows WHERE id IN (SELECT id FROM rows "
                              "ORDER BY ts, id LIMIT ?)", (over,))
             deleted += cur.rowcount
+        # Resends come within seconds of a restart: the last SEEN_KEPT digests are plenty.
+        db.execute("DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ?", (SEEN_KEPT,))
         db.execute("COMMIT")
         return int(deleted)
 
     def _names(self) -> str:
         return ", ".join(f"c{i}" for i in range(len(self.columns)))
+
+    def was_seen(self, digest: int) -> bool:
+        """Whether a message with this digest was stored (among the last SEEN_KEPT)."""
+        return self._db.execute("SELECT 1 FROM seen WHERE digest = ? LIMIT 1",
+                                (digest,)).fetchone() is not None
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])

@@ -10,6 +10,7 @@ from the broker after a crash. Rounds read the store (``StreamRows``) exactly li
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import queue
@@ -60,6 +61,12 @@ def parse(config: StreamConfig, topic: str, payload: bytes, arrival: float
     return index, ts, values
 
 
+def message_digest(topic: str, payload: bytes) -> int:
+    """64 bits naming one message's bytes (a resend has the same)."""
+    digest = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class StreamSource:
     """Ingests ``[data.stream]`` topics from a LocalLink into the readings store."""
 
@@ -78,6 +85,7 @@ class StreamSource:
         self.rejected: Counter[str] = Counter()  # unusable messages per reason
         self.ingested = 0  # rows stored by this process
         self.stale_rows = self.late = 0
+        self.resent = 0  # resends of messages already stored (after a crash), skipped
         self._thread: threading.Thread | None = None
         self._persisted: set[int] = set()
         pending = self.store.pending()  # readings of a join from before a restart
@@ -142,7 +150,13 @@ class StreamSource:
         """Parse, join, commit, then acknowledge ``batch``; returns the rows stored."""
         arrival = self._clock()
         readings = []
+        digests = []
         for d in batch:
+            digest = message_digest(d.topic, d.payload)
+            if d.dup and self.store.was_seen(digest):
+                self.resent += 1  # stored before the agent went away; not an error
+                continue
+            digests.append(digest)
             try:
                 index, ts, values = parse(self.config, d.topic, d.payload, arrival)
             except ReadingError as exc:
@@ -160,7 +174,7 @@ class StreamSource:
         fresh = [Pending(r.id, r.topic, r.ts, r.values) for r in readings
                  if r.id in open_ids]
         gone = self._persisted - open_ids
-        self.store.commit(rows, add_pending=fresh, drop_pending=gone)
+        self.store.commit(rows, add_pending=fresh, drop_pending=gone, seen=digests)
         self._persisted = (self._persisted - gone) | {p.id for p in fresh}
         for d in batch:  # stored (or rejected for good): the broker may forget them
             d.ack()

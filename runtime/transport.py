@@ -48,9 +48,10 @@ _LOGIN_CODES = {133: "client id rejected", 134: "bad user name or password",
 
 
 Handler = Callable[[str, bytes], None]
-# (topic, payload, ack): ``ack()`` sends the QoS 1 PUBACK; the handler (or whoever it hands
-# the message to) calls it once the message is safe (stored), from any thread.
-AckHandler = Callable[[str, bytes, Callable[[], None]], None]
+# (topic, payload, ack, dup): ``ack()`` sends the QoS 1 PUBACK; the handler (or whoever it
+# hands the message to) calls it once the message is safe (stored), from any thread. ``dup``:
+# the broker says it may have sent this message before (a resend after a reconnect).
+AckHandler = Callable[[str, bytes, Callable[[], None], bool], None]
 
 
 def topic_matches(subscription: str, topic: str) -> bool:
@@ -271,7 +272,7 @@ class MqttLink:
             if self._on_delivery is not None:
                 generation, mid, qos = self._generation, msg.mid, msg.qos
                 self._on_delivery(msg.topic, bytes(msg.payload),
-                                  lambda: self._ack(generation, mid, qos))
+                                  lambda: self._ack(generation, mid, qos), bool(msg.dup))
                 return
             self._on_message(msg.topic, bytes(msg.payload))
         except Exception:  # a handler bug must never kill paho's network thread

@@ -153,3 +153,24 @@ def test_stream_rows_read_like_a_csv(tmp_path):
     src.store.add([(T0 + i, [i, i, i, i % 2]) for i in range(5)])
     assert rows.refresh() and rows.data.n_samples == 5 and not rows.refresh()
     assert rows.train.X.shape == (5, 3) and rows.train.y.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_a_resend_of_a_stored_message_is_stored_once(tmp_path):
+    cfg = load(tmp_path, STREAM.replace("time = \"$.ts\"\n", "").replace(
+        "shellies/+/status", "zigbee2mqtt/sensor1/x"))
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream)
+    doc = json.dumps({"temperature": 1, "humidity": 2}).encode()
+    other = json.dumps({"sensors": [{"value": 1}], "alarm": 0}).encode()
+    seen: list[str] = []
+    first = [Delivery("zigbee2mqtt/sensor1", doc, lambda: seen.append("a")),
+             Delivery("zigbee2mqtt/sensor1/x", other, lambda: seen.append("b"))]
+    assert src.ingest(first) == 1
+    # the same bytes again, not flagged: a new reading (a sensor may repeat itself)
+    again = [Delivery("zigbee2mqtt/sensor1", doc, lambda: None),
+             Delivery("zigbee2mqtt/sensor1/x", other, lambda: None)]
+    assert src.ingest(again) == 1
+    # flagged DUP by the broker after a restart: already stored, acknowledged, skipped
+    resent = [Delivery("zigbee2mqtt/sensor1", doc, lambda: seen.append("dup"), dup=True)]
+    assert src.ingest(resent) == 0 and src.resent == 1 and "dup" in seen
+    assert src.store.count() == 2 and src.store.pending() == []
