@@ -247,7 +247,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if len(args.delimiter) != 1:
         raise ConfigError(f"--delimiter must be one character, got {args.delimiter!r}")
+    if args.publish and not args.config:
+        raise ConfigError("--publish needs --config agent.toml (its [local] broker and "
+                          "[predictions] topic)")
     rows = predict_rows(args.model, args.data, delimiter=args.delimiter)
+    if args.publish:
+        return _publish(rows, args.config, args.model)
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows) if args.json \
         else rows_csv(rows)
     if args.out is None:
@@ -261,6 +266,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {out}: {exc.strerror}") from exc
     print(f"{len(rows)} predictions of {args.model} on {args.data} written to {out}")
     return 0
+
+
+def _publish(rows: list[dict[str, Any]], config_path: str, model: str) -> int:
+    """The rows on the agent's local prediction topic, over its [local] link (never [mqtt])."""
+    from fedmq.edge_agent.config import AgentConfig
+    from fedmq.edge_agent.local_link import LocalLink
+    from fedmq.runtime.transport import MqttSettings
+
+    cfg = AgentConfig.from_file(config_path)
+    settings = cfg.predictions
+    if settings is None:
+        raise ConfigError(f"{config_path}: [predictions] enabled = false: no topic to publish to")
+    local = cfg.local or MqttSettings()
+    link = LocalLink(local, client_id=f"{cfg.local_client_id or cfg.agent_id}-predict",
+                     persistent=False)
+    link.connect()
+    sent = 0
+    try:
+        for row in rows:
+            doc = {**row, "fleet": cfg.topics.fleet, "device": cfg.agent_id}
+            sent += link.publish(settings.topic, json.dumps(doc, separators=(",", ":")).encode(),
+                                 settings.retain, qos=settings.qos, wait=True)
+    finally:
+        link.close()
+    print(f"{sent} of {len(rows)} predictions of {model} published to {settings.topic} on "
+          f"{local.host}:{local.port}")
+    return 0 if sent == len(rows) else 1
 
 
 # Where `fedmq simulate` leaves the newest run's model (runs/latest -> runs/<run_id>).
@@ -300,4 +332,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", help="write to this file instead of standard output")
     p.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
     p.add_argument("--delimiter", default=",", help="CSV delimiter (default: ,)")
+    p.add_argument("--publish", action="store_true", help="publish each row on the local "
+                   "prediction topic of --config (its [local] broker, never the fleet's)")
+    p.add_argument("--config", help="agent.toml, for --publish")
     p.set_defaults(func=cmd_predict)

@@ -87,3 +87,34 @@ def test_bad_inputs_give_one_line(saved, tmp_path, capsys):
         assert main(["predict", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("fedmq: error:") and match in err[0], err
+
+
+def test_publish_sends_the_rows_to_the_local_prediction_topic(saved, tmp_path, capsys):
+    from mqtt_support import Probe
+    from support import wait_until
+
+    from fedmq.broker.config import BrokerSettings
+    from fedmq.broker.embedded import EmbeddedBroker, free_port
+
+    model, path, X = saved
+    data = write_csv(tmp_path / "x.csv", X, timestamps=True)
+    local, fleet = free_port(), free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(f"[agent]\nid = 'pi-1'\n[fleet]\nname = 'plant'\n[mqtt]\nport = {fleet}\n"
+                      f"[local]\nport = {local}\n[data]\npath = 'x.csv'\n"
+                      f"features = {list(FEATURES)!r}\nlabel = 'fault'\n"
+                      "[predictions]\nenabled = true\nretain = false\n".replace("'", '"'))
+    argv = ["predict", "--model", str(path), "--data", str(data), "--publish"]
+    with EmbeddedBroker(BrokerSettings(port=local)):
+        home = Probe(local, "home")
+        assert home.connect() and home.subscribe("#")
+        assert main([*argv, "--config", str(config)]) == 0
+        topic = "home/fedmq/pi-1/prediction"
+        got = wait_until(lambda: len(home.got(topic)) == len(X) and home.got(topic), "rows")
+        home.close()
+    docs = [json.loads(p) for p in got]
+    assert [d["prediction"] for d in docs] == model.predict(X).tolist()
+    assert {(d["device"], d["fleet"], d["version"]) for d in docs} == {("pi-1", "plant", 7)}
+    assert f"{len(X)} of {len(X)} predictions" in capsys.readouterr().out
+    assert main(argv) == 2  # without --config: one line
+    assert "--publish needs --config" in capsys.readouterr().err
