@@ -20,14 +20,17 @@ from fedmq.edge_agent.contract import FleetContract
 from fedmq.edge_agent.data import DataError, DataFile, GivenRows, LocalData
 from fedmq.edge_agent.health import RoundSkipped, public_detail
 from fedmq.edge_agent.ledger import DeviceLedger
+from fedmq.edge_agent.local_link import LocalLink
 from fedmq.edge_agent.memory import RunMemory
 from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from fedmq.edge_agent.personal_store import PersonalStore
 from fedmq.edge_agent.phases import phase_line, phase_values
+from fedmq.edge_agent.prediction_feed import LocalPredictions
 from fedmq.edge_agent.readiness import Readiness
 from fedmq.edge_agent.sample_privacy import SampleDp
 from fedmq.edge_agent.status import DeviceStatus
+from fedmq.edge_agent.stream import StreamRows, StreamSource
 from fedmq.edge_agent.trainer import LocalUpdate, clip_note
 from fedmq.edge_agent.trust import TrustedKeys, UntrustedKey
 from fedmq.protocol.crypto.obfuscation import ObfuscatorSource, make_obfuscators
@@ -37,7 +40,7 @@ from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage, ServerSettings
 from fedmq.runtime.files import load_or_create_signer, save_model
-from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop
+from fedmq.runtime.transport import Inbox, MqttLink, MqttSettings, NetworkLoop
 
 log = logging.getLogger(__name__)
 clip_log = logging.getLogger(f"{__name__}.clipping")
@@ -62,11 +65,35 @@ class EdgeAgent:
                                     max_alone_epsilon=config.max_alone_epsilon)
         self._sample_dp = SampleDp(config.state_dir, max_epsilon=config.max_sample_epsilon)
         self.personal = PersonalStore(config.state_dir)  # never published
-        # A file is read again before a round when it changed; given rows never change.
-        self._rows: DataFile | GivenRows = GivenRows(
-            data, holdout=config.holdout, seed=config.agent_id) if data is not None else DataFile(
-            config.data_path, config.features, config.label, delimiter=config.delimiter,
-            holdout=config.holdout, seed=config.agent_id)
+        # A file is read again before a round when it changed; given rows never change;
+        # a sensor stream's store is read again when readings arrived.
+        self.stream: StreamSource | None = None
+        self.local_link: LocalLink | None = None
+        self._rows: DataFile | GivenRows | StreamRows
+        if data is not None:
+            self._rows = GivenRows(data, holdout=config.holdout, seed=config.agent_id)
+        elif config.stream is not None:
+            self.stream = StreamSource(config.stream)
+            self._rows = StreamRows(config.stream, config.features, config.label,
+                                    holdout=config.holdout, seed=config.agent_id)
+        else:
+            self._rows = DataFile(config.data_path, config.features, config.label,
+                                  delimiter=config.delimiter, holdout=config.holdout,
+                                  seed=config.agent_id)
+        if self.stream is not None or config.local is not None \
+                or config.predictions is not None:
+            # The device's own broker: a connection of its own, never the fleet link.
+            self.local_link = LocalLink(config.local or MqttSettings(),
+                                        client_id=config.local_client_id
+                                        or f"{config.agent_id}-local", network=network)
+            if self.stream is not None:
+                self.stream.attach(self.local_link)
+        # Predictions go over the local link only, never the fleet's (edge_agent.prediction_feed).
+        self.predictions = None if config.predictions is None or self.local_link is None \
+            else LocalPredictions(config.predictions, self.local_link,
+                                  agent_id=config.agent_id, fleet=config.topics.fleet,
+                                  state_dir=config.state_dir, stream=self.stream,
+                                  rows=self._rows if isinstance(self._rows, DataFile) else None)
         self.signer = signer or load_or_create_signer(config.signing_key_path)
         self._memory = RunMemory()
         self._readiness = Readiness(config.state_dir)
@@ -144,6 +171,8 @@ class EdgeAgent:
         self._stop.set()
         self._inbox.wake()
         self._link.close(graceful=False)
+        if self.local_link is not None:
+            self.local_link.kill()
         self._drop_pool()
 
     def _drop_pool(self) -> None:
@@ -159,7 +188,11 @@ class EdgeAgent:
                  "--public-key %s)", self.config.agent_id, self.data.n_samples, held,
                  ", ".join(self.data.features), self.signer.public_hex[:16],
                  self.config.agent_id, self.signer.public_hex)
+        if self.local_link is not None:  # the local broker may come up after us, too
+            threading.Thread(target=self.local_link.connect_retrying, args=(self._stop,),
+                             name="local-link", daemon=True).start()
         if not self._link.connect_retrying(self._stop):  # the gateway may boot after us
+            self._close_local()
             return
         try:
             while not self._stop.is_set():
@@ -170,11 +203,24 @@ class EdgeAgent:
                     break
                 self._maybe_ask()
                 self._maybe_ready()
+                if self.predictions is not None:
+                    self.predictions.tick()
         finally:
             self._drop_pool()
             if not self._killed:
                 self._status.offline()
                 self._link.close()
+                self._close_local()
+
+    def _close_local(self) -> None:
+        if self.predictions is not None:
+            log.info("predictions: %s", self.predictions.summary())
+        if self.stream is not None:
+            self.stream.close()
+        if isinstance(self._rows, StreamRows):
+            self._rows.close()
+        if self.local_link is not None:
+            self.local_link.close()
 
     def _handle(self, topic: str, payload: bytes) -> bool:
         """Process one message; True once the fleet announced it is finished."""
@@ -227,6 +273,8 @@ class EdgeAgent:
             return False
         if msg.ready_rows:
             self._readiness.expect(msg.run_id, msg.ready_rows, self._count_rows())
+        if self.predictions is not None:  # any verified model, also a finished run's
+            self.predictions.on_round(msg)
         if msg.state == "finished":
             if msg.run_id != self._memory.run_id:
                 # A retained announcement from an earlier run (brokers with persistence
@@ -306,7 +354,9 @@ class EdgeAgent:
         except DataError as exc:
             raise RoundSkipped("data-error", str(exc),
                                public_detail(str(exc), str(self._rows.path))) from exc
-        log.info("data file %s changed: %d rows now, %d for training", self._rows.path,
+        log.info("%s changed: %d rows now, %d for training",
+                 f"readings database {self._rows.path}" if isinstance(self._rows, StreamRows)
+                 else f"data file {self._rows.path}",
                  self.data.n_samples, self.train_data.n_samples)
 
     def _serve(self, msg: RoundMessage, contract: FleetContract) -> None:

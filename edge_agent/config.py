@@ -7,13 +7,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta
 
+from fedmq.edge_agent.prediction_settings import (
+    PredictionSettings,
+    PredictionsTable,
+    prediction_settings,
+)
+from fedmq.edge_agent.stream_config import StreamConfig, StreamTable, stream_config
 from fedmq.protocol.crypto.obfuscation import OBFUSCATOR_KINDS
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.topics import Topics, check_name
 from fedmq.runtime.config import Table, blame, convert, load_toml, resolve
-from fedmq.runtime.mqtt_settings import MqttSettings, MqttTable, NonEmpty, mqtt_settings
+from fedmq.runtime.mqtt_settings import (
+    EnvName,
+    MqttSettings,
+    MqttTable,
+    NonEmpty,
+    mqtt_settings,
+)
 
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$",
                             description="64 lowercase hex characters")]
@@ -35,13 +48,34 @@ class AgentFleetTable(Table, frozen=True):
 
 
 class DataTable(Table, frozen=True):
-    path: NonEmpty
     features: Annotated[list[NonEmpty], Meta(min_length=1)]
     label: NonEmpty
+    source: Literal["csv", "mqtt"] = "csv"
+    path: NonEmpty | None = None  # required for csv
     delimiter: Annotated[str, Meta(min_length=1, max_length=1,
                                    description="one character")] = ","
     # Share of the rows kept out of training, to evaluate the fleet model on.
     holdout: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
+    stream: StreamTable | None = None  # source = "mqtt": topics, paths, storage
+
+
+
+class LocalTable(Table, frozen=True):
+    """``[local]``: the device's own broker (sensor readings in, predictions out).
+
+    A connection of its own, never the fleet link of ``[mqtt]``, even when both name the
+    same host and port: then the broker's ACL must keep the local topics private.
+    """
+
+    host: NonEmpty = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    username: NonEmpty | None = None
+    password_file: NonEmpty | None = None
+    password_env: EnvName | None = None
+    tls: bool = False
+    ca_file: NonEmpty | None = None  # implies tls
+    client_id: NonEmpty | None = None  # default: "<agent id>-local"
+    keepalive: Annotated[int, Meta(ge=5, le=65535)] = 30
 
 
 class SimulationTable(Table, frozen=True):
@@ -82,6 +116,8 @@ class AgentFile(Table, frozen=True):
     crypto: CryptoTable = CryptoTable()
     privacy: AgentPrivacyTable = AgentPrivacyTable()
     personal: PersonalTable = PersonalTable()
+    predictions: PredictionsTable = PredictionsTable()
+    local: LocalTable | None = None
 
 
 @dataclass(frozen=True)
@@ -108,9 +144,24 @@ class AgentConfig:
     max_quorum: int | None = None
     max_alone_epsilon: float | None = None
     personal_mode: str | None = None  # [personal] mode; None: the round's settings
+    predictions: PredictionSettings | None = None  # [predictions] enabled: the local topic
+    local: MqttSettings | None = None  # [local]: the device's own broker, if configured
+    local_client_id: str | None = None
+    stream: StreamConfig | None = None  # [data] source = "mqtt"
 
     def __post_init__(self) -> None:
         check_name(self.agent_id, "agent id")
+        if self.predictions is not None:
+            self.predictions.check_off_fleet(self.topics)
+            default = MqttSettings()
+            if self.local is None and (self.mqtt.host, self.mqtt.port) == (default.host,
+                                                                           default.port):
+                # Not told to: predictions would reach the fleet's broker by default.
+                raise ConfigError(
+                    f"[predictions] go to the device's own broker, [local], which defaults "
+                    f"to {default.host}:{default.port}, the fleet's broker in [mqtt]: add a "
+                    "[local] table (the same host and port only on purpose, with the ACL "
+                    "lines of docs/privacy.md)")
         if not self.features:
             raise ConfigError("[data] features must list at least one column")
         if self.key_fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}",
@@ -157,6 +208,13 @@ class AgentConfig:
         with blame(source, "[agent] id"):
             check_name(f.agent.id, "agent id")
         mqtt = mqtt_settings(f.mqtt, base=base, source=source, config_file=config_file)
+        try:
+            predictions = prediction_settings(f.predictions, topics, f.agent.id)
+        except ConfigError as exc:  # its messages name the key: "[predictions] topic ..."
+            raise ConfigError(f"{source}: {exc}") from None
+        local = None if f.local is None else local_settings(f.local, base=base,
+                                                             source=source)
+        stream = _stream(f, base, source)
         with blame(source, "agent config"):
             return cls(
                 agent_id=f.agent.id,
@@ -181,4 +239,46 @@ class AgentConfig:
                 max_quorum=f.privacy.max_quorum,
                 max_alone_epsilon=f.privacy.max_alone_epsilon,
                 personal_mode=None if f.personal.mode == "fleet" else f.personal.mode,
+                predictions=predictions,
+                local=local,
+                stream=stream,
+                local_client_id=(f.local.client_id if f.local and f.local.client_id
+                                 else f"{f.agent.id}-local"),
             )
+
+
+def _stream(f: AgentFile, base: Path, source: str) -> StreamConfig | None:
+    data = f.data
+    if data.source == "csv":
+        if data.path is None:
+            raise ConfigError(f"{source}: [data] path is required when source = \"csv\" "
+                              "(the default)")
+        if data.stream is not None:
+            raise ConfigError(f"{source}: [data.stream] is only read with [data] source = "
+                              "\"mqtt\"")
+        return None
+    if data.stream is None:
+        raise ConfigError(f"{source}: [data] source = \"mqtt\" needs a [data.stream] table "
+                          "with at least one [[data.stream.topics]]")
+    state_dir = resolve(base, f.agent.state_dir)
+    database = Path(data.stream.database)
+    if not database.is_absolute():
+        if state_dir is None:
+            raise ConfigError(f"{source}: [data.stream] database {database} is relative to "
+                              "[agent] state_dir: set state_dir (or an absolute path)")
+        database = Path(state_dir) / database
+    with blame(source, "[data.stream]"):
+        return stream_config(data.stream, tuple(data.features), data.label, str(database))
+
+
+def local_settings(table: LocalTable, *, base: Path, source: str) -> MqttSettings:
+    """``[local]`` as connection settings; errors name ``[local]``, not ``[mqtt]``."""
+    doc = msgspec.structs.asdict(table)
+    del doc["client_id"]
+    if table.ca_file is not None:
+        doc["tls"] = True
+    mqtt = MqttTable(**doc)
+    try:
+        return mqtt_settings(mqtt, base=base, source=source)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("[mqtt]", "[local]")) from None

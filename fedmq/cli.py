@@ -103,7 +103,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_agent)
 
     simulate_cli.register(sub)  # simulate, sample-data
-    model_cli.register(sub)  # export, evaluate
+    model_cli.register(sub)  # export, evaluate, predict
     provision.register(sub)  # init gateway, init device
     relay_cli.register(sub)  # relay, enroll-relay
     trustee_cli.register(sub)  # trustee, trustee enroll

@@ -1,11 +1,12 @@
-"""``fedmq export`` and ``fedmq evaluate``: use the trained global model outside fedmq.
+"""``fedmq export``, ``evaluate`` and ``predict``: use the trained global model outside fedmq.
 
 export: a fitted scikit-learn estimator (joblib), an ONNX graph (through
 skl2onnx) or a portable JSON document (``models.export``). The estimators take
 raw sensor values: the fleet's standardization is folded into the coefficients.
 
 evaluate: the metrics of a model file on a labelled CSV, picking the columns by
-the model's feature names.
+the model's feature names. predict: the same JSON rows the agent publishes on its
+local prediction topic, for every row of a CSV.
 """
 
 from __future__ import annotations
@@ -152,6 +153,148 @@ def _guess_label(path: Path, spec: ModelSpec, delimiter: str) -> str:
                       f"{', '.join(others) or 'none'})")
 
 
+TIME_COLUMNS = ("timestamp", "ts")
+
+
+def predict_rows(model_path: str, data_path: str, *, delimiter: str = ","
+                 ) -> list[dict[str, Any]]:
+    """The agent's prediction payloads for every row of a CSV ("row": its data row number,
+    "ts": its numeric timestamp column when it has one)."""
+    import numpy as np
+
+    from fedmq.edge_agent.data import DataError, load_csv
+    from fedmq.edge_agent.predictions import ActiveModel, prediction_payloads
+    from fedmq.models import ModelError, load_model, make_model
+
+    spec, params = load_any(model_path)
+    meta: dict[str, Any] = {}
+    if Path(model_path).suffix.lower() == ".npz":
+        try:
+            meta = load_model(model_path)[2]
+        except ModelError:
+            meta = {}  # load_any read it; a JSON export has no metadata
+    header = _header(Path(data_path), delimiter)
+    time_col = next((c for c in TIME_COLUMNS if c in header and c not in spec.features), None)
+    # load_csv takes one label column: the last feature (or the timestamp) stands in for it.
+    timestamps = None
+    if time_col is not None:
+        try:
+            data = load_csv(data_path, spec.features, time_col, delimiter=delimiter)
+            X, timestamps = data.X, data.y
+        except DataError:
+            time_col = None  # a text timestamp (ISO dates): rows are numbered instead
+    if time_col is None:
+        data = load_csv(data_path, spec.features[:-1], spec.features[-1], delimiter=delimiter)
+        X = np.column_stack([data.X, data.y])
+    version = meta.get("model_version", 0)
+    which = "personal" if Path(model_path).name.startswith("personal") else "global"
+    # The gateway keeps each run's model in runs/<run id>/ ("latest" links to it).
+    real = Path(model_path).resolve()
+    run = str(meta.get("run_id") or (real.parent.name if real.parent.parent.name == "runs"
+                                     else ""))
+    active = ActiveModel(make_model(spec).set_params_vector(params), which, run,
+                         version if isinstance(version, int) else 0)
+    rows = np.arange(1, len(X) + 1, dtype=np.float64)
+    out = prediction_payloads(active, X, timestamps if timestamps is not None else rows,
+                              fleet=str(meta.get("fleet", "")), device="")
+    for i, doc in enumerate(out, start=1):
+        del doc["device"]
+        if timestamps is None:
+            del doc["ts"]
+        doc["row"] = i
+    return out
+
+
+def _header(path: Path, delimiter: str) -> list[str]:
+    import csv
+
+    from fedmq.edge_agent.data import open_csv, text_lines
+
+    try:
+        with open_csv(path) as fh:
+            return [h.strip() for h in next(csv.reader(text_lines(fh, str(path)),
+                                                       delimiter=delimiter), [])]
+    except (OSError, UnicodeDecodeError, csv.Error, ConfigError):
+        return []  # load_csv reports the file problem in its own words
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    """The prediction rows as CSV: row, [ts,] prediction, p_<class>... or value, model, run,
+    version."""
+    import csv
+    import io
+
+    if not rows:
+        return ""
+    first = rows[0]
+    classes = list(first.get("probabilities", {}))
+    head = ["row", *(["ts"] if "ts" in first else []), "prediction",
+            *([f"p_{c}" for c in classes] if classes else ["value"]), "model", "run",
+            "version"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(head)
+    for r in rows:
+        probs = [repr(r["probabilities"][c]) for c in classes] if classes \
+            else [repr(r["value"])]
+        writer.writerow([r["row"], *([repr(r["ts"])] if "ts" in r else []), r["prediction"],
+                         *probs, r["model"], r["run"], r["version"]])
+    return buf.getvalue()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fedmq.runtime.files import write_atomic
+
+    if len(args.delimiter) != 1:
+        raise ConfigError(f"--delimiter must be one character, got {args.delimiter!r}")
+    if args.publish and not args.config:
+        raise ConfigError("--publish needs --config agent.toml (its [local] broker and "
+                          "[predictions] topic)")
+    rows = predict_rows(args.model, args.data, delimiter=args.delimiter)
+    if args.publish:
+        return _publish(rows, args.config, args.model)
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows) if args.json \
+        else rows_csv(rows)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, text.encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror}") from exc
+    print(f"{len(rows)} predictions of {args.model} on {args.data} written to {out}")
+    return 0
+
+
+def _publish(rows: list[dict[str, Any]], config_path: str, model: str) -> int:
+    """The rows on the agent's local prediction topic, over its [local] link (never [mqtt])."""
+    from fedmq.edge_agent.config import AgentConfig
+    from fedmq.edge_agent.local_link import LocalLink
+    from fedmq.runtime.transport import MqttSettings
+
+    cfg = AgentConfig.from_file(config_path)
+    settings = cfg.predictions
+    if settings is None:
+        raise ConfigError(f"{config_path}: [predictions] enabled = false: no topic to publish to")
+    local = cfg.local or MqttSettings()
+    link = LocalLink(local, client_id=f"{cfg.local_client_id or cfg.agent_id}-predict",
+                     persistent=False)
+    link.connect()
+    sent = 0
+    try:
+        for row in rows:
+            doc = {**row, "fleet": cfg.topics.fleet, "device": cfg.agent_id}
+            sent += link.publish(settings.topic, json.dumps(doc, separators=(",", ":")).encode(),
+                                 settings.retain, qos=settings.qos, wait=True)
+    finally:
+        link.close()
+    print(f"{sent} of {len(rows)} predictions of {model} published to {settings.topic} on "
+          f"{local.host}:{local.port}")
+    return 0 if sent == len(rows) else 1
+
+
 # Where `fedmq simulate` leaves the newest run's model (runs/latest -> runs/<run_id>).
 SIMULATED_MODEL = "runs/latest/aggregator/latest/global_model.npz"
 
@@ -177,3 +320,19 @@ def register(sub: Any) -> None:
     p.add_argument("--label", help="label column (default: the one non-feature column)")
     p.add_argument("--delimiter", default=",", help="CSV delimiter (default: ,)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict every row of a CSV file with a model",
+                       description="The same rows the agent publishes on its local "
+                       "prediction topic: prediction, class probabilities or value, model "
+                       "run and version. CSV on standard output unless --json or --out.")
+    p.add_argument("--model", default=SIMULATED_MODEL,
+                   help=f"fedmq model file or JSON export (default: {SIMULATED_MODEL})")
+    p.add_argument("--data", required=True, help="CSV with the model's feature columns "
+                   "(a numeric 'timestamp' or 'ts' column becomes each row's ts)")
+    p.add_argument("--out", help="write to this file instead of standard output")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+    p.add_argument("--delimiter", default=",", help="CSV delimiter (default: ,)")
+    p.add_argument("--publish", action="store_true", help="publish each row on the local "
+                   "prediction topic of --config (its [local] broker, never the fleet's)")
+    p.add_argument("--config", help="agent.toml, for --publish")
+    p.set_defaults(func=cmd_predict)

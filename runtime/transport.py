@@ -37,8 +37,9 @@ from fedmq.runtime.droplog import DropLog
 from fedmq.runtime.mqtt_settings import MqttSettings  # re-exported: the roles import it from here
 from fedmq.runtime.netloop import NetworkLoop, jittered
 
-__all__ = ["Backoff", "BrokerUnavailable", "BrokerUnreachable", "Inbox", "LoginRefused",
-           "MqttLink", "MqttSettings", "NetworkLoop", "TlsMismatch"]
+__all__ = ["AckHandler", "Backoff", "BrokerUnavailable", "BrokerUnreachable", "Inbox",
+           "LoginRefused", "MqttLink", "MqttSettings", "NetworkLoop", "TlsMismatch",
+           "topic_matches"]
 
 log = logging.getLogger(__name__)
 # CONNACK codes (as paho reports them, MQTT 5 numbering) that name a login problem.
@@ -47,6 +48,15 @@ _LOGIN_CODES = {133: "client id rejected", 134: "bad user name or password",
 
 
 Handler = Callable[[str, bytes], None]
+# (topic, payload, ack, dup): ``ack()`` sends the QoS 1 PUBACK; the handler (or whoever it
+# hands the message to) calls it once the message is safe (stored), from any thread. ``dup``:
+# the broker says it may have sent this message before (a resend after a reconnect).
+AckHandler = Callable[[str, bytes, Callable[[], None], bool], None]
+
+
+def topic_matches(subscription: str, topic: str) -> bool:
+    """Whether ``topic`` matches the MQTT filter ``subscription`` (``+`` and ``#``)."""
+    return bool(mqtt.topic_matches_sub(subscription, topic))
 
 
 class Inbox:
@@ -176,9 +186,15 @@ class MqttLink:
         clean_session: bool = True,
         backoff: Backoff = DEFAULT_BACKOFF,
         network: NetworkLoop | None = None,
+        on_delivery: AckHandler | None = None,
     ) -> None:
         """``network``: drive the socket from that shared loop (a simulation's many agents
-        of one process) instead of a paho loop thread of its own (a device)."""
+        of one process) instead of a paho loop thread of its own (a device).
+
+        ``on_delivery`` replaces ``on_message`` with manual acknowledgements: paho then
+        sends no PUBACK by itself (it would, as soon as the callback returns), so a QoS 1
+        message is acknowledged only when the handler's ``ack`` says it is stored. An ack
+        of a message from an earlier connection is not sent (the broker resends it)."""
         self.settings = settings
         self._on_message = on_message
         self._subscriptions = list(subscriptions)
@@ -191,6 +207,8 @@ class MqttLink:
         self._dropped: str | None = None  # closed before any CONNACK
         self._ever_connected = False
         self._backoff = backoff
+        self._on_delivery = on_delivery
+        self._generation = 0  # connections so far: an ack belongs to one of them
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -198,6 +216,7 @@ class MqttLink:
             # False: the broker queues QoS 1 messages for us while we are away
             # (a restarting aggregator must not miss updates sent meanwhile).
             clean_session=clean_session,
+            manual_ack=on_delivery is not None,
         )
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
@@ -228,6 +247,7 @@ class MqttLink:
             return
         self._refused = None
         self._ever_connected = True
+        self._generation += 1
         if self._driven is not None:
             self._driven.connected()
         for topic, qos in self._subscriptions:
@@ -249,9 +269,24 @@ class MqttLink:
 
     def _handle_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
+            if self._on_delivery is not None:
+                generation, mid, qos = self._generation, msg.mid, msg.qos
+                self._on_delivery(msg.topic, bytes(msg.payload),
+                                  lambda: self._ack(generation, mid, qos), bool(msg.dup))
+                return
             self._on_message(msg.topic, bytes(msg.payload))
         except Exception:  # a handler bug must never kill paho's network thread
             log.exception("message handler failed on %s", msg.topic)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription: made now if connected, and again on every reconnect."""
+        self._subscriptions.append((topic, qos))
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=qos)
+
+    def _ack(self, generation: int, mid: int, qos: int) -> None:
+        if qos and generation == self._generation and self._connected.is_set():
+            self._client.ack(mid, qos)
 
     @property
     def connected(self) -> bool:

@@ -151,6 +151,11 @@ def test_use_the_model(tmp_path: Path) -> None:
     assert "accuracy" in ran.stdout
     for name in ("model.joblib", "model.onnx", "model.json"):
         assert (ran.cwd / "runs" / "export" / name).stat().st_size > 0
+    predictions = (ran.cwd / "runs" / "export" / "predictions.csv").read_text().splitlines()
+    assert predictions[0].startswith("row,ts,prediction,p_0,p_1,model,run,version")
+    # the model's run (its directory under runs/) and version: 2 rounds
+    assert len(predictions) > 10 and re.search(r",global,\d{8}-\d{6}-[0-9a-f]{4},2$",
+                                               predictions[1]), predictions[:2]
 
 
 def skeleton(line: str) -> str:

@@ -1,0 +1,244 @@
+"""The sensor-stream data source: readings from the local broker into the readings store.
+
+The local link's callback only queues each message (paho's thread). One writer thread
+takes everything queued, parses it (``[data.stream]`` paths), joins topics by time,
+commits rows and join state in ONE transaction, and only then acknowledges the messages
+(manual PUBACK): an acknowledged reading is on disk, an unacknowledged one comes back
+from the broker after a crash. Rounds read the store (``StreamRows``) exactly like a CSV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedmq.edge_agent.data import DataError, LocalData, split_holdout
+from fedmq.edge_agent.json_path import ReadingError
+from fedmq.edge_agent.local_link import Delivery, LocalLink
+from fedmq.edge_agent.readings_store import Pending, ReadingsStore
+from fedmq.edge_agent.stream_config import StreamConfig
+from fedmq.edge_agent.stream_join import Joiner, Reading
+from fedmq.runtime.droplog import DropLog
+from fedmq.runtime.transport import topic_matches
+
+log = logging.getLogger(__name__)
+RowsHook = Callable[[NDArray[np.float64], NDArray[np.float64]], None]
+MAX_PAYLOAD = 64 * 1024  # a sensor reading is a few hundred bytes
+MAX_QUEUED = 10_000  # messages between the network thread and the writer
+
+
+def parse(config: StreamConfig, topic: str, payload: bytes, arrival: float
+          ) -> tuple[int, float, dict[str, float]]:
+    """(topic index, time, values by column) of one message; ReadingError says why not."""
+    index = next((i for i, t in enumerate(config.topics) if topic_matches(t.topic, topic)),
+                 None)
+    if index is None:
+        raise ReadingError("unknown-topic", f"no [[data.stream.topics]] matches {topic}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ReadingError("too-large", f"payload of {len(payload)} bytes")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReadingError("not-json", f"not JSON ({exc})") from None
+    mapping = config.topics[index]
+    values = {name: path.number(doc) for name, path in mapping.fields}
+    ts = arrival
+    if mapping.time is not None:
+        ts = mapping.time.number(doc)
+        if ts > 1e11:  # epoch milliseconds (Zigbee2MQTT, ESPHome)
+            ts /= 1000.0
+    return index, ts, values
+
+
+def message_digest(topic: str, payload: bytes) -> int:
+    """64 bits naming one message's bytes (a resend has the same)."""
+    digest = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class StreamSource:
+    """Ingests ``[data.stream]`` topics from a LocalLink into the readings store."""
+
+    def __init__(self, config: StreamConfig, *, on_rows: RowsHook | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.on_rows = on_rows  # i23-predict's Predictor.on_rows(X, timestamps)
+        self._clock = clock
+        rule = config.label_rule
+        self._join_columns = config.columns[:-1] if rule else config.columns
+        self.store = ReadingsStore(config.database, config.columns,
+                                   keep_rows=config.keep_rows, keep_days=config.keep_days)
+        self._joiner = Joiner(self._join_columns, config.join_seconds)
+        self._queue: queue.Queue[Delivery | None] = queue.Queue(maxsize=MAX_QUEUED)
+        self._drops = DropLog(log, interval=60.0)
+        self.rejected: Counter[str] = Counter()  # unusable messages per reason
+        self.ingested = 0  # rows stored by this process
+        self.stale_rows = self.late = 0
+        self.resent = 0  # resends of messages already stored (after a crash), skipped
+        self._thread: threading.Thread | None = None
+        self._persisted: set[int] = set()
+        pending = self.store.pending()  # readings of a join from before a restart
+        self._next_id = max((p.id for p in pending), default=0) + 1
+        if pending:
+            self._joiner.add([Reading(p.id, p.topic, p.ts, p.values) for p in pending])
+            self._persisted = {p.id for p in pending}
+        self._last_retention = 0.0
+
+    def attach(self, link: LocalLink) -> None:
+        """Subscribe to every ``[[data.stream.topics]]`` filter and start the writer."""
+        for t in self.config.topics:
+            link.subscribe(t.topic, self._arrived, qos=self.config.qos, manual_ack=True)
+        self._thread = threading.Thread(target=self._write_loop, name="stream-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _arrived(self, delivery: Delivery) -> None:
+        """paho's thread: queue, nothing more. Full queue: no ack, the broker resends."""
+        try:
+            self._queue.put_nowait(delivery)
+        except queue.Full:
+            self._reject("queue-full", delivery.topic, f"{MAX_QUEUED} readings queued")
+
+    def _reject(self, reason: str, topic: str, why: str) -> None:
+        self.rejected[reason] += 1
+        self._drops.drop(reason, f"{topic}: {why}")
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 1000:  # everything queued meanwhile: one commit, one fsync
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                self.ingest(batch)
+            except Exception:  # a disk error must not end ingestion: nothing acked is lost
+                log.exception("storing %d readings failed; they stay unacknowledged",
+                              len(batch))
+                time.sleep(1.0)
+
+    def ingest(self, batch: list[Delivery]) -> int:
+        """Parse, join, commit, then acknowledge ``batch``; returns the rows stored."""
+        arrival = self._clock()
+        readings = []
+        digests = []
+        for d in batch:
+            digest = message_digest(d.topic, d.payload)
+            if d.dup and self.store.was_seen(digest):
+                self.resent += 1  # stored before the agent went away; not an error
+                continue
+            digests.append(digest)
+            try:
+                index, ts, values = parse(self.config, d.topic, d.payload, arrival)
+            except ReadingError as exc:
+                self._reject(exc.reason, d.topic, str(exc))
+                continue
+            readings.append(Reading(self._next_id, index, ts, values))
+            self._next_id += 1
+        result = self._joiner.add(readings)
+        rows = result.rows
+        if self.config.label_rule is not None:
+            rule = self.config.label_rule
+            i = self._join_columns.index(rule.feature)
+            rows = [(ts, [*values, rule(values[i])]) for ts, values in rows]
+        open_ids = self._joiner.open_ids
+        fresh = [Pending(r.id, r.topic, r.ts, r.values) for r in readings
+                 if r.id in open_ids]
+        gone = self._persisted - open_ids
+        self.store.commit(rows, add_pending=fresh, drop_pending=gone, seen=digests)
+        self._persisted = (self._persisted - gone) | {p.id for p in fresh}
+        for d in batch:  # stored (or rejected for good): the broker may forget them
+            d.ack()
+        self.ingested += len(rows)
+        for _ in range(result.stale_rows):
+            self._reject("incomplete-row", "join", f"no full row within "
+                         f"{self.config.join_seconds:g} s")
+        for _ in range(result.late):
+            self._reject("late", "join", "older than the join window on arrival")
+        self.stale_rows += result.stale_rows
+        self.late += result.late
+        if rows and self.on_rows is not None:
+            table = np.asarray([v for _, v in rows], dtype=np.float64)
+            try:
+                self.on_rows(table[:, :-1], np.asarray([t for t, _ in rows]))
+            except Exception:  # a predictor's bug must not stop ingestion
+                log.exception("on_rows hook failed")
+        if arrival - self._last_retention > 10.0:
+            self._last_retention = arrival
+            self.store.retain(arrival)
+        return len(rows)
+
+
+class StreamRows:
+    """The rows a round trains on, read from the store (``DataFile``'s interface)."""
+
+    def __init__(self, config: StreamConfig, features: tuple[str, ...], label: str, *,
+                 holdout: float = 0.0, seed: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config, self.features, self.label = config, features, label
+        self.holdout, self.seed, self._clock = holdout, seed, clock
+        self.path: Path | None = Path(config.database)
+        self._store = ReadingsStore(config.database, config.columns,
+                                    keep_rows=config.keep_rows, keep_days=config.keep_days)
+        self._stamp: tuple[int, int] | None = None
+        empty = np.zeros((0, len(features)))
+        self.data = self.train = self.evaluation = LocalData(
+            X=empty, y=np.zeros(0), features=features, label=label)
+        # No readings yet: a round skips with data-error until there are.
+        with contextlib.suppress(DataError):
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Read the store again if rows arrived or left; True if it did. Raises DataError
+        when there is nothing to train on (the CSV path's "no rows")."""
+        stamp = (self._store.last_id(), self._store.count())
+        if stamp == self._stamp and self.data.n_samples:
+            return False
+        c = self.config
+        if c.train_on == "window":
+            assert c.train_seconds is not None
+            _ts, table = self._store.window(c.train_seconds, self._clock())
+        else:
+            _ts, table = self._store.latest(c.train_rows)
+        if not len(table):
+            raise DataError(f"readings database {self.path} has no rows"
+                            + (f" from the last {c.train_seconds:g} s"
+                               if c.train_on == "window" else " yet"))
+        data = LocalData(X=table[:, :-1], y=table[:, -1], features=self.features,
+                         label=self.label)
+        train, evaluation = split_holdout(data, self.holdout, self.seed)
+        self.data, self.train, self.evaluation = data, train, evaluation
+        self._stamp = stamp
+        return True
+
+    def close(self) -> None:
+        self._store.close()
