@@ -60,6 +60,10 @@ class SimulationOptions:
     threshold: int = 0  # 0: a majority of the trustees
     # fedmq simulate --dashboard: serve the live page on this loopback port (0: any free one).
     dashboard: int | None = None
+    # fedmq simulate --stream: the devices publish their rows over MQTT (on their own local
+    # topics) at stream_rate readings per second each; the agents ingest and train from them.
+    stream: bool = False
+    stream_rate: float = 200.0
 
     def __post_init__(self) -> None:
         if self.scaling is None:
@@ -93,6 +97,15 @@ class SimulationOptions:
         if self.workers < 0:
             raise ConfigError("--workers must be 0 (threads of this process) or more")
         BrokerChoice.parse(self.broker)
+        if self.stream and self.broker != "embedded":
+            raise ConfigError("--stream runs on the embedded broker (its local topics need "
+                              "their own logins and ACL on Mosquitto: not simulated yet)")
+        if self.stream and self.workers:
+            raise ConfigError("--stream runs the agents on threads of this process "
+                              "(--workers 0): worker processes ingest only part of the "
+                              "stream yet")
+        if self.stream_rate <= 0:
+            raise ConfigError("--stream-rate must be positive (readings per second)")
         if self.agents - self.kill < self.quorum:
             raise ConfigError(f"killing {self.kill} of {self.agents} agents leaves fewer than "
                               f"the quorum of {self.quorum}")
@@ -120,7 +133,7 @@ def options_from(config: str | None, overrides: dict[str, Any]) -> SimulationOpt
     table = file_options(config) if config is not None else {}
     check_flags(overrides)
     merged = {**table, **overrides}
-    merged.setdefault("workers", default_workers())
+    merged.setdefault("workers", 0 if merged.get("stream") else default_workers())
     try:
         return SimulationOptions(**merged)
     except TypeError as exc:
