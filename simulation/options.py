@@ -100,10 +100,6 @@ class SimulationOptions:
         if self.stream and self.broker != "embedded":
             raise ConfigError("--stream runs on the embedded broker (its local topics need "
                               "their own logins and ACL on Mosquitto: not simulated yet)")
-        if self.stream and self.workers:
-            raise ConfigError("--stream runs the agents on threads of this process "
-                              "(--workers 0): worker processes ingest only part of the "
-                              "stream yet")
         if self.stream_rate <= 0:
             raise ConfigError("--stream-rate must be positive (readings per second)")
         if self.agents - self.kill < self.quorum:
@@ -133,7 +129,7 @@ def options_from(config: str | None, overrides: dict[str, Any]) -> SimulationOpt
     table = file_options(config) if config is not None else {}
     check_flags(overrides)
     merged = {**table, **overrides}
-    merged.setdefault("workers", 0 if merged.get("stream") else default_workers())
+    merged.setdefault("workers", default_workers())
     try:
         return SimulationOptions(**merged)
     except TypeError as exc:

@@ -306,7 +306,7 @@ class Simulation:
 
     def _feed(self, feeds: list[stream.DeviceFeed], settings: MqttSettings) -> None:
         """Publish the devices' readings once their agents listen; wait until stored."""
-        stream.wait_listening(self.agents, self.options.spread)
+        stream.wait_listening(self.agents, self.options.spread, feeds)
         stream.feed(settings, feeds, self.options.stream_rate, stop=threading.Event(),
                     progress=self.progress)
 

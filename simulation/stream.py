@@ -78,13 +78,19 @@ def streamed(configs: list[AgentConfig], paths: Sequence[Path],
     return feeds
 
 
-def wait_listening(agents: Sequence[EdgeAgent], spread: float, timeout: float = 60.0) -> None:
+def wait_listening(agents: Sequence[EdgeAgent], spread: float, feeds: Sequence[DeviceFeed],
+                   timeout: float = 120.0) -> None:
     """Until the agents' local links are connected (agents on threads of this process), or
-    the connect spread and a margin have passed (agents in worker processes)."""
+    (agents in worker processes) every agent made its database, then the connect spread
+    and a margin: a reading published before its agent subscribed is lost."""
+    end = time.monotonic() + timeout + 2 * spread
     if not agents:
+        while not all(f.database.exists() for f in feeds):
+            if time.monotonic() > end:
+                raise FedmqError("--stream: the agents did not start")
+            time.sleep(0.1)
         time.sleep(spread + 3.0)
         return
-    end = time.monotonic() + timeout + 2 * spread
     while not all(a.local_link is not None and a.local_link.connected for a in agents):
         if time.monotonic() > end:
             raise FedmqError("--stream: the agents' local links did not connect")

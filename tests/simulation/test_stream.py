@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedmq.protocol.errors import ConfigError
-from fedmq.simulation.options import SimulationOptions, options_from
+from fedmq.simulation.options import SimulationOptions
 from fedmq.simulation.run import Simulation
 from fedmq.simulation.stream import DATABASE, local_topic, stored_rows
 
@@ -39,8 +39,5 @@ def test_a_streamed_fleet_learns_as_well_as_from_the_same_rows_in_csvs(tmp_path)
 def test_stream_needs_the_embedded_broker():
     with pytest.raises(ConfigError, match="embedded"):
         SimulationOptions(stream=True, broker="mosquitto")
-    with pytest.raises(ConfigError, match="workers 0"):
-        SimulationOptions(stream=True, workers=2)
-    assert options_from(None, {"stream": True}).workers == 0
     with pytest.raises(ConfigError, match="stream-rate"):
         SimulationOptions(stream=True, stream_rate=0)
