@@ -17,17 +17,16 @@ from numpy.typing import NDArray
 
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.contract import FleetContract
-from fedmq.edge_agent.data import DataError, DataFile, GivenRows, LocalData
+from fedmq.edge_agent.data import DataError, LocalData
 from fedmq.edge_agent.health import RoundSkipped, public_detail
 from fedmq.edge_agent.ledger import DeviceLedger
-from fedmq.edge_agent.local_link import LocalLink
 from fedmq.edge_agent.memory import RunMemory
 from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
 from fedmq.edge_agent.phases import phase_line, phase_values
 from fedmq.edge_agent.sample_privacy import SampleDp
 from fedmq.edge_agent.status import DeviceStatus
-from fedmq.edge_agent.stream import StreamRows, StreamSource
+from fedmq.edge_agent.stream import StreamRows, data_source
 from fedmq.edge_agent.trainer import LocalUpdate, clip_note
 from fedmq.edge_agent.trust import TrustedKeys, UntrustedKey
 from fedmq.protocol.crypto.obfuscation import ObfuscatorSource, make_obfuscators
@@ -37,7 +36,7 @@ from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage
 from fedmq.runtime.files import load_or_create_signer, save_model
-from fedmq.runtime.transport import Inbox, MqttLink, MqttSettings, NetworkLoop
+from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop
 
 log = logging.getLogger(__name__)
 clip_log = logging.getLogger(f"{__name__}.clipping")
@@ -62,27 +61,9 @@ class EdgeAgent:
                                     max_alone_epsilon=config.max_alone_epsilon)
         self._sample_dp = SampleDp(config.state_dir, max_epsilon=config.max_sample_epsilon)
         # A file is read again before a round when it changed; given rows never change;
-        # a sensor stream's store is read again when readings arrived.
-        self.stream: StreamSource | None = None
-        self.local_link: LocalLink | None = None
-        self._rows: DataFile | GivenRows | StreamRows
-        if data is not None:
-            self._rows = GivenRows(data, holdout=config.holdout, seed=config.agent_id)
-        elif config.stream is not None:
-            self.stream = StreamSource(config.stream)
-            self._rows = StreamRows(config.stream, config.features, config.label,
-                                    holdout=config.holdout, seed=config.agent_id)
-        else:
-            self._rows = DataFile(config.data_path, config.features, config.label,
-                                  delimiter=config.delimiter, holdout=config.holdout,
-                                  seed=config.agent_id)
-        if self.stream is not None or config.local is not None:
-            # The device's own broker: a connection of its own, never the fleet link.
-            self.local_link = LocalLink(config.local or MqttSettings(),
-                                        client_id=config.local_client_id
-                                        or f"{config.agent_id}-local", network=network)
-            if self.stream is not None:
-                self.stream.attach(self.local_link)
+        # a sensor stream's store is read again when readings arrived. ``stream`` (its
+        # ``on_rows`` hook) and ``local_link`` are for a predictor to attach to.
+        self._rows, self.stream, self.local_link = data_source(config, data, network)
         self.signer = signer or load_or_create_signer(config.signing_key_path)
         self._memory = RunMemory()
         self.final_params: NDArray[np.float64] | None = None
