@@ -222,7 +222,8 @@ class StreamRows:
         """Read the store again if rows arrived or left; True if it did. Raises DataError
         when there is nothing to train on (the CSV path's "no rows")."""
         stamp = (self._store.last_id(), self._store.count())
-        if stamp == self._stamp and self.data.n_samples:
+        # A time window moves on without new rows: read it again every time.
+        if stamp == self._stamp and self.data.n_samples and self.config.train_on == "latest":
             return False
         c = self.config
         if c.train_on == "window":
