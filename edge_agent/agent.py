@@ -17,10 +17,9 @@ from numpy.typing import NDArray
 
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.contract import FleetContract
-from fedmq.edge_agent.data import DataError, DataFile, GivenRows, LocalData
+from fedmq.edge_agent.data import DataError, DataFile, LocalData
 from fedmq.edge_agent.health import RoundSkipped, public_detail
 from fedmq.edge_agent.ledger import DeviceLedger
-from fedmq.edge_agent.local_link import LocalLink
 from fedmq.edge_agent.memory import RunMemory
 from fedmq.edge_agent.notices import NoticeReader
 from fedmq.edge_agent.obfuscator_pool import ObfuscatorPool, SharedFiller
@@ -30,7 +29,7 @@ from fedmq.edge_agent.prediction_feed import LocalPredictions
 from fedmq.edge_agent.readiness import Readiness
 from fedmq.edge_agent.sample_privacy import SampleDp
 from fedmq.edge_agent.status import DeviceStatus
-from fedmq.edge_agent.stream import StreamRows, StreamSource
+from fedmq.edge_agent.stream import StreamRows, data_source
 from fedmq.edge_agent.trainer import LocalUpdate, clip_note
 from fedmq.edge_agent.trust import TrustedKeys, UntrustedKey
 from fedmq.protocol.crypto.obfuscation import ObfuscatorSource, make_obfuscators
@@ -40,7 +39,7 @@ from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
 from fedmq.protocol.messages import PubKeyMessage, RoundMessage, ServerSettings
 from fedmq.runtime.files import load_or_create_signer, save_model
-from fedmq.runtime.transport import Inbox, MqttLink, MqttSettings, NetworkLoop
+from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop
 
 log = logging.getLogger(__name__)
 clip_log = logging.getLogger(f"{__name__}.clipping")
@@ -66,28 +65,9 @@ class EdgeAgent:
         self._sample_dp = SampleDp(config.state_dir, max_epsilon=config.max_sample_epsilon)
         self.personal = PersonalStore(config.state_dir)  # never published
         # A file is read again before a round when it changed; given rows never change;
-        # a sensor stream's store is read again when readings arrived.
-        self.stream: StreamSource | None = None
-        self.local_link: LocalLink | None = None
-        self._rows: DataFile | GivenRows | StreamRows
-        if data is not None:
-            self._rows = GivenRows(data, holdout=config.holdout, seed=config.agent_id)
-        elif config.stream is not None:
-            self.stream = StreamSource(config.stream)
-            self._rows = StreamRows(config.stream, config.features, config.label,
-                                    holdout=config.holdout, seed=config.agent_id)
-        else:
-            self._rows = DataFile(config.data_path, config.features, config.label,
-                                  delimiter=config.delimiter, holdout=config.holdout,
-                                  seed=config.agent_id)
-        if self.stream is not None or config.local is not None \
-                or config.predictions is not None:
-            # The device's own broker: a connection of its own, never the fleet link.
-            self.local_link = LocalLink(config.local or MqttSettings(),
-                                        client_id=config.local_client_id
-                                        or f"{config.agent_id}-local", network=network)
-            if self.stream is not None:
-                self.stream.attach(self.local_link)
+        # a sensor stream's store is read again when readings arrived. ``stream`` (its
+        # ``on_rows`` hook) and ``local_link`` are for the predictor to attach to.
+        self._rows, self.stream, self.local_link = data_source(config, data, network)
         # Predictions go over the local link only, never the fleet's (edge_agent.prediction_feed).
         self.predictions = None if config.predictions is None or self.local_link is None \
             else LocalPredictions(config.predictions, self.local_link,
@@ -334,7 +314,10 @@ class EdgeAgent:
         return not msg.continues
 
     def _count_rows(self) -> int:
-        """The rows this device holds now (its data read again if it changed)."""
+        """The rows this device holds now (its data read again if it changed); for a
+        readings store, the rows it ever stored (retention must not hide new readings)."""
+        if isinstance(self._rows, StreamRows):
+            return self._rows.stored_ever()
         try:
             self._rows.refresh()
         except DataError as exc:

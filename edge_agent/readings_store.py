@@ -84,7 +84,10 @@ class ReadingsStore:
             return
         cols = ", ".join(f"c{i} REAL NOT NULL" for i in range(len(self.columns)))
         db.execute("BEGIN IMMEDIATE")
-        db.execute(f"CREATE TABLE rows (id INTEGER PRIMARY KEY, ts REAL NOT NULL, {cols})")
+        # AUTOINCREMENT: ids are never reused, even after retention emptied the table, so the
+        # newest id counts every row ever stored (a scheduled gateway's "new rows" signal).
+        db.execute(f"CREATE TABLE rows (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "
+                   f"{cols})")
         db.execute("CREATE INDEX rows_ts ON rows (ts)")
         db.execute("CREATE TABLE pending (id INTEGER PRIMARY KEY, topic INTEGER NOT NULL, "
                    "ts REAL NOT NULL, vals TEXT NOT NULL)")
@@ -153,6 +156,11 @@ class ReadingsStore:
     def last_id(self) -> int:
         """The id of the newest row (0 when empty): it changes when rows are added."""
         return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM rows").fetchone()[0])
+
+    def stored_ever(self) -> int:
+        """Rows ever stored, retention notwithstanding (the AUTOINCREMENT counter)."""
+        got = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rows'").fetchone()
+        return int(got[0]) if got else 0
 
     def pending(self) -> list[Pending]:
         return [Pending(i, t, ts, json.loads(v)) for i, t, ts, v in self._db.execute(

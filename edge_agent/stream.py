@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.edge_agent.data import DataError, LocalData, split_holdout
+from fedmq.edge_agent.config import AgentConfig
+from fedmq.edge_agent.data import DataError, DataFile, GivenRows, LocalData, split_holdout
 from fedmq.edge_agent.json_path import ReadingError
 from fedmq.edge_agent.local_link import Delivery, LocalLink
 from fedmq.edge_agent.readings_store import Pending, ReadingsStore
 from fedmq.edge_agent.stream_config import StreamConfig
 from fedmq.edge_agent.stream_join import Joiner, Reading
 from fedmq.runtime.droplog import DropLog
-from fedmq.runtime.transport import topic_matches
+from fedmq.runtime.transport import MqttSettings, NetworkLoop, topic_matches
 
 log = logging.getLogger(__name__)
 RowsHook = Callable[[NDArray[np.float64], NDArray[np.float64]], None]
@@ -217,11 +218,16 @@ class StreamRows:
         with contextlib.suppress(DataError):
             self.refresh()
 
+    def stored_ever(self) -> int:
+        """Readings ever stored here: unlike the rows kept, retention never lowers it."""
+        return self._store.stored_ever()
+
     def refresh(self) -> bool:
         """Read the store again if rows arrived or left; True if it did. Raises DataError
         when there is nothing to train on (the CSV path's "no rows")."""
         stamp = (self._store.last_id(), self._store.count())
-        if stamp == self._stamp and self.data.n_samples:
+        # A time window moves on without new rows: read it again every time.
+        if stamp == self._stamp and self.data.n_samples and self.config.train_on == "latest":
             return False
         c = self.config
         if c.train_on == "window":
@@ -242,3 +248,32 @@ class StreamRows:
 
     def close(self) -> None:
         self._store.close()
+
+
+Rows = DataFile | GivenRows | StreamRows
+
+
+def data_source(config: AgentConfig, data: LocalData | None, network: NetworkLoop | None
+                ) -> tuple[Rows, StreamSource | None, LocalLink | None]:
+    """An agent's rows (given, its CSV, or its readings store), its stream source and its
+    link to the device's own broker (``[local]``, or the stream's default 127.0.0.1:1883):
+    a connection of its own, never the fleet link."""
+    stream: StreamSource | None = None
+    rows: Rows
+    if data is not None:
+        rows = GivenRows(data, holdout=config.holdout, seed=config.agent_id)
+    elif config.stream is not None:
+        stream = StreamSource(config.stream)
+        rows = StreamRows(config.stream, config.features, config.label,
+                          holdout=config.holdout, seed=config.agent_id)
+    else:
+        rows = DataFile(config.data_path, config.features, config.label,
+                        delimiter=config.delimiter, holdout=config.holdout,
+                        seed=config.agent_id)
+    link = None
+    if stream is not None or config.local is not None or config.predictions is not None:
+        link = LocalLink(config.local or MqttSettings(), network=network,
+                         client_id=config.local_client_id or f"{config.agent_id}-local")
+        if stream is not None:
+            stream.attach(link)
+    return rows, stream, link

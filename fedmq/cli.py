@@ -66,6 +66,9 @@ BENCHES = {
                     "bytes upstream, memory, exact equality", "fedmq.benchmarks.relay"),
     "bench-storm": ("embedded broker memory before, during and after a storm of idle and "
                     "half-open TLS connections", "fedmq.benchmarks.storm"),
+    "bench-ingest": ("one agent storing 100 sensor readings/s from MQTT while rounds run: its "
+                     "peak RSS against the 60 MB budget and a CSV agent's",
+                     "fedmq.benchmarks.ingest"),
     "bench-trustees": ("threshold decryption's cost per round: trustees' and aggregator's CPU, "
                        "messages, key generation", "fedmq.benchmarks.trustees"),
 }

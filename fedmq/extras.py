@@ -27,6 +27,7 @@ _NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "simulate": ("gateway", ("amqtt", "sklearn", "matplotlib")),
     "bench-flood": ("gateway", ("amqtt",)),
     "bench-storm": ("gateway", ("amqtt",)),  # it runs `fedmq broker`
+    "bench-ingest": ("gateway", ("amqtt",)),  # it runs `fedmq broker` and an aggregator
     # gateway-side files: Argon2 password hashes, and locks for the allow-list/password file
     "init": ("gateway", ("pwdlib", "filelock")),
     "enroll": ("gateway", ("filelock",)),

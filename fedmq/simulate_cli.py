@@ -60,7 +60,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
         "scaling": args.scaling, "trustees": args.trustees, "threshold": args.threshold,
-        "dashboard": args.dashboard,
+        "dashboard": args.dashboard, "stream": args.stream or None,
+        "stream_rate": args.stream_rate,
         **scale_overrides(args), **privacy_overrides(args),
     }
     opts = options_from(args.config, {k: v for k, v in overrides.items() if v is not None})
@@ -139,6 +140,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "each its own process; every decryption needs --threshold of them")
     p.add_argument("--threshold", type=int, metavar="T", help="with --trustees: trustees "
                    "needed to decrypt (default: a majority)")
+    p.add_argument("--stream", action="store_true",
+                   help="the devices publish their readings over MQTT on their own local "
+                        "topics; the agents store and train from them")
+    p.add_argument("--stream-rate", type=float, metavar="R",
+                   help="with --stream: readings per second per device (default 200)")
     p.add_argument("--dashboard", type=int, nargs="?", const=8780, metavar="PORT",
                    help="serve the fleet's live page on 127.0.0.1:PORT while it runs "
                    "(default 8780; 0: any free port) and print its URL")

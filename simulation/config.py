@@ -71,6 +71,8 @@ class SimulateTable(Table, frozen=True):
     dp_sample_clip: Positive = 1.0
     trustees: Annotated[int, Meta(ge=0, le=16)] = 0
     threshold: Annotated[int, Meta(ge=0, le=16)] = 0
+    stream: bool = False  # the devices publish their readings over MQTT
+    stream_rate: Positive = 200.0  # readings per second per device
 
 
 class SimulateFile(Table, frozen=True):

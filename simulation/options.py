@@ -72,6 +72,10 @@ class SimulationOptions:
     threshold: int = 0  # 0: a majority of the trustees
     # fedmq simulate --dashboard: serve the live page on this loopback port (0: any free one).
     dashboard: int | None = None
+    # fedmq simulate --stream: the devices publish their rows over MQTT (on their own local
+    # topics) at stream_rate readings per second each; the agents ingest and train from them.
+    stream: bool = False
+    stream_rate: float = 200.0
 
     def __post_init__(self) -> None:
         if self.scaling is None:
@@ -118,6 +122,11 @@ class SimulationOptions:
             _ = self.server  # the same checks as [server]
         except ProtocolError as exc:
             raise ConfigError(f"--server-optimizer/--server-lr: {exc}") from None
+        if self.stream and self.broker != "embedded":
+            raise ConfigError("--stream runs on the embedded broker (its local topics need "
+                              "their own logins and ACL on Mosquitto: not simulated yet)")
+        if self.stream_rate <= 0:
+            raise ConfigError("--stream-rate must be positive (readings per second)")
         if self.agents - self.kill < self.quorum:
             raise ConfigError(f"killing {self.kill} of {self.agents} agents leaves fewer than "
                               f"the quorum of {self.quorum}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from fedmq.protocol.topics import Topics
 from fedmq.runtime.files import load_or_create_signer
 from fedmq.runtime.quiet import quieted
 from fedmq.runtime.transport import MqttSettings
-from fedmq.simulation import plot, synthetic
+from fedmq.simulation import plot, stream, synthetic
 from fedmq.simulation.broker import BrokerChoice, RunEnd, fleet_broker
 from fedmq.simulation.dashboard import live_dashboard
 from fedmq.simulation.options import SimulationOptions, options_from
@@ -113,6 +114,8 @@ class Simulation:
         self.end: RunEnd | None = None  # peak memory and broker complaints, once run
         self._enrolled: dict[str, Ed25519PublicKey] = {}  # fedmq enroll, for the aggregator
         self.trustees: SimulatedTrustees | None = None
+        # --stream: predictions each device made (i23-predict's Predictor fills it in).
+        self.predictions: dict[str, int] = {}
 
     def _write_data(self) -> list[Path]:
         data_dir = self.out_dir / "data"
@@ -255,6 +258,7 @@ class Simulation:
                 aggregator_signing_key=aggregator.signer.public_hex,
                 state_dir=str(self.out_dir / "agents" / dev.device_id), seed=opts.seed)
                 for dev, path in zip(self.devices, paths, strict=True)]
+            feeds = stream.streamed(configs, paths, broker.agent) if opts.stream else []
             for cfg in configs:  # fedmq enroll: the agent loads this key from its state_dir
                 self._enrolled[cfg.agent_id] = load_or_create_signer(
                     cfg.signing_key_path).public_key
@@ -276,10 +280,15 @@ class Simulation:
                 self.fleet = ThreadFleet(self.agents, spread=opts.spread, seed=opts.seed)
             self.fleet.start()
             try:
+                if feeds:
+                    self._feed(feeds, broker.aggregator)
                 with quieted("fedmq.edge_agent.agent.clipping"):  # summarised per round instead
                     final = aggregator.run()
             finally:
                 fleet_end = self.fleet.stop()
+            if feeds:
+                for line in stream.ingest_lines(feeds, self.predictions or None):
+                    self.progress(line)
             if aggregator.final_evaluation is None and aggregator.results:
                 self._final_row(aggregator, final)
         self.end = RunEnd(main_rss=peak_rss_bytes(), broker=broker.end,
@@ -297,6 +306,12 @@ class Simulation:
             run_id=run.run_id, latest=run.latest)
         self._write_metrics(report)
         return report
+
+    def _feed(self, feeds: list[stream.DeviceFeed], settings: MqttSettings) -> None:
+        """Publish the devices' readings once their agents listen; wait until stored."""
+        stream.wait_listening(self.agents, self.options.spread, feeds)
+        stream.feed(settings, feeds, self.options.stream_rate, stop=threading.Event(),
+                    progress=self.progress)
 
     def _aggregator(self, run: Any, topics: Topics, mqtt: MqttSettings,
                     trustees: SimulatedTrustees | None = None) -> Aggregator:

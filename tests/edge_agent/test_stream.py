@@ -174,3 +174,20 @@ def test_a_resend_of_a_stored_message_is_stored_once(tmp_path):
     resent = [Delivery("zigbee2mqtt/sensor1", doc, lambda: seen.append("dup"), dup=True)]
     assert src.ingest(resent) == 0 and src.resent == 1 and "dup" in seen
     assert src.store.count() == 2 and src.store.pending() == []
+
+
+def test_a_time_window_trains_on_the_recent_rows_only(tmp_path):
+    cfg = load(tmp_path, STREAM.replace("join_seconds = 2.0",
+                                        "join_seconds = 2.0\ntrain_on = \"window\"\n"
+                                        "train_seconds = 60"))
+    assert cfg.stream is not None
+    now = [T0]
+    src = StreamSource(cfg.stream)
+    src.store.add([(T0 - 120, [9, 9, 9, 1]), (T0 - 30, [1, 1, 1, 0]), (T0 - 10, [2, 2, 2, 1])])
+    rows = StreamRows(cfg.stream, cfg.features, cfg.label, clock=lambda: now[0])
+    assert rows.data.X[:, 0].tolist() == [1, 2]
+    now[0] = T0 + 40  # no new rows, but the window moved past one of them
+    assert rows.refresh() and rows.data.X[:, 0].tolist() == [2]
+    now[0] = T0 + 100
+    with pytest.raises(DataError, match="last 60 s"):
+        rows.refresh()
