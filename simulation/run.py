@@ -259,6 +259,8 @@ class Simulation:
                 state_dir=str(self.out_dir / "agents" / dev.device_id), seed=opts.seed)
                 for dev, path in zip(self.devices, paths, strict=True)]
             feeds = stream.streamed(configs, paths, broker.agent) if opts.stream else []
+            counted = (stack.enter_context(stream.PredictionCount(broker.aggregator))
+                       if feeds else None)
             for cfg in configs:  # fedmq enroll: the agent loads this key from its state_dir
                 self._enrolled[cfg.agent_id] = load_or_create_signer(
                     cfg.signing_key_path).public_key
@@ -286,6 +288,9 @@ class Simulation:
                     final = aggregator.run()
             finally:
                 fleet_end = self.fleet.stop()
+            if counted is not None:
+                time.sleep(0.5)  # the last model's predictions are on their way
+                self.predictions = dict(counted.counts)
             if feeds:
                 for line in stream.ingest_lines(feeds, self.predictions or None):
                     self.progress(line)

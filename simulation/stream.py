@@ -22,6 +22,7 @@ from fedmq.edge_agent.agent import EdgeAgent
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.data import LocalData, load_csv
 from fedmq.edge_agent.json_path import JsonPath
+from fedmq.edge_agent.prediction_settings import PredictionSettings
 from fedmq.edge_agent.stream_config import StreamConfig, TopicMap
 from fedmq.protocol.errors import FedmqError
 from fedmq.runtime.transport import MqttLink, MqttSettings
@@ -32,6 +33,10 @@ DATABASE = "readings.sqlite3"
 
 def local_topic(device_id: str) -> str:
     return f"{LOCAL_PREFIX}/{device_id}/reading"
+
+
+def prediction_topic(device_id: str) -> str:
+    return f"{LOCAL_PREFIX}/{device_id}/prediction"
 
 
 def device_stream(device_id: str, columns: Sequence[str], state_dir: Path,
@@ -72,6 +77,7 @@ def streamed(configs: list[AgentConfig], paths: Sequence[Path],
                                   Path(cfg.state_dir) / DATABASE)
         configs[i] = replace(cfg, data_path="", local=local(cfg.agent_id),
                              local_client_id=f"{cfg.agent_id}-local",
+                             predictions=PredictionSettings(topic=prediction_topic(cfg.agent_id)),
                              stream=device_stream(cfg.agent_id, (*cfg.features, cfg.label),
                                                   Path(cfg.state_dir), one.data.n_samples))
         feeds.append(one)
@@ -96,6 +102,30 @@ def wait_listening(agents: Sequence[EdgeAgent], spread: float, feeds: Sequence[D
             raise FedmqError("--stream: the agents' local links did not connect")
         time.sleep(0.05)
     time.sleep(0.5)  # their SUBSCRIBE reaches the broker right after the CONNACK
+
+
+class PredictionCount:
+    """Counts the predictions each device publishes on its local topic, as a subscriber
+    there (a Home Assistant, say) sees them: the simulation's own client, not the agents'."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._link = MqttLink(settings, client_id="fedmq-sim-predictions", on_message=self._on,
+                              subscriptions=[(prediction_topic("+"), 1)])
+
+    def _on(self, topic: str, _payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) == 3:
+            with self._lock:
+                self.counts[parts[1]] = self.counts.get(parts[1], 0) + 1
+
+    def __enter__(self) -> PredictionCount:
+        self._link.connect()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._link.close()
 
 
 def stored_rows(database: Path) -> int:
