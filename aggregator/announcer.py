@@ -206,7 +206,7 @@ class Herald:
             fleet=cfg.topics.fleet, round_id=round_id, model_version=version, state=state,
             spec=spec, params=tuple(float(p) for p in params),
             deadline=deadline if deadline is not None else time.time(),
-            settings=cfg.training, key_fingerprint=self._fingerprint,
+            settings=cfg.training, server=cfg.server, key_fingerprint=self._fingerprint,
             codec_digest=self._codec_digest, run_id=run_id, participants=participants,
             reason=reason,
         )

@@ -23,6 +23,7 @@ from fedmq.aggregator.consistency import datasheet_check
 from fedmq.aggregator.culprits import Suspects
 from fedmq.aggregator.health import FleetHealth, clipped_share
 from fedmq.aggregator.inbound import Inbound
+from fedmq.aggregator.optstate import ServerOptimizer
 from fedmq.aggregator.outcome import Closing, RoundResult, close_round
 from fedmq.aggregator.privacy import FleetBudget
 from fedmq.aggregator.rounds import RoundState
@@ -75,6 +76,7 @@ class RoundClosing:
     _model_digest: str
     _budget: FleetBudget | None
     _statistics_rows: dict[frozenset[str], int]
+    _optimizer: ServerOptimizer
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
         raise NotImplementedError  # aggregator.service.Aggregator.allow_list
@@ -112,8 +114,11 @@ class RoundClosing:
             self._adopt_statistics(closing)
         new_params, new_version = params, version
         epsilon = None if self._budget is None else self._budget.spent
-        if closing.avg_delta is not None:
-            new_params, new_version = params + closing.avg_delta, version + 1
+        if closing.avg_delta is not None and state.phase == "training":
+            # [server]'s optimizer (fedavg: params + avg_delta); its state is durable before
+            # the model is saved, so a resumed run continues it bit for bit.
+            new_params = self._optimizer.step(params, closing.avg_delta, version)
+            new_version = version + 1
             if self._budget is not None:
                 # Charged (and persisted) before the model is saved or published: a crash
                 # in between re-runs the round and charges it again, never forgets it.

@@ -20,6 +20,7 @@ from fedmq.protocol.crypto.codec import CodecParams
 from fedmq.protocol.errors import ConfigError
 from fedmq.protocol.messages import TrainingSettings
 from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.server import ServerSettings
 from fedmq.protocol.sums.statistics import StatsParams
 from fedmq.protocol.topics import Topics
 from fedmq.runtime.config import blame, convert, is_loopback, load_toml, resolve
@@ -176,6 +177,7 @@ class AggregatorConfig:
     resume: bool = True
     policy: RoundPolicy = field(default_factory=RoundPolicy)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)  # [server]: its optimizer
     codec: CodecParams = field(default_factory=CodecParams)
     state_dir: str = "state/aggregator"
     client_id: str = "fedmq-aggregator"
@@ -240,6 +242,8 @@ class AggregatorConfig:
             policy = RoundPolicy(**asdict(f.rounds))
         with blame(source, "[training]"):
             training = TrainingSettings(**asdict(f.training))
+        with blame(source, "[server]"):
+            server = ServerSettings(**asdict(f.server))
         with blame(source, "[codec]"):
             codec = CodecParams(**asdict(f.codec))
         with blame(source, "[limits]"):
@@ -262,9 +266,9 @@ class AggregatorConfig:
         rest = cls._rest(f, base, source, config_file)
         try:  # the checks across tables (AggregatorConfig.__post_init__)
             return cls(topics=topics, spec=spec, **rest,
-                       policy=policy, training=training, codec=codec, limits=limits,
-                       statistics=statistics, statistics_round=stats.enabled, health=health,
-                       robust=robust, ranges=ranges, privacy=privacy)
+                       policy=policy, training=training, server=server, codec=codec,
+                       limits=limits, statistics=statistics, statistics_round=stats.enabled,
+                       health=health, robust=robust, ranges=ranges, privacy=privacy)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from fedmq.aggregator.config import HealthPolicy
 from fedmq.protocol.health import Skip
+from fedmq.protocol.server import ServerSettings
 from fedmq.protocol.sums.evaluation import FleetEvaluation
 
 log = logging.getLogger("fedmq.aggregator.health")
@@ -45,9 +46,27 @@ def clipped_share(evaluation: FleetEvaluation | None, values_per_update: int,
     return evaluation.clipped_train / (values_per_update * updates)
 
 
+def still_falling_hint(server: ServerSettings, learning_rate: float) -> str:
+    """Which setting would most likely help a run whose loss was still falling at its end.
+
+    Plain FedAvg first gains from a server optimizer (Reddi et al. 2021: the same rounds
+    go further); with one already on, more rounds or larger local steps are what is left.
+    """
+    more = "more [rounds] rounds"
+    if server.optimizer == "fedavg":
+        return (f"{more}, or [server] optimizer = \"fedadam\" (or \"fedavgm\"), or a larger "
+                f"[server] server_lr than {server.server_lr:g}, would likely help")
+    return (f"{more}, or a larger [training] learning_rate than {learning_rate:g} (or "
+            f"[server] server_lr than {server.server_lr:g}, with optimizer "
+            f"{server.optimizer}), would likely help")
+
+
 class FleetHealth:
-    def __init__(self, policy: HealthPolicy) -> None:
+    def __init__(self, policy: HealthPolicy, *, server: ServerSettings | None = None,
+                 learning_rate: float = 0.1) -> None:
+        """``server`` and ``learning_rate``: the run's, named in the end-of-run hint."""
         self.policy = policy
+        self._hint = still_falling_hint(server or ServerSettings(), learning_rate)
         # class -> (first round of its current streak, agents absent in every round of it)
         self._absent: dict[int, tuple[int, frozenset[str]]] = {}
         self._contributed: set[str] = set()
@@ -137,9 +156,8 @@ class FleetHealth:
             before, last = losses[-1 - FALLING_OVER], losses[-1]
             if before > 0 and (before - last) / before > STILL_FALLING:
                 log.warning("the fleet loss was still falling at the end (%.4g -> %.4g over the "
-                            "last %d rounds): the model has not converged; more [rounds] "
-                            "rounds (or a larger [training] learning_rate) would likely help",
-                            before, last, FALLING_OVER)
+                            "last %d rounds): the model has not converged; %s",
+                            before, last, FALLING_OVER, self._hint)
 
 
 def _names(agents: Iterable[str], most: int = 20) -> str:

@@ -21,10 +21,12 @@ log = logging.getLogger("fedmq.aggregator.service")
 
 
 def carry_over(start: StartPoint, saved: RunCheckpoint | None, *, store: RunStore,
-               checkpoints: Checkpoints, inbound: Inbound, budget: FleetBudget | None) -> None:
+               checkpoints: Checkpoints, inbound: Inbound, budget: FleetBudget | None,
+               optimizer: str = "fedavg") -> None:
     """Apply the resumed run's decisions before any device is heard; say where we start.
 
     Unreadable persisted updates stop the start here, before MQTT, with one line.
+    ``optimizer``: [server]'s, as ServerSettings.describe() names it for the start line.
     """
     if saved is not None and saved.run_id == start.run_id:
         for agent in saved.quarantined:
@@ -33,15 +35,16 @@ def carry_over(start: StartPoint, saved: RunCheckpoint | None, *, store: RunStor
     if budget is not None:
         budget.use(store.run_dir)  # what the resumed run spent already
     if start.round_id == 1 and start.open_round is None:
-        log.info("starting run %s in %s", start.run_id, store.run_dir)
+        log.info("starting run %s in %s (server optimizer %s)", start.run_id, store.run_dir,
+                 optimizer)
         return
     if start.open_round is not None:
         checkpoints.load_updates()
     elif store.recover_record():
         log.warning("round %d: audit row recovered into %s", start.round_id - 1, store.log_path)
-    log.warning("resuming run %s at round %d (model version %d%s)", start.run_id,
-                start.round_id, start.version,
-                ", open round with its accepted updates" if start.open_round else "")
+    log.warning("resuming run %s at round %d (model version %d%s; server optimizer %s)",
+                start.run_id, start.round_id, start.version,
+                ", open round with its accepted updates" if start.open_round else "", optimizer)
 
 
 def restore_updates(state: RoundState, checkpoints: Checkpoints,

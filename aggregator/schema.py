@@ -75,6 +75,19 @@ class TrainingTable(Table, frozen=True):
     l2: Annotated[float, Meta(ge=0)] = 0.0
 
 
+Fraction = Annotated[float, Meta(ge=0, lt=1)]
+
+
+class ServerTable(Table, frozen=True):
+    # The server optimizer on the fleet's average update (aggregator.server_opt).
+    optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: Positive = 1.0
+    momentum: Fraction = 0.9  # fedavgm
+    beta1: Fraction = 0.9  # fedadam, fedyogi, fedadagrad
+    beta2: Fraction = 0.99  # fedadam, fedyogi
+    tau: Positive = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity (v starts at tau^2)
+
+
 class CodecTable(Table, frozen=True):
     name: Literal["packed/1", "per-value/1"] = "packed/1"
     precision_bits: Annotated[int, Meta(ge=8, le=40)] = 20
@@ -149,6 +162,7 @@ class AggregatorFile(Table, frozen=True):
     rounds: RoundsTable = RoundsTable()
     limits: LimitsTable = LimitsTable()
     training: TrainingTable = TrainingTable()
+    server: ServerTable = ServerTable()
     codec: CodecTable = CodecTable()
     statistics: StatisticsTable = StatisticsTable()
     health: HealthTable = HealthTable()

@@ -32,6 +32,7 @@ from fedmq.aggregator.health import FleetHealth
 from fedmq.aggregator.inbound import Inbound
 from fedmq.aggregator.keys import load_aggregator_keys
 from fedmq.aggregator.notices import Notifier
+from fedmq.aggregator.optstate import ServerOptimizer
 from fedmq.aggregator.outcome import RoundResult
 from fedmq.aggregator.privacy import BudgetSpent, FleetBudget
 from fedmq.aggregator.progress import ProgressReporter, TappedLink
@@ -105,7 +106,10 @@ class Aggregator(RoundClosing):
             self._body(layout) for layout in self._layouts.values()))
         # The spec this run trains: [model], completed by the statistics round.
         self.spec: ModelSpec = config.spec
-        self._health = FleetHealth(config.health)
+        self._health = FleetHealth(config.health, server=config.server,
+                                   learning_rate=config.training.learning_rate)
+        # [server]'s optimizer, stepped on each training round's average update.
+        self._optimizer = ServerOptimizer(config.server, config.spec.n_params)
         self._stop = threading.Event()
         # Both point at the run `latest` names until the start picks the run (_start_point).
         self.runs = RunDirs(Path(config.state_dir))
@@ -263,8 +267,12 @@ class Aggregator(RoundClosing):
                                 model_digest=self._model_digest, new_id=self._new_run_id)
         if cfg.privacy.enabled:
             log.info("privacy: %s", cfg.privacy.describe())
+        # Before carry_over says where the run starts: a state that cannot continue stops
+        # the start first, with one line.
+        self._optimizer.resume(self.store.run_dir, start.version)
         carry_over(start, saved, store=self.store, checkpoints=self.checkpoints,
-                   inbound=self._inbound, budget=self._budget)
+                   inbound=self._inbound, budget=self._budget,
+                   optimizer=cfg.server.describe())
         return start
 
     def _open(self, run_id: str, round_id: int, version: int,
@@ -313,8 +321,9 @@ class Aggregator(RoundClosing):
         self._report(state, version, force=True)
         what = {"training": "round", "statistics": "statistics round",
                 "evaluation": "final evaluation round"}[phase]
-        log.info("%s %d open: expecting %d agents, quorum %d, deadline in %.0f s", what,
-                 round_id, len(state.expected), state.quorum, state.deadline - time.time())
+        log.info("%s %d open: expecting %d agents, quorum %d, deadline in %.0f s%s", what,
+                 round_id, len(state.expected), state.quorum, state.deadline - time.time(),
+                 f", server optimizer {cfg.server.optimizer}" if phase == "training" else "")
         while (reason := self._close_reason(state)) is None:
             if self._stop.is_set():
                 self._inbound.flush(state)  # durable, for the resumed round

@@ -33,7 +33,7 @@ from fedmq.protocol.crypto.paillier import PaillierPublicKey
 from fedmq.protocol.crypto.signing import Ed25519PublicKey, Signer
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.holdings import Asks, Holdings, announcement_digest
-from fedmq.protocol.messages import PubKeyMessage, RoundMessage
+from fedmq.protocol.messages import PubKeyMessage, RoundMessage, ServerSettings
 from fedmq.runtime.files import load_or_create_signer, save_model
 from fedmq.runtime.transport import Inbox, MqttLink, NetworkLoop
 
@@ -82,6 +82,8 @@ class EdgeAgent:
                                      self.signer.public_hex, log)
         # Set when the aggregator announced that the run failed (its reason).
         self.run_failed: str | None = None
+        # The server optimizer the last round named (signed): only reported, never applied.
+        self.server: ServerSettings | None = None
         topics = config.topics
         self._notice_topic = topics.notice(config.agent_id)
         self._status = DeviceStatus(config.agent_id, topics.status(config.agent_id), log)
@@ -230,6 +232,11 @@ class EdgeAgent:
         if msg.state == "failed":
             return self._failed(msg)
         memory, joined = self._memory, self._memory.run_id
+        if msg.server != self.server or memory.run_id != msg.run_id:
+            # Signed into the round: what the gateway does with the fleet's average update.
+            log.info("run %s: the gateway steps the model with server optimizer %s",
+                     msg.run_id, msg.server.describe())
+        self.server = msg.server
         if memory.join(msg.run_id):
             if joined is not None:
                 log.info("a new run %s started; joining it", msg.run_id)

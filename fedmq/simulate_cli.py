@@ -53,6 +53,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "agents": args.agents, "rounds": args.rounds, "iid": args.iid or None,
         "task": args.task, "samples_per_device": args.samples, "key_bits": args.key_bits,
         "epochs": args.epochs, "learning_rate": args.lr, "round_timeout": args.round_timeout,
+        "server_optimizer": args.server_optimizer, "server_lr": args.server_lr,
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
@@ -104,6 +105,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--key-bits", type=int, help="Paillier key size (default 2048)")
     p.add_argument("--epochs", type=int, help="local epochs per round (default 2)")
     p.add_argument("--lr", type=float, help="local learning rate (default 0.1)")
+    p.add_argument("--server-optimizer",
+                   choices=["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"],
+                   help="the aggregator's step on the fleet's average update, its [server] "
+                   "optimizer (default fedavg)")
+    p.add_argument("--server-lr", type=float, help="the server optimizer's step size, [server] "
+                   "server_lr (default 1.0)")
     p.add_argument("--round-timeout", type=float, help="round deadline in seconds (default 20)")
     p.add_argument("--quorum", type=float, help="fraction of agents for quorum (default 0.5)")
     p.add_argument("--kill", type=int, help="agents to kill abruptly during the run")

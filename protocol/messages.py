@@ -31,6 +31,7 @@ from fedmq.protocol.health import Skip
 from fedmq.protocol.holdings import Holdings
 from fedmq.protocol.layout import PHASES, StatsCodec, contract_digest
 from fedmq.protocol.privacy.terms import PrivacyTerms
+from fedmq.protocol.server import ServerSettings as ServerSettings  # carried by rounds
 from fedmq.protocol.sums.statistics import StatsParams
 from fedmq.protocol.topics import check_name
 
@@ -204,6 +205,8 @@ class RoundMessage:
     participants: tuple[str, ...] = ()  # sampled agents; empty: every online agent
     issued_at: float = field(default_factory=time.time)
     reason: str = ""  # only with state "failed"
+    # The server optimizer the aggregator steps the model with (protocol.server).
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     SCHEMA = "fedmq.round/2"
 
@@ -243,8 +246,11 @@ class RoundMessage:
         return not self.participants or agent_id in self.participants
 
     def to_bytes(self, signer: Signer) -> bytes:
-        # "reason" only when there is one: the other states sign exactly what they did.
-        extra = {"reason": self.reason} if self.reason else {}
+        # "reason" only when there is one: the other states sign exactly what they did;
+        # "server" only when not plain FedAvg, so agents older than it parse the round.
+        extra: dict[str, Any] = {"reason": self.reason} if self.reason else {}
+        if not self.server.is_default:
+            extra["server"] = self.server.to_dict()
         return sign_document({
             **extra, "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
             "model_version": self.model_version, "state": self.state,
@@ -281,6 +287,8 @@ class RoundMessage:
             codec_digest=_get(doc, "codec_digest", str), run_id=_get(doc, "run", str),
             participants=tuple(participants), issued_at=_number(doc, "issued_at"),
             reason=_get(doc, "reason", str) if "reason" in doc else "",
+            server=ServerSettings.from_dict(doc["server"]) if "server" in doc
+            else ServerSettings(),
         )
 
 

@@ -37,6 +37,9 @@ class SimulateTable(Table, frozen=True):
     batch_size: AtLeastOne = 16
     learning_rate: Positive = 0.1
     l2: Annotated[float, Meta(ge=0)] = 0.0
+    # The aggregator's [server] optimizer (fedmq.protocol.server.OPTIMIZERS; a test checks).
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: Positive = 1.0
     round_timeout: Positive = 20.0
     quorum_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.5
     kill: Annotated[int, Meta(ge=0)] = 0

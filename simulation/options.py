@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.errors import ConfigError, ProtocolError
+from fedmq.protocol.server import ServerSettings
 from fedmq.simulation import synthetic
 from fedmq.simulation.broker import BrokerChoice
 from fedmq.simulation.config import SCALINGS, check_flags, file_options
@@ -30,6 +31,9 @@ class SimulationOptions:
     batch_size: int = 16
     learning_rate: float = 0.1
     l2: float = 0.0
+    # The aggregator's [server] optimizer on the fleet's average update, and its step size.
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
     round_timeout: float = 20.0
     quorum_fraction: float = 0.5
     kill: int = 0
@@ -93,9 +97,18 @@ class SimulationOptions:
         if self.workers < 0:
             raise ConfigError("--workers must be 0 (threads of this process) or more")
         BrokerChoice.parse(self.broker)
+        try:
+            _ = self.server  # the same checks as [server]
+        except ProtocolError as exc:
+            raise ConfigError(f"--server-optimizer/--server-lr: {exc}") from None
         if self.agents - self.kill < self.quorum:
             raise ConfigError(f"killing {self.kill} of {self.agents} agents leaves fewer than "
                               f"the quorum of {self.quorum}")
+
+    @property
+    def server(self) -> ServerSettings:
+        """The aggregator's [server] table (its other hyperparameters at their defaults)."""
+        return ServerSettings(optimizer=self.server_optimizer, server_lr=self.server_lr)
 
     @property
     def effective_threshold(self) -> int:

@@ -314,6 +314,7 @@ class Simulation:
                                start_timeout=120 + 2 * opts.spread),
             training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
                                       learning_rate=opts.learning_rate, l2=opts.l2),
+            server=opts.server,
             # a round of the whole fleet must fit (the default is 1,000 devices)
             codec=CodecParams(max_agents=fleet), statistics=StatsParams(max_agents=fleet),
             state_dir=str(self.out_dir / "aggregator"),

@@ -156,6 +156,7 @@ def test_tls_and_key_paths_are_relative_to_the_config(tmp_path, monkeypatch):
     ("LimitsTable", "fedmq.aggregator.config:Limits"),
     ("TrainingTable", "fedmq.protocol.messages:TrainingSettings"),
     ("CodecTable", "fedmq.protocol.crypto.codec:CodecParams"),
+    ("ServerTable", "fedmq.protocol.server:ServerSettings"),
 ])
 def test_the_schema_and_the_settings_it_builds_default_alike(table, settings):
     # The msgspec table validates the file, the frozen dataclass is what the roles use:
@@ -296,3 +297,32 @@ def test_the_metrics_endpoint_is_off_unless_a_port_is_given(tmp_path):
     path.write_text("[model]\nkind='linear'\nfeatures=['a']\n[metrics]\nport=9108\n")
     cfg = AggregatorConfig.from_file(path)
     assert (cfg.metrics_bind, cfg.metrics_port) == ("127.0.0.1", 9108)
+
+
+def test_the_server_table_sets_the_optimizer(tmp_path):
+    path = tmp_path / "agg.toml"
+    path.write_text(MODEL + "[server]\noptimizer = 'fedyogi'\nserver_lr = 0.05\ntau = 1e-2\n")
+    server = AggregatorConfig.from_file(path).server
+    assert (server.optimizer, server.server_lr, server.tau, server.beta2) == (
+        "fedyogi", 0.05, 0.01, 0.99)
+    path.write_text(MODEL)
+    assert AggregatorConfig.from_file(path).server.optimizer == "fedavg"
+
+
+@pytest.mark.parametrize(("table", "said"), [
+    ("optimizer = 'adam'", '[server] optimizer: expected "fedavg" or "fedavgm" or '
+     '"fedadam" or "fedyogi" or "fedadagrad", got "adam"'),
+    ("server_lr = 0", "[server] server_lr: expected float > 0"),
+    ("momentum = 1.0", "[server] momentum: expected float < 1"),
+    ("beta1 = -0.1", "[server] beta1: expected float >= 0"),
+    ("beta2 = 'high'", "[server] beta2: expected float, got str"),
+    ("tau = -1", "[server] tau: expected float > 0"),
+    ("lr = 0.1", "[server]: unknown key 'lr' (known: optimizer, server_lr, momentum, "),
+])
+def test_a_bad_server_table_is_one_line_naming_file_and_key(tmp_path, table, said):
+    path = tmp_path / "agg.toml"
+    path.write_text(MODEL + f"[server]\n{table}\n")
+    with pytest.raises(ConfigError) as err:
+        AggregatorConfig.from_file(path)
+    assert str(err.value).startswith(f"{path}: ") and said in str(err.value)
+    assert "\n" not in str(err.value)

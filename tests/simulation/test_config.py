@@ -9,6 +9,7 @@ from msgspec.structs import asdict, fields
 
 from fedmq.cli import main
 from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.server import OPTIMIZERS, ServerSettings
 from fedmq.simulation.config import SCALINGS, SimulateTable
 from fedmq.simulation.run import TASKS, SimulationOptions, options_from
 
@@ -41,6 +42,7 @@ def test_the_file_is_typed(tmp_path, line, expected):
     (["--lr", "-1"], "--lr: expected float > 0.0, got -1.0"),
     (["--quorum", "2"], "--quorum: expected float <= 1.0, got 2.0"),
     (["--key-bits", "64"], "--key-bits: expected int >= 512, got 64"),
+    (["--server-lr", "0"], "--server-lr: expected float > 0.0, got 0.0"),
 ])
 def test_flags_get_the_same_check_as_one_line(capsys, argv, expected):
     assert main(["simulate", *argv, "--no-plot"]) == 2
@@ -64,6 +66,18 @@ def test_schema_matches_the_options():
     [scalings] = [f.type for f in fields(SimulateTable) if f.name == "scaling"]
     literal, none = get_args(scalings)  # unset: chosen by whether DP is on
     assert get_args(literal) == SCALINGS and none is type(None)
+    [optimizers] = [f.type for f in fields(SimulateTable) if f.name == "server_optimizer"]
+    assert get_args(optimizers) == OPTIMIZERS
+
+
+def test_the_server_optimizer_reaches_the_aggregator_config(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[simulate]\nserver_optimizer = "fedyogi"\nserver_lr = 0.05\n')
+    opts = options_from(str(cfg), {})
+    assert opts.server == ServerSettings(optimizer="fedyogi", server_lr=0.05)
+    assert options_from(str(cfg), {"server_optimizer": "fedavgm"}).server.optimizer == "fedavgm"
+    with pytest.raises(ConfigError, match="--server-optimizer: expected"):
+        options_from(None, {"server_optimizer": "adam"})
 
 
 def test_scaling_from_the_file_and_the_flag(tmp_path):
