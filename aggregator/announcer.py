@@ -197,10 +197,11 @@ class Herald:
 
     def round(self, run_id: str, round_id: int, version: int, params: NDArray[np.float64], *,
               state: str, spec: ModelSpec, deadline: float | None = None,
-              participants: tuple[str, ...] = (), reason: str = "") -> None:
+              participants: tuple[str, ...] = (), reason: str = "",
+              teacher: tuple[float, ...] = ()) -> None:
         self._again = partial(self.round, run_id, round_id, version, params, state=state,
                               spec=spec, deadline=deadline, participants=participants,
-                              reason=reason)
+                              reason=reason, teacher=teacher)
         cfg = self._config
         msg = RoundMessage(
             fleet=cfg.topics.fleet, round_id=round_id, model_version=version, state=state,
@@ -208,7 +209,7 @@ class Herald:
             deadline=deadline if deadline is not None else time.time(),
             settings=cfg.training, server=cfg.server, key_fingerprint=self._fingerprint,
             codec_digest=self._codec_digest, run_id=run_id, participants=participants,
-            reason=reason,
+            reason=reason, teacher=teacher,
         )
         self.retain(cfg.topics.round, msg.to_bytes(self._signer))
 

@@ -77,6 +77,7 @@ class RoundClosing:
     _budget: FleetBudget | None
     _statistics_rows: dict[frozenset[str], int]
     _optimizer: ServerOptimizer
+    _teacher: tuple[float, ...]
 
     def allow_list(self) -> Mapping[str, Ed25519PublicKey]:
         raise NotImplementedError  # aggregator.service.Aggregator.allow_list
@@ -112,6 +113,10 @@ class RoundClosing:
             self._inbound.quarantine(culprit, self._suspects.culprits[culprit])
         if state.phase == "statistics":
             self._adopt_statistics(closing)
+        if state.phase == "training" and closing.teacher:
+            # Of w_r, the model this round started from; the next round announces w_{r+1}
+            # with it (one round behind: the price of computing it in the same round).
+            self._teacher = closing.teacher
         new_params, new_version = params, version
         epsilon = None if self._budget is None else self._budget.spent
         if closing.avg_delta is not None and state.phase == "training":

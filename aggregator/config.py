@@ -164,6 +164,25 @@ class RobustPolicy:
                               "and robust.trim not negative")
 
 
+def _check_training(training: TrainingSettings, spec: ModelSpec,
+                    privacy: PrivacyTerms) -> None:
+    """[training]'s non-IID options against the model and the privacy terms."""
+    if training.distills and spec.kind != "logistic":
+        raise ConfigError("[training] distill_weight: distillation needs a classifier "
+                          "([model] kind = \"logistic\"); a linear model has no classes")
+    if "oversample" in training.augment and spec.kind != "logistic":
+        raise ConfigError(f"[training] augment = {training.augment!r}: oversampling balances "
+                          "classes; a linear model has none (use \"jitter\")")
+    if training.augment != "none" and privacy.sample is not None:
+        raise ConfigError(f"[training] augment = {training.augment!r} cannot be combined with "
+                          "[privacy] sample-level DP: a repeated row would exceed DP-SGD's "
+                          "per-row sensitivity")
+    if training.distills and not privacy.evaluates:
+        raise ConfigError("[training] distill_weight: the teacher travels in the exact "
+                          "evaluation sums, which [privacy] releases only with "
+                          "exact_aggregates = true")
+
+
 @dataclass(frozen=True)
 class AggregatorConfig:
     topics: Topics
@@ -195,6 +214,7 @@ class AggregatorConfig:
     metrics_port: int = 0
 
     def __post_init__(self) -> None:
+        _check_training(self.training, self.spec, self.privacy)
         device = self.privacy.device
         if device is not None and device.quorum > self.policy.quorum:
             raise ConfigError(

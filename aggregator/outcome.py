@@ -51,6 +51,7 @@ from fedmq.protocol.errors import CodecError, DecryptionUnavailable
 from fedmq.protocol.privacy.noise import DpParams, mean_from_noisy_sums
 from fedmq.protocol.sums.evaluation import FleetEvaluation
 from fedmq.protocol.sums.statistics import FleetStatistics, StatsParams
+from fedmq.protocol.sums.teacher import fleet_teacher
 
 log = logging.getLogger("fedmq.aggregator.service")
 LEFT_OUT = -1  # statistics_rows: the group's statistics were left out as implausible
@@ -100,6 +101,9 @@ class Closing:
     groups: int = 1  # groups whose sums were decrypted and used
     # Statistics round: rows per group of devices (for the growth check of later rounds).
     group_rows: dict[frozenset[str], int] = field(default_factory=dict)
+    # Distilling fleets: the per-class mean logits of the model the round started from
+    # (protocol.sums.teacher), published on the next round; empty when none.
+    teacher: tuple[float, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -189,7 +193,25 @@ def close_round(state: RoundState, private_key: PaillierPrivateKey | Decryptor,
         log.error("round %d: decrypted sum rejected (%s); keeping the model", state.round_id,
                   exc)
         return dropped
-    return done(avg_delta=avg_delta, total_weight=total_weight, evaluation=evaluation)
+    return done(avg_delta=avg_delta, total_weight=total_weight, evaluation=evaluation,
+                teacher=_teacher(state.round_id, total, spec, statistics))
+
+
+def _teacher(round_id: int, total: Mapping[str, list[int]], spec: ModelSpec,
+             statistics: StatsParams) -> tuple[float, ...]:
+    """The fleet's teacher from the round's totals (every kept group: the class counts come
+    from the same groups' evaluation sums), or () when the round carries none."""
+    if "teacher" not in total or "evaluation" not in total:
+        return ()
+    try:
+        counts = [sum(row) for row in FleetEvaluation.from_sums(
+            total["evaluation"], spec, statistics).confusion]
+        return fleet_teacher(total["teacher"], counts, spec, statistics)
+    except CodecError as exc:
+        # Like the metric's: inconsistent sums cost the next round its teacher, not the model.
+        log.error("round %d: teacher sums rejected (%s); the next round trains without one",
+                  round_id, exc)
+        return ()
 
 
 def _step(state: RoundState, sections: Mapping[Group, dict[str, list[int]]],

@@ -73,6 +73,12 @@ class TrainingTable(Table, frozen=True):
     batch_size: AtLeastOne = 16
     learning_rate: Positive = 0.1
     l2: Annotated[float, Meta(ge=0)] = 0.0
+    # Non-IID fleets (issue 21): FedProx, augmentation, federated distillation.
+    prox_mu: Annotated[float, Meta(ge=0)] = 0.0
+    augment: Literal["none", "oversample", "jitter", "oversample+jitter"] = "none"
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    distill_weight: Annotated[float, Meta(ge=0)] = 0.0
+    distill_temperature: Positive = 1.0
 
 
 Fraction = Annotated[float, Meta(ge=0, lt=1)]

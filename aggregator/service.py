@@ -96,8 +96,11 @@ class Aggregator(RoundClosing):
         self._inbox = Inbox(maxsize=limits.inbox_messages, max_bytes=limits.inbox_bytes)
         # Taken off the inbox as part of a backlog, not handled yet (the drain stopped).
         self._carry: deque[tuple[str, bytes]] = deque()
+        # The layout follows from the settings every round signs (config.training), so the
+        # agents and relays derive the same one from the round they receive.
         self._layouts = {phase: layout_for(phase, config.spec, config.codec, config.statistics,
-                                           self.public_key.n, config.privacy)
+                                           self.public_key.n, config.privacy,
+                                           distill=config.training.distills)
                          for phase in PHASES}
         device_dp = config.privacy.device
         self._budget = None if device_dp is None else FleetBudget(device_dp,
@@ -122,6 +125,9 @@ class Aggregator(RoundClosing):
                                 on_ask=lambda holds: self._herald.asked(holds), limits=limits)
         self._suspects = Suspects()
         self._statistics_rows: dict[frozenset[str], int] = {}  # the statistics round's groups
+        # Distilling fleets: the teacher the last training round's sums gave (not
+        # checkpointed: after a restart the first round trains without one).
+        self._teacher: tuple[float, ...] = ()
         self._admit = self._admission.filter(self._inbox.put)
         # Who is sampled must not be predictable (the culprit search's halves are: the
         # same failing set is split the same way, see aggregator.culprits).
@@ -316,7 +322,8 @@ class Aggregator(RoundClosing):
         participants = tuple(sorted(state.expected)) if state.sampled else ()
         self._sent_at_open = self._herald.sent_bytes
         announce = partial(self._herald.round, run_id, round_id, version, params, state=phase,
-                           spec=self.spec, participants=participants)
+                           spec=self.spec, participants=participants,
+                           teacher=self._teacher if phase == "training" else ())
         announce(deadline=state.deadline)
         self._report(state, version, force=True)
         what = {"training": "round", "statistics": "statistics round",

@@ -313,7 +313,8 @@ class EdgeAgent:
         encrypted = time.perf_counter()
         if self.config.obfuscator_pool == 0 and done.phase != "evaluation":
             # Refill while idle for what comes next: a training round.
-            pool.set_target(contract.layout("training", msg.spec).plaintext_count())
+            pool.set_target(contract.layout(
+                "training", msg.spec, distill=msg.settings.distills).plaintext_count())
         payload = sealed.payload
         self._memory.answered(msg, done.update)
         self._status.serving()

@@ -60,15 +60,16 @@ class FleetContract:
         return (msg.key_fingerprint == self.announced.fingerprint
                 and msg.codec_digest == self.announced.contract_digest)
 
-    def layout(self, phase: str, spec: ModelSpec) -> UpdateLayout:
+    def layout(self, phase: str, spec: ModelSpec, *, distill: bool = False) -> UpdateLayout:
         a = self.announced
-        return layout_for(phase, spec, a.codec, a.statistics, self.key.n, a.privacy)
+        return layout_for(phase, spec, a.codec, a.statistics, self.key.n, a.privacy,
+                          distill=distill)
 
     def seal(self, msg: RoundMessage, phase: str, parts: Sequence[Sequence[int]],
              pool: ObfuscatorPool, signer: Signer, agent_id: str) -> Sealed:
         """Encode ``parts`` in the phase's layout, encrypt them with obfuscators from
         ``pool`` (each used once) and sign the frame that answers ``msg``."""
-        layout = self.layout(phase, msg.spec)
+        layout = self.layout(phase, msg.spec, distill=msg.settings.distills)
         plaintexts = layout.encode(parts)
         ciphertexts = encrypt_ints(self.key, plaintexts, pool.take(len(plaintexts)))
         payload = encode_update(UpdateMessage(

@@ -23,6 +23,7 @@ from fedmq.edge_agent.trainer import LocalUpdate, check_features, train_round
 from fedmq.models import ModelError, ModelSpec, make_model
 from fedmq.models.base import as_label_vector
 from fedmq.models.dpsgd import DpSgd
+from fedmq.models.logistic import LogisticRegressionModel
 from fedmq.protocol.crypto.codec import CodecParams, quantize_update
 from fedmq.protocol.errors import CodecError
 from fedmq.protocol.layout import PHASES
@@ -31,6 +32,7 @@ from fedmq.protocol.privacy.noise import noisy_update
 from fedmq.protocol.privacy.terms import PrivacyTerms
 from fedmq.protocol.sums.evaluation import local_evaluation
 from fedmq.protocol.sums.statistics import StatsParams, local_statistics
+from fedmq.protocol.sums.teacher import local_teacher, teacher_length
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,20 @@ def evaluation_values(spec: ModelSpec, params: ArrayLike, data: LocalData, stats
         raise RoundSkipped(skip_code(exc), f"evaluation on {data.label!r}: {exc}") from exc
     except CodecError as exc:
         raise RoundSkipped("data-error", f"evaluation of the received model: {exc}") from exc
+
+
+def teacher_values(spec: ModelSpec, params: ArrayLike, data: LocalData,
+                   stats: StatsParams) -> list[int]:
+    """The teacher section (protocol.sums.teacher): per-class logit sums of the received model
+    on ``data`` (the evaluation rows, like the evaluation section)."""
+    try:
+        model = make_model(spec).set_params_vector(params)
+        assert isinstance(model, LogisticRegressionModel)  # teacher_length(spec) > 0
+        return local_teacher(model, data.X, data.y, stats)
+    except ModelError as exc:
+        raise RoundSkipped(skip_code(exc), f"teacher sums on {data.label!r}: {exc}") from exc
+    except CodecError as exc:
+        raise RoundSkipped("data-error", f"teacher sums of the received model: {exc}") from exc
 
 
 def training_values(msg: RoundMessage, data: LocalData, codec: CodecParams, *,
@@ -122,7 +138,10 @@ def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,
         # [..., clipped_train, clipped_eval, n] for both kinds (protocol.sums.evaluation). An L2
         # clip (device-level DP) scales every value of the update.
         eval_part[-3] = update.clipped * (msg.spec.n_params if privacy.device else 1)
-        return PhaseValues(phase, [train_part, eval_part], rows=update.weight,
+        parts = [train_part, eval_part]
+        if msg.settings.distills and teacher_length(msg.spec):  # as protocol.layout.layout_for
+            parts.append(teacher_values(msg.spec, msg.params_array, evaluation, stats))
+        return PhaseValues(phase, parts, rows=update.weight,
                            eval_rows=eval_part[-1], update=update, clipped=update.clipped)
     if phase == "evaluation":
         eval_part = evaluation_values(msg.spec, msg.params_array, evaluation, stats)

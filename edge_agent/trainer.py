@@ -1,17 +1,26 @@
-"""Local training for one round: from the global parameters to the weighted delta. Pure."""
+"""Local training for one round: from the global parameters to the weighted delta. Pure.
+
+The local objective (``local_fit``) is the model's mean loss + l2/2 ||W||^2, plus, when the
+signed TrainingSettings ask for them (issue 21, non-IID fleets): FedProx's
+mu/2 ||w - w_global||^2 (models.base), a distillation term towards the fleet's teacher
+(models.logistic.distill_loss; classifiers only) and augmented training rows
+(models.augment). The losses reported before/after are the plain loss on the real rows.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from fedmq.edge_agent.data import LocalData, column_diff
 from fedmq.edge_agent.health import RoundSkipped, skip_code
-from fedmq.models import ModelError, make_model
+from fedmq.models import ModelError, ModelSpec, make_model
+from fedmq.models.augment import augment
 from fedmq.models.dpsgd import DpSgd, fit_dpsgd
-from fedmq.protocol.messages import RoundMessage
+from fedmq.models.logistic import LogisticRegressionModel
+from fedmq.protocol.messages import RoundMessage, TrainingSettings
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,49 @@ def check_features(fleet: tuple[str, ...], data: LocalData) -> None:
             f"model's: {column_diff(fleet, data.features)}")
 
 
+def local_fit(spec: ModelSpec, settings: TrainingSettings, start_params: ArrayLike,
+              X: ArrayLike, y: ArrayLike, *, teacher: ArrayLike | None = None,
+              seed: int | None = None,
+              dpsgd: DpSgd | None = None) -> tuple[NDArray[np.float64], float, float]:
+    """(trained params, loss before, loss after) of ``settings``' local objective from
+    ``start_params`` (the global model, also FedProx's anchor) on rows ``X, y``.
+
+    ``teacher``: the round's C*C per-class mean logits (RoundMessage.teacher), used when
+    settings.distill_weight > 0; empty or None trains without the term. ``seed`` fixes the
+    minibatch order and the augmentation draws (None: fresh entropy). Raises ModelError.
+    """
+    start = np.asarray(start_params, dtype=np.float64)
+    model = make_model(spec, learning_rate=settings.learning_rate, epochs=settings.epochs,
+                       batch_size=settings.batch_size, l2=settings.l2, seed=seed)
+    before = float(model.set_params_vector(start).loss(X, y))
+    model.prox_mu = settings.prox_mu
+    model.prox_center = model.params_.copy()
+    if settings.distills:
+        if not isinstance(model, LogisticRegressionModel):
+            raise ModelError("distillation needs a classifier; a linear model has no classes")
+        if teacher is not None and np.size(teacher):
+            k = spec.n_classes
+            model.teacher = np.asarray(teacher, dtype=np.float64).reshape(k, k)
+            model.distill_weight = settings.distill_weight
+            model.temperature = settings.distill_temperature
+    rows_X, rows_y = X, y
+    if settings.augment != "none":
+        if dpsgd is not None:
+            # A row drawn twice (or jittered next to itself) would count twice against the
+            # per-row clip: the DP-SGD accounting assumes each real row appears once.
+            raise ModelError("augmentation cannot be combined with DP-SGD (a repeated row "
+                             "would exceed the per-row sensitivity)")
+        rows_X, rows_y = augment(np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64),
+                                 settings.augment, amplitude=settings.jitter,
+                                 classifier=spec.kind == "logistic", seed=seed)
+    if dpsgd is None:
+        model.fit(rows_X, rows_y, init_params=start)
+    else:
+        fit_dpsgd(model, rows_X, rows_y, dpsgd, init_params=start)
+    after = float(model.loss(X, y))
+    return model.params_, before, after
+
+
 def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
                 seed: int | None = None, dpsgd: DpSgd | None = None) -> LocalUpdate:
     """Train E epochs from the global model on local data; delta = w_local - w_global.
@@ -63,17 +115,10 @@ def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
     Raises RoundSkipped (with its skip code) when the data cannot serve this model.
     """
     check_features(msg.spec.features, data)
-    s = msg.settings
     start = msg.params_array
     try:
-        model = make_model(msg.spec, learning_rate=s.learning_rate, epochs=s.epochs,
-                           batch_size=s.batch_size, l2=s.l2, seed=seed)
-        before = float(model.set_params_vector(start).loss(data.X, data.y))
-        if dpsgd is None:
-            model.fit(data.X, data.y, init_params=start)
-        else:
-            fit_dpsgd(model, data.X, data.y, dpsgd, init_params=start)
-        after = float(model.loss(data.X, data.y))
+        params, before, after = local_fit(msg.spec, msg.settings, start, data.X, data.y,
+                                          teacher=msg.teacher, seed=seed, dpsgd=dpsgd)
     except ModelError as exc:
         # Bad local labels or a diverging step skip this round; they must not
         # kill an agent that will serve the next one.
@@ -81,6 +126,9 @@ def train_round(msg: RoundMessage, data: LocalData, *, max_weight: int,
                            f"local training failed on {data.label!r}: {exc}") from exc
     # The sample count is the FedAvg weight; capping it at the declared max keeps
     # the encoded sum inside the codec's bounds (and one device from dominating).
+    # It counts REAL rows, never augmented ones: oversampling and jitter copy rows the
+    # device already has, so counting the copies would let a device inflate its say in
+    # the average (and its declared row count) without holding any more data.
     weight = min(data.n_samples, max_weight)
-    return LocalUpdate(round_id=msg.round_id, delta=model.params_ - start, weight=weight,
+    return LocalUpdate(round_id=msg.round_id, delta=params - start, weight=weight,
                        loss_before=before, loss_after=after)

@@ -54,6 +54,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "task": args.task, "samples_per_device": args.samples, "key_bits": args.key_bits,
         "epochs": args.epochs, "learning_rate": args.lr, "round_timeout": args.round_timeout,
         "server_optimizer": args.server_optimizer, "server_lr": args.server_lr,
+        "prox_mu": args.prox_mu, "augment": args.augment, "distill_weight": args.distill_weight,
         "quorum_fraction": args.quorum, "kill": args.kill,
         "kill_after_round": args.kill_after_round, "seed": args.seed, "out_dir": args.out,
         "plot": False if args.no_plot else None, "reuse_key": args.reuse_key or None,
@@ -111,6 +112,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "optimizer (default fedavg)")
     p.add_argument("--server-lr", type=float, help="the server optimizer's step size, [server] "
                    "server_lr (default 1.0)")
+    p.add_argument("--prox-mu", type=float,
+                   help="FedProx: proximal term mu of local training (default 0: off)")
+    p.add_argument("--augment", choices=["none", "oversample", "jitter", "oversample+jitter"],
+                   help="on-device augmentation of the training rows (default none)")
+    p.add_argument("--distill-weight", type=float,
+                   help="federated distillation weight, classifiers only (default 0: off)")
     p.add_argument("--round-timeout", type=float, help="round deadline in seconds (default 20)")
     p.add_argument("--quorum", type=float, help="fraction of agents for quorum (default 0.5)")
     p.add_argument("--kill", type=int, help="agents to kill abruptly during the run")

@@ -126,6 +126,11 @@ class BaseLinearMapModel(ABC):
 
     params_: FloatArray
     n_samples_seen_: int
+    # FedProx (Li et al. 2020; set by edge_agent.trainer.local_fit): the objective gains
+    # mu/2 * ||params - prox_center||^2 over ALL parameters, intercepts included (the term
+    # keeps the whole local model near the global one, not only its weights). Off by default.
+    prox_mu: float = 0.0
+    prox_center: FloatArray | None = None
 
     def __init__(
         self,
@@ -172,6 +177,11 @@ class BaseLinearMapModel(ABC):
     @abstractmethod
     def _mean_loss(self, scores: FloatArray, y: NDArray[Any]) -> float:
         """Reported mean loss (no L2 term) for the given scores."""
+
+    def _training_gradient(self, scores: FloatArray, y: NDArray[Any]) -> FloatArray:
+        """d(per-sample training objective)/d(scores): the loss's, plus any extra per-row
+        term a subclass trains with (logistic: distillation). SGD and DP-SGD both use it."""
+        return self._score_gradient(scores, y)
 
     # -- public API -------------------------------------------------------------------
 
@@ -234,12 +244,27 @@ class BaseLinearMapModel(ABC):
         d = self.spec.n_features
         W = P[:, :d]
         scores = Z @ W.T + P[:, d]
-        G = self._score_gradient(scores, y)
-        grad_W = G.T @ Z / Z.shape[0] + self.l2 * W
-        grad_b = G.mean(axis=0)
+        G = self._training_gradient(scores, y)
+        grad = np.empty_like(P)
+        grad[:, :d] = G.T @ Z / Z.shape[0] + self.l2 * W
+        grad[:, d] = G.mean(axis=0)
+        self._descend(P, grad)
+
+    def _descend(self, P: FloatArray, grad: FloatArray) -> None:
+        """P <- P - lr * grad, then the FedProx term as its exact proximal step, in place.
+
+        With mu > 0 the step is w' = (w - lr*g + lr*mu*w_global) / (1 + lr*mu): implicit in
+        the proximal term, so it equals the explicit gradient step on g + mu*(w - w_global)
+        up to O((lr*mu)^2) and, unlike it, cannot overshoot w_global for any mu (lr*mu > 2
+        would diverge explicitly); as mu grows the model stays at w_global.
+        """
+        lr = float(self.learning_rate)
         # In place: P is a view of the flat vector that becomes params_.
-        P[:, :d] -= self.learning_rate * grad_W
-        P[:, d] -= self.learning_rate * grad_b
+        P -= lr * grad
+        mu = float(self.prox_mu)
+        if mu > 0 and self.prox_center is not None:
+            P += (lr * mu) * self.prox_center.reshape(P.shape)
+            P /= 1.0 + lr * mu
 
     def _fitted_params(self) -> FloatArray:
         params: FloatArray | None = getattr(self, "params_", None)

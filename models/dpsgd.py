@@ -12,7 +12,11 @@ therefore moves the noise-free sum of a step by at most ``clip`` and changes
 nothing else, which is the sensitivity ``protocol.privacy.accounting.sample_level_event``
 accounts for.
 
-The L2 penalty depends on no row, so it is added after the noise, unclipped.
+The L2 penalty and the FedProx term depend on no row, so they are applied after the
+noise, unclipped (the prox term as the model's proximal step, BaseLinearMapModel._descend).
+A distillation term (logistic models) is part of each row's gradient, so it is clipped
+with the row: the teacher is a published fleet quantity, and each row's gradient still
+depends on that row only.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def fit_dpsgd(model: _Model, X: ArrayLike, y: ArrayLike, dp: DpSgd, *,
     m, d = model.spec.n_outputs, model.spec.n_features
     P = params.reshape(m, d + 1)
     sigma = dp.noise_multiplier * dp.clip
-    lr, l2 = float(model.learning_rate), float(model.l2)
+    l2 = float(model.l2)
     step_seeds = np.random.SeedSequence(seed).spawn(dp.steps)
     with np.errstate(over="ignore", invalid="ignore"):
         for step, child in enumerate(step_seeds):
@@ -102,7 +106,7 @@ def fit_dpsgd(model: _Model, X: ArrayLike, y: ArrayLike, dp: DpSgd, *,
             grad = _noised_mean(model, P, Z[batch], targets[batch], dp.clip, noise,
                                 dp.expected_batch)
             grad[:, :d] += l2 * P[:, :d]
-            P -= lr * grad  # in place: P is a view of params
+            model._descend(P, grad)  # in place: P is a view of params
             model._check_finite(P, f"DP-SGD step {step + 1}")
     model.params_ = params
     model.n_samples_seen_ = n
@@ -116,6 +120,6 @@ def _noised_mean(model: BaseLinearMapModel, P: FloatArray, Z: FloatArray, y: NDA
         # An empty Poisson batch still takes its noisy step: skipping it would show.
         return noise / expected_batch
     d = model.spec.n_features
-    G = model._score_gradient(Z @ P[:, :d].T + P[:, d], y)
+    G = model._training_gradient(Z @ P[:, :d].T + P[:, d], y)
     out: FloatArray = (clipped_gradient_sum(G, Z, clip) + noise) / expected_batch
     return out

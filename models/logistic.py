@@ -39,10 +39,63 @@ class LogisticRegressionModel(BaseLinearMapModel):
     """
 
     _kind = "logistic"
+    # Federated distillation (Jeong et al. 2018; set by edge_agent.trainer.local_fit):
+    # ``teacher`` holds the fleet's mean logits per true class, shape (K, K) (binary: rows
+    # (0, s)); a row of zeros means no teacher for that class (no device held it) and its
+    # rows train without the term. See ``distill_loss`` for the objective.
+    teacher: FloatArray | None = None
+    distill_weight: float = 0.0
+    temperature: float = 1.0
 
     @property
     def _binary(self) -> bool:
         return self.spec.n_classes == 2
+
+    def _student_logits(self, scores: FloatArray) -> FloatArray:
+        """(n, K) logits: binary scores s become (0, s), whose softmax is (1 - p, p)."""
+        if self._binary:
+            return np.column_stack([np.zeros(scores.shape[0]), scores[:, 0]])
+        return scores
+
+    def _distilling(self, y: NDArray[Any]) -> tuple[FloatArray, FloatArray] | None:
+        """(teacher probabilities at T, per-row weight) for rows of classes ``y``, or None."""
+        if self.teacher is None or not self.distill_weight > 0:
+            return None
+        T = float(self.temperature)
+        has = np.any(self.teacher != 0, axis=1)
+        return softmax(self.teacher / T)[y], self.distill_weight * has[y].astype(np.float64)
+
+    def distill_loss(self, scores: FloatArray, y: NDArray[Any]) -> float:
+        """Mean over rows of  weight * T^2 * KL(softmax(t_c / T) || softmax(z / T)),  t_c the
+        teacher's logits for the row's true class c and z the row's (student) logits.
+
+        The T^2 (Hinton et al. 2015) keeps the term's gradient on the scale of the
+        cross-entropy's as T changes: d/dz of it is  weight * T * (softmax(z/T) - softmax(t_c/T)),
+        exactly (KL's p log p part does not depend on z; d(-sum_j p_j log q_j)/dz = (q - p)/T).
+        Binary: z = (0, s), so only the second component moves: weight * T * (q_1 - p_1).
+        """
+        distilling = self._distilling(y)
+        if distilling is None:
+            return 0.0
+        p, weight = distilling
+        T = float(self.temperature)
+        log_q = self._student_logits(scores) / T
+        log_q = log_q - np.logaddexp.reduce(log_q, axis=1, keepdims=True)
+        log_p = np.log(np.clip(p, 1e-300, 1.0))
+        kl = np.sum(p * (log_p - log_q), axis=1)
+        return float(np.mean(weight * T * T * kl))
+
+    def _training_gradient(self, scores: FloatArray, y: NDArray[Any]) -> FloatArray:
+        G = self._score_gradient(scores, y)
+        distilling = self._distilling(y)
+        if distilling is None:
+            return G
+        p, weight = distilling
+        T = float(self.temperature)
+        q = softmax(self._student_logits(scores) / T)
+        extra = (weight * T)[:, None] * (q - p)
+        out: FloatArray = G + (extra[:, 1:] if self._binary else extra)
+        return out
 
     def _check_targets(self, y: ArrayLike, n_samples: int) -> NDArray[Any]:
         values = as_label_vector(y, n_samples)

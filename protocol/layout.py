@@ -4,7 +4,8 @@ An update is a sequence of sections, each packed with its own codec and each
 ending in a count that bounds it:
 
 - statistics round: [statistics (count, sums, sums of squares)]
-- training round:   [training (weighted delta, weight), evaluation (sums, rows)]
+- training round:   [training (weighted delta, weight), evaluation (sums, rows)
+                     [, teacher (per-class logit sums, rows) when the fleet distils]]
 - final evaluation: [evaluation]
 
 Training values are small (|delta| <= clip) and evaluation sums large (sums of
@@ -29,6 +30,7 @@ from fedmq.protocol.privacy.noise import DpContract
 from fedmq.protocol.privacy.terms import PrivacyTerms
 from fedmq.protocol.sums.evaluation import eval_length
 from fedmq.protocol.sums.statistics import StatsParams, stats_length
+from fedmq.protocol.sums.teacher import teacher_length
 
 PHASES = ("statistics", "training", "evaluation")
 
@@ -125,12 +127,18 @@ class UpdateLayout:
 
 
 def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: StatsParams,
-               modulus: int, privacy: PrivacyTerms | None = None) -> UpdateLayout:
+               modulus: int, privacy: PrivacyTerms | None = None, *,
+               distill: bool = False) -> UpdateLayout:
     """The sections an update of ``phase`` carries for a model of ``spec``.
 
     Under DP every device counts once (count 1, so a group of k sums to exactly k), a
     device-level DP update is packed with the noise's bound, and the exact evaluation
     sums travel only where the terms allow them (PrivacyTerms.evaluates).
+
+    ``distill`` (the signed round's TrainingSettings.distills): a classifier's training
+    update also carries the teacher's sums (protocol.sums.teacher), next to the evaluation
+    sums they share rows with. Both sides read it from the same signed settings, so they
+    agree; a fleet that does not distil keeps its layout exactly.
     """
     privacy = privacy or PrivacyTerms()
     n_train = spec.n_params + 1
@@ -146,7 +154,13 @@ def layout_for(phase: str, spec: ModelSpec, codec: CodecParams, statistics: Stat
         return UpdateLayout(phase, (Section("statistics", StatsCodec(statistics, modulus),
                                             stats_length(spec), statistics.max_samples),))
     if phase == "training":
-        return UpdateLayout(phase, (training, evaluation) if privacy.evaluates else (training,))
+        if not privacy.evaluates:
+            return UpdateLayout(phase, (training,))
+        if distill and teacher_length(spec):
+            teacher = Section("teacher", StatsCodec(statistics, modulus), teacher_length(spec),
+                              statistics.max_samples)
+            return UpdateLayout(phase, (training, evaluation, teacher))
+        return UpdateLayout(phase, (training, evaluation))
     if phase == "evaluation":
         return UpdateLayout(phase, (evaluation,))
     raise CodecError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")

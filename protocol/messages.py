@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedmq.models import ModelError, ModelSpec
+from fedmq.models.augment import AUGMENTS
 from fedmq.protocol.crypto.codec import CodecParams, make_codec
 from fedmq.protocol.crypto.signing import (
     Ed25519PublicKey,
@@ -162,6 +163,13 @@ class TrainingSettings:
     batch_size: int = 16
     learning_rate: float = 0.1
     l2: float = 0.0
+    # Non-IID fleets (issue 21; edge_agent.trainer.local_fit). Defaults are today's training,
+    # and only values that differ from them go on the wire, so older agents keep parsing.
+    prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
+    augment: str = "none"  # models.augment.AUGMENTS
+    jitter: float = 0.05  # relative noise / scaling amplitude of "jitter"
+    distill_weight: float = 0.0  # weight of the teacher's KL term (classifiers only)
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -170,17 +178,49 @@ class TrainingSettings:
             raise ProtocolError("learning_rate must be positive")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise ProtocolError("l2 must be non-negative")
+        if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
+            raise ProtocolError(f"prox_mu must be a finite number >= 0, got {self.prox_mu!r}")
+        if self.augment not in AUGMENTS:
+            raise ProtocolError(f"augment must be one of {', '.join(AUGMENTS)}, "
+                                f"got {self.augment!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ProtocolError(f"jitter must lie in [0, 1], got {self.jitter!r}")
+        if not (self.distill_weight >= 0 and math.isfinite(self.distill_weight)):
+            raise ProtocolError("distill_weight must be a finite number >= 0, "
+                                f"got {self.distill_weight!r}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ProtocolError("distill_temperature must be a finite number > 0, "
+                                f"got {self.distill_temperature!r}")
+
+    @property
+    def distills(self) -> bool:
+        """Whether rounds carry the teacher sums and the local loss its KL term."""
+        return self.distill_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "l2": self.l2}
+        out: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
+                               "learning_rate": self.learning_rate, "l2": self.l2}
+        for name in _OPTIONAL_SETTINGS:
+            value = getattr(self, name)
+            if value != _DEFAULT_SETTINGS[name]:
+                out[name] = value
+        return out
 
     @classmethod
     def from_dict(cls, doc: Any) -> TrainingSettings:
         if not isinstance(doc, dict):
             raise ProtocolError("settings must be an object")
+        extra: dict[str, Any] = {}
+        for name in _OPTIONAL_SETTINGS:
+            if name in doc:
+                extra[name] = (_get(doc, name, str) if name == "augment"
+                               else _number(doc, name))
         return cls(epochs=int(_number(doc, "epochs")), batch_size=int(_number(doc, "batch_size")),
-                   learning_rate=_number(doc, "learning_rate"), l2=_number(doc, "l2"))
+                   learning_rate=_number(doc, "learning_rate"), l2=_number(doc, "l2"), **extra)
+
+
+_OPTIONAL_SETTINGS = ("prox_mu", "augment", "jitter", "distill_weight", "distill_temperature")
+_DEFAULT_SETTINGS = {name: getattr(TrainingSettings, name) for name in _OPTIONAL_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -207,6 +247,9 @@ class RoundMessage:
     reason: str = ""  # only with state "failed"
     # The server optimizer the aggregator steps the model with (protocol.server).
     server: ServerSettings = field(default_factory=ServerSettings)
+    # Federated distillation (protocol.sums.teacher): the fleet's per-class mean logits of
+    # the previous global model, C*C row-major (row = true class); empty when none.
+    teacher: tuple[float, ...] = ()
 
     SCHEMA = "fedmq.round/2"
 
@@ -232,6 +275,13 @@ class RoundMessage:
             )
         if not all(math.isfinite(p) for p in self.params):
             raise ProtocolError("model parameters must be finite")
+        if self.teacher:
+            classes = self.spec.n_classes if self.spec.kind == "logistic" else 0
+            if len(self.teacher) != classes * classes:
+                raise ProtocolError(f"a teacher holds n_classes^2 = {classes * classes} logits "
+                                    f"for a {self.spec.kind} model, got {len(self.teacher)}")
+            if not all(math.isfinite(t) for t in self.teacher):
+                raise ProtocolError("teacher logits must be finite")
 
     @property
     def phase(self) -> str | None:
@@ -251,6 +301,10 @@ class RoundMessage:
         extra: dict[str, Any] = {"reason": self.reason} if self.reason else {}
         if not self.server.is_default:
             extra["server"] = self.server.to_dict()
+        # "reason" only when there is one: the other states sign exactly what they did.
+        extra: dict[str, Any] = {"reason": self.reason} if self.reason else {}
+        if self.teacher:  # only fleets that distil sign one: the others' rounds stay as they were
+            extra["teacher"] = list(self.teacher)
         return sign_document({
             **extra, "schema": self.SCHEMA, "fleet": self.fleet, "round": self.round_id,
             "model_version": self.model_version, "state": self.state,
@@ -272,8 +326,10 @@ class RoundMessage:
         participants = _get(doc, "participants", list)
         if not all(isinstance(p, str) for p in participants):
             raise ProtocolError("participants must be a list of agent ids")
-        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in params):
-            raise ProtocolError("params must be a list of numbers")
+        teacher = _get(doc, "teacher", list) if "teacher" in doc else []
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                   for p in (*params, *teacher)):
+            raise ProtocolError("params and teacher must be lists of numbers")
         try:
             spec = ModelSpec.from_dict(_get(doc, "model", dict))
         except ModelError as exc:
@@ -289,6 +345,7 @@ class RoundMessage:
             reason=_get(doc, "reason", str) if "reason" in doc else "",
             server=ServerSettings.from_dict(doc["server"]) if "server" in doc
             else ServerSettings(),
+            teacher=tuple(float(t) for t in teacher),
         )
 
 

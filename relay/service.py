@@ -225,7 +225,7 @@ class Relay:
         assert self._pubkey is not None and self._public_key is not None
         pub, key = self._pubkey, self._public_key
         layout = layout_for(msg.state, msg.spec, pub.codec, pub.statistics, key.n,
-                            pub.privacy)
+                            pub.privacy, distill=msg.settings.distills)
         self._participants = frozenset(msg.participants)
         enrolled = self.allow_list()
         self.state = RoundState(

@@ -40,6 +40,11 @@ class SimulateTable(Table, frozen=True):
     # The aggregator's [server] optimizer (fedmq.protocol.server.OPTIMIZERS; a test checks).
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
     server_lr: Positive = 1.0
+    prox_mu: Annotated[float, Meta(ge=0)] = 0.0  # aggregator.toml's [training] keys
+    augment: Literal["none", "oversample", "jitter", "oversample+jitter"] = "none"
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    distill_weight: Annotated[float, Meta(ge=0)] = 0.0
+    distill_temperature: Positive = 1.0
     round_timeout: Positive = 20.0
     quorum_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.5
     kill: Annotated[int, Meta(ge=0)] = 0

@@ -34,6 +34,12 @@ class SimulationOptions:
     # The aggregator's [server] optimizer on the fleet's average update, and its step size.
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
+    # Non-IID fleets: aggregator.toml's [training] keys of the same names (issue 21).
+    prox_mu: float = 0.0
+    augment: str = "none"
+    jitter: float = 0.05
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
     round_timeout: float = 20.0
     quorum_fraction: float = 0.5
     kill: int = 0
@@ -74,6 +80,13 @@ class SimulationOptions:
         if self.scaling not in SCALINGS:
             raise ConfigError(f"unknown scaling {self.scaling!r}; choose from "
                               f"{', '.join(SCALINGS)}")
+        linear = TASKS[self.task][1] == "linear"
+        if linear and (self.distill_weight > 0 or "oversample" in self.augment):
+            raise ConfigError(f"--task {self.task} is a regression: --distill-weight and "
+                              "--augment oversample need a classifier's classes")
+        if self.augment != "none" and self.dp_sample_epsilon is not None:
+            raise ConfigError("--augment cannot be combined with --dp-sample-epsilon (a "
+                              "repeated row would exceed DP-SGD's per-row sensitivity)")
         if self.agents < 1 or self.rounds < 1:
             raise ConfigError("--agents and --rounds must be at least 1")
         if not 0 <= self.spare_sensors <= synthetic.MAX_SPARE_SENSORS:

@@ -313,7 +313,10 @@ class Simulation:
                                quorum=opts.quorum, min_agents=opts.agents,
                                start_timeout=120 + 2 * opts.spread),
             training=TrainingSettings(epochs=opts.epochs, batch_size=opts.batch_size,
-                                      learning_rate=opts.learning_rate, l2=opts.l2),
+                                      learning_rate=opts.learning_rate, l2=opts.l2,
+                                      prox_mu=opts.prox_mu, augment=opts.augment,
+                                      jitter=opts.jitter, distill_weight=opts.distill_weight,
+                                      distill_temperature=opts.distill_temperature),
             server=opts.server,
             # a round of the whole fleet must fit (the default is 1,000 devices)
             codec=CodecParams(max_agents=fleet), statistics=StatsParams(max_agents=fleet),
