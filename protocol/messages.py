@@ -301,8 +301,6 @@ class RoundMessage:
         extra: dict[str, Any] = {"reason": self.reason} if self.reason else {}
         if not self.server.is_default:
             extra["server"] = self.server.to_dict()
-        # "reason" only when there is one: the other states sign exactly what they did.
-        extra: dict[str, Any] = {"reason": self.reason} if self.reason else {}
         if self.teacher:  # only fleets that distil sign one: the others' rounds stay as they were
             extra["teacher"] = list(self.teacher)
         return sign_document({
