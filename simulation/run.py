@@ -237,7 +237,7 @@ class Simulation:
             self.progress(f"fleet: {opts.agents} agents ({'IID' if opts.iid else 'non-IID'}), "
                           f"task {opts.task!r} (d = {self.spec.n_params}), {opts.rounds} "
                           f"rounds, {opts.key_bits}-bit Paillier, {opts.scaling} scaling, "
-                          f"{broker.where}, "
+                          f"server optimizer {opts.server.describe()}, {broker.where}, "
                           + (f"agents in {opts.workers} worker processes" if sharded
                              else "agents on threads of this process"))
             aggregator = self._aggregator(run, topics, broker.aggregator, trustees)

@@ -27,6 +27,7 @@ from fedmq.cli import main
 from fedmq.edge_agent.config import AgentConfig
 from fedmq.models import load_model, make_model
 from fedmq.protocol.crypto.paillier import fingerprint
+from fedmq.protocol.server import ServerSettings
 from fedmq.runtime.config import load_toml
 from fedmq.simulation import synthetic
 
@@ -60,6 +61,9 @@ def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
     assert broker.fleet_acl().agents == ("dev-a", "dev-b")  # the dashboard is no agent
     agg = AggregatorConfig.from_file(gw / "aggregator.toml")
     assert agg.mqtt.tls and agg.mqtt.username == "aggregator"
+    # The [server] table is there to be edited; its commented values are the defaults.
+    assert "[server]\n# optimizer = \"fedavg\"" in (gw / "aggregator.toml").read_text()
+    assert agg.server == ServerSettings()
     assert agg.mqtt.password == (gw / "aggregator.password").read_text().strip()
     (public, _), signer = load_aggregator_keys(agg)
     give_data(gw, ["dev-a", "dev-b"])
