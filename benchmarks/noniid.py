@@ -94,6 +94,8 @@ def run(options: Options, progress: Callable[[str], None] = print) -> Outcome:
                         runs.append(sim.Run(name, skew, m.label, seed, fleet.metric, central,
                                             (local,), device_local=own))
                         continue
+                    if not m.applies(fleet.kind):
+                        continue
                     try:
                         runs.append(sim.simulate(fleet, m, rounds=options.rounds, seed=seed,
                                                  central=central))

@@ -3,7 +3,9 @@
 A data set (scikit-learn's real ones with RAW features, or the synthetic machine fleet
 pooled) is split into a stratified held-out test set and the rest, which a skew deals
 out to the devices; each device then keeps a share of its own rows as its own held-out
-rows (per-device accuracy: global vs personal vs local-only). Skews:
+rows (per-device accuracy: global vs personal vs local-only), plus a draw of the global
+test rows that follows its own distribution (its class mix, through its own sensors under
+feature skew), so per-device scores are not read off five rows. Skews:
 
 - ``iid``: rows dealt at random, equal counts (the control);
 - ``pathological``: each device holds 1 or 2 classes (McMahan et al. 2017);
@@ -76,8 +78,9 @@ class Device:
 
     X: FloatArray
     y: FloatArray
-    X_test: FloatArray
+    X_test: FloatArray  # its own held-out rows first, then those drawn from the test set
     y_test: FloatArray
+    own_test: int = 0  # how many of X_test are its own rows
 
     @property
     def n(self) -> int:
@@ -251,9 +254,21 @@ def make_fleet(source: Source, skew: str, *, devices: int = 8, seed: int = 0) ->
             X[shard] = X[shard] * gain[k] + offset[k]
         owner = rng.integers(0, devices, test.size)
         X_test = X_test * gain[owner] + offset[owner]
+    strata = source.strata()
     fleet = []
-    for shard in shards:
+    for k, shard in enumerate(shards):
         rows = rng.permutation(shard)
         own = max(1, round(OWN_TEST_SHARE * rows.size))
-        fleet.append(Device(X[rows[own:]], y[rows[own:]], X[rows[:own]], y[rows[:own]]))
+        # A device's few held-out rows are a coarse measure (wine: ~5); the global test
+        # rows drawn by its own class mix, through its own sensors, add a finer one.
+        mix = np.bincount(strata[shard], minlength=strata.max() + 1) / shard.size
+        per = np.bincount(strata[test], minlength=strata.max() + 1)
+        p = mix[strata[test]] / per[strata[test]]
+        drawn = rng.choice(test, size=test.size, p=p / p.sum())
+        Xd = source.X[drawn]
+        if skew == "feature":
+            Xd = Xd * gain[k] + offset[k]
+        fleet.append(Device(X[rows[own:]], y[rows[own:]],
+                            np.concatenate([X[rows[:own]], Xd]),
+                            np.concatenate([y[rows[:own]], y[drawn]]), own))
     return Fleet(source, skew, seed, tuple(fleet), X_test, y[test])

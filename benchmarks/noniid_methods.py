@@ -18,12 +18,13 @@ import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmq.models import ModelSpec
+from fedmq.models import ModelSpec, make_model
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.messages import TrainingSettings
 
@@ -64,8 +65,7 @@ def _optional(module: str, name: str) -> Any:
 
 
 def server_settings_class() -> Any:
-    return (_optional("fedmq.protocol.messages", "ServerSettings")
-            or _optional("fedmq.protocol.server", "ServerSettings"))
+    return _optional("fedmq.protocol.server", "ServerSettings")
 
 
 def _value(text: str) -> Any:
@@ -98,9 +98,9 @@ class Method:
     def training(self, base: TrainingSettings) -> TrainingSettings:
         """``base`` with this method's [training] keys; ConfigError when this build's
         TrainingSettings lacks one of them."""
-        keys = {k: v for k, v in self.overrides.items()
-                if k not in SERVER_KEYS and k != RULE_KEY}
         known = {f.name for f in dataclasses.fields(base)}
+        keys = {k: v for k, v in self.overrides.items() if k not in SERVER_KEYS
+                and k != RULE_KEY and (k in known or k not in PERSONAL_KEYS)}
         missing = sorted(set(keys) - known)
         if missing:
             raise ConfigError(f"{self.label}: this build's training settings lack "
@@ -126,6 +126,12 @@ class Method:
     @property
     def personal(self) -> str:
         return str(self.overrides.get("personal", "none"))
+
+    def applies(self, kind: str) -> bool:
+        """Distillation and oversampling need classes: not for a regression."""
+        classes_only = float(self.overrides.get("distill_weight", 0)) > 0 or \
+            "oversample" in str(self.overrides.get("augment", "none"))
+        return kind == "logistic" or not classes_only
 
 
 def parse_method(text: str) -> Method:
@@ -153,12 +159,10 @@ def local_train(spec: ModelSpec, settings: TrainingSettings, start: FloatArray,
     """The device's local training from ``start``: its new parameters."""
     local_fit = _optional("fedmq.edge_agent.trainer", "local_fit")
     if local_fit is not None:
-        kwargs = {"teacher": teacher} if teacher else {}
-        params, _before, _after = local_fit(spec, settings, start, X, y, seed=seed, **kwargs)
+        params, _before, _after = local_fit(spec, settings, start, X, y, seed=seed,
+                                            teacher=teacher or None)
         return np.asarray(params, dtype=np.float64)
     # Before local_fit: train_round's own body (the same model, hyperparameters and seed).
-    from fedmq.models import make_model
-
     model = make_model(spec, learning_rate=settings.learning_rate, epochs=settings.epochs,
                        batch_size=settings.batch_size, l2=settings.l2, seed=seed)
     model.fit(X, y, init_params=start)
@@ -169,57 +173,67 @@ class Server:
     """The aggregator's step from the round's average delta: FedAvg, or the [server]
     optimizer with its state carried from round to round."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, n_params: int) -> None:
         self.settings = settings
-        self.state: Any = None
-        step = _optional("fedmq.aggregator.server_opt", "server_step")
-        state_cls = _optional("fedmq.aggregator.server_opt", "ServerState")
-        fedavg = settings is None or getattr(settings, "optimizer", "fedavg") == "fedavg"
-        if (step is None or state_cls is None) and not fedavg:
-            raise ConfigError("this build has no aggregator.server_opt")
-        self._step = None if step is None else step
-        if state_cls is not None:
-            self.state = state_cls() if _no_required_fields(state_cls) else state_cls(0, None,
-                                                                                       None)
+        self._step = _optional("fedmq.aggregator.server_opt", "server_step")
+        initial = _optional("fedmq.aggregator.server_opt", "initial_state")
+        if self._step is None or initial is None or settings is None:
+            if settings is not None and settings.optimizer != "fedavg":
+                raise ConfigError("this build has no aggregator.server_opt")
+            self._step = None
+            self.state: Any = None
+        else:
+            self.state = initial(settings, n_params)
 
     def step(self, params: FloatArray, avg_delta: FloatArray) -> FloatArray:
-        if self._step is None or self.settings is None:
-            return params + avg_delta  # today's aggregator: w + mean delta
+        if self._step is None:
+            return params + avg_delta  # the aggregator before [server]: w + mean delta
         new, self.state = self._step(self.settings, self.state, params, avg_delta)
         return np.asarray(new, dtype=np.float64)
 
 
-def _no_required_fields(cls: Any) -> bool:
-    if not dataclasses.is_dataclass(cls):
-        return False
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not
-               dataclasses.MISSING for f in dataclasses.fields(cls))
+PERSONAL_KEYS = ("personal", "ditto_lambdas", "personal_epochs")
+PERSONAL_DEFAULTS: dict[str, Any] = {"ditto_lambdas": (0.01, 0.1, 1.0), "personal_epochs": 2}
 
 
-def fit_personal(mode: str, spec: ModelSpec, settings: TrainingSettings, params: FloatArray,
-                 X: FloatArray, y: FloatArray, *, previous: Any = None, seed: int) -> Any:
-    """The device's personal model (edge_agent.personal.fit_personal)."""
+def fit_personal(method: Method, spec: ModelSpec, settings: TrainingSettings,
+                 params: FloatArray, X: FloatArray, y: FloatArray, *, previous: Any = None,
+                 seed: int) -> Any:
+    """The device's personal model (edge_agent.personal.fit_personal). Its keys are the
+    device's alone (they do not change the global model), so a build whose signed
+    TrainingSettings lacks them passes them beside the settings."""
     fit = _optional("fedmq.edge_agent.personal", "fit_personal")
     if fit is None:
-        raise ConfigError("this build has no edge_agent.personal")
-    return fit(mode, spec, settings, params, X, y, previous=previous, seed=seed)
+        raise ConfigError(f"{method.label}: this build has no edge_agent.personal")
+    view: Any = settings
+    if not hasattr(settings, "personal_epochs"):
+        extra = {k: method.overrides.get(k, v) for k, v in PERSONAL_DEFAULTS.items()}
+        view = SimpleNamespace(**{f.name: getattr(settings, f.name)
+                                  for f in dataclasses.fields(settings)}, **extra)
+    return fit(method.personal, spec, view, params, X, y, previous=previous, seed=seed)
 
 
-def teacher_sums(spec: ModelSpec, params: FloatArray, X: FloatArray,
-                 y: FloatArray) -> tuple[list[float], list[int]] | None:
-    """One device's share of the fleet's teacher (per-class logit sums and counts) as the
-    evaluation section carries it, or None when this build has no distillation."""
-    local = _optional("fedmq.models.distill", "class_logit_sums")
-    if local is None:
-        return None
-    sums, counts = local(spec, params, X, y)
-    return list(np.asarray(sums, dtype=np.float64).ravel()), list(counts)
+def teacher_section(spec: ModelSpec, params: FloatArray, X: FloatArray,
+                    y: FloatArray) -> tuple[list[int], list[int]]:
+    """One device's teacher section (protocol.sums.teacher.local_teacher: per-class sums
+    of the received model's quantized logits) and its class counts (what the evaluation
+    section's confusion matrix gives the aggregator), on the same first max_samples rows."""
+    from fedmq.protocol.sums.statistics import StatsParams
+    from fedmq.protocol.sums.teacher import local_teacher
+
+    stats = StatsParams()
+    model = make_model(spec).set_params_vector(params)
+    counts = np.bincount(np.asarray(y[: stats.max_samples], dtype=np.int64),
+                         minlength=spec.n_classes)
+    return local_teacher(model, X, y, stats), [int(c) for c in counts]
 
 
-def teacher_from(sums: list[list[float]], counts: list[list[int]]) -> tuple[float, ...]:
-    """The published teacher: per-class mean logits over the fleet (C x C, row-major)."""
-    total = np.sum(np.asarray(sums, dtype=np.float64), axis=0)
-    n = np.sum(np.asarray(counts, dtype=np.float64), axis=0)
-    c = n.size
-    means = total.reshape(c, -1) / np.maximum(n, 1.0)[:, None]
-    return tuple(float(v) for v in means.ravel())
+def fleet_teacher(spec: ModelSpec, sections: list[tuple[list[int], list[int]]]
+                  ) -> tuple[float, ...]:
+    """The next round's teacher from the devices' sections, as the aggregator decodes it."""
+    from fedmq.protocol.sums.statistics import StatsParams
+    from fedmq.protocol.sums.teacher import fleet_teacher as decode
+
+    sums = [sum(col) for col in zip(*(s for s, _ in sections), strict=True)]
+    counts = [sum(col) for col in zip(*(c for _, c in sections), strict=True)]
+    return decode(sums, counts, spec, StatsParams())

@@ -140,20 +140,22 @@ def device_table(cells: Sequence[Cell]) -> str:
         if not c.runs[0].device_personal:
             continue
         base = local.get((c.dataset, c.skew))
-        beats = total = 0
+        beats = ties = total = 0
         for i, r in enumerate(c.runs):
             own_local = base.runs[i].device_local if base and i < len(base.runs) else ()
             for k, p in enumerate(r.device_personal):
-                lo = own_local[k] if k < len(own_local) else -math.inf
+                best = max(r.device_global[k], own_local[k] if k < len(own_local) else -1e9)
                 total += 1
-                beats += p > r.device_global[k] and p > lo
+                beats += p > best
+                ties += p >= best
         rows.append([c.dataset, c.skew, c.method, mean_sd(c.devices("global")),
                      mean_sd(c.devices("personal")),
-                     mean_sd(base.devices("local")) if base else "-", f"{beats}/{total}"])
+                     mean_sd(base.devices("local")) if base else "-", f"{beats}/{total}",
+                     f"{ties}/{total}"])
     if not rows:
         return "(no method with a personal model ran)"
     return _markdown(["data set", "skew", "method", "global (own rows)", "personal",
-                      "local-only", "personal beats both"], rows)
+                      "local-only", "personal > both", "personal >= both"], rows)
 
 
 def per_device_table(cells: Sequence[Cell], skew: str = "feature") -> str:

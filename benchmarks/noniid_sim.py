@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from fedmq.aggregator.groups import combine, filtered_mean, partition
 from fedmq.benchmarks import noniid_methods as methods
 from fedmq.benchmarks.noniid_data import Device, Fleet
-from fedmq.models import ModelSpec, make_model
+from fedmq.models import ModelError, ModelSpec, make_model
 from fedmq.protocol.crypto.codec import CodecParams, mean_from_sums, quantize_update
 from fedmq.protocol.messages import TrainingSettings
 
@@ -168,7 +168,7 @@ def personal_scores(method: methods.Method, fleet: Fleet, spec: ModelSpec,
                     seed: int) -> tuple[list[Any], tuple[float, ...]]:
     models, scores = [], []
     for k, dev in enumerate(fleet.devices):
-        model = methods.fit_personal(method.personal, spec, settings, params, dev.X, dev.y,
+        model = methods.fit_personal(method, spec, settings, params, dev.X, dev.y,
                                      previous=previous[k], seed=seed * 1000 + k)
         models.append(model)
         scores.append(score(model.predict(dev.X_test), dev.y_test, fleet.metric))
@@ -181,8 +181,8 @@ def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
     """``rounds`` rounds of ``method`` on ``fleet``; ConfigError if this build lacks it."""
     settings = method.training(base or TrainingSettings())
     codec = codec or CodecParams()
-    server = methods.Server(method.server())
     spec = fleet_spec(fleet)
+    server = methods.Server(method.server(), spec.n_params)
     params = np.zeros(spec.n_params)
     devices: tuple[Device, ...] = fleet.devices
     weights = [min(d.n, codec.max_weight) for d in devices]
@@ -190,16 +190,25 @@ def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
     teacher: tuple[float, ...] = ()
     distill = float(getattr(settings, "distill_weight", 0.0)) > 0
     left_out = 0
+    notes: list[str] = []
     personal: list[Any] = [None] * len(devices)
     per_round_personal = method.personal == "ditto"  # Ditto's personal model goes on
     for r in range(1, rounds + 1):
+        if not math.isfinite(curve[-1]):
+            curve.append(math.nan)
+            continue
         deltas, shares = [], []
-        for k, dev in enumerate(devices):
-            new = methods.local_train(spec, settings, params, dev.X, dev.y,
-                                      seed=(seed * 1_000 + r) * 1_000 + k, teacher=teacher)
-            deltas.append(new - params)
-            if distill:
-                shares.append(methods.teacher_sums(spec, params, dev.X, dev.y))
+        try:
+            for k, dev in enumerate(devices):
+                new = methods.local_train(spec, settings, params, dev.X, dev.y,
+                                          seed=(seed * 1_000 + r) * 1_000 + k, teacher=teacher)
+                deltas.append(new - params)
+                if distill:  # of w_r, on the device's rows: next round's teacher
+                    shares.append(methods.teacher_section(spec, params, dev.X, dev.y))
+        except ModelError as exc:  # diverged: the fleet's devices would skip; stop here
+            notes.append(f"round {r}: {exc}")
+            curve.append(math.nan)
+            continue
         if per_round_personal and r < rounds:
             personal, _ = personal_scores(method, fleet, spec, settings, params, personal,
                                           seed + r)
@@ -207,14 +216,13 @@ def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
         left_out += far
         params = server.step(params, step)
         curve.append(global_score(spec, params, fleet.X_test, fleet.y_test, fleet.metric))
-        if distill and shares and all(s is not None for s in shares):
-            teacher = methods.teacher_from([s[0] for s in shares if s is not None],
-                                           [s[1] for s in shares if s is not None])
+        if distill:
+            teacher = methods.fleet_teacher(spec, shares)
     own_global = tuple(global_score(spec, params, d.X_test, d.y_test, fleet.metric)
                        for d in devices)
     own_personal: tuple[float, ...] = ()
-    if method.personal != "none":
+    if method.personal != "none" and not notes:
         _, own_personal = personal_scores(method, fleet, spec, settings, params, personal,
                                           seed + rounds)
     return Run(fleet.name, fleet.skew, method.label, fleet.seed, fleet.metric, central,
-               tuple(curve), own_global, own_personal, (), left_out)
+               tuple(curve), own_global, own_personal, (), left_out, notes=tuple(notes))

@@ -26,14 +26,16 @@ def digits() -> data.Source:
 
 
 def classes(fleet: data.Fleet) -> list[set[int]]:
-    return [set(np.concatenate([d.y, d.y_test]).astype(int).tolist()) for d in fleet.devices]
+    return [set(np.concatenate([d.y, d.y_test[:d.own_test]]).astype(int).tolist())
+            for d in fleet.devices]
 
 
 def max_share(fleet: data.Fleet, n_classes: int) -> float:
     """The mean over devices of its largest class's share of its rows."""
     shares = []
     for d in fleet.devices:
-        counts = np.bincount(np.concatenate([d.y, d.y_test]).astype(int), minlength=n_classes)
+        own = np.concatenate([d.y, d.y_test[:d.own_test]]).astype(int)
+        counts = np.bincount(own, minlength=n_classes)
         shares.append(counts.max() / counts.sum())
     return float(np.mean(shares))
 
@@ -47,7 +49,7 @@ def test_pathological_gives_each_device_one_or_two_classes_and_every_class_a_dev
     held = classes(fleet)
     assert all(1 <= len(c) <= 2 for c in held)
     assert set().union(*held) == set(range(source.n_classes))
-    assert min(d.n + d.y_test.size for d in fleet.devices) >= data.MIN_ROWS
+    assert min(d.n + d.own_test for d in fleet.devices) >= data.MIN_ROWS
 
 
 def test_dirichlet_alpha_sets_the_label_skew_at_equal_row_counts(wine):
@@ -55,13 +57,13 @@ def test_dirichlet_alpha_sets_the_label_skew_at_equal_row_counts(wine):
             for s in ("iid", "dirichlet0.5", "dirichlet0.1")}
     assert skew["iid"] < 0.6 < skew["dirichlet0.5"] < skew["dirichlet0.1"]
     assert skew["dirichlet0.1"] > 0.8  # most devices hold (nearly) one class
-    counts = [d.n + d.y_test.size for d in data.make_fleet(wine, "dirichlet0.1").devices]
+    counts = [d.n + d.own_test for d in data.make_fleet(wine, "dirichlet0.1").devices]
     assert max(counts) <= 1.5 * min(counts)
 
 
 def test_every_row_is_used_once_and_the_test_set_is_held_out(wine):
     fleet = data.make_fleet(wine, "dirichlet0.5", seed=0)
-    rows = np.concatenate([fleet.X_test, *(np.concatenate([d.X, d.X_test])
+    rows = np.concatenate([fleet.X_test, *(np.concatenate([d.X, d.X_test[:d.own_test]])
                                            for d in fleet.devices)])
     assert rows.shape == wine.X.shape
     assert np.unique(rows, axis=0).shape[0] == np.unique(wine.X, axis=0).shape[0]
@@ -168,3 +170,43 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     assert main(["bench-noniid", "--datasets", "mnist", "--out", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "unknown data set 'mnist'" in err and "Traceback" not in err
+
+
+def test_each_device_is_also_scored_on_test_rows_drawn_by_its_own_class_mix(wine):
+    fleet = data.make_fleet(wine, "pathological", seed=0)
+    for d in fleet.devices:
+        assert d.y_test.size == d.own_test + fleet.y_test.size and d.own_test >= 1
+        drawn = d.y_test[d.own_test:]
+        assert set(drawn.astype(int).tolist()) <= set(d.y.astype(int).tolist())
+
+
+def test_the_server_optimizer_is_the_aggregators(wine):
+    fleet = data.make_fleet(wine, "dirichlet0.5", seed=0)
+    central = sim.centralized(fleet)
+
+    def curve(method: str) -> tuple[float, ...]:
+        return sim.simulate(fleet, methods.parse_method(method), rounds=4, seed=0,
+                            central=central).curve
+
+    # Server momentum 0 at server_lr 1 is FedAvg exactly; FedAdam is not.
+    assert curve("fedavgm:momentum=0") == curve("fedavg")
+    assert methods.Server(methods.parse_method("fedadam").server(), 3).state is not None
+    adam = sim.simulate(fleet, methods.parse_method("fedadam:server_lr=5"), rounds=3, seed=0,
+                        central=central)
+    assert adam.curve != curve("fedavg")[:4]
+
+
+def test_distillation_publishes_a_teacher_of_class_by_class_logits(wine):
+    fleet = data.make_fleet(wine, "dirichlet0.5", seed=0)
+    spec = sim.fleet_spec(fleet)
+    params = np.random.default_rng(0).normal(0, 1, spec.n_params)
+    sections = [methods.teacher_section(spec, params, d.X, d.y) for d in fleet.devices]
+    teacher = np.asarray(methods.fleet_teacher(spec, sections)).reshape(3, 3)
+    X, y = fleet.pooled()
+    from fedmq.models import make_model
+    logits = make_model(spec).set_params_vector(params)._scores(X)
+    for c in range(3):  # the fleet's mean logits of each true class's rows
+        assert np.allclose(teacher[c], logits[y == c].mean(axis=0), atol=1e-5)
+    run = sim.simulate(fleet, methods.parse_method("distill"), rounds=3, seed=0,
+                       central=sim.centralized(fleet))
+    assert run.final > 0.5 and not methods.parse_method("distill").applies("linear")
