@@ -218,11 +218,14 @@ def teacher_section(spec: ModelSpec, params: FloatArray, X: FloatArray,
     """One device's teacher section (protocol.sums.teacher.local_teacher: per-class sums
     of the received model's quantized logits) and its class counts (what the evaluation
     section's confusion matrix gives the aggregator), on the same first max_samples rows."""
+    from fedmq.models.logistic import LogisticRegressionModel
     from fedmq.protocol.sums.statistics import StatsParams
     from fedmq.protocol.sums.teacher import local_teacher
 
     stats = StatsParams()
     model = make_model(spec).set_params_vector(params)
+    if not isinstance(model, LogisticRegressionModel):
+        raise ConfigError("distillation needs a classifier")
     counts = np.bincount(np.asarray(y[: stats.max_samples], dtype=np.int64),
                          minlength=spec.n_classes)
     return local_teacher(model, X, y, stats), [int(c) for c in counts]

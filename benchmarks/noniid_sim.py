@@ -98,7 +98,7 @@ def own_spec(spec: ModelSpec, X: FloatArray, y: FloatArray) -> ModelSpec:
                      center=tuple(X.mean(axis=0)), scale=tuple(std), **extra)
 
 
-def score(predicted: FloatArray, y: FloatArray, metric: str) -> float:
+def score(predicted: NDArray[Any], y: FloatArray, metric: str) -> float:
     if metric == "accuracy":
         return float(np.mean(np.asarray(predicted) == y))
     total = float(np.sum((y - y.mean()) ** 2))
