@@ -213,6 +213,16 @@ def fit_personal(method: Method, spec: ModelSpec, settings: TrainingSettings,
     return fit(method.personal, spec, view, params, X, y, previous=previous, seed=seed)
 
 
+def training_rows(method: Method, spec: ModelSpec, X: FloatArray) -> FloatArray:
+    """The rows a device trains the global update on: with personal intercepts, its own
+    standardisation mapped into the fleet's units (edge_agent.personal.aligned_rows, as
+    edge_agent.phases does), otherwise its rows."""
+    align = _optional("fedmq.edge_agent.personal", "aligned_rows")
+    if method.personal != "intercept" or align is None:
+        return X
+    return np.asarray(align(spec, X), dtype=np.float64)
+
+
 def teacher_section(spec: ModelSpec, params: FloatArray, X: FloatArray,
                     y: FloatArray) -> tuple[list[int], list[int]]:
     """One device's teacher section (protocol.sums.teacher.local_teacher: per-class sums

@@ -186,6 +186,7 @@ def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
     params = np.zeros(spec.n_params)
     devices: tuple[Device, ...] = fleet.devices
     weights = [min(d.n, codec.max_weight) for d in devices]
+    rows = [methods.training_rows(method, spec, d.X) for d in devices]
     curve = [global_score(spec, params, fleet.X_test, fleet.y_test, fleet.metric)]
     teacher: tuple[float, ...] = ()
     distill = float(getattr(settings, "distill_weight", 0.0)) > 0
@@ -200,7 +201,7 @@ def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
         deltas, shares = [], []
         try:
             for k, dev in enumerate(devices):
-                new = methods.local_train(spec, settings, params, dev.X, dev.y,
+                new = methods.local_train(spec, settings, params, rows[k], dev.y,
                                           seed=(seed * 1_000 + r) * 1_000 + k, teacher=teacher)
                 deltas.append(new - params)
                 if distill:  # of w_r, on the device's rows: next round's teacher
