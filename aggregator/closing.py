@@ -221,5 +221,6 @@ class RoundClosing:
             update_bytes=result.update_bytes, model_bytes=result.model_bytes,
             rejected_by=dict(sorted(state.rejected_by.items())),
             epsilon_budget=None if self._budget is None else self._budget.params.epsilon,
+            server_optimizer=self.config.server.optimizer,
         ).to_bytes(self.signer), qos=0, retain=True, wait=False)
 

@@ -86,7 +86,7 @@ class ServerState:
                                     "float.hex strings")
             try:
                 arrays[name] = np.array([float.fromhex(x) for x in values], dtype=np.float64)
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise ProtocolError(f"server optimizer state {name}: {exc}") from None
         return cls(t=doc["t"], m=arrays["m"], v=arrays["v"])
 

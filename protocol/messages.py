@@ -429,6 +429,7 @@ class MetricsMessage:
     model_bytes: int = 0  # bytes of the round's retained announcements
     rejected_by: dict[str, int] = field(default_factory=dict)  # reason -> updates rejected
     epsilon_budget: float | None = None  # the run's DP budget (at ``delta``)
+    server_optimizer: str = ""  # [server] optimizer of the run ("": a gateway before it)
 
     SCHEMA = "fedmq.metrics/3"
 

@@ -77,5 +77,8 @@ class ServerSettings:
                 value = doc[name]
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise ProtocolError(f"server setting {name!r} must be a number")
-                numbers[name] = float(value)
+                try:
+                    numbers[name] = float(value)
+                except OverflowError:  # an integer beyond any float (JSON allows it)
+                    raise ProtocolError(f"server setting {name!r} is out of range") from None
         return cls(optimizer=optimizer, **numbers)

@@ -9,6 +9,7 @@ import pytest
 from fedmq.aggregator.config import HealthPolicy
 from fedmq.aggregator.health import FleetHealth
 from fedmq.protocol.health import Skip
+from fedmq.protocol.server import ServerSettings
 
 
 def _skip(round_id: int, code: str = "feature-mismatch",
@@ -51,3 +52,22 @@ def test_a_repeated_skip_is_one_warning_per_device_and_reason(
     assert [m for level, m in said if level == logging.INFO] == [
         *(f"round {r}: 1 device(s) skipped it: feature-mismatch 1" for r in range(2, 6)),
         "round 7: 2 device(s) skipped it: data-error 1, feature-mismatch 1"]
+
+
+@pytest.mark.parametrize(("server", "hint"), [
+    (ServerSettings(), 'more [rounds] rounds, or [server] optimizer = "fedadam" (or '
+     '"fedavgm"), or a larger [server] server_lr than 1, would likely help'),
+    (ServerSettings(optimizer="fedadam", server_lr=0.05), "more [rounds] rounds, or a larger "
+     "[training] learning_rate than 0.02 (or [server] server_lr than 0.05, with optimizer "
+     "fedadam), would likely help"),
+])
+def test_a_loss_still_falling_names_the_setting_that_would_help(
+        caplog: pytest.LogCaptureFixture, server: ServerSettings, hint: str) -> None:
+    caplog.set_level(logging.INFO)
+    health = FleetHealth(HealthPolicy(), server=server, learning_rate=0.02)
+    health._losses = [0.7, 0.6, 0.5, 0.4]  # what round_closed keeps of the evaluations
+    health.run_finished()
+    [(level, line)] = _said(caplog)
+    assert level == logging.WARNING  # as before: the run ended before the model did
+    assert line == ("the fleet loss was still falling at the end (0.7 -> 0.4 over the last 3 "
+                    f"rounds): the model has not converged; {hint}")

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
-from support import agent_config, local_data
+from support import SPEC, agent_config, local_data
 
 from fedmq.aggregator.optstate import FILE
 from fedmq.aggregator.server_opt import ServerState, initial_state, server_step
 from fedmq.edge_agent.agent import EdgeAgent
+from fedmq.protocol.messages import MetricsMessage
 from fedmq.protocol.server import ServerSettings
 
+UNSCALED = replace(SPEC, center=None, scale=None)
 ADAM = ServerSettings(optimizer="fedadam", server_lr=0.05, tau=1e-2)
 
 
@@ -36,7 +39,8 @@ def test_a_fedadam_run_resumed_after_a_stop_steps_bit_for_bit(
                                                  exit_when_finished=False),
                                     data=local_data(i, 40 + 15 * i)) for i in range(2)))
     steps: list[tuple[np.ndarray, np.ndarray, int]] = []
-    first = make_aggregator(broker_port, min_agents=2, rounds=4, final_evaluation=False,
+    # A statistics round first and a final evaluation round last: neither steps it.
+    first = make_aggregator(broker_port, spec=UNSCALED, min_agents=2, rounds=4,
                             config={"server": ADAM},
                             on_round=lambda r: r.round_id == 2 and first.stop())
     _recording(first, steps)
@@ -46,12 +50,15 @@ def test_a_fedadam_run_resumed_after_a_stop_steps_bit_for_bit(
         in caplog.text  # the run's start line
     assert "round 1 open: expecting 2 agents, quorum 1, deadline in" in caplog.text
     assert ", server optimizer fedadam" in caplog.text  # each round's announcement
-    second = make_aggregator(broker_port, min_agents=2, rounds=4, final_evaluation=False,
-                             config={"server": ADAM})
+    published: list[tuple[str, bytes]] = []
+    second = make_aggregator(broker_port, spec=UNSCALED, min_agents=2, rounds=4,
+                             config={"server": ADAM},
+                             tap=lambda topic, payload: published.append((topic, payload)))
     _recording(second, steps)
     final = second.run()
     assert second.store.run_dir == first.store.run_dir
     assert [r.round_id for r in second.results] == [3, 4]
+    assert first.statistics is not None and second.final_evaluation is not None
     assert "resuming run" in caplog.text
 
     # The same four average updates stepped without a restart, from the first model on.
@@ -69,3 +76,5 @@ def test_a_fedadam_run_resumed_after_a_stop_steps_bit_for_bit(
     # Every agent verified the round's signature and read the server settings in it.
     assert all(agent.server == ADAM for agent in agents)
     assert "the gateway steps the model with server optimizer fedadam" in caplog.text
+    metrics = [MetricsMessage.from_bytes(p) for t, p in published if t.endswith("/metrics")]
+    assert [m.server_optimizer for m in metrics] == ["fedadam"] * 3  # 3, 4, evaluation

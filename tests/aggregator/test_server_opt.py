@@ -152,6 +152,7 @@ def test_a_corrupt_or_wrong_state_file_stops_the_start_with_one_line(tmp_path):
         (json.dumps({"schema": "other"}), "not a fedmq.server-opt/1 file"),
         (good.replace('"t": 1', '"t": "one"'), "integer t"),
         (good.replace("0x", "zz"), "invalid hexadecimal"),
+        (good.replace('"0x1.9999999999998p-4"', '"0x1p99999"', 1), "too large"),
     ]:
         path.write_text(text)
         with pytest.raises(ConfigError) as err:

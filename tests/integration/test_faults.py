@@ -7,6 +7,7 @@ that model versions only increase.
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import time
@@ -251,3 +252,42 @@ def test_aggregator_restarted_at_a_round_boundary_waits_for_the_agents(
     for row in rows[1:]:  # round_timeout is 15 s: "all" well before it
         assert row["closed_by"] == "all" and int(row["expected"]) == 3, row
         assert float(row["seconds"]) < 7.5, row
+
+
+def test_a_server_optimizer_killed_mid_run_resumes_its_state(tmp_path, broker_port, keypair,
+                                                             start_agents):
+    """Issue 21: the fedadam state that produced the saved model survives a power loss
+    inside round 2 (its exact continuation is tests/aggregator/test_optstate.py)."""
+    ids = ["agent-0", "agent-1", "agent-2"]
+    config = _aggregator_config(tmp_path, broker_port, keypair, ids)
+    config.write_text(config.read_text() + '[server]\noptimizer = "fedadam"\nserver_lr = 0.1\n')
+    agents = start_agents(broker_port, 3, options={"agent-2": {"straggle_seconds": 3.0}})
+    log = tmp_path / "aggregator.log"
+    first = fedmq_process("aggregator", "--config", str(config), log=log)
+    durable = Checkpoints(tmp_path / "gateway" / "latest")
+
+    def inside_round_2() -> bool:
+        cp = durable.load()
+        return cp is not None and cp.round_id == 2 and len(durable.load_updates()) == 2
+    try:
+        wait_until(inside_round_2, "round 2 with two accepted updates on disk", timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = fedmq_process("aggregator", "--config", str(config), log=log)
+        assert second.wait(90) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = log.read_text()
+    assert "resuming run" in text and "server optimizer fedadam" in text
+    assert "fresh moments" not in text
+    rows = _rounds_log(tmp_path)
+    assert [int(r["model_version"]) for r in rows] == [1, 2, 3]
+    saved = json.loads((tmp_path / "gateway" / "latest" / "server_opt.json").read_text())
+    assert saved["optimizer"] == "fedadam" and sorted(saved["states"]) == ["2", "3"]
+    assert saved["states"]["3"]["t"] == 3  # one step a round, the resumed one included
+    _, params, _ = load_model(tmp_path / "gateway" / "latest" / "global_model.npz")
+    wait_until(lambda: all(a.final_params is not None for a in agents), "final model", timeout=10)
+    for agent in agents:
+        np.testing.assert_array_equal(agent.final_params, params)
+        assert agent.server is not None and agent.server.optimizer == "fedadam"

@@ -62,6 +62,7 @@ def test_the_server_settings_are_signed():
     ({"beta1": True}, "must be a number"),
     ({"server_lr": "1"}, "must be a number"),
     ({"server_lr": float("nan")}, "must be a finite number"),
+    ({"tau": 10**400}, "'tau' is out of range"),
     ([], "must be an object"),
 ])
 def test_bad_settings_are_one_protocol_error(doc, message):

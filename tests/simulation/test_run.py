@@ -123,7 +123,7 @@ def test_next_temperature_trains_on_a_standardised_label_without_clipping(tmp_pa
 
 
 def test_killed_agent_round_closes_at_deadline(tmp_path):
-    opts = SimulationOptions(agents=3, rounds=2, key_bits=512, samples_per_device=100,
+    opts = SimulationOptions(agents=3, rounds=2, key_bits=512, samples_per_device=200,
                              out_dir=str(tmp_path), kill=1, kill_after_round=1,
                              round_timeout=2.0, plot=False, task="next_temperature")
     sim = Simulation(opts, progress=lambda _: None)
@@ -308,3 +308,16 @@ def test_spare_sensors_widen_the_model_and_the_fleet_still_learns(tmp_path):
     assert header.split(",") == list(synthetic.columns(3))
     assert report.final_params.shape == (8,)
     assert report.federated_score > 0.75 and abs(report.gap) < 0.1
+
+
+def test_the_server_optimizer_reaches_the_simulated_gateway(tmp_path):
+    lines: list[str] = []
+    opts = SimulationOptions(agents=3, rounds=2, key_bits=512, samples_per_device=200,
+                             out_dir=str(tmp_path), plot=False, server_optimizer="fedavgm",
+                             server_lr=0.5)
+    sim = Simulation(opts, progress=lines.append)
+    sim.run()
+    assert "server optimizer fedavgm (server_lr 0.5, momentum 0.9)" in lines[0]
+    assert sim.aggregator is not None and sim.aggregator.config.server == opts.server
+    state = (tmp_path / "latest" / "aggregator").glob("runs/*/server_opt.json")
+    assert '"optimizer": "fedavgm"' in next(state).read_text()
