@@ -83,6 +83,9 @@ def local_fit(spec: ModelSpec, settings: TrainingSettings, start_params: ArrayLi
             raise ModelError("distillation needs a classifier; a linear model has no classes")
         if teacher is not None and np.size(teacher):
             k = spec.n_classes
+            if np.size(teacher) != k * k:
+                raise ModelError(f"a teacher holds {k * k} logits for {k} classes, "
+                                 f"got {np.size(teacher)}")
             model.teacher = np.asarray(teacher, dtype=np.float64).reshape(k, k)
             model.distill_weight = settings.distill_weight
             model.temperature = settings.distill_temperature

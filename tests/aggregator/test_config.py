@@ -326,3 +326,40 @@ def test_a_bad_server_table_is_one_line_naming_file_and_key(tmp_path, table, sai
         AggregatorConfig.from_file(path)
     assert str(err.value).startswith(f"{path}: ") and said in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_the_non_iid_training_keys_are_read_and_each_mistake_is_one_line(tmp_path):
+    path = tmp_path / "aggregator.toml"
+    logistic = "[model]\nkind = 'logistic'\nfeatures = ['a']\nn_classes = 3\n"
+    path.write_text(logistic + "[training]\nprox_mu = 0.01\naugment = 'oversample+jitter'\n"
+                    "jitter = 0.1\ndistill_weight = 0.5\ndistill_temperature = 2.0\n")
+    t = AggregatorConfig.from_file(path).training
+    assert (t.prox_mu, t.augment, t.jitter, t.distill_weight, t.distill_temperature) == \
+        (0.01, "oversample+jitter", 0.1, 0.5, 2.0)
+    for bad, match in (
+            ("prox_mu = -1", r"\[training\] prox_mu: expected float >= 0"),
+            ("prox_mu = inf", r"\[training\] prox_mu: expected a finite number"),
+            ("augment = 'mixup'", r'\[training\] augment: expected "none" or "oversample" or'),
+            ("jitter = 1.5", r"\[training\] jitter: expected float <= 1"),
+            ("distill_weight = -0.5", r"\[training\] distill_weight: expected float >= 0"),
+            ("distill_temperature = 0", r"\[training\] distill_temperature: expected float > 0"),
+    ):
+        path.write_text(logistic + f"[training]\n{bad}\n")
+        with pytest.raises(ConfigError, match=match) as info:
+            AggregatorConfig.from_file(path)
+        assert "\n" not in str(info.value)
+    linear = "[model]\nkind = 'linear'\nfeatures = ['a']\n"
+    for bad, match in (("distill_weight = 0.5", "distillation needs a classifier"),
+                       ("augment = 'oversample'", "a linear model has none")):
+        path.write_text(linear + f"[training]\n{bad}\n")
+        with pytest.raises(ConfigError, match=rf"aggregator.toml: \[training\] .*{match}"):
+            AggregatorConfig.from_file(path)
+    path.write_text(linear + "[training]\naugment = 'jitter'\n")
+    assert AggregatorConfig.from_file(path).training.augment == "jitter"
+    scaled = logistic + "center = [0.0]\nscale = [1.0]\n"
+    path.write_text(scaled + "[training]\naugment = 'jitter'\n[privacy]\nsample_epsilon = 3.0\n")
+    with pytest.raises(ConfigError, match=r"cannot be combined with .*sample-level DP"):
+        AggregatorConfig.from_file(path)
+    path.write_text(scaled + "[training]\ndistill_weight = 1.0\n[privacy]\nepsilon = 3.0\n")
+    with pytest.raises(ConfigError, match="exact_aggregates = true"):
+        AggregatorConfig.from_file(path)

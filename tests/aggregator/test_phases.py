@@ -233,3 +233,40 @@ def test_a_column_beyond_the_statistics_range_stops_the_run_naming_it(
                        r"'x3' \(\d+ values\).*Raise \[statistics\] max_abs"):
         aggregator.run()
     assert aggregator.results == []
+
+
+def test_a_distilling_fleet_publishes_the_pooled_per_class_mean_logits_as_teacher(
+        broker_port, make_aggregator, start_agents):
+    """Issue 21: the teacher of round r + 1 is w_r's per-class mean logits on the fleet's
+    evaluation rows, summed under encryption; FedProx and augmentation ride along."""
+    from fedmq.protocol.messages import RoundMessage
+    from fedmq.protocol.sums.teacher import class_logits
+
+    rounds: list[RoundMessage] = []
+
+    def tap(topic: str, payload: bytes) -> None:
+        if topic.endswith("/round"):
+            msg = RoundMessage.from_bytes(payload)
+            if msg.state == "training" and msg not in rounds:
+                rounds.append(msg)
+
+    agents = start_agents(broker_port, 3)
+    settings = TrainingSettings(epochs=2, batch_size=8, learning_rate=0.1, prox_mu=0.01,
+                                augment="oversample+jitter", distill_weight=0.5,
+                                distill_temperature=2.0)
+    aggregator = make_aggregator(broker_port, min_agents=3, rounds=3, tap=tap,
+                                 config={"training": settings})
+    aggregator.run()
+    assert len(aggregator.results) == 3
+    by_round = {m.round_id: m for m in rounds}
+    assert by_round[1].teacher == ()  # nothing summed yet
+    assert all(m.settings == settings for m in rounds)
+    # Round 3 carries the teacher of w_2, the model round 2 started from (= round 1's result).
+    w2 = aggregator.results[0].params
+    model = make_model(aggregator.spec).set_params_vector(w2)
+    X = np.vstack([a.eval_data.X for a in agents])
+    y = np.concatenate([a.eval_data.y for a in agents]).astype(int)
+    logits = class_logits(model, X)
+    want = np.array([logits[y == c].mean(axis=0) for c in range(2)]).ravel()
+    assert np.allclose(by_round[3].teacher, want, atol=4 * StatsParams().resolution)
+    assert np.abs(want).max() > 0.01  # a trained model, not the zeros of round 1

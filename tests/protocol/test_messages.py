@@ -166,3 +166,46 @@ def test_mutated_round_messages_only_raise_protocol_error(data):
         msg = RoundMessage.from_bytes(bytes(payload), verify_with=SIGNER.public_key)
         # Only mutations that change nothing the signature covers may pass.
         assert msg == RoundMessage.from_bytes(original)
+
+
+def test_non_iid_settings_go_on_the_wire_only_when_set_and_old_settings_still_parse():
+    plain = TrainingSettings()
+    assert set(plain.to_dict()) == {"epochs", "batch_size", "learning_rate", "l2"}
+    assert TrainingSettings.from_dict(plain.to_dict()) == plain
+    custom = TrainingSettings(prox_mu=0.01, augment="oversample+jitter", jitter=0.1,
+                              distill_weight=0.5, distill_temperature=2.0)
+    doc = custom.to_dict()
+    assert doc["prox_mu"] == 0.01 and doc["augment"] == "oversample+jitter"
+    assert TrainingSettings.from_dict(json.loads(json.dumps(doc))) == custom
+    assert custom.distills and not plain.distills
+    assert set(TrainingSettings(prox_mu=0.1).to_dict()) == {
+        "epochs", "batch_size", "learning_rate", "l2", "prox_mu"}
+    for bad in ({"prox_mu": -1.0}, {"prox_mu": float("nan")}, {"augment": "mixup"},
+                {"jitter": 1.5}, {"distill_weight": -0.1}, {"distill_temperature": 0.0}):
+        with pytest.raises(ProtocolError):
+            TrainingSettings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        TrainingSettings.from_dict({**plain.to_dict(), "augment": 3})
+    with pytest.raises(ProtocolError):
+        TrainingSettings.from_dict({**plain.to_dict(), "prox_mu": "big"})
+
+
+def test_a_round_signs_its_teacher_and_rounds_without_one_stay_as_they_were():
+    spec = ModelSpec(kind="logistic", features=("a", "b"), n_classes=3)
+    params = tuple(0.1 * i for i in range(spec.n_params))
+    taught = round_msg(spec=spec, params=params, teacher=tuple(float(i) for i in range(9)),
+                       settings=TrainingSettings(distill_weight=0.5))
+    payload = taught.to_bytes(SIGNER)
+    assert RoundMessage.from_bytes(payload, verify_with=SIGNER.public_key) == taught
+    doc = json.loads(payload)
+    doc["teacher"][0] = 5.0
+    with pytest.raises(ProtocolError, match="bad signature"):
+        RoundMessage.from_bytes(json.dumps(doc).encode(), verify_with=SIGNER.public_key)
+    assert "teacher" not in json.loads(round_msg().to_bytes(SIGNER))
+    assert RoundMessage.from_bytes(round_msg().to_bytes(SIGNER)).teacher == ()
+    with pytest.raises(ProtocolError, match="n_classes"):
+        round_msg(spec=spec, params=params, teacher=(1.0, 2.0))
+    with pytest.raises(ProtocolError, match="finite"):
+        round_msg(spec=spec, params=params, teacher=(float("inf"),) * 9)
+    with pytest.raises(ProtocolError, match="n_classes"):
+        round_msg(teacher=(0.0,) * 4, spec=ModelSpec(kind="linear", features=("a", "b")))

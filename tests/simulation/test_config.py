@@ -43,6 +43,14 @@ def test_the_file_is_typed(tmp_path, line, expected):
     (["--quorum", "2"], "--quorum: expected float <= 1.0, got 2.0"),
     (["--key-bits", "64"], "--key-bits: expected int >= 512, got 64"),
     (["--server-lr", "0"], "--server-lr: expected float > 0.0, got 0.0"),
+    (["--prox-mu", "-1"], "--prox-mu: expected float >= 0.0, got -1.0"),
+    (["--distill-weight", "-1"], "--distill-weight: expected float >= 0.0, got -1.0"),
+    (["--distill-weight", "0.5", "--task", "next_temperature"],
+     "--task next_temperature is a regression: --distill-weight and --augment oversample "
+     "need a classifier's classes"),
+    (["--augment", "jitter", "--dp-sample-epsilon", "3"],
+     "--augment cannot be combined with --dp-sample-epsilon (a repeated row would exceed "
+     "DP-SGD's per-row sensitivity)"),
 ])
 def test_flags_get_the_same_check_as_one_line(capsys, argv, expected):
     assert main(["simulate", *argv, "--no-plot"]) == 2

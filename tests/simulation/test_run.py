@@ -321,3 +321,18 @@ def test_the_server_optimizer_reaches_the_simulated_gateway(tmp_path):
     assert sim.aggregator is not None and sim.aggregator.config.server == opts.server
     state = (tmp_path / "latest" / "aggregator").glob("runs/*/server_opt.json")
     assert '"optimizer": "fedavgm"' in next(state).read_text()
+
+
+def test_the_non_iid_options_reach_the_signed_rounds(tmp_path):
+    """--prox-mu, --augment, --distill-weight travel as aggregator.toml's [training] keys."""
+    opts = options_from(None, {"agents": 4, "rounds": 2, "key_bits": 512,
+                               "samples_per_device": 200, "out_dir": str(tmp_path),
+                               "plot": False, "workers": 0, "prox_mu": 0.01,
+                               "augment": "oversample", "distill_weight": 0.5})
+    sim = Simulation(opts, progress=lambda _: None)
+    report = sim.run()
+    assert [r.phase for r in report.rows] == ["training", "training", "evaluation"]
+    training = sim.aggregator.config.training
+    assert (training.prox_mu, training.augment, training.distill_weight) == \
+        (0.01, "oversample", 0.5)
+    assert report.federated_score > 0.6
