@@ -140,6 +140,10 @@ def test_methods_parse_with_overrides_and_bad_ones_are_one_line():
             methods.parse_method(bad)
     with pytest.raises(ConfigError, match="lack"):
         methods.parse_method("fedavg:no_such_key=1").training(methods.TrainingSettings())
+    # The personal keys are the device's own: a build whose signed settings lack them still
+    # trains the global model (and hands them to the personal model beside the settings).
+    ditto = methods.parse_method("ditto:personal_epochs=3")
+    assert ditto.personal == "ditto" and ditto.training(methods.TrainingSettings()).epochs == 2
 
 
 def test_fedavg_learns_and_local_only_is_worse_under_pathological_skew(wine):
