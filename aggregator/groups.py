@@ -136,6 +136,11 @@ def filtered_mean(means: Sequence[FloatArray], weights: Sequence[float],
     (the caller caps them), and the indices of those left out: FedAvg over the groups when
     none is far, and a group that is far is left out whole."""
     far = far_from_median(means, factor) if len(means) >= MIN_FILTER else []
+    if len(far) == len(means):
+        # Every group far from the median: the groups fall in clusters (two pairs of
+        # label-skewed devices, say) and the median between them stands for none. No group
+        # can be told from a liar, so all count, as in FedAvg (and never an empty mean).
+        far = []
     kept = [i for i in range(len(means)) if i not in far]
     return weighted_average([means[i] for i in kept], [weights[i] for i in kept]), far
 

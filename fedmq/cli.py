@@ -49,6 +49,9 @@ BENCHES = {
     "bench": ("benchmark encrypted updates: packed vs per-value codec", "fedmq.benchmarks.crypto"),
     "bench-flood": ("aggregator memory and round times while an agent floods it with 4 MiB "
                     "payloads (real processes)", "fedmq.benchmarks.flood"),
+    "bench-noniid": ("non-IID fleets (label, feature and quantity skew): FedAvg, server "
+                     "optimizers, FedProx, personal models against centralized, in rounds "
+                     "to target", "fedmq.benchmarks.noniid"),
     "bench-realdata": ("real data sets, non-IID over devices, through the real CLI, against "
                        "centralized scikit-learn", "fedmq.benchmarks.realdata"),
     "bench-scale": ("fleet size against broker: seconds per round, peak memory, dropped "

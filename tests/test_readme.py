@@ -372,6 +372,17 @@ def test_real_data_sets(tmp_path: Path) -> None:
         assert float(cells[5]) <= tolerance, ran.stdout  # the gap to centralized sklearn
 
 
+NON_IID = ("docs/benchmarks.md", "Non-IID fleets")
+
+
+@section_test(*NON_IID)
+def test_non_iid_fleets(tmp_path: Path) -> None:
+    ran = run_section(NON_IID, tmp_path, timeout=300)
+    assert "## Rounds to target" in ran.stdout and "| wine" in ran.stdout, ran.stdout
+    out = ran.cwd / "bench-noniid"
+    assert (out / "noniid.md").is_file() and (out / "noniid.png").stat().st_size > 10_000
+
+
 # -- docs/privacy.md --------------------------------------------------------------------
 
 PRIVACY = "docs/privacy.md"

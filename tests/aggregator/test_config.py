@@ -333,6 +333,8 @@ def test_a_bad_server_table_is_one_line_naming_file_and_key(tmp_path, table, sai
         AggregatorConfig.from_file(path)
     assert str(err.value).startswith(f"{path}: ") and said in str(err.value)
     assert "\n" not in str(err.value)
+
+
 def test_the_non_iid_training_keys_are_read_and_each_mistake_is_one_line(tmp_path):
     path = tmp_path / "aggregator.toml"
     logistic = "[model]\nkind = 'logistic'\nfeatures = ['a']\nn_classes = 3\n"

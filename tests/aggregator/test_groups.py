@@ -12,6 +12,7 @@ from fedmq.aggregator.groups import (
     capped,
     combine,
     far_from_median,
+    filtered_mean,
     median,
     partition,
     trimmed_mean,
@@ -102,6 +103,17 @@ def test_filtered_mean_is_fedavg_on_close_groups_and_leaves_a_far_one_out():
     # A far group is left out whatever weight it claims.
     np.testing.assert_allclose(combine("filtered-mean", [*honest, liar], [*weights, 1e9], 1),
                                weighted_average(honest, weights))
+
+
+def test_filtered_mean_keeps_every_group_when_all_are_far_from_the_median():
+    # Two tight pairs (label skew: two kinds of devices): the coordinate-wise median lies
+    # between them, every group is "far", and leaving them all out left nothing to average.
+    means = [np.array([0.0, 0.0]), np.array([0.01, 0.0]), np.array([1.0, 0.0]),
+             np.array([1.01, 0.0])]
+    assert far_from_median(means, 3.0) == [0, 1, 2, 3]
+    step, far = filtered_mean(means, [1.0, 2.0, 3.0, 4.0])
+    assert far == []
+    np.testing.assert_allclose(step, weighted_average(means, [1.0, 2.0, 3.0, 4.0]))
 
 
 def test_trim_must_leave_a_group():

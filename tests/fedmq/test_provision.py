@@ -61,9 +61,8 @@ def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
     assert broker.fleet_acl().agents == ("dev-a", "dev-b")  # the dashboard is no agent
     agg = AggregatorConfig.from_file(gw / "aggregator.toml")
     assert agg.mqtt.tls and agg.mqtt.username == "aggregator"
-    # The [server] table is there to be edited; its commented values are the defaults.
-    assert "[server]\n# optimizer = \"fedavg\"" in (gw / "aggregator.toml").read_text()
-    assert agg.server == ServerSettings()
+    # The [server] table is there to be edited: FedAdam at 0.2, from bench-noniid.
+    assert agg.server == ServerSettings(optimizer="fedadam", server_lr=0.2)
     assert agg.mqtt.password == (gw / "aggregator.password").read_text().strip()
     (public, _), signer = load_aggregator_keys(agg)
     give_data(gw, ["dev-a", "dev-b"])

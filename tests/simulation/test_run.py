@@ -321,6 +321,8 @@ def test_the_server_optimizer_reaches_the_simulated_gateway(tmp_path):
     assert sim.aggregator is not None and sim.aggregator.config.server == opts.server
     state = (tmp_path / "latest" / "aggregator").glob("runs/*/server_opt.json")
     assert '"optimizer": "fedavgm"' in next(state).read_text()
+
+
 def test_the_non_iid_options_reach_the_signed_rounds(tmp_path):
     """--prox-mu, --augment, --distill-weight travel as aggregator.toml's [training] keys."""
     opts = options_from(None, {"agents": 4, "rounds": 2, "key_bits": 512,
