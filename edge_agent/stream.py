@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,11 +28,13 @@ from fedmq.edge_agent.config import AgentConfig
 from fedmq.edge_agent.data import DataError, DataFile, GivenRows, LocalData, split_holdout
 from fedmq.edge_agent.json_path import ReadingError
 from fedmq.edge_agent.local_link import Delivery, LocalLink
-from fedmq.edge_agent.readings_store import Pending, ReadingsStore
 from fedmq.edge_agent.stream_config import StreamConfig
 from fedmq.edge_agent.stream_join import Joiner, Reading
 from fedmq.runtime.droplog import DropLog
 from fedmq.runtime.transport import MqttSettings, NetworkLoop, topic_matches
+
+if TYPE_CHECKING:  # imported where a stream starts: a CSV agent needs no sqlite3 (~0.8 MB)
+    from fedmq.edge_agent.readings_store import ReadingsStore
 
 log = logging.getLogger(__name__)
 RowsHook = Callable[[NDArray[np.float64], NDArray[np.float64]], None]
@@ -78,7 +81,10 @@ class StreamSource:
         self._clock = clock
         rule = config.label_rule
         self._join_columns = config.columns[:-1] if rule else config.columns
-        self.store = ReadingsStore(config.database, config.columns,
+        from fedmq.edge_agent.readings_store import Pending, ReadingsStore
+
+        self._pending = Pending
+        self.store: ReadingsStore = ReadingsStore(config.database, config.columns,
                                    keep_rows=config.keep_rows, keep_days=config.keep_days)
         self._joiner = Joiner(self._join_columns, config.join_seconds)
         self._queue: queue.Queue[Delivery | None] = queue.Queue(maxsize=MAX_QUEUED)
@@ -172,7 +178,7 @@ class StreamSource:
             i = self._join_columns.index(rule.feature)
             rows = [(ts, [*values, rule(values[i])]) for ts, values in rows]
         open_ids = self._joiner.open_ids
-        fresh = [Pending(r.id, r.topic, r.ts, r.values) for r in readings
+        fresh = [self._pending(r.id, r.topic, r.ts, r.values) for r in readings
                  if r.id in open_ids]
         gone = self._persisted - open_ids
         self.store.commit(rows, add_pending=fresh, drop_pending=gone, seen=digests)
@@ -208,6 +214,8 @@ class StreamRows:
         self.config, self.features, self.label = config, features, label
         self.holdout, self.seed, self._clock = holdout, seed, clock
         self.path: Path | None = Path(config.database)
+        from fedmq.edge_agent.readings_store import ReadingsStore
+
         self._store = ReadingsStore(config.database, config.columns,
                                     keep_rows=config.keep_rows, keep_days=config.keep_days)
         self._stamp: tuple[int, int] | None = None

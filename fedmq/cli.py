@@ -32,6 +32,9 @@ def _setup_logging(verbosity: int, *, quiet_default: bool = False) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    # phe's package imports its command-line tool, and that imports click wherever click
+    # is installed (a development venv; not a device): ~1 MB of RSS the agent never uses.
+    sys.modules.setdefault("phe.command_line", None)  # type: ignore[arg-type]
     from fedmq.edge_agent.agent import EdgeAgent
     from fedmq.edge_agent.config import AgentConfig
 
@@ -86,17 +89,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from fedmq import (
-        dashboard_cli,
-        gateway_cli,
-        model_cli,
-        provision,
-        relay_cli,
-        simulate_cli,
-        trustee_cli,
-    )
+    if command == "agent":
+        # The device's command builds only its own parser: the other commands' modules
+        # (simulation, gateway, dashboard, trustees) are ~1.4 MB of a 60 MB RSS budget.
+        _add_agent(sub)
+    else:
+        _add_all(sub, command)
+    for each in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
+        each.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                             help="more log output")
+    return parser
 
-    gateway_cli.register(sub)  # broker, aggregator, enroll
+
+def _add_agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("agent", help="run an edge agent (device)",
                        description="Train on local CSV data each round and publish encrypted "
                        "updates. Raw data never leaves the device.")
@@ -108,6 +113,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="with --show-public-key: print id,public_key for fedmq enroll --from-file")
     p.set_defaults(func=cmd_agent)
 
+
+def _add_all(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str | None
+             ) -> None:
+    from fedmq import (
+        dashboard_cli,
+        gateway_cli,
+        model_cli,
+        provision,
+        relay_cli,
+        simulate_cli,
+        trustee_cli,
+    )
+
+    gateway_cli.register(sub)  # broker, aggregator, enroll
+    _add_agent(sub)
     simulate_cli.register(sub)  # simulate, sample-data
     model_cli.register(sub)  # export, evaluate, predict
     provision.register(sub)  # init gateway, init device
@@ -121,10 +141,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).register(sub, help_text)
         else:
             sub.add_parser(name, help=help_text)
-    for each in sub.choices.values():  # `fedmq agent --config x -v` too, not only `fedmq -v`
-        each.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                             help="more log output")
-    return parser
 
 
 def _command(argv: Sequence[str] | None) -> str | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from support import announcement as announce
 
-from fedmq.edge_agent.memory import RunMemory
+from fedmq.edge_agent.memory import HISTORY_KEPT, RunMemory
+from fedmq.edge_agent.trainer import LocalUpdate
 
 
 def test_a_new_run_forgets_the_rounds_of_the_last_one() -> None:
@@ -38,3 +40,13 @@ def test_nothing_is_resent_before_anything_was_sent() -> None:
     memory.join("r1")
     memory.answered(announce(1), None)  # answered, but the update never left (stopped)
     assert memory.resend(announce(1, issued_at=5.0)) is None
+
+
+def test_the_history_keeps_only_the_newest_training_rounds() -> None:
+    memory = RunMemory()
+    memory.join("r1")
+    rounds = HISTORY_KEPT + 10
+    for r in range(1, rounds + 1):
+        memory.answered(announce(r), LocalUpdate(r, np.zeros(4), 10, 1.0, 0.5))
+    assert sorted(memory.history) == list(range(11, rounds + 1))
+    assert memory.served == set(range(1, rounds + 1))  # the rounds served: all of them

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import sqlite3
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from fedmq.edge_agent import readings_store
 from fedmq.edge_agent.data import DataError
 from fedmq.edge_agent.readings_store import SCHEMA_VERSION, Pending, ReadingsStore
 
@@ -24,6 +26,33 @@ def test_rows_are_stored_typed_and_read_back_in_time_order(tmp_path):
     assert db.execute("SELECT typeof(c0) FROM rows LIMIT 1").fetchone()[0] == "real"
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] \
         == str(SCHEMA_VERSION)
+
+
+def test_reads_across_chunks_equal_the_rows_in_time_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(readings_store, "READ_CHUNK", 3)
+    s = ReadingsStore(tmp_path / "r.db", COLS)
+    s.add([(float(t), [t, -t, t % 2]) for t in (5, 1, 9, 3, 7, 2, 8, 4, 6, 0)])
+    ts, table = s.latest(7)
+    assert ts.tolist() == [3, 4, 5, 6, 7, 8, 9] and table[:, 1].tolist() == [-3, -4, -5,
+                                                                             -6, -7, -8, -9]
+    ts, table = s.window(4.5, now=9.0)
+    assert ts.tolist() == [5, 6, 7, 8, 9] and table[:, 0].tolist() == [5, 6, 7, 8, 9]
+    assert s.latest(0)[1].shape == (0, 3) and s.window(1.0, now=100.0)[1].shape == (0, 3)
+
+
+def test_a_round_reads_the_rows_without_holding_them_all_as_python_objects(tmp_path):
+    s = ReadingsStore(tmp_path / "r.db", ("a", "b", "c", "y"))
+    n = 20_000
+    s.add([(float(i), [i, i, i, 1]) for i in range(n)])
+    tracemalloc.start()
+    try:
+        _ts, table = s.latest(n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert table.shape == (n, 4)
+    # The array itself is 800 KB; every row as a tuple of floats would be ~4 MB.
+    assert peak < 2_000_000, peak
 
 
 def test_full_synchronous_commits(tmp_path):
