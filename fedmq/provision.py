@@ -26,6 +26,7 @@ import msgspec
 
 from fedmq.data_sample import DEFAULT, FleetColumns, data_toml, read_columns
 from fedmq.protocol.errors import ConfigError
+from fedmq.protocol.server import RECOMMENDED, recommended_keys
 from fedmq.protocol.topics import check_name
 from fedmq.runtime.files import write_atomic, write_text_atomic
 
@@ -87,13 +88,10 @@ def max_quorum_for(devices: int) -> int:
     return 2 * max(1, devices)
 
 
-# `fedmq init gateway`'s [server] step per model kind, from `fedmq bench-noniid` (8 devices,
-# 3 seeds, 25 fleets; docs/benchmarks.md, "Non-IID fleets"). The code's default stays
-# "fedavg": a config without [server] keeps plain FedAvg.
-SERVER_DEFAULTS: dict[str, dict[str, object]] = {
-    "logistic": {"optimizer": "fedadam", "server_lr": 0.2},
-    "linear": {"optimizer": "fedavgm", "server_lr": 1.0, "momentum": 0.7},
-}
+# `fedmq init gateway`'s [server] step per model kind (protocol.server.RECOMMENDED, from
+# `fedmq bench-noniid`). The code's default stays "fedavg": a config without [server] keeps
+# plain FedAvg.
+SERVER_DEFAULTS = {kind: recommended_keys(kind) for kind in RECOMMENDED}
 _SERVER_WHY = {
     "logistic": (
         "# FedAdam at server_lr 0.2, the most robust for classifiers in `fedmq bench-noniid`\n"
