@@ -13,13 +13,14 @@ devices publish, and the decrypted fleet totals (never one device's numbers).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
 
 from fedmq.aggregator.config import HealthPolicy
 from fedmq.protocol.health import Skip
-from fedmq.protocol.server import ServerSettings
+from fedmq.protocol.server import ServerSettings, recommended_keys
 from fedmq.protocol.sums.evaluation import FleetEvaluation
 
 log = logging.getLogger("fedmq.aggregator.health")
@@ -46,16 +47,22 @@ def clipped_share(evaluation: FleetEvaluation | None, values_per_update: int,
     return evaluation.clipped_train / (values_per_update * updates)
 
 
-def still_falling_hint(server: ServerSettings, learning_rate: float) -> str:
+def still_falling_hint(server: ServerSettings, learning_rate: float,
+                       kind: str = "logistic") -> str:
     """Which setting would most likely help a run whose loss was still falling at its end.
 
     Plain FedAvg first gains from a server optimizer (Reddi et al. 2021: the same rounds
-    go further); with one already on, more rounds or larger local steps are what is left.
+    go further), the one bench-noniid found most robust for the model ``kind``
+    (protocol.server.RECOMMENDED); with one already on, more rounds or larger local steps
+    are what is left.
     """
     more = "more [rounds] rounds"
     if server.optimizer == "fedavg":
-        return (f"{more}, or [server] optimizer = \"fedadam\" (or \"fedavgm\"), or a larger "
-                f"[server] server_lr than {server.server_lr:g}, would likely help")
+        keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in recommended_keys(kind).items()
+                         if k != "server_lr" or v != 1)
+        model = "classifiers" if kind == "logistic" else "regressions"
+        return (f"{more}, or [server] {keys} (bench-noniid's most robust for {model}), or a "
+                f"larger [server] server_lr than {server.server_lr:g}, would likely help")
     return (f"{more}, or a larger [training] learning_rate than {learning_rate:g} (or "
             f"[server] server_lr than {server.server_lr:g}, with optimizer "
             f"{server.optimizer}), would likely help")
@@ -63,10 +70,11 @@ def still_falling_hint(server: ServerSettings, learning_rate: float) -> str:
 
 class FleetHealth:
     def __init__(self, policy: HealthPolicy, *, server: ServerSettings | None = None,
-                 learning_rate: float = 0.1) -> None:
-        """``server`` and ``learning_rate``: the run's, named in the end-of-run hint."""
+                 learning_rate: float = 0.1, kind: str = "logistic") -> None:
+        """``server``, ``learning_rate`` and the model ``kind``: the run's, named in the
+        end-of-run hint."""
         self.policy = policy
-        self._hint = still_falling_hint(server or ServerSettings(), learning_rate)
+        self._hint = still_falling_hint(server or ServerSettings(), learning_rate, kind)
         # class -> (first round of its current streak, agents absent in every round of it)
         self._absent: dict[int, tuple[int, frozenset[str]]] = {}
         self._contributed: set[str] = set()

@@ -114,7 +114,8 @@ class Aggregator(RoundClosing, BetweenRuns):
         # The spec this run trains: [model], completed by the statistics round.
         self.spec: ModelSpec = config.spec
         self._health = FleetHealth(config.health, server=config.server,
-                                   learning_rate=config.training.learning_rate)
+                                   learning_rate=config.training.learning_rate,
+                                   kind=config.spec.kind)
         # [server]'s optimizer, stepped on each training round's average update.
         self._optimizer = ServerOptimizer(config.server, config.spec.n_params)
         self._stop = threading.Event()

@@ -8,25 +8,26 @@ distill_weight, distill_temperature, personal, ditto_lambdas, personal_epochs) a
 aggregator's [robust] ``rule``. Every call into the fleet's code goes through the
 adapters here: the device's local training (``edge_agent.trainer``), the aggregator's
 server optimizer (``aggregator.server_opt``) and the device's personal model
-(``edge_agent.personal``). A method whose code this build lacks is reported as
-unavailable, never imitated.
+(``edge_agent.personal``), never an imitation of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fedmq.aggregator.server_opt import ServerState, initial_state, server_step
+from fedmq.edge_agent import personal
+from fedmq.edge_agent.trainer import local_fit
 from fedmq.models import ModelSpec, make_model
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.messages import TrainingSettings
+from fedmq.protocol.server import ServerSettings
 
 FloatArray = NDArray[np.float64]
 
@@ -54,18 +55,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 BASELINES = ("local", "central")
 DEFAULT_METHODS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox",
                    "finetune", "ditto", "intercept", "augment", "distill", "local", "central")
-
-
-def _optional(module: str, name: str) -> Any:
-    """``module.name`` when this build has it (the parts of issue 21 land separately)."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def server_settings_class() -> Any:
-    return _optional("fedmq.protocol.server", "ServerSettings")
 
 
 def _value(text: str) -> Any:
@@ -96,30 +85,25 @@ class Method:
         return str(self.overrides.get(RULE_KEY, DEFAULT_RULE))
 
     def training(self, base: TrainingSettings) -> TrainingSettings:
-        """``base`` with this method's [training] keys; ConfigError when this build's
-        TrainingSettings lacks one of them."""
+        """``base`` with this method's [training] keys; ConfigError for a key that is
+        not one."""
         known = {f.name for f in dataclasses.fields(base)}
         keys = {k: v for k, v in self.overrides.items() if k not in SERVER_KEYS
-                and k != RULE_KEY and (k in known or k not in PERSONAL_KEYS)}
-        missing = sorted(set(keys) - known)
-        if missing:
-            raise ConfigError(f"{self.label}: this build's training settings lack "
-                              f"{', '.join(missing)}")
+                and k != RULE_KEY}
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise ConfigError(f"{self.label}: no [training] or [server] key "
+                              f"{', '.join(unknown)}")
         try:
             return dataclasses.replace(base, **keys)
         except (ProtocolError, TypeError, ValueError) as exc:
             raise ConfigError(f"{self.label}: {exc}") from exc
 
-    def server(self) -> Any:
-        """The method's ServerSettings, or None for plain FedAvg on a build without them."""
+    def server(self) -> ServerSettings:
+        """The method's signed [server] settings."""
         keys = {k: v for k, v in self.overrides.items() if k in SERVER_KEYS}
-        cls = server_settings_class()
-        if cls is None:
-            if keys.get("optimizer", "fedavg") != "fedavg":
-                raise ConfigError(f"{self.label}: this build has no server optimizers")
-            return None
         try:
-            return cls(**keys)
+            return ServerSettings(**keys)
         except (ProtocolError, TypeError, ValueError) as exc:
             raise ConfigError(f"{self.label}: {exc}") from exc
 
@@ -157,70 +141,39 @@ def local_train(spec: ModelSpec, settings: TrainingSettings, start: FloatArray,
                 X: FloatArray, y: FloatArray, *, seed: int,
                 teacher: tuple[float, ...] = ()) -> FloatArray:
     """The device's local training from ``start``: its new parameters."""
-    local_fit = _optional("fedmq.edge_agent.trainer", "local_fit")
-    if local_fit is not None:
-        params, _before, _after = local_fit(spec, settings, start, X, y, seed=seed,
-                                            teacher=teacher or None)
-        return np.asarray(params, dtype=np.float64)
-    # Before local_fit: train_round's own body (the same model, hyperparameters and seed).
-    model = make_model(spec, learning_rate=settings.learning_rate, epochs=settings.epochs,
-                       batch_size=settings.batch_size, l2=settings.l2, seed=seed)
-    model.fit(X, y, init_params=start)
-    return np.asarray(model.params_, dtype=np.float64)
+    params, _before, _after = local_fit(spec, settings, start, X, y, seed=seed,
+                                        teacher=teacher or None)
+    return np.asarray(params, dtype=np.float64)
 
 
 class Server:
     """The aggregator's step from the round's average delta: FedAvg, or the [server]
     optimizer with its state carried from round to round."""
 
-    def __init__(self, settings: Any, n_params: int) -> None:
+    def __init__(self, settings: ServerSettings, n_params: int) -> None:
         self.settings = settings
-        self._step = _optional("fedmq.aggregator.server_opt", "server_step")
-        initial = _optional("fedmq.aggregator.server_opt", "initial_state")
-        if self._step is None or initial is None or settings is None:
-            if settings is not None and settings.optimizer != "fedavg":
-                raise ConfigError("this build has no aggregator.server_opt")
-            self._step = None
-            self.state: Any = None
-        else:
-            self.state = initial(settings, n_params)
+        self.state: ServerState = initial_state(settings, n_params)
 
     def step(self, params: FloatArray, avg_delta: FloatArray) -> FloatArray:
-        if self._step is None:
-            return params + avg_delta  # the aggregator before [server]: w + mean delta
-        new, self.state = self._step(self.settings, self.state, params, avg_delta)
+        new, self.state = server_step(self.settings, self.state, params, avg_delta)
         return np.asarray(new, dtype=np.float64)
-
-
-PERSONAL_KEYS = ("personal", "ditto_lambdas", "personal_epochs")
-PERSONAL_DEFAULTS: dict[str, Any] = {"ditto_lambdas": (0.01, 0.1, 1.0), "personal_epochs": 2}
 
 
 def fit_personal(method: Method, spec: ModelSpec, settings: TrainingSettings,
                  params: FloatArray, X: FloatArray, y: FloatArray, *, previous: Any = None,
                  seed: int) -> Any:
-    """The device's personal model (edge_agent.personal.fit_personal). Its keys are the
-    device's alone (they do not change the global model), so a build whose signed
-    TrainingSettings lacks them passes them beside the settings."""
-    fit = _optional("fedmq.edge_agent.personal", "fit_personal")
-    if fit is None:
-        raise ConfigError(f"{method.label}: this build has no edge_agent.personal")
-    view: Any = settings
-    if not hasattr(settings, "personal_epochs"):
-        extra = {k: method.overrides.get(k, v) for k, v in PERSONAL_DEFAULTS.items()}
-        view = SimpleNamespace(**{f.name: getattr(settings, f.name)
-                                  for f in dataclasses.fields(settings)}, **extra)
-    return fit(method.personal, spec, view, params, X, y, previous=previous, seed=seed)
+    """The device's personal model (edge_agent.personal.fit_personal)."""
+    return personal.fit_personal(method.personal, spec, settings, params, X, y,
+                                 previous=previous, seed=seed)
 
 
 def training_rows(method: Method, spec: ModelSpec, X: FloatArray) -> FloatArray:
     """The rows a device trains the global update on: with personal intercepts, its own
     standardisation mapped into the fleet's units (edge_agent.personal.aligned_rows, as
     edge_agent.phases does), otherwise its rows."""
-    align = _optional("fedmq.edge_agent.personal", "aligned_rows")
-    if method.personal != "intercept" or align is None:
+    if method.personal != "intercept":
         return X
-    return np.asarray(align(spec, X), dtype=np.float64)
+    return np.asarray(personal.aligned_rows(spec, X), dtype=np.float64)
 
 
 def teacher_section(spec: ModelSpec, params: FloatArray, X: FloatArray,

@@ -178,7 +178,7 @@ def personal_scores(method: methods.Method, fleet: Fleet, spec: ModelSpec,
 def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
              central: float, base: TrainingSettings | None = None,
              codec: CodecParams | None = None) -> Run:
-    """``rounds`` rounds of ``method`` on ``fleet``; ConfigError if this build lacks it."""
+    """``rounds`` rounds of ``method`` on ``fleet``; ConfigError for a bad override."""
     settings = method.training(base or TrainingSettings())
     codec = codec or CodecParams()
     spec = fleet_spec(fleet)
@@ -189,7 +189,7 @@ def simulate(fleet: Fleet, method: methods.Method, *, rounds: int, seed: int,
     rows = [methods.training_rows(method, spec, d.X) for d in devices]
     curve = [global_score(spec, params, fleet.X_test, fleet.y_test, fleet.metric)]
     teacher: tuple[float, ...] = ()
-    distill = float(getattr(settings, "distill_weight", 0.0)) > 0
+    distill = settings.distill_weight > 0
     left_out = 0
     notes: list[str] = []
     personal: list[Any] = [None] * len(devices)

@@ -106,6 +106,8 @@ class Result:
 
 def aggregator_tables(sp: datasets.Split, options: Options,
                       t: Training) -> dict[str, dict[str, TomlValue]]:
+    from fedmq.provision import SERVER_DEFAULTS
+
     ds = sp.dataset
     center, scale = datasets.pooled_scaling(sp) if options.scaling == "pooled" else (None, None)
     n = len(sp.devices)
@@ -117,6 +119,8 @@ def aggregator_tables(sp: datasets.Split, options: Options,
         "rounds": {"rounds": t.rounds, "round_timeout": options.round_timeout, "quorum": n,
                    "min_agents": n, "start_timeout": 120.0},
         "codec": {"clip": t.clip},
+        # What `fedmq init gateway --data-sample` writes for this model kind.
+        "server": dict(SERVER_DEFAULTS[ds.kind]),
         **({"robust": {"rule": options.rule}} if options.rule else {}),
     }
 

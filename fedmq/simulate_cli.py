@@ -54,6 +54,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "task": args.task, "samples_per_device": args.samples, "key_bits": args.key_bits,
         "epochs": args.epochs, "learning_rate": args.lr, "round_timeout": args.round_timeout,
         "server_optimizer": args.server_optimizer, "server_lr": args.server_lr,
+        "server_momentum": args.server_momentum,
         "personal": args.personal,
         "prox_mu": args.prox_mu, "augment": args.augment, "distill_weight": args.distill_weight,
         "quorum_fraction": args.quorum, "kill": args.kill,
@@ -114,6 +115,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "optimizer (default fedavg)")
     p.add_argument("--server-lr", type=float, help="the server optimizer's step size, [server] "
                    "server_lr (default 1.0)")
+    p.add_argument("--server-momentum", type=float, help="fedavgm's server momentum, [server] "
+                   "momentum (default 0.9; fedmq init writes 0.7 for a regression)")
     p.add_argument("--personal", choices=["none", "finetune", "ditto", "intercept"],
                    help="personal models on the devices, reported beside the global model "
                    "(default none)")

@@ -82,3 +82,22 @@ class ServerSettings:
                 except OverflowError:  # an integer beyond any float (JSON allows it)
                     raise ProtocolError(f"server setting {name!r} is out of range") from None
         return cls(optimizer=optimizer, **numbers)
+
+
+# The step `fedmq bench-noniid` found most robust for each model kind (8 devices, 3 seeds,
+# label, feature and quantity skew; docs/benchmarks.md, "Non-IID fleets"): what
+# `fedmq init gateway` writes and the end-of-run hint names. The code's default stays FedAvg.
+RECOMMENDED: dict[str, ServerSettings] = {
+    "logistic": ServerSettings(optimizer="fedadam", server_lr=0.2),
+    "linear": ServerSettings(optimizer="fedavgm", momentum=0.7),
+}
+
+
+def recommended_keys(kind: str) -> dict[str, str | float]:
+    """RECOMMENDED[kind] as the [server] keys that differ from the default (and server_lr)."""
+    chosen = RECOMMENDED[kind]
+    keys: dict[str, str | float] = {"optimizer": chosen.optimizer,
+                                    "server_lr": chosen.server_lr}
+    if chosen.optimizer == "fedavgm":
+        keys["momentum"] = chosen.momentum
+    return keys

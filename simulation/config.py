@@ -40,6 +40,7 @@ class SimulateTable(Table, frozen=True):
     # The aggregator's [server] optimizer (fedmq.protocol.server.OPTIMIZERS; a test checks).
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
     server_lr: Positive = 1.0
+    server_momentum: Annotated[float, Meta(ge=0, lt=1)] = 0.9  # [server] momentum (fedavgm)
     # Personal models on the devices (aggregator.toml's [training] personal).
     personal: Literal["none", "finetune", "ditto", "intercept"] = "none"
     prox_mu: Annotated[float, Meta(ge=0)] = 0.0  # aggregator.toml's [training] keys

@@ -35,6 +35,7 @@ class SimulationOptions:
     # The aggregator's [server] optimizer on the fleet's average update, and its step size.
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
+    server_momentum: float = 0.9  # fedavgm
     personal: str = "none"  # [training] personal: the devices' personal models
     # Non-IID fleets: aggregator.toml's [training] keys of the same names (issue 21).
     prox_mu: float = 0.0
@@ -121,7 +122,7 @@ class SimulationOptions:
         try:
             _ = self.server  # the same checks as [server]
         except ProtocolError as exc:
-            raise ConfigError(f"--server-optimizer/--server-lr: {exc}") from None
+            raise ConfigError(f"--server-optimizer/--server-lr/--server-momentum: {exc}") from None
         if self.stream and self.broker != "embedded":
             raise ConfigError("--stream runs on the embedded broker (its local topics need "
                               "their own logins and ACL on Mosquitto: not simulated yet)")
@@ -134,7 +135,8 @@ class SimulationOptions:
     @property
     def server(self) -> ServerSettings:
         """The aggregator's [server] table (its other hyperparameters at their defaults)."""
-        return ServerSettings(optimizer=self.server_optimizer, server_lr=self.server_lr)
+        return ServerSettings(optimizer=self.server_optimizer, server_lr=self.server_lr,
+                              momentum=self.server_momentum)
 
     @property
     def effective_threshold(self) -> int:

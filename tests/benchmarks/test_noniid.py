@@ -138,12 +138,15 @@ def test_methods_parse_with_overrides_and_bad_ones_are_one_line():
                      ("fedavg:epochs", "key=value")):
         with pytest.raises(ConfigError, match=why):
             methods.parse_method(bad)
-    with pytest.raises(ConfigError, match="lack"):
+    with pytest.raises(ConfigError, match="no \\[training\\] or \\[server\\] key no_such_key"):
         methods.parse_method("fedavg:no_such_key=1").training(methods.TrainingSettings())
-    # The personal keys are the device's own: a build whose signed settings lack them still
-    # trains the global model (and hands them to the personal model beside the settings).
+    with pytest.raises(ConfigError, match="server_lr"):
+        methods.parse_method("fedadam:server_lr=-1").server()
+    # The personal keys are signed [training] settings like the others.
     ditto = methods.parse_method("ditto:personal_epochs=3")
-    assert ditto.personal == "ditto" and ditto.training(methods.TrainingSettings()).epochs == 2
+    trained = ditto.training(methods.TrainingSettings())
+    assert ditto.personal == "ditto" and trained.personal == "ditto"
+    assert trained.personal_epochs == 3 and trained.epochs == 2
 
 
 def test_fedavg_learns_and_local_only_is_worse_under_pathological_skew(wine):
@@ -174,6 +177,12 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     assert main(["bench-noniid", "--datasets", "mnist", "--out", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "unknown data set 'mnist'" in err and "Traceback" not in err
+    # A bad override stops the run before any fleet, not as a gap in the tables.
+    assert main(["bench-noniid", "--methods", "fedavg", "fedadam:server_lr=-1",
+                 "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "fedadam:server_lr=-1" in err and "Traceback" not in err
+    assert not (tmp_path / "noniid.md").exists()
 
 
 def test_each_device_is_also_scored_on_test_rows_drawn_by_its_own_class_mix(wine):

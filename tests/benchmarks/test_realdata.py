@@ -136,6 +136,8 @@ def test_gateway_configs_carry_the_data_set_and_no_scaling_unless_pooled(tmp_pat
     assert (config.spec.center is None) == (scaling == "none")
     assert (config.spec.scale is None) == (scaling == "none")
     assert config.training.learning_rate == t.learning_rate and config.codec.clip == t.clip
+    # The template was made for a classifier; the regression gets init's step for its kind.
+    assert (config.server.optimizer, config.server.momentum) == ("fedavgm", 0.7)
     agent_toml = tmp_path / "gw" / "devices" / "dev-000" / "agent.toml"
     edit_toml(agent_toml, {"data": {"path": "data.csv", "features": list(ds.features),
                                     "label": ds.label}})

@@ -89,6 +89,30 @@ def test_gateway_configs_load_with_the_role_configs(tmp_path: Path) -> None:
     assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "gw.local"}
 
 
+@pytest.mark.parametrize(("kind", "label", "server"), [
+    ("logistic", "0 1 1 0 1 0", ServerSettings(optimizer="fedadam", server_lr=0.2)),
+    ("linear", "0.5 1.25 3.0 2.5 0.75 4.0",
+     ServerSettings(optimizer="fedavgm", server_lr=1.0, momentum=0.7)),
+])
+def test_init_gateway_writes_the_benchmarks_server_step_per_model_kind(
+        tmp_path: Path, kind: str, label: str, server: ServerSettings) -> None:
+    """bench-noniid's most robust step: FedAdam at 0.2 for a classifier, FedAvgM at
+    momentum 0.7 for a regression (where FedAdam was worse than FedAvg)."""
+    sample = tmp_path / "sample.csv"
+    rows = [f"{i},{2 * i + 1},{y}" for i, y in enumerate(label.split())]
+    sample.write_text("\n".join(["temp,load,y", *rows]) + "\n")
+    gw = init(tmp_path, "--data-sample", str(sample), "--label", "y", "--kind", kind)
+    agg = AggregatorConfig.from_file(gw / "aggregator.toml")
+    assert agg.spec.kind == kind and agg.server == server
+    text = (gw / "aggregator.toml").read_text()
+    assert text.count("optimizer = ") == 1 and "docs/benchmarks.md" in text
+    # The code's default is still plain FedAvg: a config without [server] keeps it.
+    start = text.index("\n[server]\n")
+    without = text[:start + 1] + text[text.index("[codec]"):]
+    (gw / "aggregator.toml").write_text(without)
+    assert AggregatorConfig.from_file(gw / "aggregator.toml").server == ServerSettings()
+
+
 def test_init_gateway_makes_a_read_only_dashboard_login(tmp_path: Path, capsys) -> None:
     gw = init(tmp_path, "--san", "IP:10.1.2.3")
     out = capsys.readouterr().out

@@ -76,3 +76,15 @@ def test_describe_names_the_optimizer_and_what_it_uses():
         "fedavgm (server_lr 1, momentum 0.9)")
     assert ServerSettings(optimizer="fedyogi", server_lr=0.1).describe() == (
         "fedyogi (server_lr 0.1, beta1 0.9, beta2 0.99, tau 0.001)")
+
+
+def test_the_recommended_steps_are_bench_noniids_per_model_kind() -> None:
+    """What `fedmq init gateway` writes and the end-of-run hint names (docs/benchmarks.md)."""
+    from fedmq.protocol.server import RECOMMENDED, recommended_keys
+
+    assert recommended_keys("logistic") == {"optimizer": "fedadam", "server_lr": 0.2}
+    assert recommended_keys("linear") == {"optimizer": "fedavgm", "server_lr": 1.0,
+                                          "momentum": 0.7}
+    assert all(ServerSettings(**recommended_keys(k)) == s
+               for k, s in RECOMMENDED.items())
+    assert ServerSettings().optimizer == "fedavg"  # the code's default stays FedAvg

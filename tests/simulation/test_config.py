@@ -43,6 +43,7 @@ def test_the_file_is_typed(tmp_path, line, expected):
     (["--quorum", "2"], "--quorum: expected float <= 1.0, got 2.0"),
     (["--key-bits", "64"], "--key-bits: expected int >= 512, got 64"),
     (["--server-lr", "0"], "--server-lr: expected float > 0.0, got 0.0"),
+    (["--server-momentum", "1"], "--server-momentum: expected float < 1.0, got 1.0"),
     (["--prox-mu", "-1"], "--prox-mu: expected float >= 0.0, got -1.0"),
     (["--distill-weight", "-1"], "--distill-weight: expected float >= 0.0, got -1.0"),
     (["--distill-weight", "0.5", "--task", "next_temperature"],
@@ -84,6 +85,9 @@ def test_the_server_optimizer_reaches_the_aggregator_config(tmp_path):
     opts = options_from(str(cfg), {})
     assert opts.server == ServerSettings(optimizer="fedyogi", server_lr=0.05)
     assert options_from(str(cfg), {"server_optimizer": "fedavgm"}).server.optimizer == "fedavgm"
+    # fedmq init's step for a regression: FedAvgM at momentum 0.7.
+    assert options_from(None, {"server_optimizer": "fedavgm", "server_momentum": 0.7}).server \
+        == ServerSettings(optimizer="fedavgm", momentum=0.7)
     with pytest.raises(ConfigError, match="--server-optimizer: expected"):
         options_from(None, {"server_optimizer": "adam"})
 

@@ -314,10 +314,10 @@ def test_the_server_optimizer_reaches_the_simulated_gateway(tmp_path):
     lines: list[str] = []
     opts = SimulationOptions(agents=3, rounds=2, key_bits=512, samples_per_device=200,
                              out_dir=str(tmp_path), plot=False, server_optimizer="fedavgm",
-                             server_lr=0.5)
+                             server_lr=0.5, server_momentum=0.7)
     sim = Simulation(opts, progress=lines.append)
     sim.run()
-    assert "server optimizer fedavgm (server_lr 0.5, momentum 0.9)" in lines[0]
+    assert "server optimizer fedavgm (server_lr 0.5, momentum 0.7)" in lines[0]
     assert sim.aggregator is not None and sim.aggregator.config.server == opts.server
     state = (tmp_path / "latest" / "aggregator").glob("runs/*/server_opt.json")
     assert '"optimizer": "fedavgm"' in next(state).read_text()
