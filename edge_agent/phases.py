@@ -147,8 +147,11 @@ def _with_personal(done: PhaseValues, msg: RoundMessage, train: LocalData,
     personal, error = personal_step(msg, train, mode=mode, previous=previous, seed=seed)
     if not sections:
         return replace(done, personal=personal, personal_error=error)
-    global_part = done.parts[-1]
-    part = list(global_part)
+    # The global evaluation sums: after the training values in a training round, alone in
+    # an evaluation round; the personal block follows them (and precedes a distilling
+    # fleet's teacher sums), in protocol.layout.layout_for's order.
+    at = 0 if done.phase == "evaluation" else 1
+    part = list(done.parts[at])
     if personal is not None:
         try:
             part = evaluation_values(personal.spec, personal.params, evaluation, stats)
@@ -156,7 +159,8 @@ def _with_personal(done: PhaseValues, msg: RoundMessage, train: LocalData,
             error = f"personal model ({mode}) not evaluated: {exc.detail}"
     # The update's clipped count belongs to the global block only.
     part[-3] = 0
-    return replace(done, parts=[*done.parts, part], personal=personal, personal_error=error)
+    parts = [*done.parts[:at + 1], part, *done.parts[at + 1:]]
+    return replace(done, parts=parts, personal=personal, personal_error=error)
 
 
 def phase_values(msg: RoundMessage, train: LocalData, evaluation: LocalData,

@@ -210,3 +210,19 @@ def test_an_intercept_fleet_trains_the_global_update_on_the_devices_own_standard
     z_own = (TRAIN.X - np.asarray(own.center)) / np.asarray(own.scale)
     z_fleet = (aligned.X - np.asarray(SPEC.center)) / np.asarray(SPEC.scale)
     np.testing.assert_allclose(z_fleet, z_own, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["finetune", "ditto"])
+def test_a_distilling_fleet_with_personal_models_sends_its_sections_in_the_layouts_order(mode):
+    """Personal block after the global evaluation sums, the teacher sums last: as layout_for
+    orders them (both sides read the same signed settings)."""
+    msg = personal_msg("training", mode)
+    msg = replace(msg, settings=replace(msg.settings, distill_weight=0.5))
+    done = serve(msg)
+    layout = layout_for("training", SPEC, CODEC, STATS, 1 << 2048, personal=True, distill=True)
+    assert [s.name for s in layout.sections] == ["training", "evaluation", "personal",
+                                                 "teacher"]
+    assert [len(p) for p in done.parts] == [s.n_values for s in layout.sections]
+    layout.encode(done.parts)
+    assert done.personal is not None
+    assert done.parts[2] == local_evaluation(done.personal.model(), EVAL.X, EVAL.y, STATS)
