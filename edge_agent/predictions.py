@@ -207,11 +207,14 @@ class Predictor:
             return None
         if personal is None:
             return glob
-        if not fits_fleet(personal.spec, self._personal_base, glob.spec):
+        # A personal model of an earlier run (the fleet moved on, perhaps without personal
+        # models) is stale even when the specs match: the global model of this run wins.
+        stale = bool(personal.run and glob.run and personal.run != glob.run)
+        if stale or not fits_fleet(personal.spec, self._personal_base, glob.spec):
             if self._told != self._personal_stamp:
                 self._told = self._personal_stamp
                 log.info("predictions: the personal model (%s, features %s) was not derived from "
-                         "the fleet's current model; predicting with the global one until "
+                         "the fleet's current model or run; predicting with the global one until "
                          "it is fitted again", personal.spec.kind,
                          ", ".join(personal.spec.features))
             return glob

@@ -140,10 +140,16 @@ def test_the_personal_model_is_used_when_it_fits(tmp_path, caplog):
     # As i21-personal writes it: its own standardisation, derived from the fleet's spec.
     own = replace(SPEC, center=(1.0, 1.0, 1.0))
     save_model(tmp_path / PERSONAL_MODEL, own, personal,
-               metadata={"base_spec": SPEC.to_dict(), "model_version": 3, "run_id": "r0"})
+               metadata={"base_spec": SPEC.to_dict(), "model_version": 3, "run_id": "r1"})
     p.on_rows(X)
     assert (sent[-1][1]["model"], sent[-1][1]["version"], sent[-1][1]["run"]) == (
-        "personal", 3, "r0")
+        "personal", 3, "r1")
+    # ... fitted in an earlier run (the fleet moved on, perhaps without personal models):
+    # stale, though its spec is the fleet's.
+    save_model(tmp_path / PERSONAL_MODEL, own, personal,
+               metadata={"base_spec": SPEC.to_dict(), "model_version": 3, "run_id": "r0"})
+    p.on_rows(X)
+    assert (sent[-1][1]["model"], sent[-1][1]["run"]) == ("global", "r1")
     # ... derived from an earlier fleet spec (another run's statistics): the global one.
     save_model(tmp_path / PERSONAL_MODEL, own, personal,
                metadata={"base_spec": replace(SPEC, scale=(1.0, 1.0, 1.0)).to_dict()})
