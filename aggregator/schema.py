@@ -93,11 +93,12 @@ Fraction = Annotated[float, Meta(ge=0, lt=1)]
 class ServerTable(Table, frozen=True):
     # The server optimizer on the fleet's average update (aggregator.server_opt).
     optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
-    server_lr: Positive = 1.0
+    server_lr: Annotated[float, Meta(gt=0, le=100)] = 1.0  # protocol.server.MAX_SERVER_LR
     momentum: Fraction = 0.9  # fedavgm
     beta1: Fraction = 0.9  # fedadam, fedyogi, fedadagrad
     beta2: Fraction = 0.99  # fedadam, fedyogi
-    tau: Positive = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity (v starts at tau^2)
+    # fedadam, fedyogi, fedadagrad: adaptivity (v starts at tau^2); protocol.server.MAX_TAU
+    tau: Annotated[float, Meta(gt=0, le=1)] = 1e-3
 
 
 class CodecTable(Table, frozen=True):

@@ -18,6 +18,10 @@ from fedmq.protocol.errors import ProtocolError
 OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
+MAX_SERVER_LR = 100.0
+MAX_TAU = 1.0
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Which server optimizer and its hyperparameters (each used only by the optimizers
@@ -39,8 +43,11 @@ class ServerSettings:
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
                     or not math.isfinite(value)):
                 raise ProtocolError(f"{f.name} must be a finite number, not {value!r}")
-        if self.server_lr <= 0 or self.tau <= 0:
-            raise ProtocolError("server_lr and tau must be positive")
+        # Upper bounds keep the state finite: v starts at tau^2, and a step of server_lr
+        # beyond 100 is a typo, not a setting (both overflowed into "state v must be finite").
+        if not (0 < self.server_lr <= MAX_SERVER_LR and 0 < self.tau <= MAX_TAU):
+            raise ProtocolError(f"server_lr must be in (0, {MAX_SERVER_LR:g}] and tau in "
+                                f"(0, {MAX_TAU:g}], not {self.server_lr!r} and {self.tau!r}")
         for name in ("momentum", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ProtocolError(f"{name} must be in [0, 1), not {getattr(self, name)!r}")

@@ -55,8 +55,10 @@ def test_the_server_settings_are_signed():
 @pytest.mark.parametrize(("doc", "message"), [
     ({"optimizer": "sgd"}, "optimizer must be one of fedavg, fedavgm"),
     ({"optimizer": 3}, "optimizer must be a string"),
-    ({"server_lr": 0}, "server_lr and tau must be positive"),
-    ({"tau": -1e-3}, "server_lr and tau must be positive"),
+    ({"server_lr": 0}, r"server_lr must be in \(0, 100\]"),
+    ({"tau": -1e-3}, r"tau in \(0, 1\]"),
+    ({"tau": 1e200}, r"tau in \(0, 1\]"),  # tau^2 overflowed the state
+    ({"server_lr": 1e300}, r"server_lr must be in \(0, 100\]"),
     ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
     ({"beta2": -0.1}, r"beta2 must be in \[0, 1\)"),
     ({"beta1": True}, "must be a number"),
