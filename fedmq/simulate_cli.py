@@ -114,7 +114,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the aggregator's step on the fleet's average update, its [server] "
                    "optimizer (default fedavg)")
     p.add_argument("--server-lr", type=float, help="the server optimizer's step size, [server] "
-                   "server_lr (default 1.0)")
+                   "server_lr (default 1.0; 0.2 with fedadam, fedyogi, fedadagrad)")
     p.add_argument("--server-momentum", type=float, help="fedavgm's server momentum, [server] "
                    "momentum (default 0.9; fedmq init writes 0.7 for a regression)")
     p.add_argument("--personal", choices=["none", "finetune", "ditto", "intercept"],

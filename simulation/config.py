@@ -39,7 +39,8 @@ class SimulateTable(Table, frozen=True):
     l2: Annotated[float, Meta(ge=0)] = 0.0
     # The aggregator's [server] optimizer (fedmq.protocol.server.OPTIMIZERS; a test checks).
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
-    server_lr: Positive = 1.0
+    # Unset: 1.0, or for an adaptive optimizer the 0.2 fedmq init writes (protocol.server).
+    server_lr: Positive | None = None
     server_momentum: Annotated[float, Meta(ge=0, lt=1)] = 0.9  # [server] momentum (fedavgm)
     # Personal models on the devices (aggregator.toml's [training] personal).
     personal: Literal["none", "finetune", "ditto", "intercept"] = "none"

@@ -10,7 +10,7 @@ import numpy as np
 
 from fedmq.protocol.errors import ConfigError, ProtocolError
 from fedmq.protocol.messages import PERSONAL_MODES
-from fedmq.protocol.server import ServerSettings
+from fedmq.protocol.server import RECOMMENDED, ServerSettings
 from fedmq.simulation import synthetic
 from fedmq.simulation.broker import BrokerChoice
 from fedmq.simulation.config import SCALINGS, check_flags, file_options
@@ -34,7 +34,7 @@ class SimulationOptions:
     l2: float = 0.0
     # The aggregator's [server] optimizer on the fleet's average update, and its step size.
     server_optimizer: str = "fedavg"
-    server_lr: float = 1.0
+    server_lr: float | None = None  # None: 1.0, or ADAPTIVE_SERVER_LR for fedadam & co.
     server_momentum: float = 0.9  # fedavgm
     personal: str = "none"  # [training] personal: the devices' personal models
     # Non-IID fleets: aggregator.toml's [training] keys of the same names (issue 21).
@@ -135,7 +135,11 @@ class SimulationOptions:
     @property
     def server(self) -> ServerSettings:
         """The aggregator's [server] table (its other hyperparameters at their defaults)."""
-        return ServerSettings(optimizer=self.server_optimizer, server_lr=self.server_lr,
+        lr = self.server_lr
+        if lr is None:  # an adaptive step of 1.0 overshoots on standardised features
+            lr = (RECOMMENDED["logistic"].server_lr
+                  if self.server_optimizer in ("fedadam", "fedyogi", "fedadagrad") else 1.0)
+        return ServerSettings(optimizer=self.server_optimizer, server_lr=lr,
                               momentum=self.server_momentum)
 
     @property

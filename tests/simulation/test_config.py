@@ -84,6 +84,9 @@ def test_the_server_optimizer_reaches_the_aggregator_config(tmp_path):
     cfg.write_text('[simulate]\nserver_optimizer = "fedyogi"\nserver_lr = 0.05\n')
     opts = options_from(str(cfg), {})
     assert opts.server == ServerSettings(optimizer="fedyogi", server_lr=0.05)
+    # Unset, an adaptive optimizer takes fedmq init's step, plain FedAvg 1.0.
+    assert options_from(None, {"server_optimizer": "fedadam"}).server.server_lr == 0.2
+    assert options_from(None, {"server_optimizer": "fedavg"}).server.server_lr == 1.0
     assert options_from(str(cfg), {"server_optimizer": "fedavgm"}).server.optimizer == "fedavgm"
     # fedmq init's step for a regression: FedAvgM at momentum 0.7.
     assert options_from(None, {"server_optimizer": "fedavgm", "server_momentum": 0.7}).server \
