@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from fedmq.protocol.crypto.paillier import fingerprint, generate_keypair, privat
 from fedmq.protocol.crypto.signing import Signer
 from fedmq.runtime.files import create_signer
 from fedmq.runtime.transport import MqttLink, MqttSettings
+from fedmq.simulation.stream import stored_rows
 
 BUDGET_MB = 60.0  # an agent's RSS budget on a Pi (docs/deployment.md)
 FLEET = "ingest"
@@ -144,19 +144,6 @@ def _wait(ready: object, what: str, timeout: float) -> None:
         if time.monotonic() > end:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def _stored(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(con.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def _rounds(state: Path) -> int:
@@ -324,17 +311,17 @@ fields = {{ x1 = "$.x[0]", x2 = "$.x[1]", x3 = "$.x[2]", y = "$.fault" }}
                        "ts": time.time()}
                 link.publish(TOPIC, json.dumps(doc).encode(), wait=False)
                 published += 1
-                if aggregator is None and _stored(stream_db) >= 50:
+                if aggregator is None and stored_rows(stream_db) >= 50:
                     aggregator = fleet.aggregator()  # rounds run while the stream goes on
                 lag = start + published / rate - time.monotonic()
                 if lag > 0:
                     time.sleep(lag)
             ingest_seconds = elapsed
-            _wait(lambda: _stored(stream_db) >= published, "every reading stored", 60)
+            _wait(lambda: stored_rows(stream_db) >= published, "every reading stored", 60)
             peaks.stop()
             result = IngestResult(
                 csv_rss_mb=_rss_mb(csv_agent.pid), stream_rss_mb=_rss_mb(stream_agent.pid),
-                published=published, stored=_stored(stream_db), seconds=ingest_seconds,
+                published=published, stored=stored_rows(stream_db), seconds=ingest_seconds,
                 rounds=_rounds(base / "gateway"),
                 csv_anon_mb=peaks.anon.get("csv", 0.0),
                 stream_anon_mb=peaks.anon.get("stream", 0.0),
