@@ -118,11 +118,17 @@ class StreamSource:
         self._thread.start()
 
     def _arrived(self, delivery: Delivery) -> None:
-        """paho's thread: queue, nothing more. Full queue: no ack, the broker resends."""
+        """paho's thread: queue, nothing more. Full queue: drop AND acknowledge (counted).
+
+        Left unacknowledged, a dropped QoS 1 message would hold one slot of the broker's
+        inflight window (Mosquitto: 20) until the next reconnect: a few such drops and the
+        broker sends nothing more, ever. Blocking here instead would stall paho's thread
+        (keepalive, the predictions' publishes). Overload is a counted, documented loss."""
         try:
             self._queue.put_nowait(delivery)
         except queue.Full:
             self._reject("queue-full", delivery.topic, f"{MAX_QUEUED} readings queued")
+            delivery.ack()
 
     def _reject(self, reason: str, topic: str, why: str) -> None:
         self.rejected[reason] += 1

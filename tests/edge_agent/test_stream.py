@@ -268,3 +268,31 @@ def test_a_reading_from_the_future_is_rejected_not_joined(tmp_path):
     src.ingest([acks.delivery(z, {"temperature": 1, "humidity": 2, "ts": T0 + 200})])
     assert src.rejected == {"future": 1}
     src.close()
+
+
+def test_a_full_queue_drops_and_acknowledges(tmp_path, monkeypatch):
+    # Unacknowledged, each drop would keep a slot of the broker's inflight window forever.
+    monkeypatch.setattr("fedmq.edge_agent.stream.MAX_QUEUED", 2)
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream)
+    acks = Acks()
+    for i in range(5):
+        src._arrived(acks.delivery("zigbee2mqtt/sensor1",
+                                   {"temperature": i, "humidity": 1, "ts": T0}))
+    assert src.rejected == {"queue-full": 3} and len(acks.acked) == 3
+    src.close()
+
+
+def test_a_flood_of_one_topic_leaves_a_bounded_pending_table(tmp_path):
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream, clock=lambda: T0)
+    acks = Acks()
+    flood = [acks.delivery("zigbee2mqtt/sensor1", {"temperature": i, "humidity": 1, "ts": T0})
+             for i in range(2500)]
+    for start in range(0, len(flood), 1000):
+        src.ingest(flood[start:start + 1000])
+    assert len(src.store.pending()) == 1000 and src.stale_rows == 1500
+    assert len(acks.acked) == 2500
+    src.close()
