@@ -214,7 +214,7 @@ class AgentConfig:
             raise ConfigError(f"{source}: {exc}") from None
         local = None if f.local is None else local_settings(f.local, base=base,
                                                              source=source)
-        stream = _stream(f, base, source)
+        stream = _stream(f, base, source, topics.base)
         with blame(source, "agent config"):
             return cls(
                 agent_id=f.agent.id,
@@ -247,7 +247,7 @@ class AgentConfig:
             )
 
 
-def _stream(f: AgentFile, base: Path, source: str) -> StreamConfig | None:
+def _stream(f: AgentFile, base: Path, source: str, fleet_base: str) -> StreamConfig | None:
     data = f.data
     if data.source == "csv":
         if data.path is None:
@@ -268,7 +268,8 @@ def _stream(f: AgentFile, base: Path, source: str) -> StreamConfig | None:
                               "[agent] state_dir: set state_dir (or an absolute path)")
         database = Path(state_dir) / database
     with blame(source, "[data.stream]"):
-        return stream_config(data.stream, tuple(data.features), data.label, str(database))
+        return stream_config(data.stream, tuple(data.features), data.label, str(database),
+                             fleet_base)
 
 
 def local_settings(table: LocalTable, *, base: Path, source: str) -> MqttSettings:

@@ -77,7 +77,10 @@ def as_number(value: Any, where: str = "value") -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float) or (isinstance(value, str) and _DECIMAL.fullmatch(value)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range (JSON allows 1e400 digits)
+            raise ReadingError("not-a-number", f"{where} is too large") from None
     else:
         raise ReadingError("not-a-number", f"{where} is {type(value).__name__}, not a number")
     if not math.isfinite(number):

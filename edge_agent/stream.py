@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 RowsHook = Callable[[NDArray[np.float64], NDArray[np.float64]], None]
 MAX_PAYLOAD = 64 * 1024  # a sensor reading is a few hundred bytes
 MAX_QUEUED = 10_000  # messages between the network thread and the writer
+MAX_AHEAD = 300.0  # a reading's time may lead its arrival by this much (clock skew)
 
 
 def parse(config: StreamConfig, topic: str, payload: bytes, arrival: float
@@ -62,6 +63,9 @@ def parse(config: StreamConfig, topic: str, payload: bytes, arrival: float
         ts = mapping.time.number(doc)
         if ts > 1e11:  # epoch milliseconds (Zigbee2MQTT, ESPHome)
             ts /= 1000.0
+        if ts > arrival + MAX_AHEAD:  # one would move the join's "newest" into the future
+            raise ReadingError("future", f"time {ts:.0f} is {ts - arrival:.0f} s ahead of "
+                               f"its arrival (more than {MAX_AHEAD:g} s)")
     return index, ts, values
 
 
@@ -89,6 +93,9 @@ class StreamSource:
         self._joiner = Joiner(self._join_columns, config.join_seconds)
         self._queue: queue.Queue[Delivery | None] = queue.Queue(maxsize=MAX_QUEUED)
         self._drops = DropLog(log, interval=60.0)
+        self.commit_failures = 0  # batches left unacknowledged because the store failed
+        self._failures_unlogged = 0
+        self._failure_logged = float("-inf")
         self.rejected: Counter[str] = Counter()  # unusable messages per reason
         self.ingested = 0  # rows stored by this process
         self.stale_rows = self.late = 0
@@ -111,15 +118,34 @@ class StreamSource:
         self._thread.start()
 
     def _arrived(self, delivery: Delivery) -> None:
-        """paho's thread: queue, nothing more. Full queue: no ack, the broker resends."""
+        """paho's thread: queue, nothing more. Full queue: drop AND acknowledge (counted).
+
+        Left unacknowledged, a dropped QoS 1 message would hold one slot of the broker's
+        inflight window (Mosquitto: 20) until the next reconnect: a few such drops and the
+        broker sends nothing more, ever. Blocking here instead would stall paho's thread
+        (keepalive, the predictions' publishes). Overload is a counted, documented loss."""
         try:
             self._queue.put_nowait(delivery)
         except queue.Full:
             self._reject("queue-full", delivery.topic, f"{MAX_QUEUED} readings queued")
+            delivery.ack()
 
     def _reject(self, reason: str, topic: str, why: str) -> None:
         self.rejected[reason] += 1
         self._drops.drop(reason, f"{topic}: {why}")
+
+    def _commit_failed(self, n: int, exc: Exception) -> None:
+        """One line a minute (no traceback): a full or failing disk fails every batch."""
+        self.commit_failures += 1
+        self._failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._failure_logged < 60.0:
+            return
+        log.error("storing readings failed %d time(s) (last: %d readings, %s: %s); they stay "
+                  "unacknowledged and come back from the broker", self._failures_unlogged, n,
+                  type(exc).__name__, exc)
+        self._failures_unlogged = 0
+        self._failure_logged = now
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -148,9 +174,8 @@ class StreamSource:
                 batch.append(item)
             try:
                 self.ingest(batch)
-            except Exception:  # a disk error must not end ingestion: nothing acked is lost
-                log.exception("storing %d readings failed; they stay unacknowledged",
-                              len(batch))
+            except Exception as exc:  # a disk error must not end ingestion: nothing acked is lost
+                self._commit_failed(len(batch), exc)
                 time.sleep(1.0)
 
     def ingest(self, batch: list[Delivery]) -> int:
@@ -158,6 +183,8 @@ class StreamSource:
         arrival = self._clock()
         readings = []
         digests = []
+        rows: list[tuple[float, list[float]]] = []
+        stale_rows = late = 0
         for d in batch:
             digest = message_digest(d.topic, d.payload)
             if d.dup and self.store.was_seen(digest):
@@ -169,10 +196,20 @@ class StreamSource:
             except ReadingError as exc:
                 self._reject(exc.reason, d.topic, str(exc))
                 continue
-            readings.append(Reading(self._next_id, index, ts, values))
+            except Exception as exc:  # one odd message (RecursionError...) must not stall the batch
+                self._reject("unreadable", d.topic, f"{type(exc).__name__}: {exc}")
+                continue
+            reading = Reading(self._next_id, index, ts, values)
             self._next_id += 1
-        result = self._joiner.add(readings)
-        rows = result.rows
+            try:
+                result = self._joiner.add([reading])
+            except Exception as exc:  # as above: reject this message only
+                self._reject("unjoinable", d.topic, f"{type(exc).__name__}: {exc}")
+                continue
+            readings.append(reading)
+            rows.extend(result.rows)
+            stale_rows += result.stale_rows
+            late += result.late
         if self.config.label_rule is not None:
             rule = self.config.label_rule
             i = self._join_columns.index(rule.feature)
@@ -186,13 +223,13 @@ class StreamSource:
         for d in batch:  # stored (or rejected for good): the broker may forget them
             d.ack()
         self.ingested += len(rows)
-        for _ in range(result.stale_rows):
+        for _ in range(stale_rows):
             self._reject("incomplete-row", "join", f"no full row within "
                          f"{self.config.join_seconds:g} s")
-        for _ in range(result.late):
+        for _ in range(late):
             self._reject("late", "join", "older than the join window on arrival")
-        self.stale_rows += result.stale_rows
-        self.late += result.late
+        self.stale_rows += stale_rows
+        self.late += late
         if rows and self.on_rows is not None:
             table = np.asarray([v for _, v in rows], dtype=np.float64)
             try:

@@ -17,6 +17,7 @@ from fedmq.protocol.errors import ConfigError
 from fedmq.runtime.config import Table
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
+MAX_FILTER_BYTES = 65535  # MQTT 3.1.1: a topic filter is a UTF-8 string of at most 65535 bytes
 _RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(<=|>=|==|!=|<|>)\s*"
                    r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
@@ -112,10 +113,38 @@ class StreamConfig:
                               "topic's field, not both")
 
 
+def check_filter(topic: str, fleet_base: str | None) -> None:
+    """ConfigError (one line) unless ``topic`` is a valid MQTT filter that cannot match
+    anything under ``fleet_base`` (``<topic_prefix>/<fleet>``): paho's thread would die on
+    the former, and the fleet's own messages are never readings."""
+    what = f"[[data.stream.topics]] topic {topic[:60]!r}"
+    if not topic or "\0" in topic or len(topic.encode("utf-8")) > MAX_FILTER_BYTES:
+        raise ConfigError(f"{what} is not a valid MQTT topic filter")
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ConfigError(f"{what}: '#' must be a whole level and the last one "
+                              "(e.g. \"zigbee2mqtt/#\")")
+        if "+" in level and level != "+":
+            raise ConfigError(f"{what}: '+' must be a whole level (e.g. \"shellies/+/status\")")
+    if fleet_base is None:
+        return
+    for i, part in enumerate(fleet_base.split("/")):
+        if i >= len(levels) or levels[i] not in ("+", "#", part):
+            return  # differs from the fleet's prefix somewhere: cannot match under it
+        if levels[i] == "#":
+            break
+    raise ConfigError(f"{what} matches the fleet's own topics under {fleet_base}/: stream "
+                      "topics must be the sensors' topics, never the fleet's")
+
+
 def stream_config(table: StreamTable, features: tuple[str, ...], label: str,
-                  database: str) -> StreamConfig:
+                  database: str, fleet_base: str | None = None) -> StreamConfig:
     """Check ``[data.stream]`` against ``[data] features``/``label``; ConfigError names the
-    key. ``database``: the resolved path of the store."""
+    key. ``database``: the resolved path of the store; ``fleet_base``: the fleet's topic
+    prefix (``Topics.base``), which no stream topic may match."""
+    for entry in table.topics:
+        check_filter(entry.topic, fleet_base)
     try:
         default_time = JsonPath.parse(table.time) if table.time else None
         topics = tuple(

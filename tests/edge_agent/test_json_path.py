@@ -41,3 +41,10 @@ def test_unusable_values_name_a_reason(doc, path, reason):
 
 def test_as_number_accepts_false_and_exponents():
     assert as_number(False) == 0.0 and as_number("1e3") == 1000.0 and as_number("-.5") == -0.5
+
+
+def test_an_integer_beyond_float_range_is_not_a_number():
+    import json
+    with pytest.raises(ReadingError) as info:
+        JsonPath.parse("$.a").number(json.loads('{"a": 1' + "0" * 400 + "}"))
+    assert info.value.reason == "not-a-number"

@@ -66,11 +66,24 @@ def test_stream_config_is_read(tmp_path):
     (("join_seconds = 2.0", "label_rule = \"vib >> 3\""), "one comparison"),
     (("join_seconds = 2.0", "train_on = \"window\""), "train_seconds"),
     (("state_dir = \"state\"", ""), "state_dir"),
+    (("\"shellies/+/status\"", "\"z2m/#/wine\""), "'#' must be a whole level and the last"),
+    (("\"shellies/+/status\"", "\"z2m/wine#\""), "'#' must be a whole level"),
+    (("\"shellies/+/status\"", "\"a/+b\""), "'[+]' must be a whole level"),
+    (("\"shellies/+/status\"", "\"a/\\u0000\""), "not a valid MQTT topic filter"),
+    (("\"shellies/+/status\"", "\"#\""), "fleet's own topics under fedmq/"),
+    (("\"shellies/+/status\"", "\"fedmq/#\""), "fleet's own topics"),
+    (("\"shellies/+/status\"", "\"+/+/updates\""), "fleet's own topics"),
 ])
 def test_bad_stream_configs_are_one_line(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message) as info:
         load(tmp_path, STREAM.replace(*change))
     assert "\n" not in str(info.value)
+
+
+def test_filters_beside_the_fleet_prefix_are_accepted(tmp_path):
+    for topic in ("fedmq/otherfleet/x", "fedmqx/#", "+/sensor1", "zigbee2mqtt/#"):
+        cfg = load(tmp_path, STREAM.replace("\"shellies/+/status\"", f"\"{topic}\""))
+        assert cfg.stream is not None and cfg.stream.topics[1].topic == topic
 
 
 def test_label_rule_replaces_the_label_field(tmp_path):
@@ -191,3 +204,95 @@ def test_a_time_window_trains_on_the_recent_rows_only(tmp_path):
     now[0] = T0 + 100
     with pytest.raises(DataError, match="last 60 s"):
         rows.refresh()
+
+
+def test_one_unusable_message_never_holds_back_its_batch(tmp_path, caplog):
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream)
+    acks = Acks()
+    z, s = "zigbee2mqtt/sensor1", "shellies/vib/status"
+    batch = [
+        acks.delivery(z, {"temperature": 21.5, "humidity": 40, "ts": T0}),
+        acks.delivery(z, b'{"temperature": 1' + b"0" * 400 + b', "humidity": 1, "ts": 1}'),
+        acks.delivery(z, b"[" * 60_000),  # RecursionError in json, not a ValueError
+        acks.delivery(s, {"sensors": [{"value": 0.5}], "alarm": False, "ts": T0 + 1}),
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert src.ingest(batch) == 1
+    assert len(acks.acked) == len(batch)
+    assert src.rejected == {"not-a-number": 1, "unreadable": 1}
+    assert not any(r.exc_info for r in caplog.records)
+    src.close()
+
+
+def test_a_failing_store_keeps_the_batch_unacknowledged_and_logs_once(tmp_path, caplog,
+                                                                       monkeypatch):
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream)
+    acks = Acks()
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(src.store, "commit", broken)
+    monkeypatch.setattr("fedmq.edge_agent.stream.time.sleep", lambda _s: None)
+    for i in range(3):
+        src._queue.put(acks.delivery("zigbee2mqtt/sensor1",
+                                     {"temperature": i, "humidity": 1, "ts": T0}))
+        src._queue.put(None)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            src._write_loop()
+    assert acks.acked == [] and src.commit_failures == 3
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is None
+    assert "disk full" in caplog.records[0].getMessage()
+    src.close()
+
+
+def test_a_reading_from_the_future_is_rejected_not_joined(tmp_path):
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream, clock=lambda: T0)
+    acks = Acks()
+    z, s = "zigbee2mqtt/sensor1", "shellies/vib/status"
+    src.ingest([acks.delivery(z, {"temperature": 1, "humidity": 2, "ts": 9.9e10})])
+    assert src.rejected == {"future": 1} and src.store.pending() == []
+    # later readings still join: "newest" did not move to the year 5100
+    assert src.ingest([acks.delivery(z, {"temperature": 1, "humidity": 2, "ts": T0}),
+                       acks.delivery(s, {"sensors": [{"value": 1}], "alarm": 0,
+                                         "ts": T0 + 1})]) == 1
+    assert src.late == 0 and len(acks.acked) == 3
+    # clock skew within the tolerance is fine
+    src.ingest([acks.delivery(z, {"temperature": 1, "humidity": 2, "ts": T0 + 200})])
+    assert src.rejected == {"future": 1}
+    src.close()
+
+
+def test_a_full_queue_drops_and_acknowledges(tmp_path, monkeypatch):
+    # Unacknowledged, each drop would keep a slot of the broker's inflight window forever.
+    monkeypatch.setattr("fedmq.edge_agent.stream.MAX_QUEUED", 2)
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream)
+    acks = Acks()
+    for i in range(5):
+        src._arrived(acks.delivery("zigbee2mqtt/sensor1",
+                                   {"temperature": i, "humidity": 1, "ts": T0}))
+    assert src.rejected == {"queue-full": 3} and len(acks.acked) == 3
+    src.close()
+
+
+def test_a_flood_of_one_topic_leaves_a_bounded_pending_table(tmp_path):
+    cfg = load(tmp_path, STREAM)
+    assert cfg.stream is not None
+    src = StreamSource(cfg.stream, clock=lambda: T0)
+    acks = Acks()
+    flood = [acks.delivery("zigbee2mqtt/sensor1", {"temperature": i, "humidity": 1, "ts": T0})
+             for i in range(2500)]
+    for start in range(0, len(flood), 1000):
+        src.ingest(flood[start:start + 1000])
+    assert len(src.store.pending()) == 1000 and src.stale_rows == 1500
+    assert len(acks.acked) == 2500
+    src.close()

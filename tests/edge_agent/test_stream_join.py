@@ -51,3 +51,61 @@ def test_single_topic_rows_complete_at_once():
     j = Joiner(("a", "y"), 0.0)
     out = j.add([r(1, 1.0, a=1.0, y=0.0), r(2, 1.0, a=2.0, y=1.0)])
     assert [v for _, v in out.rows] == [[1.0, 0.0], [2.0, 1.0]] and j.open_ids == set()
+
+
+def test_a_flood_of_one_topic_keeps_at_most_max_open_rows():
+    j = Joiner(COLS, 0.0, max_open=100)
+    out = j.add([r(i, 5.0, temp=float(i)) for i in range(1, 1001)])  # constant ts, no partner
+    assert len(j.open_ids) == 100 and out.stale_rows == 900
+    assert j.open_ids == set(range(901, 1001))  # the oldest went first
+    done = j.add([r(2000, 5.0, vib=1.0, fault=0.0)])
+    assert done.rows == [(5.0, [901.0, 1.0, 0.0])]
+
+
+def _reference(columns, join_seconds, batches):
+    """The join as first written: a linear scan of every open row (no ties in the data)."""
+    open_rows: list[dict] = []
+    newest = float("-inf")
+    results = []
+    for batch in batches:
+        rows, late, stale = [], 0, 0
+        for x in batch:
+            if x.ts < newest - join_seconds:
+                late += 1
+                continue
+            newest = max(newest, x.ts)
+            fits = [o for o in open_rows if abs(o["anchor"] - x.ts) <= join_seconds
+                    and not o["values"].keys() & x.values.keys()]
+            row = min(fits, key=lambda o: abs(o["anchor"] - x.ts)) if fits else None
+            if row is None:
+                row = {"anchor": x.ts, "ts": x.ts, "values": {}}
+                open_rows.append(row)
+            row["values"].update(x.values)
+            row["ts"] = max(row["ts"], x.ts)
+            if len(row["values"]) == len(columns):
+                open_rows.remove(row)
+                rows.append((row["ts"], [row["values"][c] for c in columns]))
+        gone = [o for o in open_rows if o["anchor"] < newest - join_seconds]
+        stale += len(gone)
+        open_rows = [o for o in open_rows if o not in gone]
+        results.append((rows, late, stale))
+    return results
+
+
+def test_the_indexed_join_matches_a_linear_scan():
+    import random
+
+    rng = random.Random(7)
+    shapes = [{"temp": 0.0}, {"vib": 0.0, "fault": 0.0}, {"temp": 0.0, "vib": 0.0, "fault": 0.0}]
+    batches, n = [], 0
+    for b in range(60):
+        batch = []
+        for _ in range(rng.randint(1, 30)):
+            n += 1
+            values = {k: rng.random() for k in rng.choice(shapes)}
+            batch.append(r(n, b * 3.0 + rng.uniform(-4.0, 4.0), **values))
+        batches.append(batch)
+    j = Joiner(COLS, 1.5)
+    got = [(o.rows, o.late, o.stale_rows) for o in (j.add(batch) for batch in batches)]
+    assert got == _reference(COLS, 1.5, batches)
+    assert sum(len(rows) for rows, _, _ in got) > 50

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from support import fedmq_process, signer_for, wait_until
 from fedmq.broker.embedded import stop_process
 
 pytestmark = pytest.mark.slow
-T0 = 1_900_000_000.0  # readings' own times (epoch s); retention keeps 30 days back from now
+# Readings' own times (epoch s): an hour back, as a reading more than 300 s ahead of its
+# arrival is refused as "future" (and retention keeps 30 days back from now).
+T0 = float(int(time.time())) - 3600.0
 
 
 def _config(tmp_path: Path, port: int) -> Path:
