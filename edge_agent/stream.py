@@ -92,7 +92,7 @@ class StreamSource:
                                    keep_rows=config.keep_rows, keep_days=config.keep_days)
         self._joiner = Joiner(self._join_columns, config.join_seconds)
         self._queue: queue.Queue[Delivery | None] = queue.Queue(maxsize=MAX_QUEUED)
-        self._drops = DropLog(log, interval=60.0)
+        self._drops = DropLog(log, interval=60.0, about="({})")  # keyed by reason
         self.commit_failures = 0  # batches left unacknowledged because the store failed
         self._failures_unlogged = 0
         self._failure_logged = float("-inf")

@@ -22,13 +22,14 @@ OVERFLOW_KEY = "(other senders)"
 
 class DropLog:
     def __init__(self, logger: logging.Logger, *, interval: float = 5.0,
-                 level: int = logging.WARNING,
+                 level: int = logging.WARNING, about: str = "from {}",
                  clock: Callable[[], float] = time.monotonic) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._log = logger
         self._interval = interval
         self._level = level
+        self._about = about  # how a line names the key: a sender ("from {}") or a reason
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}  # drops not yet logged
@@ -53,10 +54,10 @@ class DropLog:
             self._last[key] = now
         # Outside the lock: a slow log handler must not block the other thread.
         if count == 1:
-            self._log.log(self._level, "dropped a message from %s: %s", key, why)
+            self._log.log(self._level, "dropped a message %s: %s", self._about.format(key), why)
         else:
-            self._log.log(self._level, "dropped %d messages from %s in %.0f s, latest: %s",
-                          count, key, self._interval, why)
+            self._log.log(self._level, "dropped %d messages %s in %.0f s, latest: %s",
+                          count, self._about.format(key), self._interval, why)
 
     def _prune(self, now: float) -> None:
         """Forget keys quiet for a whole interval with nothing pending (lock held)."""

@@ -61,6 +61,14 @@ def test_a_flood_of_drops_logs_once_per_interval_per_key_with_the_count(caplog):
     assert drops.total == 1001
 
 
+def test_drops_keyed_by_reason_name_the_reason_not_a_sender(caplog):
+    drops = DropLog(logging.getLogger("t"), about="({})")  # as the sensor stream keys them
+    with caplog.at_level(logging.WARNING):
+        drops.drop("not-json", "z2m/wine: expected value")
+    assert caplog.records[0].getMessage() == \
+        "dropped a message (not-json): z2m/wine: expected value"
+
+
 def test_senders_inventing_keys_cannot_grow_the_table(caplog):
     drops = DropLog(logging.getLogger("t"), clock=lambda: 0.0)
     with caplog.at_level(logging.WARNING):
