@@ -384,13 +384,16 @@ def test_a_flood_from_many_addresses_does_not_keep_devices_out(gateway, probe):
     spray.start()
     waited = {}
     try:
-        assert wait_until(lambda: counter.value >= 16, "the spray", 10)
+        assert wait_until(lambda: counter.value >= 16, "the spray", 30)
         for name, user, address in (("returning device", "dev-a", "127.0.0.1"),
                                     ("first login, known address", "dev-b", "127.0.0.1"),
                                     ("first login, new address", "aggregator", "127.0.2.1")):
             start = time.monotonic()
             login(probe, port, user, f"{user}-{address}", bind_address=address)
             waited[name] = time.monotonic() - start
+        # A loaded machine runs the spray slower: let it reach its volume before stopping it
+        # (what is asserted is that devices got in while it ran, not how fast it sprayed).
+        wait_until(lambda: counter.value > 64, "the spray's volume", 60)
     finally:
         stop.set()
         spray.join(30)

@@ -29,7 +29,10 @@ def _closed(sock: socket.socket) -> bool:
 @pytest.mark.parametrize("cap, first_closed", [(None, True), (100, False)])
 def test_waiting_sockets_over_the_per_source_cap_close_the_oldest(cap, first_closed):
     port = free_port()
-    extra = {} if cap is None else {"max_pending_per_source": cap, "max_pending": cap}
+    # A CONNECT timeout far beyond the test: only the cap may close a socket, however
+    # slowly a loaded machine runs it.
+    extra = {"connect_timeout": 120.0} if cap is None else {
+        "max_pending_per_source": cap, "max_pending": cap, "connect_timeout": 120.0}
     with EmbeddedBroker(BrokerSettings(port=port, **extra)):  # type: ignore[arg-type]
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(70)]
         try:
